@@ -1,0 +1,4 @@
+//! ampere's real adapters for the core's ports.
+
+pub mod embedded_pg;
+pub mod replication;

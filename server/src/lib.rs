@@ -1,0 +1,1 @@
+//! ampere server library.
