@@ -1,4 +1,9 @@
 //! ampere's real adapters for the core's ports.
 
+pub mod catalog;
 pub mod embedded_pg;
+pub mod metadata;
+pub mod pg;
 pub mod replication;
+pub mod snapshot;
+pub mod store;

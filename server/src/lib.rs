@@ -1,1 +1,4 @@
-//! ampere server library.
+//! ampere server library: the driver loop, the HTTP API, configuration.
+
+pub mod api;
+pub mod http;

@@ -1,0 +1,309 @@
+//! Port traits: what the outside world can do for the core (Postgres, storage, metadata,
+//! clock). Declaring a trait is not I/O; `io-real` and a simulation implement them.
+//!
+//! Futures returned by ports are `Send + 'static` so the driver can keep them in one
+//! loop-owned `FuturesUnordered` without borrowing the port.
+
+use std::future::Future;
+
+use crate::lsn::Lsn;
+use crate::offset::LogOffset;
+use crate::shape::{HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use crate::snapshot::PgSnapshot;
+
+/// One entry of a shape log: its offset, its JSON text, and whether a chunk closes after it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LogEntry {
+    /// The entry's offset; strictly increasing within a shape.
+    pub offset: LogOffset,
+    /// The pre-serialised JSON object.
+    pub json: String,
+    /// Whether the byte rule closes a chunk after this entry.
+    pub chunk_end: bool,
+}
+
+/// What a reader gets for a request at some offset: the entries after it up to the end of
+/// the chunk, already joined as `a,b,c` (no brackets).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChunkRead {
+    /// Comma-joined JSON entries (empty when none).
+    pub body: bytes::Bytes,
+    /// Number of entries in `body`.
+    pub entries: usize,
+    /// The offset a client sends next (`electric-offset`).
+    pub end: LogOffset,
+}
+
+/// Why a read could not be answered from the store now.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ReadOutcome {
+    /// Entries (or nothing new, with `end` = the latest durable offset).
+    Chunk(ChunkRead),
+    /// The requested snapshot chunk is not durable yet: wait and retry.
+    SnapshotPending,
+    /// The store holds no such shape.
+    UnknownShape,
+}
+
+/// A shape's durable state as the store knows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogStatus {
+    /// The last durable offset readers may see (`0_inf` with no changes yet).
+    pub latest: LogOffset,
+    /// Whether the snapshot (including `snapshot-end`) is durable.
+    pub snapshot_complete: bool,
+}
+
+/// What the store recovered for one shape at boot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RecoveredLog {
+    /// The last durable replicated offset (`0_inf` if none).
+    pub latest: LogOffset,
+    /// Bytes in the open (not yet closed) replicated chunk.
+    pub open_chunk_bytes: u64,
+}
+
+/// Storage for shape logs. Appends are buffered; [`ShapeLogStore::flush`] makes everything
+/// appended before the call durable (one fdatasync per file, group commit) and only then
+/// visible to readers (deploy-semantics RP-7).
+pub trait ShapeLogStore: Clone + Send + Sync + 'static {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Writes one shape's snapshot chunks.
+    type SnapshotWriter: SnapshotWriter<Error = Self::Error>;
+
+    /// Creates an empty log for a new shape (durably, directory included).
+    fn create_shape(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+    /// Buffers entries at the end of a shape's log. Offsets must increase.
+    fn append(&self, handle: &ShapeHandle, entries: Vec<LogEntry>) -> Result<(), Self::Error>;
+    /// Makes every entry appended before this call durable, then visible to readers.
+    fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+    /// Removes a shape's log; readers see [`ReadOutcome::UnknownShape`] afterwards.
+    fn remove_shape(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+    /// A writer for the shape's snapshot chunks.
+    fn snapshot_writer(&self, handle: &ShapeHandle) -> Self::SnapshotWriter;
+    /// Scans every stored shape log, repairing torn tails, at boot.
+    fn recover(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<RecoveredLog, Self::Error>> + Send + 'static;
+
+    /// Reads the entries after `after` up to the end of its chunk (protocol.md §6.2).
+    fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome;
+    /// The shape's durable state, if the store has the shape.
+    fn status(&self, handle: &ShapeHandle) -> Option<LogStatus>;
+    /// Resolves once the shape's durable state changes after this call (or it is removed).
+    fn changed(&self, handle: &ShapeHandle) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Writes snapshot chunks `0_0 … 0_N` of one shape, each durable before the next starts to be
+/// served. The last chunk ends with the `snapshot-end` entry.
+pub trait SnapshotWriter: Send + 'static {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Writes chunk `index` (entries joined by `,`) durably and makes it readable.
+    fn write_chunk(
+        &mut self,
+        index: u64,
+        body: String,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Marks the snapshot complete after its last chunk (which holds `snapshot-end`).
+    fn finish(self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// A shape as the metadata store records it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredShape {
+    /// The shape's handle.
+    pub handle: ShapeHandle,
+    /// Its definition.
+    pub definition: ShapeDefinition,
+    /// The table as it was when the shape was created.
+    pub schema: TableSchema,
+    /// The snapshot, once complete; `None` while it runs (such shapes are discarded at boot).
+    pub snapshot: Option<PgSnapshot>,
+    /// Whether a transaction started after the snapshot was seen: visibility filtering ended.
+    pub snapshot_filter_done: bool,
+}
+
+/// Shape metadata (SQLite in production). An index that can be rebuilt, never the truth about
+/// log contents.
+pub trait MetadataStore: Clone + Send + Sync + 'static {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// All stored shapes and the handle-stamp high-water mark.
+    fn load(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<StoredShape>, HandleStamp), Self::Error>> + Send + 'static;
+    /// Inserts or replaces a shape row and raises the stamp high-water mark to `stamp`.
+    fn put_shape(
+        &self,
+        shape: StoredShape,
+        stamp: HandleStamp,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+    /// Deletes a shape row.
+    fn delete_shape(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+}
+
+/// Where replication should stream from, and what to call things.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ReplicationTarget {
+    /// `electric_slot_<id>`.
+    pub slot: String,
+    /// `electric_publication_<id>`.
+    pub publication: String,
+}
+
+/// What connecting replication found.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ReplicationStarted {
+    /// `IDENTIFY_SYSTEM`'s system identifier.
+    pub system_id: String,
+    /// `IDENTIFY_SYSTEM`'s timeline.
+    pub timeline: u32,
+    /// Whether the slot was created now (continuity with earlier storage is broken).
+    pub slot_created: bool,
+    /// The slot's `confirmed_flush_lsn` (or `consistent_point` if just created).
+    pub confirmed_flush_lsn: Lsn,
+}
+
+/// A message from the walsender.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ReplicationMessage {
+    /// `XLogData`: a pgoutput message.
+    XLogData {
+        /// Start of the WAL data in this message.
+        wal_start: Lsn,
+        /// Current end of WAL on the server.
+        wal_end: Lsn,
+        /// The pgoutput payload.
+        data: bytes::Bytes,
+    },
+    /// Primary keepalive.
+    PrimaryKeepalive {
+        /// Current end of WAL on the server.
+        wal_end: Lsn,
+        /// The server asks for a status update now.
+        reply_requested: bool,
+    },
+}
+
+/// A standby status update (`'r'`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct StandbyStatus {
+    /// Received up to.
+    pub write: Lsn,
+    /// Durable up to: Postgres may recycle WAL before this.
+    pub flush: Lsn,
+    /// Applied up to (= flush).
+    pub apply: Lsn,
+}
+
+/// How a connection to Postgres ended or failed, in the core's vocabulary.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DisconnectKind {
+    /// Worth retrying with backoff (network, restart, admin shutdown, slot busy).
+    Transient,
+    /// Needs an operator (wal_level, privileges, authentication, missing database).
+    Fatal,
+}
+
+/// Errors from the Postgres port carry a kind the core decides on.
+pub trait PgError: std::error::Error + Send + Sync + 'static {
+    /// Retry or give up.
+    fn kind(&self) -> DisconnectKind;
+}
+
+/// An open logical replication stream.
+pub trait ReplicationStream: Send + 'static {
+    /// The stream's error.
+    type Error: PgError;
+    /// The next message. Cancel-safe: dropping the future loses nothing.
+    fn recv(&mut self)
+        -> impl Future<Output = Result<ReplicationMessage, Self::Error>> + Send + '_;
+    /// Sends a standby status update.
+    fn send_status(
+        &mut self,
+        status: StandbyStatus,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + '_;
+}
+
+/// A snapshot to take for a new shape.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SnapshotRequest {
+    /// The new shape.
+    pub handle: ShapeHandle,
+    /// Its definition.
+    pub definition: ShapeDefinition,
+    /// The table as validated.
+    pub schema: TableSchema,
+    /// The publication to add the table to first.
+    pub publication: String,
+    /// `ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD`.
+    pub chunk_bytes_threshold: u64,
+}
+
+/// Postgres, for the driver: replication and snapshots.
+pub trait PgPort: Clone + Send + Sync + 'static {
+    /// The port's error.
+    type Error: PgError;
+    /// The replication stream type.
+    type Stream: ReplicationStream;
+
+    /// Connects replication: identifies the system, ensures the publication and slot, and
+    /// starts streaming from the slot's `confirmed_flush_lsn`.
+    fn start_replication(
+        &self,
+        target: ReplicationTarget,
+    ) -> impl Future<Output = Result<(Self::Stream, ReplicationStarted), Self::Error>> + Send + 'static;
+
+    /// Looks a table up in the catalog (columns, types, primary key); `None` if it does not
+    /// exist or is not an ordinary or partitioned table.
+    fn table_schema(
+        &self,
+        relation: RelationName,
+    ) -> impl Future<Output = Result<Option<TableSchema>, Self::Error>> + Send + 'static;
+
+    /// Adds the table to the publication, then takes the snapshot in a `REPEATABLE READ`
+    /// transaction, writing its chunks through `writer`; returns `pg_current_snapshot()`.
+    fn take_snapshot<W: SnapshotWriter>(
+        &self,
+        request: SnapshotRequest,
+        writer: W,
+    ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static;
+}
+
+/// Why a snapshot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Postgres failed or went away.
+    #[error("snapshot query failed: {message}")]
+    Postgres {
+        /// The error chain, rendered.
+        message: String,
+        /// Retry or not.
+        kind: DisconnectKind,
+    },
+    /// The table changed shape while we looked (409 for that request).
+    #[error("table schema changed during the snapshot: {message}")]
+    SchemaChanged {
+        /// What changed.
+        message: String,
+    },
+    /// Writing the chunks failed.
+    #[error("writing snapshot chunks failed: {message}")]
+    Store {
+        /// The error chain, rendered.
+        message: String,
+    },
+}

@@ -1,0 +1,81 @@
+//! The boundary between the HTTP layer and the rest of the server: what a request handler
+//! may ask. The production implementation is backed by the driver loop and the shape-log
+//! store; HTTP unit tests use a fake.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ampere_core::ports::{LogStatus, ReadOutcome};
+use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::{LogOffset, Lsn};
+
+/// A live shape, as readers see it.
+#[derive(Clone, Debug)]
+pub struct ShapeInfo {
+    /// The shape's handle.
+    pub handle: ShapeHandle,
+    /// Its definition.
+    pub definition: ShapeDefinition,
+    /// The table as it was when the shape was created.
+    pub schema: Arc<TableSchema>,
+}
+
+/// Readiness, for `/v1/health` and admission.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Health {
+    /// Replication is streaming and shapes can be created.
+    Active,
+    /// Starting or reconnecting.
+    Starting,
+}
+
+/// Why a shape could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateShapeError {
+    /// The service is not active (starting, reconnecting): 503 Retry-After 5.
+    #[error("{0}")]
+    NotReady(String),
+    /// Creation or its snapshot failed transiently: 503 Retry-After 1 or 10.
+    #[error("{message}")]
+    Failed {
+        /// Text for the 503 body.
+        message: String,
+        /// `retry-after` seconds.
+        retry_after_secs: u32,
+    },
+}
+
+/// Why a catalog lookup failed.
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot connect to the database to verify the shape. Please try again later.")]
+pub struct CatalogUnavailable;
+
+/// What the HTTP layer may ask of the server.
+pub trait ShapeApi: Clone + Send + Sync + 'static {
+    /// The live shape for a definition, if any.
+    fn shape_for_definition(&self, definition: &ShapeDefinition) -> Option<ShapeInfo>;
+    /// The live shape with this handle, if any.
+    fn shape(&self, handle: &ShapeHandle) -> Option<ShapeInfo>;
+    /// Looks the table up in the catalog; `Ok(None)` when it does not exist.
+    fn table_schema(
+        &self,
+        relation: RelationName,
+    ) -> impl Future<Output = Result<Option<TableSchema>, CatalogUnavailable>> + Send;
+    /// Returns the live shape for the definition, creating it (and starting its snapshot)
+    /// if none exists. Resolves once the shape is registered, not when its snapshot ends.
+    fn create_shape(
+        &self,
+        definition: ShapeDefinition,
+        schema: TableSchema,
+    ) -> impl Future<Output = Result<ShapeInfo, CreateShapeError>> + Send;
+    /// Reads after `after` up to the end of its chunk.
+    fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome;
+    /// The shape's durable state.
+    fn status(&self, handle: &ShapeHandle) -> Option<LogStatus>;
+    /// Resolves when the shape's durable state changes (or it is removed).
+    fn changed(&self, handle: &ShapeHandle) -> impl Future<Output = ()> + Send;
+    /// The last LSN whose changes are durable in every shape (`global_last_seen_lsn`).
+    fn last_seen_lsn(&self) -> Lsn;
+    /// Current readiness.
+    fn health(&self) -> Health;
+}
