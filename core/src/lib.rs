@@ -1,14 +1,47 @@
 //! ampere's sans-I/O core.
+//!
+//! Everything here is deterministic: no I/O, no clock, no randomness. Facts arrive as
+//! [`instance::Input`]s with the current [`time::Instant`]; commands leave as
+//! [`instance::Output`]s. The drain rule: after every `handle_*` call, drain
+//! [`instance::Instance::poll_output`] to `None`, then read `poll_timeout`.
+//!
+//! ```no_run
+//! # use ampere_core::instance::{Config, Instance};
+//! # use ampere_core::time::Instant;
+//! # fn run(config: Config, now: impl Fn() -> Instant) {
+//! let mut core = Instance::new(config, now(), Vec::new(), Default::default());
+//! loop {
+//!     while let Some(output) = core.poll_output() {
+//!         // execute `output` through the ports
+//!     }
+//!     let _deadline = core.poll_timeout();
+//!     // wait for a completion (→ handle_input) or the deadline (→ handle_timeout)
+//!     core.handle_timeout(now());
+//! }
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod chunk;
+pub mod instance;
 pub mod json;
 pub mod lsn;
 pub mod offset;
 pub mod pgoutput;
 pub mod ports;
 pub mod shape;
+mod shapes;
 pub mod snapshot;
+pub mod time;
+pub mod txn;
 
 pub use lsn::Lsn;
 pub use offset::LogOffset;
+pub use shapes::selected_columns;
+
+/// Identifies a command that expects a reply; the reply echoes it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct OpId(pub u64);
+
+#[cfg(test)]
+mod tests;

@@ -307,3 +307,16 @@ pub enum SnapshotError {
         message: String,
     },
 }
+
+/// Time, for the driver: the only source of [`crate::time::Instant`]s and wall-clock stamps.
+pub trait Clock: Clone + Send + Sync + 'static {
+    /// The current monotonic instant.
+    fn now(&self) -> crate::time::Instant;
+    /// Wall-clock microseconds since the Unix epoch (handle stamps only; may step).
+    fn unix_micros(&self) -> u64;
+    /// Resolves at or after `deadline`.
+    fn sleep_until(
+        &self,
+        deadline: crate::time::Instant,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}

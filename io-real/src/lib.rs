@@ -1,6 +1,7 @@
 //! ampere's real adapters for the core's ports.
 
 pub mod catalog;
+pub mod clock;
 pub mod embedded_pg;
 pub mod metadata;
 pub mod pg;

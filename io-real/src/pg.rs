@@ -1,0 +1,710 @@
+//! [`RealPg`]: the core's [`PgPort`] over a real Postgres.
+//!
+//! Owns: parsing `DATABASE_URL`, one lazily connected admin connection (catalog lookups,
+//! `CREATE PUBLICATION`, slot checks), a fresh connection per snapshot (snapshots run
+//! concurrently and each holds its own transaction), and the replication setup of
+//! deploy-semantics SL-1, SL-2 and SL-4 over [`crate::replication`].
+//!
+//! Never: retries, backs off or decides what a failure means for the instance. Every error
+//! classifies itself ([`PgError::kind`]: Transient or Fatal) and the core decides. No TLS: the
+//! replication connection has none, so neither do the SQL connections (`sslmode=require` fails).
+//!
+//! Asks of callers: run inside a tokio runtime (connection tasks are spawned on it).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Mutex;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+use ampere_core::lsn::Lsn;
+use ampere_core::ports::{
+    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationStarted, ReplicationStream,
+    ReplicationTarget, SnapshotError, SnapshotRequest, SnapshotWriter, StandbyStatus,
+};
+use ampere_core::shape::{quote_ident, RelationName, TableSchema};
+use ampere_core::snapshot::PgSnapshot;
+
+use crate::catalog::{self, CatalogError, CatalogTable};
+use crate::replication::{
+    self, CreateSlotOutcome, ReplicationConfig, ReplicationConnection, ReplicationError,
+    ReplicationErrorKind, SlotPersistence,
+};
+use crate::snapshot;
+
+/// Connect timeout of every connection (deploy-semantics RC-3), unless `DATABASE_URL` sets one.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// pgoutput protocol version asked for in `START_REPLICATION` (SL-4: v1, no streaming).
+const PGOUTPUT_PROTO_VERSION: u32 = 1;
+/// SQLSTATE `duplicate_object` (publication or slot exists).
+const DUPLICATE_OBJECT: &str = "42710";
+/// SQLSTATE `insufficient_privilege`.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// SQLSTATE `undefined_object` (`pg_drop_replication_slot` of a missing slot).
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// Postgres for the driver: replication setup, catalog lookups and snapshots.
+///
+/// Cheap to clone (an `Arc` inside); clones share the admin connection.
+#[derive(Clone)]
+pub struct RealPg {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// For ordinary SQL connections (admin and snapshots).
+    sql: Config,
+    /// For the replication connection.
+    replication: ReplicationEndpoint,
+    /// The shared admin connection: `None` until first use, replaced once closed. Only single
+    /// statements run on it (never a transaction), so concurrent users may share it.
+    admin: Mutex<Option<Arc<Client>>>,
+}
+
+/// Where and as whom the replication connection logs in.
+#[derive(Clone, Debug)]
+struct ReplicationEndpoint {
+    host: Endpoint,
+    port: u16,
+    config: ReplicationConfig,
+}
+
+#[derive(Clone, Debug)]
+enum Endpoint {
+    Tcp(String),
+    /// The socket directory; the socket is `<dir>/.s.PGSQL.<port>`.
+    Unix(PathBuf),
+}
+
+impl RealPg {
+    /// Parses `DATABASE_URL` (a `postgresql://` URL or a `key=value` string). Connects
+    /// nothing: connections open on first use.
+    pub fn from_url(database_url: &str) -> Result<Self, PgPortError> {
+        let config: Config = database_url.parse().map_err(PgPortError::ConfigParse)?;
+        Self::new(config)
+    }
+
+    /// Uses a parsed config: its first host, port, user, password and dbname also serve the
+    /// replication connection. Sets [`CONNECT_TIMEOUT`] and `application_name=ampere` unless
+    /// given.
+    pub fn new(mut config: Config) -> Result<Self, PgPortError> {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("ampere");
+        }
+        let replication = replication_endpoint(&config)?;
+        Ok(Self {
+            inner: Arc::new(Inner { sql: config, replication, admin: Mutex::new(None) }),
+        })
+    }
+
+    /// The role ampere logs in as.
+    pub fn user(&self) -> &str {
+        &self.inner.replication.config.user
+    }
+
+    /// The database ampere serves.
+    pub fn database(&self) -> &str {
+        &self.inner.replication.config.database
+    }
+
+    /// Looks `relation` up, including its generated columns (which
+    /// [`PgPort::table_schema`] cannot report).
+    pub async fn catalog_table(
+        &self,
+        relation: &RelationName,
+    ) -> Result<Option<CatalogTable>, PgPortError> {
+        let admin = self.admin().await?;
+        Ok(catalog::table(&admin, relation).await?)
+    }
+
+    /// The shared admin connection, connecting (again) when there is none or it closed.
+    pub async fn admin(&self) -> Result<Arc<Client>, PgPortError> {
+        let mut admin = self.inner.admin.lock().await;
+        if let Some(client) = admin.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(self.connect_sql("admin").await?);
+        *admin = Some(Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// A new SQL connection of its own, its connection task spawned on the runtime.
+    pub async fn connect_sql(&self, purpose: &'static str) -> Result<Client, PgPortError> {
+        let (client, connection) =
+            self.inner.sql.connect(NoTls).await.map_err(sql("connecting to Postgres"))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(purpose, error = %error_chain(&error), "Postgres connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A new replication connection (`replication=database`), bounded by the connect timeout.
+    async fn connect_replication(&self) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
+        let endpoint = &self.inner.replication;
+        let timeout = self.inner.sql.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+        let connecting = async {
+            let socket = match &endpoint.host {
+                Endpoint::Tcp(host) => {
+                    let stream = TcpStream::connect((host.as_str(), endpoint.port)).await?;
+                    stream.set_nodelay(true)?;
+                    PgSocket::Tcp(stream)
+                }
+                Endpoint::Unix(dir) => {
+                    let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
+                    PgSocket::Unix(UnixStream::connect(path).await?)
+                }
+            };
+            replication::connect(socket, &endpoint.config).await
+        };
+        let connected = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| PgPortError::ConnectTimeout { timeout })?;
+        connected.map_err(|source| match source.code() {
+            // "must be superuser or replication role to start walsender"
+            Some(INSUFFICIENT_PRIVILEGE) => PgPortError::ReplicationRole { user: self.user().into() },
+            _ => PgPortError::Replication { during: "connecting for replication", source },
+        })
+    }
+
+    async fn start_replication_inner(
+        &self,
+        target: &ReplicationTarget,
+    ) -> Result<(RealReplicationStream, ReplicationStarted), PgPortError> {
+        let admin = self.admin().await?;
+        check_wal_level(&admin).await?;
+        check_replication_role(&admin, self.user()).await?;
+        let mut conn = self.connect_replication().await?;
+        let identity = conn.identify_system().await.map_err(repl("IDENTIFY_SYSTEM"))?;
+        let server_version = conn.server_version_num().unwrap_or(0);
+        if ensure_publication(&admin, &target.publication, server_version).await? {
+            // SL-1: a new publication makes the slot's history unusable.
+            tracing::info!(publication = %target.publication, slot = %target.slot,
+                "created the publication; dropping the slot so it is created afresh");
+            drop_slot(&admin, &target.slot).await?;
+        }
+        let database = identity.dbname.clone().unwrap_or_else(|| self.database().to_owned());
+        let (slot_created, confirmed_flush_lsn) =
+            ensure_slot(&mut conn, &admin, &target.slot, &database).await?;
+        tracing::info!(slot = %target.slot, slot_created, %confirmed_flush_lsn,
+            system_id = %identity.system_id, timeline = identity.timeline, "starting replication");
+        let stream = conn
+            .start_replication(
+                &target.slot,
+                Lsn::ZERO,
+                &[target.publication.as_str()],
+                PGOUTPUT_PROTO_VERSION,
+            )
+            .await
+            .map_err(repl("START_REPLICATION"))?;
+        let started = ReplicationStarted {
+            system_id: identity.system_id,
+            timeline: identity.timeline,
+            slot_created,
+            confirmed_flush_lsn,
+        };
+        Ok((RealReplicationStream { inner: stream }, started))
+    }
+}
+
+impl PgPort for RealPg {
+    type Error = PgPortError;
+    type Stream = RealReplicationStream;
+
+    fn start_replication(
+        &self,
+        target: ReplicationTarget,
+    ) -> impl Future<Output = Result<(Self::Stream, ReplicationStarted), Self::Error>> + Send + 'static
+    {
+        let this = self.clone();
+        async move { this.start_replication_inner(&target).await }
+    }
+
+    fn table_schema(
+        &self,
+        relation: RelationName,
+    ) -> impl Future<Output = Result<Option<TableSchema>, Self::Error>> + Send + 'static {
+        let this = self.clone();
+        async move { Ok(this.catalog_table(&relation).await?.map(|t| t.schema)) }
+    }
+
+    fn take_snapshot<W: SnapshotWriter>(
+        &self,
+        request: SnapshotRequest,
+        writer: W,
+    ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let mut client = this.connect_sql("snapshot").await.map_err(|e| {
+                SnapshotError::Postgres { message: error_chain(&e), kind: e.kind() }
+            })?;
+            snapshot::take_snapshot(&mut client, &request, writer).await
+        }
+    }
+}
+
+/// `SHOW wal_level` must say `logical` (RC-1: fatal otherwise, naming the fix).
+async fn check_wal_level(admin: &Client) -> Result<(), PgPortError> {
+    let row = admin
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(sql("reading wal_level"))?;
+    let wal_level: String = row.try_get(0).map_err(sql("reading wal_level"))?;
+    if wal_level == "logical" {
+        return Ok(());
+    }
+    Err(PgPortError::WalLevel { wal_level })
+}
+
+/// The role must have `REPLICATION` (or be a superuser) to open a walsender.
+async fn check_replication_role(admin: &Client, user: &str) -> Result<(), PgPortError> {
+    const SQL: &str =
+        "SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
+    let row = admin.query_one(SQL, &[]).await.map_err(sql("reading the role's attributes"))?;
+    let may_replicate: bool = row.try_get(0).map_err(sql("reading the role's attributes"))?;
+    if may_replicate {
+        return Ok(());
+    }
+    Err(PgPortError::ReplicationRole { user: user.to_owned() })
+}
+
+/// SL-1: `CREATE PUBLICATION`; `true` when it was created now.
+async fn ensure_publication(
+    admin: &Client,
+    publication: &str,
+    server_version: u32,
+) -> Result<bool, PgPortError> {
+    let mut create = format!("CREATE PUBLICATION {}", quote_ident(publication));
+    if server_version >= 180_000 {
+        create.push_str(" WITH (publish_generated_columns = stored)");
+    }
+    let error = match admin.batch_execute(&create).await {
+        Ok(()) => return Ok(true),
+        Err(error) => error,
+    };
+    match error.code().map(tokio_postgres::error::SqlState::code) {
+        Some(DUPLICATE_OBJECT) => Ok(false),
+        Some(INSUFFICIENT_PRIVILEGE) => {
+            check_existing_publication(admin, publication).await?;
+            Ok(false)
+        }
+        _ => Err(PgPortError::Sql { during: "creating the publication", source: error }),
+    }
+}
+
+/// SL-1, without the privilege to create it: the publication must exist and publish inserts,
+/// updates, deletes and truncates.
+async fn check_existing_publication(admin: &Client, publication: &str) -> Result<(), PgPortError> {
+    const SQL: &str = "SELECT pubinsert, pubupdate, pubdelete, pubtruncate \
+                       FROM pg_catalog.pg_publication WHERE pubname = $1";
+    let during = "reading the publication";
+    let rows = admin.query(SQL, &[&publication]).await.map_err(sql(during))?;
+    let Some(row) = rows.first() else {
+        return Err(PgPortError::Publication {
+            publication: publication.to_owned(),
+            missing: "the publication does not exist and the role may not create it".to_owned(),
+        });
+    };
+    let mut missing = Vec::new();
+    for (i, operation) in ["insert", "update", "delete", "truncate"].into_iter().enumerate() {
+        if !row.try_get::<_, bool>(i).map_err(sql(during))? {
+            missing.push(operation);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(PgPortError::Publication {
+        publication: publication.to_owned(),
+        missing: format!("it does not publish {}", missing.join(", ")),
+    })
+}
+
+/// Drops the slot if it exists (a concurrent drop, 42704, is fine).
+async fn drop_slot(admin: &Client, slot: &str) -> Result<(), PgPortError> {
+    const SQL: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
+                       FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
+    match admin.query(SQL, &[&slot]).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code().map(tokio_postgres::error::SqlState::code) == Some(UNDEFINED_OBJECT) => {
+            Ok(())
+        }
+        Err(source) => Err(PgPortError::Sql { during: "dropping the replication slot", source }),
+    }
+}
+
+/// SL-2: creates the slot, or validates the existing one; `(slot_created, confirmed_flush_lsn)`.
+async fn ensure_slot(
+    conn: &mut ReplicationConnection<PgSocket>,
+    admin: &Client,
+    slot: &str,
+    database: &str,
+) -> Result<(bool, Lsn), PgPortError> {
+    if let CreateSlotOutcome::Created(created) = create_slot(conn, slot).await? {
+        return Ok((true, created.consistent_point));
+    }
+    let vanished = || PgPortError::SlotVanished { slot: slot.to_owned() };
+    let info = conn.slot_info(slot).await.map_err(repl("reading the slot"))?.ok_or_else(vanished)?;
+    if info.database.as_deref() != Some(database) {
+        return Err(PgPortError::SlotInOtherDatabase {
+            slot: slot.to_owned(),
+            slot_database: info.database,
+            database: database.to_owned(),
+        });
+    }
+    if info.is_lost() {
+        // CT-1: an invalidated slot cannot stream; recreate it (continuity is broken).
+        tracing::warn!(slot, "the slot is invalidated (wal_status = lost); recreating it");
+        drop_slot(admin, slot).await?;
+        return match create_slot(conn, slot).await? {
+            CreateSlotOutcome::Created(created) => Ok((true, created.consistent_point)),
+            CreateSlotOutcome::AlreadyExists => Err(vanished()),
+        };
+    }
+    let confirmed = info.confirmed_flush_lsn.ok_or_else(vanished)?;
+    Ok((false, confirmed))
+}
+
+async fn create_slot(
+    conn: &mut ReplicationConnection<PgSocket>,
+    slot: &str,
+) -> Result<CreateSlotOutcome, PgPortError> {
+    conn.create_logical_slot(slot, SlotPersistence::Persistent)
+        .await
+        .map_err(repl("CREATE_REPLICATION_SLOT"))
+}
+
+/// The replication connection's login, from the SQL config's first host.
+fn replication_endpoint(config: &Config) -> Result<ReplicationEndpoint, PgPortError> {
+    let invalid = |what: &str| PgPortError::Config { what: what.to_owned() };
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (_, Some(addr)) => Endpoint::Tcp(addr.to_string()),
+        (Some(Host::Tcp(host)), None) => Endpoint::Tcp(host.clone()),
+        (Some(Host::Unix(dir)), None) => Endpoint::Unix(dir.clone()),
+        (None, None) => return Err(invalid("it names no host")),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().ok_or_else(|| invalid("it names no user"))?;
+    let database = config.get_dbname().unwrap_or(user);
+    let mut replication = ReplicationConfig::new(user, database);
+    if let Some(password) = config.get_password() {
+        let password = String::from_utf8(password.to_vec())
+            .map_err(|_| invalid("the password is not UTF-8"))?;
+        replication.password = Some(password);
+    }
+    if let Some(name) = config.get_application_name() {
+        name.clone_into(&mut replication.application_name);
+    }
+    Ok(ReplicationEndpoint { host, port, config: replication })
+}
+
+/// An open replication stream, for the core.
+pub struct RealReplicationStream {
+    inner: replication::ReplicationStream<PgSocket>,
+}
+
+impl RealReplicationStream {
+    /// The walsender's process id, as in `pg_stat_replication.pid`.
+    pub fn backend_pid(&self) -> i32 {
+        self.inner.backend_pid()
+    }
+}
+
+impl ReplicationStream for RealReplicationStream {
+    type Error = PgPortError;
+
+    fn recv(&mut self) -> impl Future<Output = Result<ReplicationMessage, Self::Error>> + Send + '_ {
+        // Cancel-safe because the inner recv is, and nothing is awaited after it.
+        async move {
+            let message = self.inner.recv().await.map_err(repl("receiving replication"))?;
+            Ok(match message {
+                replication::ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                    ReplicationMessage::XLogData { wal_start, wal_end, data }
+                }
+                replication::ReplicationMessage::PrimaryKeepalive {
+                    wal_end, reply_requested, ..
+                } => ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested },
+            })
+        }
+    }
+
+    fn send_status(
+        &mut self,
+        status: StandbyStatus,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + '_ {
+        let status = replication::StandbyStatus {
+            write: status.write,
+            flush: status.flush,
+            apply: status.apply,
+            client_clock_micros: replication::pg_clock_micros(SystemTime::now()),
+            reply_requested: false,
+        };
+        async move {
+            self.inner.send_standby_status(status).await.map_err(repl("sending standby status"))
+        }
+    }
+}
+
+/// Why a Postgres operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgPortError {
+    /// `DATABASE_URL` does not parse.
+    #[error("invalid DATABASE_URL")]
+    ConfigParse(#[source] tokio_postgres::Error),
+    /// `DATABASE_URL` parses but cannot be used.
+    #[error("unusable DATABASE_URL: {what}")]
+    Config {
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A query or an SQL connection failed.
+    #[error("{during} failed")]
+    Sql {
+        /// What was being done.
+        during: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The replication connection failed.
+    #[error("{during} failed")]
+    Replication {
+        /// What was being done.
+        during: &'static str,
+        /// The replication connection's error.
+        #[source]
+        source: ReplicationError,
+    },
+    /// A catalog lookup failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Connecting for replication took too long.
+    #[error("connecting for replication timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The bound.
+        timeout: Duration,
+    },
+    /// Logical replication is off.
+    #[error(
+        "wal_level is {wal_level:?} but logical replication needs \"logical\": set wal_level = \
+         logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart \
+         PostgreSQL"
+    )]
+    WalLevel {
+        /// The server's `wal_level`.
+        wal_level: String,
+    },
+    /// The role may not open a replication connection.
+    #[error(
+        "role {user:?} lacks the REPLICATION attribute: as a superuser run ALTER ROLE {} WITH \
+         REPLICATION",
+        sql_role(user)
+    )]
+    ReplicationRole {
+        /// The role ampere logs in as.
+        user: String,
+    },
+    /// The publication cannot be created and the existing one is unusable (SL-1).
+    #[error("publication {publication:?} is unusable: {missing}")]
+    Publication {
+        /// The publication's name.
+        publication: String,
+        /// What is missing.
+        missing: String,
+    },
+    /// The slot exists for another database, or is a physical slot (SL-2).
+    #[error(
+        "replication slot {slot:?} belongs to database {slot_database:?}, not {database:?}: \
+         use another replication stream id or drop the slot"
+    )]
+    SlotInOtherDatabase {
+        /// The slot's name.
+        slot: String,
+        /// Its database (`None` for a physical slot).
+        slot_database: Option<String>,
+        /// Ours.
+        database: String,
+    },
+    /// The slot was dropped or recreated concurrently while being set up.
+    #[error("replication slot {slot:?} changed concurrently during setup")]
+    SlotVanished {
+        /// The slot's name.
+        slot: String,
+    },
+}
+
+impl PgError for PgPortError {
+    fn kind(&self) -> DisconnectKind {
+        match self {
+            Self::ConfigParse(_)
+            | Self::Config { .. }
+            | Self::WalLevel { .. }
+            | Self::ReplicationRole { .. }
+            | Self::Publication { .. }
+            | Self::SlotInOtherDatabase { .. } => DisconnectKind::Fatal,
+            Self::Sql { source, .. } => sql_error_kind(source),
+            Self::Replication { source, .. } => match source.kind() {
+                ReplicationErrorKind::Transient => DisconnectKind::Transient,
+                ReplicationErrorKind::Fatal => DisconnectKind::Fatal,
+            },
+            Self::Catalog(e) => e.postgres_error().map_or(DisconnectKind::Transient, sql_error_kind),
+            Self::ConnectTimeout { .. } | Self::SlotVanished { .. } => DisconnectKind::Transient,
+        }
+    }
+}
+
+/// Deploy-semantics RC-1 for the SQL driver's errors: configuration problems (authentication,
+/// privileges, missing database, `wal_level`, TLS, bad configuration) are fatal; everything else
+/// (refused, reset or timed-out connections, 57P01, 55006, 53300, …) is worth retrying.
+pub(crate) fn sql_error_kind(error: &tokio_postgres::Error) -> DisconnectKind {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        let fatal = code.starts_with("28")
+            || matches!(code, "42501" | "3D000")
+            || (code == "55000" && db.message().contains("wal_level"));
+        return if fatal { DisconnectKind::Fatal } else { DisconnectKind::Transient };
+    }
+    // tokio-postgres exposes its error kind only through Display.
+    let text = error.to_string();
+    let fatal = [
+        "invalid configuration",
+        "invalid connection string",
+        "authentication error",
+        "error performing TLS handshake",
+    ]
+    .iter()
+    .any(|prefix| text.starts_with(prefix));
+    if fatal {
+        DisconnectKind::Fatal
+    } else {
+        DisconnectKind::Transient
+    }
+}
+
+/// The error and its sources, joined by `: ` (driver errors say little at the top level).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn sql(during: &'static str) -> impl Fn(tokio_postgres::Error) -> PgPortError {
+    move |source| PgPortError::Sql { during, source }
+}
+
+fn repl(during: &'static str) -> impl Fn(ReplicationError) -> PgPortError {
+    move |source| PgPortError::Replication { during, source }
+}
+
+/// A role name as `ALTER ROLE` takes it: bare when that keeps it, else quoted.
+fn sql_role(user: &str) -> String {
+    let mut chars = user.chars();
+    let bare = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if bare {
+        user.to_owned()
+    } else {
+        quote_ident(user)
+    }
+}
+
+/// The replication connection's socket: TCP, or a unix socket when `DATABASE_URL` names a
+/// socket directory.
+enum PgSocket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for PgSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PgSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_give_the_replication_login() {
+        let pg = RealPg::from_url("postgresql://amp:secret@db.example:6543/app").unwrap();
+        let endpoint = &pg.inner.replication;
+        assert!(matches!(&endpoint.host, Endpoint::Tcp(h) if h == "db.example"));
+        assert_eq!(endpoint.port, 6543);
+        assert_eq!(endpoint.config.user, "amp");
+        assert_eq!(endpoint.config.password.as_deref(), Some("secret"));
+        assert_eq!(endpoint.config.database, "app");
+        assert_eq!(pg.inner.sql.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+
+        let pg = RealPg::from_url("host=/var/run/postgresql user=amp").unwrap();
+        assert!(matches!(&pg.inner.replication.host, Endpoint::Unix(_)));
+        assert_eq!(pg.database(), "amp");
+        assert_eq!(pg.inner.replication.port, 5432);
+    }
+
+    #[test]
+    fn unusable_urls_are_fatal() {
+        let no_user = RealPg::from_url("postgresql://db.example/app").err().unwrap();
+        assert_eq!(no_user.kind(), DisconnectKind::Fatal);
+        let garbage = RealPg::from_url("postgresql://a:b:c@").err().unwrap();
+        assert_eq!(garbage.kind(), DisconnectKind::Fatal);
+    }
+
+    #[test]
+    fn role_fix_names_the_role_as_sql() {
+        let e = PgPortError::ReplicationRole { user: "ampere".into() };
+        assert!(e.to_string().contains("ALTER ROLE ampere WITH REPLICATION"), "{e}");
+        let e = PgPortError::ReplicationRole { user: "Amp Ere".into() };
+        assert!(e.to_string().contains("ALTER ROLE \"Amp Ere\" WITH REPLICATION"), "{e}");
+    }
+}

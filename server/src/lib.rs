@@ -1,4 +1,8 @@
 //! ampere server library: the driver loop, the HTTP API, configuration.
 
 pub mod api;
+pub mod config;
+pub mod driver;
 pub mod http;
+pub mod registry;
+pub mod service;

@@ -1,0 +1,889 @@
+//! `Instance`: the composition of the core's sub-machines, driven by the server's loop.
+//!
+//! Owns replication progress (received / durable / acknowledged), transaction assembly,
+//! the live shapes and the durability order:
+//! append → flush (fdatasync) → durable → standby status `flush` (never beyond durable).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::chunk::ChunkCutter;
+use crate::lsn::Lsn;
+use crate::offset::LogOffset;
+use crate::pgoutput::{Decoder, Oid, ProtoVersion};
+use crate::ports::{
+    DisconnectKind, LogEntry, RecoveredLog, ReplicationStarted, ReplicationTarget, SnapshotRequest,
+    StandbyStatus, StoredShape,
+};
+use crate::shape::{HandleStamp, ShapeDefinition, ShapeHandle, TableSchema};
+use crate::shapes::{Invalidation, Shape, Stage};
+use crate::snapshot::PgSnapshot;
+use crate::time::Instant;
+use crate::txn::{Transaction, TxnAssembler};
+use crate::OpId;
+
+/// Static configuration of an instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Slot and publication names.
+    pub target: ReplicationTarget,
+    /// `ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD`.
+    pub chunk_bytes_threshold: u64,
+    /// Period of unsolicited standby status updates (well under `wal_sender_timeout`).
+    pub status_interval: Duration,
+    /// First reconnect delay; doubles up to `reconnect_delay_max`.
+    pub reconnect_delay_min: Duration,
+    /// Cap of the reconnect delay.
+    pub reconnect_delay_max: Duration,
+}
+
+impl Config {
+    /// Electric's defaults for the given names and threshold.
+    pub fn new(target: ReplicationTarget, chunk_bytes_threshold: u64) -> Self {
+        Self {
+            target,
+            chunk_bytes_threshold,
+            status_interval: Duration::from_secs(10),
+            reconnect_delay_min: Duration::from_secs(1),
+            reconnect_delay_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A shape recovered from storage at boot.
+#[derive(Clone, Debug)]
+pub struct RecoveredShape {
+    /// Its metadata row.
+    pub stored: StoredShape,
+    /// What its log holds.
+    pub log: RecoveredLog,
+}
+
+/// Facts the driver reports.
+#[derive(Debug)]
+pub enum Input {
+    /// Replication is streaming.
+    ReplicationStarted {
+        /// Echo of [`Output::StartReplication`].
+        op: OpId,
+        /// What connecting found.
+        started: ReplicationStarted,
+    },
+    /// Starting replication failed.
+    ReplicationFailed {
+        /// Echo of [`Output::StartReplication`].
+        op: OpId,
+        /// Retry or give up.
+        kind: DisconnectKind,
+        /// The error, rendered, for a fatal exit.
+        message: String,
+    },
+    /// The replication stream ended or failed.
+    ReplicationLost {
+        /// Retry or give up.
+        kind: DisconnectKind,
+    },
+    /// An `XLogData` message arrived.
+    XLogData {
+        /// Current end of WAL on the server.
+        wal_end: Lsn,
+        /// The pgoutput message.
+        data: Bytes,
+    },
+    /// A primary keepalive arrived.
+    PrimaryKeepalive {
+        /// Current end of WAL on the server.
+        wal_end: Lsn,
+        /// The server wants a status update now.
+        reply_requested: bool,
+    },
+    /// Everything appended before [`Output::FlushLogs`] `op` is durable.
+    LogsFlushed {
+        /// Echo of the flush.
+        op: OpId,
+    },
+    /// A client asked for a shape (created unless it exists).
+    ShapeRequested {
+        /// Echoed in the reply.
+        op: OpId,
+        /// The definition.
+        definition: ShapeDefinition,
+        /// The table as validated against the catalog.
+        schema: TableSchema,
+        /// Wall-clock microseconds since the Unix epoch, for the handle stamp.
+        unix_micros: u64,
+    },
+    /// A snapshot completed and its chunks are durable.
+    SnapshotTaken {
+        /// Echo of [`Output::CreateShape`].
+        op: OpId,
+        /// `pg_current_snapshot()` of the snapshot transaction.
+        snapshot: PgSnapshot,
+    },
+    /// A snapshot failed.
+    SnapshotFailed {
+        /// Echo of [`Output::CreateShape`].
+        op: OpId,
+    },
+}
+
+/// Commands for the driver.
+#[derive(Debug)]
+pub enum Output {
+    /// Connect replication; reply with `ReplicationStarted` or `ReplicationFailed`.
+    StartReplication {
+        /// Echoed in the reply.
+        op: OpId,
+        /// Slot and publication.
+        target: ReplicationTarget,
+    },
+    /// Close the replication stream (the core then reconnects after a backoff).
+    StopReplication {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Send a standby status update on the replication stream.
+    SendStandbyStatus(StandbyStatus),
+    /// Buffer entries at the end of a shape's log.
+    Append {
+        /// The shape.
+        handle: ShapeHandle,
+        /// Its new entries, offsets increasing.
+        entries: Vec<LogEntry>,
+    },
+    /// Make every append so far durable; reply with `LogsFlushed`.
+    FlushLogs {
+        /// Echoed in the reply.
+        op: OpId,
+    },
+    /// Create the shape's log and metadata row (in that order), answer the request with the
+    /// handle, then take the snapshot; reply with `SnapshotTaken` or `SnapshotFailed`.
+    CreateShape {
+        /// The request, echoed in the snapshot reply.
+        op: OpId,
+        /// The metadata row (snapshot not yet taken).
+        shape: StoredShape,
+        /// The new handle-stamp high-water mark.
+        stamp: HandleStamp,
+        /// The snapshot to take.
+        snapshot: SnapshotRequest,
+    },
+    /// The request is answered by an existing shape.
+    ShapeExists {
+        /// The request.
+        op: OpId,
+        /// The shape for its definition.
+        handle: ShapeHandle,
+    },
+    /// The request cannot be served now (not streaming): 503.
+    ShapeRefused {
+        /// The request.
+        op: OpId,
+        /// Why, for the 503 body.
+        reason: &'static str,
+    },
+    /// Rewrite a shape's metadata row (snapshot recorded, filtering ended).
+    PersistShape {
+        /// The row.
+        shape: StoredShape,
+    },
+    /// Remove a shape's log and metadata; its clients get 409.
+    RemoveShape {
+        /// The shape.
+        handle: ShapeHandle,
+        /// Why, for the log.
+        reason: &'static str,
+    },
+    /// An operator must act; the process should exit non-zero with this message.
+    Fatal {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Replication connection phase.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting to (re)connect at `at`.
+    Backoff { at: Instant },
+    /// `StartReplication` in flight.
+    Connecting { op: OpId },
+    /// Streaming; `since` for resetting the backoff.
+    Streaming { since: Instant },
+    /// A fatal error was reported.
+    Failed,
+}
+
+/// The core state machine. See the crate docs for the drain rule.
+#[derive(Debug)]
+pub struct Instance {
+    config: Config,
+    now: Instant,
+    phase: Phase,
+    reconnect_attempts: u32,
+    decoder: Decoder,
+    assembler: TxnAssembler,
+    shapes: BTreeMap<ShapeHandle, Shape>,
+    by_definition: BTreeMap<ShapeDefinition, ShapeHandle>,
+    by_relation: BTreeMap<Oid, BTreeSet<ShapeHandle>>,
+    snapshots: BTreeMap<OpId, ShapeHandle>,
+    stamp: HandleStamp,
+    durability: Durability,
+    next_status_at: Instant,
+    next_op: u64,
+    outputs: VecDeque<Output>,
+}
+
+/// Replication positions and the durable boundary (deploy-semantics RP-1..RP-5).
+#[derive(Debug, Default)]
+struct Durability {
+    /// Highest WAL end seen.
+    received: Lsn,
+    /// Commit LSN of the last transaction fully processed.
+    processed: Lsn,
+    /// Appends issued so far (a generation counter).
+    appended_gen: u64,
+    /// Generation covered by the last completed flush, and `processed` when it was issued.
+    flushed_gen: u64,
+    flushed_upto: Lsn,
+    /// The flush in flight: its op, generation and `processed` at issue.
+    flush_in_flight: Option<(OpId, u64, Lsn)>,
+    /// Commit LSNs of transactions held by snapshotting shapes (count of holders).
+    held: BTreeMap<Lsn, u32>,
+    /// Commit LSNs released from holds, durable once `flushed_gen` reaches the generation.
+    released: Vec<(u64, Lsn)>,
+    /// The `flush` position confirmed to Postgres: transactions committing before it are
+    /// durable in every shape.
+    confirmed: Lsn,
+    /// The last `flush` value sent.
+    acked: Lsn,
+}
+
+impl Durability {
+    /// The highest position that may be confirmed now.
+    fn boundary(&self) -> Lsn {
+        let mut upto = if self.flushed_upto == Lsn::ZERO {
+            self.confirmed
+        } else {
+            self.confirmed.max(self.flushed_upto.next())
+        };
+        let released = self
+            .released
+            .iter()
+            .filter(|(g, _)| *g > self.flushed_gen)
+            .map(|(_, l)| *l);
+        if let Some(floor) = self.held.keys().copied().chain(released).min() {
+            upto = upto.min(floor).max(self.confirmed);
+        }
+        upto
+    }
+
+    /// Nothing appended, held or flushing: every processed transaction is durable.
+    fn is_idle(&self) -> bool {
+        self.held.is_empty()
+            && self.flush_in_flight.is_none()
+            && self.appended_gen == self.flushed_gen
+            && self.released.iter().all(|(g, _)| *g <= self.flushed_gen)
+    }
+}
+
+impl Instance {
+    /// A new instance over the shapes recovered from storage; emits `StartReplication`.
+    pub fn new(
+        config: Config,
+        now: Instant,
+        recovered: Vec<RecoveredShape>,
+        stamp: HandleStamp,
+    ) -> Self {
+        let mut instance = Self {
+            config,
+            now,
+            phase: Phase::Backoff { at: now },
+            reconnect_attempts: 0,
+            decoder: Decoder::new(ProtoVersion::V1),
+            assembler: TxnAssembler::new(),
+            shapes: BTreeMap::new(),
+            by_definition: BTreeMap::new(),
+            by_relation: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            stamp,
+            durability: Durability::default(),
+            next_status_at: now,
+            next_op: 0,
+            outputs: VecDeque::new(),
+        };
+        for shape in recovered {
+            instance.restore(shape);
+        }
+        instance.handle_timeout(now);
+        instance
+    }
+
+    /// Feeds a fact. Drain [`Instance::poll_output`] afterwards.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.advance_clock(now);
+        match input {
+            Input::ReplicationStarted { op, started } => self.on_started(op, started),
+            Input::ReplicationFailed { op, kind, message } => {
+                if matches!(self.phase, Phase::Connecting { op: o } if o == op) {
+                    self.on_disconnected(kind, message);
+                }
+            }
+            Input::ReplicationLost { kind } => {
+                if matches!(self.phase, Phase::Streaming { .. }) {
+                    self.on_disconnected(kind, "replication stream lost".into());
+                }
+            }
+            Input::XLogData { wal_end, data } => self.on_xlog_data(wal_end, &data),
+            Input::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                self.on_keepalive(wal_end, reply_requested);
+            }
+            Input::LogsFlushed { op } => self.on_flushed(op),
+            Input::ShapeRequested {
+                op,
+                definition,
+                schema,
+                unix_micros,
+            } => {
+                self.on_shape_requested(op, definition, schema, unix_micros);
+            }
+            Input::SnapshotTaken { op, snapshot } => self.on_snapshot_taken(op, snapshot),
+            Input::SnapshotFailed { op } => {
+                if let Some(handle) = self.snapshots.remove(&op) {
+                    self.remove_shape(&handle, "snapshot failed");
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Fires due timers. Call when [`Instance::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance_clock(now);
+        if let Phase::Backoff { at } = self.phase {
+            if now >= at {
+                let op = self.op();
+                self.phase = Phase::Connecting { op };
+                let target = self.config.target.clone();
+                self.outputs
+                    .push_back(Output::StartReplication { op, target });
+            }
+        }
+        if matches!(self.phase, Phase::Streaming { .. }) && now >= self.next_status_at {
+            self.send_status();
+        }
+        self.check_invariants();
+    }
+
+    /// The next command for the driver, until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Instance::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Backoff { at } => Some(at),
+            Phase::Streaming { .. } => Some(self.next_status_at),
+            Phase::Connecting { .. } | Phase::Failed => None,
+        }
+    }
+
+    /// Whether replication is streaming (shapes can be created).
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.phase, Phase::Streaming { .. })
+    }
+
+    /// The last commit LSN durable in every shape (`global_last_seen_lsn`).
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.durability.confirmed.0.saturating_sub(1))
+    }
+
+    /// The `flush` position last acknowledged to Postgres.
+    pub fn acked_lsn(&self) -> Lsn {
+        self.durability.acked
+    }
+
+    /// Whether a `FlushLogs` awaits its reply.
+    pub fn has_flush_in_flight(&self) -> bool {
+        self.durability.flush_in_flight.is_some()
+    }
+
+    /// Handles of live shapes.
+    pub fn shape_handles(&self) -> impl Iterator<Item = &ShapeHandle> {
+        self.shapes.keys()
+    }
+
+    fn advance_clock(&mut self, now: Instant) {
+        assert!(
+            now >= self.now,
+            "time-monotonic: now={now:?} before {:?}",
+            self.now
+        );
+        self.now = now;
+    }
+
+    fn op(&mut self) -> OpId {
+        self.next_op += 1;
+        OpId(self.next_op)
+    }
+
+    fn restore(&mut self, recovered: RecoveredShape) {
+        let RecoveredShape { stored, log } = recovered;
+        let stage = match (&stored.snapshot, stored.snapshot_filter_done) {
+            (Some(_), true) => Stage::Live,
+            (Some(snapshot), false) => Stage::Filtering(snapshot.clone()),
+            // Incomplete snapshots are discarded by the caller before recovery.
+            (None, _) => return,
+        };
+        let cutter = ChunkCutter::new(self.config.chunk_bytes_threshold, log.open_chunk_bytes);
+        let shape = Shape::new(
+            stored.handle,
+            stored.definition,
+            stored.schema,
+            stage,
+            log.latest,
+            cutter,
+        );
+        self.index(shape);
+    }
+
+    fn index(&mut self, shape: Shape) {
+        let handle = shape.handle.clone();
+        self.by_definition
+            .insert(shape.definition.clone(), handle.clone());
+        self.by_relation
+            .entry(shape.schema.oid)
+            .or_default()
+            .insert(handle.clone());
+        self.shapes.insert(handle, shape);
+    }
+}
+
+/// Replication events.
+impl Instance {
+    fn on_started(&mut self, op: OpId, started: ReplicationStarted) {
+        if !matches!(self.phase, Phase::Connecting { op: o } if o == op) {
+            return; // a reply the core no longer waits for
+        }
+        self.phase = Phase::Streaming { since: self.now };
+        if started.slot_created && !self.shapes.is_empty() {
+            // Continuity lost: the slot's history does not cover what storage holds.
+            let handles: Vec<_> = self.shapes.keys().cloned().collect();
+            for handle in handles {
+                self.remove_shape(&handle, "replication slot was created anew");
+            }
+        }
+        let d = &mut self.durability;
+        d.confirmed = d.confirmed.max(started.confirmed_flush_lsn);
+        d.acked = d.acked.max(started.confirmed_flush_lsn);
+        d.received = d.received.max(started.confirmed_flush_lsn);
+        d.processed = d
+            .processed
+            .max(Lsn(started.confirmed_flush_lsn.0.saturating_sub(1)));
+        self.next_status_at = self.now;
+    }
+
+    fn on_disconnected(&mut self, kind: DisconnectKind, message: String) {
+        if kind == DisconnectKind::Fatal {
+            self.phase = Phase::Failed;
+            self.outputs.push_back(Output::Fatal { message });
+            return;
+        }
+        if let Phase::Streaming { since } = self.phase {
+            if self.now.saturating_duration_since(since) >= Duration::from_secs(5) {
+                self.reconnect_attempts = 0;
+            }
+        }
+        let delay = self.reconnect_delay();
+        self.reconnect_attempts = self.reconnect_attempts.saturating_add(1);
+        self.phase = Phase::Backoff {
+            at: self.now + delay,
+        };
+        // The slot re-sends every transaction at or after the confirmed position: forget
+        // partial state; shapes drop replayed entries at or below their latest offset.
+        self.decoder = Decoder::new(ProtoVersion::V1);
+        self.assembler = TxnAssembler::new();
+        for shape in self.shapes.values_mut() {
+            if let Stage::Snapshotting { buffered, .. } = &mut shape.stage {
+                buffered.clear();
+            }
+        }
+        self.durability.held.clear();
+    }
+
+    fn reconnect_delay(&self) -> Duration {
+        let factor = 1u32 << self.reconnect_attempts.min(16);
+        self.config
+            .reconnect_delay_min
+            .saturating_mul(factor)
+            .min(self.config.reconnect_delay_max)
+    }
+
+    fn on_xlog_data(&mut self, wal_end: Lsn, data: &[u8]) {
+        if !matches!(self.phase, Phase::Streaming { .. }) {
+            return;
+        }
+        self.durability.received = self.durability.received.max(wal_end);
+        let message = match self.decoder.decode(data) {
+            Ok(m) => m,
+            Err(e) => return self.protocol_violation(&e.to_string()),
+        };
+        match self.assembler.push(message) {
+            Ok(Some(txn)) => self.on_transaction(txn),
+            Ok(None) => {}
+            Err(e) => self.protocol_violation(&e.to_string()),
+        }
+    }
+
+    fn protocol_violation(&mut self, what: &str) {
+        // Bad peer data is a state change, not a panic: reconnect and replay.
+        self.outputs.push_back(Output::StopReplication {
+            reason: format!("pgoutput: {what}"),
+        });
+        self.on_disconnected(DisconnectKind::Transient, String::new());
+    }
+
+    fn on_transaction(&mut self, txn: Transaction) {
+        if txn.commit_lsn < self.durability.confirmed {
+            return; // replayed and already durable everywhere
+        }
+        self.invalidate_changed_relations(&txn);
+        let txn = Arc::new(txn);
+        let touched: BTreeSet<ShapeHandle> = txn
+            .changes
+            .iter()
+            .flat_map(|c| c.relations())
+            .filter_map(|oid| self.by_relation.get(oid))
+            .flatten()
+            .cloned()
+            .collect();
+        for handle in touched {
+            self.route(&handle, &txn);
+        }
+        self.durability.processed = txn.commit_lsn;
+        self.maybe_flush();
+    }
+
+    fn invalidate_changed_relations(&mut self, txn: &Transaction) {
+        for relation in &txn.relations {
+            let stale: Vec<ShapeHandle> = self
+                .by_relation
+                .get(&relation.oid)
+                .into_iter()
+                .flatten()
+                .filter(|h| {
+                    self.shapes
+                        .get(*h)
+                        .is_some_and(|s| !s.relation_matches(relation))
+                })
+                .cloned()
+                .collect();
+            for handle in stale {
+                self.remove_shape(&handle, "table schema changed");
+            }
+        }
+    }
+
+    fn route(&mut self, handle: &ShapeHandle, txn: &Arc<Transaction>) {
+        let Some(shape) = self.shapes.get_mut(handle) else {
+            return;
+        };
+        match &mut shape.stage {
+            Stage::Snapshotting { buffered, .. } => {
+                buffered.push(Arc::clone(txn));
+                *self.durability.held.entry(txn.commit_lsn).or_insert(0) += 1;
+                return;
+            }
+            Stage::Filtering(snapshot) => {
+                if snapshot.is_visible(txn.xid) {
+                    return;
+                }
+                if snapshot.is_after(txn.xid) {
+                    let snapshot = snapshot.clone();
+                    shape.stage = Stage::Live;
+                    let stored = stored_shape(shape, Some(snapshot), true);
+                    self.outputs
+                        .push_back(Output::PersistShape { shape: stored });
+                }
+            }
+            Stage::Live => {}
+        }
+        self.append(handle, txn);
+    }
+
+    /// Appends `txn`'s entries to a shape that is past its snapshot.
+    fn append(&mut self, handle: &ShapeHandle, txn: &Transaction) {
+        let Some(shape) = self.shapes.get_mut(handle) else {
+            return;
+        };
+        match shape.entries_for(txn) {
+            Ok(entries) if entries.is_empty() => {}
+            Ok(entries) => {
+                self.durability.appended_gen += 1;
+                self.outputs.push_back(Output::Append {
+                    handle: handle.clone(),
+                    entries,
+                });
+            }
+            Err(why) => self.remove_shape(handle, invalidation_reason(why)),
+        }
+    }
+
+    fn on_keepalive(&mut self, wal_end: Lsn, reply_requested: bool) {
+        if !matches!(self.phase, Phase::Streaming { .. }) {
+            return;
+        }
+        let d = &mut self.durability;
+        d.received = d.received.max(wal_end);
+        if !self.assembler.in_transaction() && d.is_idle() {
+            // No shape owes anything: WAL up to here touches no shape (RP-5). Confirm
+            // `wal_end` itself, not +1: a commit record may start exactly there.
+            d.confirmed = d.confirmed.max(wal_end);
+            d.processed = d.processed.max(Lsn(wal_end.0.saturating_sub(1)));
+        }
+        if reply_requested || d.confirmed > d.acked {
+            self.send_status();
+        }
+    }
+
+    fn maybe_flush(&mut self) {
+        let d = &mut self.durability;
+        if d.flush_in_flight.is_some() {
+            return;
+        }
+        if d.appended_gen == d.flushed_gen {
+            // Nothing to make durable: processed transactions are durable already.
+            d.flushed_upto = d.flushed_upto.max(d.processed);
+            self.advance_confirmed();
+            return;
+        }
+        let op = self.op();
+        let d = &mut self.durability;
+        d.flush_in_flight = Some((op, d.appended_gen, d.processed));
+        self.outputs.push_back(Output::FlushLogs { op });
+    }
+
+    fn on_flushed(&mut self, op: OpId) {
+        let d = &mut self.durability;
+        let Some((expected, gen, upto)) = d.flush_in_flight else {
+            return;
+        };
+        assert_eq!(op, expected, "reply-issued: flush {op:?} was never issued");
+        d.flush_in_flight = None;
+        d.flushed_gen = d.flushed_gen.max(gen);
+        d.flushed_upto = d.flushed_upto.max(upto);
+        let flushed_gen = d.flushed_gen;
+        d.released.retain(|(g, _)| *g > flushed_gen);
+        self.advance_confirmed();
+        self.maybe_flush();
+    }
+
+    fn advance_confirmed(&mut self) {
+        let d = &mut self.durability;
+        let boundary = d.boundary();
+        if boundary > d.confirmed {
+            d.confirmed = boundary;
+            self.send_status();
+        }
+    }
+
+    fn send_status(&mut self) {
+        let d = &mut self.durability;
+        assert!(
+            d.confirmed >= d.acked,
+            "ack-monotonic: confirmed={} acked={}",
+            d.confirmed,
+            d.acked
+        );
+        d.acked = d.confirmed;
+        let write = d.received.max(d.confirmed);
+        let status = StandbyStatus {
+            write,
+            flush: d.confirmed,
+            apply: d.confirmed,
+        };
+        self.outputs.push_back(Output::SendStandbyStatus(status));
+        self.next_status_at = self.now + self.config.status_interval;
+    }
+}
+
+/// Shape lifecycle.
+impl Instance {
+    fn on_shape_requested(
+        &mut self,
+        op: OpId,
+        definition: ShapeDefinition,
+        schema: TableSchema,
+        unix_micros: u64,
+    ) {
+        if let Some(handle) = self.by_definition.get(&definition) {
+            let handle = handle.clone();
+            self.outputs.push_back(Output::ShapeExists { op, handle });
+            return;
+        }
+        if !self.is_streaming() {
+            let reason = "Timeout waiting for the replication stream to start";
+            self.outputs.push_back(Output::ShapeRefused { op, reason });
+            return;
+        }
+        self.stamp = self.stamp.next(unix_micros);
+        let handle = ShapeHandle::mint(definition.identity(), self.stamp);
+        assert!(
+            !self.shapes.contains_key(&handle),
+            "handle-unique: {handle:?} reissued"
+        );
+        let cutter = ChunkCutter::new(self.config.chunk_bytes_threshold, 0);
+        let stage = Stage::Snapshotting {
+            op,
+            buffered: Vec::new(),
+        };
+        let shape = Shape::new(
+            handle.clone(),
+            definition.clone(),
+            schema.clone(),
+            stage,
+            LogOffset::SNAPSHOT_END,
+            cutter,
+        );
+        let stored = stored_shape(&shape, None, false);
+        self.index(shape);
+        self.snapshots.insert(op, handle.clone());
+        let snapshot = SnapshotRequest {
+            handle,
+            definition,
+            schema,
+            publication: self.config.target.publication.clone(),
+            chunk_bytes_threshold: self.config.chunk_bytes_threshold,
+        };
+        self.outputs.push_back(Output::CreateShape {
+            op,
+            shape: stored,
+            stamp: self.stamp,
+            snapshot,
+        });
+    }
+
+    fn on_snapshot_taken(&mut self, op: OpId, snapshot: PgSnapshot) {
+        let Some(handle) = self.snapshots.remove(&op) else {
+            return;
+        };
+        let Some(shape) = self.shapes.get_mut(&handle) else {
+            return;
+        };
+        let Stage::Snapshotting { buffered, .. } =
+            std::mem::replace(&mut shape.stage, Stage::Filtering(snapshot.clone()))
+        else {
+            unreachable!(
+                "snapshots-tracked: {handle:?} had a snapshot op but was not snapshotting"
+            );
+        };
+        let stored = stored_shape(shape, Some(snapshot), false);
+        self.outputs
+            .push_back(Output::PersistShape { shape: stored });
+        for txn in &buffered {
+            self.release_hold(txn.commit_lsn);
+            self.route(&handle, txn);
+        }
+        self.maybe_flush();
+    }
+
+    /// A held transaction is no longer waiting on a snapshot; it is durable for this shape
+    /// after the next flush (generation after its appends).
+    fn release_hold(&mut self, commit_lsn: Lsn) {
+        let d = &mut self.durability;
+        if let Some(count) = d.held.get_mut(&commit_lsn) {
+            *count -= 1;
+            if *count == 0 {
+                d.held.remove(&commit_lsn);
+            }
+        }
+        // Generation + 1: covered only by a flush issued after the appends that follow.
+        d.released.push((d.appended_gen + 1, commit_lsn));
+    }
+
+    fn remove_shape(&mut self, handle: &ShapeHandle, reason: &'static str) {
+        let Some(shape) = self.shapes.remove(handle) else {
+            return;
+        };
+        self.by_definition.remove(&shape.definition);
+        if let Some(set) = self.by_relation.get_mut(&shape.schema.oid) {
+            set.remove(handle);
+            if set.is_empty() {
+                self.by_relation.remove(&shape.schema.oid);
+            }
+        }
+        if let Stage::Snapshotting { op, buffered } = shape.stage {
+            self.snapshots.remove(&op);
+            for txn in buffered {
+                self.release_hold(txn.commit_lsn);
+            }
+        }
+        self.outputs.push_back(Output::RemoveShape {
+            handle: handle.clone(),
+            reason,
+        });
+        self.maybe_flush();
+    }
+
+    /// Whole-state invariants, checked after every `handle_*` in tests and simulation.
+    fn check_invariants(&self) {
+        #[cfg(any(test, feature = "sim"))]
+        {
+            let d = &self.durability;
+            assert!(
+                d.acked <= d.confirmed,
+                "ack-after-durable: acked={} confirmed={}",
+                d.acked,
+                d.confirmed
+            );
+            for (lsn, _) in &d.held {
+                assert!(
+                    *lsn >= d.confirmed,
+                    "held-not-confirmed: held={lsn} confirmed={}",
+                    d.confirmed
+                );
+            }
+            for (definition, handle) in &self.by_definition {
+                let shape = self
+                    .shapes
+                    .get(handle)
+                    .expect("index-consistent: by_definition");
+                assert_eq!(
+                    &shape.definition, definition,
+                    "index-consistent: definition"
+                );
+            }
+            assert_eq!(
+                self.by_definition.len(),
+                self.shapes.len(),
+                "index-consistent: counts"
+            );
+        }
+    }
+}
+
+fn stored_shape(shape: &Shape, snapshot: Option<PgSnapshot>, filter_done: bool) -> StoredShape {
+    StoredShape {
+        handle: shape.handle.clone(),
+        definition: shape.definition.clone(),
+        schema: shape.schema.clone(),
+        snapshot,
+        snapshot_filter_done: filter_done,
+    }
+}
+
+fn invalidation_reason(why: Invalidation) -> &'static str {
+    match why {
+        Invalidation::Truncated => "table truncated",
+        Invalidation::Unrepresentable(reason) => reason,
+    }
+}

@@ -1,0 +1,266 @@
+//! Shape requests, handles and invalidation.
+
+use std::time::Duration;
+
+use super::harness::{
+    entries, flushes, items, kinds, others, removed, selecting, table, whole, Harness, Txn,
+    START_LSN,
+};
+use crate::instance::Output;
+use crate::lsn::Lsn;
+use crate::shape::{HandleStamp, Replica, ShapeHandle};
+
+/// The handle and stamp of the `CreateShape` among `out`.
+fn created(out: &[Output]) -> (ShapeHandle, HandleStamp) {
+    out.iter()
+        .find_map(|o| match o {
+            Output::CreateShape { shape, stamp, .. } => Some((shape.handle.clone(), *stamp)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("expected CreateShape: {:?}", kinds(out)))
+}
+
+#[test]
+fn a_request_while_not_streaming_is_refused() {
+    // Goal: no shape is created before replication streams (it could miss transactions).
+    // Method: request a shape while the first StartReplication is unanswered.
+    let mut h = Harness::new();
+    h.take();
+    let op = h.request(whole(&items()), &items());
+    let out = h.take();
+    assert_eq!(kinds(&out), ["ShapeRefused"]);
+    assert!(matches!(out[0], Output::ShapeRefused { op: o, .. } if o == op));
+}
+
+#[test]
+fn a_request_while_streaming_creates_the_shape_and_asks_for_its_snapshot() {
+    // Goal: SN-1: a new shape's metadata (snapshot not taken) and its snapshot request
+    // leave in one CreateShape that echoes the request.
+    // Method: request a shape while streaming.
+    let mut h = Harness::streaming();
+    let op = h.request(whole(&items()), &items());
+    let out = h.take();
+    assert_eq!(kinds(&out), ["CreateShape"]);
+    let Output::CreateShape {
+        op: echoed,
+        shape,
+        stamp,
+        snapshot,
+    } = &out[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(*echoed, op);
+    assert_eq!(shape.definition, whole(&items()));
+    assert_eq!(shape.schema, items());
+    assert_eq!(shape.snapshot, None);
+    assert!(!shape.snapshot_filter_done);
+    assert_eq!(snapshot.handle, shape.handle);
+    assert_eq!(snapshot.publication, Harness::config().target.publication);
+    let suffix = format!("-{}", stamp.0);
+    assert!(
+        shape.handle.as_str().ends_with(&suffix),
+        "{} vs {suffix}",
+        shape.handle
+    );
+}
+
+#[test]
+fn a_second_request_for_the_same_definition_gets_the_same_handle() {
+    // Goal: one shape per definition: later requests are answered with its handle, during
+    // its snapshot and after.
+    // Method: request the same definition three times around its snapshot.
+    let mut h = Harness::streaming();
+    let (handle, op) = h.create_shape(&items());
+    h.take();
+    let again = h.request(whole(&items()), &items());
+    let out = h.take();
+    assert!(
+        matches!(&out[..], [Output::ShapeExists { op, handle: h }] if *op == again && *h == handle)
+    );
+    h.snapshot_taken(op, super::harness::early_snapshot());
+    h.take();
+    h.request(whole(&items()), &items());
+    assert!(matches!(&h.take()[..], [Output::ShapeExists { handle: h, .. }] if *h == handle));
+}
+
+#[test]
+fn different_definitions_get_different_handles() {
+    // Goal: table, column selection and replica mode each make a different shape.
+    // Method: request four definitions.
+    let mut h = Harness::streaming();
+    let definitions = [
+        whole(&items()),
+        selecting(&items(), &["id", "title"]),
+        crate::shape::ShapeDefinition {
+            replica: Replica::Full,
+            ..whole(&items())
+        },
+        whole(&others()),
+    ];
+    let mut handles = Vec::new();
+    for d in definitions {
+        let schema = if d.relation.table == "items" {
+            items()
+        } else {
+            others()
+        };
+        h.request(d, &schema);
+        handles.push(created(&h.take()).0);
+    }
+    let distinct: std::collections::BTreeSet<_> = handles.iter().collect();
+    assert_eq!(distinct.len(), 4, "{handles:?}");
+}
+
+#[test]
+fn handle_stamps_strictly_increase_when_the_wall_clock_steps_back() {
+    // Goal: ID: a handle is never issued twice, even if wall time steps backwards.
+    // Method: three requests with unix_micros 5000, 4000, 9000.
+    let mut h = Harness::streaming();
+    let mut stamps = Vec::new();
+    for (schema, micros) in [
+        (items(), 5_000),
+        (others(), 4_000),
+        (table(9, "t", &[("id", 23, true)]), 9_000),
+    ] {
+        h.request_at(whole(&schema), &schema, micros);
+        stamps.push(created(&h.take()).1 .0);
+    }
+    assert_eq!(stamps, [5_000, 5_001, 9_000]);
+}
+
+#[test]
+fn truncating_the_table_removes_its_shape_and_a_new_request_mints_another_handle() {
+    // Goal: invalidation: TRUNCATE removes the shape (clients get 409) and the definition
+    // gets a new handle next time.
+    // Method: a live shape, a TRUNCATE, a new request for the same definition.
+    let mut h = Harness::streaming();
+    let handle = h.live_shape(&items());
+    h.commit(&Txn::new(700, 0x2000).truncate(&[&items()]));
+    let out = h.take();
+    assert_eq!(removed(&out), [handle.clone()]);
+    assert!(entries(&out, &handle).is_empty());
+    assert_eq!(
+        flushes(&out),
+        [Lsn(0x2001)],
+        "nothing to flush: confirmed at once"
+    );
+
+    h.request(whole(&items()), &items());
+    let (fresh, _) = created(&h.take());
+    assert_ne!(fresh, handle);
+}
+
+#[test]
+fn a_relation_message_with_changed_columns_removes_the_shape() {
+    // Goal: a schema change Postgres announces invalidates the table's shapes.
+    // Method: after a first transaction announced items, a transaction announces items with
+    // an added column and inserts a row of the new shape.
+    let mut h = Harness::streaming();
+    let handle = h.live_shape(&items());
+    h.commit(&Txn::new(700, 0x2000).insert(&items(), &["1", "a", "1"]));
+    h.complete_flush();
+    h.take();
+    let mut altered = items();
+    altered
+        .columns
+        .push(table(0, "x", &[("extra", 25, false)]).columns.remove(0));
+    h.commit(&Txn::new(701, 0x3000).insert(&altered, &["2", "b", "2", "e"]));
+    let out = h.take();
+    assert_eq!(removed(&out), [handle.clone()]);
+    assert!(entries(&out, &handle).is_empty());
+}
+
+#[test]
+fn an_unchanged_relation_announced_again_keeps_the_shape() {
+    // Goal: pgoutput re-announces every relation on a new connection; an identical
+    // announcement is not a schema change.
+    // Method: stream, reconnect, then a transaction that re-announces items.
+    let mut h = Harness::streaming();
+    let handle = h.live_shape(&items());
+    h.commit(&Txn::new(700, 0x2000).insert(&items(), &["1", "a", "1"]));
+    h.complete_flush();
+    h.lose_replication();
+    h.advance(Duration::from_secs(1));
+    h.start(Lsn(0x2001));
+    h.take();
+    h.commit(
+        &Txn::new(701, 0x3000)
+            .relation(&items())
+            .insert(&items(), &["2", "b", "2"]),
+    );
+    let out = h.take();
+    assert!(removed(&out).is_empty());
+    assert_eq!(
+        super::harness::offsets(&entries(&out, &handle)),
+        ["12288_0"]
+    );
+}
+
+#[test]
+fn a_transaction_on_another_table_leaves_the_shape_alone() {
+    // Goal: truncates and schema changes of other tables do not touch a shape.
+    // Method: a shape on items; truncate and alter others; then use items.
+    let mut h = Harness::streaming();
+    let handle = h.live_shape(&items());
+    h.commit(&Txn::new(700, 0x2000).truncate(&[&others()]));
+    let mut altered = others();
+    altered.columns.pop();
+    h.commit(&Txn::new(701, 0x3000).insert(&altered, &["1"]));
+    assert!(removed(&h.take()).is_empty());
+    h.commit(&Txn::new(702, 0x4000).insert(&items(), &["1", "a", "1"]));
+    assert_eq!(entries(&h.take(), &handle).len(), 1);
+}
+
+#[test]
+fn a_recreated_slot_removes_every_existing_shape() {
+    // Goal: CT-1: a slot created anew breaks continuity: every shape is removed, and
+    // requests then create fresh ones.
+    // Method: a live shape and a snapshotting one; reconnect to a newly created slot.
+    let mut h = Harness::streaming();
+    let live = h.live_shape(&items());
+    let (snapshotting, _) = h.create_shape(&others());
+    h.take();
+    h.lose_replication();
+    h.advance(Duration::from_secs(1));
+    h.start_with(START_LSN, true);
+    let mut gone = removed(&h.take());
+    gone.sort();
+    let mut expected = vec![live.clone(), snapshotting];
+    expected.sort();
+    assert_eq!(gone, expected);
+
+    h.request(whole(&items()), &items());
+    assert_ne!(created(&h.take()).0, live);
+}
+
+#[test]
+fn a_recreated_slot_restarts_positions_at_its_consistent_point() {
+    // Goal: CT-1: after a continuity break (a PITR or a failover to another cluster: the new
+    // slot's consistent point may lie below what the old slot confirmed) the core must
+    // neither confirm the old position to the new slot nor drop its transactions as
+    // "already durable".
+    // Method: confirm 0x9001 on the old slot; reconnect to a new slot at 0x2000; create a
+    // shape and commit a transaction at 0x3000 on it.
+    let mut h = Harness::streaming();
+    h.live_shape(&items());
+    h.commit(&Txn::new(700, 0x9000).insert(&items(), &["1", "a", "1"]));
+    h.complete_flush();
+    h.lose_replication();
+    h.advance(Duration::from_secs(1));
+    h.start_with(Lsn(0x2000), true);
+    let out = h.take();
+    assert_eq!(
+        flushes(&out),
+        [Lsn(0x2000)],
+        "the new slot is confirmed where it starts"
+    );
+
+    let handle = h.live_shape(&items());
+    h.commit(&Txn::new(701, 0x3000).insert(&items(), &["2", "b", "2"]));
+    let out = h.take();
+    assert_eq!(
+        super::harness::offsets(&entries(&out, &handle)),
+        ["12288_0"]
+    );
+}

@@ -1,0 +1,123 @@
+//! The store's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use ampere_core::shape::ShapeHandle;
+use ampere_core::LogOffset;
+
+/// Why a shape-log store operation failed.
+///
+/// File errors carry the operation, the path and the OS error (as the source). A failed write
+/// or `fdatasync` poisons that shape ([`StoreError::ShapeFailed`] afterwards): after a failed
+/// `fdatasync` the page cache can no longer be trusted, so the core must invalidate the shape
+/// (deploy-semantics RP-6) rather than retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system call failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// What was being done (`"fdatasync"`, `"open"`, …).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The store has no such shape (never created, removed, or not recovered yet).
+    #[error("shape {handle} is not in the store")]
+    UnknownShape {
+        /// The shape.
+        handle: ShapeHandle,
+    },
+    /// `create_shape` found the shape's directory already there.
+    #[error("shape {handle} already exists at {path}")]
+    ShapeExists {
+        /// The shape.
+        handle: ShapeHandle,
+        /// Its directory.
+        path: PathBuf,
+    },
+    /// A handle that cannot name a directory (only ASCII letters, digits, `-` and `_` can).
+    #[error("shape handle {handle:?} cannot name a directory")]
+    InvalidHandle {
+        /// The handle.
+        handle: ShapeHandle,
+    },
+    /// An appended entry's offset is not above the previous one (or not above `0_inf`).
+    #[error("append to shape {handle}: offset {offset} is not after {last}")]
+    OffsetNotIncreasing {
+        /// The shape.
+        handle: ShapeHandle,
+        /// The offending offset.
+        offset: LogOffset,
+        /// The last offset appended before it (`0_inf` if none).
+        last: LogOffset,
+    },
+    /// An entry of 4 GiB or more (pgoutput cannot carry one; the index stores 32-bit lengths).
+    #[error("append to shape {handle}: entry {offset} is {len} bytes, too large")]
+    EntryTooLarge {
+        /// The shape.
+        handle: ShapeHandle,
+        /// The entry's offset.
+        offset: LogOffset,
+        /// Its length.
+        len: usize,
+    },
+    /// An earlier write or `fdatasync` of this shape failed; it accepts no more appends.
+    #[error("shape {handle} failed an earlier write and accepts no more")]
+    ShapeFailed {
+        /// The shape.
+        handle: ShapeHandle,
+    },
+    /// Snapshot chunks must be written in order `0, 1, …` and only before `finish`.
+    #[error("shape {handle}: snapshot chunk {index} out of order (next is {expected:?})")]
+    SnapshotChunkOutOfOrder {
+        /// The shape.
+        handle: ShapeHandle,
+        /// The chunk written.
+        index: u64,
+        /// The chunk expected next, `None` once the snapshot is complete.
+        expected: Option<u64>,
+    },
+    /// `finish` before any chunk: even an empty table has chunk 0 with `snapshot-end`.
+    #[error("shape {handle}: snapshot finished without chunks")]
+    SnapshotEmpty {
+        /// The shape.
+        handle: ShapeHandle,
+    },
+    /// Files that no crash can produce (damage in the middle of a log, a completion marker that
+    /// disagrees with its chunks): the shape needs a new handle.
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: &'static str,
+    },
+    /// The storage directory probe failed (deploy-semantics ST-1). The message is meant for the
+    /// operator: it names the path, the OS error and the usual fix.
+    #[error(
+        "storage directory {root} is not usable: cannot {op} {path}: {error}. Make sure it is a \
+         writable directory and that the user running ampere owns it (or can create it in its \
+         parent directory)"
+    )]
+    NotWritable {
+        /// The storage directory.
+        root: PathBuf,
+        /// What the probe was doing.
+        op: &'static str,
+        /// The path it failed on.
+        path: PathBuf,
+        /// The OS error (in the message, for the startup error).
+        error: io::Error,
+    },
+    /// A blocking worker task panicked or was cancelled at runtime shutdown.
+    #[error("storage worker task failed")]
+    Worker {
+        /// The join failure.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}

@@ -1,0 +1,579 @@
+//! Shape logs on real files, with group-commit `fdatasync` (deploy-semantics RP-1, RP-7,
+//! ST-1; protocol.md §6.2).
+//!
+//! Owns everything under its root (`ELECTRIC_STORAGE_DIR`, or a stack's directory in it):
+//!
+//! ```text
+//! shapes/<handle>/log.json             replicated entries, each JSON object followed by `,`
+//! shapes/<handle>/log.idx              40-byte records: offset, position, length, chunk end
+//! shapes/<handle>/snapshot/<i>.json    snapshot chunk i, entries joined by `,`
+//! shapes/<handle>/snapshot/complete    written last: `<entries> <bytes>` per chunk
+//! shapes/.<handle>.creating            a shape being created (cleared by `open`)
+//! trash/<handle>                       a removed shape being deleted (emptied by `open`)
+//! ```
+//!
+//! Because every entry is stored followed by a `,`, consecutive entries `i..=j` are the single
+//! byte range from entry `i`'s start to entry `j`'s end: already the comma-joined body a reader
+//! serves, read with one `pread`.
+//!
+//! **Durability order.** [`ShapeLogStore::append`] only buffers in memory. [`FileStore::flush`]
+//! takes every shape's buffered batch, writes and `fdatasync`s each data file, then writes and
+//! `fdatasync`s each index file (the index never names data that is not durable), and only then
+//! publishes the batches to readers and wakes [`ShapeLogStore::changed`] futures. Readers
+//! therefore never see an entry a crash could erase (RP-7). Flushes are serialised; recovery
+//! truncates whatever a crash left half-written.
+//!
+//! **Never:** serves a byte that is not durable; blocks a reader on a flush (readers hold a
+//! shape's lock only to plan the read, then `pread` outside it); deletes files outside `shapes/`
+//! and `trash/`.
+//!
+//! **Asks of callers:** one [`FileSnapshotWriter`] per shape; [`ShapeLogStore::recover`] only on
+//! the instance that writes (it truncates torn tails); a runtime for the async methods (their
+//! I/O runs in `spawn_blocking`).
+
+mod error;
+mod fsutil;
+mod index;
+mod shape;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+
+use ampere_core::ports::{
+    ChunkRead, LogEntry, LogStatus, ReadOutcome, RecoveredLog, ShapeLogStore,
+};
+use ampere_core::shape::ShapeHandle;
+use ampere_core::LogOffset;
+
+pub use error::StoreError;
+pub use snapshot::FileSnapshotWriter;
+
+use fsutil::{io_err, lock, parent, read, run_blocking, sync_dir, write};
+use index::RECORD_LEN;
+use shape::{Batch, LogState, Plan, Shape};
+
+/// Names of the files and directories under a store's root.
+pub mod layout {
+    use std::path::{Path, PathBuf};
+
+    /// Directory of shape directories.
+    pub const SHAPES_DIR: &str = "shapes";
+    /// Directory removed shapes pass through.
+    pub const TRASH_DIR: &str = "trash";
+    /// A shape's replicated entries, each followed by `,`.
+    pub const LOG_DATA_FILE: &str = "log.json";
+    /// A shape's index records.
+    pub const LOG_INDEX_FILE: &str = "log.idx";
+    /// Bytes per index record.
+    pub const INDEX_RECORD_LEN: usize = super::RECORD_LEN;
+    /// A shape's snapshot chunk directory.
+    pub const SNAPSHOT_DIR: &str = "snapshot";
+    /// Written in [`SNAPSHOT_DIR`] once the snapshot is complete.
+    pub const SNAPSHOT_MARKER: &str = "complete";
+
+    /// `<shape_dir>/snapshot/<index>.json`.
+    pub fn snapshot_chunk_path(shape_dir: &Path, index: u64) -> PathBuf {
+        shape_dir.join(SNAPSHOT_DIR).join(format!("{index}.json"))
+    }
+}
+
+/// Shape logs on files under a root directory. Cheap to clone: clones share one store.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    shapes: RwLock<BTreeMap<ShapeHandle, Arc<Shape>>>,
+    /// Serialises flushes (and recovery, which rewrites files a flush writes).
+    flush_lock: Mutex<()>,
+}
+
+/// Checks that `root` is a usable storage directory (deploy-semantics ST-1): creates it and its
+/// parents if missing, then creates, `fsync`s and deletes a file in it. Blocking; call at
+/// startup, before connecting to Postgres.
+pub fn probe_writable(root: &Path) -> Result<(), StoreError> {
+    let fail = |op, path: &Path| {
+        let root = root.to_path_buf();
+        let path = path.to_path_buf();
+        move |error| StoreError::NotWritable {
+            root,
+            op,
+            path,
+            error,
+        }
+    };
+    fs::create_dir_all(root).map_err(fail("create directory", root))?;
+    let probe = root.join(format!(".ampere-probe-{}", std::process::id()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(fail("create file", &probe))?;
+    io::Write::write_all(&mut file, b"probe").map_err(fail("write", &probe))?;
+    file.sync_all().map_err(fail("fsync", &probe))?;
+    drop(file);
+    fs::remove_file(&probe).map_err(fail("delete", &probe))?;
+    File::open(root)
+        .and_then(|dir| dir.sync_all())
+        .map_err(fail("fsync directory", root))
+}
+
+impl FileStore {
+    /// Opens the store under `root`, creating `shapes/` and `trash/` if missing, emptying the
+    /// trash and clearing half-created shapes. Blocking; call at startup. The store knows no
+    /// shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`] names it.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let shapes_dir = root.join(layout::SHAPES_DIR);
+        let trash_dir = root.join(layout::TRASH_DIR);
+        for dir in [&shapes_dir, &trash_dir] {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        for entry in read_dir(&trash_dir)? {
+            remove_all(&entry)?;
+        }
+        for entry in read_dir(&shapes_dir)? {
+            if is_creating(&entry) {
+                remove_all(&entry)?;
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                shapes: RwLock::default(),
+                flush_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The handles of every shape directory on disk, sorted; for reconciling with metadata
+    /// at boot (a directory without a metadata row is removed, a row without a directory
+    /// dropped). Blocking.
+    pub fn list_shape_dirs(&self) -> Result<Vec<ShapeHandle>, StoreError> {
+        let shapes_dir = self.inner.root.join(layout::SHAPES_DIR);
+        let mut handles: Vec<ShapeHandle> = read_dir(&shapes_dir)?
+            .iter()
+            .filter(|path| path.is_dir())
+            .filter_map(|path| path.file_name()?.to_str())
+            .filter(|name| is_valid_handle(name))
+            .map(|name| ShapeHandle::from_string(name.to_owned()))
+            .collect();
+        handles.sort();
+        Ok(handles)
+    }
+
+    /// The directory of a shape (whether or not it exists).
+    pub fn shape_dir(&self, handle: &ShapeHandle) -> Result<PathBuf, StoreError> {
+        self.inner.shape_dir(handle)
+    }
+
+    fn read_now(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {
+        let Some(shape) = self.inner.shape(handle) else {
+            return ReadOutcome::UnknownShape;
+        };
+        let plan = shape.state().plan(after);
+        let (body, entries, end) = match plan {
+            Plan::Pending => return ReadOutcome::SnapshotPending,
+            Plan::SnapshotChunk { index, entries } => {
+                let path = shape.snapshot_chunk_path(index);
+                match fs::read(&path) {
+                    Ok(body) => (body, entries, LogOffset::snapshot_chunk(index)),
+                    Err(err) => return self.read_failed(handle, &path, &err),
+                }
+            }
+            Plan::Log {
+                pos,
+                len,
+                entries,
+                end,
+            } => match shape.read_log(pos, len) {
+                Ok(body) => (body, entries, end),
+                Err(err) => {
+                    let path = shape.dir.join(layout::LOG_DATA_FILE);
+                    return self.read_failed(handle, &path, &err);
+                }
+            },
+        };
+        ReadOutcome::Chunk(ChunkRead {
+            body: Bytes::from(body),
+            entries,
+            end,
+        })
+    }
+
+    /// A read's I/O failed. If the shape was removed meanwhile (its directory renamed away),
+    /// that is the answer. Otherwise the port has no error outcome: report "pending", so the
+    /// HTTP layer waits and retries instead of telling the client to refetch a shape that
+    /// still exists, and log the error for the operator.
+    fn read_failed(&self, handle: &ShapeHandle, path: &Path, err: &io::Error) -> ReadOutcome {
+        if self.inner.shape(handle).is_none() {
+            return ReadOutcome::UnknownShape;
+        }
+        tracing::error!(%handle, path = %path.display(), error = %err, "shape log read failed");
+        ReadOutcome::SnapshotPending
+    }
+}
+
+impl ShapeLogStore for FileStore {
+    type Error = StoreError;
+    type SnapshotWriter = FileSnapshotWriter;
+
+    fn create_shape(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        let handle = handle.clone();
+        async move { run_blocking(move || inner.create_shape_blocking(&handle)).await }
+    }
+
+    fn append(&self, handle: &ShapeHandle, entries: Vec<LogEntry>) -> Result<(), StoreError> {
+        let shape = self.inner.shape_or_err(handle)?;
+        let mut state = shape.state();
+        state.append(handle, &entries)
+    }
+
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        // The batches are taken inside the blocking task, after the call: entries appended
+        // before the call are covered, and a dropped future cannot lose a taken batch
+        // (a started `spawn_blocking` task runs to the end).
+        async move { run_blocking(move || inner.flush_blocking()).await }
+    }
+
+    fn remove_shape(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        // Unregistered now, before the future runs: readers get `UnknownShape` at once and
+        // `changed()` waiters wake.
+        if let Some(shape) = write(&self.inner.shapes).remove(handle) {
+            shape.notify();
+        }
+        let inner = Arc::clone(&self.inner);
+        let handle = handle.clone();
+        async move { run_blocking(move || inner.remove_dir_blocking(&handle)).await }
+    }
+
+    fn snapshot_writer(&self, handle: &ShapeHandle) -> FileSnapshotWriter {
+        FileSnapshotWriter::new(self.clone(), handle.clone())
+    }
+
+    fn recover(
+        &self,
+        handle: &ShapeHandle,
+    ) -> impl Future<Output = Result<RecoveredLog, StoreError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        let handle = handle.clone();
+        async move { run_blocking(move || inner.recover_blocking(&handle)).await }
+    }
+
+    /// Answers per protocol.md §6.2:
+    ///
+    /// - `-1`: snapshot chunk 0, `end` = `0_0`.
+    /// - `0_i`: chunk `i+1` (`end` = `0_(i+1)`) while `i` is below the last chunk, or
+    ///   `SnapshotPending` if that chunk is not durable yet; once the snapshot is complete and
+    ///   `i` is at or past its last chunk, the replicated log from its start.
+    /// - `0_inf` and replicated offsets: `SnapshotPending` until the snapshot is complete;
+    ///   then the entries in `(after, E]`, E the first chunk boundary above `after`, or the
+    ///   latest durable entry while that chunk is open.
+    /// - Nothing after `after`: an empty body with `end` = the latest durable offset (`0_inf`
+    ///   with no entries). That holds when `after` is above the latest offset too, so `end`
+    ///   is then below the request: the HTTP layer decides out-of-bounds (protocol.md §2).
+    fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {
+        self.read_now(handle, after)
+    }
+
+    fn status(&self, handle: &ShapeHandle) -> Option<LogStatus> {
+        Some(self.inner.shape(handle)?.state().status())
+    }
+
+    /// Subscribes now, when called, not when first polled: a change that lands between this
+    /// call and the first poll still resolves the future. Waiters therefore call `changed()`
+    /// first, then check `read`/`status`, then await:
+    ///
+    /// ```text
+    /// let wait = store.changed(&handle);        // subscribe
+    /// match store.read(&handle, offset) { ... } // nothing new?
+    /// wait.await;                               // cannot miss a flush in between
+    /// ```
+    ///
+    /// Resolves at once for a shape the store does not know, and when the shape is removed or
+    /// replaced by recovery.
+    fn changed(&self, handle: &ShapeHandle) -> impl Future<Output = ()> + Send + 'static {
+        let receiver = self.inner.shape(handle).map(|shape| shape.subscribe());
+        async move {
+            if let Some(mut receiver) = receiver {
+                // An error means every sender is gone: the shape was dropped. Either way, done.
+                let _ = receiver.changed().await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn shape(&self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
+        read(&self.shapes).get(handle).cloned()
+    }
+
+    fn shape_or_err(&self, handle: &ShapeHandle) -> Result<Arc<Shape>, StoreError> {
+        self.shape(handle).ok_or_else(|| StoreError::UnknownShape {
+            handle: handle.clone(),
+        })
+    }
+
+    fn shape_dir(&self, handle: &ShapeHandle) -> Result<PathBuf, StoreError> {
+        if !is_valid_handle(handle.as_str()) {
+            return Err(StoreError::InvalidHandle {
+                handle: handle.clone(),
+            });
+        }
+        Ok(self.root.join(layout::SHAPES_DIR).join(handle.as_str()))
+    }
+
+    /// Builds the shape in `shapes/.<handle>.creating`, makes it durable, renames it into
+    /// place and `fsync`s `shapes/`: after a crash the shape exists whole or not at all.
+    fn create_shape_blocking(&self, handle: &ShapeHandle) -> Result<(), StoreError> {
+        let dir = self.shape_dir(handle)?;
+        if dir.exists() {
+            return Err(StoreError::ShapeExists {
+                handle: handle.clone(),
+                path: dir,
+            });
+        }
+        let shapes_dir = parent(&dir);
+        let tmp = shapes_dir.join(format!(".{handle}.creating"));
+        if tmp.exists() {
+            remove_all(&tmp)?;
+        }
+        let snapshot_dir = tmp.join(layout::SNAPSHOT_DIR);
+        fs::create_dir_all(&snapshot_dir).map_err(io_err("create directory", &snapshot_dir))?;
+        for name in [layout::LOG_DATA_FILE, layout::LOG_INDEX_FILE] {
+            let path = tmp.join(name);
+            File::create_new(&path).map_err(io_err("create", &path))?;
+        }
+        sync_dir(&snapshot_dir)?;
+        sync_dir(&tmp)?;
+        fs::rename(&tmp, &dir).map_err(io_err("rename into place", &dir))?;
+        sync_dir(&shapes_dir)?;
+        let (data, index) = open_log_files(&dir)?;
+        let shape = Shape::new(handle.clone(), dir, data, index, LogState::default());
+        self.register(Arc::new(shape));
+        Ok(())
+    }
+
+    /// Renames the shape's directory into `trash/` (durably: it never comes back after a
+    /// crash), then deletes it. A missing directory is not an error.
+    fn remove_dir_blocking(&self, handle: &ShapeHandle) -> Result<(), StoreError> {
+        let dir = self.shape_dir(handle)?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        let trashed = self.root.join(layout::TRASH_DIR).join(handle.as_str());
+        if trashed.exists() {
+            remove_all(&trashed)?;
+        }
+        fs::rename(&dir, &trashed).map_err(io_err("move to trash", &dir))?;
+        sync_dir(&parent(&dir))?;
+        remove_all(&trashed)
+    }
+
+    /// One group commit: data files first, then index files, then publish. Within a phase the
+    /// shapes' writes and `fdatasync`s run in parallel (the device queues them together). A
+    /// shape whose write fails is poisoned and left out; the others still commit. Returns the
+    /// first error.
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        let _serial = lock(&self.flush_lock);
+        let shapes: Vec<Arc<Shape>> = read(&self.shapes).values().cloned().collect();
+        let batches: Vec<(Arc<Shape>, Batch)> = shapes
+            .into_iter()
+            .filter_map(|shape| {
+                let batch = shape.state().take_pending()?;
+                Some((shape, batch))
+            })
+            .collect();
+        let mut first_error = None;
+        let results = run_phase(&batches, Shape::write_batch_data);
+        let batches = keep_written(batches, results, &mut first_error);
+        let results = run_phase(&batches, Shape::write_batch_index);
+        let batches = keep_written(batches, results, &mut first_error);
+        for (shape, batch) in batches {
+            shape.state().publish(batch);
+            shape.notify();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn recover_blocking(&self, handle: &ShapeHandle) -> Result<RecoveredLog, StoreError> {
+        let _serial = lock(&self.flush_lock);
+        let dir = self.shape_dir(handle)?;
+        let (data, index) = open_log_files(&dir)?;
+        let index_path = dir.join(layout::LOG_INDEX_FILE);
+        let data_path = dir.join(layout::LOG_DATA_FILE);
+        let index_bytes = fs::read(&index_path).map_err(io_err("read", &index_path))?;
+        let data_len = data.metadata().map_err(io_err("stat", &data_path))?.len();
+        let scan = index::scan(&index_bytes, data_len).map_err(|detail| StoreError::Corrupt {
+            path: index_path.clone(),
+            detail,
+        })?;
+        if let Some(reason) = scan.torn {
+            tracing::warn!(
+                %handle, reason, entries = scan.records.len(),
+                "truncating a torn shape log tail left by a crash"
+            );
+            let index_len = (scan.records.len() * RECORD_LEN) as u64;
+            index
+                .set_len(index_len)
+                .map_err(io_err("truncate", &index_path))?;
+            index
+                .sync_data()
+                .map_err(io_err("fdatasync", &index_path))?;
+            data.set_len(scan.data_len)
+                .map_err(io_err("truncate", &data_path))?;
+            data.sync_data().map_err(io_err("fdatasync", &data_path))?;
+        }
+        let snapshot = snapshot::load(&dir)?;
+        let state = LogState::recovered(scan.records, snapshot);
+        let recovered = RecoveredLog {
+            latest: state.latest(),
+            open_chunk_bytes: state.open_chunk_bytes(),
+        };
+        self.register(Arc::new(Shape::new(
+            handle.clone(),
+            dir,
+            data,
+            index,
+            state,
+        )));
+        Ok(recovered)
+    }
+
+    /// Adds (or replaces) a shape; waiters on a replaced one wake.
+    fn register(&self, shape: Arc<Shape>) {
+        let replaced = write(&self.shapes).insert(shape.handle.clone(), shape);
+        if let Some(old) = replaced {
+            old.notify();
+        }
+    }
+}
+
+/// Threads one flush phase uses at most.
+const FLUSH_THREADS_MAX: usize = 8;
+
+/// Runs `write` for every batch, spread over up to [`FLUSH_THREADS_MAX`] scoped threads;
+/// results in batch order.
+fn run_phase(
+    batches: &[(Arc<Shape>, Batch)],
+    write: fn(&Shape, &Batch) -> Result<(), StoreError>,
+) -> Vec<Result<(), StoreError>> {
+    if batches.len() <= 1 {
+        return batches
+            .iter()
+            .map(|(shape, batch)| write(shape, batch))
+            .collect();
+    }
+    let per_thread = batches.len().div_ceil(FLUSH_THREADS_MAX);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = batches
+            .chunks(per_thread)
+            .map(|group| {
+                scope.spawn(move || {
+                    group
+                        .iter()
+                        .map(|(shape, batch)| write(shape, batch))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+            .collect()
+    })
+}
+
+/// Keeps the batches whose write succeeded; poisons the shapes whose write failed.
+fn keep_written(
+    batches: Vec<(Arc<Shape>, Batch)>,
+    results: Vec<Result<(), StoreError>>,
+    first_error: &mut Option<StoreError>,
+) -> Vec<(Arc<Shape>, Batch)> {
+    assert_eq!(batches.len(), results.len(), "one result per batch");
+    batches
+        .into_iter()
+        .zip(results)
+        .filter_map(|(entry, result)| match result {
+            Ok(()) => Some(entry),
+            Err(err) => {
+                let shape = &entry.0;
+                tracing::error!(handle = %shape.handle, error = %err, "shape log flush failed");
+                shape.state().fail();
+                first_error.get_or_insert(err);
+                None
+            }
+        })
+        .collect()
+}
+
+/// Handles name directories, so only `[A-Za-z0-9_-]` (minted handles are `<digits>-<digits>`).
+fn is_valid_handle(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_creating(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with('.') && name.ends_with(".creating"))
+}
+
+fn open_log_files(dir: &Path) -> Result<(File, File), StoreError> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))
+    };
+    Ok((open(layout::LOG_DATA_FILE)?, open(layout::LOG_INDEX_FILE)?))
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    fs::read_dir(dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+        .map_err(io_err("list directory", dir))
+}
+
+fn remove_all(path: &Path) -> Result<(), StoreError> {
+    let result = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_err("delete", path)(err)),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,505 @@
+//! One shape's open files and in-memory log state: the durable index, the appended-but-not-yet
+//! durable batch, snapshot chunks, and read planning (protocol.md §6.2).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use ampere_core::offset::OpIndex;
+use ampere_core::ports::{LogEntry, LogStatus};
+use ampere_core::shape::ShapeHandle;
+use ampere_core::LogOffset;
+
+use super::fsutil::{io_err, lock};
+use super::index::{IndexRecord, RECORD_LEN};
+use super::{layout, StoreError};
+
+/// A shape's files and state. Shared (`Arc`) between the store's map, readers and flushes.
+///
+/// `data` and `index` are only written by flushes, which the store serialises; readers use
+/// positioned reads (`pread`) of durable ranges, which never change once written, so neither
+/// file needs a lock.
+pub(super) struct Shape {
+    pub(super) handle: ShapeHandle,
+    pub(super) dir: PathBuf,
+    data: File,
+    index: File,
+    state: Mutex<LogState>,
+    /// Bumped on every durable change; `changed()` subscribes to it.
+    version: watch::Sender<u64>,
+}
+
+impl Shape {
+    pub(super) fn new(
+        handle: ShapeHandle,
+        dir: PathBuf,
+        data: File,
+        index: File,
+        state: LogState,
+    ) -> Self {
+        Self {
+            handle,
+            dir,
+            data,
+            index,
+            state: Mutex::new(state),
+            version: watch::Sender::new(0),
+        }
+    }
+
+    /// The log state, under a short lock (never held across I/O).
+    pub(super) fn state(&self) -> MutexGuard<'_, LogState> {
+        lock(&self.state)
+    }
+
+    /// Wakes every `changed()` future subscribed so far.
+    pub(super) fn notify(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that has seen the current version: its `changed()` resolves on the next
+    /// [`Shape::notify`], however soon that happens.
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Reads `len` durable bytes of `log.json` at `pos`.
+    pub(super) fn read_log(&self, pos: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        let mut buf = vec![0u8; len];
+        self.data.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
+    }
+
+    /// Writes a batch's bytes at the end of `log.json` and makes them durable.
+    pub(super) fn write_batch_data(&self, batch: &Batch) -> Result<(), StoreError> {
+        let path = self.dir.join(layout::LOG_DATA_FILE);
+        self.data
+            .write_all_at(&batch.bytes, batch.data_pos)
+            .map_err(io_err("write", &path))?;
+        self.data.sync_data().map_err(io_err("fdatasync", &path))
+    }
+
+    /// Writes a batch's index records and makes them durable (after its data: the index never
+    /// names bytes that are not durable).
+    pub(super) fn write_batch_index(&self, batch: &Batch) -> Result<(), StoreError> {
+        let path = self.dir.join(layout::LOG_INDEX_FILE);
+        let mut buf = Vec::with_capacity(batch.records.len() * RECORD_LEN);
+        for record in &batch.records {
+            buf.extend_from_slice(&record.encode());
+        }
+        let at = batch.index_start * RECORD_LEN as u64;
+        self.index
+            .write_all_at(&buf, at)
+            .map_err(io_err("write", &path))?;
+        self.index.sync_data().map_err(io_err("fdatasync", &path))
+    }
+
+    /// The path of snapshot chunk `index`.
+    pub(super) fn snapshot_chunk_path(&self, index: u64) -> PathBuf {
+        layout::snapshot_chunk_path(&self.dir, index)
+    }
+}
+
+/// Entries appended since the last flush, laid out exactly as they will sit in the files.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// `json,json,…,` ready to write at `data_pos`.
+    pub(super) bytes: Vec<u8>,
+    pub(super) records: Vec<IndexRecord>,
+    /// Where `bytes` goes in `log.json`.
+    pub(super) data_pos: u64,
+    /// The record number of `records[0]` in `log.idx`.
+    pub(super) index_start: u64,
+}
+
+/// One snapshot chunk known to be durable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct SnapshotChunk {
+    pub(super) entries: usize,
+    pub(super) bytes: u64,
+}
+
+/// The snapshot's durable chunks and whether it is complete.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub(super) struct SnapshotState {
+    pub(super) chunks: Vec<SnapshotChunk>,
+    pub(super) complete: bool,
+}
+
+/// What a read should return, decided under the state lock; the I/O happens after it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Plan {
+    /// The snapshot part requested is not durable yet.
+    Pending,
+    /// Serve snapshot chunk `index`.
+    SnapshotChunk { index: u64, entries: usize },
+    /// Serve `len` bytes of `log.json` from `pos` (`len == 0`: an empty body).
+    Log {
+        pos: u64,
+        len: u64,
+        entries: usize,
+        end: LogOffset,
+    },
+}
+
+/// A shape's log state. Pure: no I/O, unit-tested below.
+#[derive(Debug, Default)]
+pub(super) struct LogState {
+    /// Durable entries, readable.
+    durable: Vec<IndexRecord>,
+    /// Indices into `durable` of entries with `chunk_end`, ascending.
+    chunk_ends: Vec<usize>,
+    /// Appended, not yet handed to a flush.
+    pending: Batch,
+    /// Length of `log.json` once everything appended so far is written.
+    appended_end: u64,
+    /// The last offset appended (durable or not); `None` before the first entry.
+    last_appended: Option<LogOffset>,
+    pub(super) snapshot: SnapshotState,
+    /// A write failed: no more appends (see `StoreError::ShapeFailed`).
+    failed: bool,
+}
+
+impl LogState {
+    /// State rebuilt from a scanned index and a loaded snapshot.
+    pub(super) fn recovered(records: Vec<IndexRecord>, snapshot: SnapshotState) -> Self {
+        let chunk_ends = chunk_end_indices(&records);
+        let appended_end = records.last().map_or(0, IndexRecord::end);
+        let last_appended = records.last().map(|r| r.offset);
+        Self {
+            durable: records,
+            chunk_ends,
+            appended_end,
+            last_appended,
+            snapshot,
+            ..Self::default()
+        }
+    }
+
+    /// Buffers entries: all of them or, on error, none.
+    pub(super) fn append(
+        &mut self,
+        handle: &ShapeHandle,
+        entries: &[LogEntry],
+    ) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::ShapeFailed {
+                handle: handle.clone(),
+            });
+        }
+        let mut last = self.last_appended.unwrap_or(LogOffset::SNAPSHOT_END);
+        for entry in entries {
+            if entry.offset <= last {
+                return Err(StoreError::OffsetNotIncreasing {
+                    handle: handle.clone(),
+                    offset: entry.offset,
+                    last,
+                });
+            }
+            if u32::try_from(entry.json.len()).is_err() {
+                return Err(StoreError::EntryTooLarge {
+                    handle: handle.clone(),
+                    offset: entry.offset,
+                    len: entry.json.len(),
+                });
+            }
+            last = entry.offset;
+        }
+        for entry in entries {
+            self.push(entry);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, entry: &LogEntry) {
+        let len = u32::try_from(entry.json.len()).expect("invariant: append checked the length");
+        if self.pending.records.is_empty() {
+            self.pending.data_pos = self.appended_end;
+            self.pending.index_start = self.durable.len() as u64;
+        }
+        let record = IndexRecord {
+            offset: entry.offset,
+            pos: self.appended_end,
+            len,
+            chunk_end: entry.chunk_end,
+        };
+        self.pending.bytes.extend_from_slice(entry.json.as_bytes());
+        self.pending.bytes.push(b',');
+        self.pending.records.push(record);
+        self.appended_end = record.end();
+        self.last_appended = Some(entry.offset);
+    }
+
+    /// Hands the pending batch to a flush. The store serialises flushes and publishes each
+    /// before the next takes its batch, so the batch starts where the durable log ends.
+    pub(super) fn take_pending(&mut self) -> Option<Batch> {
+        if self.pending.records.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// A flush made `batch` durable: readers may see it now.
+    pub(super) fn publish(&mut self, batch: Batch) {
+        let durable_end = self.durable.last().map_or(0, IndexRecord::end);
+        // offsets-contiguous (publish side; `index::scan` checks it again on recovery).
+        assert_eq!(
+            batch.data_pos, durable_end,
+            "offsets-contiguous: batch data_pos={} durable_end={durable_end}",
+            batch.data_pos
+        );
+        assert_eq!(
+            batch.index_start,
+            self.durable.len() as u64,
+            "offsets-contiguous: batch index_start={} durable records={}",
+            batch.index_start,
+            self.durable.len()
+        );
+        for record in batch.records {
+            if let Some(prev) = self.durable.last() {
+                assert!(
+                    record.offset > prev.offset,
+                    "offsets-contiguous: {} after {}",
+                    record.offset,
+                    prev.offset
+                );
+            }
+            if record.chunk_end {
+                self.chunk_ends.push(self.durable.len());
+            }
+            self.durable.push(record);
+        }
+    }
+
+    /// A write failed: drop what is pending and refuse further appends.
+    pub(super) fn fail(&mut self) {
+        self.failed = true;
+        self.pending = Batch::default();
+    }
+
+    /// The last durable offset (`0_inf` with no replicated entries).
+    pub(super) fn latest(&self) -> LogOffset {
+        self.durable
+            .last()
+            .map_or(LogOffset::SNAPSHOT_END, |r| r.offset)
+    }
+
+    pub(super) fn status(&self) -> LogStatus {
+        LogStatus {
+            latest: self.latest(),
+            snapshot_complete: self.snapshot.complete,
+        }
+    }
+
+    /// Bytes (each entry plus one) durable after the last closed chunk.
+    pub(super) fn open_chunk_bytes(&self) -> u64 {
+        let first_open = self.chunk_ends.last().map_or(0, |&i| i + 1);
+        self.durable[first_open..]
+            .iter()
+            .map(|r| u64::from(r.len) + 1)
+            .sum()
+    }
+
+    /// Decides what a read at `after` returns (protocol.md §6.2).
+    pub(super) fn plan(&self, after: LogOffset) -> Plan {
+        match after {
+            LogOffset::BeforeAll => self.snapshot_chunk(0),
+            LogOffset::At {
+                tx: 0,
+                op: OpIndex::Index(i),
+            } => {
+                // Complete implies at least one chunk (`finish` refuses otherwise).
+                let last_chunk = (self.snapshot.chunks.len() as u64).saturating_sub(1);
+                if self.snapshot.complete && i >= last_chunk {
+                    self.plan_log(after)
+                } else {
+                    i.checked_add(1)
+                        .map_or(Plan::Pending, |next| self.snapshot_chunk(next))
+                }
+            }
+            _ if !self.snapshot.complete => Plan::Pending,
+            _ => self.plan_log(after),
+        }
+    }
+
+    fn snapshot_chunk(&self, index: u64) -> Plan {
+        let chunk = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.snapshot.chunks.get(i));
+        match chunk {
+            Some(chunk) => Plan::SnapshotChunk {
+                index,
+                entries: chunk.entries,
+            },
+            None => Plan::Pending,
+        }
+    }
+
+    /// Entries in `(after, E]`, E the first chunk boundary above `after` or the latest entry.
+    fn plan_log(&self, after: LogOffset) -> Plan {
+        let start = self.durable.partition_point(|r| r.offset <= after);
+        let Some(first) = self.durable.get(start) else {
+            // Nothing after `after`. Also when `after` is above the latest offset: `end` is
+            // then the latest offset, below the request; the HTTP layer decides whether that
+            // is out of bounds (protocol.md §2).
+            return Plan::Log {
+                pos: 0,
+                len: 0,
+                entries: 0,
+                end: self.latest(),
+            };
+        };
+        let boundary = self.chunk_ends.partition_point(|&i| i < start);
+        let stop = self
+            .chunk_ends
+            .get(boundary)
+            .copied()
+            .unwrap_or(self.durable.len() - 1);
+        let last = &self.durable[stop];
+        Plan::Log {
+            pos: first.pos,
+            len: last.json_end() - first.pos,
+            entries: stop - start + 1,
+            end: last.offset,
+        }
+    }
+}
+
+fn chunk_end_indices(records: &[IndexRecord]) -> Vec<usize> {
+    records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.chunk_end)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn off(text: &str) -> LogOffset {
+        text.parse().expect("valid offset")
+    }
+
+    fn entry(offset: &str, chunk_end: bool) -> LogEntry {
+        LogEntry {
+            offset: off(offset),
+            json: format!("{{\"o\":\"{offset}\"}}"),
+            chunk_end,
+        }
+    }
+
+    fn handle() -> ShapeHandle {
+        ShapeHandle::from_string("1-1".into())
+    }
+
+    fn complete_snapshot(chunks: usize) -> SnapshotState {
+        SnapshotState {
+            chunks: vec![
+                SnapshotChunk {
+                    entries: 1,
+                    bytes: 1
+                };
+                chunks
+            ],
+            complete: true,
+        }
+    }
+
+    fn flushed(entries: &[LogEntry]) -> LogState {
+        let mut state = LogState {
+            snapshot: complete_snapshot(2),
+            ..LogState::default()
+        };
+        state.append(&handle(), entries).expect("append");
+        let batch = state.take_pending().expect("pending");
+        state.publish(batch);
+        state
+    }
+
+    #[test]
+    fn appended_entries_are_invisible_until_published() {
+        let mut state = flushed(&[entry("5_0", false)]);
+        state
+            .append(&handle(), &[entry("6_0", false)])
+            .expect("append");
+        assert_eq!(state.latest(), off("5_0"));
+        let batch = state.take_pending().expect("pending");
+        assert_eq!(batch.data_pos, 12);
+        assert_eq!(batch.index_start, 1);
+        assert_eq!(batch.bytes, b"{\"o\":\"6_0\"},");
+        state.publish(batch);
+        assert_eq!(state.latest(), off("6_0"));
+    }
+
+    #[test]
+    fn append_is_all_or_nothing() {
+        let mut state = flushed(&[entry("5_0", false)]);
+        let err = state
+            .append(&handle(), &[entry("6_0", false), entry("5_2", false)])
+            .expect_err("5_2 is below 6_0");
+        assert!(matches!(err, StoreError::OffsetNotIncreasing { .. }));
+        assert!(state.take_pending().is_none());
+        let err = LogState::default()
+            .append(&handle(), &[entry("0_inf", false)])
+            .expect_err("replicated entries start above 0_inf");
+        assert!(matches!(err, StoreError::OffsetNotIncreasing { .. }));
+    }
+
+    #[test]
+    fn plan_serves_snapshot_chunks_then_the_log() {
+        let state = flushed(&[entry("5_0", true), entry("5_2", false)]);
+        let chunk = |index| Plan::SnapshotChunk { index, entries: 1 };
+        assert_eq!(state.plan(LogOffset::BEFORE_ALL), chunk(0));
+        assert_eq!(state.plan(off("0_0")), chunk(1));
+        let first = Plan::Log {
+            pos: 0,
+            len: 11,
+            entries: 1,
+            end: off("5_0"),
+        };
+        assert_eq!(state.plan(off("0_1")), first);
+        assert_eq!(state.plan(off("0_7")), first);
+        assert_eq!(state.plan(off("0_inf")), first);
+        assert_eq!(state.plan(off("4_inf")), first);
+    }
+
+    #[test]
+    fn plan_waits_for_snapshot_chunks_not_yet_durable() {
+        let mut state = LogState::default();
+        assert_eq!(state.plan(LogOffset::BEFORE_ALL), Plan::Pending);
+        state.snapshot.chunks.push(SnapshotChunk {
+            entries: 2,
+            bytes: 9,
+        });
+        let chunk0 = Plan::SnapshotChunk {
+            index: 0,
+            entries: 2,
+        };
+        assert_eq!(state.plan(LogOffset::BEFORE_ALL), chunk0);
+        assert_eq!(state.plan(off("0_0")), Plan::Pending);
+        assert_eq!(state.plan(off("0_inf")), Plan::Pending);
+        assert_eq!(state.plan(off("7_0")), Plan::Pending);
+        assert_eq!(state.plan(off("0_18446744073709551615")), Plan::Pending);
+        state.snapshot.complete = true;
+        let empty = Plan::Log {
+            pos: 0,
+            len: 0,
+            entries: 0,
+            end: LogOffset::SNAPSHOT_END,
+        };
+        assert_eq!(state.plan(off("0_0")), empty);
+        assert_eq!(state.plan(off("7_0")), empty);
+    }
+
+    #[test]
+    fn open_chunk_bytes_counts_entries_after_the_last_boundary() {
+        let state = flushed(&[entry("5_0", true), entry("5_2", false), entry("6_0", false)]);
+        assert_eq!(state.open_chunk_bytes(), 24);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests (real throwaway PostgreSQL clusters),
+# then the conformance suite with the official @electric-sql/client under Node.
+# Installs what it needs (idempotently). Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build output outside the checkout, reused across runs when it exists.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ampere-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "dependencies"
+scripts/install-deps.sh
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+
+step "cargo test (unit + integration against real PostgreSQL)"
+cargo test --workspace --locked
+
+step "conformance: official @electric-sql/client against ampere"
+cargo build --locked -p ampere-server --bin ampere
+AMPERE_BIN="$CARGO_TARGET_DIR/debug/ampere" scripts/conformance.sh

@@ -1,0 +1,448 @@
+//! The driver: the one loop that feeds the core its inputs and executes its outputs through
+//! the ports. Production runs it over io-real ports. It holds no domain state: every `if`
+//! about Postgres or shapes lives in the core.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ampere_core::instance::{Input, Instance, Output};
+use ampere_core::ports::{
+    Clock, MetadataStore, PgError, PgPort, ReplicationMessage, ReplicationStarted,
+    ReplicationStream, ShapeLogStore, SnapshotError, StoredShape,
+};
+use ampere_core::shape::{HandleStamp, ShapeDefinition, TableSchema};
+use ampere_core::snapshot::PgSnapshot;
+use ampere_core::OpId;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::api::{CreateShapeError, ShapeInfo};
+use crate::registry::{ReadState, Registry};
+
+/// How long shutdown waits for in-flight flushes.
+const SHUTDOWN_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// In-flight operations (flushes, snapshots, connects) at most.
+pub const IN_FLIGHT_MAX: usize = 64;
+
+/// The ports the driver runs over.
+#[derive(Clone, Debug)]
+pub struct Ports<P, S, M, C> {
+    /// Postgres.
+    pub pg: P,
+    /// Shape logs.
+    pub store: S,
+    /// Shape metadata.
+    pub meta: M,
+    /// Time.
+    pub clock: C,
+}
+
+/// A request from the HTTP layer.
+#[derive(Debug)]
+pub enum Request {
+    /// Find or create the shape for a definition.
+    CreateShape {
+        /// The definition.
+        definition: ShapeDefinition,
+        /// The table as validated.
+        schema: TableSchema,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<ShapeInfo, CreateShapeError>>,
+    },
+}
+
+/// Why the driver stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The core asked for an operator (configuration, privileges).
+    #[error("{0}")]
+    Fatal(String),
+    /// Shape storage failed; continuing could lose acknowledged data.
+    #[error("shape storage failed: {0}")]
+    Storage(String),
+}
+
+type Task<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Completed in-flight work, turned into an input by the loop.
+enum Completion<St> {
+    Started {
+        op: OpId,
+        result: Result<(St, ReplicationStarted), (ampere_core::ports::DisconnectKind, String)>,
+    },
+    Flushed {
+        op: OpId,
+        result: Result<(), String>,
+    },
+    Snapshot {
+        op: OpId,
+        result: Result<PgSnapshot, SnapshotError>,
+    },
+}
+
+/// Runs the loop until `shutdown` flips to true or a fatal error.
+pub async fn run<P, S, M, C>(
+    ports: Ports<P, S, M, C>,
+    mut core: Instance,
+    mut requests: mpsc::Receiver<Request>,
+    mut shutdown: watch::Receiver<bool>,
+    registry: Registry,
+) -> Result<(), DriverError>
+where
+    P: PgPort,
+    S: ShapeLogStore,
+    M: MetadataStore,
+    C: Clock,
+{
+    let mut driver = Driver {
+        ports,
+        stream: None,
+        in_flight: FuturesUnordered::new(),
+        replies: BTreeMap::new(),
+        next_request: 0,
+        pending: VecDeque::new(),
+        registry,
+    };
+    loop {
+        driver.drain(&mut core).await?;
+        let deadline = core.poll_timeout();
+        let clock = driver.ports.clock.clone();
+        let sleep = async move {
+            match deadline {
+                Some(d) => clock.sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let can_accept = driver.in_flight.len() < IN_FLIGHT_MAX;
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            Some(done) = driver.in_flight.next() => driver.complete(&mut core, done),
+            msg = recv(&mut driver.stream), if can_accept => driver.received(&mut core, msg),
+            Some(req) = requests.recv(), if can_accept => driver.request(&mut core, req),
+            () = sleep => {
+                let now = driver.ports.clock.now();
+                if deadline.is_some_and(|d| now >= d) {
+                    core.handle_timeout(now);
+                }
+            }
+        }
+    }
+    driver.shutdown(&mut core).await
+}
+
+async fn recv<St: ReplicationStream>(
+    stream: &mut Option<St>,
+) -> Result<ReplicationMessage, St::Error> {
+    match stream {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Driver<P: PgPort, S, M, C> {
+    ports: Ports<P, S, M, C>,
+    stream: Option<P::Stream>,
+    in_flight: FuturesUnordered<Task<Completion<P::Stream>>>,
+    replies: BTreeMap<OpId, oneshot::Sender<Result<ShapeInfo, CreateShapeError>>>,
+    next_request: u64,
+    /// Inputs produced while executing outputs, fed after the drain.
+    pending: VecDeque<Input>,
+    registry: Registry,
+}
+
+impl<P, S, M, C> Driver<P, S, M, C>
+where
+    P: PgPort,
+    S: ShapeLogStore,
+    M: MetadataStore,
+    C: Clock,
+{
+    /// Executes outputs until the core has none, feeding inputs produced meanwhile.
+    async fn drain(&mut self, core: &mut Instance) -> Result<(), DriverError> {
+        loop {
+            while let Some(output) = core.poll_output() {
+                self.execute(output).await?;
+            }
+            let Some(input) = self.pending.pop_front() else {
+                break;
+            };
+            core.handle_input(self.ports.clock.now(), input);
+        }
+        self.registry.publish(ReadState {
+            streaming: core.is_streaming(),
+            durable_lsn: core.durable_lsn(),
+        });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per output; splitting hides the mapping
+    async fn execute(&mut self, output: Output) -> Result<(), DriverError> {
+        debug!(?output, "output");
+        match output {
+            Output::StartReplication { op, target } => {
+                self.stream = None;
+                let start = self.ports.pg.start_replication(target);
+                self.in_flight.push(Box::pin(async move {
+                    let result = start.await.map_err(|e| (e.kind(), error_chain(&e)));
+                    Completion::Started { op, result }
+                }));
+            }
+            Output::StopReplication { reason } => {
+                warn!(%reason, "restarting replication");
+                self.stream = None;
+            }
+            Output::SendStandbyStatus(status) => {
+                if let Some(stream) = self.stream.as_mut() {
+                    if let Err(e) = stream.send_status(status).await {
+                        warn!(error = %error_chain(&e), "sending standby status failed");
+                        self.stream = None;
+                        self.pending
+                            .push_back(Input::ReplicationLost { kind: e.kind() });
+                    }
+                }
+            }
+            Output::Append { handle, entries } => {
+                self.ports
+                    .store
+                    .append(&handle, entries)
+                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+            }
+            Output::FlushLogs { op } => {
+                let flush = self.ports.store.flush();
+                self.in_flight.push(Box::pin(async move {
+                    let result = flush.await.map_err(|e| error_chain(&e));
+                    Completion::Flushed { op, result }
+                }));
+            }
+            Output::CreateShape {
+                op,
+                shape,
+                stamp,
+                snapshot,
+            } => {
+                self.create_shape(op, shape, stamp, snapshot).await;
+            }
+            Output::ShapeExists { op, handle } => {
+                let info = self.registry.by_handle(&handle);
+                if let Some(reply) = self.replies.remove(&op) {
+                    let answer = info.ok_or_else(|| CreateShapeError::Failed {
+                        message: "Failed to create shape, please retry".into(),
+                        retry_after_secs: 1,
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
+            Output::ShapeRefused { op, reason } => {
+                if let Some(reply) = self.replies.remove(&op) {
+                    let _ = reply.send(Err(CreateShapeError::NotReady(reason.into())));
+                }
+            }
+            Output::PersistShape { shape } => {
+                // Awaited in place: metadata writes must land in the order the core issued them.
+                let put = self.ports.meta.put_shape(shape, HandleStamp::default());
+                put.await
+                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+            }
+            Output::RemoveShape { handle, reason } => {
+                info!(%handle, reason, "removing shape");
+                self.registry.remove(&handle);
+                let remove = self.ports.store.remove_shape(&handle);
+                remove
+                    .await
+                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+                let delete = self.ports.meta.delete_shape(&handle);
+                delete
+                    .await
+                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+            }
+            Output::Fatal { message } => return Err(DriverError::Fatal(message)),
+        }
+        Ok(())
+    }
+
+    /// Log directory, then metadata row, then the answer, then the snapshot (SN-1).
+    async fn create_shape(
+        &mut self,
+        op: OpId,
+        shape: StoredShape,
+        stamp: HandleStamp,
+        snapshot: ampere_core::ports::SnapshotRequest,
+    ) {
+        let handle = shape.handle.clone();
+        let info = ShapeInfo {
+            handle: handle.clone(),
+            definition: shape.definition.clone(),
+            schema: Arc::new(shape.schema.clone()),
+        };
+        let prepared = async {
+            self.ports
+                .store
+                .create_shape(&handle)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            self.ports
+                .meta
+                .put_shape(shape, stamp)
+                .await
+                .map_err(|e| error_chain(&e))
+        };
+        if let Err(e) = prepared.await {
+            error!(%handle, error = %e, "creating shape storage failed");
+            if let Some(reply) = self.replies.remove(&op) {
+                let _ = reply.send(Err(CreateShapeError::Failed {
+                    message: "Failed to create shape, please retry".into(),
+                    retry_after_secs: 1,
+                }));
+            }
+            self.pending.push_back(Input::SnapshotFailed { op });
+            return;
+        }
+        info!(%handle, table = %info.schema.relation, "created shape");
+        self.registry.insert(info.clone());
+        if let Some(reply) = self.replies.remove(&op) {
+            let _ = reply.send(Ok(info));
+        }
+        let writer = self.ports.store.snapshot_writer(&handle);
+        let take = self.ports.pg.take_snapshot(snapshot, writer);
+        self.in_flight.push(Box::pin(async move {
+            Completion::Snapshot {
+                op,
+                result: take.await,
+            }
+        }));
+    }
+
+    fn complete(&mut self, core: &mut Instance, done: Completion<P::Stream>) {
+        let now = self.ports.clock.now();
+        let input = match done {
+            Completion::Started {
+                op,
+                result: Ok((stream, started)),
+            } => {
+                info!(
+                    system_id = %started.system_id,
+                    timeline = started.timeline,
+                    slot_created = started.slot_created,
+                    confirmed_flush_lsn = %started.confirmed_flush_lsn,
+                    "replication streaming"
+                );
+                self.stream = Some(stream);
+                Input::ReplicationStarted { op, started }
+            }
+            Completion::Started {
+                op,
+                result: Err((kind, message)),
+            } => {
+                warn!(error = %message, ?kind, "starting replication failed");
+                Input::ReplicationFailed { op, kind, message }
+            }
+            Completion::Flushed { op, result: Ok(()) } => Input::LogsFlushed { op },
+            Completion::Flushed { result: Err(e), .. } => {
+                // Unflushed data was never acknowledged; a restart replays it from the slot.
+                error!(error = %e, "flushing shape logs failed");
+                self.pending.push_back(Input::ReplicationLost {
+                    kind: ampere_core::ports::DisconnectKind::Transient,
+                });
+                return;
+            }
+            Completion::Snapshot {
+                op,
+                result: Ok(snapshot),
+            } => Input::SnapshotTaken { op, snapshot },
+            Completion::Snapshot { op, result: Err(e) } => {
+                warn!(error = %e, "snapshot failed");
+                Input::SnapshotFailed { op }
+            }
+        };
+        core.handle_input(now, input);
+    }
+
+    fn received(
+        &mut self,
+        core: &mut Instance,
+        msg: Result<ReplicationMessage, <P::Stream as ReplicationStream>::Error>,
+    ) {
+        let now = self.ports.clock.now();
+        let input = match msg {
+            Ok(ReplicationMessage::XLogData { wal_end, data, .. }) => {
+                Input::XLogData { wal_end, data }
+            }
+            Ok(ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+            }) => Input::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+            },
+            Err(e) => {
+                warn!(error = %error_chain(&e), "replication stream ended");
+                self.stream = None;
+                Input::ReplicationLost { kind: e.kind() }
+            }
+        };
+        core.handle_input(now, input);
+    }
+
+    fn request(&mut self, core: &mut Instance, request: Request) {
+        let Request::CreateShape {
+            definition,
+            schema,
+            reply,
+        } = request;
+        // Request ids live in the upper half so traces never confuse them with core ops.
+        self.next_request += 1;
+        let op = OpId((1 << 63) | self.next_request);
+        self.replies.insert(op, reply);
+        let unix_micros = self.ports.clock.unix_micros();
+        let now = self.ports.clock.now();
+        core.handle_input(
+            now,
+            Input::ShapeRequested {
+                op,
+                definition,
+                schema,
+                unix_micros,
+            },
+        );
+    }
+
+    /// Graceful stop: give in-flight flushes a bounded time to finish so their status can be
+    /// sent (unflushed data was never acknowledged), then close replication.
+    async fn shutdown(mut self, core: &mut Instance) -> Result<(), DriverError> {
+        let clock = self.ports.clock.clone();
+        let deadline = clock.now() + SHUTDOWN_FLUSH_GRACE;
+        let mut grace = std::pin::pin!(clock.sleep_until(deadline));
+        while core.has_flush_in_flight() {
+            tokio::select! {
+                biased;
+                Some(done) = self.in_flight.next() => {
+                    self.complete(core, done);
+                    self.drain(core).await?;
+                }
+                () = &mut grace => break,
+                else => break,
+            }
+        }
+        self.stream = None;
+        info!(acked = %core.acked_lsn(), "driver stopped");
+        Ok(())
+    }
+}
+
+/// An error and its sources, `: `-joined.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,495 @@
+//! Shape request parameters: decoding the query string and validating it in Electric's order
+//! (protocol.md §3.1, §3.2, §3.7). Checks that need the catalog live in `shape.rs`.
+
+use std::collections::BTreeMap;
+
+use ampere_core::offset::RequestOffset;
+use ampere_core::shape::{Replica, ShapeDefinition, ShapeHandle};
+use ampere_core::LogOffset;
+
+use super::errors::ApiError;
+use super::identifiers;
+
+/// `subset__*` keys that make a GET a subset request (§3.6).
+const SUBSET_KEYS: [&str; 5] = [
+    "subset__where",
+    "subset__params",
+    "subset__limit",
+    "subset__offset",
+    "subset__order_by",
+];
+
+/// A decoded query string: standard form decoding, last value wins, bracketed keys kept whole
+/// (`params[1]`).
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Query {
+    values: BTreeMap<String, String>,
+}
+
+impl Query {
+    /// Decodes `raw` (without the `?`). Invalid UTF-8 is replaced, never rejected.
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
+        let values = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Self { values }
+    }
+
+    /// The value of `key`, if present.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The value of `key` unless absent or blank (only whitespace), as Electric's casting
+    /// treats blank strings.
+    fn non_blank(&self, key: &str) -> Option<&str> {
+        self.get(key).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Whether `name` or a bracketed `name[…]` key is present.
+    fn has_group(&self, name: &str) -> bool {
+        self.values.keys().any(|k| {
+            k == name
+                || k.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('['))
+        })
+    }
+
+    /// The secret the request presents (`secret`, else the legacy `api_secret`).
+    pub(crate) fn secret(&self) -> Option<&str> {
+        self.get("secret").or_else(|| self.get("api_secret"))
+    }
+}
+
+/// A validated shape request, before the catalog is consulted.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct ShapeParams {
+    /// `offset`.
+    pub(crate) offset: RequestOffset,
+    /// `handle`; always `None` for `offset=-1` and `offset=now`, which ignore it.
+    pub(crate) handle: Option<ShapeHandle>,
+    /// Whether the request is a live long-poll.
+    pub(crate) is_live: bool,
+    /// `cursor`, for the next `electric-cursor`.
+    pub(crate) cursor: Option<String>,
+    /// The shape the request names.
+    pub(crate) definition: ShapeDefinition,
+    /// `columns` in the request's order (for error messages), if given.
+    pub(crate) columns: Option<Vec<String>>,
+}
+
+impl ShapeParams {
+    /// The request offset as the ETag renders it.
+    pub(crate) fn offset_text(&self) -> String {
+        match self.offset {
+            RequestOffset::Log(offset) => offset.to_string(),
+            RequestOffset::Now => "now".to_owned(),
+        }
+    }
+}
+
+/// Validates a shape request. `has_body_subset` tells whether a POST body carried subset
+/// parameters. The first failing check decides the 400.
+pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<ShapeParams, ApiError> {
+    let offset = offset(query)?;
+    let handle = handle(query, offset)?;
+    let is_live = live(query, offset)?;
+    let relation = table(query)?;
+    let columns = columns(query)?;
+    if query.non_blank("where").is_some() || query.has_group("params") {
+        return Err(ApiError::invalid(
+            "where",
+            "where clauses (and params) are not supported yet",
+        ));
+    }
+    let replica = replica(query)?;
+    log_mode(query)?;
+    if has_body_subset || SUBSET_KEYS.iter().any(|k| query.get(k).is_some()) {
+        return Err(ApiError::invalid(
+            "subset",
+            "subset snapshots are not supported yet",
+        ));
+    }
+    let definition = ShapeDefinition {
+        relation,
+        columns: columns.as_ref().map(|c| {
+            let mut sorted = c.clone();
+            sorted.sort();
+            sorted.dedup();
+            sorted
+        }),
+        replica,
+    };
+    Ok(ShapeParams {
+        offset,
+        handle,
+        is_live,
+        cursor: query.get("cursor").map(str::to_owned),
+        definition,
+        columns,
+    })
+}
+
+fn offset(query: &Query) -> Result<RequestOffset, ApiError> {
+    let text = query
+        .non_blank("offset")
+        .ok_or_else(|| ApiError::invalid("offset", "can't be blank"))?;
+    text.parse()
+        .map_err(|_| ApiError::invalid("offset", "has invalid format"))
+}
+
+fn handle(query: &Query, offset: RequestOffset) -> Result<Option<ShapeHandle>, ApiError> {
+    if matches!(
+        offset,
+        RequestOffset::Now | RequestOffset::Log(LogOffset::BeforeAll)
+    ) {
+        return Ok(None);
+    }
+    match query.non_blank("handle") {
+        Some(handle) => Ok(Some(ShapeHandle::from_string(handle.to_owned()))),
+        None => Err(ApiError::invalid(
+            "handle",
+            "can't be blank when offset != -1",
+        )),
+    }
+}
+
+/// Any value but the exact string `false` is true (Electric quirk).
+fn is_truthy(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v != "false")
+}
+
+fn live(query: &Query, offset: RequestOffset) -> Result<bool, ApiError> {
+    let is_live = is_truthy(query.get("live"));
+    if is_live {
+        match offset {
+            RequestOffset::Log(LogOffset::BeforeAll) => {
+                return Err(ApiError::invalid("live", "can't be true when offset == -1"));
+            }
+            RequestOffset::Now => {
+                return Err(ApiError::invalid(
+                    "live",
+                    "can't be true when offset is 'now'",
+                ));
+            }
+            RequestOffset::Log(_) => {}
+        }
+    }
+    let sse = query
+        .get("live_sse")
+        .or_else(|| query.get("experimental_live_sse"));
+    if is_truthy(sse) {
+        let message = if is_live {
+            "server-sent events are not supported yet; use long polling"
+        } else {
+            "can't be true unless live is also true"
+        };
+        return Err(ApiError::invalid("live_sse", message));
+    }
+    Ok(is_live)
+}
+
+fn table(query: &Query) -> Result<ampere_core::shape::RelationName, ApiError> {
+    let text = query
+        .non_blank("table")
+        .ok_or_else(|| ApiError::invalid("table", "can't be blank"))?;
+    identifiers::parse_relation(text).map_err(|message| ApiError::invalid("table", message))
+}
+
+fn columns(query: &Query) -> Result<Option<Vec<String>>, ApiError> {
+    query
+        .non_blank("columns")
+        .map(|text| {
+            identifiers::parse_columns(text)
+                .map_err(|message| ApiError::invalid("columns", message))
+        })
+        .transpose()
+}
+
+fn replica(query: &Query) -> Result<Replica, ApiError> {
+    match query.non_blank("replica") {
+        None | Some("default") => Ok(Replica::Default),
+        Some("full") => Ok(Replica::Full),
+        Some(_) => Err(ApiError::invalid("replica", "is invalid")),
+    }
+}
+
+fn log_mode(query: &Query) -> Result<(), ApiError> {
+    match query.non_blank("log") {
+        None | Some("full") => Ok(()),
+        Some("changes_only") => Err(ApiError::invalid(
+            "log",
+            "changes_only is not supported yet",
+        )),
+        Some(_) => Err(ApiError::invalid("log", "is invalid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ampere_core::shape::RelationName;
+
+    use super::*;
+
+    fn parse(query: &str) -> Result<ShapeParams, ApiError> {
+        shape_params(&Query::parse(Some(query)), false)
+    }
+
+    fn rejects(query: &str, field: &str, message: &str) {
+        match parse(query) {
+            Err(ApiError::Invalid {
+                field: f,
+                message: m,
+            }) => {
+                assert_eq!((f, m.as_str()), (field, message), "{query}");
+            }
+            other => panic!("{query}: expected 400 on {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn offset_is_required_and_must_parse() {
+        rejects("table=items", "offset", "can't be blank");
+        rejects("table=items&offset=", "offset", "can't be blank");
+        rejects("table=items&offset=%20", "offset", "can't be blank");
+        for bad in ["abc", "-2", "1", "1_x", "18446744073709551616_0", "NOW"] {
+            rejects(
+                &format!("table=items&offset={bad}"),
+                "offset",
+                "has invalid format",
+            );
+        }
+    }
+
+    #[test]
+    fn offset_is_checked_before_table() {
+        rejects("", "offset", "can't be blank");
+        rejects("offset=x", "offset", "has invalid format");
+    }
+
+    #[test]
+    fn handle_is_required_unless_offset_is_minus_one_or_now() {
+        rejects(
+            "table=items&offset=0_0",
+            "handle",
+            "can't be blank when offset != -1",
+        );
+        rejects(
+            "table=items&offset=0_0&handle=",
+            "handle",
+            "can't be blank when offset != -1",
+        );
+        let p = parse("table=items&offset=0_0&handle=h-1").expect("valid");
+        assert_eq!(p.handle, Some(ShapeHandle::from_string("h-1".into())));
+    }
+
+    #[test]
+    fn handle_is_ignored_for_minus_one_and_now() {
+        for offset in ["-1", "-1_0", "now"] {
+            let p = parse(&format!("table=items&offset={offset}&handle=stale")).expect("valid");
+            assert_eq!(p.handle, None, "{offset}");
+        }
+    }
+
+    #[test]
+    fn live_is_true_for_anything_but_false_and_forbidden_at_minus_one_and_now() {
+        rejects(
+            "table=items&offset=-1&live=true",
+            "live",
+            "can't be true when offset == -1",
+        );
+        rejects(
+            "table=items&offset=-1&live=",
+            "live",
+            "can't be true when offset == -1",
+        );
+        rejects(
+            "table=items&offset=now&live=1",
+            "live",
+            "can't be true when offset is 'now'",
+        );
+        assert!(
+            !parse("table=items&offset=-1&live=false")
+                .expect("valid")
+                .is_live
+        );
+        let base = "table=items&offset=0_0&handle=h";
+        assert!(parse(&format!("{base}&live")).expect("valid").is_live);
+        assert!(parse(&format!("{base}&live=no")).expect("valid").is_live);
+        assert!(!parse(base).expect("valid").is_live);
+    }
+
+    #[test]
+    fn live_sse_needs_live_and_is_not_supported_yet() {
+        let base = "table=items&offset=0_0&handle=h";
+        let message = "can't be true unless live is also true";
+        rejects(&format!("{base}&live_sse=true"), "live_sse", message);
+        rejects(
+            &format!("{base}&experimental_live_sse=true"),
+            "live_sse",
+            message,
+        );
+        assert!(parse(&format!("{base}&live_sse=false")).is_ok());
+        let err = parse(&format!("{base}&live=true&live_sse=true")).unwrap_err();
+        assert!(matches!(
+            err,
+            ApiError::Invalid {
+                field: "live_sse",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn table_is_required_and_parsed() {
+        rejects("offset=-1", "table", "can't be blank");
+        rejects("offset=-1&table=", "table", "can't be blank");
+        rejects(
+            "offset=-1&table=a.b.c",
+            "table",
+            "Invalid relation identifier, too many delimiters: a.b.c",
+        );
+        rejects(
+            "offset=-1&table=%22%22",
+            "table",
+            "Invalid zero-length delimited identifier",
+        );
+        rejects(
+            "offset=-1&table=%22a%22b%22",
+            "table",
+            "Invalid identifier with unescaped quote: a\"b",
+        );
+        rejects(
+            "offset=-1&table=it-ems",
+            "table",
+            "Invalid unquoted identifier contains special characters: it-ems",
+        );
+        let long = "a".repeat(64);
+        rejects(
+            &format!("offset=-1&table={long}"),
+            "table",
+            "Identifier is too long (max length is 63)",
+        );
+        let p = parse("offset=-1&table=App.%22Issues%22").expect("valid");
+        assert_eq!(
+            p.definition.relation,
+            RelationName {
+                schema: "app".into(),
+                table: "Issues".into()
+            }
+        );
+    }
+
+    #[test]
+    fn columns_are_parsed_sorted_for_the_definition_and_kept_in_order_for_messages() {
+        let p = parse("offset=-1&table=items&columns=%22title%22,id,id").expect("valid");
+        assert_eq!(
+            p.columns,
+            Some(vec!["title".into(), "id".into(), "id".into()])
+        );
+        assert_eq!(
+            p.definition.columns,
+            Some(vec!["id".into(), "title".into()])
+        );
+        rejects(
+            "offset=-1&table=items&columns=id,",
+            "columns",
+            "Invalid zero-length delimited identifier",
+        );
+        rejects(
+            "offset=-1&table=items&columns=a%20b",
+            "columns",
+            "Invalid unquoted identifier contains special characters: a b",
+        );
+        assert_eq!(
+            parse("offset=-1&table=items&columns=")
+                .expect("valid")
+                .columns,
+            None
+        );
+    }
+
+    #[test]
+    fn replica_accepts_default_and_full_only() {
+        let p = parse("offset=-1&table=items&replica=full").expect("valid");
+        assert_eq!(p.definition.replica, Replica::Full);
+        assert_eq!(
+            parse("offset=-1&table=items")
+                .expect("valid")
+                .definition
+                .replica,
+            Replica::Default
+        );
+        rejects(
+            "offset=-1&table=items&replica=teapot",
+            "replica",
+            "is invalid",
+        );
+    }
+
+    #[test]
+    fn log_accepts_full_and_rejects_changes_only_for_now() {
+        assert!(parse("offset=-1&table=items&log=full").is_ok());
+        rejects(
+            "offset=-1&table=items&log=changes_only",
+            "log",
+            "changes_only is not supported yet",
+        );
+        rejects("offset=-1&table=items&log=some", "log", "is invalid");
+    }
+
+    #[test]
+    fn where_and_params_are_rejected_until_supported() {
+        let message = "where clauses (and params) are not supported yet";
+        rejects("offset=-1&table=items&where=id%3D1", "where", message);
+        rejects("offset=-1&table=items&params[1]=a", "where", message);
+        rejects("offset=-1&table=items&params=x", "where", message);
+        assert!(parse("offset=-1&table=items&where=").is_ok());
+        assert!(parse("offset=-1&table=items&paramsx=1").is_ok());
+    }
+
+    #[test]
+    fn subset_requests_are_rejected_until_supported() {
+        let message = "subset snapshots are not supported yet";
+        rejects("offset=-1&table=items&subset__limit=1", "subset", message);
+        let q = Query::parse(Some("offset=-1&table=items"));
+        assert!(matches!(
+            shape_params(&q, true),
+            Err(ApiError::Invalid {
+                field: "subset",
+                ..
+            })
+        ));
+        // The client's own expression keys alone do not make a subset request.
+        assert!(parse("offset=-1&table=items&subset__where_expr=x").is_ok());
+    }
+
+    #[test]
+    fn unknown_parameters_are_ignored_and_the_last_value_wins() {
+        let p = parse(
+            "offset=0_0&handle=a&handle=b&table=items&cache-buster=1&expired_handle=x&foo[1]=2",
+        )
+        .expect("valid");
+        assert_eq!(p.handle, Some(ShapeHandle::from_string("b".into())));
+        assert_eq!(p.offset_text(), "0_0");
+    }
+
+    #[test]
+    fn secret_prefers_secret_over_api_secret() {
+        assert_eq!(
+            Query::parse(Some("api_secret=a&secret=b")).secret(),
+            Some("b")
+        );
+        assert_eq!(Query::parse(Some("api_secret=a")).secret(), Some("a"));
+        assert_eq!(Query::parse(Some("table=x")).secret(), None);
+    }
+
+    #[test]
+    fn query_decoding_handles_plus_percent_and_bad_utf8() {
+        let q = Query::parse(Some("table=a+b&x=%E2%82%AC&y=%FF&z=%"));
+        assert_eq!(q.get("table"), Some("a b"));
+        assert_eq!(q.get("x"), Some("€"));
+        assert_eq!(q.get("y"), Some("\u{FFFD}"));
+        assert_eq!(q.get("z"), Some("%"));
+    }
+}

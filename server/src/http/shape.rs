@@ -1,0 +1,563 @@
+//! `GET`/`HEAD`/`POST /v1/shape`: resolving the shape, reading its log, long-poll waits and
+//! the log response (protocol.md §4, §5.6, §6.2–6.4, §6.7, §6.8).
+
+use std::time::Duration;
+
+use ampere_core::offset::RequestOffset;
+use ampere_core::ports::{ChunkRead, LogStatus, ReadOutcome};
+use ampere_core::shape::{ShapeHandle, TableSchema};
+use ampere_core::LogOffset;
+use axum::body::Body;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::errors::{ApiError, ELECTRIC_HANDLE};
+use super::headers::{self, CacheAges, Freshness, JSON, SURROGATE_CONTROL};
+use super::params::{self, Query, ShapeParams};
+use super::schema::electric_schema;
+use super::AppState;
+use crate::api::{CreateShapeError, Health, ShapeApi, ShapeInfo};
+
+/// How long a request waits for a snapshot chunk that is still being written.
+const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(60);
+/// POST bodies above this are refused with 413.
+const BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// POST body keys that make a subset request (§3.6).
+const BODY_SUBSET_KEYS: [&str; 6] = ["where", "order_by", "limit", "offset", "params", "subset"];
+
+const ELECTRIC_OFFSET: HeaderName = HeaderName::from_static("electric-offset");
+const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
+const ELECTRIC_CURSOR: HeaderName = HeaderName::from_static("electric-cursor");
+const ELECTRIC_UP_TO_DATE: HeaderName = HeaderName::from_static("electric-up-to-date");
+const ELECTRIC_HAS_DATA: HeaderName = HeaderName::from_static("electric-has-data");
+
+/// Answers a shape request whose secret has been checked.
+pub(crate) async fn serve<A: ShapeApi>(
+    state: &AppState<A>,
+    method: &Method,
+    query: &Query,
+    request_headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let has_body_subset = *method == Method::POST && body_has_subset(body).await?;
+        let params = params::shape_params(query, has_body_subset)?;
+        let info = resolve(&state.api, &params).await?;
+        let answer = answer(state, &params, &info).await?;
+        log_response(state, &params, &info, answer, request_headers)
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Reads a POST body: empty, or a JSON object whose subset keys are reported.
+async fn body_has_subset(body: Body) -> Result<bool, ApiError> {
+    let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::BodyTooLarge)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BodyInvalidJson {
+            details: e.to_string(),
+        })?;
+    let object = value.as_object().ok_or(ApiError::BodyNotObject)?;
+    Ok(BODY_SUBSET_KEYS.iter().any(|k| object.contains_key(*k)))
+}
+
+/// The shape to serve (§6.8): the handle's shape if it has the requested definition;
+/// otherwise 409 pointing to the definition's shape, created if needed. `offset=-1`/`now`
+/// carry no handle and get the definition's shape directly.
+async fn resolve<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo, ApiError> {
+    let Some(sent) = &params.handle else {
+        return find_or_create(api, params).await;
+    };
+    if let Some(info) = api.shape(sent) {
+        if info.definition == params.definition {
+            return Ok(info);
+        }
+    }
+    let target = find_or_create(api, params).await?;
+    // Never point back to the handle the client just sent.
+    let handle = (target.handle != *sent).then_some(target.handle);
+    Err(ApiError::MustRefetch { handle })
+}
+
+async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo, ApiError> {
+    if let Some(info) = api.shape_for_definition(&params.definition) {
+        return Ok(info);
+    }
+    let relation = &params.definition.relation;
+    let schema = api
+        .table_schema(relation.clone())
+        .await
+        .map_err(|unavailable| ApiError::unavailable(unavailable.to_string(), 1))?
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "table",
+                format!(
+                    "Table {relation} does not exist. If the table name contains capitals or \
+                     special characters you must quote it."
+                ),
+            )
+        })?;
+    validate_columns(&schema, params.columns.as_deref())?;
+    api.create_shape(params.definition.clone(), schema)
+        .await
+        .map_err(|error| match error {
+            CreateShapeError::NotReady(message) => ApiError::unavailable(message, 5),
+            CreateShapeError::Failed {
+                message,
+                retry_after_secs,
+            } => ApiError::unavailable(message, retry_after_secs),
+        })
+}
+
+/// Checks a `columns` selection against the table (§3.3), in Electric's order: missing key
+/// columns, unknown columns, empty list. (Generated columns are not detected yet: the
+/// catalog does not report them.)
+pub(crate) fn validate_columns(
+    schema: &TableSchema,
+    requested: Option<&[String]>,
+) -> Result<(), ApiError> {
+    let Some(requested) = requested else {
+        return Ok(());
+    };
+    let invalid = |message: String| Err(ApiError::invalid("columns", message));
+    let missing_key: Vec<&str> = schema
+        .key_columns()
+        .into_iter()
+        .map(|i| schema.columns[i].name.as_str())
+        .filter(|name| !requested.iter().any(|r| r == name))
+        .collect();
+    if !missing_key.is_empty() {
+        return invalid(format!(
+            "The list of columns must include all primary key columns, missing: {}",
+            missing_key.join(", ")
+        ));
+    }
+    let mut unknown: Vec<&str> = Vec::new();
+    for name in requested {
+        if schema.column_index(name).is_none() && !unknown.contains(&name.as_str()) {
+            unknown.push(name);
+        }
+    }
+    if !unknown.is_empty() {
+        return invalid(format!(
+            "The following columns are not found on the table: {}",
+            unknown.join(", ")
+        ));
+    }
+    if requested.is_empty() {
+        return invalid("The list of columns must not be empty".to_owned());
+    }
+    Ok(())
+}
+
+/// What a log response says, before it is rendered.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Answer {
+    /// `electric-offset`.
+    end: LogOffset,
+    /// Entries joined by `,` (no brackets).
+    entries: Bytes,
+    /// `global_last_seen_lsn` of the `up-to-date` message, when there is one.
+    up_to_date_lsn: Option<u64>,
+    /// `false` for "nothing new" answers, which also get a unique ETag.
+    has_data: bool,
+}
+
+async fn answer<A: ShapeApi>(
+    state: &AppState<A>,
+    params: &ShapeParams,
+    info: &ShapeInfo,
+) -> Result<Answer, ApiError> {
+    let api = &state.api;
+    let offset = match params.offset {
+        RequestOffset::Now => {
+            let status = status_or_refetch(api, params, &info.handle)?;
+            return Ok(nothing_new(api, status));
+        }
+        RequestOffset::Log(offset) => offset,
+    };
+    if offset != LogOffset::BEFORE_ALL {
+        wait_in_bounds(state, params, &info.handle, offset).await?;
+    }
+    if params.is_live {
+        return answer_live(state, params, &info.handle, offset).await;
+    }
+    let deadline = Instant::now() + SNAPSHOT_WAIT_MAX;
+    let read = wait_for(api, &info.handle, deadline, || {
+        read_chunk(api, params, &info.handle, offset)
+    })
+    .await?;
+    let Some((status, chunk)) = read else {
+        return Err(ApiError::Unavailable {
+            message: "Timed out waiting for the shape's snapshot, please retry".to_owned(),
+            retry_after_secs: 10,
+            is_known_error: true,
+        });
+    };
+    let up_to_date_lsn = is_up_to_date(offset, &status, &chunk)
+        .then(|| api.last_seen_lsn().as_u64().max(chunk.end.tx()));
+    Ok(Answer {
+        end: chunk.end,
+        entries: chunk.body,
+        up_to_date_lsn,
+        has_data: true,
+    })
+}
+
+/// A live request: answers at once if entries follow `offset`, else waits up to the
+/// long-poll timeout for some (§6.3).
+async fn answer_live<A: ShapeApi>(
+    state: &AppState<A>,
+    params: &ShapeParams,
+    handle: &ShapeHandle,
+    offset: LogOffset,
+) -> Result<Answer, ApiError> {
+    let api = &state.api;
+    let deadline = Instant::now() + state.config.long_poll_timeout;
+    let read = wait_for(api, handle, deadline, || {
+        let read = read_chunk(api, params, handle, offset)?;
+        Ok(read.filter(|(_, chunk)| chunk.entries > 0))
+    })
+    .await?;
+    if let Some((status, chunk)) = read {
+        let up_to_date_lsn = is_up_to_date(offset, &status, &chunk).then_some(chunk.end.tx());
+        return Ok(Answer {
+            end: chunk.end,
+            entries: chunk.body,
+            up_to_date_lsn,
+            has_data: true,
+        });
+    }
+    if api.health() != Health::Active {
+        return Err(ApiError::unavailable(
+            "The service is not ready: replication is not streaming",
+            10,
+        ));
+    }
+    let status = status_or_refetch(api, params, handle)?;
+    Ok(nothing_new(api, status))
+}
+
+/// `[up-to-date]` at the shape's latest offset, for `offset=now` and long-poll timeouts.
+fn nothing_new<A: ShapeApi>(api: &A, status: LogStatus) -> Answer {
+    Answer {
+        end: status.latest,
+        entries: Bytes::new(),
+        up_to_date_lsn: Some(api.last_seen_lsn().as_u64().max(status.latest.tx())),
+        has_data: false,
+    }
+}
+
+/// §6.2: up-to-date exactly when the request is not `-1` and the chunk reaches the end.
+fn is_up_to_date(offset: LogOffset, status: &LogStatus, chunk: &ChunkRead) -> bool {
+    offset != LogOffset::BEFORE_ALL && chunk.end >= status.latest.max(offset)
+}
+
+/// An offset above the shape's latest is given half the long-poll timeout to become valid
+/// (the client may have talked to a server further ahead), then it is a 400 (§2).
+async fn wait_in_bounds<A: ShapeApi>(
+    state: &AppState<A>,
+    params: &ShapeParams,
+    handle: &ShapeHandle,
+    offset: LogOffset,
+) -> Result<(), ApiError> {
+    let api = &state.api;
+    let deadline = Instant::now() + state.config.long_poll_timeout / 2;
+    let in_bounds = wait_for(api, handle, deadline, || {
+        let status = status_or_refetch(api, params, handle)?;
+        // Snapshot offsets are governed by the snapshot wait, not by `latest`.
+        let is_pending_snapshot = offset.is_snapshot() && !status.snapshot_complete;
+        Ok((offset <= status.latest || is_pending_snapshot).then_some(()))
+    })
+    .await?;
+    in_bounds.ok_or_else(|| ApiError::invalid("offset", "out of bounds for this shape"))
+}
+
+/// One read attempt: the status and the chunk, `None` while the snapshot chunk is pending.
+fn read_chunk<A: ShapeApi>(
+    api: &A,
+    params: &ShapeParams,
+    handle: &ShapeHandle,
+    offset: LogOffset,
+) -> Result<Option<(LogStatus, ChunkRead)>, ApiError> {
+    let status = status_or_refetch(api, params, handle)?;
+    match api.read(handle, offset) {
+        ReadOutcome::Chunk(chunk) => Ok(Some((status, chunk))),
+        ReadOutcome::SnapshotPending => Ok(None),
+        ReadOutcome::UnknownShape => Err(refetch(api, params, handle)),
+    }
+}
+
+fn status_or_refetch<A: ShapeApi>(
+    api: &A,
+    params: &ShapeParams,
+    handle: &ShapeHandle,
+) -> Result<LogStatus, ApiError> {
+    api.status(handle)
+        .ok_or_else(|| refetch(api, params, handle))
+}
+
+/// The shape went away under us: 409, pointing to the definition's current shape if there
+/// is another one.
+fn refetch<A: ShapeApi>(api: &A, params: &ShapeParams, gone: &ShapeHandle) -> ApiError {
+    let handle = api
+        .shape_for_definition(&params.definition)
+        .map(|info| info.handle)
+        .filter(|handle| handle != gone);
+    ApiError::MustRefetch { handle }
+}
+
+/// Runs `check` until it yields a value, re-running it whenever the shape changes, until
+/// `deadline` (then one last time). `changed()` is called before each check, so a change
+/// between the check and the wait is not missed.
+async fn wait_for<A: ShapeApi, T>(
+    api: &A,
+    handle: &ShapeHandle,
+    deadline: Instant,
+    mut check: impl FnMut() -> Result<Option<T>, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    loop {
+        let changed = api.changed(handle);
+        if let Some(value) = check()? {
+            return Ok(Some(value));
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return check();
+        }
+    }
+}
+
+/// Renders an answer: headers, 304 on a matching `If-None-Match`, the JSON array body.
+fn log_response<A: ShapeApi>(
+    state: &AppState<A>,
+    params: &ShapeParams,
+    info: &ShapeInfo,
+    answer: Answer,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let unique = (!answer.has_data).then(|| state.unique_suffix());
+    let etag = headers::etag(
+        info.handle.as_str(),
+        &params.offset_text(),
+        answer.end,
+        unique.as_deref(),
+    );
+    let is_not_modified =
+        unique.is_none() && headers::if_none_match_matches(request_headers, &etag);
+    let status = if is_not_modified {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let mut headers = HeaderMap::new();
+    let value = |text: &str| {
+        HeaderValue::from_str(text)
+            .map_err(|_| ApiError::Internal(format!("not a header value: {text:?}")))
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    headers.insert(ELECTRIC_HANDLE, value(info.handle.as_str())?);
+    headers.insert(ELECTRIC_OFFSET, value(&answer.end.to_string())?);
+    let has_data = if answer.has_data { "true" } else { "false" };
+    headers.insert(ELECTRIC_HAS_DATA, HeaderValue::from_static(has_data));
+    headers.insert(ETAG, value(&format!("\"{etag}\""))?);
+    if answer.up_to_date_lsn.is_some() {
+        headers.insert(ELECTRIC_UP_TO_DATE, HeaderValue::from_static(""));
+    }
+    if params.is_live {
+        let cursor = headers::next_cursor(
+            state.config.clock.since_unix_epoch().as_secs(),
+            state.config.long_poll_timeout,
+            params.cursor.as_deref(),
+            || state.rng.next(),
+        );
+        headers.insert(ELECTRIC_CURSOR, HeaderValue::from(cursor));
+    } else if status == StatusCode::OK {
+        let schema = electric_schema(&info.schema, info.definition.columns.as_deref());
+        headers.insert(ELECTRIC_SCHEMA, value(&schema)?);
+    }
+    insert_cache_control(&mut headers, state, params, status);
+    if is_not_modified {
+        return Ok((status, headers).into_response());
+    }
+    Ok((status, headers, Body::from(render_body(&answer))).into_response())
+}
+
+fn insert_cache_control<A>(
+    headers: &mut HeaderMap,
+    state: &AppState<A>,
+    params: &ShapeParams,
+    status: StatusCode,
+) {
+    let freshness = if params.offset == RequestOffset::Log(LogOffset::BEFORE_ALL) {
+        Freshness::InitialSync
+    } else if params.is_live {
+        Freshness::LiveLongPoll
+    } else {
+        Freshness::Other
+    };
+    let ages = CacheAges {
+        max_age: state.config.cache_max_age,
+        stale_age: state.config.cache_stale_age,
+    };
+    let policy = headers::cache_control(true, status, false, freshness, ages);
+    headers.insert(CACHE_CONTROL, policy.value);
+    if policy.is_surrogate_no_store {
+        headers.insert(SURROGATE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// `[` entries, then the `up-to-date` control message if due, `]`.
+fn render_body(answer: &Answer) -> Bytes {
+    let mut body = BytesMut::with_capacity(answer.entries.len() + 96);
+    body.put_u8(b'[');
+    body.put_slice(&answer.entries);
+    if let Some(lsn) = answer.up_to_date_lsn {
+        if !answer.entries.is_empty() {
+            body.put_u8(b',');
+        }
+        body.put_slice(b"{\"headers\":{\"control\":\"up-to-date\",\"global_last_seen_lsn\":\"");
+        body.put_slice(lsn.to_string().as_bytes());
+        body.put_slice(b"\"}}");
+    }
+    body.put_u8(b']');
+    body.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use ampere_core::pgoutput::Oid;
+    use ampere_core::shape::{ColumnSchema, RelationName};
+
+    use super::*;
+
+    fn table(columns: &[(&str, Option<u32>)]) -> TableSchema {
+        TableSchema {
+            oid: Oid(1),
+            relation: RelationName {
+                schema: "public".to_owned(),
+                table: "t".to_owned(),
+            },
+            columns: columns
+                .iter()
+                .map(|(name, pk_index)| ColumnSchema {
+                    name: (*name).to_owned(),
+                    type_oid: 23,
+                    typname: "int4".to_owned(),
+                    dims: 0,
+                    not_null: false,
+                    pk_index: *pk_index,
+                    modifiers: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn columns_error(schema: &TableSchema, requested: &[&str]) -> String {
+        let requested: Vec<String> = requested.iter().map(|s| (*s).to_owned()).collect();
+        match validate_columns(schema, Some(&requested)) {
+            Err(ApiError::Invalid {
+                field: "columns",
+                message,
+            }) => message,
+            other => panic!("expected a columns error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn columns_must_include_every_key_column_listed_in_key_order() {
+        let t = table(&[("b", Some(1)), ("a", Some(0)), ("v", None)]);
+        assert_eq!(
+            columns_error(&t, &["v"]),
+            "The list of columns must include all primary key columns, missing: a, b"
+        );
+        assert_eq!(
+            columns_error(&t, &["b", "v"]),
+            "The list of columns must include all primary key columns, missing: a"
+        );
+    }
+
+    #[test]
+    fn a_table_without_primary_key_needs_every_column() {
+        let t = table(&[("y", None), ("x", None)]);
+        assert_eq!(
+            columns_error(&t, &["y"]),
+            "The list of columns must include all primary key columns, missing: x"
+        );
+    }
+
+    #[test]
+    fn unknown_columns_are_listed_in_request_order_after_the_key_check() {
+        let t = table(&[("id", Some(0)), ("v", None)]);
+        assert_eq!(
+            columns_error(&t, &["zz", "id", "aa", "zz"]),
+            "The following columns are not found on the table: zz, aa"
+        );
+    }
+
+    #[test]
+    fn an_empty_column_list_is_rejected() {
+        let t = table(&[]);
+        assert_eq!(
+            columns_error(&t, &[]),
+            "The list of columns must not be empty"
+        );
+    }
+
+    #[test]
+    fn a_valid_selection_or_none_passes() {
+        let t = table(&[("id", Some(0)), ("v", None)]);
+        let ok = vec!["v".to_owned(), "id".to_owned()];
+        assert_eq!(validate_columns(&t, Some(&ok)), Ok(()));
+        assert_eq!(validate_columns(&t, None), Ok(()));
+    }
+
+    #[test]
+    fn up_to_date_needs_a_non_initial_request_reaching_the_end() {
+        let off = |s: &str| s.parse::<LogOffset>().expect("offset");
+        let status = LogStatus {
+            latest: off("10_4"),
+            snapshot_complete: true,
+        };
+        let chunk = |end: &str| ChunkRead {
+            body: Bytes::new(),
+            entries: 0,
+            end: off(end),
+        };
+        assert!(is_up_to_date(off("10_2"), &status, &chunk("10_4")));
+        assert!(!is_up_to_date(off("10_0"), &status, &chunk("10_2")));
+        assert!(!is_up_to_date(
+            LogOffset::BEFORE_ALL,
+            &status,
+            &chunk("10_4")
+        ));
+        // A request beyond latest is up-to-date only if the chunk reaches the request.
+        assert!(!is_up_to_date(off("11_0"), &status, &chunk("10_4")));
+    }
+
+    #[test]
+    fn body_appends_up_to_date_after_entries() {
+        let answer = Answer {
+            end: LogOffset::SNAPSHOT_END,
+            entries: Bytes::from_static(b"{\"a\":1},{\"b\":2}"),
+            up_to_date_lsn: Some(42),
+            has_data: true,
+        };
+        assert_eq!(
+            &render_body(&answer)[..],
+            br#"[{"a":1},{"b":2},{"headers":{"control":"up-to-date","global_last_seen_lsn":"42"}}]"#
+        );
+        let empty = Answer {
+            entries: Bytes::new(),
+            up_to_date_lsn: None,
+            ..answer
+        };
+        assert_eq!(&render_body(&empty)[..], b"[]");
+    }
+}

@@ -1,0 +1,875 @@
+//! Handler-level tests: the whole router over the in-memory [`FakeApi`], driven with
+//! `tower::ServiceExt::oneshot`. Tokio's clock is paused, so long-poll waits take no real time.
+
+use std::time::Duration;
+
+use ampere_core::shape::ShapeHandle;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use tower::ServiceExt;
+
+use super::fake::{row, FakeApi, SNAPSHOT_END};
+use super::{router, HttpConfig, Route, WallClock};
+
+/// 35 340 055 s after the cursor epoch: the 20 s bucket ends at 35 340 060.
+const NOW_SECS: u64 = 1_728_432_000 + 35_340_055;
+const WEEK: &str = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746";
+const LIVE: &str = "public, max-age=5, stale-while-revalidate=5";
+const NON_LIVE: &str = "public, max-age=60, stale-while-revalidate=300";
+
+fn config() -> HttpConfig {
+    let mut config = HttpConfig::new(None);
+    config.clock = WallClock::from_fn(|| Duration::from_secs(NOW_SECS));
+    config.server_version = "9.9.9".to_owned();
+    config
+}
+
+struct Harness {
+    api: FakeApi,
+    app: Router,
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header"))
+    }
+
+    fn handle(&self) -> ShapeHandle {
+        ShapeHandle::from_string(self.header("electric-handle").expect("handle").to_owned())
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(config())
+    }
+
+    fn with_config(config: HttpConfig) -> Self {
+        let api = FakeApi::with_items();
+        let app = router(api.clone(), config);
+        Self { api, app }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(Method::GET, uri, &[], Body::empty()).await
+    }
+
+    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body).expect("request");
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = String::from_utf8(bytes.to_vec()).expect("utf-8 body");
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `offset=-1` on `items`; returns the handle.
+    async fn initial_sync(&self) -> ShapeHandle {
+        let reply = self.get("/v1/shape?table=items&offset=-1").await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        reply.handle()
+    }
+}
+
+fn up_to_date(lsn: u64) -> String {
+    format!(r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{lsn}"}}}}"#)
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_sync_returns_chunk_zero_with_schema_and_week_long_caching() {
+    let h = Harness::new();
+    let reply = h.get("/v1/shape?table=items&offset=-1&log=full").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let handle = reply.handle();
+    assert_eq!(reply.header("electric-offset"), Some("0_0"));
+    assert_eq!(reply.header("electric-has-data"), Some("true"));
+    assert_eq!(
+        reply.header("electric-schema"),
+        Some(r#"{"id":{"type":"int4","pk_index":0,"not_null":true},"title":{"type":"text"}}"#)
+    );
+    assert_eq!(
+        reply.header("etag"),
+        Some(format!("\"{handle}:-1:0_0\"").as_str())
+    );
+    assert_eq!(reply.header("cache-control"), Some(WEEK));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(reply.header("electric-up-to-date"), None);
+    assert_eq!(reply.header("electric-cursor"), None);
+    assert_eq!(
+        reply.body,
+        format!("[{},{},{SNAPSHOT_END}]", row(1, "a"), row(2, "b"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_request_at_0_0_is_up_to_date_at_0_inf() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.set_last_seen_lsn(24_187_768);
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&log=full&offset=0_0&table=items"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("electric-offset"), Some("0_inf"));
+    assert_eq!(reply.header("electric-up-to-date"), Some(""));
+    assert_eq!(reply.header("electric-has-data"), Some("true"));
+    assert!(reply.header("electric-schema").is_some());
+    assert_eq!(
+        reply.header("etag"),
+        Some(format!("\"{handle}:0_0:0_inf\"").as_str())
+    );
+    assert_eq!(reply.header("cache-control"), Some(NON_LIVE));
+    assert_eq!(reply.body, format!("[{}]", up_to_date(24_187_768)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_long_poll_timeout_answers_up_to_date_without_data() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let uri = format!("/v1/shape?cursor=&handle={handle}&live=true&offset=0_inf&table=items");
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("electric-has-data"), Some("false"));
+    assert_eq!(reply.header("electric-up-to-date"), Some(""));
+    assert_eq!(reply.header("electric-offset"), Some("0_inf"));
+    assert_eq!(reply.header("electric-cursor"), Some("35340060"));
+    assert_eq!(reply.header("cache-control"), Some(LIVE));
+    assert_eq!(reply.header("electric-schema"), None);
+    let etag = reply.header("etag").expect("etag");
+    assert!(
+        etag.starts_with(&format!("\"{handle}:0_inf:0_inf:")),
+        "{etag}"
+    );
+    assert_eq!(reply.body, format!("[{}]", up_to_date(0)));
+    // Every no-change answer has its own ETag.
+    let again = h.get(&uri).await;
+    assert_ne!(again.header("etag"), Some(etag));
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_request_answers_when_a_change_arrives_during_the_wait() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let api = h.api.clone();
+    let writer = handle.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        api.append(&writer, "24187800_0", r#"{"v":1}"#, false);
+    });
+    let uri =
+        format!("/v1/shape?cursor=35340060&handle={handle}&live=true&offset=0_inf&table=items");
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("electric-offset"), Some("24187800_0"));
+    assert_eq!(reply.header("electric-has-data"), Some("true"));
+    assert_eq!(reply.header("electric-up-to-date"), Some(""));
+    // The bucket equals the previous cursor, so the cursor jumps ahead by 1..=3600.
+    let cursor: u64 = reply
+        .header("electric-cursor")
+        .expect("cursor")
+        .parse()
+        .expect("int");
+    assert!((35_340_061..=35_343_660).contains(&cursor), "{cursor}");
+    assert_eq!(
+        reply.header("etag"),
+        Some(format!("\"{handle}:0_inf:24187800_0\"").as_str())
+    );
+    assert_eq!(
+        reply.body,
+        format!(r#"[{{"v":1}},{}]"#, up_to_date(24_187_800))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_request_with_entries_waiting_answers_at_once_up_to_the_chunk_end() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.append(&handle, "10_0", r#"{"a":0}"#, true);
+    h.api.append(&handle, "10_2", r#"{"a":2}"#, false);
+    let base = format!("/v1/shape?handle={handle}&live=true&table=items");
+    let first = h.get(&format!("{base}&offset=0_inf")).await;
+    assert_eq!(first.header("electric-offset"), Some("10_0"));
+    assert_eq!(first.header("electric-up-to-date"), None);
+    assert_eq!(first.body, r#"[{"a":0}]"#);
+    let second = h.get(&format!("{base}&offset=10_0")).await;
+    assert_eq!(second.header("electric-offset"), Some("10_2"));
+    assert_eq!(second.body, format!(r#"[{{"a":2}},{}]"#, up_to_date(10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_handle_gets_409_pointing_to_the_definitions_shape() {
+    let h = Harness::new();
+    let reply = h
+        .get("/v1/shape?table=items&offset=0_0&handle=gone-1")
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    let new_handle = reply.handle();
+    assert_ne!(new_handle.as_str(), "gone-1");
+    assert_eq!(
+        reply.header("etag"),
+        Some(format!("\"{new_handle}::\"").as_str())
+    );
+    assert_eq!(
+        reply.header("cache-control"),
+        Some("public, max-age=60, must-revalidate")
+    );
+    assert_eq!(reply.body, r#"[{"headers":{"control":"must-refetch"}}]"#);
+    // The shape was created on demand and is what offset=-1 now serves.
+    assert_eq!(h.initial_sync().await, new_handle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn handle_of_another_definition_gets_409_to_the_requested_one() {
+    let h = Harness::new();
+    let all_columns = h.initial_sync().await;
+    let uri = format!("/v1/shape?table=items&columns=id&offset=0_0&handle={all_columns}");
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    let projected = reply.handle();
+    assert_ne!(projected, all_columns);
+    let follow = h.get("/v1/shape?table=items&columns=id&offset=-1").await;
+    assert_eq!(follow.handle(), projected);
+    assert_eq!(
+        follow.header("electric-schema"),
+        Some(r#"{"id":{"type":"int4","pk_index":0,"not_null":true}}"#)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_409_never_points_back_to_the_handle_just_sent() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.lose_log(&handle);
+    let reply = h
+        .get(&format!("/v1/shape?table=items&offset=0_0&handle={handle}"))
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(reply.header("electric-handle"), None);
+    assert_eq!(reply.header("etag"), None);
+    assert_eq!(
+        reply.header("cache-control"),
+        Some("public, max-age=1, must-revalidate")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shape_removed_during_a_live_wait_gets_409() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let api = h.api.clone();
+    let victim = handle.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        api.remove(&victim);
+    });
+    let uri = format!("/v1/shape?handle={handle}&live=true&offset=0_inf&table=items");
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn matching_if_none_match_gets_304_without_body_or_schema() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let tag = format!("\"other\", \"{handle}:-1:0_0\"");
+    let reply = h
+        .send(
+            Method::GET,
+            "/v1/shape?table=items&offset=-1",
+            &[("if-none-match", &tag)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(reply.body, "");
+    assert_eq!(reply.header("electric-schema"), None);
+    assert_eq!(reply.header("electric-offset"), Some("0_0"));
+    assert_eq!(reply.header("cache-control"), Some(WEEK));
+}
+
+#[tokio::test(start_paused = true)]
+async fn offset_now_answers_the_latest_offset_without_data() {
+    let h = Harness::new();
+    let reply = h
+        .get("/v1/shape?table=items&offset=now&handle=ignored")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("electric-offset"), Some("0_inf"));
+    assert_eq!(reply.header("electric-has-data"), Some("false"));
+    assert_eq!(reply.header("electric-up-to-date"), Some(""));
+    assert!(reply.header("electric-schema").is_some());
+    assert_eq!(reply.header("cache-control"), Some(NON_LIVE));
+    let etag = reply.header("etag").expect("etag");
+    assert!(
+        etag.starts_with(&format!("\"{}:now:0_inf:", reply.handle())),
+        "{etag}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn offset_beyond_the_log_is_out_of_bounds_after_a_grace_wait() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let started = tokio::time::Instant::now();
+    let reply = h
+        .get(&format!(
+            "/v1/shape?table=items&offset=999_0&handle={handle}"
+        ))
+        .await;
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.body,
+        r#"{"message":"Invalid request","errors":{"offset":["out of bounds for this shape"]}}"#
+    );
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(reply.header("surrogate-control"), Some("no-store"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn offset_beyond_the_log_is_served_if_data_reaches_it_in_the_grace_period() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let api = h.api.clone();
+    let writer = handle.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        api.append(&writer, "999_0", "{}", false);
+        api.append(&writer, "999_2", r#"{"n":2}"#, false);
+    });
+    let reply = h
+        .get(&format!(
+            "/v1/shape?table=items&offset=999_0&handle={handle}"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("electric-offset"), Some("999_2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_snapshot_chunks_are_waited_for() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.set_snapshot(&handle, vec![row(1, "a")], false);
+    let api = h.api.clone();
+    let writer = handle.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        api.set_snapshot(&writer, vec![row(1, "a"), SNAPSHOT_END.to_owned()], true);
+    });
+    let reply = h
+        .get(&format!("/v1/shape?table=items&offset=0_0&handle={handle}"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("electric-offset"), Some("0_1"));
+    assert_eq!(reply.header("electric-up-to-date"), None);
+    assert_eq!(reply.body, format!("[{SNAPSHOT_END}]"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_table_and_bad_columns_use_the_exact_messages() {
+    let h = Harness::new();
+    let reply = h.get("/v1/shape?table=nonexistent&offset=-1").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.body,
+        r#"{"message":"Invalid request","errors":{"table":["Table \"public\".\"nonexistent\" does not exist. If the table name contains capitals or special characters you must quote it."]}}"#
+    );
+    let reply = h.get("/v1/shape?table=items&offset=-1&columns=title").await;
+    assert_eq!(
+        reply.body,
+        r#"{"message":"Invalid request","errors":{"columns":["The list of columns must include all primary key columns, missing: id"]}}"#
+    );
+    let reply = h
+        .get("/v1/shape?table=items&offset=-1&columns=id,nope")
+        .await;
+    assert_eq!(
+        reply.body,
+        r#"{"message":"Invalid request","errors":{"columns":["The following columns are not found on the table: nope"]}}"#
+    );
+    assert_eq!(h.api.shape_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn creating_a_shape_while_not_ready_is_503_retry_after_5() {
+    let h = Harness::new();
+    h.api.set_starting(true);
+    let reply = h.get("/v1/shape?table=items&offset=-1").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(reply.header("surrogate-control"), Some("no-store"));
+    assert_eq!(
+        reply.body,
+        r#"{"message":"Timeout waiting for Postgres lock acquisition"}"#
+    );
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn catalog_outage_is_503_retry_after_1() {
+    let h = Harness::new();
+    h.api.set_catalog_down(true);
+    let reply = h.get("/v1/shape?table=items&offset=-1").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(
+        reply.body,
+        r#"{"message":"Cannot connect to the database to verify the shape. Please try again later."}"#
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_poll_timeout_while_degraded_is_503_retry_after_10() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.set_starting(true);
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&live&offset=0_inf&table=items"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("retry-after"), Some("10"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn existing_shapes_are_served_while_starting() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.set_starting(true);
+    let reply = h
+        .get(&format!("/v1/shape?handle={handle}&offset=0_0&table=items"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+fn secured() -> Harness {
+    let mut config = config();
+    config.secret = Some("s3cret".to_owned());
+    Harness::with_config(config)
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_or_missing_secret_is_401_with_cors_and_json() {
+    let h = secured();
+    for uri in [
+        "/v1/shape?table=items&offset=-1",
+        "/v1/shape?table=items&offset=-1&secret=nope",
+        "/v1/shape?table=items&offset=-1&api_secret=s3cre",
+    ] {
+        let reply = h.get(uri).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(
+            reply.body,
+            r#"{"message":"Unauthorized - Invalid API secret"}"#
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        assert!(reply.header("access-control-expose-headers").is_some());
+    }
+    // Checked before validation: a bad request with a bad secret is a 401.
+    assert_eq!(h.get("/v1/shape").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(start_paused = true)]
+async fn right_secret_or_legacy_name_is_served() {
+    let h = secured();
+    let ok = h.get("/v1/shape?table=items&offset=-1&secret=s3cret").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let legacy = h
+        .get("/v1/shape?table=items&offset=-1&api_secret=s3cret")
+        .await;
+    assert_eq!(legacy.status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_configured_secret_any_secret_parameter_is_ignored() {
+    let h = Harness::new();
+    let reply = h
+        .get("/v1/shape?table=items&offset=-1&secret=whatever")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn secret_is_not_required_for_options_root_or_health() {
+    let h = secured();
+    let options = h
+        .send(Method::OPTIONS, "/v1/shape", &[], Body::empty())
+        .await;
+    assert_eq!(options.status, StatusCode::NO_CONTENT);
+    assert_eq!(h.get("/").await.status, StatusCode::OK);
+    assert_eq!(h.get("/v1/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn normalised_path_variants_are_the_shape_route_and_need_the_secret() {
+    let h = secured();
+    for path in [
+        "/v1/shape/",
+        "/v1//shape",
+        "/v1/%73hape",
+        "//v1/./shape",
+        "/v1/x/../shape",
+    ] {
+        let denied = h.get(&format!("{path}?table=items&offset=-1")).await;
+        assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{path}");
+        let served = h
+            .get(&format!("{path}?table=items&offset=-1&secret=s3cret"))
+            .await;
+        assert_eq!(served.status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_paths_and_methods_are_404_not_found() {
+    let h = Harness::new();
+    for path in [
+        "/v1/shapes",
+        "/v2/shape",
+        "/foo",
+        "/v1",
+        "/v1/shape/x",
+        "/v1/health/x",
+    ] {
+        let reply = h.get(path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.body, "Not found");
+        assert_eq!(
+            reply.header("access-control-allow-methods"),
+            Some("GET, HEAD")
+        );
+    }
+    for method in [Method::PUT, Method::PATCH] {
+        let reply = h
+            .send(
+                method,
+                "/v1/shape?table=items&offset=-1",
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    }
+    let post_root = h.send(Method::POST, "/", &[], Body::empty()).await;
+    assert_eq!(post_root.status, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn routes_match_the_decoded_normalised_path() {
+    assert_eq!(Route::of("/"), Route::Root);
+    assert_eq!(Route::of(""), Route::Root);
+    assert_eq!(Route::of("/v1/shape"), Route::Shape);
+    assert_eq!(Route::of("/v1%2Fshape"), Route::Shape);
+    assert_eq!(Route::of("/v1/health/"), Route::Health);
+    assert_eq!(Route::of("/v1/Shape"), Route::Unknown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_reports_active_then_starting() {
+    let h = Harness::new();
+    let reply = h.get("/v1/health").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, r#"{"status":"active"}"#)
+    );
+    assert_eq!(
+        reply.header("cache-control"),
+        Some("no-cache, no-store, must-revalidate")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, HEAD")
+    );
+    h.api.set_starting(true);
+    let reply = h.get("/v1/health").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::ACCEPTED, r#"{"status":"starting"}"#)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn root_answers_200_empty_to_get_and_head() {
+    let h = Harness::new();
+    for method in [Method::GET, Method::HEAD] {
+        let reply = h.send(method, "/", &[], Body::empty()).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, ""));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_is_get_without_the_body() {
+    let h = Harness::new();
+    let reply = h
+        .send(
+            Method::HEAD,
+            "/v1/shape?table=items&offset=-1",
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "");
+    assert_eq!(reply.header("electric-offset"), Some("0_0"));
+    assert_eq!(reply.header("cache-control"), Some(WEEK));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_is_405_and_not_cached() {
+    let h = Harness::new();
+    let reply = h
+        .send(Method::DELETE, "/v1/shape?table=items", &[], Body::empty())
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.body, r#"{"message":"DELETE not allowed"}"#);
+    assert_eq!(reply.header("cache-control"), Some("no-cache"));
+    assert_eq!(reply.header("surrogate-control"), None);
+    assert_eq!(
+        secured()
+            .send(Method::DELETE, "/v1/shape", &[], Body::empty())
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_serves_the_log_uncached_and_rejects_subset_bodies() {
+    let h = Harness::new();
+    let uri = "/v1/shape?table=items&offset=-1";
+    for body in ["", "  ", "{}", r#"{"unrelated":1}"#] {
+        let reply = h.send(Method::POST, uri, &[], Body::from(body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{body:?}");
+        assert_eq!(reply.header("cache-control"), Some("no-cache"));
+        assert_eq!(reply.header("electric-offset"), Some("0_0"));
+    }
+    let subset = h
+        .send(Method::POST, uri, &[], Body::from(r#"{"where":"id=1"}"#))
+        .await;
+    assert_eq!(subset.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        subset.body,
+        r#"{"message":"Invalid request","errors":{"subset":["subset snapshots are not supported yet"]}}"#
+    );
+    assert_eq!(subset.header("cache-control"), Some("no-cache"));
+    let array = h.send(Method::POST, uri, &[], Body::from("[1]")).await;
+    assert_eq!(
+        array.body,
+        r#"{"error":"Request body must be a JSON object"}"#
+    );
+    let broken = h.send(Method::POST, uri, &[], Body::from("{")).await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST);
+    assert!(broken
+        .body
+        .starts_with(r#"{"error":"Invalid JSON in request body","details":"#));
+    let huge = Body::from(vec![b' '; 8 * 1024 * 1024 + 1]);
+    assert_eq!(
+        h.send(Method::POST, uri, &[], huge).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn preflight_is_204_with_cors_and_no_cache_control() {
+    let h = Harness::new();
+    let headers = [
+        ("origin", "https://app.example"),
+        ("access-control-request-headers", "if-none-match"),
+    ];
+    let reply = h
+        .send(Method::OPTIONS, "/v1/shape", &headers, Body::empty())
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-headers"),
+        Some("if-none-match")
+    );
+    assert_eq!(reply.header("access-control-max-age"), Some("86400"));
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, POST, HEAD, DELETE, OPTIONS")
+    );
+    assert_eq!(reply.header("cache-control"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_response_has_a_request_id_and_the_server_name() {
+    let h = Harness::new();
+    let echoed = h
+        .send(
+            Method::GET,
+            "/nope",
+            &[("x-request-id", "abc-123")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(echoed.header("x-request-id"), Some("abc-123"));
+    assert_eq!(echoed.header("electric-server"), Some("ampere/9.9.9"));
+    let first = h.get("/v1/health").await;
+    let second = h.get("/v1/health").await;
+    let id = first.header("x-request-id").expect("generated");
+    assert_eq!(id.len(), 32);
+    assert_ne!(Some(id), second.header("x-request-id"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sub_second_long_poll_timeout_sends_cursor_zero() {
+    let mut config = config();
+    config.long_poll_timeout = Duration::from_millis(50);
+    let h = Harness::with_config(config);
+    let handle = h.initial_sync().await;
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&live=true&offset=0_inf&table=items"
+        ))
+        .await;
+    assert_eq!(reply.header("electric-cursor"), Some("0"));
+    assert_eq!(reply.header("electric-has-data"), Some("false"));
+}
+
+/// Query keys the property test draws from: every known parameter plus junk.
+const KEYS: [&str; 20] = [
+    "table",
+    "offset",
+    "handle",
+    "live",
+    "live_sse",
+    "experimental_live_sse",
+    "cursor",
+    "columns",
+    "replica",
+    "log",
+    "where",
+    "params[1]",
+    "params",
+    "secret",
+    "api_secret",
+    "subset__limit",
+    "subset__where_expr",
+    "cache-buster",
+    "x[",
+    "%74able",
+];
+
+fn value_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("-1".to_owned()),
+        Just("now".to_owned()),
+        Just("0_0".to_owned()),
+        Just("0_inf".to_owned()),
+        Just("items".to_owned()),
+        Just("%22items%22".to_owned()),
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        Just(String::new()),
+        "[0-9_]{0,24}",
+        "[a-z%\\[\\]\"._,=+&-]{0,16}",
+        any::<String>().prop_map(|s| s.chars().take(40).collect()),
+        "(%[0-9A-Fa-f]{2}){1,6}",
+    ]
+}
+
+fn query_strategy() -> impl Strategy<Value = String> {
+    let pair = (prop::sample::select(KEYS.to_vec()), value_strategy());
+    prop::collection::vec(pair, 0..8).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| {
+                let v: String = v
+                    .chars()
+                    .map(|c| {
+                        if c == '#' || c.is_whitespace() {
+                            '+'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                format!("{k}={v}")
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_queries_never_cause_a_server_error(query in query_strategy()) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let status = runtime.block_on(async {
+            let mut config = config();
+            config.long_poll_timeout = Duration::from_millis(50);
+            let h = Harness::with_config(config);
+            h.initial_sync().await;
+            let uri = format!("/v1/shape?{}", percent_encode_unsafe(&query));
+            h.get(&uri).await.status
+        });
+        prop_assert!(!status.is_server_error(), "{query} -> {status}");
+    }
+}
+
+/// Escapes what a URI cannot carry raw (non-ASCII, controls, spaces, quotes), keeping `%`, `&`
+/// and `=` so the generated escapes and structure survive.
+fn percent_encode_unsafe(query: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'<')
+        .add(b'>')
+        .add(b'[')
+        .add(b']')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}')
+        .add(b'|')
+        .add(b'\\')
+        .add(b'^');
+    percent_encoding::utf8_percent_encode(query, SET).to_string()
+}

@@ -1,0 +1,123 @@
+//! The read model the driver publishes for HTTP handlers: live shapes by handle and by
+//! definition, readiness and the durable LSN. Written only by the driver loop.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use ampere_core::shape::{ShapeDefinition, ShapeHandle};
+use ampere_core::Lsn;
+use tokio::sync::watch;
+
+use crate::api::ShapeInfo;
+
+/// Shared, cheaply cloned read model.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    inner: Arc<RwLock<Shapes>>,
+    state: watch::Sender<ReadState>,
+}
+
+#[derive(Debug, Default)]
+struct Shapes {
+    by_handle: BTreeMap<ShapeHandle, ShapeInfo>,
+    by_definition: BTreeMap<ShapeDefinition, ShapeHandle>,
+}
+
+/// Readiness and progress, observable with [`Registry::subscribe`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ReadState {
+    /// Replication is streaming: shapes can be created.
+    pub streaming: bool,
+    /// The last commit LSN durable in every shape.
+    pub durable_lsn: Lsn,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::default(),
+            state: watch::Sender::new(ReadState::default()),
+        }
+    }
+
+    /// Adds a live shape.
+    pub fn insert(&self, info: ShapeInfo) {
+        let mut shapes = self.write();
+        shapes
+            .by_definition
+            .insert(info.definition.clone(), info.handle.clone());
+        shapes.by_handle.insert(info.handle.clone(), info);
+    }
+
+    /// Removes a shape (its clients get 409 from now on).
+    pub fn remove(&self, handle: &ShapeHandle) {
+        let mut shapes = self.write();
+        if let Some(info) = shapes.by_handle.remove(handle) {
+            if shapes.by_definition.get(&info.definition) == Some(handle) {
+                shapes.by_definition.remove(&info.definition);
+            }
+        }
+    }
+
+    /// The live shape with this handle.
+    pub fn by_handle(&self, handle: &ShapeHandle) -> Option<ShapeInfo> {
+        self.read().by_handle.get(handle).cloned()
+    }
+
+    /// The live shape for a definition.
+    pub fn by_definition(&self, definition: &ShapeDefinition) -> Option<ShapeInfo> {
+        let shapes = self.read();
+        let handle = shapes.by_definition.get(definition)?;
+        shapes.by_handle.get(handle).cloned()
+    }
+
+    /// Number of live shapes.
+    pub fn len(&self) -> usize {
+        self.read().by_handle.len()
+    }
+
+    /// Whether there are no live shapes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes readiness and progress (only wakes watchers on change).
+    pub fn publish(&self, next: ReadState) {
+        self.state.send_if_modified(|state| {
+            let changed = *state != next;
+            *state = next;
+            changed
+        });
+    }
+
+    /// The current readiness and progress.
+    pub fn state(&self) -> ReadState {
+        *self.state.borrow()
+    }
+
+    /// A receiver that sees every published change.
+    pub fn subscribe(&self) -> watch::Receiver<ReadState> {
+        self.state.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Shapes> {
+        // A poisoned lock means a writer panicked mid-update; the maps are still coherent
+        // (each update is a pair of inserts/removes), so keep serving.
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shapes> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}

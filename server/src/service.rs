@@ -1,0 +1,116 @@
+//! The production [`ShapeApi`]: the registry for lookups, the store for reads, Postgres for
+//! catalog lookups, and the driver (through a channel) for shape creation.
+
+use std::time::Duration;
+
+use ampere_core::ports::{LogStatus, PgPort, ReadOutcome, ShapeLogStore};
+use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::{LogOffset, Lsn};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::api::{CatalogUnavailable, CreateShapeError, Health, ShapeApi, ShapeInfo};
+use crate::driver::{error_chain, Request};
+use crate::registry::Registry;
+
+/// How long a shape creation waits for the service to become active (then 503).
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// The server's [`ShapeApi`].
+#[derive(Clone, Debug)]
+pub struct Service<P, S> {
+    pg: P,
+    store: S,
+    registry: Registry,
+    requests: mpsc::Sender<Request>,
+}
+
+impl<P: PgPort, S: ShapeLogStore> Service<P, S> {
+    /// A service over the driver's registry and request channel.
+    pub fn new(pg: P, store: S, registry: Registry, requests: mpsc::Sender<Request>) -> Self {
+        Self {
+            pg,
+            store,
+            registry,
+            requests,
+        }
+    }
+
+    async fn wait_until_streaming(&self) -> bool {
+        let mut state = self.registry.subscribe();
+        let ready = tokio::time::timeout(READY_WAIT, state.wait_for(|s| s.streaming)).await;
+        matches!(ready, Ok(Ok(_)))
+    }
+}
+
+impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
+    fn shape_for_definition(&self, definition: &ShapeDefinition) -> Option<ShapeInfo> {
+        self.registry.by_definition(definition)
+    }
+
+    fn shape(&self, handle: &ShapeHandle) -> Option<ShapeInfo> {
+        self.registry.by_handle(handle)
+    }
+
+    async fn table_schema(
+        &self,
+        relation: RelationName,
+    ) -> Result<Option<TableSchema>, CatalogUnavailable> {
+        self.pg.table_schema(relation).await.map_err(|e| {
+            warn!(error = %error_chain(&e), "catalog lookup failed");
+            CatalogUnavailable
+        })
+    }
+
+    async fn create_shape(
+        &self,
+        definition: ShapeDefinition,
+        schema: TableSchema,
+    ) -> Result<ShapeInfo, CreateShapeError> {
+        if let Some(info) = self.registry.by_definition(&definition) {
+            return Ok(info);
+        }
+        if !self.wait_until_streaming().await {
+            return Err(CreateShapeError::NotReady(
+                "Timeout waiting for the replication stream to start".into(),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request::CreateShape {
+            definition,
+            schema,
+            reply,
+        };
+        let stopped = || CreateShapeError::Failed {
+            message: "Failed to create shape, please retry".into(),
+            retry_after_secs: 1,
+        };
+        self.requests.send(request).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {
+        self.store.read(handle, after)
+    }
+
+    fn status(&self, handle: &ShapeHandle) -> Option<LogStatus> {
+        self.registry.by_handle(handle)?;
+        self.store.status(handle)
+    }
+
+    async fn changed(&self, handle: &ShapeHandle) {
+        self.store.changed(handle).await;
+    }
+
+    fn last_seen_lsn(&self) -> Lsn {
+        self.registry.state().durable_lsn
+    }
+
+    fn health(&self) -> Health {
+        if self.registry.state().streaming {
+            Health::Active
+        } else {
+            Health::Starting
+        }
+    }
+}
