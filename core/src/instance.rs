@@ -131,6 +131,8 @@ pub enum Input {
 }
 
 /// Commands for the driver.
+// `CreateShape` is large, but outputs live only between `poll_output` and execution.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     /// Connect replication; reply with `ReplicationStarted` or `ReplicationFailed`.
@@ -475,6 +477,20 @@ impl Instance {
             return; // a reply the core no longer waits for
         }
         self.phase = Phase::Streaming { since: self.now };
+        let d = &mut self.durability;
+        if started.slot_created {
+            // A new slot's history starts at its consistent point, which may lie below what
+            // the old slot confirmed (PITR, another cluster): positions restart there.
+            let start = started.confirmed_flush_lsn;
+            let processed = Lsn(start.0.saturating_sub(1));
+            (d.received, d.processed, d.confirmed, d.acked) = (start, processed, start, start);
+            d.flushed_upto = Lsn::ZERO;
+            d.held.clear();
+            d.released.clear();
+            if let Some((op, gen, _)) = d.flush_in_flight {
+                d.flush_in_flight = Some((op, gen, processed));
+            }
+        }
         if started.slot_created && !self.shapes.is_empty() {
             // Continuity lost: the slot's history does not cover what storage holds.
             let handles: Vec<_> = self.shapes.keys().cloned().collect();
@@ -510,14 +526,10 @@ impl Instance {
         };
         // The slot re-sends every transaction at or after the confirmed position: forget
         // partial state; shapes drop replayed entries at or below their latest offset.
+        // Buffered transactions stay (and keep holding the position): the replay of one
+        // is recognised by its commit LSN.
         self.decoder = Decoder::new(ProtoVersion::V1);
         self.assembler = TxnAssembler::new();
-        for shape in self.shapes.values_mut() {
-            if let Stage::Snapshotting { buffered, .. } = &mut shape.stage {
-                buffered.clear();
-            }
-        }
-        self.durability.held.clear();
     }
 
     fn reconnect_delay(&self) -> Duration {
@@ -599,6 +611,12 @@ impl Instance {
         };
         match &mut shape.stage {
             Stage::Snapshotting { buffered, .. } => {
+                if buffered
+                    .last()
+                    .is_some_and(|b| b.commit_lsn >= txn.commit_lsn)
+                {
+                    return; // a replay of a buffered transaction
+                }
                 buffered.push(Arc::clone(txn));
                 *self.durability.held.entry(txn.commit_lsn).or_insert(0) += 1;
                 return;
@@ -790,15 +808,17 @@ impl Instance {
         self.outputs
             .push_back(Output::PersistShape { shape: stored });
         for txn in &buffered {
-            self.release_hold(txn.commit_lsn);
+            let before = self.durability.appended_gen;
             self.route(&handle, txn);
+            let appended = self.durability.appended_gen > before;
+            self.release_hold(txn.commit_lsn, appended);
         }
         self.maybe_flush();
     }
 
     /// A held transaction is no longer waiting on a snapshot; it is durable for this shape
     /// after the next flush (generation after its appends).
-    fn release_hold(&mut self, commit_lsn: Lsn) {
+    fn release_hold(&mut self, commit_lsn: Lsn, appended: bool) {
         let d = &mut self.durability;
         if let Some(count) = d.held.get_mut(&commit_lsn) {
             *count -= 1;
@@ -806,8 +826,10 @@ impl Instance {
                 d.held.remove(&commit_lsn);
             }
         }
-        // Generation + 1: covered only by a flush issued after the appends that follow.
-        d.released.push((d.appended_gen + 1, commit_lsn));
+        // Its entries (if any) were appended at `appended_gen`: durable once that is flushed.
+        if appended {
+            d.released.push((d.appended_gen, commit_lsn));
+        }
     }
 
     fn remove_shape(&mut self, handle: &ShapeHandle, reason: &'static str) {
@@ -824,7 +846,7 @@ impl Instance {
         if let Stage::Snapshotting { op, buffered } = shape.stage {
             self.snapshots.remove(&op);
             for txn in buffered {
-                self.release_hold(txn.commit_lsn);
+                self.release_hold(txn.commit_lsn, false);
             }
         }
         self.outputs.push_back(Output::RemoveShape {
@@ -845,7 +867,7 @@ impl Instance {
                 d.acked,
                 d.confirmed
             );
-            for (lsn, _) in &d.held {
+            for lsn in d.held.keys() {
                 assert!(
                     *lsn >= d.confirmed,
                     "held-not-confirmed: held={lsn} confirmed={}",

@@ -119,7 +119,8 @@ enum Message {
     /// An explicit `Relation` message (schema announcement, e.g. after DDL).
     Relation(TableSchema),
     Insert(TableSchema, Vec<String>),
-    Update(TableSchema, Vec<String>, Vec<String>),
+    /// The full old row, or none (`REPLICA IDENTITY DEFAULT`, key unchanged).
+    Update(TableSchema, Option<Vec<String>>, Vec<String>),
     Delete(TableSchema, Vec<String>),
     Truncate(Vec<TableSchema>),
 }
@@ -147,7 +148,15 @@ impl Txn {
     /// `UPDATE t` from `old` to `new`, with the full old row (`REPLICA IDENTITY FULL`).
     pub(crate) fn update(mut self, t: &TableSchema, old: &[&str], new: &[&str]) -> Self {
         self.messages
-            .push(Message::Update(t.clone(), row(old), row(new)));
+            .push(Message::Update(t.clone(), Some(row(old)), row(new)));
+        self
+    }
+
+    /// `UPDATE t` to `new` without the old row, as Postgres sends it when the table's
+    /// replica identity is not `FULL` and the key did not change.
+    pub(crate) fn update_without_old_row(mut self, t: &TableSchema, new: &[&str]) -> Self {
+        self.messages
+            .push(Message::Update(t.clone(), None, row(new)));
         self
     }
 
@@ -254,12 +263,14 @@ pub(crate) mod wire {
         out
     }
 
-    /// `Update` with the full old tuple (`'O'`) and the new one.
-    pub(crate) fn update(t: &TableSchema, old: &[String], new: &[String]) -> Vec<u8> {
+    /// `Update` with the full old tuple (`'O'`), if given, and the new one.
+    pub(crate) fn update(t: &TableSchema, old: Option<&[String]>, new: &[String]) -> Vec<u8> {
         let mut out = vec![b'U'];
         out.extend_from_slice(&t.oid.0.to_be_bytes());
-        out.push(b'O');
-        tuple(&mut out, old);
+        if let Some(old) = old {
+            out.push(b'O');
+            tuple(&mut out, old);
+        }
         out.push(b'N');
         tuple(&mut out, new);
         out
@@ -645,7 +656,7 @@ impl Harness {
             let bytes = match m {
                 Message::Relation(_) => continue,
                 Message::Insert(t, new) => wire::insert(t, new),
-                Message::Update(t, old, new) => wire::update(t, old, new),
+                Message::Update(t, old, new) => wire::update(t, old.as_deref(), new),
                 Message::Delete(t, old) => wire::delete(t, old),
                 Message::Truncate(ts) => wire::truncate(ts),
             };

@@ -138,7 +138,7 @@ fn truncating_the_table_removes_its_shape_and_a_new_request_mints_another_handle
     let handle = h.live_shape(&items());
     h.commit(&Txn::new(700, 0x2000).truncate(&[&items()]));
     let out = h.take();
-    assert_eq!(removed(&out), [handle.clone()]);
+    assert_eq!(removed(&out), std::slice::from_ref(&handle));
     assert!(entries(&out, &handle).is_empty());
     assert_eq!(
         flushes(&out),
@@ -167,7 +167,7 @@ fn a_relation_message_with_changed_columns_removes_the_shape() {
         .push(table(0, "x", &[("extra", 25, false)]).columns.remove(0));
     h.commit(&Txn::new(701, 0x3000).insert(&altered, &["2", "b", "2", "e"]));
     let out = h.take();
-    assert_eq!(removed(&out), [handle.clone()]);
+    assert_eq!(removed(&out), std::slice::from_ref(&handle));
     assert!(entries(&out, &handle).is_empty());
 }
 
@@ -246,6 +246,7 @@ fn a_recreated_slot_restarts_positions_at_its_consistent_point() {
     h.live_shape(&items());
     h.commit(&Txn::new(700, 0x9000).insert(&items(), &["1", "a", "1"]));
     h.complete_flush();
+    assert_eq!(flushes(&h.take()), [Lsn(0x9001)]);
     h.lose_replication();
     h.advance(Duration::from_secs(1));
     h.start_with(Lsn(0x2000), true);
@@ -263,4 +264,37 @@ fn a_recreated_slot_restarts_positions_at_its_consistent_point() {
         super::harness::offsets(&entries(&out, &handle)),
         ["12288_0"]
     );
+}
+
+#[test]
+fn an_update_without_the_full_old_row_removes_the_shape() {
+    // Goal: a change ampere cannot render faithfully (no full old row: REPLICA IDENTITY is
+    // not FULL) invalidates the shape instead of feeding clients a guess.
+    // Method: a live shape; an update carrying only the new row.
+    let mut h = Harness::streaming();
+    let handle = h.live_shape(&items());
+    h.commit(&Txn::new(700, 0x2000).update_without_old_row(&items(), &["1", "b", "1"]));
+    let out = h.take();
+    assert_eq!(removed(&out), std::slice::from_ref(&handle));
+    assert!(entries(&out, &handle).is_empty());
+    assert_eq!(flushes(&out), [Lsn(0x2001)]);
+}
+
+#[test]
+fn a_schema_change_during_the_snapshot_removes_the_snapshotting_shape() {
+    // Goal: a shape whose table changes while its snapshot runs is removed at once, holds
+    // nothing, and its late snapshot reply is dropped.
+    // Method: a snapshotting shape; a transaction announcing items with a column dropped;
+    // then the snapshot completes.
+    let mut h = Harness::streaming();
+    let (handle, op) = h.create_shape(&items());
+    h.take();
+    let mut altered = items();
+    altered.columns.pop();
+    h.commit(&Txn::new(700, 0x2000).insert(&altered, &["1", "a"]));
+    let out = h.take();
+    assert_eq!(removed(&out), std::slice::from_ref(&handle));
+    assert_eq!(flushes(&out), [Lsn(0x2001)]);
+    h.snapshot_taken(op, super::harness::early_snapshot());
+    assert!(h.take().is_empty());
 }

@@ -208,7 +208,7 @@ fn a_hold_survives_a_reconnect_until_the_snapshot_is_known() {
     h.lose_replication();
     h.complete_flush(); // the harness's ledger fails here if the status passes T1
     h.advance(Duration::from_secs(1));
-    h.start(h.core().acked_lsn().min(Lsn(0x2000)));
+    h.start(Lsn(0x2000)); // the last status the slot received
     h.commit(&t1);
     h.commit(&t2);
     h.snapshot_taken(op, snapshot("700:702:700"));
@@ -223,4 +223,37 @@ fn a_hold_survives_a_reconnect_until_the_snapshot_is_known() {
         h.complete_flush();
     }
     assert_eq!(h.core().acked_lsn(), Lsn(0x3001));
+}
+
+#[test]
+fn a_truncate_after_the_snapshot_removes_the_shape_once_the_snapshot_is_known() {
+    // Goal: a TRUNCATE buffered during the snapshot invalidates the shape if the snapshot
+    // did not see it.
+    // Method: buffer a TRUNCATE by xid 705; the snapshot is 702:705:.
+    let mut h = Harness::streaming();
+    let (handle, op) = h.create_shape(&items());
+    h.take();
+    h.commit(&Txn::new(705, 0x2000).truncate(&[&items()]));
+    assert!(
+        removed(&h.take()).is_empty(),
+        "not before the snapshot is known"
+    );
+    h.snapshot_taken(op, snapshot("702:705:"));
+    let out = h.take();
+    assert_eq!(removed(&out), std::slice::from_ref(&handle));
+    assert!(entries(&out, &handle).is_empty());
+}
+
+#[test]
+fn a_truncate_the_snapshot_already_saw_keeps_the_shape() {
+    // Goal: the snapshot's rows already reflect a TRUNCATE it saw: no invalidation.
+    // Method: buffer a TRUNCATE by xid 700; the snapshot is 702:705:.
+    let mut h = Harness::streaming();
+    let (handle, op) = h.create_shape(&items());
+    h.take();
+    h.commit(&Txn::new(700, 0x2000).truncate(&[&items()]));
+    h.snapshot_taken(op, snapshot("702:705:"));
+    assert!(removed(&h.take()).is_empty());
+    h.commit(&insert(705, 0x3000, "1"));
+    assert_eq!(offsets(&entries(&h.take(), &handle)), ["12288_0"]);
 }
