@@ -90,16 +90,24 @@ pub async fn table(
     let rows = client
         .query(TABLE_QUERY, &[&relation.schema, &relation.table])
         .await
-        .map_err(|source| CatalogError::Query { relation: relation.clone(), source })?;
+        .map_err(|source| CatalogError::Query {
+            relation: relation.clone(),
+            source,
+        })?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let malformed = |what| CatalogError::Malformed { relation: relation.clone(), what };
+    let malformed = |what| CatalogError::Malformed {
+        relation: relation.clone(),
+        what,
+    };
     let oid: u32 = first.try_get(0).map_err(|_| malformed("oid"))?;
     let mut columns = Vec::with_capacity(rows.len());
     let mut generated = Vec::new();
     for row in &rows {
-        let Some(name) = row.try_get::<_, Option<String>>(1).map_err(|_| malformed("attname"))?
+        let Some(name) = row
+            .try_get::<_, Option<String>>(1)
+            .map_err(|_| malformed("attname"))?
         else {
             continue; // the single NULL row of a table without columns
         };
@@ -110,7 +118,11 @@ pub async fn table(
         }
         columns.push(column);
     }
-    let schema = TableSchema { oid: Oid(oid), relation: relation.clone(), columns };
+    let schema = TableSchema {
+        oid: Oid(oid),
+        relation: relation.clone(),
+        columns,
+    };
     Ok(Some(CatalogTable { schema, generated }))
 }
 
@@ -130,7 +142,10 @@ fn decode_column(row: &tokio_postgres::Row, name: String) -> Result<ColumnSchema
         (1.., Some(element)) => element,
         _ => own_typname,
     };
-    let pk_index = pk_index.map(u32::try_from).transpose().map_err(|_| "negative pk_index")?;
+    let pk_index = pk_index
+        .map(u32::try_from)
+        .transpose()
+        .map_err(|_| "negative pk_index")?;
     Ok(ColumnSchema {
         modifiers: modifiers(&typname, typmod),
         name,
@@ -168,7 +183,9 @@ pub fn modifiers(typname: &str, typmod: i32) -> Vec<(String, String)> {
         return Vec::new();
     }
     match typname {
-        "varchar" | "text" if typmod >= VARHDRSZ => vec![num("max_length", i64::from(typmod - VARHDRSZ))],
+        "varchar" | "text" if typmod >= VARHDRSZ => {
+            vec![num("max_length", i64::from(typmod - VARHDRSZ))]
+        }
         "bpchar" if typmod >= VARHDRSZ => vec![num("length", i64::from(typmod - VARHDRSZ))],
         "bit" | "varbit" => vec![num("length", i64::from(typmod))],
         "time" | "timetz" | "timestamp" | "timestamptz" => {
@@ -183,7 +200,10 @@ pub fn modifiers(typname: &str, typmod: i32) -> Vec<(String, String)> {
             let precision = (packed >> 16) & 0xFFFF;
             // The scale is an 11-bit two's-complement field (negative scales since PG 15).
             let scale = ((packed & 0x7FF) ^ 0x400) - 0x400;
-            vec![num("precision", i64::from(precision)), num("scale", i64::from(scale))]
+            vec![
+                num("precision", i64::from(precision)),
+                num("scale", i64::from(scale)),
+            ]
         }
         "interval" => interval_modifiers(typmod),
         _ => vec![num("type_mod", i64::from(typmod))],
@@ -224,8 +244,10 @@ mod tests {
     use super::*;
 
     fn rendered(typname: &str, typmod: i32) -> String {
-        let parts: Vec<String> =
-            modifiers(typname, typmod).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let parts: Vec<String> = modifiers(typname, typmod)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         parts.join(",")
     }
 
@@ -238,9 +260,15 @@ mod tests {
         assert_eq!(rendered("varbit", 16), "length=16");
         assert_eq!(rendered("timestamp", 3), "precision=3");
         assert_eq!(rendered("timestamptz", 0), "");
-        assert_eq!(rendered("numeric", (10 << 16 | 2) + 4), "precision=10,scale=2");
+        assert_eq!(
+            rendered("numeric", (10 << 16 | 2) + 4),
+            "precision=10,scale=2"
+        );
         // numeric(5,-2): scale is stored as 11-bit two's complement
-        assert_eq!(rendered("numeric", (5 << 16 | (-2_i32 & 0x7FF)) + 4), "precision=5,scale=-2");
+        assert_eq!(
+            rendered("numeric", (5 << 16 | (-2_i32 & 0x7FF)) + 4),
+            "precision=5,scale=-2"
+        );
         assert_eq!(rendered("int4", -1), "");
         assert_eq!(rendered("mytype", 42), "type_mod=42");
     }
@@ -248,14 +276,20 @@ mod tests {
     #[test]
     fn interval_modifiers_name_fields_and_precision() {
         let typmod = |range: u32, precision: u32| i32::try_from(range << 16 | precision).unwrap();
-        assert_eq!(rendered("interval", typmod(1 << 3, 0xFFFF)), "fields=\"DAY\"");
+        assert_eq!(
+            rendered("interval", typmod(1 << 3, 0xFFFF)),
+            "fields=\"DAY\""
+        );
         let minute_to_second = (1 << 11) | (1 << 12);
         assert_eq!(
             rendered("interval", typmod(minute_to_second, 3)),
             "fields=\"MINUTE TO SECOND\",precision=3"
         );
         let year_to_month = (1 << 2) | (1 << 1);
-        assert_eq!(rendered("interval", typmod(year_to_month, 0xFFFF)), "fields=\"YEAR TO MONTH\"");
+        assert_eq!(
+            rendered("interval", typmod(year_to_month, 0xFFFF)),
+            "fields=\"YEAR TO MONTH\""
+        );
         assert_eq!(rendered("interval", typmod(0x7FFF, 2)), "precision=2");
     }
 }

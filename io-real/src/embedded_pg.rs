@@ -252,7 +252,7 @@ pub struct EmbeddedOptions {
     /// How long one start attempt may take to become ready (crash recovery included).
     pub start_timeout: Duration,
     /// Copy a cached pristine data directory instead of running initdb (about half the time).
-    /// Used only for [`Location::Temporary`] + [`Auth::Trust`] + [`Durability::Throwaway`].
+    /// Used only with [`Auth::Trust`] and [`Durability::Throwaway`].
     pub initdb_template: bool,
 }
 
@@ -864,15 +864,18 @@ impl Layout {
             Location::Temporary => unique_dir("pgtest"),
             Location::Persistent(dir) => dir.clone(),
         };
-        if matches!(opts.location, Location::Temporary) {
-            fs::DirBuilder::new().mode(0o700).create(&root)
-        } else {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .recursive(true)
-                .create(&root)
+        if let (Location::Persistent(_), Some(parent)) = (&opts.location, root.parent()) {
+            // default permissions: a 0700 root-owned parent would shut the postgres user out
+            fs::create_dir_all(parent).map_err(io_err(Step::CreateDir, parent))?;
         }
-        .map_err(io_err(Step::CreateDir, &root))?;
+        match fs::DirBuilder::new().mode(0o700).create(&root) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && root.is_dir() => {
+                if opts.location == Location::Temporary {
+                    return Err(io_err(Step::CreateDir, &root)(err));
+                }
+            }
+            result => result.map_err(io_err(Step::CreateDir, &root))?,
+        }
         if opts.remove_dir_on_drop {
             cleanup.paths.push(root.clone());
         }
@@ -1012,10 +1015,8 @@ fn ensure_initialized(
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io_err(Step::RemoveDir, &staging))?;
     }
-    let templated = opts.initdb_template
-        && password.is_none()
-        && opts.location == Location::Temporary
-        && opts.durability == Durability::Throwaway;
+    let templated =
+        opts.initdb_template && password.is_none() && opts.durability == Durability::Throwaway;
     let copied = templated && copy_template(binaries, run_as, &staging);
     if !copied {
         run_initdb(
@@ -1104,6 +1105,7 @@ fn template_dir(binaries: &PgBinaries, run_as: Option<RunAs>) -> Option<PathBuf>
         .ok()?;
     let mut key = binaries.dir.as_os_str().as_encoded_bytes().to_vec();
     key.extend_from_slice(&version.stdout);
+    key.extend_from_slice(server_uid(run_as).to_string().as_bytes());
     key.extend_from_slice(TEMPLATE_FORMAT.as_bytes());
     let template = PathBuf::from(format!("/tmp/pgtemplate-{:016x}", fnv1a(&key)));
     let _guard = BUILDING
@@ -1138,10 +1140,15 @@ const TEMPLATE_FORMAT: &str = "trust,no-locale,UTF8,v1";
 /// /tmp is shared: use a template only if the server user owns it and nobody else can write it
 /// (the sticky bit on /tmp keeps others from swapping it afterwards).
 fn is_trusted_template(path: &Path, run_as: Option<RunAs>) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = run_as.map_or_else(|| unsafe { libc::geteuid() }, |u| u.uid);
+    let uid = server_uid(run_as);
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
         && path.join("PG_VERSION").is_file()
+}
+
+/// The uid the server runs as: the postgres user's when we are root, else ours.
+fn server_uid(run_as: Option<RunAs>) -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    run_as.map_or_else(|| unsafe { libc::geteuid() }, |u| u.uid)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

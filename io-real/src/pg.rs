@@ -103,7 +103,11 @@ impl RealPg {
         }
         let replication = replication_endpoint(&config)?;
         Ok(Self {
-            inner: Arc::new(Inner { sql: config, replication, admin: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                sql: config,
+                replication,
+                admin: Mutex::new(None),
+            }),
         })
     }
 
@@ -140,8 +144,12 @@ impl RealPg {
 
     /// A new SQL connection of its own, its connection task spawned on the runtime.
     pub async fn connect_sql(&self, purpose: &'static str) -> Result<Client, PgPortError> {
-        let (client, connection) =
-            self.inner.sql.connect(NoTls).await.map_err(sql("connecting to Postgres"))?;
+        let (client, connection) = self
+            .inner
+            .sql
+            .connect(NoTls)
+            .await
+            .map_err(sql("connecting to Postgres"))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(purpose, error = %error_chain(&error), "Postgres connection ended");
@@ -153,7 +161,12 @@ impl RealPg {
     /// A new replication connection (`replication=database`), bounded by the connect timeout.
     async fn connect_replication(&self) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
         let endpoint = &self.inner.replication;
-        let timeout = self.inner.sql.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+        let timeout = self
+            .inner
+            .sql
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
         let connecting = async {
             let socket = match &endpoint.host {
                 Endpoint::Tcp(host) => {
@@ -173,8 +186,13 @@ impl RealPg {
             .map_err(|_| PgPortError::ConnectTimeout { timeout })?;
         connected.map_err(|source| match source.code() {
             // "must be superuser or replication role to start walsender"
-            Some(INSUFFICIENT_PRIVILEGE) => PgPortError::ReplicationRole { user: self.user().into() },
-            _ => PgPortError::Replication { during: "connecting for replication", source },
+            Some(INSUFFICIENT_PRIVILEGE) => PgPortError::ReplicationRole {
+                user: self.user().into(),
+            },
+            _ => PgPortError::Replication {
+                during: "connecting for replication",
+                source,
+            },
         })
     }
 
@@ -184,17 +202,22 @@ impl RealPg {
     ) -> Result<(RealReplicationStream, ReplicationStarted), PgPortError> {
         let admin = self.admin().await?;
         check_wal_level(&admin).await?;
-        check_replication_role(&admin, self.user()).await?;
         let mut conn = self.connect_replication().await?;
-        let identity = conn.identify_system().await.map_err(repl("IDENTIFY_SYSTEM"))?;
+        let identity = conn
+            .identify_system()
+            .await
+            .map_err(repl("IDENTIFY_SYSTEM"))?;
         let server_version = conn.server_version_num().unwrap_or(0);
+        let database = identity
+            .dbname
+            .clone()
+            .unwrap_or_else(|| self.database().to_owned());
         if ensure_publication(&admin, &target.publication, server_version).await? {
             // SL-1: a new publication makes the slot's history unusable.
             tracing::info!(publication = %target.publication, slot = %target.slot,
                 "created the publication; dropping the slot so it is created afresh");
-            drop_slot(&admin, &target.slot).await?;
+            drop_slot(&admin, &target.slot, &database).await?;
         }
-        let database = identity.dbname.clone().unwrap_or_else(|| self.database().to_owned());
         let (slot_created, confirmed_flush_lsn) =
             ensure_slot(&mut conn, &admin, &target.slot, &database).await?;
         tracing::info!(slot = %target.slot, slot_created, %confirmed_flush_lsn,
@@ -246,9 +269,13 @@ impl PgPort for RealPg {
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
         let this = self.clone();
         async move {
-            let mut client = this.connect_sql("snapshot").await.map_err(|e| {
-                SnapshotError::Postgres { message: error_chain(&e), kind: e.kind() }
-            })?;
+            let mut client =
+                this.connect_sql("snapshot")
+                    .await
+                    .map_err(|e| SnapshotError::Postgres {
+                        message: error_chain(&e),
+                        kind: e.kind(),
+                    })?;
             snapshot::take_snapshot(&mut client, &request, writer).await
         }
     }
@@ -265,18 +292,6 @@ async fn check_wal_level(admin: &Client) -> Result<(), PgPortError> {
         return Ok(());
     }
     Err(PgPortError::WalLevel { wal_level })
-}
-
-/// The role must have `REPLICATION` (or be a superuser) to open a walsender.
-async fn check_replication_role(admin: &Client, user: &str) -> Result<(), PgPortError> {
-    const SQL: &str =
-        "SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
-    let row = admin.query_one(SQL, &[]).await.map_err(sql("reading the role's attributes"))?;
-    let may_replicate: bool = row.try_get(0).map_err(sql("reading the role's attributes"))?;
-    if may_replicate {
-        return Ok(());
-    }
-    Err(PgPortError::ReplicationRole { user: user.to_owned() })
 }
 
 /// SL-1: `CREATE PUBLICATION`; `true` when it was created now.
@@ -299,7 +314,10 @@ async fn ensure_publication(
             check_existing_publication(admin, publication).await?;
             Ok(false)
         }
-        _ => Err(PgPortError::Sql { during: "creating the publication", source: error }),
+        _ => Err(PgPortError::Sql {
+            during: "creating the publication",
+            source: error,
+        }),
     }
 }
 
@@ -309,7 +327,10 @@ async fn check_existing_publication(admin: &Client, publication: &str) -> Result
     const SQL: &str = "SELECT pubinsert, pubupdate, pubdelete, pubtruncate \
                        FROM pg_catalog.pg_publication WHERE pubname = $1";
     let during = "reading the publication";
-    let rows = admin.query(SQL, &[&publication]).await.map_err(sql(during))?;
+    let rows = admin
+        .query(SQL, &[&publication])
+        .await
+        .map_err(sql(during))?;
     let Some(row) = rows.first() else {
         return Err(PgPortError::Publication {
             publication: publication.to_owned(),
@@ -317,7 +338,10 @@ async fn check_existing_publication(admin: &Client, publication: &str) -> Result
         });
     };
     let mut missing = Vec::new();
-    for (i, operation) in ["insert", "update", "delete", "truncate"].into_iter().enumerate() {
+    for (i, operation) in ["insert", "update", "delete", "truncate"]
+        .into_iter()
+        .enumerate()
+    {
         if !row.try_get::<_, bool>(i).map_err(sql(during))? {
             missing.push(operation);
         }
@@ -331,16 +355,21 @@ async fn check_existing_publication(admin: &Client, publication: &str) -> Result
     })
 }
 
-/// Drops the slot if it exists (a concurrent drop, 42704, is fine).
-async fn drop_slot(admin: &Client, slot: &str) -> Result<(), PgPortError> {
+/// Drops the slot if it exists in `database` (a concurrent drop, 42704, is fine). Another
+/// database's slot of the same name is left alone: [`ensure_slot`] then fails fatally.
+async fn drop_slot(admin: &Client, slot: &str, database: &str) -> Result<(), PgPortError> {
     const SQL: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
-                       FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
-    match admin.query(SQL, &[&slot]).await {
+                       FROM pg_catalog.pg_replication_slots \
+                       WHERE slot_name = $1 AND database = $2";
+    match admin.query(SQL, &[&slot, &database]).await {
         Ok(_) => Ok(()),
         Err(e) if e.code().map(tokio_postgres::error::SqlState::code) == Some(UNDEFINED_OBJECT) => {
             Ok(())
         }
-        Err(source) => Err(PgPortError::Sql { during: "dropping the replication slot", source }),
+        Err(source) => Err(PgPortError::Sql {
+            during: "dropping the replication slot",
+            source,
+        }),
     }
 }
 
@@ -354,8 +383,14 @@ async fn ensure_slot(
     if let CreateSlotOutcome::Created(created) = create_slot(conn, slot).await? {
         return Ok((true, created.consistent_point));
     }
-    let vanished = || PgPortError::SlotVanished { slot: slot.to_owned() };
-    let info = conn.slot_info(slot).await.map_err(repl("reading the slot"))?.ok_or_else(vanished)?;
+    let vanished = || PgPortError::SlotVanished {
+        slot: slot.to_owned(),
+    };
+    let info = conn
+        .slot_info(slot)
+        .await
+        .map_err(repl("reading the slot"))?
+        .ok_or_else(vanished)?;
     if info.database.as_deref() != Some(database) {
         return Err(PgPortError::SlotInOtherDatabase {
             slot: slot.to_owned(),
@@ -365,8 +400,11 @@ async fn ensure_slot(
     }
     if info.is_lost() {
         // CT-1: an invalidated slot cannot stream; recreate it (continuity is broken).
-        tracing::warn!(slot, "the slot is invalidated (wal_status = lost); recreating it");
-        drop_slot(admin, slot).await?;
+        tracing::warn!(
+            slot,
+            "the slot is invalidated (wal_status = lost); recreating it"
+        );
+        drop_slot(admin, slot, database).await?;
         return match create_slot(conn, slot).await? {
             CreateSlotOutcome::Created(created) => Ok((true, created.consistent_point)),
             CreateSlotOutcome::AlreadyExists => Err(vanished()),
@@ -387,7 +425,9 @@ async fn create_slot(
 
 /// The replication connection's login, from the SQL config's first host.
 fn replication_endpoint(config: &Config) -> Result<ReplicationEndpoint, PgPortError> {
-    let invalid = |what: &str| PgPortError::Config { what: what.to_owned() };
+    let invalid = |what: &str| PgPortError::Config {
+        what: what.to_owned(),
+    };
     let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
         (_, Some(addr)) => Endpoint::Tcp(addr.to_string()),
         (Some(Host::Tcp(host)), None) => Endpoint::Tcp(host.clone()),
@@ -395,7 +435,9 @@ fn replication_endpoint(config: &Config) -> Result<ReplicationEndpoint, PgPortEr
         (None, None) => return Err(invalid("it names no host")),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().ok_or_else(|| invalid("it names no user"))?;
+    let user = config
+        .get_user()
+        .ok_or_else(|| invalid("it names no user"))?;
     let database = config.get_dbname().unwrap_or(user);
     let mut replication = ReplicationConfig::new(user, database);
     if let Some(password) = config.get_password() {
@@ -406,7 +448,11 @@ fn replication_endpoint(config: &Config) -> Result<ReplicationEndpoint, PgPortEr
     if let Some(name) = config.get_application_name() {
         name.clone_into(&mut replication.application_name);
     }
-    Ok(ReplicationEndpoint { host, port, config: replication })
+    Ok(ReplicationEndpoint {
+        host,
+        port,
+        config: replication,
+    })
 }
 
 /// An open replication stream, for the core.
@@ -424,19 +470,33 @@ impl RealReplicationStream {
 impl ReplicationStream for RealReplicationStream {
     type Error = PgPortError;
 
-    fn recv(&mut self) -> impl Future<Output = Result<ReplicationMessage, Self::Error>> + Send + '_ {
-        // Cancel-safe because the inner recv is, and nothing is awaited after it.
-        async move {
-            let message = self.inner.recv().await.map_err(repl("receiving replication"))?;
-            Ok(match message {
-                replication::ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
-                    ReplicationMessage::XLogData { wal_start, wal_end, data }
-                }
-                replication::ReplicationMessage::PrimaryKeepalive {
-                    wal_end, reply_requested, ..
-                } => ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested },
-            })
-        }
+    /// Cancel-safe because the inner `recv` is, and nothing is awaited after it.
+    async fn recv(&mut self) -> Result<ReplicationMessage, Self::Error> {
+        let message = self
+            .inner
+            .recv()
+            .await
+            .map_err(repl("receiving replication"))?;
+        Ok(match message {
+            replication::ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            },
+            replication::ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+            },
+        })
     }
 
     fn send_status(
@@ -451,7 +511,10 @@ impl ReplicationStream for RealReplicationStream {
             reply_requested: false,
         };
         async move {
-            self.inner.send_standby_status(status).await.map_err(repl("sending standby status"))
+            self.inner
+                .send_standby_status(status)
+                .await
+                .map_err(repl("sending standby status"))
         }
     }
 }
@@ -558,7 +621,9 @@ impl PgError for PgPortError {
                 ReplicationErrorKind::Transient => DisconnectKind::Transient,
                 ReplicationErrorKind::Fatal => DisconnectKind::Fatal,
             },
-            Self::Catalog(e) => e.postgres_error().map_or(DisconnectKind::Transient, sql_error_kind),
+            Self::Catalog(e) => e
+                .postgres_error()
+                .map_or(DisconnectKind::Transient, sql_error_kind),
             Self::ConnectTimeout { .. } | Self::SlotVanished { .. } => DisconnectKind::Transient,
         }
     }
@@ -573,7 +638,11 @@ pub(crate) fn sql_error_kind(error: &tokio_postgres::Error) -> DisconnectKind {
         let fatal = code.starts_with("28")
             || matches!(code, "42501" | "3D000")
             || (code == "55000" && db.message().contains("wal_level"));
-        return if fatal { DisconnectKind::Fatal } else { DisconnectKind::Transient };
+        return if fatal {
+            DisconnectKind::Fatal
+        } else {
+            DisconnectKind::Transient
+        };
     }
     // tokio-postgres exposes its error kind only through Display.
     let text = error.to_string();
@@ -615,7 +684,9 @@ fn repl(during: &'static str) -> impl Fn(ReplicationError) -> PgPortError {
 /// A role name as `ALTER ROLE` takes it: bare when that keeps it, else quoted.
 fn sql_role(user: &str) -> String {
     let mut chars = user.chars();
-    let bare = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+    let bare = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if bare {
         user.to_owned()
@@ -694,7 +765,9 @@ mod tests {
 
     #[test]
     fn unusable_urls_are_fatal() {
-        let no_user = RealPg::from_url("postgresql://db.example/app").err().unwrap();
+        let no_user = RealPg::from_url("postgresql://db.example/app")
+            .err()
+            .unwrap();
         assert_eq!(no_user.kind(), DisconnectKind::Fatal);
         let garbage = RealPg::from_url("postgresql://a:b:c@").err().unwrap();
         assert_eq!(garbage.kind(), DisconnectKind::Fatal);
@@ -702,9 +775,20 @@ mod tests {
 
     #[test]
     fn role_fix_names_the_role_as_sql() {
-        let e = PgPortError::ReplicationRole { user: "ampere".into() };
-        assert!(e.to_string().contains("ALTER ROLE ampere WITH REPLICATION"), "{e}");
-        let e = PgPortError::ReplicationRole { user: "Amp Ere".into() };
-        assert!(e.to_string().contains("ALTER ROLE \"Amp Ere\" WITH REPLICATION"), "{e}");
+        let e = PgPortError::ReplicationRole {
+            user: "ampere".into(),
+        };
+        assert!(
+            e.to_string().contains("ALTER ROLE ampere WITH REPLICATION"),
+            "{e}"
+        );
+        let e = PgPortError::ReplicationRole {
+            user: "Amp Ere".into(),
+        };
+        assert!(
+            e.to_string()
+                .contains("ALTER ROLE \"Amp Ere\" WITH REPLICATION"),
+            "{e}"
+        );
     }
 }

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,7 +30,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::escape::escape_literal;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpStream};
 
 use ampere_core::lsn::Lsn;
 
@@ -106,13 +107,25 @@ impl fmt::Debug for ReplicationConfig {
     }
 }
 
-/// Opens a TCP connection (with `TCP_NODELAY`) and runs [`connect`] over it.
+/// Resolves `host`, opens a TCP connection (with `TCP_NODELAY`) and runs [`connect`] over it.
+/// No timeout of its own: bound it with `tokio::time::timeout` (RC-3: 30 s).
 pub async fn connect_tcp(
     host: &str,
     port: u16,
     cfg: &ReplicationConfig,
 ) -> Result<ReplicationConnection<TcpStream>, ReplicationError> {
-    let stream = TcpStream::connect((host, port)).await?;
+    let lookup_failed = |source| ReplicationError::HostLookup {
+        host: host.to_owned(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = lookup_host((host, port))
+        .await
+        .map_err(lookup_failed)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(lookup_failed(io::ErrorKind::NotFound.into()));
+    }
+    let stream = TcpStream::connect(&addrs[..]).await?;
     stream.set_nodelay(true)?;
     connect(stream, cfg).await
 }
@@ -130,7 +143,11 @@ where
         .map_err(ReplicationError::Encode)?;
     wire.flush().await?;
     authenticate(&mut wire, cfg).await?;
-    let mut conn = ReplicationConnection { wire, backend_pid: 0, parameters: BTreeMap::new() };
+    let mut conn = ReplicationConnection {
+        wire,
+        backend_pid: 0,
+        parameters: BTreeMap::new(),
+    };
     conn.await_ready().await?;
     Ok(conn)
 }
@@ -188,7 +205,7 @@ where
             }
         }
         match error {
-            Some(e) => Err(ReplicationError::Server(e)),
+            Some(e) => Err(ReplicationError::Server(Box::new(e))),
             None => Ok(rows),
         }
     }
@@ -203,7 +220,11 @@ where
             timeline: required(&row, 1, CMD, "timeline is NULL")?
                 .parse()
                 .map_err(|_| ReplicationError::unexpected_result(CMD, "timeline not a u32"))?,
-            xlogpos: parse_lsn(required(&row, 2, CMD, "xlogpos is NULL")?, CMD, "bad xlogpos")?,
+            xlogpos: parse_lsn(
+                required(&row, 2, CMD, "xlogpos is NULL")?,
+                CMD,
+                "bad xlogpos",
+            )?,
             dbname: row[3].clone(),
         })
     }
@@ -263,7 +284,12 @@ where
         let is_active = match required(&row, 2, CMD, "active is NULL")? {
             "t" => true,
             "f" => false,
-            _ => return Err(ReplicationError::unexpected_result(CMD, "active not a bool")),
+            _ => {
+                return Err(ReplicationError::unexpected_result(
+                    CMD,
+                    "active not a bool",
+                ))
+            }
         };
         Ok(Some(SlotInfo {
             confirmed_flush_lsn,
@@ -284,8 +310,10 @@ where
         publication_names: &[&str],
         proto_version: u32,
     ) -> Result<ReplicationStream<S>, ReplicationError> {
-        let publications: Vec<String> =
-            publication_names.iter().map(|p| quote_identifier(p)).collect();
+        let publications: Vec<String> = publication_names
+            .iter()
+            .map(|p| quote_identifier(p))
+            .collect();
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '{proto_version}', \
              publication_names {})",
@@ -299,13 +327,25 @@ where
             match frame.tag {
                 // CopyBothResponse: streaming has begun; any XLogData already read stays buffered
                 b'W' => break,
-                b'E' => return Err(ReplicationError::Server(parse_error_fields(frame.body)?)),
+                b'E' => {
+                    return Err(ReplicationError::Server(Box::new(parse_error_fields(
+                        frame.body,
+                    )?)))
+                }
                 b'N' => log_notice(frame.body),
                 b'S' => self.record_parameter(frame.body)?,
                 tag => return Err(ReplicationError::unexpected(tag, "START_REPLICATION")),
             }
         }
-        Ok(ReplicationStream { wire: self.wire, backend_pid: self.backend_pid })
+        Ok(ReplicationStream {
+            wire: self.wire,
+            backend_pid: self.backend_pid,
+        })
+    }
+
+    /// Sends Terminate and closes the stream.
+    pub async fn close(mut self) -> Result<(), ReplicationError> {
+        self.wire.terminate().await
     }
 
     /// Reads ParameterStatus and BackendKeyData until ReadyForQuery ends the startup.
@@ -363,7 +403,11 @@ where
             match frame.tag {
                 b'd' => return parse_copy_data(frame.body),
                 b'c' => return Err(ReplicationError::CopyDone),
-                b'E' => return Err(ReplicationError::Server(parse_error_fields(frame.body)?)),
+                b'E' => {
+                    return Err(ReplicationError::Server(Box::new(parse_error_fields(
+                        frame.body,
+                    )?)))
+                }
                 b'N' => log_notice(frame.body),
                 b'S' => {}
                 tag => return Err(ReplicationError::unexpected(tag, "replication stream")),
@@ -390,6 +434,12 @@ where
             .map_err(ReplicationError::Encode)?
             .write(&mut self.wire.write_buf);
         self.wire.flush().await
+    }
+
+    /// Sends Terminate, which the walsender honours even while streaming, and closes the
+    /// stream (§1.16 step 3). Send the final standby status first.
+    pub async fn close(mut self) -> Result<(), ReplicationError> {
+        self.wire.terminate().await
     }
 }
 
@@ -546,6 +596,15 @@ pub enum ReplicationError {
     /// Reading or writing the stream failed.
     #[error("replication connection i/o failed")]
     Io(#[from] io::Error),
+    /// `connect_tcp` could not resolve the host.
+    #[error("cannot resolve host {host:?}")]
+    HostLookup {
+        /// The host name.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
     /// The server closed the connection (EOF).
     #[error("the server closed the replication connection")]
     Closed,
@@ -554,7 +613,7 @@ pub enum ReplicationError {
     Encode(#[source] io::Error),
     /// The server rejected the login (SQLSTATE class 28).
     #[error("authentication failed: {0}")]
-    Auth(ServerError),
+    Auth(Box<ServerError>),
     /// The server asked for a password and the config has none.
     #[error("the server requires a password for {user:?} and none is configured")]
     PasswordMissing {
@@ -572,10 +631,11 @@ pub enum ReplicationError {
     Scram(#[source] io::Error),
     /// `pg_hba.conf` only admits encrypted connections, and this client has no TLS.
     #[error("the server requires TLS, which this client does not support: {0}")]
-    TlsRequired(ServerError),
-    /// An ErrorResponse after login.
+    TlsRequired(Box<ServerError>),
+    /// An ErrorResponse after login. (Boxed, like the other server errors, to keep results
+    /// small.)
     #[error("server error: {0}")]
-    Server(ServerError),
+    Server(Box<ServerError>),
     /// The server ended the replication stream with CopyDone.
     #[error("the server ended the replication stream (CopyDone)")]
     CopyDone,
@@ -604,13 +664,16 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
-    /// Fatal for configuration problems (authentication, missing `REPLICATION` privilege 42501,
-    /// unknown database 3D000, `wal_level` or `max_replication_slots` too low, TLS required);
+    /// Fatal for configuration problems (RC-1: authentication, TLS required, unknown host,
+    /// missing `REPLICATION` privilege 42501, unknown database 3D000, `wal_level` or
+    /// `max_replication_slots` too low, a NUL byte in a name);
     /// Transient otherwise, including slot invalidated (55000), slot active (55006) and admin
     /// shutdown (57P01), which callers distinguish by [`Self::code`].
     pub fn kind(&self) -> ReplicationErrorKind {
         match self {
             Self::Auth(_)
+            | Self::HostLookup { .. }
+            | Self::Encode(_)
             | Self::PasswordMissing { .. }
             | Self::AuthMethodUnsupported { .. }
             | Self::Scram(_)
@@ -619,7 +682,6 @@ impl ReplicationError {
             // A protocol violation may be a proxy or a bug: backoff and retry shows up in logs.
             Self::Io(_)
             | Self::Closed
-            | Self::Encode(_)
             | Self::Server(_)
             | Self::CopyDone
             | Self::UnexpectedMessage { .. }
@@ -639,19 +701,26 @@ impl ReplicationError {
     /// The ErrorResponse behind this error, if the server sent one.
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
-            Self::Auth(e) | Self::TlsRequired(e) | Self::Server(e) => Some(e),
+            Self::Auth(e) | Self::TlsRequired(e) | Self::Server(e) => Some(e.as_ref()),
             _ => None,
         }
     }
 
     fn unexpected(tag: u8, during: &'static str) -> Self {
-        Self::UnexpectedMessage { tag: char::from(tag), during }
+        Self::UnexpectedMessage {
+            tag: char::from(tag),
+            during,
+        }
     }
 
     fn unexpected_result(command: &'static str, what: &'static str) -> Self {
         Self::UnexpectedResult { command, what }
     }
 }
+
+// Small enough to return by value everywhere (clippy's `result_large_err` is 128 bytes, and
+// callers wrap it in their own errors).
+const _: () = assert!(size_of::<ReplicationError>() <= 48);
 
 fn is_configuration_error(e: &ServerError) -> bool {
     match e.code.as_str() {
@@ -667,6 +736,7 @@ fn is_configuration_error(e: &ServerError) -> bool {
 
 /// Class 28 during startup is a rejected login; one naming missing encryption asks for TLS.
 fn startup_error(e: ServerError) -> ReplicationError {
+    let e = Box::new(e);
     if !e.code.starts_with("28") {
         return ReplicationError::Server(e);
     }
@@ -679,7 +749,10 @@ fn startup_error(e: ServerError) -> ReplicationError {
 }
 
 /// Answers authentication requests until AuthenticationOk.
-async fn authenticate<S>(wire: &mut Wire<S>, cfg: &ReplicationConfig) -> Result<(), ReplicationError>
+async fn authenticate<S>(
+    wire: &mut Wire<S>,
+    cfg: &ReplicationConfig,
+) -> Result<(), ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -696,8 +769,13 @@ where
         }
         let mut body = Reader::new(frame.body, "Authentication");
         let password = || {
-            let missing = || ReplicationError::PasswordMissing { user: cfg.user.clone() };
-            cfg.password.as_deref().map(str::as_bytes).ok_or_else(missing)
+            let missing = || ReplicationError::PasswordMissing {
+                user: cfg.user.clone(),
+            };
+            cfg.password
+                .as_deref()
+                .map(str::as_bytes)
+                .ok_or_else(missing)
         };
         match body.i32()? {
             0 => return Ok(()),
@@ -729,10 +807,14 @@ async fn sasl_exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let offered = mechanisms.split(|b| *b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+    let offered = mechanisms
+        .split(|b| *b == 0)
+        .any(|m| m == SCRAM_SHA_256.as_bytes());
     if !offered {
         let list = String::from_utf8_lossy(&mechanisms).replace('\0', " ");
-        return Err(ReplicationError::AuthMethodUnsupported { method: list.trim().to_owned() });
+        return Err(ReplicationError::AuthMethodUnsupported {
+            method: list.trim().to_owned(),
+        });
     }
     let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
     frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut wire.write_buf)
@@ -831,6 +913,13 @@ where
         self.stream.flush().await?;
         Ok(())
     }
+
+    async fn terminate(&mut self) -> Result<(), ReplicationError> {
+        frontend::terminate(&mut self.write_buf);
+        self.flush().await?;
+        self.stream.shutdown().await?;
+        Ok(())
+    }
 }
 
 /// Splits one complete backend message off `buf`, or reserves room for the rest of it.
@@ -842,7 +931,9 @@ fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError> {
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     // the length counts itself; Int32 on the wire, so above i32::MAX is garbage
     if !(4..=i32::MAX as u32).contains(&len) {
-        return Err(ReplicationError::Malformed { message: "backend message header" });
+        return Err(ReplicationError::Malformed {
+            message: "backend message header",
+        });
     }
     let total = len as usize + 1;
     if buf.len() < total {
@@ -869,7 +960,9 @@ fn parse_copy_data(payload: Bytes) -> Result<ReplicationMessage, ReplicationErro
             server_clock_micros: body.i64()?,
             reply_requested: body.u8()? != 0,
         }),
-        _ => Err(ReplicationError::Malformed { message: "replication CopyData" }),
+        _ => Err(ReplicationError::Malformed {
+            message: "replication CopyData",
+        }),
     }
 }
 
@@ -928,7 +1021,9 @@ impl Reader {
     }
 
     fn malformed(&self) -> ReplicationError {
-        ReplicationError::Malformed { message: self.message }
+        ReplicationError::Malformed {
+            message: self.message,
+        }
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], ReplicationError> {
@@ -969,7 +1064,11 @@ impl Reader {
     }
 
     fn cstr(&mut self) -> Result<String, ReplicationError> {
-        let end = self.buf.iter().position(|b| *b == 0).ok_or_else(|| self.malformed())?;
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| self.malformed())?;
         let text = self.utf8(end)?;
         self.buf.advance(1);
         Ok(text)
@@ -986,11 +1085,17 @@ fn single_row(
     columns: usize,
 ) -> Result<Vec<Option<String>>, ReplicationError> {
     if rows.len() != 1 {
-        return Err(ReplicationError::unexpected_result(command, "expected exactly one row"));
+        return Err(ReplicationError::unexpected_result(
+            command,
+            "expected exactly one row",
+        ));
     }
     let row = rows.remove(0);
     if row.len() != columns {
-        return Err(ReplicationError::unexpected_result(command, "unexpected column count"));
+        return Err(ReplicationError::unexpected_result(
+            command,
+            "unexpected column count",
+        ));
     }
     Ok(row)
 }
@@ -1006,8 +1111,13 @@ fn required<'a>(
         .ok_or(ReplicationError::UnexpectedResult { command, what })
 }
 
-fn parse_lsn(text: &str, command: &'static str, what: &'static str) -> Result<Lsn, ReplicationError> {
-    text.parse().map_err(|_| ReplicationError::UnexpectedResult { command, what })
+fn parse_lsn(
+    text: &str,
+    command: &'static str,
+    what: &'static str,
+) -> Result<Lsn, ReplicationError> {
+    text.parse()
+        .map_err(|_| ReplicationError::UnexpectedResult { command, what })
 }
 
 /// `"name"` with embedded quotes doubled, for SQL and replication commands alike.
@@ -1041,7 +1151,9 @@ mod tests {
 
     fn copy_data_frame(payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        frontend::CopyData::new(payload).expect("small payload").write(&mut out);
+        frontend::CopyData::new(payload)
+            .expect("small payload")
+            .write(&mut out);
         out.to_vec()
     }
 
@@ -1058,7 +1170,10 @@ mod tests {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        ReplicationStream { wire: Wire::new(stream), backend_pid: 1 }
+        ReplicationStream {
+            wire: Wire::new(stream),
+            backend_pid: 1,
+        }
     }
 
     #[tokio::test]
@@ -1091,7 +1206,12 @@ mod tests {
         let (mut server, client) = duplex(1024);
         let mut stream = stream_over(client);
         let mut body = Vec::new();
-        for (field, value) in [(b'S', "FEHLER"), (b'V', "ERROR"), (b'C', "55000"), (b'M', "gone")] {
+        for (field, value) in [
+            (b'S', "FEHLER"),
+            (b'V', "ERROR"),
+            (b'C', "55000"),
+            (b'M', "gone"),
+        ] {
             body.push(field);
             body.extend(value.as_bytes());
             body.push(0);
@@ -1123,12 +1243,18 @@ mod tests {
         let pg_epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS);
         assert_eq!(pg_clock_micros(pg_epoch), 0);
         assert_eq!(pg_clock_micros(pg_epoch + Duration::from_millis(1)), 1_000);
-        assert_eq!(pg_clock_micros(pg_epoch - Duration::from_secs(1)), -1_000_000);
+        assert_eq!(
+            pg_clock_micros(pg_epoch - Duration::from_secs(1)),
+            -1_000_000
+        );
     }
 
     #[test]
     fn server_version_parses_like_server_version_num() {
-        assert_eq!(parse_server_version_num("15.4 (Debian 15.4-1.pgdg120+1)"), Some(150_004));
+        assert_eq!(
+            parse_server_version_num("15.4 (Debian 15.4-1.pgdg120+1)"),
+            Some(150_004)
+        );
         assert_eq!(parse_server_version_num("9.6.24"), Some(90_624));
         assert_eq!(parse_server_version_num("16beta1"), Some(160_000));
         assert_eq!(parse_server_version_num("x"), None);
@@ -1137,20 +1263,29 @@ mod tests {
     #[test]
     fn wal_level_error_is_fatal_but_slot_invalidation_is_not() {
         let server = |code: &str, message: &str| {
-            ReplicationError::Server(ServerError {
+            ReplicationError::Server(Box::new(ServerError {
                 severity: "ERROR".into(),
                 code: code.into(),
                 message: message.into(),
                 detail: None,
                 hint: None,
-            })
+            }))
         };
         let wal_level = server("55000", "logical decoding requires wal_level >= logical");
         assert_eq!(wal_level.kind(), ReplicationErrorKind::Fatal);
-        let invalidated = server("55000", "can no longer get changes from replication slot \"s\"");
+        let invalidated = server(
+            "55000",
+            "can no longer get changes from replication slot \"s\"",
+        );
         assert_eq!(invalidated.kind(), ReplicationErrorKind::Transient);
-        assert_eq!(server("42501", "permission denied").kind(), ReplicationErrorKind::Fatal);
-        assert_eq!(server("55006", "slot active").kind(), ReplicationErrorKind::Transient);
+        assert_eq!(
+            server("42501", "permission denied").kind(),
+            ReplicationErrorKind::Fatal
+        );
+        assert_eq!(
+            server("55006", "slot active").kind(),
+            ReplicationErrorKind::Transient
+        );
     }
 
     #[test]

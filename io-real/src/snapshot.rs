@@ -56,7 +56,9 @@ pub async fn take_snapshot<W: SnapshotWriter>(
         .start()
         .await
         .map_err(pg("BEGIN REPEATABLE READ"))?;
-    tx.batch_execute(&display_settings_sql()).await.map_err(pg("SET display settings"))?;
+    tx.batch_execute(&display_settings_sql())
+        .await
+        .map_err(pg("SET display settings"))?;
     let row = tx
         .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
         .await
@@ -66,7 +68,14 @@ pub async fn take_snapshot<W: SnapshotWriter>(
         .query_raw(query.sql.as_str(), std::iter::empty::<&str>())
         .await
         .map_err(pg("snapshot query"))?;
-    let writer = write_rows(rows, &query, &snapshot, request.chunk_bytes_threshold, writer).await?;
+    let writer = write_rows(
+        rows,
+        &query,
+        &snapshot,
+        request.chunk_bytes_threshold,
+        writer,
+    )
+    .await?;
     tx.commit().await.map_err(pg("COMMIT"))?;
     writer.finish().await.map_err(store)?;
     tracing::debug!(handle = %request.handle, %relation, ?snapshot, "snapshot taken");
@@ -86,13 +95,24 @@ pub async fn add_to_publication(
          WHERE n.nspname = $1 AND c.relname = $2";
     let mut tx = client.transaction().await.map_err(pg("BEGIN"))?;
     let lock_timeout = format!("SET LOCAL lock_timeout = '{MEMBERSHIP_LOCK_TIMEOUT}'");
-    tx.batch_execute(&lock_timeout).await.map_err(pg("SET lock_timeout"))?;
-    let add = format!("ALTER PUBLICATION {} ADD TABLE {relation}", quote_ident(publication));
-    let savepoint = tx.savepoint("ampere_add_table").await.map_err(pg("SAVEPOINT"))?;
+    tx.batch_execute(&lock_timeout)
+        .await
+        .map_err(pg("SET lock_timeout"))?;
+    let add = format!(
+        "ALTER PUBLICATION {} ADD TABLE {relation}",
+        quote_ident(publication)
+    );
+    let savepoint = tx
+        .savepoint("ampere_add_table")
+        .await
+        .map_err(pg("SAVEPOINT"))?;
     match savepoint.batch_execute(&add).await {
         Ok(()) => savepoint.commit().await.map_err(pg("RELEASE SAVEPOINT"))?,
         Err(e) if e.code().map(tokio_postgres::error::SqlState::code) == Some(DUPLICATE_OBJECT) => {
-            savepoint.rollback().await.map_err(pg("ROLLBACK TO SAVEPOINT"))?;
+            savepoint
+                .rollback()
+                .await
+                .map_err(pg("ROLLBACK TO SAVEPOINT"))?;
         }
         Err(e) => return Err(pg("ALTER PUBLICATION … ADD TABLE")(e)),
     }
@@ -106,16 +126,32 @@ pub async fn add_to_publication(
     let replident: String = row.try_get(0).map_err(pg("reading relreplident"))?;
     if replident != "f" {
         let full = format!("ALTER TABLE {relation} REPLICA IDENTITY FULL");
-        tx.batch_execute(&full).await.map_err(pg("ALTER TABLE … REPLICA IDENTITY FULL"))?;
+        tx.batch_execute(&full)
+            .await
+            .map_err(pg("ALTER TABLE … REPLICA IDENTITY FULL"))?;
     }
     tx.commit().await.map_err(pg("COMMIT"))
 }
 
-/// SN-2: records `pg_current_snapshot()` and waits until none of its in-progress xids is still
-/// in progress, polling every 50 ms, for at most `wait_max` (then a transient error).
-pub async fn wait_for_in_progress(client: &Client, wait_max: Duration) -> Result<(), SnapshotError> {
-    const STILL_RUNNING: &str = "SELECT count(*) FROM pg_catalog.pg_snapshot_xip($1::text::pg_snapshot) AS x \
+/// SN-2: waits until every transaction in progress now has ended, polling every 50 ms, for at
+/// most `wait_max` (then a transient error).
+///
+/// `pg_current_snapshot()` lists in `xip` only running xids below its `xmax`, which is
+/// `latestCompletedXid + 1`: a running transaction whose xid is above every completed one is
+/// missing from it (seen: `727:727:` while 727 was inserting). So first assign and commit an xid
+/// of our own: every transaction that had an xid before is then below the next snapshot's
+/// `xmax`, so in its `xip` if still running. One xid per snapshot is the price.
+pub async fn wait_for_in_progress(
+    client: &Client,
+    wait_max: Duration,
+) -> Result<(), SnapshotError> {
+    const STILL_RUNNING: &str = "SELECT count(*) \
+         FROM pg_catalog.pg_snapshot_xip($1::text::pg_snapshot) AS x \
          WHERE pg_catalog.pg_xact_status(x) = 'in progress'";
+    client
+        .query_one("SELECT pg_catalog.pg_current_xact_id()", &[])
+        .await
+        .map_err(pg("pg_current_xact_id()"))?;
     let row = client
         .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
         .await
@@ -123,8 +159,10 @@ pub async fn wait_for_in_progress(client: &Client, wait_max: Duration) -> Result
     let snapshot: String = row.try_get(0).map_err(pg("pg_current_snapshot()"))?;
     let deadline = tokio::time::Instant::now() + wait_max;
     loop {
-        let row =
-            client.query_one(STILL_RUNNING, &[&snapshot]).await.map_err(pg("pg_xact_status"))?;
+        let row = client
+            .query_one(STILL_RUNNING, &[&snapshot])
+            .await
+            .map_err(pg("pg_xact_status"))?;
         let running: i64 = row.try_get(0).map_err(pg("pg_xact_status"))?;
         if running == 0 {
             return Ok(());
@@ -161,18 +199,25 @@ impl SnapshotQuery {
             Some(names) => names
                 .iter()
                 .map(|name| {
-                    schema.column_index(name).ok_or_else(|| SnapshotError::SchemaChanged {
-                        message: format!("column {name:?} is not in {}", schema.relation),
-                    })
+                    schema
+                        .column_index(name)
+                        .ok_or_else(|| SnapshotError::SchemaChanged {
+                            message: format!("column {name:?} is not in {}", schema.relation),
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let mut fetched: Vec<usize> =
-            selected.iter().copied().chain(schema.key_columns()).collect();
+        let mut fetched: Vec<usize> = selected
+            .iter()
+            .copied()
+            .chain(schema.key_columns())
+            .collect();
         fetched.sort_unstable();
         fetched.dedup();
-        let columns: Vec<String> =
-            fetched.iter().map(|&i| text_expression(&schema.columns[i])).collect();
+        let columns: Vec<String> = fetched
+            .iter()
+            .map(|&i| text_expression(&schema.columns[i]))
+            .collect();
         let sql = format!("SELECT {} FROM {}", columns.join(", "), schema.relation);
         Ok(Self {
             sql,
@@ -186,8 +231,9 @@ impl SnapshotQuery {
     fn decode(&self, row: &tokio_postgres::Row) -> Result<Vec<Option<String>>, SnapshotError> {
         let mut values = vec![None; self.width];
         for (position, &column) in self.fetched.iter().enumerate() {
-            let value: Option<&str> =
-                row.try_get(position).map_err(pg("decoding a snapshot row"))?;
+            let value: Option<&str> = row
+                .try_get(position)
+                .map_err(pg("decoding a snapshot row"))?;
             values[column] = value.map(str::to_owned);
         }
         Ok(values)
@@ -258,12 +304,21 @@ impl<W: SnapshotWriter> ChunkWriter<W> {
     fn new(writer: W, chunk_bytes_threshold: u64) -> Self {
         // A zero threshold would be a configuration bug; one entry per chunk is its limit.
         let cutter = ChunkCutter::new(chunk_bytes_threshold.max(1), 0);
-        Self { writer, cutter, open: String::new(), closed: None, index: 0 }
+        Self {
+            writer,
+            cutter,
+            open: String::new(),
+            closed: None,
+            index: 0,
+        }
     }
 
     async fn push(&mut self, entry: String) -> Result<(), SnapshotError> {
         if let Some(body) = self.closed.take() {
-            assert!(self.open.is_empty(), "chunk-order: an entry went into a chunk after a closed one");
+            assert!(
+                self.open.is_empty(),
+                "chunk-order: an entry went into a chunk after a closed one"
+            );
             self.write(body).await?;
         }
         if !self.open.is_empty() {
@@ -278,7 +333,10 @@ impl<W: SnapshotWriter> ChunkWriter<W> {
 
     /// Writes the last chunk, ending with `end` (the snapshot-end entry).
     async fn finish(mut self, end: &str) -> Result<W, SnapshotError> {
-        let mut last = self.closed.take().unwrap_or_else(|| std::mem::take(&mut self.open));
+        let mut last = self
+            .closed
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.open));
         if !last.is_empty() {
             last.push(',');
         }
@@ -288,7 +346,10 @@ impl<W: SnapshotWriter> ChunkWriter<W> {
     }
 
     async fn write(&mut self, body: String) -> Result<(), SnapshotError> {
-        self.writer.write_chunk(self.index, body).await.map_err(store)?;
+        self.writer
+            .write_chunk(self.index, body)
+            .await
+            .map_err(store)?;
         self.index += 1;
         Ok(())
     }
@@ -300,13 +361,18 @@ fn pg(during: &'static str) -> impl Fn(tokio_postgres::Error) -> SnapshotError {
         let message = format!("{during}: {}", error_chain(&error));
         match error.code().map(tokio_postgres::error::SqlState::code) {
             Some("42P01" | "42703") => SnapshotError::SchemaChanged { message },
-            _ => SnapshotError::Postgres { message, kind: sql_error_kind(&error) },
+            _ => SnapshotError::Postgres {
+                message,
+                kind: sql_error_kind(&error),
+            },
         }
     }
 }
 
 fn store(error: impl std::error::Error) -> SnapshotError {
-    SnapshotError::Store { message: error_chain(&error) }
+    SnapshotError::Store {
+        message: error_chain(&error),
+    }
 }
 
 #[cfg(test)]

@@ -40,10 +40,14 @@ fn starts_a_cluster_with_logical_wal_level_and_stops_it() {
 
 #[test]
 fn reuses_the_data_dir_across_restarts() {
-    // Goal: the product's persistent cluster keeps its data across an ampere restart (a fast
-    // stop and a new start), across a Postgres restart, and after its postmaster was killed.
+    // Goal: the product's persistent cluster keeps its data and its generated superuser
+    // password across an ampere restart (a fast stop and a new start), across a Postgres
+    // restart, and after its postmaster was killed.
     let root = scratch_dir("reuse");
-    let opts = persistent_options(&root);
+    let opts = EmbeddedOptions {
+        auth: Auth::ScramGenerated,
+        ..persistent_options(&root)
+    };
 
     let pg = EmbeddedPostgres::start(opts.clone()).unwrap();
     pg.psql(
@@ -51,13 +55,15 @@ fn reuses_the_data_dir_across_restarts() {
         "CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)",
     )
     .unwrap();
-    let port = pg.port();
+    let (port, password) = (pg.port(), pg.password().unwrap().to_owned());
+    assert_eq!(password.len(), 32);
     pg.stop().unwrap();
     let data = root.join("embedded-postgres").join("data");
     assert!(data.join("PG_VERSION").exists(), "data dir kept on stop");
 
     let mut pg = EmbeddedPostgres::start(opts.clone()).unwrap();
     assert_eq!(pg.port(), port, "the previous port is preferred");
+    assert_eq!(pg.password(), Some(password.as_str()));
     assert_eq!(
         pg.psql("postgres", "SELECT count(*) FROM kept").unwrap(),
         "1"
@@ -78,6 +84,22 @@ fn reuses_the_data_dir_across_restarts() {
     );
     drop(pg);
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn survives_the_exit_of_the_thread_that_started_it() {
+    // Goal: the pdeathsig gotcha is handled: the kernel's "parent" of a --pdeathsig child is
+    // the spawning *thread*, so a cluster started on a short-lived thread must not die with it.
+    let pg = std::thread::spawn(|| EmbeddedPostgres::start(EmbeddedOptions::for_tests()))
+        .join()
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // pdeathsig would have fired by now
+    assert!(
+        process_exists(pg.pid()) && !is_zombie(pg.pid()),
+        "postmaster died with its thread"
+    );
+    assert_eq!(pg.psql("postgres", "SELECT 'alive'").unwrap(), "alive");
 }
 
 #[test]
@@ -177,25 +199,6 @@ async fn scram_auth_works_with_the_password_in_the_url() {
 }
 
 #[test]
-fn the_generated_scram_password_survives_a_restart() {
-    // Goal: the product's default auth (a generated password) keeps working across restarts.
-    let root = scratch_dir("genpw");
-    let opts = EmbeddedOptions {
-        auth: Auth::ScramGenerated,
-        ..persistent_options(&root)
-    };
-    let pg = EmbeddedPostgres::start(opts.clone()).unwrap();
-    let password = pg.password().unwrap().to_owned();
-    assert_eq!(password.len(), 32);
-    pg.stop().unwrap();
-    let pg = EmbeddedPostgres::start(opts).unwrap();
-    assert_eq!(pg.password(), Some(password.as_str()));
-    assert_eq!(pg.psql("postgres", "SELECT 'ok'").unwrap(), "ok");
-    drop(pg);
-    std::fs::remove_dir_all(&root).unwrap();
-}
-
-#[test]
 fn the_shared_cluster_serves_a_database_per_test() {
     // Goal: one cluster per test binary, isolated by database, reachable from any thread.
     let pg = shared_for_tests().unwrap();
@@ -227,7 +230,7 @@ fn persistent_options(root: &Path) -> EmbeddedOptions {
 fn scratch_dir(tag: &str) -> PathBuf {
     let dir = PathBuf::from(format!("/tmp/pgtest-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(&dir).expect("create scratch dir");
     dir
 }
 
@@ -238,7 +241,7 @@ fn process_exists(pid: u32) -> bool {
 /// SIGKILLs the postmaster and waits until it has exited (it stays a zombie until its owner
 /// reaps it, so "exited" is: gone or state Z).
 fn kill_and_wait(pid: u32) {
-    let pid_t = libc::pid_t::try_from(pid).unwrap();
+    let pid_t = libc::pid_t::try_from(pid).expect("pid fits pid_t");
     // SAFETY: kill has no memory-safety preconditions; pid is our own unreaped child.
     assert_eq!(unsafe { libc::kill(pid_t, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(5);

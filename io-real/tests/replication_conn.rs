@@ -13,8 +13,8 @@ use tokio_postgres::NoTls;
 use ampere_core::lsn::Lsn;
 use ampere_io_real::replication::{
     connect_tcp, pg_clock_micros, CreateSlotOutcome, ReplicationConfig, ReplicationConnection,
-    ReplicationError, ReplicationErrorKind, ReplicationMessage, ReplicationStream,
-    SlotPersistence, StandbyStatus,
+    ReplicationError, ReplicationErrorKind, ReplicationMessage, ReplicationStream, SlotPersistence,
+    StandbyStatus,
 };
 
 use pg::PgCluster;
@@ -47,7 +47,10 @@ impl TestDb {
         let port = pg::shared(ROLES_SQL).port;
         let name = format!("test_{}", N.fetch_add(1, Ordering::Relaxed));
         let admin = sql_client(port, "postgres").await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
         Self { port, name }
     }
 
@@ -59,11 +62,15 @@ impl TestDb {
 
     async fn connect(&self, cfg: &ReplicationConfig) -> Result<Conn, ReplicationError> {
         let connecting = connect_tcp("127.0.0.1", self.port, cfg);
-        timeout(STEP_TIMEOUT, connecting).await.expect("connect timed out")
+        timeout(STEP_TIMEOUT, connecting)
+            .await
+            .expect("connect timed out")
     }
 
     async fn connect_trust(&self) -> Conn {
-        self.connect(&self.cfg("postgres", None)).await.expect("trust login")
+        self.connect(&self.cfg("postgres", None))
+            .await
+            .expect("trust login")
     }
 
     async fn sql(&self) -> tokio_postgres::Client {
@@ -80,7 +87,9 @@ impl TestDb {
 /// A plain SQL session as the superuser (trust), for setup and checks.
 async fn sql_client(port: u16, db: &str) -> tokio_postgres::Client {
     let url = format!("postgresql://postgres@127.0.0.1:{port}/{db}");
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("sql connect");
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("sql connect");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -88,11 +97,18 @@ async fn sql_client(port: u16, db: &str) -> tokio_postgres::Client {
 }
 
 async fn recv(stream: &mut Stream) -> ReplicationMessage {
-    timeout(STEP_TIMEOUT, stream.recv()).await.expect("recv timed out").expect("recv")
+    timeout(STEP_TIMEOUT, stream.recv())
+        .await
+        .expect("recv timed out")
+        .expect("recv")
 }
 
 async fn create_slot(conn: &mut Conn, slot: &str) -> Lsn {
-    match conn.create_logical_slot(slot, SlotPersistence::Persistent).await.expect("create slot") {
+    match conn
+        .create_logical_slot(slot, SlotPersistence::Persistent)
+        .await
+        .expect("create slot")
+    {
         CreateSlotOutcome::Created(created) => created.consistent_point,
         CreateSlotOutcome::AlreadyExists => panic!("slot {slot} already existed"),
     }
@@ -104,21 +120,29 @@ async fn trust_login_reports_backend_pid_and_server_version() {
     let mut conn = db.connect_trust().await;
     assert!(conn.backend_pid() > 0);
     assert_eq!(conn.server_version_num().map(|v| v / 10_000), Some(15));
-    let rows = conn.simple_query("SELECT pg_backend_pid()::text").await.expect("query");
+    let rows = conn
+        .simple_query("SELECT pg_backend_pid()::text")
+        .await
+        .expect("query");
     assert_eq!(rows, vec![vec![Some(conn.backend_pid().to_string())]]);
 }
 
 #[tokio::test]
 async fn logs_in_with_scram_sha_256_md5_and_cleartext_passwords() {
     let db = TestDb::create().await;
-    for (user, password) in
-        [("scram_user", "scram-secret"), ("md5_user", "md5-secret"), ("clear_user", "clear-secret")]
-    {
+    for (user, password) in [
+        ("scram_user", "scram-secret"),
+        ("md5_user", "md5-secret"),
+        ("clear_user", "clear-secret"),
+    ] {
         let mut conn = db
             .connect(&db.cfg(user, Some(password)))
             .await
             .unwrap_or_else(|e| panic!("{user} login: {e:?}"));
-        let rows = conn.simple_query("SELECT current_user").await.expect("query");
+        let rows = conn
+            .simple_query("SELECT current_user")
+            .await
+            .expect("query");
         assert_eq!(rows, vec![vec![Some(user.to_owned())]]);
     }
 }
@@ -127,13 +151,24 @@ async fn logs_in_with_scram_sha_256_md5_and_cleartext_passwords() {
 async fn wrong_or_missing_password_is_a_fatal_auth_error() {
     let db = TestDb::create().await;
     for user in ["scram_user", "md5_user", "clear_user"] {
-        let err = db.connect(&db.cfg(user, Some("wrong"))).await.err().expect("wrong password");
+        let err = db
+            .connect(&db.cfg(user, Some("wrong")))
+            .await
+            .err()
+            .expect("wrong password");
         assert!(matches!(err, ReplicationError::Auth(_)), "{user}: {err:?}");
         assert_eq!(err.code(), Some("28P01"), "{user}: {err}");
         assert_eq!(err.kind(), ReplicationErrorKind::Fatal);
 
-        let err = db.connect(&db.cfg(user, None)).await.err().expect("no password");
-        assert!(matches!(err, ReplicationError::PasswordMissing { .. }), "{user}: {err:?}");
+        let err = db
+            .connect(&db.cfg(user, None))
+            .await
+            .err()
+            .expect("no password");
+        assert!(
+            matches!(err, ReplicationError::PasswordMissing { .. }),
+            "{user}: {err:?}"
+        );
         assert_eq!(err.kind(), ReplicationErrorKind::Fatal);
     }
 }
@@ -141,13 +176,21 @@ async fn wrong_or_missing_password_is_a_fatal_auth_error() {
 #[tokio::test]
 async fn missing_replication_privilege_and_unknown_database_are_fatal() {
     let db = TestDb::create().await;
-    let err = db.connect(&db.cfg("no_replication", None)).await.err().expect("no privilege");
+    let err = db
+        .connect(&db.cfg("no_replication", None))
+        .await
+        .err()
+        .expect("no privilege");
     assert_eq!(err.code(), Some("42501"), "{err}");
     assert_eq!(err.kind(), ReplicationErrorKind::Fatal);
 
     let mut missing_db = db.cfg("postgres", None);
     missing_db.database = "no_such_db".into();
-    let err = db.connect(&missing_db).await.err().expect("unknown database");
+    let err = db
+        .connect(&missing_db)
+        .await
+        .err()
+        .expect("unknown database");
     assert_eq!(err.code(), Some("3D000"), "{err}");
     assert_eq!(err.kind(), ReplicationErrorKind::Fatal);
 }
@@ -163,7 +206,10 @@ async fn display_settings_apply_to_the_replication_connection() {
         ("extra_float_digits", "1"),
         ("bytea_output", "hex"),
     ] {
-        let rows = conn.simple_query(&format!("SHOW {setting}")).await.expect("SHOW");
+        let rows = conn
+            .simple_query(&format!("SHOW {setting}"))
+            .await
+            .expect("SHOW");
         assert_eq!(rows, vec![vec![Some(expected.to_owned())]], "{setting}");
     }
 }
@@ -173,34 +219,61 @@ async fn identify_system_reports_timeline_xlogpos_and_database() {
     let db = TestDb::create().await;
     let mut conn = db.connect_trust().await;
     let id = conn.identify_system().await.expect("IDENTIFY_SYSTEM");
-    assert!(id.system_id.parse::<u64>().is_ok(), "system_id {:?}", id.system_id);
+    assert!(
+        id.system_id.parse::<u64>().is_ok(),
+        "system_id {:?}",
+        id.system_id
+    );
     assert_eq!(id.timeline, 1);
     assert!(id.xlogpos > Lsn::ZERO);
     assert_eq!(id.dbname.as_deref(), Some(db.name.as_str()));
     // an error leaves the connection usable
-    let err = conn.simple_query("SELECT * FROM no_such_table").await.err().expect("error");
+    let err = conn
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .expect_err("error");
     assert_eq!(err.code(), Some("42P01"));
-    assert_eq!(conn.identify_system().await.expect("again").system_id, id.system_id);
+    assert_eq!(
+        conn.identify_system().await.expect("again").system_id,
+        id.system_id
+    );
 }
 
 #[tokio::test]
 async fn creating_an_existing_slot_reports_already_exists_and_slot_info_reads_it() {
     let db = TestDb::create().await;
     let mut conn = db.connect_trust().await;
-    assert_eq!(conn.slot_info("exists_slot").await.expect("slot_info"), None);
+    assert_eq!(
+        conn.slot_info("exists_slot").await.expect("slot_info"),
+        None
+    );
     let consistent_point = create_slot(&mut conn, "exists_slot").await;
-    let again = conn.create_logical_slot("exists_slot", SlotPersistence::Persistent).await;
-    assert_eq!(again.expect("second create"), CreateSlotOutcome::AlreadyExists);
+    let again = conn
+        .create_logical_slot("exists_slot", SlotPersistence::Persistent)
+        .await;
+    assert_eq!(
+        again.expect("second create"),
+        CreateSlotOutcome::AlreadyExists
+    );
 
-    let info = conn.slot_info("exists_slot").await.expect("slot_info").expect("slot exists");
+    let info = conn
+        .slot_info("exists_slot")
+        .await
+        .expect("slot_info")
+        .expect("slot exists");
     assert_eq!(info.confirmed_flush_lsn, Some(consistent_point));
     assert_eq!(info.database.as_deref(), Some(db.name.as_str()));
     assert!(!info.is_active);
     assert_eq!(info.wal_status.as_deref(), Some("reserved"));
     assert!(!info.is_lost());
 
-    let temp = conn.create_logical_slot("exists_temp", SlotPersistence::Temporary).await;
-    assert!(matches!(temp, Ok(CreateSlotOutcome::Created(_))), "{temp:?}");
+    let temp = conn
+        .create_logical_slot("exists_temp", SlotPersistence::Temporary)
+        .await;
+    assert!(
+        matches!(temp, Ok(CreateSlotOutcome::Created(_))),
+        "{temp:?}"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +291,10 @@ async fn streams_a_committed_insert_and_standby_status_advances_confirmed_flush_
         .expect("setup");
     create_slot(&mut db.connect_trust().await, "insert_slot").await;
     let mut stream = db.start_streaming("insert_slot").await;
-    client.execute("INSERT INTO items VALUES (1, 'one')", &[]).await.expect("insert");
+    client
+        .execute("INSERT INTO items VALUES (1, 'one')", &[])
+        .await
+        .expect("insert");
 
     let mut kinds = Vec::new();
     let commit_lsn = loop {
@@ -240,7 +316,10 @@ async fn streams_a_committed_insert_and_standby_status_advances_confirmed_flush_
         client_clock_micros: pg_clock_micros(SystemTime::now()),
         reply_requested: false,
     };
-    stream.send_standby_status(status).await.expect("standby status");
+    stream
+        .send_standby_status(status)
+        .await
+        .expect("standby status");
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
         let row = client
@@ -255,7 +334,10 @@ async fn streams_a_committed_insert_and_standby_status_advances_confirmed_flush_
         if confirmed == ack {
             break;
         }
-        assert!(Instant::now() < deadline, "confirmed_flush_lsn stuck at {confirmed}, sent {ack}");
+        assert!(
+            Instant::now() < deadline,
+            "confirmed_flush_lsn stuck at {confirmed}, sent {ack}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -265,7 +347,9 @@ async fn keepalive_requesting_a_reply_arrives_within_wal_sender_timeout() {
     // wal_sender_timeout is user-settable, so it goes in as a startup option
     let db = TestDb::create().await;
     let mut conn = db.connect_trust().await;
-    conn.simple_query("CREATE PUBLICATION \"ampere pub\"").await.expect("publication");
+    conn.simple_query("CREATE PUBLICATION \"ampere pub\"")
+        .await
+        .expect("publication");
     create_slot(&mut conn, "keepalive_slot").await;
     let mut cfg = db.cfg("postgres", None);
     cfg.options.push(("wal_sender_timeout".into(), "2s".into()));
@@ -275,21 +359,32 @@ async fn keepalive_requesting_a_reply_arrives_within_wal_sender_timeout() {
     let started = Instant::now();
     loop {
         let msg = recv(&mut stream).await;
-        if let ReplicationMessage::PrimaryKeepalive { reply_requested: true, wal_end, .. } = msg {
+        if let ReplicationMessage::PrimaryKeepalive {
+            reply_requested: true,
+            wal_end,
+            ..
+        } = msg
+        {
             assert!(wal_end > Lsn::ZERO);
             break;
         }
     }
-    assert!(started.elapsed() <= Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
-async fn second_stream_on_an_active_slot_fails_with_55006() {
+async fn second_stream_on_an_active_slot_fails_with_55006_until_the_first_closes() {
     let db = TestDb::create().await;
     let mut conn = db.connect_trust().await;
-    conn.simple_query("CREATE PUBLICATION \"ampere pub\"").await.expect("publication");
+    conn.simple_query("CREATE PUBLICATION \"ampere pub\"")
+        .await
+        .expect("publication");
     create_slot(&mut conn, "active_slot").await;
-    let _first = db.start_streaming("active_slot").await;
+    let first = db.start_streaming("active_slot").await;
     let second = db.connect_trust().await;
     let err = second
         .start_replication("active_slot", Lsn::ZERO, &["ampere pub"], 1)
@@ -298,18 +393,49 @@ async fn second_stream_on_an_active_slot_fails_with_55006() {
         .expect("slot is active");
     assert_eq!(err.code(), Some("55006"), "{err}");
     assert_eq!(err.kind(), ReplicationErrorKind::Transient);
+
+    first.close().await.expect("close");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while conn
+        .slot_info("active_slot")
+        .await
+        .expect("slot_info")
+        .expect("slot")
+        .is_active
+    {
+        assert!(Instant::now() < deadline, "slot still active after close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _third = db.start_streaming("active_slot").await;
+}
+
+#[tokio::test]
+async fn unknown_host_is_fatal() {
+    let cfg = ReplicationConfig::new("postgres", "postgres");
+    let connecting = connect_tcp("no-such-host.invalid", 5432, &cfg);
+    let err = timeout(STEP_TIMEOUT, connecting)
+        .await
+        .expect("lookup timed out")
+        .err();
+    let err = err.expect("unknown host");
+    assert!(
+        matches!(err, ReplicationError::HostLookup { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ReplicationErrorKind::Fatal);
 }
 
 #[tokio::test]
 async fn creating_a_slot_without_logical_wal_level_is_fatal() {
     let pg = PgCluster::start(&["wal_level=replica"]);
     let cfg = ReplicationConfig::new("postgres", "postgres");
-    let mut conn = connect_tcp("127.0.0.1", pg.port, &cfg).await.expect("connect");
+    let mut conn = connect_tcp("127.0.0.1", pg.port, &cfg)
+        .await
+        .expect("connect");
     let err = conn
         .create_logical_slot("replica_slot", SlotPersistence::Persistent)
         .await
-        .err()
-        .expect("wal_level=replica");
+        .expect_err("wal_level=replica");
     assert_eq!(err.code(), Some("55000"), "{err}");
     assert_eq!(err.kind(), ReplicationErrorKind::Fatal, "{err}");
 }
@@ -349,13 +475,23 @@ host  all all        127.0.0.1/32        trust
             let dir = unique_dir();
             fs::create_dir(&dir).expect("create cluster dir");
             if running_as_root() {
-                let st = Command::new("chown").arg("postgres:postgres").arg(&dir).status();
+                let st = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&dir)
+                    .status();
                 assert!(st.expect("chown").success(), "chown failed");
             }
             let data = dir.join("data");
             let out = pg_command(&pg_bin().join("initdb"), false)
                 .current_dir("/") // the postgres user may not be able to read our cwd
-                .args(["-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-locale",
+                    "-E",
+                    "UTF8",
+                ])
                 .arg("--no-sync")
                 .arg("-D")
                 .arg(&data)
@@ -375,7 +511,6 @@ host  all all        127.0.0.1/32        trust
             let _ = fs::remove_dir_all(&dir);
             panic!("postgres did not start after 5 attempts");
         }
-
     }
 
     /// The cluster shared by this test binary.
@@ -400,7 +535,11 @@ host  all all        127.0.0.1/32        trust
                 let cluster = PgCluster::start(&[]);
                 psql(cluster.port, &setup_sql); // a panic here drops (stops) the cluster
                 let pid = i32::try_from(cluster.child.id()).expect("pid fits i32");
-                let shared = Shared { port: cluster.port, pid, dir: cluster.dir.clone() };
+                let shared = Shared {
+                    port: cluster.port,
+                    pid,
+                    dir: cluster.dir.clone(),
+                };
                 let _ = tx.send(shared);
                 // never dropped: the atexit hook stops the postmaster instead
                 let _cluster = cluster;
@@ -453,14 +592,27 @@ host  all all        127.0.0.1/32        trust
 
     fn psql(port: u16, sql: &str) {
         let out = Command::new(pg_bin().join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-d", "postgres", "-p"])
             .arg(port.to_string())
             .arg("-c")
             .arg(sql)
             .output()
             .expect("run psql");
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn spawn_postgres(
@@ -472,7 +624,11 @@ host  all all        127.0.0.1/32        trust
     ) -> Option<Child> {
         let log = File::create(dir.join(format!("server-{attempt}.log"))).expect("log file");
         let mut cmd = pg_command(&pg_bin().join("postgres"), true);
-        cmd.current_dir("/").arg("-D").arg(data).arg("-p").arg(port.to_string());
+        cmd.current_dir("/")
+            .arg("-D")
+            .arg(data)
+            .arg("-p")
+            .arg(port.to_string());
         cmd.arg("-k").arg(dir);
         let base = [
             "listen_addresses=127.0.0.1",
@@ -500,12 +656,16 @@ host  all all        127.0.0.1/32        trust
     }
 
     fn pg_bin() -> PathBuf {
-        std::env::var_os("PG_BIN")
-            .map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
+        std::env::var_os("PG_BIN").map_or_else(
+            || PathBuf::from("/usr/lib/postgresql/15/bin"),
+            PathBuf::from,
+        )
     }
 
     fn running_as_root() -> bool {
-        fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+        fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
     }
 
     /// As root, runs `prog` as the `postgres` user via setpriv, which execs in place, so the
@@ -543,7 +703,9 @@ host  all all        127.0.0.1/32        trust
 
     fn unique_dir() -> PathBuf {
         static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         // short: the unix socket path (dir + "/.s.PGSQL.NNNNN") must stay under 107 bytes
         let n = N.fetch_add(1, Ordering::Relaxed);
         PathBuf::from(format!("/tmp/pgtest-{}-{n}-{nanos:x}", std::process::id()))
@@ -557,7 +719,17 @@ host  all all        127.0.0.1/32        trust
                 return false;
             }
             let st = Command::new(pg_bin().join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-t", "1"])
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-t",
+                    "1",
+                ])
                 .arg("-p")
                 .arg(port.to_string())
                 .status();
@@ -587,7 +759,9 @@ host  all all        127.0.0.1/32        trust
     fn sweep_stale() {
         for entry in fs::read_dir("/tmp").into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("pgtest-") else { continue };
+            let Some(rest) = name.strip_prefix("pgtest-") else {
+                continue;
+            };
             let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };

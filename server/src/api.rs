@@ -72,7 +72,10 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome;
     /// The shape's durable state.
     fn status(&self, handle: &ShapeHandle) -> Option<LogStatus>;
-    /// Resolves when the shape's durable state changes (or it is removed).
+    /// Resolves when the shape's durable state changes (or it is removed). Interest starts
+    /// when this is *called*, not when the future is first polled: call it before reading,
+    /// so a change between the read and the wait is never missed. It resolves once per
+    /// change, never repeatedly while nothing changes.
     fn changed(&self, handle: &ShapeHandle) -> impl Future<Output = ()> + Send;
     /// The last LSN whose changes are durable in every shape (`global_last_seen_lsn`).
     fn last_seen_lsn(&self) -> Lsn;

@@ -68,7 +68,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             storage.display()
         )
     })?;
-    let (_embedded, database_url) = database(&config)?;
+    let (embedded, database_url) = database(&config).await?;
     let pg =
         RealPg::from_url(&database_url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
     let store = FileStore::open(storage).context("opening shape storage")?;
@@ -141,15 +141,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let driven = driver::run(ports, core, requests, shutdown, registry).await;
     http.abort();
+    if let Some(embedded) = embedded {
+        // Stopping waits for PostgreSQL's fast shutdown: keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
+    }
     driven.context("replication")
 }
 
 /// `DATABASE_URL`, or an embedded PostgreSQL inside the storage dir when it is unset.
-fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, String)> {
+async fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, String)> {
     if let Some(url) = config.database_url.clone().filter(|u| !u.is_empty()) {
         return Ok((None, url));
     }
-    let embedded = EmbeddedPostgres::start(EmbeddedOptions::product(&config.storage_dir))
+    let options = EmbeddedOptions::product(&config.storage_dir);
+    let embedded = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+        .await
+        .context("starting the embedded PostgreSQL")?
         .context("DATABASE_URL is unset and the embedded PostgreSQL could not start")?;
     let url = embedded.admin_url();
     info!(url = %url, "DATABASE_URL unset: started embedded PostgreSQL");

@@ -98,8 +98,9 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
         self.store.status(handle)
     }
 
-    async fn changed(&self, handle: &ShapeHandle) {
-        self.store.changed(handle).await;
+    fn changed(&self, handle: &ShapeHandle) -> impl std::future::Future<Output = ()> + Send {
+        // Not `async fn`: the store subscribes when called, before the caller's next read.
+        self.store.changed(handle)
     }
 
     fn last_seen_lsn(&self) -> Lsn {

@@ -134,11 +134,11 @@ fn split_relation(text: &str) -> Vec<&str> {
 fn split_columns(text: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut end = text.len();
-    let mut quotes_after = 0_usize;
+    let mut is_even_quotes_after = true;
     for (i, b) in text.bytes().enumerate().rev() {
         match b {
-            b'"' => quotes_after += 1,
-            b',' if quotes_after % 2 == 0 => {
+            b'"' => is_even_quotes_after = !is_even_quotes_after,
+            b',' if is_even_quotes_after => {
                 parts.push(&text[i + 1..end]);
                 end = i;
             }

@@ -14,7 +14,7 @@ pub(crate) fn electric_schema(schema: &TableSchema, selected: Option<&[String]>)
     let columns = schema
         .columns
         .iter()
-        .filter(|c| selected.is_none_or(|s| s.iter().any(|name| *name == c.name)));
+        .filter(|c| selected.is_none_or(|s| s.contains(&c.name)));
     for (i, column) in columns.enumerate() {
         if i > 0 {
             out.push(',');

@@ -1,0 +1,720 @@
+//! `RealPg` against a real throwaway PostgreSQL: catalog lookups, snapshots (values, chunks,
+//! in-progress transactions, publication membership) and replication setup.
+//!
+//! Method: one shared cluster for the test binary with a database per test
+//! (`embedded_pg::shared_for_tests`), plus a dedicated `wal_level=replica` cluster for the
+//! fatal-configuration test. Snapshot chunks go to an in-memory writer.
+
+// Helpers outside `#[test]` fns panic on failure too: this whole file is test code.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+use ampere_core::ports::{
+    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationStream, ReplicationTarget,
+    SnapshotError, SnapshotRequest, SnapshotWriter, StandbyStatus,
+};
+use ampere_core::shape::{RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::snapshot::FullXid;
+use ampere_core::Lsn;
+use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
+use ampere_io_real::pg::RealPg;
+
+const PUBLICATION: &str = "electric_publication_test";
+
+/// A fresh database on the shared cluster: its superuser URL.
+fn database(name: &str) -> String {
+    let cluster = shared_for_tests().expect("shared test cluster starts");
+    cluster.create_database(name).expect("CREATE DATABASE")
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+fn relation(table: &str) -> RelationName {
+    RelationName {
+        schema: "public".into(),
+        table: table.into(),
+    }
+}
+
+async fn schema_of(pg: &RealPg, table: &str) -> TableSchema {
+    pg.table_schema(relation(table))
+        .await
+        .expect("catalog lookup")
+        .expect("table exists")
+}
+
+fn request(schema: TableSchema, columns: Option<&[&str]>, threshold: u64) -> SnapshotRequest {
+    SnapshotRequest {
+        handle: ShapeHandle::from_string("1-1".into()),
+        definition: ShapeDefinition {
+            relation: schema.relation.clone(),
+            columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
+            replica: Replica::Default,
+        },
+        schema,
+        publication: PUBLICATION.into(),
+        chunk_bytes_threshold: threshold,
+    }
+}
+
+/// Collects snapshot chunks in memory.
+#[derive(Clone, Default)]
+struct MemWriter(Arc<Mutex<Written>>);
+
+#[derive(Default, Debug)]
+struct Written {
+    chunks: Vec<(u64, String)>,
+    finished: bool,
+}
+
+impl MemWriter {
+    fn chunks(&self) -> Vec<(u64, String)> {
+        self.0.lock().unwrap().chunks.clone()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.lock().unwrap().finished
+    }
+
+    /// Every entry of every chunk, parsed, in order.
+    fn entries(&self) -> Vec<Value> {
+        self.chunks()
+            .iter()
+            .flat_map(|(_, body)| parse_chunk(body))
+            .collect()
+    }
+
+    /// Row entries by key (snapshot-end excluded).
+    fn rows(&self) -> BTreeMap<String, Value> {
+        self.entries()
+            .into_iter()
+            .filter(|e| e.get("key").is_some())
+            .map(|e| (e["key"].as_str().unwrap().to_owned(), e))
+            .collect()
+    }
+}
+
+impl SnapshotWriter for MemWriter {
+    type Error = Infallible;
+
+    async fn write_chunk(&mut self, index: u64, body: String) -> Result<(), Infallible> {
+        self.0.lock().unwrap().chunks.push((index, body));
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(), Infallible> {
+        self.0.lock().unwrap().finished = true;
+        Ok(())
+    }
+}
+
+fn parse_chunk(body: &str) -> Vec<Value> {
+    serde_json::from_str(&format!("[{body}]")).expect("chunk is comma-joined JSON")
+}
+
+fn is_snapshot_end(entry: &Value) -> bool {
+    entry["headers"]["control"] == "snapshot-end"
+}
+
+const TYPES_DDL: &str = "
+CREATE TYPE mood AS ENUM ('sad', 'happy');
+CREATE TABLE items (
+    k2 int2, k8 int8, i4 int4, f4 float4, f8 float8, num numeric(10,2), flag bool, body text,
+    name varchar(20), code bpchar(3), uid uuid, doc json, docb jsonb, day date,
+    at timestamp(3), atz timestamptz, raw bytea, ints int4[], grid text[][], feel mood,
+    bare _int4, span interval minute to second(3),
+    PRIMARY KEY (k8, k2)
+);
+INSERT INTO items VALUES
+    (1, 10, -7, 1.1, 0.1, 12.5, true, E'a\"b\\\\c\\nd é', 'x/y', 'ab', 
+     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\":  1}', '{\"b\": [1, 2]}', '2024-02-29',
+     '2024-01-02 03:04:05.678', '2024-01-02 03:04:05+02', '\\x0102ff', '{1,2,3}',
+     '{{a,b},{\"c d\",e}}', 'happy', '{4}', '1 minute 2.5 seconds'),
+    (2, 20, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+     NULL, NULL, NULL, NULL, NULL, NULL);
+CREATE VIEW items_view AS SELECT * FROM items;
+CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+CREATE TABLE with_generated (id int PRIMARY KEY, twice int GENERATED ALWAYS AS (id * 2) STORED);
+";
+
+async fn types_db(name: &str) -> (RealPg, Client) {
+    let url = database(name);
+    let client = connect(&url).await;
+    client.batch_execute(TYPES_DDL).await.expect("DDL");
+    client
+        .batch_execute(&format!("CREATE PUBLICATION {PUBLICATION}"))
+        .await
+        .expect("publication");
+    (RealPg::from_url(&url).expect("valid url"), client)
+}
+
+#[tokio::test]
+async fn catalog_reports_types_dims_keys_and_modifiers() {
+    let (pg, _client) = types_db("catalog_types").await;
+    let schema = schema_of(&pg, "items").await;
+    let render = |name: &str| {
+        let c = &schema.columns[schema.column_index(name).expect(name)];
+        let mods: Vec<String> = c
+            .modifiers
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "{} dims={} pk={:?} nn={} [{}]",
+            c.typname,
+            c.dims,
+            c.pk_index,
+            c.not_null,
+            mods.join(",")
+        )
+    };
+    let expected = [
+        ("k2", "int2 dims=0 pk=Some(1) nn=true []"),
+        ("k8", "int8 dims=0 pk=Some(0) nn=true []"),
+        ("i4", "int4 dims=0 pk=None nn=false []"),
+        ("f4", "float4 dims=0 pk=None nn=false []"),
+        ("f8", "float8 dims=0 pk=None nn=false []"),
+        (
+            "num",
+            "numeric dims=0 pk=None nn=false [precision=10,scale=2]",
+        ),
+        ("flag", "bool dims=0 pk=None nn=false []"),
+        ("body", "text dims=0 pk=None nn=false []"),
+        ("name", "varchar dims=0 pk=None nn=false [max_length=20]"),
+        ("code", "bpchar dims=0 pk=None nn=false [length=3]"),
+        ("uid", "uuid dims=0 pk=None nn=false []"),
+        ("doc", "json dims=0 pk=None nn=false []"),
+        ("docb", "jsonb dims=0 pk=None nn=false []"),
+        ("day", "date dims=0 pk=None nn=false []"),
+        ("at", "timestamp dims=0 pk=None nn=false [precision=3]"),
+        ("atz", "timestamptz dims=0 pk=None nn=false []"),
+        ("raw", "bytea dims=0 pk=None nn=false []"),
+        ("ints", "int4 dims=1 pk=None nn=false []"),
+        ("grid", "text dims=2 pk=None nn=false []"),
+        ("feel", "mood dims=0 pk=None nn=false []"),
+        ("bare", "_int4 dims=0 pk=None nn=false []"),
+        (
+            "span",
+            "interval dims=0 pk=None nn=false [fields=\"MINUTE TO SECOND\",precision=3]",
+        ),
+    ];
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let expected_names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, expected_names, "columns in attnum order");
+    for (name, want) in expected {
+        assert_eq!(render(name), want, "column {name}");
+    }
+    assert_eq!(schema.relation, relation("items"));
+    assert_eq!(schema.key_columns(), vec![1, 0]);
+    let int4_oid = schema.columns[2].type_oid;
+    assert_eq!(int4_oid, 23);
+}
+
+#[tokio::test]
+async fn catalog_finds_tables_only_and_names_generated_columns() {
+    let (pg, client) = types_db("catalog_kinds").await;
+    assert_eq!(pg.table_schema(relation("missing")).await.unwrap(), None);
+    assert_eq!(
+        pg.table_schema(relation("items_view")).await.unwrap(),
+        None,
+        "views are not tables"
+    );
+    assert_eq!(
+        pg.table_schema(relation("Items")).await.unwrap(),
+        None,
+        "names are exact"
+    );
+    let parted = schema_of(&pg, "parted").await;
+    assert_eq!(
+        parted.columns[0].pk_index,
+        Some(0),
+        "partitioned tables count"
+    );
+    let generated = pg
+        .catalog_table(&relation("with_generated"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(generated.generated, vec!["twice".to_owned()]);
+    assert_eq!(generated.schema.columns.len(), 2);
+    let items = pg.catalog_table(&relation("items")).await.unwrap().unwrap();
+    assert!(items.generated.is_empty());
+    // dropped columns disappear; the others keep their order
+    client
+        .batch_execute("DROP VIEW items_view; ALTER TABLE items DROP COLUMN f4")
+        .await
+        .unwrap();
+    let after = schema_of(&pg, "items").await;
+    assert_eq!(after.columns.len(), 21);
+    assert_eq!(after.columns[3].name, "f8");
+}
+
+#[tokio::test]
+async fn snapshot_values_are_postgres_text_output() {
+    let (pg, client) = types_db("snapshot_values").await;
+    let schema = schema_of(&pg, "items").await;
+    let writer = MemWriter::default();
+    let snapshot = pg
+        .take_snapshot(request(schema.clone(), None, 10 << 20), writer.clone())
+        .await;
+    let snapshot = snapshot.expect("snapshot");
+    assert!(writer.is_finished());
+    let rows = writer.rows();
+    assert_eq!(rows.len(), 2);
+
+    // What Postgres itself prints, in a session with the same display settings.
+    client
+        .batch_execute(
+            "SET DateStyle = 'ISO, DMY'; SET TimeZone = 'UTC'; SET extra_float_digits = 1; \
+             SET bytea_output = 'hex'; SET IntervalStyle = 'iso_8601'",
+        )
+        .await
+        .unwrap();
+    for column in &schema.columns {
+        let sql = format!(
+            "SELECT k8::text, k2::text, \"{0}\"::text FROM items",
+            column.name
+        );
+        for row in client.query(&sql, &[]).await.unwrap() {
+            let (k8, k2): (String, String) = (row.get(0), row.get(1));
+            let key = format!("\"public\".\"items\"/\"{k8}\"/\"{k2}\"");
+            let entry = &rows[&key];
+            let got = &entry["value"][&column.name];
+            let want: Option<String> = row.get(2);
+            match (column.name.as_str(), want) {
+                // bpchar keeps its padding, which ::text strips
+                ("code", Some(w)) => assert_eq!(got, &Value::from(format!("{w:<3}")), "code"),
+                (_, Some(w)) => assert_eq!(got, &Value::from(w), "column {}", column.name),
+                (_, None) => assert_eq!(got, &Value::Null, "column {}", column.name),
+            }
+        }
+    }
+    let first = &rows["\"public\".\"items\"/\"10\"/\"1\""];
+    assert_eq!(first["value"]["code"], "ab ");
+    assert_eq!(first["value"]["atz"], "2024-01-02 01:04:05+00");
+    assert_eq!(first["value"]["raw"], "\\x0102ff");
+    assert_eq!(first["value"]["span"], "PT1M2.5S");
+    assert_eq!(first["value"]["f4"], "1.1");
+    assert_eq!(first["value"]["flag"], "true");
+    assert_eq!(first["value"]["body"], "a\"b\\c\nd é");
+    assert_eq!(
+        first["headers"],
+        serde_json::json!({"operation":"insert","relation":["public","items"]})
+    );
+
+    let entries = writer.entries();
+    let end = entries.last().unwrap();
+    assert!(is_snapshot_end(end), "{end}");
+    assert_eq!(end["headers"]["xmin"], snapshot.xmin.0.to_string());
+    assert_eq!(end["headers"]["xmax"], snapshot.xmax.0.to_string());
+}
+
+#[tokio::test]
+async fn snapshot_selects_columns_and_keeps_key_columns_out_of_values() {
+    let (pg, _client) = types_db("snapshot_columns").await;
+    let schema = schema_of(&pg, "items").await;
+    let writer = MemWriter::default();
+    pg.take_snapshot(
+        request(schema, Some(&["body", "i4"]), 10 << 20),
+        writer.clone(),
+    )
+    .await
+    .expect("snapshot");
+    let rows = writer.rows();
+    let first = &rows["\"public\".\"items\"/\"10\"/\"1\""];
+    assert_eq!(
+        first["value"],
+        serde_json::json!({"body": "a\"b\\c\nd é", "i4": "-7"})
+    );
+}
+
+#[tokio::test]
+async fn snapshot_chunks_by_bytes_and_ends_with_snapshot_end() {
+    let url = database("snapshot_chunks");
+    let client = connect(&url).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, body text); \
+             INSERT INTO t SELECT g, repeat('x', g) FROM generate_series(1, 40) g; \
+             CREATE TABLE empty (id int PRIMARY KEY); \
+             CREATE PUBLICATION {PUBLICATION}"
+        ))
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let threshold = 200;
+    let writer = MemWriter::default();
+    pg.take_snapshot(
+        request(schema_of(&pg, "t").await, None, threshold),
+        writer.clone(),
+    )
+    .await
+    .expect("snapshot");
+    let chunks = writer.chunks();
+    assert!(chunks.len() > 3, "{} chunks", chunks.len());
+    let indices: Vec<u64> = chunks.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        indices,
+        (0..chunks.len() as u64).collect::<Vec<_>>(),
+        "chunks 0..N in order"
+    );
+    for (n, (_, body)) in chunks.iter().enumerate() {
+        let entries = parse_chunk(body);
+        let is_last = n + 1 == chunks.len();
+        let ends = entries.iter().filter(|e| is_snapshot_end(e)).count();
+        assert_eq!(
+            ends,
+            usize::from(is_last),
+            "snapshot-end only in the last chunk"
+        );
+        if !is_last {
+            // the byte rule: reached by the last entry, not before
+            let sizes: Vec<usize> = entries
+                .iter()
+                .map(|e| serde_json::to_string(e).unwrap().len() + 1)
+                .collect();
+            let total: usize = sizes.iter().sum();
+            assert!(total >= threshold as usize, "chunk {n}: {total} bytes");
+            assert!(
+                total - sizes.last().unwrap() < threshold as usize,
+                "chunk {n} too long"
+            );
+        }
+    }
+    assert!(is_snapshot_end(writer.entries().last().unwrap()));
+    assert_eq!(writer.rows().len(), 40);
+
+    let empty = MemWriter::default();
+    pg.take_snapshot(
+        request(schema_of(&pg, "empty").await, None, threshold),
+        empty.clone(),
+    )
+    .await
+    .expect("snapshot of an empty table");
+    let chunks = empty.chunks();
+    assert_eq!(chunks.len(), 1);
+    let entries = parse_chunk(&chunks[0].1);
+    assert_eq!(entries.len(), 1);
+    assert!(is_snapshot_end(&entries[0]));
+}
+
+#[tokio::test]
+async fn snapshot_adds_the_table_to_the_publication_with_replica_identity_full() {
+    let url = database("snapshot_membership");
+    let client = connect(&url).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION {PUBLICATION}"
+        ))
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let membership = "SELECT c.relreplident::text, \
+        EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = 't') \
+        FROM pg_class c WHERE c.relname = 't'";
+    let before = client.query_one(membership, &[&PUBLICATION]).await.unwrap();
+    assert_eq!(
+        (before.get::<_, String>(0), before.get::<_, bool>(1)),
+        ("d".into(), false)
+    );
+    for _ in 0..2 {
+        // the second time the table is already a member with FULL: nothing to change
+        let schema = schema_of(&pg, "t").await;
+        pg.take_snapshot(request(schema, None, 1000), MemWriter::default())
+            .await
+            .expect("snapshot");
+        let after = client.query_one(membership, &[&PUBLICATION]).await.unwrap();
+        assert_eq!(
+            (after.get::<_, String>(0), after.get::<_, bool>(1)),
+            ("f".into(), true)
+        );
+    }
+}
+
+#[tokio::test]
+async fn snapshot_waits_for_transactions_in_progress() {
+    // Goal: a transaction open when the snapshot starts is waited for (SN-2), so its row is
+    // in the snapshot. Method: insert without committing, start the snapshot, check it waits,
+    // commit, check the row arrived.
+    let url = database("snapshot_xip");
+    let setup = connect(&url).await;
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION {PUBLICATION}; \
+             ALTER PUBLICATION {PUBLICATION} ADD TABLE t; ALTER TABLE t REPLICA IDENTITY FULL"
+        ))
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let schema = schema_of(&pg, "t").await;
+    let writer_conn = connect(&url).await;
+    writer_conn
+        .batch_execute("BEGIN; INSERT INTO t VALUES (7)")
+        .await
+        .unwrap();
+    let row = writer_conn
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap();
+    let writer_xid = FullXid(row.get::<_, String>(0).parse().unwrap());
+
+    let writer = MemWriter::default();
+    let snapshot = tokio::spawn(pg.take_snapshot(request(schema, None, 1000), writer.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if snapshot.is_finished() {
+        panic!(
+            "the snapshot must wait for the open transaction: {:?}",
+            snapshot.await
+        );
+    }
+    assert!(writer.chunks().is_empty());
+
+    writer_conn.batch_execute("COMMIT").await.unwrap();
+    let taken = tokio::time::timeout(Duration::from_secs(10), snapshot)
+        .await
+        .expect("snapshot ends after the commit")
+        .unwrap()
+        .expect("snapshot");
+    assert!(
+        writer.rows().contains_key("\"public\".\"t\"/\"7\""),
+        "{:?}",
+        writer.chunks()
+    );
+    assert!(taken.xmax > writer_xid, "{taken:?}");
+    assert!(!taken.xip.contains(&writer_xid), "{taken:?}");
+}
+
+#[tokio::test]
+async fn snapshot_of_a_changed_table_reports_schema_changed() {
+    let url = database("snapshot_schema_changed");
+    let client = connect(&url).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, gone text); CREATE PUBLICATION {PUBLICATION}"
+        ))
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let schema = schema_of(&pg, "t").await;
+    client
+        .batch_execute("ALTER TABLE t DROP COLUMN gone")
+        .await
+        .unwrap();
+    let result = pg
+        .take_snapshot(request(schema.clone(), None, 1000), MemWriter::default())
+        .await;
+    assert!(
+        matches!(result, Err(SnapshotError::SchemaChanged { .. })),
+        "{result:?}"
+    );
+    client.batch_execute("DROP TABLE t").await.unwrap();
+    let result = pg
+        .take_snapshot(request(schema, None, 1000), MemWriter::default())
+        .await;
+    assert!(
+        matches!(result, Err(SnapshotError::SchemaChanged { .. })),
+        "{result:?}"
+    );
+}
+
+fn target(id: &str) -> ReplicationTarget {
+    ReplicationTarget {
+        slot: format!("electric_slot_{id}"),
+        publication: format!("electric_publication_{id}"),
+    }
+}
+
+/// Waits until no walsender uses the slot (the previous stream's backend has exited).
+async fn wait_slot_inactive(client: &Client, slot: &str) {
+    for _ in 0..200 {
+        let row = client
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if !row.get::<_, bool>(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("slot {slot} still active");
+}
+
+#[tokio::test]
+async fn start_replication_creates_the_slot_then_resumes_from_it() {
+    let url = database("replication_slot");
+    let client = connect(&url).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let target = target("slot_reuse");
+
+    let (mut stream, started) = pg
+        .start_replication(target.clone())
+        .await
+        .expect("first start");
+    assert!(started.slot_created);
+    assert!(started.confirmed_flush_lsn > Lsn::ZERO);
+    assert!(!started.system_id.is_empty());
+    assert_eq!(started.timeline, 1);
+
+    // the stream delivers a committed insert on a published table
+    let schema = schema_of(&pg, "t").await;
+    let mut req = request(schema, None, 1000);
+    req.publication.clone_from(&target.publication);
+    pg.take_snapshot(req, MemWriter::default())
+        .await
+        .expect("publish t");
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let data = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.recv().await.expect("recv") {
+                ReplicationMessage::XLogData { data, .. } => break data,
+                ReplicationMessage::PrimaryKeepalive { .. } => {}
+            }
+        }
+    })
+    .await
+    .expect("XLogData within 10 s");
+    assert_eq!(
+        data[0], b'B',
+        "first pgoutput message of a transaction is Begin"
+    );
+    let status = StandbyStatus {
+        write: started.confirmed_flush_lsn,
+        flush: started.confirmed_flush_lsn,
+        apply: started.confirmed_flush_lsn,
+    };
+    stream.send_status(status).await.expect("standby status");
+    drop(stream);
+
+    wait_slot_inactive(&client, &target.slot).await;
+    let (_stream, again) = pg
+        .start_replication(target.clone())
+        .await
+        .expect("second start");
+    assert!(!again.slot_created);
+    assert_eq!(again.system_id, started.system_id);
+    let row = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&target.slot],
+        )
+        .await
+        .unwrap();
+    let confirmed: Lsn = row.get::<_, String>(0).parse().unwrap();
+    assert_eq!(again.confirmed_flush_lsn, confirmed);
+}
+
+#[tokio::test]
+async fn a_new_publication_recreates_the_slot() {
+    // SL-1: a publication created now makes the existing slot's history unusable.
+    let url = database("replication_new_publication");
+    let client = connect(&url).await;
+    let pg = RealPg::from_url(&url).unwrap();
+    let target = target("new_pub");
+    let (stream, first) = pg
+        .start_replication(target.clone())
+        .await
+        .expect("first start");
+    assert!(first.slot_created);
+    drop(stream);
+    wait_slot_inactive(&client, &target.slot).await;
+    client
+        .batch_execute(&format!("DROP PUBLICATION {}", target.publication))
+        .await
+        .unwrap();
+    let (_stream, second) = pg.start_replication(target).await.expect("second start");
+    assert!(second.slot_created);
+}
+
+#[tokio::test]
+async fn a_slot_of_another_database_is_fatal() {
+    let url_a = database("replication_db_a");
+    let url_b = database("replication_db_b");
+    let target = target("other_db");
+    let (_stream, _) = RealPg::from_url(&url_a)
+        .unwrap()
+        .start_replication(target.clone())
+        .await
+        .unwrap();
+    let err = RealPg::from_url(&url_b)
+        .unwrap()
+        .start_replication(target)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Fatal, "{err}");
+    assert!(err.to_string().contains("replication_db_a"), "{err}");
+}
+
+#[tokio::test]
+async fn a_role_without_replication_is_fatal_and_names_the_fix() {
+    let url = database("replication_role");
+    let client = connect(&url).await;
+    client
+        .batch_execute("CREATE ROLE norepl LOGIN")
+        .await
+        .unwrap();
+    let cluster = shared_for_tests().unwrap();
+    let pg = RealPg::from_url(&cluster.url("norepl", "replication_role")).unwrap();
+    let err = pg.start_replication(target("norepl")).await.err().unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Fatal, "{err}");
+    assert!(
+        err.to_string()
+            .contains("ALTER ROLE norepl WITH REPLICATION"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn wal_level_replica_is_fatal_and_names_the_fix() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let mut opts = EmbeddedOptions::for_tests();
+        opts.settings.push(("wal_level".into(), "replica".into()));
+        EmbeddedPostgres::start(opts).expect("replica cluster starts")
+    })
+    .await
+    .unwrap();
+    let pg = RealPg::from_url(&cluster.admin_url()).unwrap();
+    let err = pg.start_replication(target("replica")).await.err().unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Fatal, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("wal_level = logical"), "{message}");
+    assert!(message.contains("restart PostgreSQL"), "{message}");
+    drop(pg);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let pg = RealPg::from_url(&format!("postgresql://postgres@127.0.0.1:{port}/postgres")).unwrap();
+    let err = pg.table_schema(relation("t")).await.err().unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Transient, "{err}");
+    let err = pg.start_replication(target("refused")).await.err().unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Transient, "{err}");
+}
