@@ -1,5 +1,5 @@
 import { test, after } from 'node:test'
-after(() => setTimeout(() => { for (const x of process._getActiveHandles()) console.log('handle', x.constructor.name, x._idleTimeout ?? '', x._onTimeout?.toString().slice(0,300) ?? '', x.remotePort ?? ''); }, 1000).unref())
+after(() => setTimeout(() => { console.log('resources', JSON.stringify(process.getActiveResourcesInfo())) }, 1000).unref())
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { withEnv } from '../lib/harness.mjs'

@@ -185,7 +185,8 @@ impl RealPg {
             .await
             .map_err(|_| PgPortError::ConnectTimeout { timeout })?;
         connected.map_err(|source| match source.code() {
-            // "must be superuser or replication role to start walsender"
+            // "must be superuser or replication role to start walsender". Not checked ahead in
+            // pg_roles: managed services grant it through role membership (rds_replication).
             Some(INSUFFICIENT_PRIVILEGE) => PgPortError::ReplicationRole {
                 user: self.user().into(),
             },

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use ampere_core::instance::{Config as CoreConfig, Instance, RecoveredShape};
-use ampere_core::ports::{MetadataStore, ReplicationTarget, ShapeLogStore};
+use ampere_core::ports::{Clock, MetadataStore, ReplicationTarget, ShapeLogStore};
 use ampere_io_real::clock::TokioClock;
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use ampere_io_real::metadata::{MetadataMode, MetadataOptions, SqliteMetadata};
@@ -60,31 +60,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let storage = &config.storage_dir;
-    probe_writable(storage).with_context(|| {
-        format!(
-            "ELECTRIC_STORAGE_DIR={} is not usable; make it a writable directory for the user \
-             running ampere (check the owner of its parent directory)",
-            storage.display()
-        )
-    })?;
+    let (store, meta) = open_storage(&config)?;
     let (embedded, database_url) = database(&config).await?;
     let pg =
         RealPg::from_url(&database_url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
-    let store = FileStore::open(storage).context("opening shape storage")?;
-    let mode = if config.shape_db_exclusive_mode {
-        MetadataMode::Exclusive
-    } else {
-        MetadataMode::Wal
-    };
-    let meta = SqliteMetadata::open(
-        storage,
-        &MetadataOptions {
-            mode,
-            ..MetadataOptions::default()
-        },
-    )
-    .context("opening shape metadata")?;
 
     let registry = Registry::new();
     let (recovered, stamp) = recover(&store, &meta, &registry).await?;
@@ -95,38 +74,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     info!(slot = %target.slot, publication = %target.publication, shapes = recovered.len(), "starting");
     let clock = TokioClock::new();
     let core_config = CoreConfig::new(target, config.shape_chunk_bytes_threshold);
-    let core = Instance::new(
-        core_config,
-        ampere_core::ports::Clock::now(&clock),
-        recovered,
-        stamp,
-    );
+    let core = Instance::new(core_config, Clock::now(&clock), recovered, stamp);
 
     let (requests_tx, requests) = mpsc::channel(1024);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let service = Service::new(pg.clone(), store.clone(), registry.clone(), requests_tx);
-    let http_config = HttpConfig {
-        long_poll_timeout: config.long_poll_timeout,
-        cache_max_age: config.cache_max_age,
-        cache_stale_age: config.cache_stale_age,
-        // Request ids and cursor jitter only need to differ between processes.
-        rng_seed: ampere_core::ports::Clock::unix_micros(&clock) ^ u64::from(std::process::id()),
-        ..HttpConfig::new(config.effective_secret())
-    };
-    let app = router(service, http_config);
-    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on ELECTRIC_PORT={}", config.port))?;
-    info!(%addr, "HTTP API listening");
-    let mut http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let http = start_http(&config, service, &clock, shutdown.clone()).await?;
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutting down");
@@ -146,6 +99,61 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
     driven.context("replication")
+}
+
+/// Probes `ELECTRIC_STORAGE_DIR` (before any Postgres connection), then opens the shape-log
+/// store and the metadata database inside it.
+fn open_storage(config: &Config) -> anyhow::Result<(FileStore, SqliteMetadata)> {
+    let storage = &config.storage_dir;
+    probe_writable(storage).with_context(|| {
+        format!(
+            "ELECTRIC_STORAGE_DIR={} is not usable; make it a writable directory for the user \
+             running ampere (check the owner of its parent directory)",
+            storage.display()
+        )
+    })?;
+    let store = FileStore::open(storage).context("opening shape storage")?;
+    let mode = if config.shape_db_exclusive_mode {
+        MetadataMode::Exclusive
+    } else {
+        MetadataMode::Wal
+    };
+    let options = MetadataOptions {
+        mode,
+        ..MetadataOptions::default()
+    };
+    let meta = SqliteMetadata::open(storage, &options).context("opening shape metadata")?;
+    Ok((store, meta))
+}
+
+/// Binds `ELECTRIC_PORT` and serves the API until `shutdown` flips.
+async fn start_http(
+    config: &Config,
+    service: Service<RealPg, FileStore>,
+    clock: &TokioClock,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let http_config = HttpConfig {
+        long_poll_timeout: config.long_poll_timeout,
+        cache_max_age: config.cache_max_age,
+        cache_stale_age: config.cache_stale_age,
+        // Request ids and cursor jitter only need to differ between processes.
+        rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
+        ..HttpConfig::new(config.effective_secret())
+    };
+    let app = router(service, http_config);
+    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on ELECTRIC_PORT={}", config.port))?;
+    info!(%addr, "HTTP API listening");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    }))
 }
 
 /// `DATABASE_URL`, or an embedded PostgreSQL inside the storage dir when it is unset.
