@@ -46,7 +46,7 @@ pub struct Config {
     pub secret: Option<String>,
 
     /// Run without a secret (development only).
-    #[arg(long, env = "ELECTRIC_INSECURE", default_value = "false", value_parser = boolean("ELECTRIC_INSECURE"))]
+    #[arg(long, env = "ELECTRIC_INSECURE", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("ELECTRIC_INSECURE"))]
     pub insecure: bool,
 
     /// Names the slot `electric_slot_<id>` and publication `electric_publication_<id>`.
@@ -74,7 +74,7 @@ pub struct Config {
     pub log_level: String,
 
     /// One exclusive SQLite connection with a rollback journal (for NFS/EFS storage).
-    #[arg(long, env = "ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE", default_value = "false", value_parser = boolean("ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE"))]
+    #[arg(long, env = "ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE"))]
     pub shape_db_exclusive_mode: bool,
 }
 
@@ -288,7 +288,8 @@ mod tests {
             ("--log-level", "loud", "ELECTRIC_LOG_LEVEL"),
             ("--cache-max-age", "-1", "ELECTRIC_CACHE_MAX_AGE"),
         ] {
-            let err = parse(&[flag, value]).expect_err("invalid").to_string();
+            let arg = format!("{flag}={value}");
+            let err = parse(&[&arg]).expect_err("invalid").to_string();
             assert!(err.contains(var), "{flag}={value}: {err}");
         }
     }
