@@ -47,6 +47,7 @@ async function clientSync(shapeUrl) {
   }
 }
 
+try {
 await withEnv({
   chunkBytes: CHUNK,
   longPollMs: 20_000,
@@ -78,3 +79,9 @@ await withEnv({
     ratio_warm_sync_to_copy: Number((warm.ms / copy.ms).toFixed(2)),
   }))
 })
+} catch (e) {
+  console.error(e)
+  process.exit(1)
+}
+// the client leaves a throttling timer of up to 60 s behind; everything of ours is stopped
+process.exit(0)

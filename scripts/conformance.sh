@@ -64,5 +64,7 @@ if [ "${1:-}" = bench ]; then
   exec node conformance/bench-initial-sync.mjs "$@"
 fi
 if [ $# -eq 0 ]; then set -- conformance/; fi
-# one test file at a time: the latency assertions must not compete for the 2 cores
-exec node --test --test-concurrency=1 "$@"
+# one test file at a time: the latency assertions must not compete for the 2 cores.
+# --test-force-exit: the client leaves a module-level timer of up to 60 s behind (UpToDateTracker
+# throttling its localStorage save), which would otherwise hold each test process open.
+exec node --test --test-force-exit --test-concurrency=1 "$@"

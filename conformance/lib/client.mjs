@@ -136,6 +136,18 @@ export class Mirror {
   }
 }
 
+/** `promise`, or a rejection naming `label` after `ms`; the timer is always cleared. */
+export async function withTimeout(promise, ms, label) {
+  let timer
+  try {
+    return await Promise.race([promise, new Promise((_, rej) => {
+      timer = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${label}`)), ms)
+    })])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 export function fmtErr(e) {
   if (!e) return String(e)
   const status = e.status !== undefined ? ` status=${e.status}` : ''

@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Shape } from '@electric-sql/client'
 import { withEnv } from '../lib/harness.mjs'
-import { openStream, assertRowsMatchTable, expectedRows, diffRows, tableColumns } from '../lib/client.mjs'
+import { openStream, withTimeout, assertRowsMatchTable, expectedRows, diffRows, tableColumns } from '../lib/client.mjs'
 import { ITEMS_DDL, itemsInsertRange } from '../lib/tables.mjs'
 
 const ROWS = 10_000
@@ -19,10 +19,7 @@ test('a 10,000-row table syncs through several chunks and the client rows equal 
     const shape = new Shape(h.stream) // the client's own materialised view, next to our strict mirror
     try {
       await h.mirror.waitUntil(() => h.mirror.upToDate > 0, 60_000, 'the first up-to-date', h.diag)
-      const rows = await Promise.race([
-        shape.rows,
-        new Promise((_, rej) => setTimeout(() => rej(new Error('Shape.rows did not resolve')), 10_000)),
-      ])
+      const rows = await withTimeout(shape.rows, 10_000, 'Shape.rows to resolve')
 
       // the rows, as the client parsed them, equal SELECT * parsed by the documented rules
       assert.equal(h.mirror.violations.length, 0, `log violations: ${h.mirror.violations.slice(0, 5).join('; ')}`)

@@ -253,6 +253,17 @@ pub struct SnapshotRequest {
     pub chunk_bytes_threshold: u64,
 }
 
+/// A table as the catalog describes it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CatalogTable {
+    /// The table without its generated columns: before PostgreSQL 18 pgoutput does not send
+    /// them, so tuples line up with exactly these columns.
+    pub schema: TableSchema,
+    /// Names of generated columns (`attgenerated <> ''`), in `attnum` order; shapes cannot
+    /// include them.
+    pub generated: Vec<String>,
+}
+
 /// Postgres, for the driver: replication and snapshots.
 pub trait PgPort: Clone + Send + Sync + 'static {
     /// The port's error.
@@ -272,7 +283,7 @@ pub trait PgPort: Clone + Send + Sync + 'static {
     fn table_schema(
         &self,
         relation: RelationName,
-    ) -> impl Future<Output = Result<Option<TableSchema>, Self::Error>> + Send + 'static;
+    ) -> impl Future<Output = Result<Option<CatalogTable>, Self::Error>> + Send + 'static;
 
     /// Adds the table to the publication, then takes the snapshot in a `REPEATABLE READ`
     /// transaction, writing its chunks through `writer`; returns `pg_current_snapshot()`.

@@ -10,16 +10,7 @@ use ampere_core::json::push_json_string;
 use ampere_core::pgoutput::Oid;
 use ampere_core::shape::{ColumnSchema, RelationName, TableSchema};
 
-/// A table as the catalog describes it: its schema plus what a shape may not select.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct CatalogTable {
-    /// Columns in `attnum` order (dropped columns excluded), key and modifiers.
-    pub schema: TableSchema,
-    /// Names of generated columns (`attgenerated <> ''`), in `attnum` order. They are also in
-    /// `schema.columns`; Postgres before 18 cannot replicate them, so the HTTP layer rejects a
-    /// shape that selects one (protocol.md §3.3).
-    pub generated: Vec<String>,
-}
+pub use ampere_core::ports::CatalogTable;
 
 /// Why a catalog lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +104,11 @@ pub async fn table(
         };
         let column = decode_column(row, name).map_err(malformed)?;
         let is_generated: String = row.try_get(6).map_err(|_| malformed("attgenerated"))?;
-        if !is_generated.is_empty() {
-            generated.push(column.name.clone());
+        if is_generated.is_empty() {
+            columns.push(column);
+        } else {
+            generated.push(column.name);
         }
-        columns.push(column);
     }
     let schema = TableSchema {
         oid: Oid(oid),

@@ -29,7 +29,7 @@ use ampere_core::ports::{
     DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationStarted, ReplicationStream,
     ReplicationTarget, SnapshotError, SnapshotRequest, SnapshotWriter, StandbyStatus,
 };
-use ampere_core::shape::{quote_ident, RelationName, TableSchema};
+use ampere_core::shape::{quote_ident, RelationName};
 use ampere_core::snapshot::PgSnapshot;
 
 use crate::catalog::{self, CatalogError, CatalogTable};
@@ -258,9 +258,9 @@ impl PgPort for RealPg {
     fn table_schema(
         &self,
         relation: RelationName,
-    ) -> impl Future<Output = Result<Option<TableSchema>, Self::Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<CatalogTable>, Self::Error>> + Send + 'static {
         let this = self.clone();
-        async move { Ok(this.catalog_table(&relation).await?.map(|t| t.schema)) }
+        async move { this.catalog_table(&relation).await }
     }
 
     fn take_snapshot<W: SnapshotWriter>(

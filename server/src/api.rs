@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ampere_core::ports::{LogStatus, ReadOutcome};
+use ampere_core::ports::{CatalogTable, LogStatus, ReadOutcome};
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::{LogOffset, Lsn};
 
@@ -60,7 +60,7 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
     fn table_schema(
         &self,
         relation: RelationName,
-    ) -> impl Future<Output = Result<Option<TableSchema>, CatalogUnavailable>> + Send;
+    ) -> impl Future<Output = Result<Option<CatalogTable>, CatalogUnavailable>> + Send;
     /// Returns the live shape for the definition, creating it (and starting its snapshot)
     /// if none exists. Resolves once the shape is registered, not when its snapshot ends.
     fn create_shape(

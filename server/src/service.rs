@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ampere_core::ports::{LogStatus, PgPort, ReadOutcome, ShapeLogStore};
+use ampere_core::ports::{CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore};
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::{LogOffset, Lsn};
 use tokio::sync::{mpsc, oneshot};
@@ -55,7 +55,7 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
     async fn table_schema(
         &self,
         relation: RelationName,
-    ) -> Result<Option<TableSchema>, CatalogUnavailable> {
+    ) -> Result<Option<CatalogTable>, CatalogUnavailable> {
         self.pg.table_schema(relation).await.map_err(|e| {
             warn!(error = %error_chain(&e), "catalog lookup failed");
             CatalogUnavailable

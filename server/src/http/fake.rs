@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ampere_core::pgoutput::Oid;
-use ampere_core::ports::{ChunkRead, LogEntry, LogStatus, ReadOutcome};
+use ampere_core::ports::{CatalogTable, ChunkRead, LogEntry, LogStatus, ReadOutcome};
 use ampere_core::shape::{
     ColumnSchema, HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema,
 };
@@ -219,15 +219,15 @@ impl ShapeApi for FakeApi {
     fn table_schema(
         &self,
         relation: RelationName,
-    ) -> impl Future<Output = Result<Option<TableSchema>, CatalogUnavailable>> + Send {
+    ) -> impl Future<Output = Result<Option<CatalogTable>, CatalogUnavailable>> + Send {
         let inner = self.lock();
         let result = if inner.is_catalog_down {
             Err(CatalogUnavailable)
         } else {
-            Ok(inner
-                .tables
-                .get(&relation)
-                .map(|(schema, _)| schema.clone()))
+            Ok(inner.tables.get(&relation).map(|(schema, _)| CatalogTable {
+                schema: schema.clone(),
+                generated: Vec::new(),
+            }))
         };
         std::future::ready(result)
     }

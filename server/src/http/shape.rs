@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ampere_core::offset::RequestOffset;
-use ampere_core::ports::{ChunkRead, LogStatus, ReadOutcome};
-use ampere_core::shape::{ShapeHandle, TableSchema};
+use ampere_core::ports::{CatalogTable, ChunkRead, LogStatus, ReadOutcome};
+use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
@@ -91,7 +91,7 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
         return Ok(info);
     }
     let relation = &params.definition.relation;
-    let schema = api
+    let table = api
         .table_schema(relation.clone())
         .await
         .map_err(|unavailable| ApiError::unavailable(unavailable.to_string(), 1))?
@@ -104,8 +104,8 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
                 ),
             )
         })?;
-    validate_columns(&schema, params.columns.as_deref())?;
-    api.create_shape(params.definition.clone(), schema)
+    validate_columns(&table, params.columns.as_deref())?;
+    api.create_shape(params.definition.clone(), table.schema)
         .await
         .map_err(|error| match error {
             CreateShapeError::NotReady(message) => ApiError::unavailable(message, 5),
@@ -117,16 +117,31 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
 }
 
 /// Checks a `columns` selection against the table (§3.3), in Electric's order: missing key
-/// columns, unknown columns, empty list. (Generated columns are not detected yet: the
-/// catalog does not report them.)
+/// columns, generated columns, unknown columns, empty list. Without a selection, a table
+/// with generated columns is refused too (pgoutput before PostgreSQL 18 cannot send them).
 pub(crate) fn validate_columns(
-    schema: &TableSchema,
+    table: &CatalogTable,
     requested: Option<&[String]>,
 ) -> Result<(), ApiError> {
-    let Some(requested) = requested else {
-        return Ok(());
-    };
+    let schema = &table.schema;
     let invalid = |message: String| Err(ApiError::invalid("columns", message));
+    let generated_message = |names: &[&str]| {
+        format!(
+            "The following columns are generated and cannot be included in the shape: {}",
+            names.join(", ")
+        )
+    };
+    let Some(requested) = requested else {
+        if table.generated.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = table.generated.iter().map(String::as_str).collect();
+        return invalid(format!(
+            "{}. You can exclude them from the shape by explicitly listing which columns to \
+             fetch in the 'columns' query param",
+            generated_message(&names)
+        ));
+    };
     let missing_key: Vec<&str> = schema
         .key_columns()
         .into_iter()
@@ -138,6 +153,15 @@ pub(crate) fn validate_columns(
             "The list of columns must include all primary key columns, missing: {}",
             missing_key.join(", ")
         ));
+    }
+    let generated: Vec<&str> = table
+        .generated
+        .iter()
+        .map(String::as_str)
+        .filter(|g| requested.iter().any(|r| r == g))
+        .collect();
+    if !generated.is_empty() {
+        return invalid(generated_message(&generated));
     }
     let mut unknown: Vec<&str> = Vec::new();
     for name in requested {
@@ -433,12 +457,12 @@ fn render_body(answer: &Answer) -> Bytes {
 #[cfg(test)]
 mod tests {
     use ampere_core::pgoutput::Oid;
-    use ampere_core::shape::{ColumnSchema, RelationName};
+    use ampere_core::shape::{ColumnSchema, RelationName, TableSchema};
 
     use super::*;
 
-    fn table(columns: &[(&str, Option<u32>)]) -> TableSchema {
-        TableSchema {
+    fn table(columns: &[(&str, Option<u32>)]) -> CatalogTable {
+        let schema = TableSchema {
             oid: Oid(1),
             relation: RelationName {
                 schema: "public".to_owned(),
@@ -456,10 +480,14 @@ mod tests {
                     modifiers: vec![],
                 })
                 .collect(),
+        };
+        CatalogTable {
+            schema,
+            generated: Vec::new(),
         }
     }
 
-    fn columns_error(schema: &TableSchema, requested: &[&str]) -> String {
+    fn columns_error(schema: &CatalogTable, requested: &[&str]) -> String {
         let requested: Vec<String> = requested.iter().map(|s| (*s).to_owned()).collect();
         match validate_columns(schema, Some(&requested)) {
             Err(ApiError::Invalid {
@@ -508,6 +536,25 @@ mod tests {
             columns_error(&t, &[]),
             "The list of columns must not be empty"
         );
+    }
+
+    #[test]
+    fn generated_columns_cannot_be_selected_or_implied() {
+        let mut t = table(&[("id", Some(0)), ("v", None)]);
+        t.generated = vec!["twice".to_owned()];
+        assert_eq!(
+            columns_error(&t, &["id", "twice"]),
+            "The following columns are generated and cannot be included in the shape: twice"
+        );
+        let Err(ApiError::Invalid { message, .. }) = validate_columns(&t, None) else {
+            panic!("a table with generated columns needs an explicit selection");
+        };
+        assert!(message.ends_with(
+            "twice. You can exclude them from the shape by explicitly listing which columns \
+             to fetch in the 'columns' query param"
+        ));
+        let ok = vec!["id".to_owned(), "v".to_owned()];
+        assert_eq!(validate_columns(&t, Some(&ok)), Ok(()));
     }
 
     #[test]
