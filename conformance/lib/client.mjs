@@ -297,7 +297,8 @@ export async function expectedRows(sql, table = 'items') {
 }
 
 function show(v) {
-  return JSON.stringify(v, (_, x) => (typeof x === 'bigint' ? `${x}n` : Number.isNaN(x) ? 'NaN' : x))
+  return JSON.stringify(v, (_, x) => (typeof x === 'bigint' ? `${x}n`
+    : typeof x === 'number' && !Number.isFinite(x) ? String(x) : x))
 }
 
 /** Compares two Maps key → row; returns a short list of differences (empty when equal). */

@@ -319,8 +319,16 @@ export class Ampere {
     throw new Error(`ampere did not exit within ${timeoutMs} ms of ${signal}`)
   }
 
-  logTail(lines = 60) {
-    return `--- ampere log (${this.logFile}) ---\n${tailFile(this.logFile, lines)}`
+  /** Panics and ERROR/WARN lines of the log (up to 20), then its last lines. */
+  logTail(lines = 40) {
+    let notable = ''
+    try {
+      const hits = fs.readFileSync(this.logFile, 'utf8').split('\n')
+        .filter((l) => /panicked|\bERROR\b|\bWARN\b|^===== start/.test(l))
+      notable = hits.slice(0, 20).map((l) => l.slice(0, 600)).join('\n')
+    } catch { /* no log */ }
+    return `--- ampere log (${this.logFile}): panics, errors, warnings ---\n${notable}\n` +
+      `--- ampere log: last ${lines} lines ---\n${tailFile(this.logFile, lines)}`
   }
 }
 
