@@ -20,7 +20,7 @@ use ampere_server::service::Service;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            // One line on stderr (the log goes there too, so no `error!` as well).
             eprintln!("ampere: {e:#}");
             ExitCode::FAILURE
         }

@@ -1,0 +1,634 @@
+//! The `ampere` binary at startup, run as a child process with a controlled environment:
+//! configuration errors, unusable storage, Postgres configurations that need an operator
+//! (fatal), an unreachable database (retried, not fatal), and a clean start and stop.
+//!
+//! Method: every test runs the real binary with `env_clear()` plus `PATH` and only the
+//! variables under test, a fresh `ELECTRIC_STORAGE_DIR` under `/tmp` (removed afterwards) and
+//! an HTTP port picked by binding `127.0.0.1:0`. Children are killed by PID when a test ends
+//! early, and every wait is bounded. Postgres is the shared throwaway cluster of this test
+//! binary (a database per test), or a dedicated cluster for `wal_level=replica`. HTTP is a
+//! minimal HTTP/1.1 GET over `TcpStream` (no client dependency).
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, sleep, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
+
+/// A configuration error must stop the process about at once.
+const CONFIG_EXIT: Duration = Duration::from_secs(5);
+/// A fatal Postgres configuration is found on the first connection.
+const FATAL_EXIT: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(50);
+
+// ---------------------------------------------------------------------------------------------
+// Scratch directories
+
+/// A fresh `/tmp` directory, removed on drop.
+struct Scratch {
+    root: PathBuf,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let root = PathBuf::from(format!(
+            "/tmp/ampere-startup-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).expect("create scratch dir");
+        Self { root }
+    }
+
+    /// `ELECTRIC_STORAGE_DIR`: inside the scratch dir, not created yet.
+    fn storage(&self) -> PathBuf {
+        self.root.join("storage")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary
+
+/// A running `ampere`, stderr captured; SIGKILLed by PID on drop if still running.
+struct Ampere {
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Ampere {
+    /// Runs the binary in `scratch` with only `PATH` and `vars` set.
+    fn spawn(scratch: &Scratch, vars: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ampere"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(vars.iter().copied())
+            .current_dir(&scratch.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ampere");
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let reader = Some(capture(pipe, Arc::clone(&stderr)));
+        Self {
+            child,
+            stderr,
+            reader,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        let bytes = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on ampere")
+    }
+
+    /// Waits for the exit (panicking after `timeout`), then for the rest of stderr.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.try_status() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ampere still running after {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            sleep(POLL);
+        };
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < deadline {
+                sleep(POLL);
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        status
+    }
+
+    /// Sends SIGTERM to this child's PID.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s TERM failed: {status}");
+    }
+}
+
+impl Drop for Ampere {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Child::kill signals this child's PID (SIGKILL); it cannot have been reaped yet.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn capture(mut pipe: ChildStderr, sink: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Runs ampere, expecting a non-zero exit within `within`; returns its stderr.
+fn run_to_failure(scratch: &Scratch, vars: &[(&str, &str)], within: Duration) -> String {
+    let mut ampere = Ampere::spawn(scratch, vars);
+    let status = ampere.wait_exit(within);
+    let stderr = ampere.stderr();
+    assert!(
+        !status.success(),
+        "ampere exited with {status}; stderr:\n{stderr}"
+    );
+    stderr
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` on `127.0.0.1:port` with `Connection: close`, read to the end.
+fn http_get(port: u16, path: &str) -> io::Result<Reply> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_reply(&raw).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad HTTP reply: {:?}", String::from_utf8_lossy(&raw)),
+        )
+    })
+}
+
+fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let split = find(raw, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Some(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(raw, b"\r\n") {
+        let size_line = String::from_utf8_lossy(&raw[..eol]).into_owned();
+        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
+            break;
+        };
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Polls `/v1/health` until it answers `status`; panics if ampere exits or `within` passes.
+fn wait_for_health(ampere: &mut Ampere, port: u16, status: u16, within: Duration) -> Reply {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = ampere.try_status() {
+            panic!(
+                "ampere exited ({exit}) before health said {status}:\n{}",
+                ampere.stderr()
+            );
+        }
+        let last = match http_get(port, "/v1/health") {
+            Ok(reply) if reply.status == status => return reply,
+            Ok(reply) => format!("{reply:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "/v1/health never answered {status} within {within:?} (last: {last}); stderr:\n{}",
+            ampere.stderr()
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Postgres
+
+/// A fresh database on the shared cluster.
+fn shared_database(name: &str) -> &'static EmbeddedPostgres {
+    let cluster = shared_for_tests().expect("shared test cluster starts");
+    cluster.create_database(name).expect("CREATE DATABASE");
+    cluster
+}
+
+/// Asserts that nothing connected to `listener` (a stand-in for Postgres).
+fn assert_never_connected(listener: &TcpListener, context: &str) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    match listener.accept() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => panic!("accept on the stand-in Postgres failed: {e}"),
+        Ok((_, from)) => panic!("{context}: ampere connected to Postgres (from {from})"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+#[test]
+fn without_a_secret_or_insecure_mode_startup_fails_at_once_naming_both_variables() {
+    let scratch = Scratch::new("nosecret");
+    let storage = scratch.storage();
+    let port = free_port().to_string();
+    let vars = [
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_PORT", port.as_str()),
+    ];
+    let stderr = run_to_failure(&scratch, &vars, CONFIG_EXIT);
+    assert!(stderr.contains("ELECTRIC_SECRET"), "{stderr}");
+    assert!(stderr.contains("ELECTRIC_INSECURE"), "{stderr}");
+    assert!(
+        !storage.exists(),
+        "storage dir created before config checks"
+    );
+}
+
+#[test]
+fn each_invalid_setting_stops_startup_with_a_message_naming_its_variable() {
+    let cases = [
+        ("ELECTRIC_PORT", "abc"),
+        ("ELECTRIC_LONG_POLL_TIMEOUT", "soon"),
+        ("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", "0"),
+        ("ELECTRIC_REPLICATION_STREAM_ID", "bad.id"),
+        ("ELECTRIC_INSECURE", "maybe"),
+        ("ELECTRIC_LOG_LEVEL", "loud"),
+    ];
+    // Everything else valid; a database nothing listens on, should startup go that far.
+    let database_url = format!("postgresql://postgres@127.0.0.1:{}/postgres", free_port());
+    let running: Vec<_> = cases
+        .iter()
+        .map(|&(var, value)| {
+            let scratch = Scratch::new("badvalue");
+            let storage = scratch.storage();
+            let port = free_port().to_string();
+            let mut vars = vec![
+                ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+                ("DATABASE_URL", database_url.as_str()),
+                ("ELECTRIC_PORT", port.as_str()),
+            ];
+            if var != "ELECTRIC_INSECURE" {
+                vars.push(("ELECTRIC_INSECURE", "true"));
+            }
+            vars.retain(|(name, _)| *name != var);
+            vars.push((var, value));
+            let ampere = Ampere::spawn(&scratch, &vars);
+            (var, value, scratch, ampere)
+        })
+        .collect();
+    for (var, value, scratch, mut ampere) in running {
+        let status = ampere.wait_exit(CONFIG_EXIT);
+        let stderr = ampere.stderr();
+        assert!(
+            !status.success(),
+            "{var}={value}: exited {status}:\n{stderr}"
+        );
+        assert!(stderr.contains(var), "{var}={value}: stderr:\n{stderr}");
+        assert!(
+            !scratch.storage().exists(),
+            "{var}={value}: storage touched"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+
+#[test]
+fn an_unusable_storage_dir_stops_startup_before_connecting_to_postgres() {
+    let scratch = Scratch::new("badstorage");
+    let file = scratch.root.join("a-file");
+    fs::write(&file, b"not a directory").expect("write file");
+    let cases = [
+        // a path under a regular file: cannot be created (root included)
+        file.join("sub"),
+        // procfs: cannot be created, and an existing dir refuses new files (root included)
+        PathBuf::from(format!("/proc/ampere-startup-{}/sub", std::process::id())),
+        PathBuf::from("/proc/self/fdinfo"),
+    ];
+    for storage in &cases {
+        // A stand-in Postgres that records whether ampere connected.
+        let postgres = TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
+        let pg_port = postgres.local_addr().expect("addr").port();
+        let database_url = format!("postgresql://postgres@127.0.0.1:{pg_port}/postgres");
+        let port = free_port().to_string();
+        let path = storage.to_str().expect("utf-8");
+        let vars = [
+            ("ELECTRIC_STORAGE_DIR", path),
+            ("ELECTRIC_INSECURE", "true"),
+            ("ELECTRIC_PORT", port.as_str()),
+            ("DATABASE_URL", database_url.as_str()),
+        ];
+        let stderr = run_to_failure(&scratch, &vars, CONFIG_EXIT);
+        assert!(stderr.contains("ELECTRIC_STORAGE_DIR"), "{path}: {stderr}");
+        assert!(
+            stderr.contains(path),
+            "{path}: stderr does not name it:\n{stderr}"
+        );
+        assert_never_connected(&postgres, path);
+    }
+    assert!(file.is_file(), "the regular file was replaced");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Postgres configuration
+
+#[test]
+fn postgres_without_logical_wal_level_is_fatal_and_the_message_says_how_to_fix_it() {
+    let mut options = EmbeddedOptions::for_tests();
+    options
+        .settings
+        .push(("wal_level".to_owned(), "replica".to_owned()));
+    let cluster = EmbeddedPostgres::start(options).expect("wal_level=replica cluster starts");
+    let scratch = Scratch::new("walreplica");
+    let storage = scratch.storage();
+    let port = free_port().to_string();
+    let url = cluster.admin_url();
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port.as_str()),
+    ];
+    let stderr = run_to_failure(&scratch, &vars, FATAL_EXIT);
+    assert!(stderr.contains("wal_level"), "{stderr}");
+    assert!(
+        stderr.contains("\"replica\""),
+        "names the current value: {stderr}"
+    );
+    assert!(
+        stderr.contains("wal_level = logical"),
+        "names the fix: {stderr}"
+    );
+    assert!(stderr.contains("restart PostgreSQL"), "{stderr}");
+}
+
+#[test]
+fn a_role_without_replication_is_fatal_and_the_message_says_how_to_grant_it() {
+    let cluster = shared_database("startup_norep");
+    cluster
+        .psql("postgres", "CREATE ROLE norep LOGIN PASSWORD 'x'")
+        .expect("CREATE ROLE norep");
+    let scratch = Scratch::new("norep");
+    let storage = scratch.storage();
+    let port = free_port().to_string();
+    let url = format!(
+        "postgresql://norep:x@127.0.0.1:{}/startup_norep",
+        cluster.port()
+    );
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port.as_str()),
+        // the slot namespace is cluster-wide: stay clear of other tests' slots
+        ("ELECTRIC_REPLICATION_STREAM_ID", "norep"),
+    ];
+    let stderr = run_to_failure(&scratch, &vars, FATAL_EXIT);
+    assert!(stderr.contains("REPLICATION"), "{stderr}");
+    assert!(
+        stderr.contains("ALTER ROLE norep WITH REPLICATION"),
+        "names the fix: {stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_is_retried_while_health_says_starting_and_shapes_get_503() {
+    let scratch = Scratch::new("unreachable");
+    let storage = scratch.storage();
+    let port = free_port();
+    let port_text = port.to_string();
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", free_port());
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port_text.as_str()),
+    ];
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    let first = wait_for_health(&mut ampere, port, 202, Duration::from_secs(10));
+    assert_eq!(first.body, r#"{"status":"starting"}"#);
+
+    let shape = http_get(port, "/v1/shape?table=items&offset=-1").expect("shape request");
+    assert_eq!(shape.status, 503, "{shape:?}");
+    let retry_after = shape.header("retry-after").expect("retry-after header");
+    assert!(retry_after.parse::<u32>().is_ok_and(|s| s > 0), "{shape:?}");
+
+    // Several seconds: still running, still starting.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(
+            ampere.try_status().is_none(),
+            "an unreachable database must not be fatal:\n{}",
+            ampere.stderr()
+        );
+        let health = http_get(port, "/v1/health").expect("health");
+        assert_eq!(
+            (health.status, health.body.as_str()),
+            (202, r#"{"status":"starting"}"#)
+        );
+        sleep(Duration::from_millis(500));
+    }
+    let stderr = ampere.stderr();
+    let attempts = stderr.matches("starting replication failed").count();
+    assert!(attempts >= 2, "expected retries in the log:\n{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(ampere.try_status().is_none(), "exited:\n{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The happy path
+
+#[test]
+fn a_clean_start_serves_shapes_and_sigterm_exits_zero_leaving_an_inactive_slot() {
+    let cluster = shared_database("startup_happy");
+    cluster
+        .psql(
+            "startup_happy",
+            "CREATE TABLE items (id int PRIMARY KEY, title text); \
+             INSERT INTO items VALUES (1, 'one')",
+        )
+        .expect("create items");
+    let scratch = Scratch::new("happy");
+    let storage = scratch.storage();
+    let port = free_port();
+    let port_text = port.to_string();
+    let url = cluster.url("postgres", "startup_happy");
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port_text.as_str()),
+    ];
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    let health = wait_for_health(&mut ampere, port, 200, Duration::from_secs(15));
+    assert_eq!(health.body, r#"{"status":"active"}"#);
+
+    let shape = http_get(port, "/v1/shape?table=items&offset=-1").expect("shape request");
+    assert_eq!(shape.status, 200, "{shape:?}\n{}", ampere.stderr());
+    assert!(
+        shape
+            .header("electric-handle")
+            .is_some_and(|h| !h.is_empty()),
+        "{shape:?}"
+    );
+    assert_eq!(shape.header("electric-offset"), Some("0_0"), "{shape:?}");
+    let schema = shape.header("electric-schema").expect("electric-schema");
+    assert!(
+        schema.contains(r#""id""#) && schema.contains(r#""title""#),
+        "{schema}"
+    );
+    assert!(shape.body.contains(r#""title":"one""#), "{shape:?}");
+
+    ampere.terminate();
+    let status = ampere.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "SIGTERM: exited {status}:\n{}",
+        ampere.stderr()
+    );
+    assert_slot_inactive(cluster, "electric_slot_default", "startup_happy");
+}
+
+/// The slot exists for `database` and (within a few seconds: the walsender notices the
+/// disconnection by itself) is inactive.
+fn assert_slot_inactive(cluster: &EmbeddedPostgres, slot: &str, database: &str) {
+    let sql =
+        format!("SELECT database, active FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = cluster.psql("postgres", &sql).expect("query slots");
+        assert!(!row.is_empty(), "slot {slot} does not exist");
+        if row == format!("{database}|f") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot}: {row:?}, expected inactive"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// No Postgres at all
+
+#[test]
+fn without_database_url_or_postgres_binaries_startup_fails_saying_how_to_install_postgresql() {
+    let scratch = Scratch::new("nobinaries");
+    let empty_bin = scratch.root.join("empty-bin");
+    fs::create_dir(&empty_bin).expect("create empty bin dir");
+    let storage = scratch.storage();
+    let port = free_port().to_string();
+    let vars = [
+        ("PG_BIN", empty_bin.to_str().expect("utf-8")),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port.as_str()),
+    ];
+    let stderr = run_to_failure(&scratch, &vars, FATAL_EXIT);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("install PostgreSQL"), "{stderr}");
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+    assert!(
+        stderr.contains(empty_bin.to_str().expect("utf-8")),
+        "names PG_BIN: {stderr}"
+    );
+}
+
+#[test]
+fn the_http_reply_parser_decodes_chunked_bodies() {
+    let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n\
+                3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+    let reply = parse_reply(raw).expect("parses");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-a"), Some("b"));
+    assert_eq!(reply.body, "abcde");
+}
