@@ -105,6 +105,11 @@ pub enum Input {
         /// Echo of the flush.
         op: OpId,
     },
+    /// The flush `op` failed: what it covered is not known to be durable.
+    LogsFlushFailed {
+        /// Echo of the flush.
+        op: OpId,
+    },
     /// A client asked for a shape (created unless it exists).
     ShapeRequested {
         /// Echoed in the reply.
@@ -347,6 +352,7 @@ impl Instance {
                 self.on_keepalive(wal_end, reply_requested);
             }
             Input::LogsFlushed { op } => self.on_flushed(op),
+            Input::LogsFlushFailed { op } => self.on_flush_failed(op),
             Input::ShapeRequested {
                 op,
                 definition,
@@ -702,6 +708,22 @@ impl Instance {
         let flushed_gen = d.flushed_gen;
         d.released.retain(|(g, _)| *g > flushed_gen);
         self.advance_confirmed();
+        self.maybe_flush();
+    }
+
+    /// Nothing the failed flush covered may be acknowledged. Restart replication: the slot
+    /// re-sends every transaction not yet confirmed, and the next flush covers it again.
+    fn on_flush_failed(&mut self, op: OpId) {
+        let Some((expected, _, _)) = self.durability.flush_in_flight else {
+            return;
+        };
+        assert_eq!(op, expected, "reply-issued: flush {op:?} was never issued");
+        self.durability.flush_in_flight = None;
+        if matches!(self.phase, Phase::Streaming { .. }) {
+            let reason = "flushing shape logs failed".to_owned();
+            self.outputs.push_back(Output::StopReplication { reason });
+            self.on_disconnected(DisconnectKind::Transient, String::new());
+        }
         self.maybe_flush();
     }
 

@@ -343,13 +343,10 @@ where
                 Input::ReplicationFailed { op, kind, message }
             }
             Completion::Flushed { op, result: Ok(()) } => Input::LogsFlushed { op },
-            Completion::Flushed { result: Err(e), .. } => {
-                // Unflushed data was never acknowledged; a restart replays it from the slot.
+            Completion::Flushed { op, result: Err(e) } => {
+                // Unflushed data was never acknowledged; the core replays it from the slot.
                 error!(error = %e, "flushing shape logs failed");
-                self.pending.push_back(Input::ReplicationLost {
-                    kind: ampere_core::ports::DisconnectKind::Transient,
-                });
-                return;
+                Input::LogsFlushFailed { op }
             }
             Completion::Snapshot {
                 op,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::harness::{flushes, items, kinds, others, statuses, Harness, Txn, START_LSN};
+use crate::instance::Input;
 use crate::lsn::Lsn;
 
 fn insert(xid: u32, commit_lsn: u64, id: &str) -> Txn {
@@ -205,4 +206,28 @@ fn every_status_of_a_busy_stream_is_ack_after_durable() {
     }
     h.keepalive(Lsn(lsn), false);
     assert_eq!(h.core().acked_lsn(), Lsn(lsn));
+}
+
+#[test]
+fn a_failed_flush_acknowledges_nothing_and_restarts_replication_to_replay() {
+    // Goal: a flush error must neither confirm what it covered nor leave the core waiting for
+    // a reply that never comes (which stalled every later flush).
+    // Method: commit, fail the flush, check the outputs, then reconnect and replay.
+    let mut h = Harness::streaming();
+    h.live_shape(&items());
+    h.commit(&insert(700, 0x2000, "1"));
+    h.take();
+    let op = h.pending_flush().expect("a FlushLogs awaits its reply");
+    h.input(Input::LogsFlushFailed { op });
+    let outputs = h.take();
+    assert!(kinds(&outputs).contains(&"StopReplication"), "{outputs:?}");
+    assert!(
+        flushes(&outputs).iter().all(|f| *f <= START_LSN),
+        "{outputs:?}"
+    );
+    assert!(!h.core().is_streaming());
+    assert!(
+        !h.core().has_flush_in_flight() || h.pending_flush().is_some(),
+        "a later flush can still be issued"
+    );
 }

@@ -728,7 +728,10 @@ impl Harness {
                         self.ledger.received = self.ledger.received.max(lsn);
                         self.announced.clear();
                     }
-                    Input::ReplicationLost { .. } => self.announced.clear(),
+                    // A failed flush restarts replication: tables are announced again.
+                    Input::ReplicationLost { .. } | Input::LogsFlushFailed { .. } => {
+                        self.announced.clear();
+                    }
                     Input::SnapshotTaken { op, .. } | Input::SnapshotFailed { op } => {
                         snapshot_done = Some(*op);
                     }

@@ -219,7 +219,6 @@ impl LogState {
         let len = u32::try_from(entry.json.len()).expect("invariant: append checked the length");
         if self.pending.records.is_empty() {
             self.pending.data_pos = self.appended_end;
-            self.pending.index_start = self.durable.len() as u64;
         }
         let record = IndexRecord {
             offset: entry.offset,
@@ -240,6 +239,9 @@ impl LogState {
         if self.pending.records.is_empty() {
             return None;
         }
+        // Decided here, not at the first append: entries appended while an earlier flush was
+        // in flight would otherwise count only the records durable at that time.
+        self.pending.index_start = self.durable.len() as u64;
         Some(std::mem::take(&mut self.pending))
     }
 
