@@ -39,6 +39,18 @@ pub use lsn::Lsn;
 pub use offset::LogOffset;
 pub use shapes::selected_columns;
 
+/// An error and its sources, joined by `: ` (top-level messages of wrapped errors say little).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 /// Identifies a command that expects a reply; the reply echoes it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct OpId(pub u64);

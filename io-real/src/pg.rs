@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
+use ampere_core::error_chain;
 use ampere_core::lsn::Lsn;
 use ampere_core::ports::{
     DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationStarted, ReplicationStream,
@@ -660,18 +661,6 @@ pub(crate) fn sql_error_kind(error: &tokio_postgres::Error) -> DisconnectKind {
     } else {
         DisconnectKind::Transient
     }
-}
-
-/// The error and its sources, joined by `: ` (driver errors say little at the top level).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 fn sql(during: &'static str) -> impl Fn(tokio_postgres::Error) -> PgPortError {

@@ -25,7 +25,9 @@ use ampere_core::ports::{DisconnectKind, SnapshotError, SnapshotRequest, Snapsho
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 
-use crate::pg::{error_chain, sql_error_kind};
+use ampere_core::error_chain;
+
+use crate::pg::sql_error_kind;
 use crate::replication::DISPLAY_SETTINGS;
 
 /// How long SN-2 waits for the transactions in progress after the publication change.

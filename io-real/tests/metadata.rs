@@ -2,10 +2,7 @@
 //! high-water mark only rises, rows survive reopening, and exclusive mode owns the file. Each
 //! test works in its own directory under /tmp, removed at the end.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{MetadataStore, StoredShape};
@@ -17,35 +14,8 @@ use ampere_io_real::metadata::{
     MetadataError, MetadataMode, MetadataOptions, SqliteMetadata, METADATA_FILE,
 };
 
-/// A fresh directory under /tmp, deleted on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from("/tmp").join(format!(
-            "ampere-metadata-{tag}-{}-{nanos}-{n}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn column(name: &str, type_oid: u32, typname: &str) -> ColumnSchema {
     ColumnSchema {

@@ -4,43 +4,15 @@
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome, ShapeLogStore, SnapshotWriter};
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 use ampere_io_real::store::{layout, probe_writable, FileStore, StoreError};
 
-/// A fresh directory under /tmp, deleted on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from("/tmp").join(format!(
-            "ampere-store-{tag}-{}-{nanos}-{n}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn off(text: &str) -> LogOffset {
     text.parse().expect("valid offset")

@@ -14,7 +14,7 @@ use ampere_core::ports::{
 };
 use ampere_core::shape::{HandleStamp, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
-use ampere_core::OpId;
+use ampere_core::{error_chain, OpId};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -430,16 +430,4 @@ where
         info!(acked = %core.acked_lsn(), "driver stopped");
         Ok(())
     }
-}
-
-/// An error and its sources, `: `-joined.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::api::{CatalogUnavailable, CreateShapeError, Health, ShapeApi, ShapeInfo};
-use crate::driver::{error_chain, Request};
+use crate::driver::Request;
 use crate::registry::Registry;
+use ampere_core::error_chain;
 
 /// How long a shape creation waits for the service to become active (then 503).
 const READY_WAIT: Duration = Duration::from_secs(5);
