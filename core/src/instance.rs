@@ -15,8 +15,8 @@ use crate::lsn::Lsn;
 use crate::offset::LogOffset;
 use crate::pgoutput::{Decoder, Oid, ProtoVersion};
 use crate::ports::{
-    DisconnectKind, LogEntry, RecoveredLog, ReplicationStarted, ReplicationTarget, SnapshotRequest,
-    StandbyStatus, StoredShape,
+    DisconnectKind, LogEntry, RecoveredLog, ReplicationTarget, SlotStarted, SnapshotRequest,
+    StandbyStatus, StorageIdentity, StoredShape, SystemIdentity,
 };
 use crate::shape::{HandleStamp, ShapeDefinition, ShapeHandle, TableSchema};
 use crate::shapes::{Invalidation, Shape, Stage};
@@ -24,6 +24,17 @@ use crate::snapshot::PgSnapshot;
 use crate::time::Instant;
 use crate::txn::{Transaction, TxnAssembler};
 use crate::OpId;
+
+mod lifecycle;
+
+/// How often a non-active instance re-reads the shapes the lock holder made (RO-1).
+const READ_MODEL_REFRESH: Duration = Duration::from_secs(1);
+/// How often a waiting instance polls the advisory lock (LK-4).
+const LOCK_POLL: Duration = Duration::from_secs(1);
+/// Period of the lock breaker's check (LB-1).
+const LOCK_BREAKER_PERIOD: Duration = Duration::from_secs(10);
+/// How long a holder must be seen before the breaker terminates it (LB-3).
+const LOCK_BREAKER_GRACE: Duration = Duration::from_secs(30);
 
 /// Static configuration of an instance.
 #[derive(Clone, Debug)]
@@ -62,19 +73,77 @@ pub struct RecoveredShape {
     pub log: RecoveredLog,
 }
 
+/// A shape as loaded by the lock holder: its row, and its log if the snapshot completed and
+/// the log recovered (`None`: incomplete or unreadable, to be discarded).
+#[derive(Clone, Debug)]
+pub struct LoadedShape {
+    /// Its metadata row.
+    pub stored: StoredShape,
+    /// What its log holds.
+    pub log: Option<RecoveredLog>,
+}
+
+/// What the lock holder found in storage.
+#[derive(Clone, Debug, Default)]
+pub struct LoadedStorage {
+    /// Every shape row.
+    pub shapes: Vec<LoadedShape>,
+    /// The handle-stamp high-water mark.
+    pub stamp: HandleStamp,
+    /// The replication identity storage follows; `None` on a first boot.
+    pub identity: Option<StorageIdentity>,
+}
+
+/// Readiness as `/v1/health` reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Health {
+    /// Holding the lock and streaming: shapes can be created.
+    Active,
+    /// Anything else once metadata is loaded: existing shapes are served read-only.
+    Waiting,
+}
+
 /// Facts the driver reports.
 #[derive(Debug)]
 pub enum Input {
+    /// A replication connection is open (not streaming, no lock yet).
+    ReplicationConnected {
+        /// Echo of [`Output::ConnectReplication`].
+        op: OpId,
+        /// What `IDENTIFY_SYSTEM` and the session query found.
+        identity: SystemIdentity,
+    },
+    /// A lock attempt returned.
+    LockAttempted {
+        /// Echo of [`Output::TryLock`].
+        op: OpId,
+        /// Whether this connection now holds the lock.
+        acquired: bool,
+    },
+    /// The lock breaker's query returned these holder pids (LB-1).
+    StaleLockHolders {
+        /// Echo of [`Output::FindStaleLockHolders`].
+        op: OpId,
+        /// Backends holding our lock while our slot is inactive.
+        pids: Vec<i32>,
+    },
+    /// Storage was promoted and loaded.
+    StorageLoaded {
+        /// Echo of [`Output::LoadStorage`].
+        op: OpId,
+        /// What it holds.
+        storage: LoadedStorage,
+    },
     /// Replication is streaming.
     ReplicationStarted {
-        /// Echo of [`Output::StartReplication`].
+        /// Echo of [`Output::StartStreaming`].
         op: OpId,
-        /// What connecting found.
-        started: ReplicationStarted,
+        /// What setting up the slot found.
+        slot: SlotStarted,
     },
-    /// Starting replication failed.
+    /// A step of connecting, locking, loading or starting failed.
     ReplicationFailed {
-        /// Echo of [`Output::StartReplication`].
+        /// Echo of the step's output.
         op: OpId,
         /// Retry or give up.
         kind: DisconnectKind,
@@ -140,17 +209,62 @@ pub enum Input {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
-    /// Connect replication; reply with `ReplicationStarted` or `ReplicationFailed`.
-    StartReplication {
+    /// Open a replication connection; reply `ReplicationConnected` or `ReplicationFailed`.
+    ConnectReplication {
+        /// Echoed in the reply.
+        op: OpId,
+    },
+    /// Try the advisory lock on that connection; reply `LockAttempted` or `ReplicationFailed`.
+    TryLock {
+        /// Echoed in the reply.
+        op: OpId,
+        /// The slot whose name keys the lock.
+        slot: String,
+    },
+    /// Run the lock breaker's query; reply `StaleLockHolders` (failures are ignored).
+    FindStaleLockHolders {
+        /// Echoed in the reply.
+        op: OpId,
+        /// The slot whose name keys the lock.
+        slot: String,
+        /// Our own replication backend, never a suspect.
+        own_pid: i32,
+    },
+    /// Terminate a backend that held the lock of an inactive slot for the whole grace period.
+    TerminateBackend {
+        /// The backend.
+        pid: i32,
+    },
+    /// With the lock held: switch storage to writing and load it; reply `StorageLoaded`
+    /// (a failure is fatal: storage needs an operator).
+    LoadStorage {
+        /// Echoed in the reply.
+        op: OpId,
+    },
+    /// Set up the slot and start streaming; reply `ReplicationStarted` or `ReplicationFailed`.
+    StartStreaming {
         /// Echoed in the reply.
         op: OpId,
         /// Slot and publication.
         target: ReplicationTarget,
     },
-    /// Close the replication stream (the core then reconnects after a backoff).
+    /// Close the replication connection (lock released), stop every storage write, and serve
+    /// read-only until the core has the lock again (LK-6).
     StopReplication {
         /// Why, for the log.
         reason: String,
+    },
+    /// Re-read the shapes other instances made, for read-only serving (RO-1).
+    RefreshReadModel,
+    /// Record the replication identity storage follows (before any ack it names, CT-5).
+    PersistIdentity {
+        /// The identity.
+        identity: StorageIdentity,
+    },
+    /// Every shape is being purged; for the log, metrics and health.
+    Purged {
+        /// Why continuity was lost.
+        reason: &'static str,
     },
     /// Send a standby status update on the replication stream.
     SendStandbyStatus(StandbyStatus),
@@ -211,15 +325,31 @@ pub enum Output {
     },
 }
 
-/// Replication connection phase.
+/// Replication connection phase: `Backoff → Connecting → Locking → Loading → Starting →
+/// Active`, back to `Backoff` on any failure. Everything but `Active` is `waiting`.
 #[derive(Debug)]
 enum Phase {
     /// Waiting to (re)connect at `at`.
     Backoff { at: Instant },
-    /// `StartReplication` in flight.
+    /// `ConnectReplication` in flight.
     Connecting { op: OpId },
-    /// Streaming; `since` for resetting the backoff.
-    Streaming { since: Instant },
+    /// Polling the advisory lock: `attempt` in flight, or the next at `next_try`.
+    Locking {
+        system: SystemIdentity,
+        attempt: Option<OpId>,
+        next_try: Instant,
+    },
+    /// Lock held; `LoadStorage` in flight (`issued`), or waiting for a flush from before the
+    /// last disconnect to finish first.
+    Loading {
+        op: OpId,
+        system: SystemIdentity,
+        issued: bool,
+    },
+    /// Storage loaded; `StartStreaming` in flight.
+    Starting { op: OpId, system: SystemIdentity },
+    /// Holding the lock and streaming; `since` for resetting the backoff.
+    Active { since: Instant },
     /// A fatal error was reported.
     Failed,
 }
@@ -242,6 +372,23 @@ pub struct Instance {
     next_status_at: Instant,
     next_op: u64,
     outputs: VecDeque<Output>,
+    /// The identity storage follows, once loaded (and what was last persisted).
+    identity: Option<StorageIdentity>,
+    /// Lock-breaker state (LB-1, LB-3).
+    breaker: LockBreaker,
+    /// While not active: when to refresh the read model next.
+    next_refresh_at: Instant,
+}
+
+/// The lock breaker: suspects seen holding the lock while our slot is inactive.
+#[derive(Debug, Default)]
+struct LockBreaker {
+    /// The query in flight.
+    query: Option<OpId>,
+    /// When to run the query next.
+    next_at: Option<Instant>,
+    /// Holder pid → when it was first seen in an unbroken run of checks.
+    suspects: BTreeMap<i32, Instant>,
 }
 
 /// Replication positions and the durable boundary (deploy-semantics RP-1..RP-5).
@@ -298,13 +445,9 @@ impl Durability {
 }
 
 impl Instance {
-    /// A new instance over the shapes recovered from storage; emits `StartReplication`.
-    pub fn new(
-        config: Config,
-        now: Instant,
-        recovered: Vec<RecoveredShape>,
-        stamp: HandleStamp,
-    ) -> Self {
+    /// A new instance. It holds no shapes until it has the lock and has loaded storage;
+    /// until then readers are served read-only from storage by the driver.
+    pub fn new(config: Config, now: Instant) -> Self {
         let mut instance = Self {
             config,
             now,
@@ -316,15 +459,15 @@ impl Instance {
             by_definition: BTreeMap::new(),
             by_relation: BTreeMap::new(),
             snapshots: BTreeMap::new(),
-            stamp,
+            stamp: HandleStamp::default(),
             durability: Durability::default(),
             next_status_at: now,
             next_op: 0,
             outputs: VecDeque::new(),
+            identity: None,
+            breaker: LockBreaker::default(),
+            next_refresh_at: now + READ_MODEL_REFRESH,
         };
-        for shape in recovered {
-            instance.restore(shape);
-        }
         instance.handle_timeout(now);
         instance
     }
@@ -333,14 +476,18 @@ impl Instance {
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         self.advance_clock(now);
         match input {
-            Input::ReplicationStarted { op, started } => self.on_started(op, started),
+            Input::ReplicationConnected { op, identity } => self.on_connected(op, identity),
+            Input::LockAttempted { op, acquired } => self.on_lock_attempted(op, acquired),
+            Input::StaleLockHolders { op, pids } => self.on_stale_lock_holders(op, pids),
+            Input::StorageLoaded { op, storage } => self.on_storage_loaded(op, storage),
+            Input::ReplicationStarted { op, slot } => self.on_started(op, slot),
             Input::ReplicationFailed { op, kind, message } => {
-                if matches!(self.phase, Phase::Connecting { op: o } if o == op) {
+                if self.awaits_step(op) {
                     self.on_disconnected(kind, message);
                 }
             }
             Input::ReplicationLost { kind } => {
-                if matches!(self.phase, Phase::Streaming { .. }) {
+                if self.is_active() {
                     self.on_disconnected(kind, "replication stream lost".into());
                 }
             }
@@ -374,17 +521,24 @@ impl Instance {
     /// Fires due timers. Call when [`Instance::poll_timeout`] has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance_clock(now);
-        if let Phase::Backoff { at } = self.phase {
-            if now >= at {
+        match self.phase {
+            Phase::Backoff { at } if now >= at => {
                 let op = self.op();
                 self.phase = Phase::Connecting { op };
-                let target = self.config.target.clone();
-                self.outputs
-                    .push_back(Output::StartReplication { op, target });
+                self.outputs.push_back(Output::ConnectReplication { op });
             }
+            Phase::Locking {
+                attempt: None,
+                next_try,
+                ..
+            } if now >= next_try => self.try_lock(),
+            Phase::Active { .. } if now >= self.next_status_at => self.send_status(),
+            _ => {}
         }
-        if matches!(self.phase, Phase::Streaming { .. }) && now >= self.next_status_at {
-            self.send_status();
+        self.run_lock_breaker_if_due();
+        if !self.is_active() && now >= self.next_refresh_at {
+            self.next_refresh_at = now + READ_MODEL_REFRESH;
+            self.outputs.push_back(Output::RefreshReadModel);
         }
         self.check_invariants();
     }
@@ -398,16 +552,40 @@ impl Instance {
     /// When to call [`Instance::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.phase {
+        let phase = match self.phase {
             Phase::Backoff { at } => Some(at),
-            Phase::Streaming { .. } => Some(self.next_status_at),
-            Phase::Connecting { .. } | Phase::Failed => None,
-        }
+            Phase::Locking {
+                attempt: None,
+                next_try,
+                ..
+            } => Some(next_try),
+            Phase::Active { .. } => Some(self.next_status_at),
+            Phase::Connecting { .. }
+            | Phase::Locking { .. }
+            | Phase::Loading { .. }
+            | Phase::Starting { .. }
+            | Phase::Failed => None,
+        };
+        let refresh = (!self.is_active()).then_some(self.next_refresh_at);
+        let breaker = self
+            .breaker
+            .next_at
+            .filter(|_| self.breaker.query.is_none());
+        [phase, refresh, breaker].into_iter().flatten().min()
     }
 
-    /// Whether replication is streaming (shapes can be created).
-    pub fn is_streaming(&self) -> bool {
-        matches!(self.phase, Phase::Streaming { .. })
+    /// Whether this instance holds the lock and streams (shapes can be created).
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Active { .. })
+    }
+
+    /// Readiness for `/v1/health`.
+    pub fn health(&self) -> Health {
+        if self.is_active() {
+            Health::Active
+        } else {
+            Health::Waiting
+        }
     }
 
     /// The last commit LSN durable in every shape (`global_last_seen_lsn`).
@@ -478,66 +656,6 @@ impl Instance {
 
 /// Replication events.
 impl Instance {
-    fn on_started(&mut self, op: OpId, started: ReplicationStarted) {
-        if !matches!(self.phase, Phase::Connecting { op: o } if o == op) {
-            return; // a reply the core no longer waits for
-        }
-        self.phase = Phase::Streaming { since: self.now };
-        let d = &mut self.durability;
-        if started.slot_created {
-            // A new slot's history starts at its consistent point, which may lie below what
-            // the old slot confirmed (PITR, another cluster): positions restart there.
-            let start = started.confirmed_flush_lsn;
-            let processed = Lsn(start.0.saturating_sub(1));
-            (d.received, d.processed, d.confirmed, d.acked) = (start, processed, start, start);
-            d.flushed_upto = Lsn::ZERO;
-            d.held.clear();
-            d.released.clear();
-            if let Some((op, gen, _)) = d.flush_in_flight {
-                d.flush_in_flight = Some((op, gen, processed));
-            }
-        }
-        if started.slot_created && !self.shapes.is_empty() {
-            // Continuity lost: the slot's history does not cover what storage holds.
-            let handles: Vec<_> = self.shapes.keys().cloned().collect();
-            for handle in handles {
-                self.remove_shape(&handle, "replication slot was created anew");
-            }
-        }
-        let d = &mut self.durability;
-        d.confirmed = d.confirmed.max(started.confirmed_flush_lsn);
-        d.acked = d.acked.max(started.confirmed_flush_lsn);
-        d.received = d.received.max(started.confirmed_flush_lsn);
-        d.processed = d
-            .processed
-            .max(Lsn(started.confirmed_flush_lsn.0.saturating_sub(1)));
-        self.next_status_at = self.now;
-    }
-
-    fn on_disconnected(&mut self, kind: DisconnectKind, message: String) {
-        if kind == DisconnectKind::Fatal {
-            self.phase = Phase::Failed;
-            self.outputs.push_back(Output::Fatal { message });
-            return;
-        }
-        if let Phase::Streaming { since } = self.phase {
-            if self.now.saturating_duration_since(since) >= Duration::from_secs(5) {
-                self.reconnect_attempts = 0;
-            }
-        }
-        let delay = self.reconnect_delay();
-        self.reconnect_attempts = self.reconnect_attempts.saturating_add(1);
-        self.phase = Phase::Backoff {
-            at: self.now + delay,
-        };
-        // The slot re-sends every transaction at or after the confirmed position: forget
-        // partial state; shapes drop replayed entries at or below their latest offset.
-        // Buffered transactions stay (and keep holding the position): the replay of one
-        // is recognised by its commit LSN.
-        self.decoder = Decoder::new(ProtoVersion::V1);
-        self.assembler = TxnAssembler::new();
-    }
-
     fn reconnect_delay(&self) -> Duration {
         let factor = 1u32 << self.reconnect_attempts.min(16);
         self.config
@@ -547,7 +665,7 @@ impl Instance {
     }
 
     fn on_xlog_data(&mut self, wal_end: Lsn, data: &[u8]) {
-        if !matches!(self.phase, Phase::Streaming { .. }) {
+        if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
         self.durability.received = self.durability.received.max(wal_end);
@@ -564,10 +682,7 @@ impl Instance {
 
     fn protocol_violation(&mut self, what: &str) {
         // Bad peer data is a state change, not a panic: reconnect and replay.
-        self.outputs.push_back(Output::StopReplication {
-            reason: format!("pgoutput: {what}"),
-        });
-        self.on_disconnected(DisconnectKind::Transient, String::new());
+        self.on_disconnected(DisconnectKind::Transient, format!("pgoutput: {what}"));
     }
 
     fn on_transaction(&mut self, txn: Transaction) {
@@ -663,7 +778,7 @@ impl Instance {
     }
 
     fn on_keepalive(&mut self, wal_end: Lsn, reply_requested: bool) {
-        if !matches!(self.phase, Phase::Streaming { .. }) {
+        if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
         let d = &mut self.durability;
@@ -703,6 +818,12 @@ impl Instance {
         };
         assert_eq!(op, expected, "reply-issued: flush {op:?} was never issued");
         d.flush_in_flight = None;
+        if !self.is_active() {
+            // A flush from before a disconnect: its data is reloaded from storage.
+            self.issue_load_storage();
+            return;
+        }
+        let d = &mut self.durability;
         d.flushed_gen = d.flushed_gen.max(gen);
         d.flushed_upto = d.flushed_upto.max(upto);
         let flushed_gen = d.flushed_gen;
@@ -719,12 +840,14 @@ impl Instance {
         };
         assert_eq!(op, expected, "reply-issued: flush {op:?} was never issued");
         self.durability.flush_in_flight = None;
-        if matches!(self.phase, Phase::Streaming { .. }) {
+        if self.is_active() {
+            // Nothing it covered may be acknowledged: reconnect, reload storage (its durable
+            // part) and let the slot re-send the rest.
             let reason = "flushing shape logs failed".to_owned();
-            self.outputs.push_back(Output::StopReplication { reason });
-            self.on_disconnected(DisconnectKind::Transient, String::new());
+            self.on_disconnected(DisconnectKind::Transient, reason);
+        } else {
+            self.issue_load_storage();
         }
-        self.maybe_flush();
     }
 
     fn advance_confirmed(&mut self) {
@@ -737,6 +860,7 @@ impl Instance {
     }
 
     fn send_status(&mut self) {
+        self.persist_acked(self.durability.confirmed);
         let d = &mut self.durability;
         assert!(
             d.confirmed >= d.acked,
@@ -770,7 +894,7 @@ impl Instance {
             self.outputs.push_back(Output::ShapeExists { op, handle });
             return;
         }
-        if !self.is_streaming() {
+        if !self.is_active() {
             let reason = "Timeout waiting for the replication stream to start";
             self.outputs.push_back(Output::ShapeRefused { op, reason });
             return;

@@ -94,6 +94,12 @@ pub trait ShapeLogStore: Clone + Send + Sync + 'static {
         handle: &ShapeHandle,
     ) -> impl Future<Output = Result<RecoveredLog, Self::Error>> + Send + 'static;
 
+    /// Switches to writing: called once the advisory lock is held, before `recover`. A store
+    /// opened for a standby writes nothing before this (RO-4).
+    fn promote(&self) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        std::future::ready(Ok(()))
+    }
+
     /// Reads the entries after `after` up to the end of its chunk (protocol.md §6.2).
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome;
     /// The shape's durable state, if the store has the shape.
@@ -142,6 +148,19 @@ pub trait MetadataStore: Clone + Send + Sync + 'static {
     fn load(
         &self,
     ) -> impl Future<Output = Result<(Vec<StoredShape>, HandleStamp), Self::Error>> + Send + 'static;
+    /// Switches to writing once the advisory lock is held (a standby opens read-only).
+    fn promote(&self) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        std::future::ready(Ok(()))
+    }
+    /// What storage last recorded about the replication stream; `None` on a first boot.
+    fn load_identity(
+        &self,
+    ) -> impl Future<Output = Result<Option<StorageIdentity>, Self::Error>> + Send + 'static;
+    /// Records the replication identity (durably, before the position it names is acked).
+    fn put_identity(
+        &self,
+        identity: StorageIdentity,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
     /// Inserts or replaces a shape row and raises the stamp high-water mark to `stamp`.
     fn put_shape(
         &self,
@@ -158,10 +177,57 @@ pub trait MetadataStore: Clone + Send + Sync + 'static {
 /// Where replication should stream from, and what to call things.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ReplicationTarget {
-    /// `electric_slot_<id>`.
+    /// `electric_slot_<id>` (or a random name for temporary slots, NM-3).
     pub slot: String,
     /// `electric_publication_<id>`.
     pub publication: String,
+    /// Persistent, or `TEMPORARY` (dropped when the walsender exits, §1.7).
+    pub slot_persistence: SlotPersistence,
+}
+
+/// Whether the replication slot outlives its connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum SlotPersistence {
+    /// `CREATE_REPLICATION_SLOT … LOGICAL` (the default).
+    #[default]
+    Persistent,
+    /// `CREATE_REPLICATION_SLOT … TEMPORARY LOGICAL` (`CLEANUP_REPLICATION_SLOTS_ON_SHUTDOWN`).
+    Temporary,
+}
+
+/// What a fresh replication connection learned before taking the lock (LK-3).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SystemIdentity {
+    /// `IDENTIFY_SYSTEM`'s system identifier (a u64, as decimal text).
+    pub system_id: String,
+    /// `IDENTIFY_SYSTEM`'s timeline.
+    pub timeline: u32,
+    /// `pg_backend_pid()` of the replication connection (never terminated by our breaker).
+    pub backend_pid: i32,
+}
+
+/// What setting up the slot found, once streaming started.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SlotStarted {
+    /// Whether the slot was created now (its history does not cover earlier storage).
+    pub slot_created: bool,
+    /// The slot's `confirmed_flush_lsn` (its `consistent_point` if just created).
+    pub confirmed_flush_lsn: Lsn,
+}
+
+/// What storage last recorded about the replication stream it follows (CT-5).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StorageIdentity {
+    /// The system identifier the shapes were built from.
+    pub system_id: String,
+    /// The timeline they were built on.
+    pub timeline: u32,
+    /// The slot they follow.
+    pub slot: String,
+    /// The last `flush` position acknowledged to that slot (persisted before it is sent).
+    pub acked: Lsn,
+    /// A purge was decided but may not have finished: the next lock holder purges (CT-2).
+    pub purge_pending: bool,
 }
 
 /// What connecting replication found.
@@ -264,12 +330,58 @@ pub struct CatalogTable {
     pub generated: Vec<String>,
 }
 
+/// A replication connection (`replication=database`) that is not streaming yet: it may hold
+/// the advisory lock (LK-2), released exactly when the connection ends. Methods take `self`
+/// and hand it back, so the driver can keep the operation in flight without borrowing.
+pub trait ReplicationSession: Send + Sized + 'static {
+    /// The session's error.
+    type Error: PgError;
+    /// The stream it becomes.
+    type Stream: ReplicationStream<Error = Self::Error>;
+
+    /// `SELECT pg_try_advisory_lock(hashtext('<slot>'))` on this connection (LK-1, LK-4).
+    /// Call again only while it answered `false`: these locks stack.
+    fn try_advisory_lock(
+        self,
+        slot: String,
+    ) -> impl Future<Output = (Self, Result<bool, Self::Error>)> + Send + 'static;
+
+    /// With the lock held: ensure the publication (recreating the slot when the publication
+    /// is new, SL-1), create or find the slot (SL-2), then `START_REPLICATION … 0/0` (SL-4).
+    fn start_streaming(
+        self,
+        target: ReplicationTarget,
+    ) -> impl Future<Output = Result<(Self::Stream, SlotStarted), Self::Error>> + Send + 'static;
+}
+
 /// Postgres, for the driver: replication and snapshots.
 pub trait PgPort: Clone + Send + Sync + 'static {
     /// The port's error.
     type Error: PgError;
     /// The replication stream type.
     type Stream: ReplicationStream;
+    /// A replication connection before streaming.
+    type Session: ReplicationSession<Error = Self::Error, Stream = Self::Stream>;
+
+    /// Opens a replication connection, runs `IDENTIFY_SYSTEM` and reads its backend pid
+    /// (LK-3). Mutates nothing in Postgres.
+    fn connect_replication(
+        &self,
+    ) -> impl Future<Output = Result<(Self::Session, SystemIdentity), Self::Error>> + Send + 'static;
+
+    /// Backends (other than `own_pid`) holding the advisory lock of `slot` while the slot of
+    /// that name exists in our database and is inactive (LB-1's query, without terminating).
+    fn stale_lock_holders(
+        &self,
+        slot: String,
+        own_pid: i32,
+    ) -> impl Future<Output = Result<Vec<i32>, Self::Error>> + Send + 'static;
+
+    /// `pg_terminate_backend(pid)` on an admin connection; whether a backend was signalled.
+    fn terminate_backend(
+        &self,
+        pid: i32,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send + 'static;
 
     /// Connects replication: identifies the system, ensures the publication and slot, and
     /// starts streaming from the slot's `confirmed_flush_lsn`.

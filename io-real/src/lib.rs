@@ -7,4 +7,5 @@ pub mod metadata;
 pub mod pg;
 pub mod replication;
 pub mod snapshot;
+pub mod standby_metadata;
 pub mod store;

@@ -1,41 +1,85 @@
-//! Shape metadata in SQLite (deploy-semantics MD-1 … MD-4).
+//! Shape metadata in SQLite (deploy-semantics MD-1 … MD-4, CT-5).
 //!
 //! Owns one file, `<dir>/shapes.sqlite3`: a row per shape (handle, identity digest, relation
-//! OID, definition, table schema and snapshot as JSON text, the filter flag) and a key/value
-//! table holding the handle-stamp high-water mark. Versioned with `PRAGMA user_version`.
+//! OID, definition, table schema and snapshot as JSON text, the filter flag), a key/value
+//! table holding the handle-stamp high-water mark, and one `storage_identity` row (CT-5: the
+//! system, timeline and slot the shapes follow, the acknowledged position, a pending purge).
+//! Versioned with `PRAGMA user_version`: v1 had no identity table; v2 adds it, and opening a
+//! v1 file for writing migrates it in place, keeping every row.
 //!
 //! Never: holds facts the shape directories lack (the metadata is an index that can be rebuilt,
-//! MD-3), or runs SQLite on an async thread: every call runs in `spawn_blocking` with the one
-//! connection behind a mutex. Writes use `BEGIN IMMEDIATE` (MD-1).
+//! MD-3; the storage identity is the one exception, and losing it makes the next lock holder
+//! purge rather than serve gaps), or runs SQLite on an async thread: every call runs in
+//! `spawn_blocking` with the one connection behind a mutex. Writes use `BEGIN IMMEDIATE` (MD-1).
 //!
 //! Modes (MD-2): [`MetadataMode::Wal`] (default) uses `journal_mode=WAL`;
 //! [`MetadataMode::Exclusive`] (`ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE=true`, needed on NFS/EFS,
 //! whose locks WAL's shared-memory index cannot trust) uses `journal_mode=DELETE` and
 //! `locking_mode=EXCLUSIVE`, keeping the file locked while the store lives; only this mode
 //! may be in memory. Both modes use one connection here; MD-2's read-only pool is not needed
-//! while every read is a short query at boot.
+//! while every read is a short query.
+//!
+//! **Durability.** Commits are as durable as `synchronous` makes them (MD-3, `OFF` by
+//! default): every commit survives a crash of the process (SQLite has handed it to the OS, in
+//! the WAL or the database file), but with `OFF` a power loss or kernel crash may lose the
+//! latest ones. For [`MetadataStore::put_identity`] that loss is safe, not silent: the acked
+//! position read back is then older than the slot's `confirmed_flush_lsn`, and CT-1 (B3) purges.
+//! Set `synchronous=FULL` to avoid such purges after a power loss.
+//!
+//! **Standby** ([`SqliteMetadata::open_read_only`], RO-1, RO-4, MD-4): a connection opened with
+//! `SQLITE_OPEN_READONLY` that never creates the schema, migrates, checkpoints or writes a row;
+//! writes through it fail with [`MetadataError::ReadOnly`] before touching the file. How it reads
+//! depends on what the writer left (SQLite itself would create the `-wal`/`-shm` files, which
+//! would be a write to shared storage):
+//!
+//! - Rollback journal (`journal_mode=DELETE`, exclusive mode): an ordinary read-only connection.
+//!   While an exclusive-mode writer lives it holds the file locked, so reads are busy (MD-2:
+//!   that mode serves one process).
+//! - WAL with its `-wal` and `-shm` files present (a writer is running or crashed): an ordinary
+//!   read-only connection, kept open. Like every WAL reader it takes read marks in the `-shm`
+//!   shared-memory index (locking state, not data); while it is open a writer that closes
+//!   cleanly leaves both files in place, so they cannot vanish under it.
+//! - WAL without a `-wal` file (the writer closed cleanly: everything is in the database file):
+//!   each read opens the file `immutable=1` (no locks, no `-wal`/`-shm`) and is kept only if
+//!   the file's identity, length and mtime are unchanged afterwards and no `-wal` appeared (a
+//!   writer must create it before it can change the file); otherwise it is retried, normally
+//!   as an ordinary connection. A microsecond window remains between seeing both files and
+//!   SQLite opening them, in which a writer closing cleanly makes SQLite recreate them empty:
+//!   SQLite's own files, harmless to any later writer.
+//!
+//! Reads on a standby treat busy, locked, "database disk image is malformed" (NFS lock gaps),
+//! schema changes and hot journals it may not roll back as transient: a few attempts with
+//! short sleeps, then [`MetadataError::Transient`] (the caller retries later).
 
 use std::fs;
 use std::future::Future;
+use std::io::{self, Read as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use ampere_core::pgoutput::Oid;
-use ampere_core::ports::{MetadataStore, StoredShape};
+use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{
     ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
 };
 use ampere_core::snapshot::{FullXid, PgSnapshot};
+use ampere_core::Lsn;
 
 /// The metadata file's name inside its directory.
 pub const METADATA_FILE: &str = "shapes.sqlite3";
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// The version that introduced `storage_identity`; older files have no identity.
+const IDENTITY_VERSION: i64 = 2;
 
 /// Key of the handle-stamp high-water mark in `settings`.
 const STAMP_HWM_KEY: &str = "handle_stamp_hwm";
@@ -56,6 +100,31 @@ const SCHEMA_V1: &str = "
         value INTEGER NOT NULL
     ) STRICT;
 ";
+
+/// v1 → v2: the storage identity, at most one row (`id = 1`).
+const SCHEMA_V2: &str = "
+    CREATE TABLE storage_identity (
+        id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+        system_id TEXT NOT NULL,
+        timeline INTEGER NOT NULL,
+        slot TEXT NOT NULL,
+        acked_lsn INTEGER NOT NULL,
+        purge_pending INTEGER NOT NULL
+    ) STRICT;
+";
+
+/// Attempts a standby read makes before reporting [`MetadataError::Transient`] (MD-4).
+const READ_ATTEMPTS: u32 = 4;
+
+/// Pause between a standby's read attempts.
+const READ_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// A standby waits at most this long per attempt for a writer's lock: with
+/// [`READ_ATTEMPTS`] a read gives up within about a second instead of holding a request for
+/// attempts × the writer's `busy_timeout`.
+const READ_BUSY_TIMEOUT_MAX: Duration = Duration::from_millis(200);
+
+const _: () = assert!(READ_ATTEMPTS >= 2, "MD-4 retries at least once");
 
 /// How the database file is shared (MD-2).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -93,13 +162,15 @@ impl Synchronous {
 /// How to open the metadata database.
 #[derive(Clone, Debug)]
 pub struct MetadataOptions {
-    /// WAL or exclusive (`ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE`).
+    /// WAL or exclusive (`ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE`). A read-only handle ignores it and
+    /// follows the journal mode the file is in.
     pub mode: MetadataMode,
     /// `ELECTRIC_SHAPE_DB_SYNCHRONOUS`.
     pub synchronous: Synchronous,
     /// `ELECTRIC_SHAPE_DB_CACHE_SIZE`, in KiB.
     pub cache_size_kib: u32,
-    /// How long a statement waits for another process's lock before failing with "busy".
+    /// How long a statement waits for another process's lock before failing with "busy" (a
+    /// read-only handle waits at most 200 ms per attempt).
     pub busy_timeout: Duration,
 }
 
@@ -114,7 +185,8 @@ impl Default for MetadataOptions {
     }
 }
 
-/// Shape metadata in one SQLite database. Cheap to clone: clones share the connection.
+/// Shape metadata in one SQLite database. Cheap to clone: clones share the connection (and
+/// see a [`SqliteMetadata::promote`]).
 #[derive(Clone)]
 pub struct SqliteMetadata {
     inner: Arc<Shared>,
@@ -123,7 +195,23 @@ pub struct SqliteMetadata {
 struct Shared {
     /// The file, or `:memory:`; named in errors.
     path: PathBuf,
-    connection: Mutex<Connection>,
+    access: Mutex<Access>,
+}
+
+/// What the handle may do with the file.
+enum Access {
+    /// The lock holder's read-write connection.
+    Writer(Connection),
+    /// A standby's read-only view (RO-4).
+    Reader(Reader),
+}
+
+/// A standby's connection state: opened lazily, dropped after a transient failure.
+struct Reader {
+    busy_timeout: Duration,
+    cache_size_kib: u32,
+    /// The kept ordinary read-only connection, once the file's layout allows one.
+    connection: Option<Connection>,
 }
 
 /// Why a metadata operation failed.
@@ -136,7 +224,7 @@ pub enum MetadataError {
         path: PathBuf,
         /// The OS error.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     /// SQLite failed.
     #[error("shape metadata {path}: {op} failed")]
@@ -148,6 +236,45 @@ pub enum MetadataError {
         /// SQLite's error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// Looking at the database's files (a standby deciding how to read) failed.
+    #[error("shape metadata {path}: cannot {op}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A read-only handle has no database to read yet: the writer has not created it (or
+    /// not its schema). A standby treats this as "no shapes" and looks again later.
+    #[error("shape metadata {path} does not exist yet")]
+    NotCreatedYet {
+        /// The database.
+        path: PathBuf,
+    },
+    /// A write through a read-only handle (RO-4); the file was not touched.
+    #[error("shape metadata {path} is open read-only (not the lock holder)")]
+    ReadOnly {
+        /// The database.
+        path: PathBuf,
+    },
+    /// A standby's read kept failing in a way a writer causes briefly (MD-4): busy or locked,
+    /// "database disk image is malformed" across an NFS lock gap, a hot journal it may not
+    /// roll back, or the file changing under a snapshot read. Retry later.
+    #[error("shape metadata {path}: still unreadable after {attempts} attempts ({reason})")]
+    Transient {
+        /// The database.
+        path: PathBuf,
+        /// Attempts made.
+        attempts: u32,
+        /// What the last attempt ran into.
+        reason: &'static str,
+        /// SQLite's error, when the last attempt got one.
+        #[source]
+        source: Option<rusqlite::Error>,
     },
     /// SQLite refused a journal mode (for example WAL on a file system without shared memory).
     #[error("shape metadata {path}: journal_mode={wanted} was refused (got {got})")]
@@ -184,6 +311,16 @@ pub enum MetadataError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored integer is outside its type's range (only a hand edit can do that).
+    #[error("shape metadata {path}: stored {what} {value} is out of range")]
+    InvalidValue {
+        /// The database.
+        path: PathBuf,
+        /// What the value is.
+        what: &'static str,
+        /// The stored value.
+        value: i64,
+    },
     /// A value does not fit SQLite's signed 64-bit INTEGER.
     #[error("shape metadata: {what} {value} does not fit SQLite's INTEGER")]
     OutOfRange {
@@ -208,16 +345,11 @@ pub enum MetadataError {
 }
 
 impl SqliteMetadata {
-    /// Opens (creating if needed) `<dir>/shapes.sqlite3`, applies the mode's pragmas and
-    /// migrates the schema. Blocking; call at startup.
+    /// Opens (creating if needed) `<dir>/shapes.sqlite3` for writing, applies the mode's
+    /// pragmas and migrates the schema. Blocking; call at startup, on the lock holder only.
     pub fn open(dir: &Path, options: &MetadataOptions) -> Result<Self, MetadataError> {
-        fs::create_dir_all(dir).map_err(|source| MetadataError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join(METADATA_FILE);
-        let connection = Connection::open(&path).map_err(sqlite_err(&path, "open"))?;
-        Self::init(path, connection, options)
+        let (path, connection) = open_writer(dir, options)?;
+        Ok(Self::with_access(path, Access::Writer(connection)))
     }
 
     /// An in-memory database (`ELECTRIC_SHAPE_DB_STORAGE_DIR=:memory:`), only in
@@ -227,8 +359,58 @@ impl SqliteMetadata {
             return Err(MetadataError::MemoryNeedsExclusive);
         }
         let path = PathBuf::from(":memory:");
-        let connection = Connection::open_in_memory().map_err(sqlite_err(&path, "open"))?;
-        Self::init(path, connection, options)
+        let mut connection = Connection::open_in_memory().map_err(sqlite_err(&path, "open"))?;
+        configure(&path, &connection, options)?;
+        migrate(&path, &mut connection)?;
+        Ok(Self::with_access(path, Access::Writer(connection)))
+    }
+
+    /// Opens `<dir>/shapes.sqlite3` read-only for a standby (RO-1, RO-4, MD-4): no directory
+    /// or file is created, no schema created or migrated, nothing written, not even at close.
+    /// [`MetadataError::NotCreatedYet`] if the writer has not created the database (or its
+    /// schema) yet: the caller treats that as "no shapes" and opens again later. Reads the
+    /// schema version once (transient failures are retried, then reported). Blocking.
+    pub fn open_read_only(dir: &Path, options: &MetadataOptions) -> Result<Self, MetadataError> {
+        let path = dir.join(METADATA_FILE);
+        let mut reader = Reader {
+            busy_timeout: options.busy_timeout.min(READ_BUSY_TIMEOUT_MAX),
+            cache_size_kib: options.cache_size_kib,
+            connection: None,
+        };
+        reader.read(&path, |path, connection| {
+            let tx = connection
+                .transaction()
+                .map_err(sqlite_err(path, "begin"))?;
+            readable_version(path, &tx).map(drop)
+        })?;
+        Ok(Self::with_access(path, Access::Reader(reader)))
+    }
+
+    /// Turns a read-only handle into the writer once this instance holds the lock: opens the
+    /// file read-write (creating it if needed), applies the pragmas and migrates, exactly as
+    /// [`SqliteMetadata::open`]; every clone writes from then on. A writer stays as it is.
+    pub fn promote(
+        &self,
+        options: &MetadataOptions,
+    ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        let options = options.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut access = inner.access();
+                let Access::Reader(reader) = &mut *access else {
+                    return Ok(());
+                };
+                // Close the read-only connection first: exclusive mode locks the file.
+                reader.connection = None;
+                let dir = inner.path.parent().unwrap_or_else(|| Path::new("."));
+                let (_, connection) = open_writer(dir, &options)?;
+                *access = Access::Writer(connection);
+                Ok(())
+            })
+            .await
+            .map_err(|source| MetadataError::Worker { source })?
+        }
     }
 
     /// The database file (`:memory:` for an in-memory one).
@@ -236,40 +418,63 @@ impl SqliteMetadata {
         &self.inner.path
     }
 
-    fn init(
-        path: PathBuf,
-        mut connection: Connection,
-        options: &MetadataOptions,
-    ) -> Result<Self, MetadataError> {
-        configure(&path, &connection, options)?;
-        migrate(&path, &mut connection)?;
-        Ok(Self {
-            inner: Arc::new(Shared {
-                path,
-                connection: Mutex::new(connection),
-            }),
-        })
+    /// Whether this handle refuses writes (opened with [`SqliteMetadata::open_read_only`] and
+    /// not promoted).
+    pub fn is_read_only(&self) -> bool {
+        matches!(*self.inner.access(), Access::Reader(_))
     }
 
-    /// Runs `work` on the connection in a blocking task.
-    fn with_connection<T: Send + 'static>(
+    fn with_access(path: PathBuf, access: Access) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                path,
+                access: Mutex::new(access),
+            }),
+        }
+    }
+
+    /// Runs a read in a blocking task: once on the writer's connection; on a standby with
+    /// MD-4's retries.
+    fn read<T: Send + 'static>(
+        &self,
+        work: fn(&Path, &mut Connection) -> Result<T, MetadataError>,
+    ) -> impl Future<Output = Result<T, MetadataError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            tokio::task::spawn_blocking(move || match &mut *inner.access() {
+                Access::Writer(connection) => work(&inner.path, connection),
+                Access::Reader(reader) => reader.read(&inner.path, work),
+            })
+            .await
+            .map_err(|source| MetadataError::Worker { source })?
+        }
+    }
+
+    /// Runs a write in a blocking task; a read-only handle refuses it without touching the
+    /// file (RO-4).
+    fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Path, &mut Connection) -> Result<T, MetadataError> + Send + 'static,
     ) -> impl Future<Output = Result<T, MetadataError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         async move {
-            tokio::task::spawn_blocking(move || {
-                // A panic mid-statement leaves SQLite consistent (the transaction rolls back on
-                // drop), so a poisoned lock is still a usable connection.
-                let mut connection = inner
-                    .connection
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                work(&inner.path, &mut connection)
+            tokio::task::spawn_blocking(move || match &mut *inner.access() {
+                Access::Writer(connection) => work(&inner.path, connection),
+                Access::Reader(_) => Err(MetadataError::ReadOnly {
+                    path: inner.path.clone(),
+                }),
             })
             .await
             .map_err(|source| MetadataError::Worker { source })?
         }
+    }
+}
+
+impl Shared {
+    fn access(&self) -> MutexGuard<'_, Access> {
+        // A panic mid-statement leaves SQLite consistent (the transaction rolls back on drop),
+        // so a poisoned lock is still a usable connection.
+        self.access.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -280,7 +485,22 @@ impl MetadataStore for SqliteMetadata {
         &self,
     ) -> impl Future<Output = Result<(Vec<StoredShape>, HandleStamp), MetadataError>> + Send + 'static
     {
-        self.with_connection(load_blocking)
+        self.read(load_blocking)
+    }
+
+    fn load_identity(
+        &self,
+    ) -> impl Future<Output = Result<Option<StorageIdentity>, MetadataError>> + Send + 'static {
+        self.read(load_identity_blocking)
+    }
+
+    /// Replaces the one identity row in a `BEGIN IMMEDIATE` transaction: durable against a
+    /// process crash once this resolves, against power loss per `synchronous` (module docs).
+    fn put_identity(
+        &self,
+        identity: StorageIdentity,
+    ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
+        self.write(move |path, connection| put_identity_blocking(path, connection, &identity))
     }
 
     fn put_shape(
@@ -288,9 +508,7 @@ impl MetadataStore for SqliteMetadata {
         shape: StoredShape,
         stamp: HandleStamp,
     ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
-        self.with_connection(move |path, connection| {
-            put_shape_blocking(path, connection, &shape, stamp)
-        })
+        self.write(move |path, connection| put_shape_blocking(path, connection, &shape, stamp))
     }
 
     fn delete_shape(
@@ -298,7 +516,7 @@ impl MetadataStore for SqliteMetadata {
         handle: &ShapeHandle,
     ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
         let handle = handle.clone();
-        self.with_connection(move |path, connection| {
+        self.write(move |path, connection| {
             let tx = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sqlite_err(path, "begin"))?;
@@ -309,9 +527,289 @@ impl MetadataStore for SqliteMetadata {
     }
 }
 
+impl Reader {
+    /// One read with MD-4's retries: transient failures drop the connection (a fresh one
+    /// rereads the file's state), sleep briefly and try again.
+    fn read<T>(
+        &mut self,
+        path: &Path,
+        work: impl Fn(&Path, &mut Connection) -> Result<T, MetadataError>,
+    ) -> Result<T, MetadataError> {
+        let mut last = ("not attempted", None::<rusqlite::Error>);
+        for attempt in 0..READ_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(READ_RETRY_DELAY);
+            }
+            match self.attempt(path, &work) {
+                Ok(value) => return Ok(value),
+                Err(Attempt::Fail(err)) => return Err(err),
+                Err(Attempt::Retry { reason, source }) => {
+                    tracing::debug!(path = %path.display(), reason, "shape metadata read retried");
+                    self.connection = None;
+                    last = (reason, source);
+                }
+            }
+        }
+        Err(MetadataError::Transient {
+            path: path.to_path_buf(),
+            attempts: READ_ATTEMPTS,
+            reason: last.0,
+            source: last.1,
+        })
+    }
+
+    fn attempt<T>(
+        &mut self,
+        path: &Path,
+        work: &impl Fn(&Path, &mut Connection) -> Result<T, MetadataError>,
+    ) -> Result<T, Attempt> {
+        if self.connection.is_none() {
+            match Layout::inspect(path)? {
+                Layout::Missing => {
+                    return Err(Attempt::Fail(MetadataError::NotCreatedYet {
+                        path: path.to_path_buf(),
+                    }))
+                }
+                Layout::Live => {
+                    let connection = self.open(path, &path_uri(path, false))?;
+                    self.connection = Some(connection);
+                }
+                Layout::Checkpointed(before) => return self.snapshot_read(path, before, work),
+                Layout::WalWithoutIndex => {
+                    return Err(Attempt::Retry {
+                        reason: "a WAL file without its shared-memory index",
+                        source: None,
+                    })
+                }
+            }
+        }
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("invariant: opened just above or kept from an earlier read");
+        work(path, connection).map_err(Attempt::classify)
+    }
+
+    /// Reads a checkpointed WAL database with `immutable=1` and keeps the answer only if the
+    /// file did not change meanwhile (module docs).
+    fn snapshot_read<T>(
+        &self,
+        path: &Path,
+        before: FileStamp,
+        work: &impl Fn(&Path, &mut Connection) -> Result<T, MetadataError>,
+    ) -> Result<T, Attempt> {
+        let mut connection = self.open(path, &path_uri(path, true))?;
+        let result = work(path, &mut connection).map_err(Attempt::classify);
+        drop(connection);
+        match Layout::inspect(path)? {
+            Layout::Checkpointed(after) if after == before => result,
+            _ => Err(Attempt::Retry {
+                reason: "the database changed during a snapshot read",
+                source: None,
+            }),
+        }
+    }
+
+    /// Opens a read-only connection that never checkpoints at close and refuses writes.
+    fn open(&self, path: &Path, uri: &str) -> Result<Connection, Attempt> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let fail = |op| move |source| Attempt::classify(sqlite_err(path, op)(source));
+        let connection = Connection::open_with_flags(uri, flags).map_err(fail("open read-only"))?;
+        connection
+            .busy_timeout(self.busy_timeout)
+            .map_err(fail("set busy_timeout"))?;
+        connection
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(fail("disable checkpoint on close"))?;
+        connection
+            .pragma_update(None, "query_only", true)
+            .map_err(fail("set query_only"))?;
+        connection
+            .pragma_update(None, "cache_size", -i64::from(self.cache_size_kib))
+            .map_err(fail("set cache_size"))?;
+        Ok(connection)
+    }
+}
+
+/// One read attempt's failure: worth another attempt, or final.
+enum Attempt {
+    Retry {
+        reason: &'static str,
+        source: Option<rusqlite::Error>,
+    },
+    Fail(MetadataError),
+}
+
+impl Attempt {
+    fn classify(err: MetadataError) -> Self {
+        let reason = match &err {
+            MetadataError::Sqlite { source, .. } => transient_reason(source),
+            _ => None,
+        };
+        match (reason, err) {
+            (Some(reason), MetadataError::Sqlite { source, .. }) => Self::Retry {
+                reason,
+                source: Some(source),
+            },
+            (_, err) => Self::Fail(err),
+        }
+    }
+}
+
+impl From<MetadataError> for Attempt {
+    fn from(err: MetadataError) -> Self {
+        Self::classify(err)
+    }
+}
+
+/// Why a SQLite error on a standby is worth retrying (MD-4), if it is.
+fn transient_reason(err: &rusqlite::Error) -> Option<&'static str> {
+    // Extended result codes of SQLITE_READONLY (sqlite3.h).
+    const READONLY_RECOVERY: i32 = rusqlite::ffi::SQLITE_READONLY | (1 << 8);
+    const READONLY_CANTLOCK: i32 = rusqlite::ffi::SQLITE_READONLY | (2 << 8);
+    const READONLY_ROLLBACK: i32 = rusqlite::ffi::SQLITE_READONLY | (3 << 8);
+    const READONLY_CANTINIT: i32 = rusqlite::ffi::SQLITE_READONLY | (5 << 8);
+    let rusqlite::Error::SqliteFailure(failure, _) = err else {
+        return None;
+    };
+    match failure.code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some("busy"),
+        ErrorCode::DatabaseCorrupt => Some("database disk image is malformed"),
+        ErrorCode::SchemaChanged => Some("schema changed"),
+        ErrorCode::FileLockingProtocolFailed => Some("WAL locking protocol"),
+        ErrorCode::ReadOnly
+            if matches!(
+                failure.extended_code,
+                READONLY_RECOVERY | READONLY_CANTLOCK | READONLY_ROLLBACK | READONLY_CANTINIT
+            ) =>
+        {
+            Some("needs recovery by a writer")
+        }
+        _ => None,
+    }
+}
+
+/// What a standby finds on disk before opening a connection.
+#[derive(Debug)]
+enum Layout {
+    /// No database file, or one too short to hold a header: the writer has not created it.
+    Missing,
+    /// A rollback-journal database, or WAL with both `-wal` and `-shm`: open normally.
+    Live,
+    /// WAL without a `-wal` file: the database file holds everything.
+    Checkpointed(FileStamp),
+    /// A non-empty `-wal` without `-shm`: committed frames only a writer can index.
+    WalWithoutIndex,
+}
+
+/// What identifies a version of the database file for a snapshot read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// Bytes of the SQLite header read to tell the journal mode (bytes 18 and 19: 1 rollback,
+/// 2 WAL).
+const HEADER_LEN: usize = 100;
+
+impl Layout {
+    fn inspect(path: &Path) -> Result<Self, MetadataError> {
+        let io_fail = |op| {
+            move |source| MetadataError::Io {
+                path: path.to_path_buf(),
+                op,
+                source,
+            }
+        };
+        let mut header = [0u8; HEADER_LEN];
+        let stamp = match fs::File::open(path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Self::Missing),
+            Err(err) => return Err(io_fail("open")(err)),
+            Ok(mut file) => {
+                let meta = file.metadata().map_err(io_fail("stat"))?;
+                if meta.len() < HEADER_LEN as u64 {
+                    return Ok(Self::Missing);
+                }
+                file.read_exact(&mut header)
+                    .map_err(io_fail("read header"))?;
+                FileStamp {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    len: meta.len(),
+                    mtime: (meta.mtime(), meta.mtime_nsec()),
+                    ctime: (meta.ctime(), meta.ctime_nsec()),
+                }
+            }
+        };
+        let is_wal = header[18] == 2 || header[19] == 2;
+        if !is_wal {
+            return Ok(Self::Live);
+        }
+        let sibling = |suffix: &str| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            fs::metadata(PathBuf::from(name))
+        };
+        let wal = match sibling("-wal") {
+            Ok(meta) => Some(meta.len()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(io_fail("stat the -wal file")(err)),
+        };
+        let shm = match sibling("-shm") {
+            Ok(_) => true,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+            Err(err) => return Err(io_fail("stat the -shm file")(err)),
+        };
+        Ok(match (wal, shm) {
+            (Some(_), true) => Self::Live,
+            (None, _) | (Some(0), false) => Self::Checkpointed(stamp),
+            (Some(_), false) => Self::WalWithoutIndex,
+        })
+    }
+}
+
+/// `file:` URI for `path` (percent-encoded), read-only, `immutable=1` if asked.
+fn path_uri(path: &Path, immutable: bool) -> String {
+    let mut uri = String::from("file:");
+    for &byte in path.as_os_str().as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            uri.push(char::from(byte));
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro");
+    if immutable {
+        uri.push_str("&immutable=1");
+    }
+    uri
+}
+
 fn sqlite_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> MetadataError {
     let path = path.to_path_buf();
     move |source| MetadataError::Sqlite { path, op, source }
+}
+
+/// Creates the directory, opens the file read-write, configures and migrates it.
+fn open_writer(
+    dir: &Path,
+    options: &MetadataOptions,
+) -> Result<(PathBuf, Connection), MetadataError> {
+    fs::create_dir_all(dir).map_err(|source| MetadataError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(METADATA_FILE);
+    let mut connection = Connection::open(&path).map_err(sqlite_err(&path, "open"))?;
+    configure(&path, &connection, options)?;
+    migrate(&path, &mut connection)?;
+    Ok((path, connection))
 }
 
 /// Journal and locking mode, durability and cache pragmas.
@@ -353,7 +851,8 @@ fn configure(
         .map_err(sqlite_err(path, "set cache_size"))
 }
 
-/// Creates or checks the schema, in one `BEGIN IMMEDIATE` transaction.
+/// Creates or upgrades the schema, in one `BEGIN IMMEDIATE` transaction: a crash leaves the
+/// old version or the new one, and every row of the old one is kept.
 fn migrate(path: &Path, connection: &mut Connection) -> Result<(), MetadataError> {
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -361,23 +860,45 @@ fn migrate(path: &Path, connection: &mut Connection) -> Result<(), MetadataError
     let version: i64 = tx
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(sqlite_err(path, "read user_version"))?;
-    match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1)
-                .map_err(sqlite_err(path, "create schema"))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(sqlite_err(path, "set user_version"))?;
-        }
-        SCHEMA_VERSION => {}
-        found => {
-            return Err(MetadataError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found,
-                supported: SCHEMA_VERSION,
-            })
-        }
+    if !(0..=SCHEMA_VERSION).contains(&version) {
+        return Err(MetadataError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1)
+            .map_err(sqlite_err(path, "create schema"))?;
+    }
+    if version < IDENTITY_VERSION {
+        tx.execute_batch(SCHEMA_V2)
+            .map_err(sqlite_err(path, "migrate schema to v2"))?;
+    }
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite_err(path, "set user_version"))?;
     }
     tx.commit().map_err(sqlite_err(path, "commit"))
+}
+
+/// The schema version inside a read transaction, if this code can read it: `NotCreatedYet`
+/// for an empty database (a standby looking before the writer created the schema).
+fn readable_version(path: &Path, tx: &rusqlite::Transaction<'_>) -> Result<i64, MetadataError> {
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sqlite_err(path, "read user_version"))?;
+    match version {
+        0 => Err(MetadataError::NotCreatedYet {
+            path: path.to_path_buf(),
+        }),
+        1..=SCHEMA_VERSION => Ok(version),
+        found => Err(MetadataError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
 }
 
 /// A shape row as stored, before decoding.
@@ -397,6 +918,8 @@ fn load_blocking(
     let tx = connection
         .transaction()
         .map_err(sqlite_err(path, "begin"))?;
+    // Versions 1 and 2 store shapes alike (a standby cannot migrate an older file).
+    readable_version(path, &tx)?;
     let rows = {
         let mut statement = tx
             .prepare(
@@ -434,6 +957,79 @@ fn load_blocking(
     // Stored from a u64 by `put_shape`, so never negative unless edited by hand.
     let stamp = HandleStamp(stamp.map_or(0, |s| u64::try_from(s).unwrap_or(0)));
     Ok((shapes, stamp))
+}
+
+fn load_identity_blocking(
+    path: &Path,
+    connection: &mut Connection,
+) -> Result<Option<StorageIdentity>, MetadataError> {
+    let tx = connection
+        .transaction()
+        .map_err(sqlite_err(path, "begin"))?;
+    if readable_version(path, &tx)? < IDENTITY_VERSION {
+        return Ok(None); // A v1 file (read by a standby): no identity recorded yet.
+    }
+    let row = tx
+        .query_row(
+            "SELECT system_id, timeline, slot, acked_lsn, purge_pending \
+             FROM storage_identity WHERE id = 1",
+            [],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, bool>(4)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(sqlite_err(path, "load storage identity"))?;
+    tx.commit().map_err(sqlite_err(path, "commit"))?;
+    let Some((system_id, timeline, slot, acked, purge_pending)) = row else {
+        return Ok(None);
+    };
+    let invalid = |what, value| MetadataError::InvalidValue {
+        path: path.to_path_buf(),
+        what,
+        value,
+    };
+    Ok(Some(StorageIdentity {
+        system_id,
+        timeline: u32::try_from(timeline).map_err(|_| invalid("timeline", timeline))?,
+        slot,
+        acked: Lsn(u64::try_from(acked).map_err(|_| invalid("acked LSN", acked))?),
+        purge_pending,
+    }))
+}
+
+fn put_identity_blocking(
+    path: &Path,
+    connection: &mut Connection,
+    identity: &StorageIdentity,
+) -> Result<(), MetadataError> {
+    let acked = i64::try_from(identity.acked.as_u64()).map_err(|_| MetadataError::OutOfRange {
+        what: "acked LSN",
+        value: identity.acked.as_u64(),
+    })?;
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_err(path, "begin"))?;
+    tx.execute(
+        "INSERT OR REPLACE INTO storage_identity \
+         (id, system_id, timeline, slot, acked_lsn, purge_pending) \
+         VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+        params![
+            identity.system_id,
+            identity.timeline,
+            identity.slot,
+            acked,
+            identity.purge_pending,
+        ],
+    )
+    .map_err(sqlite_err(path, "put storage identity"))?;
+    tx.commit().map_err(sqlite_err(path, "commit"))
 }
 
 fn put_shape_blocking(

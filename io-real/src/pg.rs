@@ -1,9 +1,10 @@
 //! [`RealPg`]: the core's [`PgPort`] over a real Postgres.
 //!
 //! Owns: parsing `DATABASE_URL`, one lazily connected admin connection (catalog lookups,
-//! `CREATE PUBLICATION`, slot checks), a fresh connection per snapshot (snapshots run
-//! concurrently and each holds its own transaction), and the replication setup of
-//! deploy-semantics SL-1, SL-2 and SL-4 over [`crate::replication`].
+//! `CREATE PUBLICATION`, slot checks, the lock breaker's query, backend termination), a fresh
+//! connection per snapshot (snapshots run concurrently and each holds its own transaction), and
+//! the replication connection of deploy-semantics LK-1..LK-3, SL-1, SL-2 and SL-4 over
+//! [`crate::replication`]: [`RealSession`] takes the advisory lock on it, then streams.
 //!
 //! Never: retries, backs off or decides what a failure means for the instance. Every error
 //! classifies itself ([`PgError::kind`]: Transient or Fatal) and the core decides. No TLS: the
@@ -27,8 +28,9 @@ use tokio_postgres::{Client, Config, NoTls};
 use ampere_core::error_chain;
 use ampere_core::lsn::Lsn;
 use ampere_core::ports::{
-    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationStarted, ReplicationStream,
-    ReplicationTarget, SnapshotError, SnapshotRequest, SnapshotWriter, StandbyStatus,
+    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationSession, ReplicationStarted,
+    ReplicationStream, ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError,
+    SnapshotRequest, SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{quote_ident, RelationName};
 use ampere_core::snapshot::PgSnapshot;
@@ -36,7 +38,7 @@ use ampere_core::snapshot::PgSnapshot;
 use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::replication::{
     self, CreateSlotOutcome, ReplicationConfig, ReplicationConnection, ReplicationError,
-    ReplicationErrorKind, SlotPersistence,
+    ReplicationErrorKind,
 };
 use crate::snapshot;
 
@@ -50,6 +52,19 @@ const DUPLICATE_OBJECT: &str = "42710";
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `undefined_object` (`pg_drop_replication_slot` of a missing slot).
 const UNDEFINED_OBJECT: &str = "42704";
+/// SQLSTATE `object_in_use` (`pg_drop_replication_slot` of an active slot).
+const OBJECT_IN_USE: &str = "55006";
+/// Postgres's longest identifier (`NAMEDATALEN - 1`), hence the longest slot name.
+const SLOT_NAME_MAX: usize = 63;
+/// LK-3: what the replication connection reads right after `IDENTIFY_SYSTEM`.
+const SESSION_SETTINGS_SQL: &str = "SELECT current_setting('server_version_num'), \
+    pg_backend_pid(), (SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout')";
+/// LB-1: the lock breaker's query runs under this statement timeout.
+const LOCK_BREAKER_STATEMENT_TIMEOUT: &str = "5s";
+/// `ampere cleanup` waits this long for a terminated walsender to release the slot.
+const CLEANUP_SLOT_WAIT: Duration = Duration::from_secs(10);
+/// How often `ampere cleanup` looks at the slot while it waits.
+const CLEANUP_SLOT_POLL: Duration = Duration::from_millis(50);
 
 /// Postgres for the driver: replication setup, catalog lookups and snapshots.
 ///
@@ -159,8 +174,128 @@ impl RealPg {
         Ok(client)
     }
 
+    /// For `ampere cleanup`: drops the slot of that name in our database, terminating the
+    /// walsenders streaming from it first, then `DROP PUBLICATION IF EXISTS`. Run it only with
+    /// every instance of the stream stopped: a running one would recreate both.
+    pub async fn drop_slot_and_publication(
+        &self,
+        slot: &str,
+        publication: &str,
+    ) -> Result<CleanupReport, PgPortError> {
+        let admin = self.admin().await?;
+        let mut report = drop_slot_terminating(&admin, slot).await?;
+        const EXISTS: &str = "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1";
+        let during = "dropping the publication";
+        let rows = admin
+            .query(EXISTS, &[&publication])
+            .await
+            .map_err(sql(during))?;
+        admin
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(sql(during))?;
+        report.publication_dropped = !rows.is_empty();
+        Ok(report)
+    }
+
+    /// LK-3 up to the lock: checks `wal_level` (admin connection), opens the replication
+    /// connection, runs `IDENTIFY_SYSTEM` and reads the server version, the backend pid and
+    /// `wal_sender_timeout` on it. Mutates nothing.
+    async fn connect_session(&self) -> Result<(RealSession, SystemIdentity), PgPortError> {
+        // Before the replication connection: with wal_level = minimal, max_wal_senders is 0
+        // and the connection would fail with a (transient) "too many connections" instead.
+        check_wal_level(&*self.admin().await?).await?;
+        let mut conn = self.open_replication().await?;
+        let identity = conn
+            .identify_system()
+            .await
+            .map_err(repl("IDENTIFY_SYSTEM"))?;
+        let rows = conn
+            .simple_query(SESSION_SETTINGS_SQL)
+            .await
+            .map_err(repl("reading the backend pid"))?;
+        let settings = SessionSettings::parse(rows).map_err(repl("reading the backend pid"))?;
+        let database = identity
+            .dbname
+            .clone()
+            .unwrap_or_else(|| self.database().to_owned());
+        tracing::debug!(backend_pid = settings.backend_pid,
+            server_version_num = settings.server_version_num,
+            wal_sender_timeout = settings.wal_sender_timeout.as_deref().unwrap_or("?"),
+            system_id = %identity.system_id, timeline = identity.timeline,
+            "replication connection open");
+        let system = SystemIdentity {
+            system_id: identity.system_id,
+            timeline: identity.timeline,
+            backend_pid: settings.backend_pid,
+        };
+        let session = RealSession {
+            pg: self.clone(),
+            conn,
+            backend_pid: settings.backend_pid,
+            server_version_num: settings.server_version_num,
+            database,
+            locked_slot: None,
+        };
+        Ok((session, system))
+    }
+
+    /// LB-1's query without `pg_terminate_backend`, on the admin connection under a 5 s
+    /// statement timeout.
+    async fn lock_holders(&self, slot: &str, own_pid: i32) -> Result<Vec<i32>, PgPortError> {
+        let slot_literal = slot_literal(slot)?;
+        // One simple-query message is one implicit transaction, so `SET LOCAL` bounds exactly
+        // this query, and the shared admin connection never sees an open transaction. The
+        // database is the admin connection's own, which is ours.
+        let query = format!(
+            "SET LOCAL statement_timeout = '{LOCK_BREAKER_STATEMENT_TIMEOUT}'; \
+             WITH inactive_slot AS ( \
+               SELECT slot_name FROM pg_catalog.pg_replication_slots \
+               WHERE slot_name = {slot_literal} AND database = current_database() AND NOT active \
+             ) \
+             SELECT l.pid FROM pg_catalog.pg_locks l, inactive_slot s \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.database = \
+                 (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(s.slot_name) \
+               AND l.pid <> {own_pid} \
+             ORDER BY l.pid"
+        );
+        let during = "looking for stale lock holders";
+        let messages = self
+            .admin()
+            .await?
+            .simple_query(&query)
+            .await
+            .map_err(sql(during))?;
+        let mut pids = Vec::new();
+        for message in messages {
+            let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
+                continue;
+            };
+            let pid = row
+                .try_get(0)
+                .map_err(sql(during))?
+                .and_then(|p| p.parse().ok());
+            let pid = pid.ok_or(PgPortError::Unexpected {
+                during,
+                what: "pid is not an int4",
+            })?;
+            pids.push(pid);
+        }
+        Ok(pids)
+    }
+
+    /// `pg_terminate_backend(pid)` on the admin connection.
+    async fn terminate(&self, pid: i32) -> Result<bool, PgPortError> {
+        terminate_backend(&*self.admin().await?, pid).await
+    }
+
     /// A new replication connection (`replication=database`), bounded by the connect timeout.
-    async fn connect_replication(&self) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
+    async fn open_replication(&self) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
         let endpoint = &self.inner.replication;
         let timeout = self
             .inner
@@ -197,63 +332,59 @@ impl RealPg {
             },
         })
     }
-
-    async fn start_replication_inner(
-        &self,
-        target: &ReplicationTarget,
-    ) -> Result<(RealReplicationStream, ReplicationStarted), PgPortError> {
-        let admin = self.admin().await?;
-        check_wal_level(&admin).await?;
-        let mut conn = self.connect_replication().await?;
-        let identity = conn
-            .identify_system()
-            .await
-            .map_err(repl("IDENTIFY_SYSTEM"))?;
-        let server_version = conn.server_version_num().unwrap_or(0);
-        let database = identity
-            .dbname
-            .clone()
-            .unwrap_or_else(|| self.database().to_owned());
-        if ensure_publication(&admin, &target.publication, server_version).await? {
-            // SL-1: a new publication makes the slot's history unusable.
-            tracing::info!(publication = %target.publication, slot = %target.slot,
-                "created the publication; dropping the slot so it is created afresh");
-            drop_slot(&admin, &target.slot, &database).await?;
-        }
-        let (slot_created, confirmed_flush_lsn) =
-            ensure_slot(&mut conn, &admin, &target.slot, &database).await?;
-        tracing::info!(slot = %target.slot, slot_created, %confirmed_flush_lsn,
-            system_id = %identity.system_id, timeline = identity.timeline, "starting replication");
-        let stream = conn
-            .start_replication(
-                &target.slot,
-                Lsn::ZERO,
-                &[target.publication.as_str()],
-                PGOUTPUT_PROTO_VERSION,
-            )
-            .await
-            .map_err(repl("START_REPLICATION"))?;
-        let started = ReplicationStarted {
-            system_id: identity.system_id,
-            timeline: identity.timeline,
-            slot_created,
-            confirmed_flush_lsn,
-        };
-        Ok((RealReplicationStream { inner: stream }, started))
-    }
 }
 
 impl PgPort for RealPg {
     type Error = PgPortError;
     type Stream = RealReplicationStream;
+    type Session = RealSession;
 
+    fn connect_replication(
+        &self,
+    ) -> impl Future<Output = Result<(Self::Session, SystemIdentity), Self::Error>> + Send + 'static
+    {
+        let this = self.clone();
+        async move { this.connect_session().await }
+    }
+
+    fn stale_lock_holders(
+        &self,
+        slot: String,
+        own_pid: i32,
+    ) -> impl Future<Output = Result<Vec<i32>, Self::Error>> + Send + 'static {
+        let this = self.clone();
+        async move { this.lock_holders(&slot, own_pid).await }
+    }
+
+    /// Also §1.16 step 3: after closing the replication connection, terminate its backend
+    /// (`SystemIdentity::backend_pid`) so lock and slot are free even if the close is slow.
+    fn terminate_backend(
+        &self,
+        pid: i32,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send + 'static {
+        let this = self.clone();
+        async move { this.terminate(pid).await }
+    }
+
+    /// To be removed when the driver uses sessions: [`PgPort::connect_replication`] then
+    /// [`ReplicationSession::start_streaming`] **without the advisory lock**.
     fn start_replication(
         &self,
         target: ReplicationTarget,
     ) -> impl Future<Output = Result<(Self::Stream, ReplicationStarted), Self::Error>> + Send + 'static
     {
         let this = self.clone();
-        async move { this.start_replication_inner(&target).await }
+        async move {
+            let (session, identity) = this.connect_session().await?;
+            let (stream, slot) = session.stream(target).await?;
+            let started = ReplicationStarted {
+                system_id: identity.system_id,
+                timeline: identity.timeline,
+                slot_created: slot.slot_created,
+                confirmed_flush_lsn: slot.confirmed_flush_lsn,
+            };
+            Ok((stream, started))
+        }
     }
 
     fn table_schema(
@@ -283,6 +414,180 @@ impl PgPort for RealPg {
     }
 }
 
+/// A replication connection before streaming (LK-2): it may hold the advisory lock, which
+/// Postgres releases exactly when this connection's backend ends (drop it to release).
+pub struct RealSession {
+    /// For the admin connection (publication and slot drops).
+    pg: RealPg,
+    conn: ReplicationConnection<PgSocket>,
+    /// `pg_backend_pid()` of this connection (LK-3).
+    backend_pid: i32,
+    /// `server_version_num` (LK-3), for the publication options of SL-1.
+    server_version_num: u32,
+    /// The connected database (`IDENTIFY_SYSTEM`'s `dbname`).
+    database: String,
+    /// The slot whose advisory lock this connection holds, once `pg_try_advisory_lock` said
+    /// so (LK-4: never asked again on this connection).
+    locked_slot: Option<String>,
+}
+
+impl RealSession {
+    /// `pg_backend_pid()` of the replication connection (LB-1's `own_pid`, §1.16's target).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// The slot whose advisory lock this connection holds, if it took one.
+    pub fn locked_slot(&self) -> Option<&str> {
+        self.locked_slot.as_deref()
+    }
+
+    /// LK-1, LK-4: `SELECT pg_try_advisory_lock(hashtext('<slot>'))`, the key hashed by the
+    /// server. Walsenders take only simple-query SQL, so the slot is inlined as a literal,
+    /// which [`slot_literal`] allows only for `[a-z0-9_]` names.
+    async fn try_lock(&mut self, slot: &str) -> Result<bool, PgPortError> {
+        const DURING: &str = "pg_try_advisory_lock";
+        let sql = format!(
+            "SELECT pg_try_advisory_lock(hashtext({}))",
+            slot_literal(slot)?
+        );
+        let rows = self.conn.simple_query(&sql).await.map_err(repl(DURING))?;
+        let unexpected = |what| PgPortError::Unexpected {
+            during: DURING,
+            what,
+        };
+        let [row] = rows.as_slice() else {
+            return Err(unexpected("not exactly one row"));
+        };
+        let is_locked = match row.first().and_then(Option::as_deref) {
+            Some("t") => true,
+            Some("f") => false,
+            _ => return Err(unexpected("not a bool")),
+        };
+        if is_locked {
+            self.locked_slot = Some(slot.to_owned());
+        }
+        Ok(is_locked)
+    }
+
+    /// SL-1, SL-2, SL-4 on this connection (the publication and slot drops on the admin
+    /// connection), whether or not the lock is held.
+    async fn stream(
+        mut self,
+        target: ReplicationTarget,
+    ) -> Result<(RealReplicationStream, SlotStarted), PgPortError> {
+        let admin = self.pg.admin().await?;
+        let (slot, database) = (&target.slot, &self.database);
+        if ensure_publication(&admin, &target.publication, self.server_version_num).await? {
+            // SL-1: a new publication makes the slot's history unusable.
+            tracing::info!(publication = %target.publication, %slot,
+                "created the publication; dropping the slot so it is created afresh");
+            drop_slot(&admin, slot, database).await?;
+        }
+        let persistence = target.slot_persistence;
+        let (slot_created, confirmed_flush_lsn) =
+            ensure_slot(&mut self.conn, &admin, slot, database, persistence).await?;
+        tracing::info!(%slot, slot_created, %confirmed_flush_lsn, ?persistence,
+            backend_pid = self.backend_pid, "starting replication");
+        let stream = self
+            .conn
+            .start_replication(
+                slot,
+                Lsn::ZERO,
+                &[target.publication.as_str()],
+                PGOUTPUT_PROTO_VERSION,
+            )
+            .await
+            .map_err(repl("START_REPLICATION"))?;
+        let started = SlotStarted {
+            slot_created,
+            confirmed_flush_lsn,
+        };
+        Ok((RealReplicationStream { inner: stream }, started))
+    }
+}
+
+impl ReplicationSession for RealSession {
+    type Error = PgPortError;
+    type Stream = RealReplicationStream;
+
+    /// Not cancel-safe in the connection's sense: dropping the future drops the session (and
+    /// so the connection, releasing any lock). After an error, drop the returned session.
+    fn try_advisory_lock(
+        mut self,
+        slot: String,
+    ) -> impl Future<Output = (Self, Result<bool, Self::Error>)> + Send + 'static {
+        // LK-4: these locks stack; a second grant would need a second unlock.
+        assert!(
+            self.locked_slot.is_none(),
+            "lock-once: pg_try_advisory_lock({slot}) after the lock of {:?} was granted",
+            self.locked_slot
+        );
+        async move {
+            let result = self.try_lock(&slot).await;
+            (self, result)
+        }
+    }
+
+    fn start_streaming(
+        self,
+        target: ReplicationTarget,
+    ) -> impl Future<Output = Result<(Self::Stream, SlotStarted), Self::Error>> + Send + 'static
+    {
+        // LK-5: publication and slot are changed only under the lock of this very slot.
+        assert_eq!(
+            self.locked_slot.as_deref(),
+            Some(target.slot.as_str()),
+            "lock-before-mutation: start_streaming without the slot's advisory lock"
+        );
+        self.stream(target)
+    }
+}
+
+/// LK-3's row: `server_version_num`, `pg_backend_pid()`, `wal_sender_timeout`.
+struct SessionSettings {
+    server_version_num: u32,
+    backend_pid: i32,
+    /// In milliseconds, as `pg_settings` shows it; only logged.
+    wal_sender_timeout: Option<String>,
+}
+
+impl SessionSettings {
+    fn parse(rows: Vec<Vec<Option<String>>>) -> Result<Self, ReplicationError> {
+        let unexpected = |what| ReplicationError::UnexpectedResult {
+            command: "SELECT pg_backend_pid()",
+            what,
+        };
+        let [row] = rows.as_slice() else {
+            return Err(unexpected("not exactly one row"));
+        };
+        let [version, pid, wal_sender_timeout] = row.as_slice() else {
+            return Err(unexpected("not three columns"));
+        };
+        let server_version_num = version.as_deref().and_then(|v| v.parse().ok());
+        let backend_pid = pid.as_deref().and_then(|p| p.parse().ok());
+        Ok(Self {
+            server_version_num: server_version_num
+                .ok_or_else(|| unexpected("server_version_num is not a number"))?,
+            backend_pid: backend_pid.ok_or_else(|| unexpected("pg_backend_pid is not an int4"))?,
+            wal_sender_timeout: wal_sender_timeout.clone(),
+        })
+    }
+}
+
+/// What [`RealPg::drop_slot_and_publication`] found and did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct CleanupReport {
+    /// A slot of that name existed in our database.
+    pub slot_existed: bool,
+    /// Walsenders that were streaming from the slot, terminated so it could be dropped.
+    pub terminated_pids: Vec<i32>,
+    /// This call dropped the slot (a temporary one vanishes with its walsender instead).
+    pub slot_dropped: bool,
+    /// The publication existed and was dropped.
+    pub publication_dropped: bool,
+}
+
 /// `SHOW wal_level` must say `logical` (RC-1: fatal otherwise, naming the fix).
 async fn check_wal_level(admin: &Client) -> Result<(), PgPortError> {
     let row = admin
@@ -310,7 +615,7 @@ async fn ensure_publication(
         Ok(()) => return Ok(true),
         Err(error) => error,
     };
-    match error.code().map(tokio_postgres::error::SqlState::code) {
+    match sqlstate(&error) {
         Some(DUPLICATE_OBJECT) => Ok(false),
         Some(INSUFFICIENT_PRIVILEGE) => {
             check_existing_publication(admin, publication).await?;
@@ -365,9 +670,7 @@ async fn drop_slot(admin: &Client, slot: &str, database: &str) -> Result<(), PgP
                        WHERE slot_name = $1 AND database = $2";
     match admin.query(SQL, &[&slot, &database]).await {
         Ok(_) => Ok(()),
-        Err(e) if e.code().map(tokio_postgres::error::SqlState::code) == Some(UNDEFINED_OBJECT) => {
-            Ok(())
-        }
+        Err(e) if sqlstate(&e) == Some(UNDEFINED_OBJECT) => Ok(()),
         Err(source) => Err(PgPortError::Sql {
             during: "dropping the replication slot",
             source,
@@ -381,8 +684,9 @@ async fn ensure_slot(
     admin: &Client,
     slot: &str,
     database: &str,
+    persistence: SlotPersistence,
 ) -> Result<(bool, Lsn), PgPortError> {
-    if let CreateSlotOutcome::Created(created) = create_slot(conn, slot).await? {
+    if let CreateSlotOutcome::Created(created) = create_slot(conn, slot, persistence).await? {
         return Ok((true, created.consistent_point));
     }
     let vanished = || PgPortError::SlotVanished {
@@ -407,7 +711,7 @@ async fn ensure_slot(
             "the slot is invalidated (wal_status = lost); recreating it"
         );
         drop_slot(admin, slot, database).await?;
-        return match create_slot(conn, slot).await? {
+        return match create_slot(conn, slot, persistence).await? {
             CreateSlotOutcome::Created(created) => Ok((true, created.consistent_point)),
             CreateSlotOutcome::AlreadyExists => Err(vanished()),
         };
@@ -416,13 +720,96 @@ async fn ensure_slot(
     Ok((false, confirmed))
 }
 
+/// SL-2: `CREATE_REPLICATION_SLOT`, `TEMPORARY` or not (§1.7).
 async fn create_slot(
     conn: &mut ReplicationConnection<PgSocket>,
     slot: &str,
+    persistence: SlotPersistence,
 ) -> Result<CreateSlotOutcome, PgPortError> {
-    conn.create_logical_slot(slot, SlotPersistence::Persistent)
+    let persistence = match persistence {
+        SlotPersistence::Persistent => replication::SlotPersistence::Persistent,
+        SlotPersistence::Temporary => replication::SlotPersistence::Temporary,
+    };
+    conn.create_logical_slot(slot, persistence)
         .await
         .map_err(repl("CREATE_REPLICATION_SLOT"))
+}
+
+/// `ampere cleanup`'s slot half: drops the slot of our database, first terminating whatever
+/// walsender streams from it, until it is gone or [`CLEANUP_SLOT_WAIT`] passed.
+async fn drop_slot_terminating(admin: &Client, slot: &str) -> Result<CleanupReport, PgPortError> {
+    const FIND: &str = "SELECT active, active_pid FROM pg_catalog.pg_replication_slots \
+                        WHERE slot_name = $1 AND database = current_database()";
+    const DROP: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
+                        FROM pg_catalog.pg_replication_slots \
+                        WHERE slot_name = $1 AND database = current_database()";
+    let during = "dropping the replication slot";
+    let deadline = tokio::time::Instant::now() + CLEANUP_SLOT_WAIT;
+    let mut report = CleanupReport::default();
+    loop {
+        let rows = admin.query(FIND, &[&slot]).await.map_err(sql(during))?;
+        let Some(row) = rows.first() else {
+            return Ok(report);
+        };
+        report.slot_existed = true;
+        let is_active: bool = row.try_get(0).map_err(sql(during))?;
+        let active_pid: Option<i32> = row.try_get(1).map_err(sql(during))?;
+        match active_pid {
+            Some(pid) if is_active => {
+                if !report.terminated_pids.contains(&pid) {
+                    tracing::warn!(%slot, pid, "terminating the walsender streaming from the slot");
+                    terminate_backend(admin, pid).await?;
+                    report.terminated_pids.push(pid);
+                }
+            }
+            _ => match admin.query(DROP, &[&slot]).await {
+                Ok(dropped) => {
+                    report.slot_dropped = !dropped.is_empty();
+                    return Ok(report);
+                }
+                // vanished meanwhile (a temporary slot with its walsender)
+                Err(e) if sqlstate(&e) == Some(UNDEFINED_OBJECT) => return Ok(report),
+                // a walsender took it meanwhile: terminate that one too
+                Err(e) if sqlstate(&e) == Some(OBJECT_IN_USE) => {}
+                Err(source) => return Err(PgPortError::Sql { during, source }),
+            },
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PgPortError::SlotBusy {
+                slot: slot.to_owned(),
+                waited: CLEANUP_SLOT_WAIT,
+            });
+        }
+        tokio::time::sleep(CLEANUP_SLOT_POLL).await;
+    }
+}
+
+/// `SELECT pg_terminate_backend(pid)`: whether a backend was signalled.
+async fn terminate_backend(admin: &Client, pid: i32) -> Result<bool, PgPortError> {
+    const SQL: &str = "SELECT pg_catalog.pg_terminate_backend($1)";
+    let during = "terminating a backend";
+    let row = admin.query_one(SQL, &[&pid]).await.map_err(sql(during))?;
+    row.try_get(0).map_err(sql(during))
+}
+
+/// `'<slot>'` for SQL inlined on a walsender (LK-3), which takes no parameters: only for names
+/// Postgres allows for slots (`[a-z0-9_]`, at most 63 bytes), so there is nothing to escape.
+fn slot_literal(slot: &str) -> Result<String, PgPortError> {
+    let is_valid = !slot.is_empty()
+        && slot.len() <= SLOT_NAME_MAX
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !is_valid {
+        return Err(PgPortError::InvalidSlotName {
+            slot: slot.to_owned(),
+        });
+    }
+    Ok(format!("'{slot}'"))
+}
+
+fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.code().map(tokio_postgres::error::SqlState::code)
 }
 
 /// The replication connection's login, from the SQL config's first host.
@@ -466,6 +853,15 @@ impl RealReplicationStream {
     /// The walsender's process id, as in `pg_stat_replication.pid`.
     pub fn backend_pid(&self) -> i32 {
         self.inner.backend_pid()
+    }
+
+    /// Sends Terminate and closes the connection (§1.16 step 3; send the final standby status
+    /// first). Then terminate [`Self::backend_pid`] in case the close is slow.
+    pub async fn close(self) -> Result<(), PgPortError> {
+        self.inner
+            .close()
+            .await
+            .map_err(repl("closing the replication connection"))
     }
 }
 
@@ -607,6 +1003,34 @@ pub enum PgPortError {
         /// The slot's name.
         slot: String,
     },
+    /// A slot name that SQL on a walsender cannot carry (it is inlined there, LK-3).
+    #[error(
+        "replication slot name {slot:?} is not 1 to 63 characters of [a-z0-9_] (NM-2): it \
+         cannot be used as a slot name or inlined as a literal"
+    )]
+    InvalidSlotName {
+        /// The refused name.
+        slot: String,
+    },
+    /// Walsenders kept streaming from the slot while cleanup tried to drop it.
+    #[error(
+        "replication slot {slot:?} stayed active for {waited:?} although its walsenders were \
+         terminated: stop every instance using it, then retry"
+    )]
+    SlotBusy {
+        /// The slot's name.
+        slot: String,
+        /// How long cleanup tried.
+        waited: Duration,
+    },
+    /// A query answered something of an unexpected shape.
+    #[error("{during}: unexpected result: {what}")]
+    Unexpected {
+        /// What was being done.
+        during: &'static str,
+        /// What was wrong.
+        what: &'static str,
+    },
 }
 
 impl PgError for PgPortError {
@@ -617,7 +1041,8 @@ impl PgError for PgPortError {
             | Self::WalLevel { .. }
             | Self::ReplicationRole { .. }
             | Self::Publication { .. }
-            | Self::SlotInOtherDatabase { .. } => DisconnectKind::Fatal,
+            | Self::SlotInOtherDatabase { .. }
+            | Self::InvalidSlotName { .. } => DisconnectKind::Fatal,
             Self::Sql { source, .. } => sql_error_kind(source),
             Self::Replication { source, .. } => match source.kind() {
                 ReplicationErrorKind::Transient => DisconnectKind::Transient,
@@ -626,7 +1051,10 @@ impl PgError for PgPortError {
             Self::Catalog(e) => e
                 .postgres_error()
                 .map_or(DisconnectKind::Transient, sql_error_kind),
-            Self::ConnectTimeout { .. } | Self::SlotVanished { .. } => DisconnectKind::Transient,
+            Self::ConnectTimeout { .. }
+            | Self::SlotVanished { .. }
+            | Self::SlotBusy { .. }
+            | Self::Unexpected { .. } => DisconnectKind::Transient,
         }
     }
 }
@@ -761,6 +1189,30 @@ mod tests {
         assert_eq!(no_user.kind(), DisconnectKind::Fatal);
         let garbage = RealPg::from_url("postgresql://a:b:c@").err().unwrap();
         assert_eq!(garbage.kind(), DisconnectKind::Fatal);
+    }
+
+    #[test]
+    fn slot_literals_allow_only_postgres_slot_names() {
+        assert_eq!(
+            slot_literal("electric_slot_default_2").unwrap(),
+            "'electric_slot_default_2'"
+        );
+        assert!(slot_literal(&"a".repeat(SLOT_NAME_MAX)).is_ok());
+        let long = "a".repeat(SLOT_NAME_MAX + 1);
+        for bad in ["", "a'b", "A", "a-b", "a b", "é", long.as_str()] {
+            let err = slot_literal(bad).unwrap_err();
+            assert_eq!(err.kind(), DisconnectKind::Fatal, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_settings_parse_the_lk3_row() {
+        let row = |v: &str, p: &str| vec![vec![Some(v.into()), Some(p.into()), None]];
+        let settings = SessionSettings::parse(row("170002", "4242")).unwrap();
+        assert_eq!(settings.server_version_num, 170_002);
+        assert_eq!(settings.backend_pid, 4242);
+        assert!(SessionSettings::parse(row("17", "x")).is_err());
+        assert!(SessionSettings::parse(Vec::new()).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `RealPg` against a real throwaway PostgreSQL: catalog lookups, snapshots (values, chunks,
-//! in-progress transactions, publication membership) and replication setup.
+//! in-progress transactions, publication membership), replication setup (publication, slot,
+//! temporary slots) and `ampere cleanup`. The advisory lock and its breaker: `tests/lock.rs`.
 //!
 //! Method: one shared cluster for the test binary with a database per test
 //! (`embedded_pg::shared_for_tests`), plus a dedicated `wal_level=replica` cluster for the
@@ -17,14 +18,15 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 use ampere_core::ports::{
-    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationStream, ReplicationTarget,
-    SnapshotError, SnapshotRequest, SnapshotWriter, StandbyStatus,
+    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationSession, ReplicationStream,
+    ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
+    SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::snapshot::FullXid;
 use ampere_core::Lsn;
 use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
-use ampere_io_real::pg::RealPg;
+use ampere_io_real::pg::{CleanupReport, RealPg, RealReplicationStream};
 
 const PUBLICATION: &str = "electric_publication_test";
 
@@ -537,29 +539,50 @@ fn target(id: &str) -> ReplicationTarget {
     ReplicationTarget {
         slot: format!("electric_slot_{id}"),
         publication: format!("electric_publication_{id}"),
+        slot_persistence: SlotPersistence::Persistent,
     }
 }
 
-/// Waits until no walsender uses the slot (the previous stream's backend has exited).
-async fn wait_slot_inactive(client: &Client, slot: &str) {
+/// What the driver does: connect, take the lock (free in these tests), start streaming.
+async fn start(
+    pg: &RealPg,
+    target: &ReplicationTarget,
+) -> (RealReplicationStream, SlotStarted, SystemIdentity) {
+    let (session, identity) = pg.connect_replication().await.expect("connect replication");
+    let (session, locked) = session.try_advisory_lock(target.slot.clone()).await;
+    assert!(locked.expect("pg_try_advisory_lock"), "the lock is free");
+    let (stream, started) = session
+        .start_streaming(target.clone())
+        .await
+        .expect("start streaming");
+    (stream, started, identity)
+}
+
+/// Polls `pg_replication_slots` for the slot until `done` holds for its row (`None`: no slot).
+async fn wait_slot(client: &Client, slot: &str, what: &str, done: impl Fn(Option<bool>) -> bool) {
     for _ in 0..200 {
-        let row = client
-            .query_one(
+        let rows = client
+            .query(
                 "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
             .unwrap();
-        if !row.get::<_, bool>(0) {
+        if done(rows.first().map(|r| r.get::<_, bool>(0))) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("slot {slot} still active");
+    panic!("slot {slot} never became {what}");
+}
+
+/// Waits until no walsender uses the slot (the previous stream's backend has exited).
+async fn wait_slot_inactive(client: &Client, slot: &str) {
+    wait_slot(client, slot, "inactive", |active| active == Some(false)).await;
 }
 
 #[tokio::test]
-async fn start_replication_creates_the_slot_then_resumes_from_it() {
+async fn start_streaming_creates_the_slot_then_resumes_from_it() {
     let url = database("replication_slot");
     let client = connect(&url).await;
     client
@@ -569,14 +592,12 @@ async fn start_replication_creates_the_slot_then_resumes_from_it() {
     let pg = RealPg::from_url(&url).unwrap();
     let target = target("slot_reuse");
 
-    let (mut stream, started) = pg
-        .start_replication(target.clone())
-        .await
-        .expect("first start");
+    let (mut stream, started, identity) = start(&pg, &target).await;
     assert!(started.slot_created);
     assert!(started.confirmed_flush_lsn > Lsn::ZERO);
-    assert!(!started.system_id.is_empty());
-    assert_eq!(started.timeline, 1);
+    assert!(!identity.system_id.is_empty());
+    assert_eq!(identity.timeline, 1);
+    assert_eq!(stream.backend_pid(), identity.backend_pid);
 
     // the stream delivers a committed insert on a published table
     let schema = schema_of(&pg, "t").await;
@@ -609,15 +630,16 @@ async fn start_replication_creates_the_slot_then_resumes_from_it() {
         apply: started.confirmed_flush_lsn,
     };
     stream.send_status(status).await.expect("standby status");
-    drop(stream);
+    stream.close().await.expect("close");
 
+    // The second time through `start_replication`, kept until the driver uses sessions.
     wait_slot_inactive(&client, &target.slot).await;
     let (_stream, again) = pg
         .start_replication(target.clone())
         .await
         .expect("second start");
     assert!(!again.slot_created);
-    assert_eq!(again.system_id, started.system_id);
+    assert_eq!(again.system_id, identity.system_id);
     let row = client
         .query_one(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
@@ -630,25 +652,122 @@ async fn start_replication_creates_the_slot_then_resumes_from_it() {
 }
 
 #[tokio::test]
-async fn a_new_publication_recreates_the_slot() {
-    // SL-1: a publication created now makes the existing slot's history unusable.
+async fn sl1_a_new_publication_recreates_an_existing_slot() {
+    // Goal: a publication created now makes the existing slot's history unusable (SL-1).
+    // Method: create the slot by hand with no publication, start; then start once more with
+    // both in place (resumes), and after dropping the publication (recreates again).
     let url = database("replication_new_publication");
     let client = connect(&url).await;
     let pg = RealPg::from_url(&url).unwrap();
     let target = target("new_pub");
-    let (stream, first) = pg
-        .start_replication(target.clone())
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&target.slot],
+        )
         .await
-        .expect("first start");
-    assert!(first.slot_created);
+        .unwrap();
+    let old_consistent_point: Lsn = row.get::<_, String>(0).parse().unwrap();
+
+    let (stream, first, _) = start(&pg, &target).await;
+    assert!(first.slot_created, "the slot is recreated");
+    assert!(
+        first.confirmed_flush_lsn > old_consistent_point,
+        "a new slot starts after CREATE PUBLICATION: {first:?}, old {old_consistent_point}"
+    );
     drop(stream);
+    wait_slot_inactive(&client, &target.slot).await;
+    let (stream, resumed, _) = start(&pg, &target).await;
+    assert!(!resumed.slot_created, "publication and slot exist: resume");
+    assert_eq!(resumed.confirmed_flush_lsn, first.confirmed_flush_lsn);
+    drop(stream);
+
     wait_slot_inactive(&client, &target.slot).await;
     client
         .batch_execute(&format!("DROP PUBLICATION {}", target.publication))
         .await
         .unwrap();
-    let (_stream, second) = pg.start_replication(target).await.expect("second start");
+    let (_stream, second, _) = start(&pg, &target).await;
     assert!(second.slot_created);
+}
+
+#[tokio::test]
+async fn temporary_slot_vanishes_when_its_stream_is_dropped() {
+    // §1.7 / SL-2: `TEMPORARY` slots live exactly as long as their walsender.
+    let url = database("replication_temporary");
+    let client = connect(&url).await;
+    let pg = RealPg::from_url(&url).unwrap();
+    let mut target = target("temporary");
+    target.slot_persistence = SlotPersistence::Temporary;
+
+    let (stream, started, _) = start(&pg, &target).await;
+    assert!(started.slot_created);
+    let row = client
+        .query_one(
+            "SELECT temporary, active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&target.slot],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, true));
+    drop(stream);
+    wait_slot(&client, &target.slot, "gone", |active| active.is_none()).await;
+}
+
+#[tokio::test]
+async fn cleanup_drops_slot_and_publication_terminating_the_walsender() {
+    // Goal: `ampere cleanup` leaves neither slot nor publication, even with a stream running,
+    // and reports what it found. Method: stream from a persistent slot, clean up, check the
+    // catalogs, clean up again (nothing left), then the same with a temporary slot.
+    let url = database("replication_cleanup");
+    let client = connect(&url).await;
+    let pg = RealPg::from_url(&url).unwrap();
+    let target = target("cleanup");
+    let (stream, _, _) = start(&pg, &target).await;
+    let walsender = stream.backend_pid();
+
+    let report = pg
+        .drop_slot_and_publication(&target.slot, &target.publication)
+        .await
+        .expect("cleanup");
+    let expected = CleanupReport {
+        slot_existed: true,
+        terminated_pids: vec![walsender],
+        slot_dropped: true,
+        publication_dropped: true,
+    };
+    assert_eq!(report, expected);
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), \
+                    (SELECT count(*) FROM pg_publication WHERE pubname = $2)",
+            &[&target.slot, &target.publication],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
+    drop(stream);
+
+    let again = pg
+        .drop_slot_and_publication(&target.slot, &target.publication)
+        .await
+        .expect("cleanup of nothing");
+    assert_eq!(again, CleanupReport::default());
+
+    // A temporary slot goes with its walsender: found, walsender terminated, nothing to drop
+    // (or dropped, if the check ran between the walsender's exit and the slot's removal).
+    let mut temporary = target;
+    temporary.slot_persistence = SlotPersistence::Temporary;
+    let (stream, _, _) = start(&pg, &temporary).await;
+    let walsender = stream.backend_pid();
+    let report = pg
+        .drop_slot_and_publication(&temporary.slot, &temporary.publication)
+        .await
+        .expect("cleanup");
+    assert!(report.slot_existed);
+    assert_eq!(report.terminated_pids, vec![walsender]);
+    assert!(report.publication_dropped);
+    wait_slot(&client, &temporary.slot, "gone", |active| active.is_none()).await;
 }
 
 #[tokio::test]
@@ -656,17 +775,16 @@ async fn a_slot_of_another_database_is_fatal() {
     let url_a = database("replication_db_a");
     let url_b = database("replication_db_b");
     let target = target("other_db");
-    let (_stream, _) = RealPg::from_url(&url_a)
+    let (_stream, _, _) = start(&RealPg::from_url(&url_a).unwrap(), &target).await;
+    // advisory locks are per database: the lock in db_b is free
+    let (session, _) = RealPg::from_url(&url_b)
         .unwrap()
-        .start_replication(target.clone())
+        .connect_replication()
         .await
         .unwrap();
-    let err = RealPg::from_url(&url_b)
-        .unwrap()
-        .start_replication(target)
-        .await
-        .err()
-        .unwrap();
+    let (session, locked) = session.try_advisory_lock(target.slot.clone()).await;
+    assert!(locked.unwrap());
+    let err = session.start_streaming(target).await.err().unwrap();
     assert_eq!(err.kind(), DisconnectKind::Fatal, "{err}");
     assert!(err.to_string().contains("replication_db_a"), "{err}");
 }
@@ -681,7 +799,7 @@ async fn a_role_without_replication_is_fatal_and_names_the_fix() {
         .unwrap();
     let cluster = shared_for_tests().unwrap();
     let pg = RealPg::from_url(&cluster.url("norepl", "replication_role")).unwrap();
-    let err = pg.start_replication(target("norepl")).await.err().unwrap();
+    let err = pg.connect_replication().await.err().unwrap();
     assert_eq!(err.kind(), DisconnectKind::Fatal, "{err}");
     assert!(
         err.to_string()
@@ -700,7 +818,7 @@ async fn wal_level_replica_is_fatal_and_names_the_fix() {
     .await
     .unwrap();
     let pg = RealPg::from_url(&cluster.admin_url()).unwrap();
-    let err = pg.start_replication(target("replica")).await.err().unwrap();
+    let err = pg.connect_replication().await.err().unwrap();
     assert_eq!(err.kind(), DisconnectKind::Fatal, "{err}");
     let message = err.to_string();
     assert!(message.contains("wal_level = logical"), "{message}");
@@ -720,6 +838,10 @@ async fn connection_refused_is_transient() {
     let pg = RealPg::from_url(&format!("postgresql://postgres@127.0.0.1:{port}/postgres")).unwrap();
     let err = pg.table_schema(relation("t")).await.err().unwrap();
     assert_eq!(err.kind(), DisconnectKind::Transient, "{err}");
-    let err = pg.start_replication(target("refused")).await.err().unwrap();
+    let err = pg.connect_replication().await.err().unwrap();
     assert_eq!(err.kind(), DisconnectKind::Transient, "{err}");
+    let err = pg
+        .stale_lock_holders("electric_slot_refused".into(), 0)
+        .await;
+    assert_eq!(err.err().unwrap().kind(), DisconnectKind::Transient);
 }

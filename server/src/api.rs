@@ -20,13 +20,35 @@ pub struct ShapeInfo {
     pub schema: Arc<TableSchema>,
 }
 
-/// Readiness, for `/v1/health` and admission.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// Readiness, for `/v1/health` and admission (deploy-semantics §1.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Health {
-    /// Replication is streaming and shapes can be created.
+    /// Holding the lock and streaming: shapes can be created.
     Active,
-    /// Starting or reconnecting.
+    /// Metadata loaded, not the active replicator (lock busy, Postgres unreachable, setting
+    /// up): existing shapes are served read-only.
+    Waiting,
+    /// Before metadata is loaded.
+    #[default]
     Starting,
+}
+
+impl From<ampere_core::instance::Health> for Health {
+    fn from(health: ampere_core::instance::Health) -> Self {
+        match health {
+            ampere_core::instance::Health::Active => Self::Active,
+            ampere_core::instance::Health::Waiting => Self::Waiting,
+        }
+    }
+}
+
+/// The last continuity break, for the health body (deploy-semantics CT-2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PurgeInfo {
+    /// Purges since this process started.
+    pub count: u64,
+    /// Why the last one happened.
+    pub reason: &'static str,
 }
 
 /// Why a shape could not be created.
@@ -81,4 +103,8 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
     fn last_seen_lsn(&self) -> Lsn;
     /// Current readiness.
     fn health(&self) -> Health;
+    /// The last purge, if any happened since start.
+    fn last_purge(&self) -> Option<PurgeInfo> {
+        None
+    }
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ampere_core::ports::SlotPersistence;
 use clap::{Args, Parser, Subcommand};
 
 /// ampere: Postgres sync over Electric's HTTP shape protocol.
@@ -24,6 +25,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the sync service (the default).
     Serve,
+    /// Drop this stream's replication slot and publication (an unused slot retains WAL
+    /// forever), and with --storage the storage directory.
+    Cleanup(CleanupArgs),
+}
+
+/// `ampere cleanup` options.
+#[derive(Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// Also delete ELECTRIC_STORAGE_DIR.
+    #[arg(long)]
+    pub storage: bool,
+    /// Really do it (without this, cleanup only says what it would do).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// Service settings. Every flag also reads Electric's environment variable.
@@ -73,6 +88,16 @@ pub struct Config {
     #[arg(long, env = "ELECTRIC_LOG_LEVEL", default_value = "info", value_parser = log_level)]
     pub log_level: String,
 
+    /// Use a TEMPORARY replication slot, dropped when ampere disconnects (every restart then
+    /// starts from a new slot: clients refetch). For ephemeral storage.
+    #[arg(long, env = "CLEANUP_REPLICATION_SLOTS_ON_SHUTDOWN", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("CLEANUP_REPLICATION_SLOTS_ON_SHUTDOWN"))]
+    pub cleanup_replication_slots_on_shutdown: bool,
+
+    /// With temporary slots: a random slot name per process. Instances then do not exclude
+    /// each other (no shared lock), so each needs its own storage.
+    #[arg(long, env = "ELECTRIC_TEMPORARY_REPLICATION_SLOT_USE_RANDOM_NAME", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("ELECTRIC_TEMPORARY_REPLICATION_SLOT_USE_RANDOM_NAME"))]
+    pub temporary_replication_slot_use_random_name: bool,
+
     /// One exclusive SQLite connection with a rollback journal (for NFS/EFS storage).
     #[arg(long, env = "ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE"))]
     pub shape_db_exclusive_mode: bool,
@@ -106,6 +131,27 @@ impl Config {
     /// `electric_slot_<id>`.
     pub fn slot_name(&self) -> String {
         format!("electric_slot_{}", self.replication_stream_id)
+    }
+
+    /// Whether the slot is TEMPORARY (§1.7).
+    pub fn slot_persistence(&self) -> SlotPersistence {
+        if self.cleanup_replication_slots_on_shutdown {
+            SlotPersistence::Temporary
+        } else {
+            SlotPersistence::Persistent
+        }
+    }
+
+    /// The slot this process uses: `electric_slot_<id>`, or with temporary slots and random
+    /// names `electric_slot_` + 32 hex characters from `random` (NM-3).
+    pub fn effective_slot_name(&self, random: [u8; 16]) -> String {
+        if self.cleanup_replication_slots_on_shutdown
+            && self.temporary_replication_slot_use_random_name
+        {
+            let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            return format!("electric_slot_{hex}");
+        }
+        self.slot_name()
     }
 
     /// `electric_publication_<id>`.
@@ -259,6 +305,26 @@ mod tests {
             .config
             .validate()
             .is_ok());
+    }
+
+    #[test]
+    fn random_slot_names_need_temporary_slots() {
+        let random = [0xab; 16];
+        let plain = parse(&["--insecure", "--temporary-replication-slot-use-random-name"]);
+        let plain = plain.expect("parses").config;
+        assert_eq!(plain.effective_slot_name(random), "electric_slot_default");
+        assert_eq!(plain.slot_persistence(), SlotPersistence::Persistent);
+        let temp = parse(&[
+            "--insecure",
+            "--cleanup-replication-slots-on-shutdown",
+            "--temporary-replication-slot-use-random-name=true",
+        ]);
+        let temp = temp.expect("parses").config;
+        assert_eq!(temp.slot_persistence(), SlotPersistence::Temporary);
+        assert_eq!(
+            temp.effective_slot_name(random),
+            format!("electric_slot_{}", "ab".repeat(16))
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ampere_core::instance::{Input, Instance, Output};
+use ampere_core::instance::{LoadedShape, LoadedStorage};
 use ampere_core::ports::{
-    Clock, MetadataStore, PgError, PgPort, ReplicationMessage, ReplicationStarted,
-    ReplicationStream, ShapeLogStore, SnapshotError, StoredShape,
+    Clock, DisconnectKind, MetadataStore, PgError, PgPort, ReplicationMessage, ReplicationSession,
+    ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StoredShape, SystemIdentity,
 };
 use ampere_core::shape::{HandleStamp, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
@@ -69,11 +70,31 @@ pub enum DriverError {
 
 type Task<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// A failed Postgres step, in the core's words.
+type StepError = (DisconnectKind, String);
+
 /// Completed in-flight work, turned into an input by the loop.
-enum Completion<St> {
+enum Completion<Se, St> {
+    Connected {
+        op: OpId,
+        result: Result<(Se, SystemIdentity), StepError>,
+    },
+    Locked {
+        op: OpId,
+        session: Se,
+        result: Result<bool, StepError>,
+    },
+    LockHolders {
+        op: OpId,
+        result: Result<Vec<i32>, String>,
+    },
+    Terminated {
+        pid: i32,
+        result: Result<bool, String>,
+    },
     Started {
         op: OpId,
-        result: Result<(St, ReplicationStarted), (ampere_core::ports::DisconnectKind, String)>,
+        result: Result<(St, SlotStarted), StepError>,
     },
     Flushed {
         op: OpId,
@@ -101,6 +122,7 @@ where
 {
     let mut driver = Driver {
         ports,
+        session: None,
         stream: None,
         in_flight: FuturesUnordered::new(),
         replies: BTreeMap::new(),
@@ -147,8 +169,10 @@ async fn recv<St: ReplicationStream>(
 
 struct Driver<P: PgPort, S, M, C> {
     ports: Ports<P, S, M, C>,
+    /// The replication connection before it streams (it may hold the lock).
+    session: Option<P::Session>,
     stream: Option<P::Stream>,
-    in_flight: FuturesUnordered<Task<Completion<P::Stream>>>,
+    in_flight: FuturesUnordered<Task<Completion<P::Session, P::Stream>>>,
     replies: BTreeMap<OpId, oneshot::Sender<Result<ShapeInfo, CreateShapeError>>>,
     next_request: u64,
     /// Inputs produced while executing outputs, fed after the drain.
@@ -175,7 +199,7 @@ where
             core.handle_input(self.ports.clock.now(), input);
         }
         self.registry.publish(ReadState {
-            streaming: core.is_streaming(),
+            health: core.health().into(),
             durable_lsn: core.durable_lsn(),
         });
         Ok(())
@@ -185,17 +209,80 @@ where
     async fn execute(&mut self, output: Output) -> Result<(), DriverError> {
         debug!(?output, "output");
         match output {
-            Output::StartReplication { op, target } => {
-                self.stream = None;
-                let start = self.ports.pg.start_replication(target);
+            Output::ConnectReplication { op } => {
+                self.stop_replication();
+                let connect = self.ports.pg.connect_replication();
+                self.in_flight.push(Box::pin(async move {
+                    let result = connect.await.map_err(|e| (e.kind(), error_chain(&e)));
+                    Completion::Connected { op, result }
+                }));
+            }
+            Output::TryLock { op, slot } => {
+                let session = self
+                    .session
+                    .take()
+                    .expect("invariant: TryLock follows Connected");
+                let attempt = session.try_advisory_lock(slot);
+                self.in_flight.push(Box::pin(async move {
+                    let (session, result) = attempt.await;
+                    let result = result.map_err(|e| (e.kind(), error_chain(&e)));
+                    Completion::Locked {
+                        op,
+                        session,
+                        result,
+                    }
+                }));
+            }
+            Output::FindStaleLockHolders { op, slot, own_pid } => {
+                info!(%slot, "waiting for the replication lock");
+                let find = self.ports.pg.stale_lock_holders(slot, own_pid);
+                self.in_flight.push(Box::pin(async move {
+                    let result = find.await.map_err(|e| error_chain(&e));
+                    Completion::LockHolders { op, result }
+                }));
+            }
+            Output::TerminateBackend { pid } => {
+                warn!(
+                    pid,
+                    "terminating a backend holding the lock of an inactive slot"
+                );
+                let terminate = self.ports.pg.terminate_backend(pid);
+                self.in_flight.push(Box::pin(async move {
+                    let result = terminate.await.map_err(|e| error_chain(&e));
+                    Completion::Terminated { pid, result }
+                }));
+            }
+            Output::LoadStorage { op } => {
+                let storage = self.load_storage().await?;
+                self.pending.push_back(Input::StorageLoaded { op, storage });
+            }
+            Output::StartStreaming { op, target } => {
+                let session = self
+                    .session
+                    .take()
+                    .expect("invariant: StartStreaming holds the lock");
+                let start = session.start_streaming(target);
                 self.in_flight.push(Box::pin(async move {
                     let result = start.await.map_err(|e| (e.kind(), error_chain(&e)));
                     Completion::Started { op, result }
                 }));
             }
             Output::StopReplication { reason } => {
-                warn!(%reason, "restarting replication");
-                self.stream = None;
+                warn!(%reason, "replication stopped; serving read-only until the lock is held again");
+                self.stop_replication();
+            }
+            Output::RefreshReadModel => self.refresh_read_model().await,
+            Output::PersistIdentity { identity } => {
+                let put = self.ports.meta.put_identity(identity);
+                put.await
+                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+            }
+            Output::Purged { reason } => {
+                warn!(
+                    reason,
+                    "continuity lost: purging every shape; clients will refetch"
+                );
+                self.registry.record_purge(reason);
             }
             Output::SendStandbyStatus(status) => {
                 if let Some(stream) = self.stream.as_mut() {
@@ -318,28 +405,131 @@ where
         }));
     }
 
-    fn complete(&mut self, core: &mut Instance, done: Completion<P::Stream>) {
+    /// Drops the replication connection (releasing the lock). The core issues no storage
+    /// writes until it holds the lock again.
+    fn stop_replication(&mut self) {
+        self.stream = None;
+        self.session = None;
+    }
+
+    /// With the lock held: storage switches to writing, then shapes, logs and the replication
+    /// identity are loaded for the core, which decides what to keep.
+    async fn load_storage(&mut self) -> Result<LoadedStorage, DriverError> {
+        let storage_error = |e: &dyn std::error::Error| DriverError::Storage(error_chain(e));
+        self.ports
+            .store
+            .promote()
+            .await
+            .map_err(|e| storage_error(&e))?;
+        self.ports
+            .meta
+            .promote()
+            .await
+            .map_err(|e| storage_error(&e))?;
+        let (stored, stamp) = self
+            .ports
+            .meta
+            .load()
+            .await
+            .map_err(|e| storage_error(&e))?;
+        let identity = self
+            .ports
+            .meta
+            .load_identity()
+            .await
+            .map_err(|e| storage_error(&e))?;
+        let mut shapes = Vec::with_capacity(stored.len());
+        for shape in stored {
+            let log = match shape.snapshot {
+                Some(_) => match self.ports.store.recover(&shape.handle).await {
+                    Ok(log) => Some(log),
+                    Err(e) => {
+                        error!(handle = %shape.handle, error = %error_chain(&e), "unreadable shape log");
+                        None
+                    }
+                },
+                None => None,
+            };
+            shapes.push(LoadedShape { stored: shape, log });
+        }
+        self.registry
+            .replace_all(shapes.iter().map(|s| shape_info(&s.stored)));
+        Ok(LoadedStorage {
+            shapes,
+            stamp,
+            identity,
+        })
+    }
+
+    /// A standby re-reads the shapes the lock holder made (RO-1); failures are transient.
+    async fn refresh_read_model(&mut self) {
+        match self.ports.meta.load().await {
+            Ok((stored, _)) => self.registry.replace_all(stored.iter().map(shape_info)),
+            Err(e) => debug!(error = %error_chain(&e), "refreshing shapes from metadata failed"),
+        }
+    }
+
+    fn complete(&mut self, core: &mut Instance, done: Completion<P::Session, P::Stream>) {
         let now = self.ports.clock.now();
         let input = match done {
-            Completion::Started {
+            Completion::Connected {
                 op,
-                result: Ok((stream, started)),
+                result: Ok((session, identity)),
             } => {
-                info!(
-                    system_id = %started.system_id,
-                    timeline = started.timeline,
-                    slot_created = started.slot_created,
-                    confirmed_flush_lsn = %started.confirmed_flush_lsn,
-                    "replication streaming"
-                );
-                self.stream = Some(stream);
-                Input::ReplicationStarted { op, started }
+                self.session = Some(session);
+                Input::ReplicationConnected { op, identity }
+            }
+            Completion::Locked {
+                op,
+                session,
+                result: Ok(acquired),
+            } => {
+                self.session = Some(session);
+                if acquired {
+                    info!("holding the replication lock");
+                }
+                Input::LockAttempted { op, acquired }
+            }
+            Completion::LockHolders { op, result } => {
+                let pids = result.unwrap_or_else(|e| {
+                    warn!(error = %e, "lock breaker query failed");
+                    Vec::new()
+                });
+                Input::StaleLockHolders { op, pids }
+            }
+            Completion::Terminated { pid, result } => {
+                match result {
+                    Ok(signalled) => info!(pid, signalled, "lock breaker terminated a backend"),
+                    Err(e) => warn!(pid, error = %e, "lock breaker could not terminate a backend"),
+                }
+                return;
             }
             Completion::Started {
                 op,
+                result: Ok((stream, slot)),
+            } => {
+                info!(
+                    slot_created = slot.slot_created,
+                    confirmed_flush_lsn = %slot.confirmed_flush_lsn,
+                    "replication streaming"
+                );
+                self.stream = Some(stream);
+                Input::ReplicationStarted { op, slot }
+            }
+            Completion::Connected {
+                op,
+                result: Err((kind, message)),
+            }
+            | Completion::Locked {
+                op,
+                result: Err((kind, message)),
+                ..
+            }
+            | Completion::Started {
+                op,
                 result: Err((kind, message)),
             } => {
-                warn!(error = %message, ?kind, "starting replication failed");
+                warn!(error = %message, ?kind, "replication setup failed");
                 Input::ReplicationFailed { op, kind, message }
             }
             Completion::Flushed { op, result: Ok(()) } => Input::LogsFlushed { op },
@@ -429,5 +619,14 @@ where
         self.stream = None;
         info!(acked = %core.acked_lsn(), "driver stopped");
         Ok(())
+    }
+}
+
+/// The read model's view of a stored shape.
+fn shape_info(stored: &StoredShape) -> ShapeInfo {
+    ShapeInfo {
+        handle: stored.handle.clone(),
+        definition: stored.definition.clone(),
+        schema: Arc::new(stored.schema.clone()),
     }
 }

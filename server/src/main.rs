@@ -4,14 +4,16 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use ampere_core::instance::{Config as CoreConfig, Instance, RecoveredShape};
-use ampere_core::ports::{Clock, MetadataStore, ReplicationTarget, ShapeLogStore};
+use ampere_core::instance::{Config as CoreConfig, Instance};
+use ampere_core::ports::{Clock, MetadataStore, ReplicationTarget};
 use ampere_io_real::clock::TokioClock;
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use ampere_io_real::metadata::{MetadataMode, MetadataOptions, SqliteMetadata};
+use ampere_io_real::metadata::{MetadataMode, MetadataOptions};
 use ampere_io_real::pg::RealPg;
+use ampere_io_real::standby_metadata::StandbyMetadata;
 use ampere_io_real::store::{probe_writable, FileStore};
 use ampere_server::api::ShapeInfo;
+use ampere_server::cleanup;
 use ampere_server::config::{Cli, Command, Config};
 use ampere_server::driver::{self, Ports};
 use ampere_server::http::{router, HttpConfig};
@@ -24,9 +26,12 @@ use tracing::{info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = cli.config.validate() {
-        eprintln!("ampere: {e}");
-        return ExitCode::from(2);
+    let is_serve = matches!(cli.command, None | Some(Command::Serve));
+    if is_serve {
+        if let Err(e) = cli.config.validate() {
+            eprintln!("ampere: {e}");
+            return ExitCode::from(2);
+        }
     }
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::Cleanup(args) => runtime.block_on(cleanup::run(&cli.config, &args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,21 +66,25 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // LC-1: storage and metadata first (read-only: a standby writes nothing, RO-4), then
+    // Postgres; the lock holder switches storage to writing once it has the lock.
     let (store, meta) = open_storage(&config)?;
     let (embedded, database_url) = database(&config).await?;
     let pg =
         RealPg::from_url(&database_url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
 
     let registry = Registry::new();
-    let (recovered, stamp) = recover(&store, &meta, &registry).await?;
-    let target = ReplicationTarget {
-        slot: config.slot_name(),
-        publication: config.publication_name(),
-    };
-    info!(slot = %target.slot, publication = %target.publication, shapes = recovered.len(), "starting");
+    let (stored, _) = meta.load().await.context("loading shape metadata")?;
+    registry.replace_all(stored.iter().map(|s| ShapeInfo {
+        handle: s.handle.clone(),
+        definition: s.definition.clone(),
+        schema: std::sync::Arc::new(s.schema.clone()),
+    }));
+    let target = replication_target(&config);
+    info!(slot = %target.slot, publication = %target.publication, shapes = registry.len(), "starting");
     let clock = TokioClock::new();
     let core_config = CoreConfig::new(target, config.shape_chunk_bytes_threshold);
-    let core = Instance::new(core_config, Clock::now(&clock), recovered, stamp);
+    let core = Instance::new(core_config, Clock::now(&clock));
 
     let (requests_tx, requests) = mpsc::channel(1024);
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -101,9 +111,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     driven.context("replication")
 }
 
+/// Slot, publication and slot kind from the configuration (NM-1..NM-3).
+fn replication_target(config: &Config) -> ReplicationTarget {
+    if config.temporary_replication_slot_use_random_name
+        && !config.cleanup_replication_slots_on_shutdown
+    {
+        warn!(
+            "ELECTRIC_TEMPORARY_REPLICATION_SLOT_USE_RANDOM_NAME has no effect without \
+             CLEANUP_REPLICATION_SLOTS_ON_SHUTDOWN=true"
+        );
+    }
+    let slot = config.effective_slot_name(random_bytes());
+    if slot != config.slot_name() {
+        warn!(
+            %slot,
+            "random temporary slot: instances do not exclude each other; each needs its own \
+             storage, which must not outlive this instance"
+        );
+    }
+    ReplicationTarget {
+        slot,
+        publication: config.publication_name(),
+        slot_persistence: config.slot_persistence(),
+    }
+}
+
+/// 16 bytes from the OS's random source (only for random slot names).
+fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut urandom, &mut bytes);
+    }
+    if bytes == [0; 16] {
+        // No /dev/urandom: the clock still makes names differ between processes.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ u128::from(std::process::id())).to_le_bytes();
+    }
+    bytes
+}
+
 /// Probes `ELECTRIC_STORAGE_DIR` (before any Postgres connection), then opens the shape-log
 /// store and the metadata database inside it.
-fn open_storage(config: &Config) -> anyhow::Result<(FileStore, SqliteMetadata)> {
+fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)> {
     let storage = &config.storage_dir;
     probe_writable(storage).with_context(|| {
         format!(
@@ -112,7 +163,7 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, SqliteMetadata)> 
             storage.display()
         )
     })?;
-    let store = FileStore::open(storage).context("opening shape storage")?;
+    let store = FileStore::open_follower(storage).context("opening shape storage")?;
     let mode = if config.shape_db_exclusive_mode {
         MetadataMode::Exclusive
     } else {
@@ -122,7 +173,7 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, SqliteMetadata)> 
         mode,
         ..MetadataOptions::default()
     };
-    let meta = SqliteMetadata::open(storage, &options).context("opening shape metadata")?;
+    let meta = StandbyMetadata::open(storage, options).context("opening shape metadata")?;
     Ok((store, meta))
 }
 
@@ -170,48 +221,6 @@ async fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, 
     info!(url = %url, "DATABASE_URL unset: started embedded PostgreSQL");
     println!("ampere: embedded PostgreSQL at {url}");
     Ok((Some(embedded), url))
-}
-
-/// Loads shape metadata and logs; discards shapes whose snapshot never completed.
-async fn recover(
-    store: &FileStore,
-    meta: &SqliteMetadata,
-    registry: &Registry,
-) -> anyhow::Result<(Vec<RecoveredShape>, ampere_core::shape::HandleStamp)> {
-    let (stored, stamp) = meta.load().await.context("loading shape metadata")?;
-    let mut recovered = Vec::with_capacity(stored.len());
-    for shape in stored {
-        let log = match shape.snapshot {
-            Some(_) => Some(
-                store
-                    .recover(&shape.handle)
-                    .await
-                    .context("recovering shape log")?,
-            ),
-            None => None,
-        };
-        let complete = store
-            .status(&shape.handle)
-            .is_some_and(|s| s.snapshot_complete);
-        let Some(log) = log.filter(|_| complete) else {
-            warn!(handle = %shape.handle, "discarding shape whose snapshot did not complete");
-            store
-                .remove_shape(&shape.handle)
-                .await
-                .context("removing incomplete shape")?;
-            meta.delete_shape(&shape.handle)
-                .await
-                .context("removing incomplete shape")?;
-            continue;
-        };
-        registry.insert(ShapeInfo {
-            handle: shape.handle.clone(),
-            definition: shape.definition.clone(),
-            schema: std::sync::Arc::new(shape.schema.clone()),
-        });
-        recovered.push(RecoveredShape { stored: shape, log });
-    }
-    Ok((recovered, stamp))
 }
 
 async fn wait_for_signal() {

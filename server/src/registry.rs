@@ -8,7 +8,7 @@ use ampere_core::shape::{ShapeDefinition, ShapeHandle};
 use ampere_core::Lsn;
 use tokio::sync::watch;
 
-use crate::api::ShapeInfo;
+use crate::api::{Health, PurgeInfo, ShapeInfo};
 
 /// Shared, cheaply cloned read model.
 #[derive(Clone, Debug)]
@@ -21,13 +21,14 @@ pub struct Registry {
 struct Shapes {
     by_handle: BTreeMap<ShapeHandle, ShapeInfo>,
     by_definition: BTreeMap<ShapeDefinition, ShapeHandle>,
+    last_purge: Option<PurgeInfo>,
 }
 
 /// Readiness and progress, observable with [`Registry::subscribe`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ReadState {
-    /// Replication is streaming: shapes can be created.
-    pub streaming: bool,
+    /// `starting` until the driver runs, then `waiting` or `active`.
+    pub health: Health,
     /// The last commit LSN durable in every shape.
     pub durable_lsn: Lsn,
 }
@@ -48,6 +49,32 @@ impl Registry {
             .by_definition
             .insert(info.definition.clone(), info.handle.clone());
         shapes.by_handle.insert(info.handle.clone(), info);
+    }
+
+    /// Replaces every shape (a standby's refresh, or storage loaded by the lock holder).
+    pub fn replace_all(&self, shapes: impl IntoIterator<Item = ShapeInfo>) {
+        let mut fresh = Shapes::default();
+        for info in shapes {
+            fresh
+                .by_definition
+                .insert(info.definition.clone(), info.handle.clone());
+            fresh.by_handle.insert(info.handle.clone(), info);
+        }
+        let mut current = self.write();
+        fresh.last_purge = current.last_purge;
+        *current = fresh;
+    }
+
+    /// Counts a purge and remembers why (shown by `/v1/health`).
+    pub fn record_purge(&self, reason: &'static str) {
+        let mut shapes = self.write();
+        let count = shapes.last_purge.map_or(0, |p| p.count) + 1;
+        shapes.last_purge = Some(PurgeInfo { count, reason });
+    }
+
+    /// The last purge since start.
+    pub fn last_purge(&self) -> Option<PurgeInfo> {
+        self.read().last_purge
     }
 
     /// Removes a shape (its clients get 409 from now on).

@@ -9,9 +9,9 @@ use ampere_core::{LogOffset, Lsn};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::api::{CatalogUnavailable, CreateShapeError, Health, ShapeApi, ShapeInfo};
+use crate::api::{CatalogUnavailable, CreateShapeError, Health, PurgeInfo, ShapeApi, ShapeInfo};
 use crate::driver::Request;
-use crate::registry::Registry;
+use crate::registry::{ReadState, Registry};
 use ampere_core::error_chain;
 
 /// How long a shape creation waits for the service to become active (then 503).
@@ -39,7 +39,8 @@ impl<P: PgPort, S: ShapeLogStore> Service<P, S> {
 
     async fn wait_until_streaming(&self) -> bool {
         let mut state = self.registry.subscribe();
-        let ready = tokio::time::timeout(READY_WAIT, state.wait_for(|s| s.streaming)).await;
+        let active = |s: &ReadState| s.health == Health::Active;
+        let ready = tokio::time::timeout(READY_WAIT, state.wait_for(active)).await;
         matches!(ready, Ok(Ok(_)))
     }
 }
@@ -109,10 +110,10 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
     }
 
     fn health(&self) -> Health {
-        if self.registry.state().streaming {
-            Health::Active
-        } else {
-            Health::Starting
-        }
+        self.registry.state().health
+    }
+
+    fn last_purge(&self) -> Option<PurgeInfo> {
+        self.registry.last_purge()
     }
 }

@@ -17,7 +17,7 @@ fn committed(h: &mut Harness, txn: &Txn) -> Vec<Output> {
 fn an_insert_becomes_one_complete_entry() {
     // Goal: the whole JSON line of a replicated insert, end to end from pgoutput bytes.
     // Method: one insert into a shaped table.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     let out = committed(
         &mut h,
@@ -36,7 +36,7 @@ fn offsets_are_the_commit_lsn_and_twice_the_change_index() {
     // Goal: offsets are `<commit_lsn>_<2i>` with i the change's index in the whole
     // transaction, other tables included; only the shape's last entry has "last":true.
     // Method: a transaction of changes to another table and to the shaped table.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     let txn = Txn::new(700, T)
         .insert(&others(), &["1", "v"])
@@ -66,7 +66,7 @@ fn a_primary_key_change_becomes_a_delete_and_an_insert_linked_by_key() {
     // Goal: an update of the key is a delete at op and an insert at op + 1, each naming the
     // other key (key_change_to / key_change_from); the insert is the last entry.
     // Method: update id 1 → 2 as the second change of a transaction.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     let txn = Txn::new(700, T).insert(&others(), &["1", "v"]).update(
         &items(),
@@ -93,7 +93,7 @@ fn an_update_changing_no_selected_column_produces_nothing() {
     // Goal: a shape selecting some columns ignores updates of the others entirely: no
     // entry, no append, no flush, and the commit is confirmed at once.
     // Method: a shape on (id, title); update only n.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let op = h.request(selecting(&items(), &["title", "id"]), &items());
     h.snapshot_taken(op, super::harness::early_snapshot());
     h.take();
@@ -103,8 +103,8 @@ fn an_update_changing_no_selected_column_produces_nothing() {
     );
     assert_eq!(
         kinds(&out),
-        ["PersistShape", "SendStandbyStatus"],
-        "xid 700 ends filtering"
+        ["PersistShape", "PersistIdentity", "SendStandbyStatus"],
+        "xid 700 ends filtering; the acked position is persisted before it is sent"
     );
     assert_eq!(super::harness::flushes(&out), [Lsn(T + 1)]);
 }
@@ -113,7 +113,7 @@ fn an_update_changing_no_selected_column_produces_nothing() {
 fn a_selected_column_update_carries_only_selected_columns() {
     // Goal: entries of a column-selecting shape hold only its columns, in name order.
     // Method: a shape on (title, id); update title and n.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let op = h.request(selecting(&items(), &["title", "id"]), &items());
     h.snapshot_taken(op, super::harness::early_snapshot());
     let handle = match &h.take()[..] {
@@ -155,7 +155,7 @@ fn chunk_ends_follow_the_byte_threshold_across_transactions() {
     // Method: a 500-byte threshold and three transactions of inserts (~150 bytes each).
     let mut config = Harness::config();
     config.chunk_bytes_threshold = 500;
-    let mut h = Harness::streaming_with(config);
+    let mut h = Harness::active_with(config);
     let handle = h.live_shape(&items());
     let mut all = Vec::new();
     for (i, lsn) in [0x2000u64, 0x3000, 0x4000].into_iter().enumerate() {

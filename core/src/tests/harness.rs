@@ -1,21 +1,38 @@
 //! The scripted harness: one [`Instance`] on virtual time, a scripted walsender that speaks
-//! real pgoutput bytes, and a ledger that checks `ack-after-durable` on every standby status.
+//! real pgoutput bytes, a model of the shared storage, and a ledger that checks every
+//! standby status: `ack-after-durable` (RP-1) and `persist-before-ack` (CT-5).
 //!
 //! Every action feeds one fact, drains the outputs into `out` (take them with
 //! [`Harness::take`]) and fires the timers that are due, as the server's loop does. Nothing is
-//! answered automatically: a test replies to `FlushLogs`, `CreateShape` and `StartReplication`
-//! itself, so it can place replies wherever the scenario needs them.
+//! answered automatically: a test replies to `ConnectReplication`, `TryLock`,
+//! `FindStaleLockHolders`, `LoadStorage`, `StartStreaming`, `FlushLogs` and `CreateShape`
+//! itself ([`Harness::start`] walks the whole connection setup), so it can place replies
+//! wherever the scenario needs them.
+//!
+//! The storage model executes the outputs as the driver would: rows from `CreateShape`,
+//! `PersistShape` and `RemoveShape`; entries from `Append`, durable once a `FlushLogs` issued
+//! after them is answered and lost if still unflushed when replication stops (LK-6: nothing
+//! is written any more) or when their flush fails; the identity from `PersistIdentity`.
+//! `LoadStorage` is answered from it, as `LoadedStorage` (incomplete shapes without a log).
+//!
+//! The harness also records every storage or stream write (`Append`, `FlushLogs`,
+//! `CreateShape`, `PersistShape`, `PersistIdentity`, `Purged`, `RemoveShape`, statuses) made
+//! while the core is not active (LK-5, LK-6, RO-4); see [`Harness::writes_outside_active`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::instance::{Config, Input, Instance, Output, RecoveredShape};
+use crate::instance::{
+    Config, Input, Instance, LoadedShape, LoadedStorage, Output, RecoveredShape,
+};
 use crate::lsn::Lsn;
+use crate::offset::LogOffset;
 use crate::pgoutput::Oid;
 use crate::ports::{
-    DisconnectKind, LogEntry, ReplicationStarted, ReplicationTarget, StandbyStatus,
+    DisconnectKind, LogEntry, RecoveredLog, ReplicationTarget, SlotPersistence, SlotStarted,
+    StandbyStatus, StorageIdentity, StoredShape, SystemIdentity,
 };
 use crate::shape::{
     ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
@@ -297,18 +314,43 @@ pub(crate) mod wire {
     }
 }
 
+/// The system every scripted connection reports unless a test says otherwise.
+pub(crate) fn system() -> SystemIdentity {
+    SystemIdentity {
+        system_id: "7000000000000000001".to_owned(),
+        timeline: 1,
+        backend_pid: 4242,
+    }
+}
+
+/// What storage records after following [`system`]'s default slot up to `acked`.
+pub(crate) fn identity(acked: Lsn) -> StorageIdentity {
+    let system = system();
+    StorageIdentity {
+        system_id: system.system_id,
+        timeline: system.timeline,
+        slot: Harness::config().target.slot,
+        acked,
+        purge_pending: false,
+    }
+}
+
+/// A claim of an `Append` that was lost before it became durable.
+const LOST: u64 = u64::MAX;
+
 /// What keeps one commit from being durable, as the harness sees the conversation.
 #[derive(Debug, Default)]
 struct Pending {
     /// Snapshot ops of shapes that were snapshotting on a touched table when it was fed.
     snapshots: BTreeSet<OpId>,
-    /// Sequence number of the last `Append` holding one of its entries.
-    last_append: Option<u64>,
+    /// Per shape, the sequence number of the last `Append` holding one of its entries
+    /// ([`LOST`] if that append was lost).
+    appends: BTreeMap<ShapeHandle, u64>,
 }
 
 /// An independent model of durability, used to check every status the core sends: a
-/// commit is durable once no snapshot it waits on is pending and every `Append` with its
-/// entries precedes a `FlushLogs` that was answered.
+/// commit is durable once no snapshot it waits on is pending and, in every shape still
+/// existing, the last `Append` with its entries precedes a `FlushLogs` that was answered.
 #[derive(Debug, Default)]
 struct Ledger {
     commits: BTreeMap<Lsn, Pending>,
@@ -318,60 +360,48 @@ struct Ledger {
     /// Issued and unanswered flushes: op and the number of appends they cover.
     flushes: Vec<(OpId, u64)>,
     durable_appends: u64,
+    /// Highest WAL end received on the current connection.
     received: Lsn,
+    /// The last `flush` sent on the current connection (its start position at first).
     last_flush: Lsn,
 }
 
 impl Ledger {
     fn fed(&mut self, commit_lsn: Lsn, tables: &BTreeSet<Oid>) {
-        if self.commits.contains_key(&commit_lsn) {
-            return; // a replay: the first delivery decided what it waits on
-        }
-        let snapshots = self
+        // A replay waits on the shapes snapshotting now as well as on those of its first
+        // delivery that are still snapshotting.
+        let snapshots: Vec<OpId> = self
             .snapshotting
             .iter()
             .filter(|(_, (_, oid))| tables.contains(oid))
             .map(|(op, _)| *op)
             .collect();
-        self.commits.insert(
-            commit_lsn,
-            Pending {
-                snapshots,
-                last_append: None,
-            },
-        );
+        let pending = self.commits.entry(commit_lsn).or_default();
+        pending.snapshots.extend(snapshots);
     }
 
-    fn output(&mut self, output: &Output) {
-        match output {
-            Output::Append { entries, .. } => {
-                for e in entries {
-                    let pending = self.commits.entry(Lsn(e.offset.tx())).or_default();
-                    pending.last_append = Some(self.appends);
-                }
-                self.appends += 1;
-            }
-            Output::FlushLogs { op } => self.flushes.push((*op, self.appends)),
-            Output::CreateShape { op, snapshot, .. } => {
-                self.snapshotting
-                    .insert(*op, (snapshot.handle.clone(), snapshot.schema.oid));
-            }
-            Output::RemoveShape { handle, .. } => {
-                let ops: Vec<OpId> = self
-                    .snapshotting
-                    .iter()
-                    .filter(|(_, (h, _))| h == handle)
-                    .map(|(op, _)| *op)
-                    .collect();
-                ops.into_iter().for_each(|op| self.snapshot_done(op));
-            }
-            Output::StartReplication { .. }
-            | Output::StopReplication { .. }
-            | Output::SendStandbyStatus(_)
-            | Output::ShapeExists { .. }
-            | Output::ShapeRefused { .. }
-            | Output::PersistShape { .. }
-            | Output::Fatal { .. } => {}
+    /// Records an `Append`; returns its sequence number.
+    fn appended(&mut self, handle: &ShapeHandle, entries: &[LogEntry]) -> u64 {
+        let seq = self.appends;
+        for e in entries {
+            let pending = self.commits.entry(Lsn(e.offset.tx())).or_default();
+            pending.appends.insert(handle.clone(), seq);
+        }
+        self.appends += 1;
+        seq
+    }
+
+    /// A removed shape needs nothing any more.
+    fn removed(&mut self, handle: &ShapeHandle) {
+        let ops: Vec<OpId> = self
+            .snapshotting
+            .iter()
+            .filter(|(_, (h, _))| h == handle)
+            .map(|(op, _)| *op)
+            .collect();
+        ops.into_iter().for_each(|op| self.snapshot_done(op));
+        for pending in self.commits.values_mut() {
+            pending.appends.remove(handle);
         }
     }
 
@@ -389,14 +419,49 @@ impl Ledger {
         }
     }
 
+    /// A failed flush made nothing durable: every append not durable yet is lost. Returns
+    /// the first lost sequence number.
+    fn flush_failed(&mut self, op: OpId) -> u64 {
+        self.flushes.retain(|(o, _)| *o != op);
+        self.lose_from(self.durable_appends)
+    }
+
+    /// Replication stopped: appends no running flush covers are never written. Returns the
+    /// first lost sequence number.
+    fn stopped(&mut self) -> u64 {
+        let covered = self.flushes.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        self.lose_from(self.durable_appends.max(covered))
+    }
+
+    fn lose_from(&mut self, seq: u64) -> u64 {
+        for pending in self.commits.values_mut() {
+            for claim in pending.appends.values_mut() {
+                if *claim >= seq {
+                    *claim = LOST;
+                }
+            }
+        }
+        seq
+    }
+
+    /// Streaming (re)started at `slot`: positions are those of this connection now.
+    fn restarted(&mut self, slot: SlotStarted) {
+        self.received = slot.confirmed_flush_lsn;
+        self.last_flush = slot.confirmed_flush_lsn;
+        if slot.slot_created {
+            self.commits.clear(); // another history: its LSNs may repeat old ones
+        }
+    }
+
     fn is_durable(&self, pending: &Pending) -> bool {
         pending.snapshots.is_empty()
             && pending
-                .last_append
-                .is_none_or(|seq| seq < self.durable_appends)
+                .appends
+                .values()
+                .all(|seq| *seq < self.durable_appends)
     }
 
-    fn check(&mut self, status: StandbyStatus) {
+    fn check(&mut self, status: StandbyStatus, stored: Option<&StorageIdentity>, on: &Connection) {
         let flush = status.flush;
         for (commit, pending) in self.commits.range(..flush) {
             assert!(
@@ -418,8 +483,112 @@ impl Ledger {
         );
         assert_eq!(status.apply, flush, "apply-equals-flush");
         assert!(status.write >= flush, "write-covers-flush: {status:?}");
+        let stored = stored.unwrap_or_else(|| {
+            panic!("persist-before-ack (CT-5): flush={flush} sent before any PersistIdentity")
+        });
+        assert!(
+            flush <= stored.acked,
+            "persist-before-ack (CT-5, RP-1): flush={flush} sent but storage has acked={}",
+            stored.acked
+        );
+        let system = on
+            .system
+            .as_ref()
+            .expect("status-on-connection: a status needs a connection");
+        assert_eq!(
+            stored.system_id, system.system_id,
+            "identity-current (CT-5): storage follows another system"
+        );
+        assert_eq!(
+            stored.timeline, system.timeline,
+            "identity-current (CT-5): storage follows another timeline"
+        );
+        assert_eq!(
+            stored.slot, on.slot,
+            "identity-current (CT-5): storage follows another slot"
+        );
         self.last_flush = flush;
     }
+}
+
+/// One shape as the storage model holds it.
+#[derive(Debug)]
+struct StoredModel {
+    row: StoredShape,
+    /// What its log held before the harness started.
+    base: RecoveredLog,
+    /// Appended entries with the sequence number of their `Append`.
+    entries: Vec<(u64, LogEntry)>,
+}
+
+/// The shared storage directory, as the outputs so far left it.
+#[derive(Debug, Default)]
+struct Storage {
+    shapes: BTreeMap<ShapeHandle, StoredModel>,
+    stamp: HandleStamp,
+    identity: Option<StorageIdentity>,
+}
+
+impl Storage {
+    /// What `LoadStorage` finds: entries of answered flushes only.
+    fn loaded(&self, durable_appends: u64) -> LoadedStorage {
+        let shapes = self
+            .shapes
+            .values()
+            .map(|s| {
+                let mut log = s.base;
+                for (_, e) in s.entries.iter().filter(|(seq, _)| *seq < durable_appends) {
+                    log.latest = e.offset;
+                    log.open_chunk_bytes = if e.chunk_end {
+                        0
+                    } else {
+                        log.open_chunk_bytes + e.json.len() as u64 + 1
+                    };
+                }
+                LoadedShape {
+                    stored: s.row.clone(),
+                    log: s.row.snapshot.is_some().then_some(log),
+                }
+            })
+            .collect();
+        LoadedStorage {
+            shapes,
+            stamp: self.stamp,
+            identity: self.identity.clone(),
+        }
+    }
+
+    fn lose_from(&mut self, seq: u64) {
+        for shape in self.shapes.values_mut() {
+            shape.entries.retain(|(s, _)| *s < seq);
+        }
+    }
+}
+
+/// The replication connection as the scripted driver holds it.
+#[derive(Debug, Default)]
+struct Connection {
+    /// What the open connection reported, if one is open.
+    system: Option<SystemIdentity>,
+    /// Whether it holds the advisory lock.
+    holds_lock: bool,
+    /// The configured slot name.
+    slot: String,
+}
+
+/// A step of the connection lifecycle that awaits a reply.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum Step {
+    /// `ConnectReplication`.
+    Connect,
+    /// `TryLock`.
+    Lock,
+    /// `FindStaleLockHolders`.
+    Breaker,
+    /// `LoadStorage`.
+    Load,
+    /// `StartStreaming`.
+    Stream,
 }
 
 /// One instance driven by a script. See the module docs.
@@ -428,9 +597,17 @@ pub(crate) struct Harness {
     now: Instant,
     out: Vec<Output>,
     ledger: Ledger,
+    storage: Storage,
+    connection: Connection,
+    /// What the next connection reports.
+    system: SystemIdentity,
+    awaiting: BTreeMap<Step, OpId>,
+    /// Every handle storage ever held (ID-2: never reissued).
+    issued: BTreeSet<ShapeHandle>,
+    /// Writes made while the core was not active (see the module docs).
+    off_duty_writes: Vec<String>,
     /// Relations announced on the current connection (pgoutput re-announces after a restart).
     announced: BTreeMap<Oid, TableSchema>,
-    start_op: Option<OpId>,
     next_request: u64,
     unix_micros: u64,
     trace: Vec<String>,
@@ -447,50 +624,87 @@ impl Drop for Harness {
     }
 }
 
+/// Construction and inspection.
 impl Harness {
-    /// The default configuration: 10 MiB chunks, 10 s status interval, 1 s … 10 s backoff.
+    /// The default configuration: persistent slot `electric_slot_default`, 10 MiB chunks,
+    /// 10 s status interval, 1 s … 10 s backoff.
     pub(crate) fn config() -> Config {
         let target = ReplicationTarget {
             slot: "electric_slot_default".to_owned(),
             publication: "electric_publication_default".to_owned(),
+            slot_persistence: SlotPersistence::Persistent,
         };
         Config::new(target, 10 * 1024 * 1024)
     }
 
-    /// A fresh instance (no stored shapes) that has just asked to start replication.
+    /// A fresh instance over empty storage that has just asked to connect replication.
     pub(crate) fn new() -> Self {
         Self::with(Self::config(), Vec::new(), HandleStamp::default())
     }
 
-    /// An instance over `recovered` shapes and a stored stamp high-water mark.
+    /// An instance whose storage holds `recovered` shapes, a stamp high-water mark and no
+    /// identity (as left by a version that did not persist one).
     pub(crate) fn with(config: Config, recovered: Vec<RecoveredShape>, stamp: HandleStamp) -> Self {
+        Self::with_storage(config, recovered, stamp, None)
+    }
+
+    /// An instance whose storage holds `recovered` shapes, a stamp high-water mark and the
+    /// replication `identity` they follow. The core learns all this only from `StorageLoaded`
+    /// once it holds the lock.
+    pub(crate) fn with_storage(
+        config: Config,
+        recovered: Vec<RecoveredShape>,
+        stamp: HandleStamp,
+        identity: Option<StorageIdentity>,
+    ) -> Self {
         let now = Instant(1_000_000_000);
+        let shapes: BTreeMap<ShapeHandle, StoredModel> = recovered
+            .into_iter()
+            .map(|r| {
+                let model = StoredModel {
+                    row: r.stored,
+                    base: r.log,
+                    entries: Vec::new(),
+                };
+                (model.row.handle.clone(), model)
+            })
+            .collect();
+        let connection = Connection {
+            slot: config.target.slot.clone(),
+            ..Connection::default()
+        };
         let mut h = Self {
-            core: Instance::new(config, now, recovered, stamp),
+            core: Instance::new(config, now),
             now,
             out: Vec::new(),
             ledger: Ledger::default(),
+            issued: shapes.keys().cloned().collect(),
+            storage: Storage {
+                shapes,
+                stamp,
+                identity,
+            },
+            connection,
+            system: system(),
+            awaiting: BTreeMap::new(),
+            off_duty_writes: Vec::new(),
             announced: BTreeMap::new(),
-            start_op: None,
             next_request: 1_000,
             unix_micros: 1_700_000_000_000_000,
             trace: vec![format!("{now:?} Instance::new")],
         };
-        h.drain(None);
+        h.drain(false);
         h.settle();
         h
     }
 
-    /// A fresh instance streaming from [`START_LSN`], its outputs taken.
-    pub(crate) fn streaming() -> Self {
-        let mut h = Self::new();
-        h.start(START_LSN);
-        h.take();
-        h
+    /// A fresh instance, active on a slot at [`START_LSN`], its outputs taken.
+    pub(crate) fn active() -> Self {
+        Self::active_with(Self::config())
     }
 
-    /// Like [`Harness::streaming`] with another configuration.
-    pub(crate) fn streaming_with(config: Config) -> Self {
+    /// Like [`Harness::active`] with another configuration.
+    pub(crate) fn active_with(config: Config) -> Self {
         let mut h = Self::with(config, Vec::new(), HandleStamp::default());
         h.start(START_LSN);
         h.take();
@@ -512,6 +726,39 @@ impl Harness {
         std::mem::take(&mut self.out)
     }
 
+    /// The op of the `step` awaiting its reply, if one does.
+    pub(crate) fn awaiting(&self, step: Step) -> Option<OpId> {
+        self.awaiting.get(&step).copied()
+    }
+
+    /// Whether the scripted replication connection holds the advisory lock.
+    pub(crate) fn holds_lock(&self) -> bool {
+        self.connection.holds_lock
+    }
+
+    /// The identity storage holds now.
+    pub(crate) fn stored_identity(&self) -> Option<&StorageIdentity> {
+        self.storage.identity.as_ref()
+    }
+
+    /// The handles of the shapes storage holds now.
+    pub(crate) fn stored_handles(&self) -> Vec<ShapeHandle> {
+        self.storage.shapes.keys().cloned().collect()
+    }
+
+    /// Makes the next connections report `system` (another cluster, a new timeline).
+    pub(crate) fn set_system(&mut self, system: SystemIdentity) {
+        self.system = system;
+    }
+
+    /// Every write the core asked for while it was not active, as trace lines.
+    pub(crate) fn writes_outside_active(&self) -> &[String] {
+        &self.off_duty_writes
+    }
+}
+
+/// Time and the connection lifecycle.
+impl Harness {
     /// Feeds one fact, drains, and fires the timers already due.
     pub(crate) fn input(&mut self, input: Input) {
         self.step(Some(input));
@@ -542,40 +789,81 @@ impl Harness {
         self.step(None);
     }
 
-    /// The op of the `StartReplication` awaiting a reply.
-    pub(crate) fn start_op(&self) -> OpId {
-        self.start_op.expect("a StartReplication awaits its reply")
+    fn awaited(&mut self, step: Step) -> OpId {
+        self.awaiting.remove(&step).unwrap_or_else(|| {
+            panic!(
+                "no {step:?} awaits its reply (awaiting {:?})",
+                self.awaiting
+            )
+        })
     }
 
-    /// Answers `StartReplication`: the existing slot streams from `confirmed_flush_lsn`.
+    /// Answers `ConnectReplication`: the connection reports the harness's system.
+    pub(crate) fn connect(&mut self) {
+        let identity = self.system.clone();
+        let op = self.awaited(Step::Connect);
+        self.connection.system = Some(identity.clone());
+        self.input(Input::ReplicationConnected { op, identity });
+    }
+
+    /// Answers `TryLock`.
+    pub(crate) fn lock(&mut self, acquired: bool) {
+        let op = self.awaited(Step::Lock);
+        self.connection.holds_lock = acquired;
+        self.input(Input::LockAttempted { op, acquired });
+    }
+
+    /// Answers `FindStaleLockHolders` with these holder pids.
+    pub(crate) fn stale_holders(&mut self, pids: &[i32]) {
+        let op = self.awaited(Step::Breaker);
+        let pids = pids.to_vec();
+        self.input(Input::StaleLockHolders { op, pids });
+    }
+
+    /// Answers `LoadStorage` with what the storage model holds.
+    pub(crate) fn load_storage(&mut self) {
+        let op = self.awaiting(Step::Load).unwrap_or_else(|| {
+            panic!("no LoadStorage awaits its reply (is a flush from before the disconnect still running?)")
+        });
+        self.awaiting.remove(&Step::Load);
+        let storage = self.storage.loaded(self.ledger.durable_appends);
+        self.input(Input::StorageLoaded { op, storage });
+    }
+
+    /// Answers `StartStreaming`: the slot streams from `confirmed_flush_lsn`, created now or
+    /// not.
+    pub(crate) fn start_streaming(&mut self, confirmed_flush_lsn: Lsn, slot_created: bool) {
+        let op = self.awaited(Step::Stream);
+        let slot = SlotStarted {
+            slot_created,
+            confirmed_flush_lsn,
+        };
+        self.ledger.restarted(slot);
+        self.announced.clear();
+        self.input(Input::ReplicationStarted { op, slot });
+    }
+
+    /// Walks the whole setup on an existing slot streaming from `confirmed_flush_lsn`.
     pub(crate) fn start(&mut self, confirmed_flush_lsn: Lsn) {
         self.start_with(confirmed_flush_lsn, false);
     }
 
-    /// Answers `StartReplication`, saying whether the slot was created just now.
+    /// Walks the whole setup: `ConnectReplication` → `TryLock` (acquired) → `LoadStorage` →
+    /// `StartStreaming`, the slot created now or not.
     pub(crate) fn start_with(&mut self, confirmed_flush_lsn: Lsn, slot_created: bool) {
-        let op = self
-            .start_op
-            .take()
-            .expect("a StartReplication awaits its reply");
-        let started = ReplicationStarted {
-            system_id: "7000000000000000001".to_owned(),
-            timeline: 1,
-            slot_created,
-            confirmed_flush_lsn,
-        };
-        if slot_created {
-            self.ledger.last_flush = Lsn::ZERO;
-        }
-        self.input(Input::ReplicationStarted { op, started });
+        self.connect();
+        self.lock(true);
+        self.load_storage();
+        self.start_streaming(confirmed_flush_lsn, slot_created);
     }
 
-    /// Answers `StartReplication` with a failure of `kind`.
-    pub(crate) fn fail_start(&mut self, kind: DisconnectKind) {
-        let op = self
-            .start_op
-            .take()
-            .expect("a StartReplication awaits its reply");
+    /// Fails the connection step the core awaits (connect, lock or start) with `kind`.
+    pub(crate) fn fail_step(&mut self, kind: DisconnectKind) {
+        let step = [Step::Connect, Step::Lock, Step::Stream]
+            .into_iter()
+            .find(|s| self.awaiting.contains_key(s))
+            .unwrap_or_else(|| panic!("no connection step awaits a reply: {:?}", self.awaiting));
+        let op = self.awaited(step);
         let message = "connection refused".to_owned();
         self.input(Input::ReplicationFailed { op, kind, message });
     }
@@ -586,7 +874,10 @@ impl Harness {
             kind: DisconnectKind::Transient,
         });
     }
+}
 
+/// Shapes, the walsender and flushes.
+impl Harness {
     /// A client asks for `definition` on `schema`; returns the request's op.
     pub(crate) fn request(&mut self, definition: ShapeDefinition, schema: &TableSchema) -> OpId {
         self.unix_micros += 1_000;
@@ -662,7 +953,9 @@ impl Harness {
             };
             self.xlog(end, bytes);
         }
-        self.ledger.fed(txn.commit_lsn, &txn.tables());
+        if self.core.is_active() {
+            self.ledger.fed(txn.commit_lsn, &txn.tables());
+        }
         self.xlog(end, wire::commit(txn.commit_lsn, end));
     }
 
@@ -704,6 +997,15 @@ impl Harness {
         self.input(Input::LogsFlushed { op });
     }
 
+    /// Fails the oldest unanswered `FlushLogs`: nothing it covered is known to be durable.
+    pub(crate) fn fail_flush(&mut self) {
+        let op = self.pending_flush().expect("a FlushLogs awaits its reply");
+        self.input(Input::LogsFlushFailed { op });
+    }
+}
+
+/// Stepping the core and following its outputs.
+impl Harness {
     fn settle(&mut self) {
         for _ in 0..100 {
             match self.core.poll_timeout() {
@@ -715,61 +1017,184 @@ impl Harness {
     }
 
     fn step(&mut self, input: Option<Input>) {
-        let mut snapshot_done = None;
+        let was_active = self.core.is_active();
         match input {
             Some(input) => {
-                match &input {
-                    Input::LogsFlushed { op } => self.ledger.flushed(*op),
-                    Input::XLogData { wal_end, .. } | Input::PrimaryKeepalive { wal_end, .. } => {
-                        self.ledger.received = self.ledger.received.max(*wal_end);
-                    }
-                    Input::ReplicationStarted { started, .. } => {
-                        let lsn = started.confirmed_flush_lsn;
-                        self.ledger.received = self.ledger.received.max(lsn);
-                        self.announced.clear();
-                    }
-                    // A failed flush restarts replication: tables are announced again.
-                    Input::ReplicationLost { .. } | Input::LogsFlushFailed { .. } => {
-                        self.announced.clear();
-                    }
-                    Input::SnapshotTaken { op, .. } | Input::SnapshotFailed { op } => {
-                        snapshot_done = Some(*op);
-                    }
-                    Input::ReplicationFailed { .. } | Input::ShapeRequested { .. } => {}
-                }
+                self.before(&input);
                 self.trace
                     .push(format!("{:?} → {}", self.now, brief_input(&input)));
+                let done = match input {
+                    Input::SnapshotTaken { op, .. } | Input::SnapshotFailed { op } => Some(op),
+                    _ => None,
+                };
                 self.core.handle_input(self.now, input);
+                if let Some(op) = done {
+                    self.ledger.snapshot_done(op);
+                }
             }
             None => {
                 self.trace.push(format!("{:?} → timeout", self.now));
                 self.core.handle_timeout(self.now);
             }
         }
-        self.drain(snapshot_done);
+        self.drain(was_active);
     }
 
-    fn drain(&mut self, snapshot_done: Option<OpId>) {
-        let mut batch = Vec::new();
-        while let Some(output) = self.core.poll_output() {
-            batch.push(output);
-        }
-        for output in &batch {
-            self.ledger.output(output);
-        }
-        if let Some(op) = snapshot_done {
-            self.ledger.snapshot_done(op);
-        }
-        for output in &batch {
-            self.trace.push(format!("    ← {output:?}"));
-            match output {
-                Output::SendStandbyStatus(status) => self.ledger.check(*status),
-                Output::StartReplication { op, .. } => self.start_op = Some(*op),
-                _ => {}
+    /// The driver's side of an input, before the core sees it.
+    fn before(&mut self, input: &Input) {
+        match input {
+            Input::LogsFlushed { op } => self.ledger.flushed(*op),
+            Input::LogsFlushFailed { op } => {
+                let lost = self.ledger.flush_failed(*op);
+                self.storage.lose_from(lost);
             }
+            Input::XLogData { wal_end, .. } | Input::PrimaryKeepalive { wal_end, .. } => {
+                self.ledger.received = self.ledger.received.max(*wal_end);
+            }
+            // Connection state is the helpers' business: made-up replies change nothing.
+            Input::ReplicationConnected { .. }
+            | Input::LockAttempted { .. }
+            | Input::ReplicationStarted { .. }
+            | Input::StaleLockHolders { .. }
+            | Input::StorageLoaded { .. }
+            | Input::ReplicationFailed { .. }
+            | Input::ReplicationLost { .. }
+            | Input::ShapeRequested { .. }
+            | Input::SnapshotTaken { .. }
+            | Input::SnapshotFailed { .. } => {}
         }
-        self.out.extend(batch);
     }
+
+    /// Drains the outputs of one step, auditing writes: allowed while the core was active
+    /// (until it stops replication) or once the step made it active.
+    fn drain(&mut self, was_active: bool) {
+        let now_active = self.core.is_active();
+        let mut stopped = false;
+        while let Some(output) = self.core.poll_output() {
+            self.trace.push(format!("    ← {output:?}"));
+            let allowed = if was_active { !stopped } else { now_active };
+            if is_write(&output) && !allowed {
+                let line = format!("{:?}: {output:?}", self.now);
+                self.off_duty_writes.push(line);
+            }
+            stopped |= matches!(
+                output,
+                Output::StopReplication { .. } | Output::Fatal { .. }
+            );
+            self.follow(&output);
+            self.out.push(output);
+        }
+    }
+
+    /// Executes `output` on the scripted world: ops awaiting replies, storage, the ledger.
+    fn follow(&mut self, output: &Output) {
+        match output {
+            Output::ConnectReplication { op } => self.expect_reply(Step::Connect, *op),
+            Output::TryLock { op, .. } => self.expect_reply(Step::Lock, *op),
+            Output::FindStaleLockHolders { op, .. } => self.expect_reply(Step::Breaker, *op),
+            Output::LoadStorage { op } => self.expect_reply(Step::Load, *op),
+            Output::StartStreaming { op, .. } => self.expect_reply(Step::Stream, *op),
+            Output::StopReplication { .. } | Output::Fatal { .. } => self.stop(),
+            Output::PersistIdentity { identity } => self.storage.identity = Some(identity.clone()),
+            Output::Purged { .. } => self.ledger.commits.clear(),
+            Output::SendStandbyStatus(status) => {
+                let stored = self.storage.identity.as_ref();
+                self.ledger.check(*status, stored, &self.connection);
+            }
+            Output::Append { handle, entries } => self.append(handle, entries),
+            Output::FlushLogs { op } => self.ledger.flushes.push((*op, self.ledger.appends)),
+            Output::CreateShape {
+                op,
+                shape,
+                stamp,
+                snapshot,
+            } => self.create(*op, shape, *stamp, snapshot.schema.oid),
+            Output::PersistShape { shape } => {
+                let stored = self.storage.shapes.get_mut(&shape.handle);
+                let stored = stored.unwrap_or_else(|| {
+                    panic!(
+                        "persist-existing: PersistShape of {} not in storage",
+                        shape.handle
+                    )
+                });
+                stored.row = shape.clone();
+            }
+            Output::RemoveShape { handle, .. } => {
+                self.ledger.removed(handle);
+                self.storage.shapes.remove(handle);
+            }
+            Output::TerminateBackend { .. }
+            | Output::RefreshReadModel
+            | Output::ShapeExists { .. }
+            | Output::ShapeRefused { .. } => {}
+        }
+    }
+
+    fn expect_reply(&mut self, step: Step, op: OpId) {
+        self.awaiting.insert(step, op);
+    }
+
+    /// The replication connection is closed: the lock is gone, replies of its steps never
+    /// come, and appends no running flush covers are never written (LK-6).
+    fn stop(&mut self) {
+        self.connection.system = None;
+        self.connection.holds_lock = false;
+        for step in [Step::Connect, Step::Lock, Step::Load, Step::Stream] {
+            self.awaiting.remove(&step);
+        }
+        self.announced.clear();
+        let lost = self.ledger.stopped();
+        self.storage.lose_from(lost);
+    }
+
+    fn append(&mut self, handle: &ShapeHandle, entries: &[LogEntry]) {
+        let seq = self.ledger.appended(handle, entries);
+        let stored = self.storage.shapes.get_mut(handle);
+        let stored =
+            stored.unwrap_or_else(|| panic!("append-existing: Append to {handle}, not in storage"));
+        stored
+            .entries
+            .extend(entries.iter().map(|e| (seq, e.clone())));
+    }
+
+    fn create(&mut self, op: OpId, shape: &StoredShape, stamp: HandleStamp, table: Oid) {
+        let handle = shape.handle.clone();
+        assert!(
+            self.issued.insert(handle.clone()),
+            "handles-never-reissued (ID-2): {handle}"
+        );
+        assert!(
+            stamp > self.storage.stamp,
+            "stamp-increases (ID-2): {stamp:?} after {:?}",
+            self.storage.stamp
+        );
+        self.storage.stamp = stamp;
+        self.ledger.snapshotting.insert(op, (handle.clone(), table));
+        let model = StoredModel {
+            row: shape.clone(),
+            base: RecoveredLog {
+                latest: LogOffset::SNAPSHOT_END,
+                open_chunk_bytes: 0,
+            },
+            entries: Vec::new(),
+        };
+        self.storage.shapes.insert(handle, model);
+    }
+}
+
+/// Whether `output` writes storage or the replication stream.
+fn is_write(output: &Output) -> bool {
+    matches!(
+        output,
+        Output::Append { .. }
+            | Output::FlushLogs { .. }
+            | Output::CreateShape { .. }
+            | Output::PersistShape { .. }
+            | Output::PersistIdentity { .. }
+            | Output::Purged { .. }
+            | Output::RemoveShape { .. }
+            | Output::SendStandbyStatus(_)
+    )
 }
 
 fn brief_input(input: &Input) -> String {
@@ -788,8 +1213,16 @@ fn brief_input(input: &Input) -> String {
 /// The variant name of an output, for asserting conversations.
 pub(crate) fn kind(output: &Output) -> &'static str {
     match output {
-        Output::StartReplication { .. } => "StartReplication",
+        Output::ConnectReplication { .. } => "ConnectReplication",
+        Output::TryLock { .. } => "TryLock",
+        Output::FindStaleLockHolders { .. } => "FindStaleLockHolders",
+        Output::TerminateBackend { .. } => "TerminateBackend",
+        Output::LoadStorage { .. } => "LoadStorage",
+        Output::StartStreaming { .. } => "StartStreaming",
         Output::StopReplication { .. } => "StopReplication",
+        Output::RefreshReadModel => "RefreshReadModel",
+        Output::PersistIdentity { .. } => "PersistIdentity",
+        Output::Purged { .. } => "Purged",
         Output::SendStandbyStatus(_) => "SendStandbyStatus",
         Output::Append { .. } => "Append",
         Output::FlushLogs { .. } => "FlushLogs",
@@ -807,6 +1240,11 @@ pub(crate) fn kinds(outputs: &[Output]) -> Vec<&'static str> {
     outputs.iter().map(kind).collect()
 }
 
+/// How many of `outputs` are of `kind`.
+pub(crate) fn count(outputs: &[Output], of: &str) -> usize {
+    outputs.iter().filter(|o| kind(o) == of).count()
+}
+
 /// The standby statuses among `outputs`.
 pub(crate) fn statuses(outputs: &[Output]) -> Vec<StandbyStatus> {
     outputs
@@ -821,6 +1259,17 @@ pub(crate) fn statuses(outputs: &[Output]) -> Vec<StandbyStatus> {
 /// The `flush` positions of the standby statuses among `outputs`.
 pub(crate) fn flushes(outputs: &[Output]) -> Vec<Lsn> {
     statuses(outputs).iter().map(|s| s.flush).collect()
+}
+
+/// The identities persisted among `outputs`, in order.
+pub(crate) fn persisted_identities(outputs: &[Output]) -> Vec<StorageIdentity> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::PersistIdentity { identity } => Some(identity.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every entry appended to `handle` among `outputs`, in order.

@@ -4,6 +4,7 @@ mod harness;
 
 mod durability;
 mod entries;
+mod lifecycle;
 mod recovery;
 mod replication;
 mod shapes;

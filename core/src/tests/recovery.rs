@@ -1,7 +1,9 @@
-//! Booting over shapes recovered from storage.
+//! Booting over shapes recovered from storage: the lock holder loads them (`LoadStorage`)
+//! and continues their logs.
 
 use super::harness::{
-    entries, flushes, items, kinds, offsets, snapshot, whole, Harness, Txn, START_LSN,
+    entries, flushes, identity, items, kinds, offsets, removed, snapshot, whole, Harness, Txn,
+    START_LSN,
 };
 use crate::instance::{Output, RecoveredShape};
 use crate::lsn::Lsn;
@@ -33,9 +35,19 @@ fn recovered(stored: StoredShape, latest: LogOffset, open_chunk_bytes: u64) -> R
     }
 }
 
-/// An instance booted over `shapes`, streaming from [`START_LSN`], outputs taken.
+/// An instance over a storage directory holding `shapes` and following the default slot
+/// up to [`START_LSN`]; not connected yet.
+fn over(shapes: Vec<RecoveredShape>) -> Harness {
+    over_with(Harness::config(), shapes)
+}
+
+fn over_with(config: crate::instance::Config, shapes: Vec<RecoveredShape>) -> Harness {
+    Harness::with_storage(config, shapes, STAMP, Some(identity(START_LSN)))
+}
+
+/// An instance booted over `shapes`, active on the slot at [`START_LSN`], outputs taken.
 fn booted(shapes: Vec<RecoveredShape>) -> Harness {
-    let mut h = Harness::with(Harness::config(), shapes, STAMP);
+    let mut h = over(shapes);
     h.start(START_LSN);
     h.take();
     h
@@ -82,7 +94,7 @@ fn a_fully_replayed_transaction_is_confirmed_without_a_flush() {
     let mut h = booted(vec![recovered(stored, latest, 0)]);
     h.commit(&insert(700, 0x2000, &["1", "2"]));
     let out = h.take();
-    assert_eq!(kinds(&out), ["SendStandbyStatus"]);
+    assert_eq!(kinds(&out), ["PersistIdentity", "SendStandbyStatus"]);
     assert_eq!(flushes(&out), [Lsn(0x2001)]);
 }
 
@@ -109,17 +121,27 @@ fn a_recovered_shape_still_filtering_keeps_filtering_by_its_snapshot() {
 }
 
 #[test]
-fn a_recovered_shape_answers_requests_even_before_streaming() {
-    // Goal: an existing shape can be served while replication is (re)connecting; only new
-    // shapes need the stream.
-    // Method: boot over a shape; request its definition before answering StartReplication.
+fn a_recovered_shape_is_refused_until_the_core_is_active() {
+    // Goal: the core holds no shapes before it holds the lock and has loaded storage (LK-6,
+    // RO-1: until then the driver serves existing shapes read-only from storage), so a
+    // request is refused (503) even for a stored definition; once active, the stored shape
+    // answers with its handle. (Formerly a recovered shape answered before streaming: the
+    // core no longer receives shapes at boot.)
+    // Method: storage holds a shape; request its definition while the lock is busy, then
+    // after the whole setup.
     let stored = stored_items(Some(snapshot("600:600:")), true);
     let handle = stored.handle.clone();
-    let mut h = Harness::with(
-        Harness::config(),
-        vec![recovered(stored, LogOffset::SNAPSHOT_END, 0)],
-        STAMP,
-    );
+    let mut h = over(vec![recovered(stored, LogOffset::SNAPSHOT_END, 0)]);
+    h.connect();
+    h.lock(false);
+    h.take();
+    h.request(whole(&items()), &items());
+    assert_eq!(kinds(&h.take()), ["ShapeRefused"]);
+
+    h.advance(std::time::Duration::from_secs(1));
+    h.lock(true);
+    h.load_storage();
+    h.start_streaming(START_LSN, false);
     h.take();
     h.request(whole(&items()), &items());
     assert!(matches!(&h.take()[..], [Output::ShapeExists { handle: h, .. }] if *h == handle));
@@ -127,12 +149,15 @@ fn a_recovered_shape_answers_requests_even_before_streaming() {
 
 #[test]
 fn a_recovered_shape_without_a_complete_snapshot_is_not_restored() {
-    // Goal: SN-6: a shape whose snapshot never completed is not served; its definition
-    // gets a new shape.
+    // Goal: SN-6: a shape whose snapshot never completed is not served but removed by the
+    // lock holder; its definition gets a new shape.
     // Method: boot over a stored shape with no snapshot; request its definition.
     let stored = stored_items(None, false);
     let old = stored.handle.clone();
-    let mut h = booted(vec![recovered(stored, LogOffset::SNAPSHOT_END, 0)]);
+    let mut h = over(vec![recovered(stored, LogOffset::SNAPSHOT_END, 0)]);
+    h.start(START_LSN);
+    assert_eq!(removed(&h.take()), std::slice::from_ref(&old));
+    assert!(h.stored_handles().is_empty());
     h.request(whole(&items()), &items());
     let out = h.take();
     let Some(Output::CreateShape { shape, stamp, .. }) = out.first() else {
@@ -166,10 +191,9 @@ fn a_recovered_open_chunk_counts_toward_the_next_boundary() {
     config.chunk_bytes_threshold = 500;
     let stored = stored_items(Some(snapshot("600:600:")), true);
     let handle = stored.handle.clone();
-    let mut h = Harness::with(
+    let mut h = over_with(
         config,
         vec![recovered(stored, LogOffset::SNAPSHOT_END, 450)],
-        STAMP,
     );
     h.start(START_LSN);
     h.take();

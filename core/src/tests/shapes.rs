@@ -21,9 +21,10 @@ fn created(out: &[Output]) -> (ShapeHandle, HandleStamp) {
 }
 
 #[test]
-fn a_request_while_not_streaming_is_refused() {
-    // Goal: no shape is created before replication streams (it could miss transactions).
-    // Method: request a shape while the first StartReplication is unanswered.
+fn a_request_while_not_active_is_refused() {
+    // Goal: no shape is created before the core holds the lock and streams (it could miss
+    // transactions, and only the lock holder writes storage).
+    // Method: request a shape while the first ConnectReplication is unanswered.
     let mut h = Harness::new();
     h.take();
     let op = h.request(whole(&items()), &items());
@@ -33,11 +34,11 @@ fn a_request_while_not_streaming_is_refused() {
 }
 
 #[test]
-fn a_request_while_streaming_creates_the_shape_and_asks_for_its_snapshot() {
+fn a_request_while_active_creates_the_shape_and_asks_for_its_snapshot() {
     // Goal: SN-1: a new shape's metadata (snapshot not taken) and its snapshot request
     // leave in one CreateShape that echoes the request.
-    // Method: request a shape while streaming.
-    let mut h = Harness::streaming();
+    // Method: request a shape while active.
+    let mut h = Harness::active();
     let op = h.request(whole(&items()), &items());
     let out = h.take();
     assert_eq!(kinds(&out), ["CreateShape"]);
@@ -70,7 +71,7 @@ fn a_second_request_for_the_same_definition_gets_the_same_handle() {
     // Goal: one shape per definition: later requests are answered with its handle, during
     // its snapshot and after.
     // Method: request the same definition three times around its snapshot.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     let again = h.request(whole(&items()), &items());
@@ -88,7 +89,7 @@ fn a_second_request_for_the_same_definition_gets_the_same_handle() {
 fn different_definitions_get_different_handles() {
     // Goal: table, column selection and replica mode each make a different shape.
     // Method: request four definitions.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let definitions = [
         whole(&items()),
         selecting(&items(), &["id", "title"]),
@@ -116,7 +117,7 @@ fn different_definitions_get_different_handles() {
 fn handle_stamps_strictly_increase_when_the_wall_clock_steps_back() {
     // Goal: ID: a handle is never issued twice, even if wall time steps backwards.
     // Method: three requests with unix_micros 5000, 4000, 9000.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let mut stamps = Vec::new();
     for (schema, micros) in [
         (items(), 5_000),
@@ -134,7 +135,7 @@ fn truncating_the_table_removes_its_shape_and_a_new_request_mints_another_handle
     // Goal: invalidation: TRUNCATE removes the shape (clients get 409) and the definition
     // gets a new handle next time.
     // Method: a live shape, a TRUNCATE, a new request for the same definition.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     h.commit(&Txn::new(700, 0x2000).truncate(&[&items()]));
     let out = h.take();
@@ -156,7 +157,7 @@ fn a_relation_message_with_changed_columns_removes_the_shape() {
     // Goal: a schema change Postgres announces invalidates the table's shapes.
     // Method: after a first transaction announced items, a transaction announces items with
     // an added column and inserts a row of the new shape.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     h.commit(&Txn::new(700, 0x2000).insert(&items(), &["1", "a", "1"]));
     h.complete_flush();
@@ -174,9 +175,9 @@ fn a_relation_message_with_changed_columns_removes_the_shape() {
 #[test]
 fn an_unchanged_relation_announced_again_keeps_the_shape() {
     // Goal: pgoutput re-announces every relation on a new connection; an identical
-    // announcement is not a schema change.
-    // Method: stream, reconnect, then a transaction that re-announces items.
-    let mut h = Harness::streaming();
+    // announcement is not a schema change for the shape reloaded from storage.
+    // Method: reach active, reconnect, then a transaction that re-announces items.
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     h.commit(&Txn::new(700, 0x2000).insert(&items(), &["1", "a", "1"]));
     h.complete_flush();
@@ -201,7 +202,7 @@ fn an_unchanged_relation_announced_again_keeps_the_shape() {
 fn a_transaction_on_another_table_leaves_the_shape_alone() {
     // Goal: truncates and schema changes of other tables do not touch a shape.
     // Method: a shape on items; truncate and alter others; then use items.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     h.commit(&Txn::new(700, 0x2000).truncate(&[&others()]));
     let mut altered = others();
@@ -215,20 +216,24 @@ fn a_transaction_on_another_table_leaves_the_shape_alone() {
 #[test]
 fn a_recreated_slot_removes_every_existing_shape() {
     // Goal: CT-1: a slot created anew breaks continuity: every shape is removed, and
-    // requests then create fresh ones.
+    // requests then create fresh ones. (The snapshotting shape is now removed as incomplete
+    // when storage is reloaded (SN-6) rather than by the purge, which finds only the live one.)
     // Method: a live shape and a snapshotting one; reconnect to a newly created slot.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let live = h.live_shape(&items());
     let (snapshotting, _) = h.create_shape(&others());
     h.take();
     h.lose_replication();
     h.advance(Duration::from_secs(1));
     h.start_with(START_LSN, true);
-    let mut gone = removed(&h.take());
+    let out = h.take();
+    assert_eq!(kinds(&out).iter().filter(|k| **k == "Purged").count(), 1);
+    let mut gone = removed(&out);
     gone.sort();
     let mut expected = vec![live.clone(), snapshotting];
     expected.sort();
     assert_eq!(gone, expected);
+    assert!(h.stored_handles().is_empty());
 
     h.request(whole(&items()), &items());
     assert_ne!(created(&h.take()).0, live);
@@ -242,7 +247,7 @@ fn a_recreated_slot_restarts_positions_at_its_consistent_point() {
     // "already durable".
     // Method: confirm 0x9001 on the old slot; reconnect to a new slot at 0x2000; create a
     // shape and commit a transaction at 0x3000 on it.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     h.live_shape(&items());
     h.commit(&Txn::new(700, 0x9000).insert(&items(), &["1", "a", "1"]));
     h.complete_flush();
@@ -271,7 +276,7 @@ fn an_update_without_the_full_old_row_removes_the_shape() {
     // Goal: a change ampere cannot render faithfully (no full old row: REPLICA IDENTITY is
     // not FULL) invalidates the shape instead of feeding clients a guess.
     // Method: a live shape; an update carrying only the new row.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let handle = h.live_shape(&items());
     h.commit(&Txn::new(700, 0x2000).update_without_old_row(&items(), &["1", "b", "1"]));
     let out = h.take();
@@ -286,7 +291,7 @@ fn a_schema_change_during_the_snapshot_removes_the_snapshotting_shape() {
     // nothing, and its late snapshot reply is dropped.
     // Method: a snapshotting shape; a transaction announcing items with a column dropped;
     // then the snapshot completes.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     let mut altered = items();

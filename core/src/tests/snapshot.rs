@@ -32,7 +32,7 @@ fn a_snapshotting_shape_buffers_transactions_and_holds_the_position_below_them()
     // appended, and the confirmed position stays at or below the oldest of them, whatever
     // else commits or the server reports.
     // Method: a snapshotting shape; commits on its table and on another; keepalives ahead.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     h.create_shape(&items());
     h.take();
     h.commit(&insert(700, 0x2000, "1"));
@@ -55,7 +55,7 @@ fn a_snapshotting_shape_buffers_transactions_and_holds_the_position_below_them()
 fn transactions_on_other_tables_do_not_wait_for_a_snapshot() {
     // Goal: only transactions routed to a snapshotting shape are held.
     // Method: a snapshotting shape on items; a commit on others.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     h.create_shape(&items());
     h.take();
     h.commit(&Txn::new(700, 0x2000).insert(&others(), &["1", "v"]));
@@ -69,7 +69,7 @@ fn a_taken_snapshot_skips_visible_transactions_and_appends_the_others() {
     // then does the position pass them.
     // Method: buffer xids 700 (< xmin), 702 (in xip) and 703 (in range, not in xip); the
     // snapshot is 702:705:702.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&insert(700, 0x2000, "1"));
@@ -97,7 +97,7 @@ fn an_xid_at_or_above_xmax_ends_filtering_for_good() {
     // that fact is persisted once (PersistShape with snapshot_filter_done = true).
     // Method: snapshot 702:705:702 taken with nothing buffered; commit xids 703 (visible:
     // skipped), 705 (after: appended, filtering ends), 702 (in xip), 706.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.snapshot_taken(op, snapshot("702:705:702"));
     h.take();
@@ -127,7 +127,7 @@ fn visibility_is_decided_in_64_bits_across_an_epoch_boundary() {
     // Goal: SN-5: pgoutput's 32-bit xids are widened against xmax's epoch before comparing.
     // Method: a snapshot in epoch 1 whose xip holds (1 << 32) + 3; buffer xid 3 (in xip:
     // appended) and xid u32::MAX (epoch 0, long finished: skipped).
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&insert(u32::MAX, 0x2000, "1"));
@@ -148,7 +148,7 @@ fn a_snapshot_that_saw_every_buffered_transaction_releases_the_position() {
     // once the snapshot is known they are durable and the position moves past them (else
     // the slot pins WAL until some unrelated append happens).
     // Method: buffer one transaction, take a snapshot that saw it, then a keepalive.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&insert(700, 0x2000, "1"));
@@ -170,7 +170,7 @@ fn a_failed_snapshot_releases_the_transactions_it_held() {
     // Goal: a shape whose snapshot fails is removed, and what it held no longer pins the
     // position.
     // Method: buffer one transaction, fail the snapshot, then a keepalive.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&insert(700, 0x2000, "1"));
@@ -188,35 +188,48 @@ fn a_failed_snapshot_releases_the_transactions_it_held() {
 }
 
 #[test]
-fn a_hold_survives_a_reconnect_until_the_snapshot_is_known() {
-    // Goal: ack-after-durable across a reconnect: a transaction buffered for a snapshotting
-    // shape stays held while the stream is down, so a flush completing meanwhile cannot
-    // confirm past it, and its replay reaches the shape.
-    // Method: shape A live on others, shape S snapshotting on items. T1 (items, in S's xip)
-    // is buffered; T2 (others) starts a flush. The stream drops, the flush completes,
-    // replication restarts from the slot's position and replays T1 and T2; then S's snapshot.
-    let mut h = Harness::streaming();
-    h.live_shape(&others());
-    let (s, op) = h.create_shape(&items());
-    h.take();
-    let t1 = insert(700, 0x2000, "1");
-    let t2 = Txn::new(701, 0x3000).insert(&others(), &["1", "v"]);
+fn after_a_reconnect_buffered_transactions_are_replayed_to_the_reloaded_shape() {
+    // Goal: ack-after-durable across a reconnect. Formerly a hold survived the reconnect in
+    // memory; now every in-memory shape is dropped (LK-6): the snapshotting shape is gone
+    // (its snapshot never completed: the next lock holder removes it, SN-6), the live one is
+    // reloaded from storage, and the slot re-delivers what was not acknowledged, so the
+    // reloaded shape gets what it had not made durable.
+    // Method: L live on items (whole), S snapshotting on items (some columns). T0 appends to
+    // L and starts a flush; T1 appends to L behind it and is buffered by S. The stream drops,
+    // the running flush completes (T0 durable, T1 never flushed), the setup reruns and the
+    // slot replays T0 and T1 from its position; S's late snapshot reply is ignored.
+    let mut h = Harness::active();
+    let l = h.live_shape(&items());
+    let s_op = h.request(
+        super::harness::selecting(&items(), &["id", "title"]),
+        &items(),
+    );
+    let s = created_for(&h.take(), s_op);
+    let t0 = insert(700, 0x2000, "1");
+    let t1 = insert(701, 0x3000, "2");
+    h.commit(&t0);
     h.commit(&t1);
-    h.commit(&t2);
-    assert_eq!(h.core().acked_lsn(), Lsn(0x2000));
+    let out = h.take();
+    assert_eq!(offsets(&entries(&out, &l)), ["8192_0", "12288_0"]);
+    assert!(
+        flushes(&out).iter().all(|f| *f <= Lsn(0x2000)),
+        "S holds T0"
+    );
 
     h.lose_replication();
-    h.complete_flush(); // the harness's ledger fails here if the status passes T1
+    h.complete_flush(); // the ledger fails here if a status passed T1
     h.advance(Duration::from_secs(1));
-    h.start(Lsn(0x2000)); // the last status the slot received
+    h.start(super::harness::START_LSN); // the last status the slot received
+    let out = h.take();
+    assert_eq!(removed(&out), [s], "incomplete: removed by the lock holder");
+    h.commit(&t0);
     h.commit(&t1);
-    h.commit(&t2);
-    h.snapshot_taken(op, snapshot("700:702:700"));
+    h.snapshot_taken(s_op, snapshot("700:702:700"));
     let out = h.take();
     assert_eq!(
-        offsets(&entries(&out, &s)),
-        ["8192_0"],
-        "T1 reaches S: {:?}",
+        offsets(&entries(&out, &l)),
+        ["12288_0"],
+        "T0 is durable in L, T1 reaches it again: {:?}",
         kinds(&out)
     );
     while h.pending_flush().is_some() {
@@ -225,12 +238,22 @@ fn a_hold_survives_a_reconnect_until_the_snapshot_is_known() {
     assert_eq!(h.core().acked_lsn(), Lsn(0x3001));
 }
 
+/// The handle of the shape `CreateShape` made for request `op`.
+fn created_for(out: &[Output], op: crate::OpId) -> crate::shape::ShapeHandle {
+    out.iter()
+        .find_map(|o| match o {
+            Output::CreateShape { op: o, shape, .. } if *o == op => Some(shape.handle.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("expected CreateShape: {:?}", kinds(out)))
+}
+
 #[test]
 fn a_truncate_after_the_snapshot_removes_the_shape_once_the_snapshot_is_known() {
     // Goal: a TRUNCATE buffered during the snapshot invalidates the shape if the snapshot
     // did not see it.
     // Method: buffer a TRUNCATE by xid 705; the snapshot is 702:705:.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&Txn::new(705, 0x2000).truncate(&[&items()]));
@@ -248,7 +271,7 @@ fn a_truncate_after_the_snapshot_removes_the_shape_once_the_snapshot_is_known() 
 fn a_truncate_the_snapshot_already_saw_keeps_the_shape() {
     // Goal: the snapshot's rows already reflect a TRUNCATE it saw: no invalidation.
     // Method: buffer a TRUNCATE by xid 700; the snapshot is 702:705:.
-    let mut h = Harness::streaming();
+    let mut h = Harness::active();
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&Txn::new(700, 0x2000).truncate(&[&items()]));

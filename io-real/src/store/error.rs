@@ -113,6 +113,20 @@ pub enum StoreError {
         /// The OS error (in the message, for the startup error).
         error: io::Error,
     },
+    /// A write through a follower (deploy-semantics RO-4): only the lock holder writes, after
+    /// [`super::FileStore::promote`]. Nothing was touched.
+    #[error("shape storage {root} is read-only here: this instance does not hold the lock")]
+    ReadOnly {
+        /// The storage root.
+        root: PathBuf,
+    },
+    /// A write to a shape this store only follows: after promotion, a shape is written once
+    /// `recover` took it over.
+    #[error("shape {handle} is followed read-only; recover it before writing")]
+    NotRecovered {
+        /// The shape.
+        handle: ShapeHandle,
+    },
     /// A blocking worker task panicked or was cancelled at runtime shutdown.
     #[error("storage worker task failed")]
     Worker {

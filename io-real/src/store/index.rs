@@ -128,45 +128,107 @@ pub(super) struct Scan {
 /// contiguity, is corruption, not a torn write: `Err` with the reason, so no durable entry is
 /// dropped silently.
 pub(super) fn scan(index: &[u8], data_len: u64) -> Result<Scan, &'static str> {
-    let mut records = Vec::with_capacity(index.len() / RECORD_LEN);
-    let mut next_pos = 0u64;
-    let mut last = LogOffset::SNAPSHOT_END;
-    let mut torn = None;
-    for (i, raw) in index.chunks(RECORD_LEN).enumerate() {
-        let Some(record) = IndexRecord::decode(raw) else {
-            let rest = &index[((i + 1) * RECORD_LEN).min(index.len())..];
+    let tail = scan_tail(index, Cursor::START, data_len);
+    let torn = match tail.stop {
+        None if tail.cursor.next_pos < data_len => Some("data past the last indexed entry"),
+        None => None,
+        Some(Stop::Corrupt(reason)) => return Err(reason),
+        Some(Stop::DataMissing) => Some("index names data past the end of the data file"),
+        Some(Stop::Damaged) => {
+            let rest = &index[((tail.records.len() + 1) * RECORD_LEN).min(index.len())..];
             if rest
                 .chunks(RECORD_LEN)
                 .any(|r| IndexRecord::decode(r).is_some())
             {
                 return Err("damaged index record followed by valid ones");
             }
-            torn = Some("partial or damaged index record");
-            break;
-        };
-        // offsets-contiguous (recovery side; `LogState::append` asserts the write side).
-        if record.offset <= last {
-            return Err("index record offsets do not increase");
+            Some("partial or damaged index record")
         }
-        if record.pos != next_pos {
-            return Err("index records do not cover the data file contiguously");
-        }
-        if record.end() > data_len {
-            torn = Some("index names data past the end of the data file");
-            break;
-        }
-        next_pos = record.end();
-        last = record.offset;
-        records.push(record);
-    }
-    if torn.is_none() && next_pos < data_len {
-        torn = Some("data past the last indexed entry");
-    }
+    };
     Ok(Scan {
-        records,
-        data_len: next_pos,
+        records: tail.records,
+        data_len: tail.cursor.next_pos,
         torn,
     })
+}
+
+/// Where the valid records read so far end: the next record must start its data at
+/// `next_pos` with an offset above `last`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Cursor {
+    pub(super) next_pos: u64,
+    pub(super) last: LogOffset,
+}
+
+impl Cursor {
+    /// Before the first record of a log.
+    pub(super) const START: Self = Self {
+        next_pos: 0,
+        last: LogOffset::SNAPSHOT_END,
+    };
+}
+
+/// Why a tail scan stopped before the end of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Stop {
+    /// A record that is short or fails its checksum (torn by a crash, or still being
+    /// written).
+    Damaged,
+    /// A valid record naming data past the data file's end.
+    DataMissing,
+    /// A checksum-valid record that breaks ordering or contiguity: no crash or concurrent
+    /// write produces it.
+    Corrupt(&'static str),
+}
+
+/// What [`scan_tail`] accepted.
+#[derive(Debug)]
+pub(super) struct Tail {
+    /// Complete, valid records continuing from the cursor given.
+    pub(super) records: Vec<IndexRecord>,
+    /// The cursor after them.
+    pub(super) cursor: Cursor,
+    /// Why it stopped early, if it did.
+    pub(super) stop: Option<Stop>,
+}
+
+/// Reads the records in `bytes` (starting at a record boundary) that continue `cursor` and
+/// whose data lies within `data_len`, stopping at the first that does not. Never an error:
+/// recovery decides what a stop means; a follower just serves the prefix.
+pub(super) fn scan_tail(bytes: &[u8], mut cursor: Cursor, data_len: u64) -> Tail {
+    let mut records = Vec::with_capacity(bytes.len() / RECORD_LEN);
+    let mut stop = None;
+    for raw in bytes.chunks(RECORD_LEN) {
+        let Some(record) = IndexRecord::decode(raw) else {
+            stop = Some(Stop::Damaged);
+            break;
+        };
+        // offsets-contiguous (recovery and follower side; `LogState` asserts the write side).
+        if record.offset <= cursor.last {
+            stop = Some(Stop::Corrupt("index record offsets do not increase"));
+            break;
+        }
+        if record.pos != cursor.next_pos {
+            stop = Some(Stop::Corrupt(
+                "index records do not cover the data file contiguously",
+            ));
+            break;
+        }
+        if record.end() > data_len {
+            stop = Some(Stop::DataMissing);
+            break;
+        }
+        cursor = Cursor {
+            next_pos: record.end(),
+            last: record.offset,
+        };
+        records.push(record);
+    }
+    Tail {
+        records,
+        cursor,
+        stop,
+    }
 }
 
 /// 64-bit FNV-1a: tiny and stable; catches torn sectors, not malice.
@@ -254,5 +316,39 @@ mod tests {
         assert!(scan(&file(&unordered), 7).is_err());
         let gap = [rec(5, 0, 0, 3, false), rec(5, 2, 5, 2, true)];
         assert!(scan(&file(&gap), 8).is_err());
+    }
+
+    #[test]
+    fn scan_tail_continues_a_cursor_and_stops_at_the_first_incomplete_record() {
+        let rs = [
+            rec(5, 0, 0, 3, false),
+            rec(5, 2, 4, 2, true),
+            rec(6, 0, 7, 2, false),
+        ];
+        let all = file(&rs);
+        let after_first = Cursor {
+            next_pos: 4,
+            last: rs[0].offset,
+        };
+        let tail = scan_tail(&all[RECORD_LEN..], after_first, 10);
+        assert_eq!(tail.records, rs[1..]);
+        assert_eq!(tail.cursor.next_pos, 10);
+        assert_eq!(tail.stop, None);
+
+        // A half-written third record, then one whose data is not all there yet.
+        let tail = scan_tail(&all[..2 * RECORD_LEN + 7], Cursor::START, 10);
+        assert_eq!(tail.records, rs[..2]);
+        assert_eq!(tail.stop, Some(Stop::Damaged));
+        let tail = scan_tail(&all, Cursor::START, 9);
+        assert_eq!(tail.records, rs[..2]);
+        assert_eq!(tail.stop, Some(Stop::DataMissing));
+
+        // Damage followed by valid records is only a stop here, never an error.
+        let mut damaged = all.clone();
+        damaged[RECORD_LEN + 3] ^= 0xff;
+        let tail = scan_tail(&damaged, Cursor::START, 10);
+        assert_eq!(tail.records, rs[..1]);
+        let tail = scan_tail(&all, after_first, 10);
+        assert!(matches!(tail.stop, Some(Stop::Corrupt(_))));
     }
 }

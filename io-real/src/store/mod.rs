@@ -27,11 +27,27 @@
 //! shape's lock only to plan the read, then `pread` outside it); deletes files outside `shapes/`
 //! and `trash/`.
 //!
+//! **Follower mode** ([`FileStore::open_follower`], deploy-semantics RO-1, RO-3, RO-4): a
+//! standby reads what the lock holder (another process) made durable and never writes,
+//! renames or deletes anything: no directory creation, no trash emptying, no torn-tail
+//! truncation, no clearing of half-created shapes. Every write (`create_shape`, `append`,
+//! `flush`, `remove_shape`, `recover`, snapshot writers) fails with [`StoreError::ReadOnly`].
+//! A shape is found by handle when first asked for (`read`, `status`, `changed`) if its
+//! directory exists, and re-read on every `read`/`status` (a `stat` of its index; new records
+//! read only when it grew), so no pointer is trusted across requests (RO-1). What a follower
+//! accepts as durable, and why a torn tail is never served, is in `follower.rs`'s docs.
+//! `changed()` re-checks every [`FOLLOW_POLL_INTERVAL`] (RO-3). [`FileStore::promote`] turns
+//! the same store (every clone) into the writer once the lock is held: it then does what
+//! [`FileStore::open`] does (directories, trash, half-created shapes), and each shape is
+//! written after [`ShapeLogStore::recover`] took it over (until then it stays a read-only
+//! view: appends fail with [`StoreError::NotRecovered`]).
+//!
 //! **Asks of callers:** one [`FileSnapshotWriter`] per shape; [`ShapeLogStore::recover`] only on
 //! the instance that writes (it truncates torn tails); a runtime for the async methods (their
 //! I/O runs in `spawn_blocking`).
 
 mod error;
+mod follower;
 mod fsutil;
 mod index;
 mod shape;
@@ -42,7 +58,9 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -55,9 +73,18 @@ use ampere_core::LogOffset;
 pub use error::StoreError;
 pub use snapshot::FileSnapshotWriter;
 
+use follower::Refresh;
 use fsutil::{io_err, lock, parent, read, run_blocking, sync_dir, write};
 use index::RECORD_LEN;
 use shape::{Batch, LogState, Plan, Shape};
+
+/// How often a follower's `changed()` re-checks the shape's files (RO-3 asks for ≤ 1 s).
+pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+const _: () = assert!(
+    FOLLOW_POLL_INTERVAL.as_millis() <= 1000,
+    "RO-3: re-check every ≤ 1 s"
+);
 
 /// Names of the files and directories under a store's root.
 pub mod layout {
@@ -93,8 +120,11 @@ pub struct FileStore {
 struct Inner {
     root: PathBuf,
     shapes: RwLock<BTreeMap<ShapeHandle, Arc<Shape>>>,
-    /// Serialises flushes (and recovery, which rewrites files a flush writes).
+    /// Serialises flushes (and recovery, which rewrites files a flush writes, and promotion).
     flush_lock: Mutex<()>,
+    /// Whether this store may write: set by `open` and `promote`, never cleared (a follower
+    /// that was never promoted writes nothing, RO-4).
+    is_writer: AtomicBool,
 }
 
 /// Checks that `root` is a usable storage directory (deploy-semantics ST-1): creates it and its
@@ -134,26 +164,74 @@ impl FileStore {
     /// shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`] names it.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        let shapes_dir = root.join(layout::SHAPES_DIR);
-        let trash_dir = root.join(layout::TRASH_DIR);
-        for dir in [&shapes_dir, &trash_dir] {
-            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        }
-        for entry in read_dir(&trash_dir)? {
-            remove_all(&entry)?;
-        }
-        for entry in read_dir(&shapes_dir)? {
-            if is_creating(&entry) {
-                remove_all(&entry)?;
+        prepare_root(&root)?;
+        Ok(Self::with_role(root, Role::Writer))
+    }
+
+    /// Opens the store under `root` as a follower of the process that writes it (module docs;
+    /// RO-1, RO-4): creates, renames, truncates and deletes nothing, now or later, until
+    /// [`FileStore::promote`]. A missing `root` is fine (the writer creates it; until then
+    /// every shape is unknown). Blocking.
+    pub fn open_follower(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(meta) if !meta.is_dir() => {
+                let not_dir = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
+                return Err(io_err("open storage directory", &root)(not_dir));
             }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("stat", &root)(err)),
         }
-        Ok(Self {
+        Ok(Self::with_role(root, Role::Follower))
+    }
+
+    fn with_role(root: PathBuf, role: Role) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 root,
                 shapes: RwLock::default(),
                 flush_lock: Mutex::new(()),
+                is_writer: AtomicBool::new(role == Role::Writer),
             }),
-        })
+        }
+    }
+
+    /// Switches a follower (and every clone of it) to writing, once this instance holds the
+    /// lock: creates `shapes/` and `trash/` if missing, empties the trash and clears
+    /// half-created shapes, as [`FileStore::open`] does. Shapes followed so far stay readable
+    /// and become writable when [`ShapeLogStore::recover`] takes them over (truncating torn
+    /// tails). A writer stays as it is. If preparing the directory fails, the store stays a
+    /// follower.
+    pub fn promote(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move { run_blocking(move || inner.promote_blocking()).await }
+    }
+
+    /// Whether this store only follows another process's writes (not promoted yet).
+    pub fn is_follower(&self) -> bool {
+        !self.inner.is_writer()
+    }
+
+    /// Re-reads every shape this store follows: wakes the waiters of those that grew, and
+    /// forgets those that are gone, closing their files. Reads do this for the shape they
+    /// read; a follower calls this now and then (say when it reloads metadata) so that shapes
+    /// the writer removed and nobody asks for again do not keep files open. A no-op for shapes
+    /// this store writes.
+    pub fn refresh_followed(
+        &self,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            run_blocking(move || {
+                let shapes: Vec<Arc<Shape>> = read(&inner.shapes).values().cloned().collect();
+                for shape in shapes.iter().filter(|shape| shape.is_follower()) {
+                    inner.follow(shape);
+                }
+                Ok(())
+            })
+            .await
+        }
     }
 
     /// The root directory.
@@ -166,6 +244,9 @@ impl FileStore {
     /// dropped). Blocking.
     pub fn list_shape_dirs(&self) -> Result<Vec<ShapeHandle>, StoreError> {
         let shapes_dir = self.inner.root.join(layout::SHAPES_DIR);
+        if !self.inner.is_writer() && !shapes_dir.exists() {
+            return Ok(Vec::new()); // A follower before the writer created the directory.
+        }
         let mut handles: Vec<ShapeHandle> = read_dir(&shapes_dir)?
             .iter()
             .filter(|path| path.is_dir())
@@ -183,7 +264,7 @@ impl FileStore {
     }
 
     fn read_now(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {
-        let Some(shape) = self.inner.shape(handle) else {
+        let Some(shape) = self.inner.current(handle) else {
             return ReadOutcome::UnknownShape;
         };
         let plan = shape.state().plan(after);
@@ -193,7 +274,7 @@ impl FileStore {
                 let path = shape.snapshot_chunk_path(index);
                 match fs::read(&path) {
                     Ok(body) => (body, entries, LogOffset::snapshot_chunk(index)),
-                    Err(err) => return self.read_failed(handle, &path, &err),
+                    Err(err) => return self.read_failed(&shape, &path, &err),
                 }
             }
             Plan::Log {
@@ -205,7 +286,7 @@ impl FileStore {
                 Ok(body) => (body, entries, end),
                 Err(err) => {
                     let path = shape.dir.join(layout::LOG_DATA_FILE);
-                    return self.read_failed(handle, &path, &err);
+                    return self.read_failed(&shape, &path, &err);
                 }
             },
         };
@@ -220,8 +301,9 @@ impl FileStore {
     /// that is the answer. Otherwise the port has no error outcome: report "pending", so the
     /// HTTP layer waits and retries instead of telling the client to refetch a shape that
     /// still exists, and log the error for the operator.
-    fn read_failed(&self, handle: &ShapeHandle, path: &Path, err: &io::Error) -> ReadOutcome {
-        if self.inner.shape(handle).is_none() {
+    fn read_failed(&self, shape: &Arc<Shape>, path: &Path, err: &io::Error) -> ReadOutcome {
+        let handle = &shape.handle;
+        if self.inner.shape(handle).is_none() || !self.inner.follow(shape) {
             return ReadOutcome::UnknownShape;
         }
         tracing::error!(%handle, path = %path.display(), error = %err, "shape log read failed");
@@ -230,6 +312,10 @@ impl FileStore {
 }
 
 impl ShapeLogStore for FileStore {
+    fn promote(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        Self::promote(self)
+    }
+
     type Error = StoreError;
     type SnapshotWriter = FileSnapshotWriter;
 
@@ -239,11 +325,14 @@ impl ShapeLogStore for FileStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         let handle = handle.clone();
-        async move { run_blocking(move || inner.create_shape_blocking(&handle)).await }
+        async move {
+            inner.check_writer()?;
+            run_blocking(move || inner.create_shape_blocking(&handle)).await
+        }
     }
 
     fn append(&self, handle: &ShapeHandle, entries: Vec<LogEntry>) -> Result<(), StoreError> {
-        let shape = self.inner.shape_or_err(handle)?;
+        let shape = self.inner.writable_shape(handle)?;
         let mut state = shape.state();
         state.append(handle, &entries)
     }
@@ -253,7 +342,10 @@ impl ShapeLogStore for FileStore {
         // The batches are taken inside the blocking task, after the call: entries appended
         // before the call are covered, and a dropped future cannot lose a taken batch
         // (a started `spawn_blocking` task runs to the end).
-        async move { run_blocking(move || inner.flush_blocking()).await }
+        async move {
+            inner.check_writer()?;
+            run_blocking(move || inner.flush_blocking()).await
+        }
     }
 
     fn remove_shape(
@@ -261,13 +353,19 @@ impl ShapeLogStore for FileStore {
         handle: &ShapeHandle,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         // Unregistered now, before the future runs: readers get `UnknownShape` at once and
-        // `changed()` waiters wake.
-        if let Some(shape) = write(&self.inner.shapes).remove(handle) {
-            shape.notify();
+        // `changed()` waiters wake. A follower unregisters nothing and refuses.
+        let allowed = self.inner.check_writer();
+        if allowed.is_ok() {
+            if let Some(shape) = write(&self.inner.shapes).remove(handle) {
+                shape.notify();
+            }
         }
         let inner = Arc::clone(&self.inner);
         let handle = handle.clone();
-        async move { run_blocking(move || inner.remove_dir_blocking(&handle)).await }
+        async move {
+            allowed?;
+            run_blocking(move || inner.remove_dir_blocking(&handle)).await
+        }
     }
 
     fn snapshot_writer(&self, handle: &ShapeHandle) -> FileSnapshotWriter {
@@ -280,7 +378,10 @@ impl ShapeLogStore for FileStore {
     ) -> impl Future<Output = Result<RecoveredLog, StoreError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         let handle = handle.clone();
-        async move { run_blocking(move || inner.recover_blocking(&handle)).await }
+        async move {
+            inner.check_writer()?;
+            run_blocking(move || inner.recover_blocking(&handle)).await
+        }
     }
 
     /// Answers per protocol.md §6.2:
@@ -300,7 +401,8 @@ impl ShapeLogStore for FileStore {
     }
 
     fn status(&self, handle: &ShapeHandle) -> Option<LogStatus> {
-        Some(self.inner.shape(handle)?.state().status())
+        let status = self.inner.current(handle)?.state().status();
+        Some(status)
     }
 
     /// Subscribes now, when called, not when first polled: a change that lands between this
@@ -314,27 +416,150 @@ impl ShapeLogStore for FileStore {
     /// ```
     ///
     /// Resolves at once for a shape the store does not know, and when the shape is removed or
-    /// replaced by recovery.
+    /// replaced by recovery. A follower's future also re-checks the files every
+    /// [`FOLLOW_POLL_INTERVAL`] and resolves when they grew or vanished (RO-3).
     fn changed(&self, handle: &ShapeHandle) -> impl Future<Output = ()> + Send + 'static {
-        let receiver = self.inner.shape(handle).map(|shape| shape.subscribe());
+        let shape = self.inner.lookup(handle);
+        let receiver = shape.as_ref().map(|shape| shape.subscribe());
+        let inner = Arc::clone(&self.inner);
         async move {
-            if let Some(mut receiver) = receiver {
+            let (Some(shape), Some(mut receiver)) = (shape, receiver) else {
+                return;
+            };
+            if !shape.is_follower() {
                 // An error means every sender is gone: the shape was dropped. Either way, done.
                 let _ = receiver.changed().await;
+                return;
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = receiver.changed() => return,
+                    () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {
+                        // Another waiter (or a read) just looked: its change would have woken
+                        // us. Many long-polls on one shape share the checks.
+                        if follower::is_fresh(&shape, FOLLOW_POLL_INTERVAL / 2) {
+                            continue;
+                        }
+                        let (inner, shape) = (Arc::clone(&inner), Arc::clone(&shape));
+                        // A change notifies `receiver`; a failed join (runtime shutting down)
+                        // ends the wait as a change would.
+                        let check = tokio::task::spawn_blocking(move || inner.follow(&shape));
+                        if check.await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
 }
 
 impl Inner {
+    fn is_writer(&self) -> bool {
+        self.is_writer.load(Ordering::SeqCst)
+    }
+
+    /// `Err(ReadOnly)` unless this store writes (RO-4).
+    fn check_writer(&self) -> Result<(), StoreError> {
+        if self.is_writer() {
+            return Ok(());
+        }
+        Err(StoreError::ReadOnly {
+            root: self.root.clone(),
+        })
+    }
+
     fn shape(&self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
         read(&self.shapes).get(handle).cloned()
     }
 
-    fn shape_or_err(&self, handle: &ShapeHandle) -> Result<Arc<Shape>, StoreError> {
-        self.shape(handle).ok_or_else(|| StoreError::UnknownShape {
+    /// A registered shape, or for a follower one whose directory exists now (opened
+    /// read-only and read to its end). Blocking for a shape not seen before.
+    fn lookup(&self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
+        if let Some(shape) = self.shape(handle) {
+            return Some(shape);
+        }
+        if self.is_writer() {
+            return None;
+        }
+        let dir = self.shape_dir(handle).ok()?;
+        let (data, index, follow) = match follower::open(&dir) {
+            Ok(files) => files?,
+            Err(err) => {
+                tracing::warn!(%handle, error = %err, "cannot open a followed shape");
+                return None;
+            }
+        };
+        let shape = Arc::new(Shape::follower(handle.clone(), dir, data, index, follow));
+        if follower::refresh(&shape) == Refresh::Gone {
+            return None;
+        }
+        let mut shapes = write(&self.shapes);
+        Some(Arc::clone(shapes.entry(handle.clone()).or_insert(shape)))
+    }
+
+    /// The shape as its files are now: a followed one re-read first, and found afresh if its
+    /// files were replaced. A shape this store writes as registered.
+    fn current(&self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
+        let shape = self.lookup(handle)?;
+        if self.follow(&shape) {
+            return Some(shape);
+        }
+        // `follow` forgot the stale view; a follower opens the files at that path if any.
+        self.lookup(handle)
+    }
+
+    /// Re-reads a followed shape's files (no-op for a shape this store writes), waking
+    /// `changed()` waiters if it grew; forgets it and wakes them if it is gone. Whether the
+    /// shape is still there.
+    fn follow(&self, shape: &Arc<Shape>) -> bool {
+        match follower::refresh(shape) {
+            Refresh::Unchanged => true,
+            Refresh::Changed => {
+                shape.notify();
+                true
+            }
+            Refresh::Gone => {
+                {
+                    let mut shapes = write(&self.shapes);
+                    if shapes
+                        .get(&shape.handle)
+                        .is_some_and(|known| Arc::ptr_eq(known, shape))
+                    {
+                        shapes.remove(&shape.handle);
+                    }
+                }
+                shape.notify();
+                false
+            }
+        }
+    }
+
+    /// A shape this store may write to now: the store writes, and the shape is its own (not a
+    /// followed view awaiting recovery).
+    fn writable_shape(&self, handle: &ShapeHandle) -> Result<Arc<Shape>, StoreError> {
+        self.check_writer()?;
+        let shape = self.shape(handle).ok_or_else(|| StoreError::UnknownShape {
             handle: handle.clone(),
-        })
+        })?;
+        if shape.is_follower() {
+            return Err(StoreError::NotRecovered {
+                handle: handle.clone(),
+            });
+        }
+        Ok(shape)
+    }
+
+    fn promote_blocking(&self) -> Result<(), StoreError> {
+        let _serial = lock(&self.flush_lock);
+        if self.is_writer() {
+            return Ok(());
+        }
+        prepare_root(&self.root)?;
+        self.is_writer.store(true, Ordering::SeqCst);
+        tracing::info!(root = %self.root.display(), "shape storage promoted to writer");
+        Ok(())
     }
 
     fn shape_dir(&self, handle: &ShapeHandle) -> Result<PathBuf, StoreError> {
@@ -532,6 +757,34 @@ fn keep_written(
             }
         })
         .collect()
+}
+
+/// What a store does with its root.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// Writes (the lock holder).
+    Writer,
+    /// Only reads what another process writes (RO-4).
+    Follower,
+}
+
+/// Creates `shapes/` and `trash/` if missing, empties the trash and clears half-created
+/// shapes: what the writer does before its first write.
+fn prepare_root(root: &Path) -> Result<(), StoreError> {
+    let shapes_dir = root.join(layout::SHAPES_DIR);
+    let trash_dir = root.join(layout::TRASH_DIR);
+    for dir in [&shapes_dir, &trash_dir] {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    }
+    for entry in read_dir(&trash_dir)? {
+        remove_all(&entry)?;
+    }
+    for entry in read_dir(&shapes_dir)? {
+        if is_creating(&entry) {
+            remove_all(&entry)?;
+        }
+    }
+    Ok(())
 }
 
 /// Handles name directories, so only `[A-Za-z0-9_-]` (minted handles are `<digits>-<digits>`).

@@ -13,6 +13,7 @@ use ampere_core::ports::{LogEntry, LogStatus};
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
+use super::follower::Follow;
 use super::fsutil::{io_err, lock};
 use super::index::{IndexRecord, RECORD_LEN};
 use super::{layout, StoreError};
@@ -22,14 +23,20 @@ use super::{layout, StoreError};
 /// `data` and `index` are only written by flushes, which the store serialises; readers use
 /// positioned reads (`pread`) of durable ranges, which never change once written, so neither
 /// file needs a lock.
+///
+/// A follower's view of another process's shape (`follow` is `Some`) has both files open
+/// read-only and learns its state from them (`follower::refresh`); it never has pending
+/// entries and is never flushed.
 pub(super) struct Shape {
     pub(super) handle: ShapeHandle,
     pub(super) dir: PathBuf,
-    data: File,
-    index: File,
+    pub(super) data: File,
+    pub(super) index: File,
     state: Mutex<LogState>,
     /// Bumped on every durable change; `changed()` subscribes to it.
     version: watch::Sender<u64>,
+    /// How far a follower has read the files; `None` for a shape this store writes.
+    pub(super) follow: Option<Mutex<Follow>>,
 }
 
 impl Shape {
@@ -47,7 +54,27 @@ impl Shape {
             index,
             state: Mutex::new(state),
             version: watch::Sender::new(0),
+            follow: None,
         }
+    }
+
+    /// A follower's view of a shape another process writes: nothing known until refreshed.
+    pub(super) fn follower(
+        handle: ShapeHandle,
+        dir: PathBuf,
+        data: File,
+        index: File,
+        follow: Follow,
+    ) -> Self {
+        Self {
+            follow: Some(Mutex::new(follow)),
+            ..Self::new(handle, dir, data, index, LogState::default())
+        }
+    }
+
+    /// Whether this is a follower's read-only view (never appended to or flushed).
+    pub(super) fn is_follower(&self) -> bool {
+        self.follow.is_some()
     }
 
     /// The log state, under a short lock (never held across I/O).
@@ -275,6 +302,28 @@ impl LogState {
             }
             self.durable.push(record);
         }
+    }
+
+    /// A follower read `records` (complete, valid, continuing the durable log) from files
+    /// another process wrote: readers may see them now.
+    pub(super) fn extend_followed(&mut self, records: Vec<IndexRecord>) {
+        assert!(
+            self.pending.records.is_empty(),
+            "follower-never-appends: {} pending records",
+            self.pending.records.len()
+        );
+        let (Some(first), Some(last)) = (records.first().copied(), records.last().copied()) else {
+            return;
+        };
+        let batch = Batch {
+            bytes: Vec::new(),
+            records,
+            data_pos: first.pos,
+            index_start: self.durable.len() as u64,
+        };
+        self.publish(batch);
+        self.appended_end = last.end();
+        self.last_appended = Some(last.offset);
     }
 
     /// A write failed: drop what is pending and refuse further appends.

@@ -21,7 +21,8 @@ use super::{layout, FileStore, StoreError};
 const MARKER_HEADER: &str = "ampere-snapshot-complete v1";
 
 /// Writes one shape's snapshot chunks (from [`ampere_core::ports::ShapeLogStore::snapshot_writer`]).
-/// One writer per shape; chunks go in order `0, 1, …`.
+/// One writer per shape; chunks go in order `0, 1, …`. A follower's writer refuses every call
+/// with [`StoreError::ReadOnly`].
 pub struct FileSnapshotWriter {
     store: FileStore,
     handle: ShapeHandle,
@@ -44,7 +45,7 @@ impl SnapshotWriter for FileSnapshotWriter {
         let store = self.store.clone();
         let handle = self.handle.clone();
         async move {
-            let shape = store.inner.shape_or_err(&handle)?;
+            let shape = store.inner.writable_shape(&handle)?;
             check_next_chunk(&shape.state().snapshot, &handle, index)?;
             let entries = count_entries(body.as_bytes());
             let bytes = body.len() as u64;
@@ -61,7 +62,7 @@ impl SnapshotWriter for FileSnapshotWriter {
     }
 
     async fn finish(self) -> Result<(), StoreError> {
-        let shape = self.store.inner.shape_or_err(&self.handle)?;
+        let shape = self.store.inner.writable_shape(&self.handle)?;
         let marker = {
             let state = shape.state();
             if state.snapshot.chunks.is_empty() {
@@ -172,7 +173,7 @@ fn write_marker(path: &Path, text: &str) -> Result<(), StoreError> {
 
 /// Counts the comma-joined JSON values in a chunk body: commas outside strings at nesting
 /// depth 0, plus one.
-fn count_entries(body: &[u8]) -> usize {
+pub(super) fn count_entries(body: &[u8]) -> usize {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

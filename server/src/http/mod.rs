@@ -203,7 +203,9 @@ async fn dispatch<A: ShapeApi>(
     let method = &parts.method;
     let mut response = match route {
         Route::Shape => shape_route(&state, method, parts.uri.query(), &parts.headers, body).await,
-        Route::Health if is_read(method) => health::respond(state.api.health()),
+        Route::Health if is_read(method) => {
+            health::respond(state.api.health(), state.api.last_purge())
+        }
         Route::Root if is_read(method) => StatusCode::OK.into_response(),
         Route::Health | Route::Root | Route::Unknown => ApiError::NotFound.into_response(),
     };
