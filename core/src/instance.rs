@@ -346,8 +346,13 @@ enum Phase {
         system: SystemIdentity,
         issued: bool,
     },
-    /// Storage loaded; `StartStreaming` in flight.
-    Starting { op: OpId, system: SystemIdentity },
+    /// Storage loaded; `StartStreaming` in flight. `incomplete`: stored shapes whose snapshot
+    /// did not complete, removed once streaming (LK-5: not while the slot is inactive).
+    Starting {
+        op: OpId,
+        system: SystemIdentity,
+        incomplete: Vec<ShapeHandle>,
+    },
     /// Holding the lock and streaming; `since` for resetting the backoff.
     Active { since: Instant },
     /// A fatal error was reported.
@@ -536,7 +541,8 @@ impl Instance {
             _ => {}
         }
         self.run_lock_breaker_if_due();
-        if !self.is_active() && now >= self.next_refresh_at {
+        let failed = matches!(self.phase, Phase::Failed);
+        if !self.is_active() && !failed && now >= self.next_refresh_at {
             self.next_refresh_at = now + READ_MODEL_REFRESH;
             self.outputs.push_back(Output::RefreshReadModel);
         }
@@ -552,6 +558,9 @@ impl Instance {
     /// When to call [`Instance::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.phase, Phase::Failed) {
+            return None; // the driver exits on Fatal: nothing is timed any more
+        }
         let phase = match self.phase {
             Phase::Backoff { at } => Some(at),
             Phase::Locking {

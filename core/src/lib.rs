@@ -9,7 +9,7 @@
 //! # use ampere_core::instance::{Config, Instance};
 //! # use ampere_core::time::Instant;
 //! # fn run(config: Config, now: impl Fn() -> Instant) {
-//! let mut core = Instance::new(config, now(), Vec::new(), Default::default());
+//! let mut core = Instance::new(config, now());
 //! loop {
 //!     while let Some(output) = core.poll_output() {
 //!         // execute `output` through the ports

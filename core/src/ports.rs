@@ -230,19 +230,6 @@ pub struct StorageIdentity {
     pub purge_pending: bool,
 }
 
-/// What connecting replication found.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct ReplicationStarted {
-    /// `IDENTIFY_SYSTEM`'s system identifier.
-    pub system_id: String,
-    /// `IDENTIFY_SYSTEM`'s timeline.
-    pub timeline: u32,
-    /// Whether the slot was created now (continuity with earlier storage is broken).
-    pub slot_created: bool,
-    /// The slot's `confirmed_flush_lsn` (or `consistent_point` if just created).
-    pub confirmed_flush_lsn: Lsn,
-}
-
 /// A message from the walsender.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ReplicationMessage {
@@ -382,13 +369,6 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         &self,
         pid: i32,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send + 'static;
-
-    /// Connects replication: identifies the system, ensures the publication and slot, and
-    /// starts streaming from the slot's `confirmed_flush_lsn`.
-    fn start_replication(
-        &self,
-        target: ReplicationTarget,
-    ) -> impl Future<Output = Result<(Self::Stream, ReplicationStarted), Self::Error>> + Send + 'static;
 
     /// Looks a table up in the catalog (columns, types, primary key); `None` if it does not
     /// exist or is not an ordinary or partitioned table.

@@ -28,9 +28,9 @@ use tokio_postgres::{Client, Config, NoTls};
 use ampere_core::error_chain;
 use ampere_core::lsn::Lsn;
 use ampere_core::ports::{
-    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationSession, ReplicationStarted,
-    ReplicationStream, ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError,
-    SnapshotRequest, SnapshotWriter, StandbyStatus, SystemIdentity,
+    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationSession, ReplicationStream,
+    ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
+    SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{quote_ident, RelationName};
 use ampere_core::snapshot::PgSnapshot;
@@ -182,9 +182,9 @@ impl RealPg {
         slot: &str,
         publication: &str,
     ) -> Result<CleanupReport, PgPortError> {
+        const EXISTS: &str = "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1";
         let admin = self.admin().await?;
         let mut report = drop_slot_terminating(&admin, slot).await?;
-        const EXISTS: &str = "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1";
         let during = "dropping the publication";
         let rows = admin
             .query(EXISTS, &[&publication])
@@ -364,27 +364,6 @@ impl PgPort for RealPg {
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send + 'static {
         let this = self.clone();
         async move { this.terminate(pid).await }
-    }
-
-    /// To be removed when the driver uses sessions: [`PgPort::connect_replication`] then
-    /// [`ReplicationSession::start_streaming`] **without the advisory lock**.
-    fn start_replication(
-        &self,
-        target: ReplicationTarget,
-    ) -> impl Future<Output = Result<(Self::Stream, ReplicationStarted), Self::Error>> + Send + 'static
-    {
-        let this = self.clone();
-        async move {
-            let (session, identity) = this.connect_session().await?;
-            let (stream, slot) = session.stream(target).await?;
-            let started = ReplicationStarted {
-                system_id: identity.system_id,
-                timeline: identity.timeline,
-                slot_created: slot.slot_created,
-                confirmed_flush_lsn: slot.confirmed_flush_lsn,
-            };
-            Ok((stream, started))
-        }
     }
 
     fn table_schema(

@@ -632,14 +632,11 @@ async fn start_streaming_creates_the_slot_then_resumes_from_it() {
     stream.send_status(status).await.expect("standby status");
     stream.close().await.expect("close");
 
-    // The second time through `start_replication`, kept until the driver uses sessions.
+    // The second start resumes the existing slot, on the same system.
     wait_slot_inactive(&client, &target.slot).await;
-    let (_stream, again) = pg
-        .start_replication(target.clone())
-        .await
-        .expect("second start");
+    let (_stream, again, identity_again) = start(&pg, &target).await;
     assert!(!again.slot_created);
-    assert_eq!(again.system_id, identity.system_id);
+    assert_eq!(identity_again.system_id, identity.system_id);
     let row = client
         .query_one(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",

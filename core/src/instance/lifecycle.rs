@@ -155,6 +155,7 @@ impl Instance {
         } = storage;
         self.stamp = self.stamp.max(stamp);
         self.identity = identity;
+        let mut incomplete = Vec::new();
         for loaded in shapes {
             match loaded.log {
                 Some(log) if loaded.stored.snapshot.is_some() => {
@@ -163,17 +164,17 @@ impl Instance {
                         log,
                     });
                 }
-                _ => {
-                    // SN-6: only the lock holder discards incomplete shapes.
-                    let handle = loaded.stored.handle;
-                    let reason = "snapshot did not complete";
-                    self.outputs
-                        .push_back(Output::RemoveShape { handle, reason });
-                }
+                // SN-6: only the lock holder discards incomplete shapes, and only once it
+                // streams (LK-5).
+                _ => incomplete.push(loaded.stored.handle),
             }
         }
         let op = self.op();
-        self.phase = Phase::Starting { op, system };
+        self.phase = Phase::Starting {
+            op,
+            system,
+            incomplete,
+        };
         let target = self.config.target.clone();
         self.outputs
             .push_back(Output::StartStreaming { op, target });
@@ -183,7 +184,8 @@ impl Instance {
         let Phase::Starting {
             op: expected,
             system,
-        } = &self.phase
+            incomplete,
+        } = &mut self.phase
         else {
             return;
         };
@@ -191,6 +193,7 @@ impl Instance {
             return;
         }
         let system = system.clone();
+        let incomplete = std::mem::take(incomplete);
         self.phase = Phase::Active { since: self.now };
         let start = slot.confirmed_flush_lsn;
         self.durability = Durability {
@@ -203,6 +206,13 @@ impl Instance {
         };
         if let Some(reason) = self.continuity_break(&system, slot) {
             self.purge(&system, reason);
+        }
+        // SN-6, LK-5: the slot is active now, so no waiting instance's breaker can take the
+        // lock meanwhile. Before the purge marker is cleared, so a crash resumes them too.
+        for handle in incomplete {
+            let reason = "snapshot did not complete";
+            self.outputs
+                .push_back(Output::RemoveShape { handle, reason });
         }
         self.persist_identity(&system, start, false);
         self.next_status_at = self.now;
@@ -276,6 +286,7 @@ impl Instance {
     pub(super) fn on_disconnected(&mut self, kind: DisconnectKind, message: String) {
         if kind == DisconnectKind::Fatal {
             self.phase = Phase::Failed;
+            self.breaker = super::LockBreaker::default();
             self.outputs.push_back(Output::Fatal { message });
             return;
         }

@@ -261,6 +261,23 @@ fn lb3_a_holder_is_terminated_only_after_thirty_seconds_of_consecutive_sightings
     );
 }
 
+#[test]
+fn lb1_a_breaker_reply_arriving_after_the_lock_was_taken_terminates_nothing() {
+    // Goal: LB-1, LB-3: the breaker acts only while waiting for the lock; a query that was
+    // running when the lock was taken is forgotten, whatever it returns.
+    // Method: pid 77 is seen at 10, 20 and 30 s; the query of 40 s is issued, the lock is
+    // taken before it returns, then it returns [77] (a fourth sighting).
+    let mut h = Harness::new();
+    h.connect();
+    let busy = keep_lock_busy(&mut h, 40, |_| vec![77]);
+    assert_eq!(busy.queries, [10, 20, 30, 40]);
+    assert!(busy.terminated.is_empty());
+    h.lock(true);
+    h.stale_holders(&[77]);
+    let out = h.take();
+    assert_eq!(count(&out, "TerminateBackend"), 0, "{:?}", kinds(&out));
+}
+
 /// Asserts CT-2's order for a purge in `out`: the decision is persisted (`purge_pending`)
 /// before any shape is removed, exactly `gone` are removed, and the pending flag is cleared
 /// (with `acked`) after the last removal and before the first status.
@@ -413,7 +430,7 @@ fn ct2_a_pending_purge_is_finished_by_the_next_lock_holder() {
     h.connect();
     let busy = keep_lock_busy(&mut h, 15, |_| Vec::new());
     assert_eq!(count(&busy.out, "Purged"), 0);
-    assert_eq!(h.stored_handles(), [handle.clone()]);
+    assert_eq!(h.stored_handles(), std::slice::from_ref(&handle));
     assert_eq!(h.stored_identity(), Some(&pending));
 
     h.lock(true);
@@ -499,7 +516,7 @@ fn sn6_incomplete_shapes_are_removed_only_by_the_lock_holder() {
         kinds(&loaded)
     );
     assert_eq!(removed(&started), [gone]);
-    assert_eq!(h.stored_handles(), [kept.clone()]);
+    assert_eq!(h.stored_handles(), std::slice::from_ref(&kept));
     assert_eq!(h.core().shape_handles().collect::<Vec<_>>(), [&kept]);
     assert!(
         h.writes_outside_active().is_empty(),
