@@ -8,6 +8,7 @@ use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::http;
@@ -227,48 +228,58 @@ pub(crate) async fn health(port: u16) -> Option<(u16, String)> {
 /// `(status, body)` with its time, for summaries ("200 → 202 → 200").
 pub(crate) struct HealthMonitor {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Vec<(Duration, String)>>,
+    seen: Arc<Mutex<Vec<(Duration, String)>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl HealthMonitor {
     pub(crate) fn spawn(port: u16) -> Self {
         let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         let task = tokio::spawn(async move {
             let t = Instant::now();
-            let mut seen: Vec<(Duration, String)> = Vec::new();
-            loop {
-                let now = match health(port).await {
+            let sample = || async {
+                match health(port).await {
                     Some((s, body)) => format!("{s} {}", body.trim()),
                     None => "down".to_owned(),
-                };
-                if seen.last().is_none_or(|(_, l)| *l != now) {
-                    seen.push((t.elapsed(), now));
                 }
+            };
+            loop {
+                let now = sample().await;
+                record(&log, t.elapsed(), now);
                 tokio::select! {
                     _ = rx.changed() => break,
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
             // one last sample, so a change just before `finish` is not missed
-            let now = match health(port).await {
-                Some((s, body)) => format!("{s} {}", body.trim()),
-                None => "down".to_owned(),
-            };
-            if seen.last().is_none_or(|(_, l)| *l != now) {
-                seen.push((t.elapsed(), now));
-            }
-            seen
+            let now = sample().await;
+            record(&log, t.elapsed(), now);
         });
-        Self { stop, task }
+        Self { stop, seen, task }
     }
 
-    /// Stops sampling; "t=0.0s 200 {...} | t=3.1s 202 {...} | ...".
-    pub(crate) async fn finish(self) -> String {
-        let _ = self.stop.send(true);
-        let seen = self.task.await.unwrap_or_default();
+    /// The changes so far: "t=0.0s 200 {...} | t=3.1s 202 {...} | ...".
+    pub(crate) fn seen(&self) -> String {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.iter()
             .map(|(t, s)| format!("t={:.1}s {s}", t.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(" | ")
+    }
+
+    /// Stops sampling (after one last sample) and returns `seen()`.
+    pub(crate) async fn finish(mut self) -> String {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+        self.seen()
+    }
+}
+
+fn record(log: &Mutex<Vec<(Duration, String)>>, at: Duration, now: String) {
+    let mut seen = log.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.last().is_none_or(|(_, l)| *l != now) {
+        seen.push((at, now));
     }
 }

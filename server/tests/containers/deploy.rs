@@ -49,8 +49,16 @@ pub(crate) async fn rolling_upgrade_shared_storage(mut ctx: Ctx) {
     let mut client = finish_background(&mut ctx, bg, 600).await;
     converge(&mut ctx, &mut client).await;
     assert_clean(&mut ctx, &client, 0);
-    assert_eq!(client.handles, vec![handle.clone()], "one handle across the handover");
-    let ids: Vec<i64> = client.inserted_ids().into_iter().filter(|i| *i > 100).collect();
+    assert_eq!(
+        client.handles,
+        vec![handle.clone()],
+        "one handle across the handover"
+    );
+    let ids: Vec<i64> = client
+        .inserted_ids()
+        .into_iter()
+        .filter(|i| *i > 100)
+        .collect();
     let expected: Vec<i64> = (101..=600).collect();
     assert!(
         ids == expected,
@@ -82,9 +90,13 @@ async fn standby_serves_reads_only(
     }
 
     ctx.stage("B serves the existing shape with the same handle");
-    let r = http::get(pb, "/v1/shape?offset=-1&table=items", Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("GET on B: {e}"));
+    let r = http::get(
+        pb,
+        "/v1/shape?offset=-1&table=items",
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET on B: {e}"));
     assert_eq!(
         (r.status, r.header("electric-handle")),
         (200, Some(handle)),
@@ -99,13 +111,22 @@ async fn standby_serves_reads_only(
     let r = http::get(pb, &url, Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("GET on B: {e}"));
-    assert_eq!(r.status, 200, "B must serve the handle at offset {offset}: {}", r.body_text());
+    assert_eq!(
+        r.status,
+        200,
+        "B must serve the handle at offset {offset}: {}",
+        r.body_text()
+    );
 
     ctx.stage("B: a new shape → 503 Retry-After 5 (within ~5 s)");
     let t = Instant::now();
-    let r = http::get(pb, "/v1/shape?offset=-1&table=other", Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("GET on B: {e}"));
+    let r = http::get(
+        pb,
+        "/v1/shape?offset=-1&table=other",
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET on B: {e}"));
     let took = t.elapsed();
     assert_eq!(
         (r.status, r.header("retry-after")),
@@ -115,7 +136,11 @@ async fn standby_serves_reads_only(
         secs(took),
         r.body_text()
     );
-    assert!(took <= Duration::from_secs(8), "503 after {} (expected ≤ 5 s)", secs(took));
+    assert!(
+        took <= Duration::from_secs(8),
+        "503 after {} (expected ≤ 5 s)",
+        secs(took)
+    );
 }
 
 /// a, part 2: 500 single-row writes, 20 ms apart; after the 200th, SIGTERM A; once A has
@@ -133,7 +158,11 @@ async fn handover_under_writes(
     let writer = tokio::spawn(async move {
         for i in 1..=500i64 {
             let id = 100 + i;
-            query(&conn, &format!("INSERT INTO items VALUES ({id}, 'w{i}', {i})")).await?;
+            query(
+                &conn,
+                &format!("INSERT INTO items VALUES ({id}, 'w{i}', {i})"),
+            )
+            .await?;
             let _ = written_tx.send(i);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -145,7 +174,10 @@ async fn handover_under_writes(
         .unwrap_or_else(|_| panic!("writer failed before 200 writes"));
     let t_term = Instant::now();
     let status = ctx.proc_mut(a).sigterm(Duration::from_secs(20)).await;
-    ctx.note(format!("A exited {} after SIGTERM ({status:?})", secs(t_term.elapsed())));
+    ctx.note(format!(
+        "A exited {} after SIGTERM ({status:?})",
+        secs(t_term.elapsed())
+    ));
     switch.store(ctx.proc(b).port, Ordering::SeqCst);
     ctx.stage("B: health 200 within 15 s of SIGTERM to A");
     let left = Duration::from_secs(15).saturating_sub(t_term.elapsed());
@@ -177,6 +209,7 @@ async fn finish_background(ctx: &mut Ctx, mut bg: Background, rows: usize) -> Sh
 /// (`CLEANUP_REPLICATION_SLOTS_ON_SHUTDOWN=true` + `ELECTRIC_TEMPORARY_REPLICATION_SLOT_USE_RANDOM_NAME=true`):
 /// both instances are active, each on its own `electric_slot_<32 hex>` temporary slot; a client
 /// moved from one to the other gets one 409 and re-converges.
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom as its script
 pub(crate) async fn separate_storage_temporary_slots(mut ctx: Ctx) {
     ctx.create_table("items").await;
     ctx.insert_range("items", 1, 100).await;
@@ -264,6 +297,7 @@ pub(crate) async fn separate_storage_temporary_slots(mut ctx: Ctx) {
 /// writes through a restarted ampere (the slot moves on), stop it, restore the old copy, start
 /// → ampere must detect storage behind the slot (purge `slot_ahead_of_storage`): the client gets
 /// a 409 and re-converges, and a fresh client sees no gap.
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom as its script
 pub(crate) async fn stale_storage_restored(mut ctx: Ctx) {
     ctx.create_table("items").await;
     ctx.insert_range("items", 1, 100).await;
@@ -349,6 +383,7 @@ pub(crate) async fn stale_storage_restored(mut ctx: Ctx) {
 /// from a plain, idle session) while the slot exists and is inactive → ampere waits, its lock
 /// breaker terminates that session within 45 s, and ampere becomes active holding the lock on
 /// its replication connection; no 409.
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom as its script
 pub(crate) async fn stale_lock_holder_broken(mut ctx: Ctx) {
     ctx.create_table("items").await;
     ctx.insert_range("items", 1, 100).await;

@@ -132,6 +132,7 @@ impl Prober {
 /// c. `kill -9` of the active instance while 5 × 20k-row transactions stream in (twice: after
 /// the 2nd commit, and again mid catch-up) → restart on the same storage → the client converges
 /// with every row exactly once and no 409.
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom as its script
 pub(crate) async fn kill9_during_ingest(mut ctx: Ctx) {
     const TXNS: i64 = 5;
     const ROWS: i64 = 20_000;
