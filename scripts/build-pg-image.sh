@@ -17,7 +17,7 @@ T0=$(ms)
 say() { echo "build-pg-image: [$(( $(ms) - T0 )) ms] $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
-PG_MAJOR=${PG_MAJOR:-$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n1)}
+PG_MAJOR=${PG_MAJOR:-$( (ls /usr/lib/postgresql 2>/dev/null || true) | sort -V | tail -n1)}
 PG_MAJOR=${PG_MAJOR:-15}
 TAG=${1:-ampere-pg-local:$PG_MAJOR}
 

@@ -18,7 +18,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-step "cargo test (unit + integration against real PostgreSQL)"
+step "docker engine + registry-free postgres image (container scenarios)"
+scripts/docker-up.sh
+scripts/build-pg-image.sh ampere-pg-local:15
+
+step "cargo test (unit, integration against real PostgreSQL, container scenarios)"
 cargo test --workspace --locked
 
 step "conformance: official @electric-sql/client against ampere"

@@ -47,8 +47,10 @@ pub(crate) async fn setup(name: &'static str) -> Option<Ctx> {
     }
     let serial = SERIAL.lock().await;
     let started = Instant::now();
-    let scratch = Scratch::new(name);
-    let container = format!("ampere-ct-{}-{name}", std::process::id());
+    // a short tag for the scratch dir, the container and its network
+    let tag: String = name.chars().take(20).collect();
+    let scratch = Scratch::new(&tag);
+    let container = format!("ampere-ct-{}-{tag}", std::process::id());
     let pg = Pg::start(&container).await;
     eprintln!(
         "[{name}] postgres {} ({}) on 127.0.0.1:{} ready after {}",

@@ -55,8 +55,8 @@ async fn bounded(limit_secs: u64, scenario: impl Future<Output = ()>) {
 /// The harness itself: the selected image runs a Postgres with logical replication and the
 /// settings the scenarios rely on, reachable on 127.0.0.1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn infra_postgres_container() {
-    let Some(mut ctx) = setup("infra_postgres_container").await else {
+async fn infra_postgres_container_has_logical_replication() {
+    let Some(mut ctx) = setup("infra_postgres_container_has_logical_replication").await else {
         return;
     };
     let settings = ctx
@@ -85,8 +85,9 @@ async fn infra_postgres_container() {
 
 /// a. Rolling upgrade, shared storage (lock + standby).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_upgrade_shared_storage() {
-    let Some(ctx) = setup("a_rolling_upgrade_shared_storage").await else {
+async fn a_rolling_upgrade_on_shared_storage_hands_over_without_refetch() {
+    let Some(ctx) = setup("a_rolling_upgrade_on_shared_storage_hands_over_without_refetch").await
+    else {
         return;
     };
     bounded(180, deploy::rolling_upgrade_shared_storage(ctx)).await;
@@ -94,8 +95,9 @@ async fn a_rolling_upgrade_shared_storage() {
 
 /// b. Separate storage dirs, temporary randomly named slots: both active, 409 on switching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b_separate_storage_temporary_slots() {
-    let Some(ctx) = setup("b_separate_storage_temporary_slots").await else {
+async fn b_separate_storages_with_temporary_slots_refetch_on_switch() {
+    let Some(ctx) = setup("b_separate_storages_with_temporary_slots_refetch_on_switch").await
+    else {
         return;
     };
     bounded(150, deploy::separate_storage_temporary_slots(ctx)).await;
@@ -103,8 +105,8 @@ async fn b_separate_storage_temporary_slots() {
 
 /// c. kill -9 during ingest of 5 × 20k-row transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c_kill9_during_ingest() {
-    let Some(ctx) = setup("c_kill9_during_ingest").await else {
+async fn c_kill9_during_ingest_loses_and_duplicates_nothing() {
+    let Some(ctx) = setup("c_kill9_during_ingest_loses_and_duplicates_nothing").await else {
         return;
     };
     bounded(300, faults::kill9_during_ingest(ctx)).await;
@@ -112,8 +114,8 @@ async fn c_kill9_during_ingest() {
 
 /// d. Postgres container restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn d_postgres_restart() {
-    let Some(ctx) = setup("d_postgres_restart").await else {
+async fn d_postgres_restart_keeps_reads_served_and_reconnects() {
+    let Some(ctx) = setup("d_postgres_restart_keeps_reads_served_and_reconnects").await else {
         return;
     };
     bounded(150, faults::postgres_restart(ctx)).await;
@@ -121,8 +123,8 @@ async fn d_postgres_restart() {
 
 /// e. Network partition (docker pause for 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e_network_partition() {
-    let Some(ctx) = setup("e_network_partition").await else {
+async fn e_partition_by_pause_keeps_reads_served_and_reconnects() {
+    let Some(ctx) = setup("e_partition_by_pause_keeps_reads_served_and_reconnects").await else {
         return;
     };
     bounded(150, faults::network_partition(ctx)).await;
@@ -130,8 +132,8 @@ async fn e_network_partition() {
 
 /// e2. Network partition by `docker network disconnect` for 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2_network_disconnect() {
-    let Some(ctx) = setup("e2_network_disconnect").await else {
+async fn e2_network_disconnect_keeps_reads_served_and_reconnects() {
+    let Some(ctx) = setup("e2_network_disconnect_keeps_reads_served_and_reconnects").await else {
         return;
     };
     bounded(150, faults::network_disconnect(ctx)).await;
@@ -139,8 +141,8 @@ async fn e2_network_disconnect() {
 
 /// f. Slot dropped externally: exactly one 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f_slot_dropped_externally() {
-    let Some(ctx) = setup("f_slot_dropped_externally").await else {
+async fn f_slot_dropped_externally_gives_exactly_one_refetch() {
+    let Some(ctx) = setup("f_slot_dropped_externally_gives_exactly_one_refetch").await else {
         return;
     };
     bounded(150, faults::slot_dropped_externally(ctx)).await;
@@ -148,8 +150,8 @@ async fn f_slot_dropped_externally() {
 
 /// g. An old copy of the storage dir put back: 409, never a silent gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn g_stale_storage_restored() {
-    let Some(ctx) = setup("g_stale_storage_restored").await else {
+async fn g_restored_old_storage_is_detected_not_a_silent_gap() {
+    let Some(ctx) = setup("g_restored_old_storage_is_detected_not_a_silent_gap").await else {
         return;
     };
     bounded(180, deploy::stale_storage_restored(ctx)).await;
@@ -157,8 +159,8 @@ async fn g_stale_storage_restored() {
 
 /// h. pg_terminate_backend of the walsender: reconnect, no 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h_walsender_terminated() {
-    let Some(ctx) = setup("h_walsender_terminated").await else {
+async fn h_terminated_walsender_reconnects_without_refetch() {
+    let Some(ctx) = setup("h_terminated_walsender_reconnects_without_refetch").await else {
         return;
     };
     bounded(150, faults::walsender_terminated(ctx)).await;
@@ -166,8 +168,8 @@ async fn h_walsender_terminated() {
 
 /// i. A stale session holding the advisory lock is broken within 45 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn i_stale_lock_holder_broken() {
-    let Some(ctx) = setup("i_stale_lock_holder_broken").await else {
+async fn i_stale_lock_holder_is_terminated_by_the_lock_breaker() {
+    let Some(ctx) = setup("i_stale_lock_holder_is_terminated_by_the_lock_breaker").await else {
         return;
     };
     bounded(150, deploy::stale_lock_holder_broken(ctx)).await;
