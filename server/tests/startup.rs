@@ -632,3 +632,80 @@ fn the_http_reply_parser_decodes_chunked_bodies() {
     assert_eq!(reply.header("x-a"), Some("b"));
     assert_eq!(reply.body, "abcde");
 }
+
+/// Runs `ampere cleanup <args>` with `vars` and returns (success, stdout, stderr).
+fn run_cleanup(vars: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ampere"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().copied())
+        .arg("cleanup")
+        .args(args)
+        .output()
+        .expect("run ampere cleanup");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.success(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+#[test]
+fn cleanup_says_what_it_would_do_and_with_yes_drops_slot_publication_and_storage() {
+    // Goal: decommissioning needs the slot dropped (an unused slot retains WAL forever) and,
+    // on request, the storage; nothing happens without --yes.
+    // Method: run ampere once to create slot, publication and storage, stop it, then cleanup.
+    let cluster = shared_database("startup_cleanup");
+    let scratch = Scratch::new("cleanup");
+    let storage = scratch.storage();
+    let port = free_port();
+    let port_text = port.to_string();
+    let url = cluster.url("postgres", "startup_cleanup");
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port_text.as_str()),
+        ("ELECTRIC_REPLICATION_STREAM_ID", "cleanup_test"),
+    ];
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    wait_for_health(&mut ampere, port, 200, Duration::from_secs(15));
+    ampere.terminate();
+    assert!(ampere.wait_exit(Duration::from_secs(10)).success());
+    let slot_sql =
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'electric_slot_cleanup_test'";
+    let pub_sql =
+        "SELECT count(*) FROM pg_publication WHERE pubname = 'electric_publication_cleanup_test'";
+    let count = |sql: &str| cluster.psql("startup_cleanup", sql).expect("query");
+
+    let (ok, stdout, stderr) = run_cleanup(&vars, &["--storage"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("would drop replication slot electric_slot_cleanup_test"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pass --yes"), "{stdout}");
+    assert_eq!(
+        (count(slot_sql), count(pub_sql)),
+        ("1".to_owned(), "1".to_owned())
+    );
+    assert!(storage.join("shapes.sqlite3").exists());
+
+    let (ok, stdout, stderr) = run_cleanup(&vars, &["--storage", "--yes"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("dropped replication slot electric_slot_cleanup_test"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dropped publication electric_publication_cleanup_test"),
+        "{stdout}"
+    );
+    assert_eq!(
+        (count(slot_sql), count(pub_sql)),
+        ("0".to_owned(), "0".to_owned())
+    );
+    assert!(!storage.join("shapes.sqlite3").exists());
+    assert!(!storage.join("shapes").exists());
+}

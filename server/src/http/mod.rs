@@ -165,6 +165,7 @@ enum Route {
     Root,
     Shape,
     Health,
+    Metrics,
     Unknown,
 }
 
@@ -186,6 +187,7 @@ impl Route {
             [] => Self::Root,
             ["v1", "shape"] => Self::Shape,
             ["v1", "health"] => Self::Health,
+            ["metrics"] => Self::Metrics,
             _ => Self::Unknown,
         }
     }
@@ -206,8 +208,11 @@ async fn dispatch<A: ShapeApi>(
         Route::Health if is_read(method) => {
             health::respond(state.api.health(), state.api.last_purge())
         }
+        Route::Metrics if is_read(method) => health::metrics(&state.api),
         Route::Root if is_read(method) => StatusCode::OK.into_response(),
-        Route::Health | Route::Root | Route::Unknown => ApiError::NotFound.into_response(),
+        Route::Health | Route::Metrics | Route::Root | Route::Unknown => {
+            ApiError::NotFound.into_response()
+        }
     };
     let kind = if route == Route::Shape {
         RouteKind::Shape

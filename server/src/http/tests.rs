@@ -625,6 +625,23 @@ async fn health_reports_active_then_starting() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn metrics_expose_readiness_purges_and_progress_in_prometheus_text() {
+    let h = Harness::new();
+    let reply = h.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(reply.body.contains("\nampere_active 1\n"), "{}", reply.body);
+    assert!(reply
+        .body
+        .contains("# TYPE ampere_purges_total counter\nampere_purges_total 0\n"));
+    h.api.set_starting(true);
+    assert!(h.get("/metrics").await.body.contains("\nampere_active 0\n"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn root_answers_200_empty_to_get_and_head() {
     let h = Harness::new();
     for method in [Method::GET, Method::HEAD] {
