@@ -480,7 +480,9 @@ fn a_role_without_replication_is_fatal_and_the_message_says_how_to_grant_it() {
 }
 
 #[test]
-fn an_unreachable_database_is_retried_while_health_says_starting_and_shapes_get_503() {
+fn an_unreachable_database_is_retried_while_health_says_waiting_and_shapes_get_503() {
+    // LC-3 (ampere): once metadata is loaded every non-active condition is `waiting`, and
+    // existing shapes are served read-only meanwhile.
     let scratch = Scratch::new("unreachable");
     let storage = scratch.storage();
     let port = free_port();
@@ -494,14 +496,14 @@ fn an_unreachable_database_is_retried_while_health_says_starting_and_shapes_get_
     ];
     let mut ampere = Ampere::spawn(&scratch, &vars);
     let first = wait_for_health(&mut ampere, port, 202, Duration::from_secs(10));
-    assert_eq!(first.body, r#"{"status":"starting"}"#);
+    assert_eq!(first.body, r#"{"status":"waiting"}"#);
 
     let shape = http_get(port, "/v1/shape?table=items&offset=-1").expect("shape request");
     assert_eq!(shape.status, 503, "{shape:?}");
     let retry_after = shape.header("retry-after").expect("retry-after header");
     assert!(retry_after.parse::<u32>().is_ok_and(|s| s > 0), "{shape:?}");
 
-    // Several seconds: still running, still starting.
+    // Several seconds: still running, still waiting.
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
         assert!(
@@ -512,12 +514,12 @@ fn an_unreachable_database_is_retried_while_health_says_starting_and_shapes_get_
         let health = http_get(port, "/v1/health").expect("health");
         assert_eq!(
             (health.status, health.body.as_str()),
-            (202, r#"{"status":"starting"}"#)
+            (202, r#"{"status":"waiting"}"#)
         );
         sleep(Duration::from_millis(500));
     }
     let stderr = ampere.stderr();
-    let attempts = stderr.matches("starting replication failed").count();
+    let attempts = stderr.matches("replication setup failed").count();
     assert!(attempts >= 2, "expected retries in the log:\n{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
     assert!(ampere.try_status().is_none(), "exited:\n{stderr}");
@@ -635,7 +637,7 @@ fn the_http_reply_parser_decodes_chunked_bodies() {
 
 /// Runs `ampere cleanup <args>` with `vars` and returns (success, stdout, stderr).
 fn run_cleanup(vars: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ampere"))
+    let output = Command::new(env!("CARGO_BIN_EXE_ampere"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(vars.iter().copied())
