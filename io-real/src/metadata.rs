@@ -1072,6 +1072,172 @@ fn put_shape_blocking(
     tx.commit().map_err(sqlite_err(path, "commit"))
 }
 
+/// A shape's row as one JSON document, the copy each shape directory keeps (MD-3) so the
+/// metadata can be rebuilt from the shape directories. Same field encodings as the row.
+pub fn encode_stored_shape(shape: &StoredShape) -> String {
+    to_json(&StoredShapeDto {
+        version: DESCRIPTION_VERSION,
+        handle: shape.handle.as_str().to_owned(),
+        definition: DefinitionDto::from(&shape.definition),
+        table_schema: TableSchemaDto::from(&shape.schema),
+        snapshot: shape.snapshot.as_ref().map(SnapshotDto::from),
+        snapshot_filter_done: shape.snapshot_filter_done,
+    })
+}
+
+/// Reads back what [`encode_stored_shape`] wrote.
+pub fn decode_stored_shape(text: &str) -> Result<StoredShape, serde_json::Error> {
+    let dto: StoredShapeDto = serde_json::from_str(text)?;
+    if dto.version != DESCRIPTION_VERSION {
+        return Err(serde::de::Error::custom(format!(
+            "unsupported shape description version {}",
+            dto.version
+        )));
+    }
+    Ok(StoredShape {
+        handle: ShapeHandle::from_string(dto.handle),
+        definition: dto.definition.into(),
+        schema: dto.table_schema.into(),
+        snapshot: dto.snapshot.map(Into::into),
+        snapshot_filter_done: dto.snapshot_filter_done,
+    })
+}
+
+/// Version of the [`encode_stored_shape`] document.
+const DESCRIPTION_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct StoredShapeDto {
+    version: u32,
+    handle: String,
+    definition: DefinitionDto,
+    table_schema: TableSchemaDto,
+    snapshot: Option<SnapshotDto>,
+    snapshot_filter_done: bool,
+}
+
+/// Renames `<dir>/shapes.sqlite3` and its `-wal`, `-shm` and `-journal` files aside to
+/// `shapes.sqlite3.corrupt-<unix seconds>[-<n>]…` (never deletes them), for a lock holder that
+/// found the database corrupt (MD-3). Returns the new name of the database file, or `None` if
+/// there was none. Blocking; the caller must have closed every connection to it.
+pub fn move_aside_corrupt(dir: &Path) -> Result<Option<PathBuf>, MetadataError> {
+    let path = dir.join(METADATA_FILE);
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let io_fail = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MetadataError::Io { path, op, source }
+    };
+    let with_suffix = |base: &Path, suffix: &str| {
+        let mut name = base.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let mut aside = with_suffix(&path, &format!(".corrupt-{unix}"));
+    let mut n = 1;
+    while fs::symlink_metadata(&aside).is_ok() {
+        aside = with_suffix(&path, &format!(".corrupt-{unix}-{n}"));
+        n += 1;
+    }
+    let mut moved = None;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let from = with_suffix(&path, suffix);
+        let to = with_suffix(&aside, suffix);
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                if suffix.is_empty() {
+                    moved = Some(to);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_fail("move the corrupt database aside", &from)(err)),
+        }
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_fail("fsync directory", dir))?;
+    Ok(moved)
+}
+
+impl MetadataError {
+    /// Whether the database itself is damaged (not a database, "malformed", a row that does
+    /// not decode): the lock holder moves it aside and rebuilds it (MD-3), rather than retry.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Self::Sqlite {
+                source: rusqlite::Error::SqliteFailure(err, _),
+                ..
+            } => matches!(
+                err.code,
+                ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
+            ),
+            Self::Decode { .. } | Self::InvalidValue { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+impl SqliteMetadata {
+    /// Re-inserts the rows of `shapes` that have no row (existing rows are kept as they are)
+    /// and raises the stamp high-water mark to at least `min_stamp`, in one transaction.
+    /// Returns the handles inserted. For a lock holder rebuilding from shape directories (MD-3).
+    pub fn rebuild(
+        &self,
+        shapes: Vec<StoredShape>,
+        min_stamp: HandleStamp,
+    ) -> impl Future<Output = Result<Vec<ShapeHandle>, MetadataError>> + Send + 'static {
+        self.write(move |path, connection| rebuild_blocking(path, connection, &shapes, min_stamp))
+    }
+}
+
+fn rebuild_blocking(
+    path: &Path,
+    connection: &mut Connection,
+    shapes: &[StoredShape],
+    min_stamp: HandleStamp,
+) -> Result<Vec<ShapeHandle>, MetadataError> {
+    let stamp_value = i64::try_from(min_stamp.0).map_err(|_| MetadataError::OutOfRange {
+        what: "handle stamp",
+        value: min_stamp.0,
+    })?;
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_err(path, "begin"))?;
+    let mut inserted = Vec::new();
+    for shape in shapes {
+        let encoded = EncodedShape::new(shape);
+        let changed = tx
+            .execute(
+                "INSERT OR IGNORE INTO shapes \
+                 (handle, identity, relation_oid, definition, table_schema, snapshot, \
+                  snapshot_filter_done) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    shape.handle.as_str(),
+                    encoded.identity,
+                    shape.schema.oid.0,
+                    encoded.definition,
+                    encoded.table_schema,
+                    encoded.snapshot,
+                    shape.snapshot_filter_done,
+                ],
+            )
+            .map_err(sqlite_err(path, "rebuild shape"))?;
+        if changed > 0 {
+            inserted.push(shape.handle.clone());
+        }
+    }
+    tx.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        params![STAMP_HWM_KEY, stamp_value],
+    )
+    .map_err(sqlite_err(path, "raise stamp high-water mark"))?;
+    tx.commit().map_err(sqlite_err(path, "commit"))?;
+    Ok(inserted)
+}
+
 /// The text columns of a shape row.
 struct EncodedShape {
     identity: String,

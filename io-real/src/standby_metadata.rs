@@ -1,21 +1,36 @@
 //! Shape metadata as an instance that may be a standby opens it: read-only until the lock is
 //! held (RO-4), tolerant of a database the writer has not created yet (MD-4), and switched to
 //! writing by [`MetadataStore::promote`].
+//!
+//! With a shape directory root ([`StandbyMetadata::open_with_shape_dir`], MD-3) every
+//! `put_shape` also writes the shape's row into `shapes/<handle>/shape.json`, and `promote` (the
+//! lock holder) repairs the index from those copies: a corrupt database file is renamed aside
+//! (never deleted) and recreated, then every shape directory without a row but with a readable
+//! `shape.json` gets its row back, and the stamp high-water mark is raised above every shape
+//! directory's stamp so no handle is issued twice. Shape directories are never removed or
+//! changed by this; one without `shape.json` is left alone (with a warning).
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{HandleStamp, ShapeHandle};
 
-use crate::metadata::{MetadataError, MetadataOptions, SqliteMetadata, METADATA_FILE};
+use crate::metadata::{
+    decode_stored_shape, encode_stored_shape, move_aside_corrupt, MetadataError, MetadataOptions,
+    SqliteMetadata, METADATA_FILE,
+};
+use crate::store::description::{read_descriptions, write_description};
 
 /// [`SqliteMetadata`] opened read-only, or not at all while the file does not exist yet.
 #[derive(Clone)]
 pub struct StandbyMetadata {
     dir: PathBuf,
     options: MetadataOptions,
+    /// The shape store's root, whose `shapes/<handle>/` directories get a `shape.json` (MD-3).
+    shapes_root: Option<PathBuf>,
     inner: Arc<Mutex<Option<SqliteMetadata>>>,
 }
 
@@ -32,15 +47,39 @@ impl std::fmt::Debug for StandbyMetadata {
 impl StandbyMetadata {
     /// Opens `<dir>/shapes.sqlite3` read-only if it exists. Blocking.
     pub fn open(dir: impl Into<PathBuf>, options: MetadataOptions) -> Result<Self, MetadataError> {
-        let dir = dir.into();
+        Self::open_inner(dir.into(), options, None)
+    }
+
+    /// As [`StandbyMetadata::open`], keeping a copy of every shape row in the shape store under
+    /// `shapes_root` (the `FileStore` root) and rebuilding the index from those copies when
+    /// promoted (MD-3; module docs). Blocking.
+    pub fn open_with_shape_dir(
+        dir: impl Into<PathBuf>,
+        options: MetadataOptions,
+        shapes_root: impl Into<PathBuf>,
+    ) -> Result<Self, MetadataError> {
+        Self::open_inner(dir.into(), options, Some(shapes_root.into()))
+    }
+
+    fn open_inner(
+        dir: PathBuf,
+        options: MetadataOptions,
+        shapes_root: Option<PathBuf>,
+    ) -> Result<Self, MetadataError> {
         let inner = match SqliteMetadata::open_read_only(&dir, &options) {
             Ok(metadata) => Some(metadata),
             Err(MetadataError::NotCreatedYet { .. }) => None,
+            // The lock holder moves it aside and rebuilds it when promoted (MD-3).
+            Err(e) if shapes_root.is_some() && e.is_corruption() => {
+                tracing::warn!(error = %e, "shape metadata is corrupt; the lock holder rebuilds it");
+                None
+            }
             Err(e) => return Err(e),
         };
         Ok(Self {
             dir,
             options,
+            shapes_root,
             inner: Arc::new(Mutex::new(inner)),
         })
     }
@@ -87,6 +126,127 @@ impl StandbyMetadata {
     fn writer(&self) -> Result<SqliteMetadata, MetadataError> {
         self.current().ok_or_else(|| self.read_only())
     }
+
+    /// Opens the file for writing (promoting the read-only handle if there is one).
+    async fn open_writer(&self) -> Result<(), MetadataError> {
+        if let Some(metadata) = self.current() {
+            return metadata.promote(&self.options).await;
+        }
+        let (dir, options) = (self.dir.clone(), self.options.clone());
+        let writer = tokio::task::spawn_blocking(move || SqliteMetadata::open(&dir, &options))
+            .await
+            .map_err(|source| MetadataError::Worker { source })??;
+        let installed = self.install(writer);
+        installed.promote(&self.options).await
+    }
+
+    /// Closes the corrupt database, renames its files aside and creates a fresh one (MD-3).
+    async fn replace_corrupt(&self, cause: &MetadataError) -> Result<(), MetadataError> {
+        // Close every connection first (exclusive mode holds a lock; renaming an open file
+        // would leave it writing to the renamed one).
+        drop(
+            self.inner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let (dir, options) = (self.dir.clone(), self.options.clone());
+        let (aside, fresh) = tokio::task::spawn_blocking(move || {
+            let aside = move_aside_corrupt(&dir)?;
+            SqliteMetadata::open(&dir, &options).map(|fresh| (aside, fresh))
+        })
+        .await
+        .map_err(|source| MetadataError::Worker { source })??;
+        tracing::error!(
+            error = %cause,
+            moved_to = %aside.as_deref().map_or_else(String::new, |p| p.display().to_string()),
+            "shape metadata is corrupt: moved it aside and rebuilding it from the shape directories"
+        );
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+        Ok(())
+    }
+
+    /// Restores the rows of shape directories that have none from their `shape.json`, and
+    /// raises the stamp high-water mark above every shape directory's stamp (MD-3).
+    async fn rebuild(&self, root: PathBuf) -> Result<(), MetadataError> {
+        let writer = self.writer()?;
+        let (stored, _) = writer.load().await?;
+        let known: BTreeSet<String> = stored
+            .iter()
+            .map(|shape| shape.handle.as_str().to_owned())
+            .collect();
+        let listing_root = root.clone();
+        let dirs = tokio::task::spawn_blocking(move || read_descriptions(&listing_root))
+            .await
+            .map_err(|source| MetadataError::Worker { source })?
+            .map_err(|source| MetadataError::Io {
+                path: root.join(crate::store::layout::SHAPES_DIR),
+                op: "list shape directories",
+                source,
+            })?;
+        let mut min_stamp = HandleStamp::default();
+        let mut missing = Vec::new();
+        for dir in dirs {
+            if let Some(stamp) = handle_stamp(&dir.handle) {
+                min_stamp = min_stamp.max(stamp);
+            }
+            if known.contains(dir.handle.as_str()) {
+                continue;
+            }
+            let Some(text) = dir.description else {
+                tracing::warn!(
+                    handle = %dir.handle,
+                    "shape directory has no metadata row and no shape.json: left untouched"
+                );
+                continue;
+            };
+            match decode_stored_shape(&text) {
+                Ok(shape) if shape.handle == dir.handle => missing.push(shape),
+                Ok(shape) => tracing::warn!(
+                    handle = %dir.handle,
+                    described = %shape.handle,
+                    "shape.json names another shape: left untouched"
+                ),
+                Err(e) => tracing::warn!(
+                    handle = %dir.handle,
+                    error = %e,
+                    "shape.json is unreadable: left untouched"
+                ),
+            }
+        }
+        let rebuilt = writer.rebuild(missing, min_stamp).await?;
+        for handle in &rebuilt {
+            tracing::warn!(%handle, "rebuilt shape metadata row from its shape directory");
+        }
+        if !rebuilt.is_empty() {
+            tracing::warn!(
+                count = rebuilt.len(),
+                "shape metadata rebuilt from shape directories"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The stamp of a minted handle `<hash>-<stamp>`.
+fn handle_stamp(handle: &ShapeHandle) -> Option<HandleStamp> {
+    let (_, stamp) = handle.as_str().rsplit_once('-')?;
+    stamp.parse().ok().map(HandleStamp)
+}
+
+/// Writes the shape's `shape.json` into its directory under `root`, if that exists.
+fn write_shape_description(root: &Path, shape: &StoredShape) -> Result<(), MetadataError> {
+    let text = encode_stored_shape(shape);
+    write_description(root, &shape.handle, &text)
+        .map(drop)
+        .map_err(|source| MetadataError::Io {
+            path: root
+                .join(crate::store::layout::SHAPES_DIR)
+                .join(shape.handle.as_str())
+                .join(crate::store::layout::SHAPE_DESCRIPTION_FILE),
+            op: "write the shape description",
+            source,
+        })
 }
 
 impl MetadataStore for StandbyMetadata {
@@ -95,15 +255,20 @@ impl MetadataStore for StandbyMetadata {
     fn promote(&self) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
         let this = self.clone();
         async move {
-            if let Some(metadata) = this.current() {
-                return metadata.promote(&this.options).await;
+            let Some(root) = this.shapes_root.clone() else {
+                return this.open_writer().await;
+            };
+            // The lock holder repairs the index (MD-3); without a shape root there is nothing
+            // to rebuild from, so a corrupt file stays an error.
+            match this.open_writer().await {
+                Err(e) if e.is_corruption() => this.replace_corrupt(&e).await?,
+                other => other?,
             }
-            let (dir, options) = (this.dir.clone(), this.options.clone());
-            let writer = tokio::task::spawn_blocking(move || SqliteMetadata::open(&dir, &options))
-                .await
-                .map_err(|source| MetadataError::Worker { source })??;
-            let installed = this.install(writer);
-            installed.promote(&this.options).await
+            match this.writer()?.load().await {
+                Err(e) if e.is_corruption() => this.replace_corrupt(&e).await?,
+                other => drop(other?),
+            }
+            this.rebuild(root).await
         }
     }
 
@@ -146,7 +311,14 @@ impl MetadataStore for StandbyMetadata {
         stamp: HandleStamp,
     ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
         let writer = self.writer();
-        async move { writer?.put_shape(shape, stamp).await }
+        let root = self.shapes_root.clone();
+        async move {
+            writer?.put_shape(shape.clone(), stamp).await?;
+            let Some(root) = root else { return Ok(()) };
+            tokio::task::spawn_blocking(move || write_shape_description(&root, &shape))
+                .await
+                .map_err(|source| MetadataError::Worker { source })?
+        }
     }
 
     fn delete_shape(

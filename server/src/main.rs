@@ -173,7 +173,10 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)>
         mode,
         ..MetadataOptions::default()
     };
-    let meta = StandbyMetadata::open(storage, options).context("opening shape metadata")?;
+    // Shape directories carry their own description, so the lock holder can rebuild lost or
+    // corrupt metadata from them (MD-3).
+    let meta = StandbyMetadata::open_with_shape_dir(storage, options, storage)
+        .context("opening shape metadata")?;
     Ok((store, meta))
 }
 

@@ -8,6 +8,7 @@
 //! shapes/<handle>/log.idx              40-byte records: offset, position, length, chunk end
 //! shapes/<handle>/snapshot/<i>.json    snapshot chunk i, entries joined by `,`
 //! shapes/<handle>/snapshot/complete    written last: `<entries> <bytes>` per chunk
+//! shapes/<handle>/shape.json           the shape's metadata row (MD-3; `description`)
 //! shapes/.<handle>.creating            a shape being created (cleared by `open`)
 //! trash/<handle>                       a removed shape being deleted (emptied by `open`)
 //! ```
@@ -46,6 +47,7 @@
 //! the instance that writes (it truncates torn tails); a runtime for the async methods (their
 //! I/O runs in `spawn_blocking`).
 
+pub mod description;
 mod error;
 mod follower;
 mod fsutil;
@@ -104,6 +106,8 @@ pub mod layout {
     pub const SNAPSHOT_DIR: &str = "snapshot";
     /// Written in [`SNAPSHOT_DIR`] once the snapshot is complete.
     pub const SNAPSHOT_MARKER: &str = "complete";
+    /// The shape's own copy of its metadata row (MD-3), written by the metadata store.
+    pub const SHAPE_DESCRIPTION_FILE: &str = "shape.json";
 
     /// `<shape_dir>/snapshot/<index>.json`.
     pub fn snapshot_chunk_path(shape_dir: &Path, index: u64) -> PathBuf {
