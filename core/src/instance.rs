@@ -388,8 +388,9 @@ pub struct Instance {
 /// The lock breaker: suspects seen holding the lock while our slot is inactive.
 #[derive(Debug, Default)]
 struct LockBreaker {
-    /// The query in flight.
-    query: Option<OpId>,
+    /// The query in flight and when it was issued (sightings are timed by issue, so reply
+    /// latency never stretches the grace period).
+    query: Option<(OpId, Instant)>,
     /// When to run the query next.
     next_at: Option<Instant>,
     /// Holder pid → when it was first seen in an unbroken run of checks.

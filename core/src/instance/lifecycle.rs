@@ -106,7 +106,7 @@ impl Instance {
         }
         let own_pid = system.backend_pid;
         let op = self.op();
-        self.breaker.query = Some(op);
+        self.breaker.query = Some((op, self.now));
         self.breaker.next_at = Some(self.now + LOCK_BREAKER_PERIOD);
         let slot = self.config.target.slot.clone();
         self.outputs
@@ -116,14 +116,17 @@ impl Instance {
     /// LB-3: a holder is terminated only once consecutive checks have seen it for the grace
     /// period; one that disappears from a check starts over.
     pub(super) fn on_stale_lock_holders(&mut self, op: OpId, pids: Vec<i32>) {
-        if self.breaker.query != Some(op) {
+        let Some((expected, issued_at)) = self.breaker.query else {
+            return;
+        };
+        if expected != op {
             return;
         }
         self.breaker.query = None;
         if !matches!(self.phase, Phase::Locking { .. }) {
             return;
         }
-        let now = self.now;
+        let now = issued_at;
         let suspects = &mut self.breaker.suspects;
         suspects.retain(|pid, _| pids.contains(pid));
         for pid in pids {
