@@ -1038,38 +1038,75 @@ fn put_shape_blocking(
     shape: &StoredShape,
     stamp: HandleStamp,
 ) -> Result<(), MetadataError> {
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_err(path, "begin"))?;
+    insert_shape(&tx, path, shape, OnConflict::Replace)?;
+    raise_stamp(&tx, path, stamp)?;
+    tx.commit().map_err(sqlite_err(path, "commit"))
+}
+
+/// What inserting a row whose handle already exists does.
+#[derive(Clone, Copy)]
+enum OnConflict {
+    /// Overwrite it (a put).
+    Replace,
+    /// Keep it (a rebuild never overrides a row that survived).
+    Ignore,
+}
+
+/// Inserts one shape row; returns whether a row was written.
+fn insert_shape(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    shape: &StoredShape,
+    on_conflict: OnConflict,
+) -> Result<bool, MetadataError> {
+    let (sql, op) = match on_conflict {
+        OnConflict::Replace => ("INSERT OR REPLACE", "put shape"),
+        OnConflict::Ignore => ("INSERT OR IGNORE", "rebuild shape"),
+    };
+    let encoded = EncodedShape::new(shape);
+    let changed = tx
+        .execute(
+            &format!(
+                "{sql} INTO shapes \
+                 (handle, identity, relation_oid, definition, table_schema, snapshot, \
+                  snapshot_filter_done) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            params![
+                shape.handle.as_str(),
+                encoded.identity,
+                shape.schema.oid.0,
+                encoded.definition,
+                encoded.table_schema,
+                encoded.snapshot,
+                shape.snapshot_filter_done,
+            ],
+        )
+        .map_err(sqlite_err(path, op))?;
+    Ok(changed > 0)
+}
+
+/// Raises the handle-stamp high-water mark to `stamp`; it only rises, whatever order writes
+/// arrive in.
+fn raise_stamp(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    stamp: HandleStamp,
+) -> Result<(), MetadataError> {
     let stamp_value = i64::try_from(stamp.0).map_err(|_| MetadataError::OutOfRange {
         what: "handle stamp",
         value: stamp.0,
     })?;
-    let encoded = EncodedShape::new(shape);
-    let tx = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sqlite_err(path, "begin"))?;
-    tx.execute(
-        "INSERT OR REPLACE INTO shapes \
-         (handle, identity, relation_oid, definition, table_schema, snapshot, \
-          snapshot_filter_done) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            shape.handle.as_str(),
-            encoded.identity,
-            shape.schema.oid.0,
-            encoded.definition,
-            encoded.table_schema,
-            encoded.snapshot,
-            shape.snapshot_filter_done,
-        ],
-    )
-    .map_err(sqlite_err(path, "put shape"))?;
-    // The high-water mark only rises, whatever order puts arrive in.
     tx.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
         params![STAMP_HWM_KEY, stamp_value],
     )
     .map_err(sqlite_err(path, "raise stamp high-water mark"))?;
-    tx.commit().map_err(sqlite_err(path, "commit"))
+    Ok(())
 }
 
 /// A shape's row as one JSON document, the copy each shape directory keeps (MD-3) so the
@@ -1197,43 +1234,16 @@ fn rebuild_blocking(
     shapes: &[StoredShape],
     min_stamp: HandleStamp,
 ) -> Result<Vec<ShapeHandle>, MetadataError> {
-    let stamp_value = i64::try_from(min_stamp.0).map_err(|_| MetadataError::OutOfRange {
-        what: "handle stamp",
-        value: min_stamp.0,
-    })?;
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_err(path, "begin"))?;
     let mut inserted = Vec::new();
     for shape in shapes {
-        let encoded = EncodedShape::new(shape);
-        let changed = tx
-            .execute(
-                "INSERT OR IGNORE INTO shapes \
-                 (handle, identity, relation_oid, definition, table_schema, snapshot, \
-                  snapshot_filter_done) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    shape.handle.as_str(),
-                    encoded.identity,
-                    shape.schema.oid.0,
-                    encoded.definition,
-                    encoded.table_schema,
-                    encoded.snapshot,
-                    shape.snapshot_filter_done,
-                ],
-            )
-            .map_err(sqlite_err(path, "rebuild shape"))?;
-        if changed > 0 {
+        if insert_shape(&tx, path, shape, OnConflict::Ignore)? {
             inserted.push(shape.handle.clone());
         }
     }
-    tx.execute(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2) \
-         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-        params![STAMP_HWM_KEY, stamp_value],
-    )
-    .map_err(sqlite_err(path, "raise stamp high-water mark"))?;
+    raise_stamp(&tx, path, min_stamp)?;
     tx.commit().map_err(sqlite_err(path, "commit"))?;
     Ok(inserted)
 }
