@@ -10,59 +10,13 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome, ShapeLogStore, SnapshotWriter};
+use ampere_core::ports::{LogEntry, ReadOutcome, ShapeLogStore, SnapshotWriter};
 use ampere_core::shape::ShapeHandle;
-use ampere_core::LogOffset;
+
 use ampere_io_real::store::{layout, FileStore, StoreError, FOLLOW_POLL_INTERVAL};
 
 mod common;
-use common::TempDir;
-
-fn off(text: &str) -> LogOffset {
-    text.parse().expect("valid offset")
-}
-
-fn handle(n: u32) -> ShapeHandle {
-    ShapeHandle::from_string(format!("{n}-1721812114261123"))
-}
-
-fn entry_json(offset: &str) -> String {
-    format!(r#"{{"offset":"{offset}","value":{{"v":"a,}}b"}}}}"#)
-}
-
-fn entry(offset: &str, chunk_end: bool) -> LogEntry {
-    LogEntry {
-        offset: off(offset),
-        json: entry_json(offset),
-        chunk_end,
-    }
-}
-
-fn chunk(outcome: ReadOutcome) -> ChunkRead {
-    match outcome {
-        ReadOutcome::Chunk(chunk) => chunk,
-        other => panic!("expected a chunk, got {other:?}"),
-    }
-}
-
-/// (body, entries, end) of a read, asserting it is a chunk.
-fn read(store: &FileStore, h: &ShapeHandle, after: &str) -> (String, usize, String) {
-    let c = chunk(store.read(h, off(after)));
-    let body = String::from_utf8(c.body.to_vec()).expect("utf-8 body");
-    (body, c.entries, c.end.to_string())
-}
-
-fn expected(offsets: &[&str], end: &str) -> (String, usize, String) {
-    let body = offsets
-        .iter()
-        .map(|o| entry_json(o))
-        .collect::<Vec<_>>()
-        .join(",");
-    (body, offsets.len(), end.to_owned())
-}
-
-const SNAPSHOT_END: &str =
-    r#"{"headers":{"control":"snapshot-end","xip_list":[],"xmax":"9","xmin":"9"}}"#;
+use common::{chunk, entry, entry_json, expected, handle, off, read, TempDir, SNAPSHOT_END};
 
 /// Creates a shape with a complete one-chunk snapshot through the writer.
 async fn create_with_snapshot(writer: &FileStore, h: &ShapeHandle) {

@@ -6,61 +6,13 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome, ShapeLogStore, SnapshotWriter};
+use ampere_core::ports::{LogEntry, ReadOutcome, ShapeLogStore, SnapshotWriter};
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 use ampere_io_real::store::{layout, probe_writable, FileStore, StoreError};
 
 mod common;
-use common::TempDir;
-
-fn off(text: &str) -> LogOffset {
-    text.parse().expect("valid offset")
-}
-
-fn handle(n: u32) -> ShapeHandle {
-    ShapeHandle::from_string(format!("{n}-1721812114261123"))
-}
-
-/// An entry whose JSON names its offset (and holds a comma and a brace inside a string).
-fn entry(offset: &str, chunk_end: bool) -> LogEntry {
-    LogEntry {
-        offset: off(offset),
-        json: entry_json(offset),
-        chunk_end,
-    }
-}
-
-fn entry_json(offset: &str) -> String {
-    format!(r#"{{"offset":"{offset}","value":{{"v":"a,}}b"}}}}"#)
-}
-
-fn chunk(outcome: ReadOutcome) -> ChunkRead {
-    match outcome {
-        ReadOutcome::Chunk(chunk) => chunk,
-        other => panic!("expected a chunk, got {other:?}"),
-    }
-}
-
-/// (body, entries, end) of a read, asserting it is a chunk.
-fn read(store: &FileStore, h: &ShapeHandle, after: &str) -> (String, usize, String) {
-    let c = chunk(store.read(h, off(after)));
-    let body = String::from_utf8(c.body.to_vec()).expect("utf-8 body");
-    (body, c.entries, c.end.to_string())
-}
-
-/// The expected answer for offsets naming entries, joined as the store must join them.
-fn expected(offsets: &[&str], end: &str) -> (String, usize, String) {
-    let body = offsets
-        .iter()
-        .map(|o| entry_json(o))
-        .collect::<Vec<_>>()
-        .join(",");
-    (body, offsets.len(), end.to_owned())
-}
-
-const SNAPSHOT_END: &str =
-    r#"{"headers":{"control":"snapshot-end","xip_list":[],"xmax":"9","xmin":"9"}}"#;
+use common::{chunk, entry, entry_json, expected, handle, off, read, TempDir, SNAPSHOT_END};
 
 /// A store with one shape whose two-chunk snapshot is complete.
 async fn store_with_snapshot(dir: &TempDir, h: &ShapeHandle) -> FileStore {

@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome, ShapeLogStore};
+use ampere_core::shape::ShapeHandle;
+use ampere_core::LogOffset;
+use ampere_io_real::store::FileStore;
+
 /// A fresh directory under /tmp, deleted on drop.
 pub struct TempDir(PathBuf);
 
@@ -36,3 +41,56 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+/// Parses an offset written in a test.
+pub fn off(text: &str) -> LogOffset {
+    text.parse().expect("valid offset")
+}
+
+/// The `n`th test handle.
+pub fn handle(n: u32) -> ShapeHandle {
+    ShapeHandle::from_string(format!("{n}-1721812114261123"))
+}
+
+/// An entry's JSON: names its offset and holds a comma and a brace inside a string.
+pub fn entry_json(offset: &str) -> String {
+    format!(r#"{{"offset":"{offset}","value":{{"v":"a,}}b"}}}}"#)
+}
+
+/// An entry at `offset` whose JSON is [`entry_json`].
+pub fn entry(offset: &str, chunk_end: bool) -> LogEntry {
+    LogEntry {
+        offset: off(offset),
+        json: entry_json(offset),
+        chunk_end,
+    }
+}
+
+/// The chunk of a read, panicking on any other outcome.
+pub fn chunk(outcome: ReadOutcome) -> ChunkRead {
+    match outcome {
+        ReadOutcome::Chunk(chunk) => chunk,
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+}
+
+/// (body, entries, end) of a read, asserting it is a chunk.
+pub fn read(store: &FileStore, h: &ShapeHandle, after: &str) -> (String, usize, String) {
+    let c = chunk(store.read(h, off(after)));
+    let body = String::from_utf8(c.body.to_vec()).expect("utf-8 body");
+    (body, c.entries, c.end.to_string())
+}
+
+/// The expected answer for offsets naming entries, joined as the store must join them.
+pub fn expected(offsets: &[&str], end: &str) -> (String, usize, String) {
+    let body = offsets
+        .iter()
+        .map(|o| entry_json(o))
+        .collect::<Vec<_>>()
+        .join(",");
+    (body, offsets.len(), end.to_owned())
+}
+
+/// The `snapshot-end` entry the store tests write.
+pub const SNAPSHOT_END: &str =
+    r#"{"headers":{"control":"snapshot-end","xip_list":[],"xmax":"9","xmin":"9"}}"#;
