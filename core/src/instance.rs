@@ -49,6 +49,11 @@ pub struct Config {
     pub reconnect_delay_min: Duration,
     /// Cap of the reconnect delay.
     pub reconnect_delay_max: Duration,
+    /// With no message from the walsender for this long, the stream is presumed dead (a
+    /// half-open connection: Postgres may already have handed the lock to another instance)
+    /// and the instance steps down (Postgres's `wal_receiver_timeout`; the walsender sends
+    /// keepalives well within it).
+    pub replication_timeout: Duration,
 }
 
 impl Config {
@@ -60,6 +65,7 @@ impl Config {
             status_interval: Duration::from_secs(10),
             reconnect_delay_min: Duration::from_secs(1),
             reconnect_delay_max: Duration::from_secs(10),
+            replication_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -383,6 +389,40 @@ pub struct Instance {
     breaker: LockBreaker,
     /// While not active: when to refresh the read model next.
     next_refresh_at: Instant,
+    /// While active: when the walsender was last heard from.
+    last_received_at: Instant,
+    /// Shapes whose filtering ended but whose `snapshot_filter_done` is not persisted yet
+    /// (invariant `filter-end-durable`, see [`FilterEnd`]).
+    filter_ends: BTreeMap<ShapeHandle, FilterEnd>,
+    /// MUTANT bookkeeping: handles of purged shapes, by definition.
+    #[cfg(feature = "mutant-reuse-handle-after-purge")]
+    purged: BTreeMap<ShapeDefinition, ShapeHandle>,
+}
+
+/// Filtering of a shape ended in memory (the first transaction started after its snapshot
+/// was routed, SN-4), but the fact is not persisted yet.
+///
+/// Invariant `filter-end-durable`: a shape's row says `snapshot_filter_done` only once its
+/// log durably holds an entry at or after `at`, the commit that ended filtering. Every
+/// transaction the snapshot saw committed before the snapshot was taken, so before `at`:
+/// once such an entry is durable, a replay of any of them is dropped by the reloaded log's
+/// latest offset (RC-3) like every other replay. Until then the row still says "filtering",
+/// so a reload (failed flush, lost connection, crash) restores the shape as
+/// [`Stage::Filtering`] and the slot's replays of visible transactions — still unconfirmed
+/// whenever `at` is not durable, because a snapshotting shape held them — are skipped by
+/// visibility again instead of being appended a second time. (Persisting the fact at once,
+/// as before, restored such a shape as live with an empty log, and replayed visible
+/// transactions were appended as duplicates.) This does not depend on what the slot
+/// confirmed: a status can be lost in transit, and Postgres may re-send below it.
+#[derive(Debug)]
+struct FilterEnd {
+    /// The shape's snapshot, for the row.
+    snapshot: PgSnapshot,
+    /// Commit LSN of the transaction that ended filtering.
+    at: Lsn,
+    /// The append generation after which the shape's log holds an entry at or after `at`
+    /// (durable once `flushed_gen` reaches it); `None` until it holds one.
+    gen: Option<u64>,
 }
 
 /// The lock breaker: suspects seen holding the lock while our slot is inactive.
@@ -473,6 +513,10 @@ impl Instance {
             identity: None,
             breaker: LockBreaker::default(),
             next_refresh_at: now + READ_MODEL_REFRESH,
+            last_received_at: now,
+            filter_ends: BTreeMap::new(),
+            #[cfg(feature = "mutant-reuse-handle-after-purge")]
+            purged: BTreeMap::new(),
         };
         instance.handle_timeout(now);
         instance
@@ -538,6 +582,10 @@ impl Instance {
                 next_try,
                 ..
             } if now >= next_try => self.try_lock(),
+            Phase::Active { .. } if now >= self.replication_deadline() => {
+                let message = "no message from Postgres within the replication timeout";
+                self.on_disconnected(DisconnectKind::Transient, message.into());
+            }
             Phase::Active { .. } if now >= self.next_status_at => self.send_status(),
             _ => {}
         }
@@ -569,7 +617,7 @@ impl Instance {
                 next_try,
                 ..
             } => Some(next_try),
-            Phase::Active { .. } => Some(self.next_status_at),
+            Phase::Active { .. } => Some(self.next_status_at.min(self.replication_deadline())),
             Phase::Connecting { .. }
             | Phase::Locking { .. }
             | Phase::Loading { .. }
@@ -616,6 +664,11 @@ impl Instance {
     /// Handles of live shapes.
     pub fn shape_handles(&self) -> impl Iterator<Item = &ShapeHandle> {
         self.shapes.keys()
+    }
+
+    /// When an active instance presumes its stream dead.
+    fn replication_deadline(&self) -> Instant {
+        self.last_received_at + self.config.replication_timeout
     }
 
     fn advance_clock(&mut self, now: Instant) {
@@ -678,6 +731,7 @@ impl Instance {
         if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
+        self.last_received_at = self.now;
         self.durability.received = self.durability.received.max(wal_end);
         let message = match self.decoder.decode(data) {
             Ok(m) => m,
@@ -757,11 +811,15 @@ impl Instance {
                     return;
                 }
                 if snapshot.is_after(txn.xid) {
-                    let snapshot = snapshot.clone();
+                    // Live in memory now (this stream never re-sends an earlier commit);
+                    // persisted only once durable (`filter-end-durable`, see `FilterEnd`).
+                    let end = FilterEnd {
+                        snapshot: snapshot.clone(),
+                        at: txn.commit_lsn,
+                        gen: None,
+                    };
                     shape.stage = Stage::Live;
-                    let stored = stored_shape(shape, Some(snapshot), true);
-                    self.outputs
-                        .push_back(Output::PersistShape { shape: stored });
+                    self.filter_ends.insert(handle.clone(), end);
                 }
             }
             Stage::Live => {}
@@ -774,7 +832,9 @@ impl Instance {
         let Some(shape) = self.shapes.get_mut(handle) else {
             return;
         };
-        match shape.entries_for(txn) {
+        let result = shape.entries_for(txn);
+        let latest = shape.latest;
+        match result {
             Ok(entries) if entries.is_empty() => {}
             Ok(entries) => {
                 self.durability.appended_gen += 1;
@@ -783,7 +843,35 @@ impl Instance {
                     entries,
                 });
             }
-            Err(why) => self.remove_shape(handle, invalidation_reason(why)),
+            Err(why) => return self.remove_shape(handle, invalidation_reason(why)),
+        }
+        if let Some(end) = self.filter_ends.get_mut(handle) {
+            // The log (durable, or appended by now) reaches the filter-ending commit.
+            if end.gen.is_none() && latest >= LogOffset::change(end.at, 0) {
+                end.gen = Some(self.durability.appended_gen);
+            }
+        }
+    }
+
+    /// Persists `snapshot_filter_done` of every shape whose log durably reaches the commit
+    /// that ended its filtering (`filter-end-durable`).
+    fn persist_durable_filter_ends(&mut self) {
+        let flushed_gen = self.durability.flushed_gen;
+        let durable: Vec<ShapeHandle> = self
+            .filter_ends
+            .iter()
+            .filter(|(_, end)| end.gen.is_some_and(|g| g <= flushed_gen))
+            .map(|(handle, _)| handle.clone())
+            .collect();
+        for handle in durable {
+            let Some(end) = self.filter_ends.remove(&handle) else {
+                continue;
+            };
+            if let Some(shape) = self.shapes.get(&handle) {
+                let stored = stored_shape(shape, Some(end.snapshot), true);
+                self.outputs
+                    .push_back(Output::PersistShape { shape: stored });
+            }
         }
     }
 
@@ -791,6 +879,7 @@ impl Instance {
         if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
+        self.last_received_at = self.now;
         let d = &mut self.durability;
         d.received = d.received.max(wal_end);
         if !self.assembler.in_transaction() && d.is_idle() {
@@ -812,6 +901,7 @@ impl Instance {
         if d.appended_gen == d.flushed_gen {
             // Nothing to make durable: processed transactions are durable already.
             d.flushed_upto = d.flushed_upto.max(d.processed);
+            self.persist_durable_filter_ends();
             self.advance_confirmed();
             return;
         }
@@ -838,6 +928,7 @@ impl Instance {
         d.flushed_upto = d.flushed_upto.max(upto);
         let flushed_gen = d.flushed_gen;
         d.released.retain(|(g, _)| *g > flushed_gen);
+        self.persist_durable_filter_ends();
         self.advance_confirmed();
         self.maybe_flush();
     }
@@ -870,6 +961,12 @@ impl Instance {
     }
 
     fn send_status(&mut self) {
+        #[cfg(feature = "mutant-ack-before-fsync")]
+        {
+            // MUTANT (never on by default): acknowledges what was processed, flushed or not.
+            let d = &mut self.durability;
+            d.confirmed = d.confirmed.max(d.processed.next());
+        }
         self.persist_acked(self.durability.confirmed);
         let d = &mut self.durability;
         assert!(
@@ -880,10 +977,12 @@ impl Instance {
         );
         d.acked = d.confirmed;
         let write = d.received.max(d.confirmed);
+        let silent_for = self.now.saturating_duration_since(self.last_received_at);
         let status = StandbyStatus {
             write,
             flush: d.confirmed,
             apply: d.confirmed,
+            reply_requested: silent_for >= self.config.replication_timeout / 2,
         };
         self.outputs.push_back(Output::SendStandbyStatus(status));
         self.next_status_at = self.now + self.config.status_interval;
@@ -911,6 +1010,9 @@ impl Instance {
         }
         self.stamp = self.stamp.next(unix_micros);
         let handle = ShapeHandle::mint(definition.identity(), self.stamp);
+        #[cfg(feature = "mutant-reuse-handle-after-purge")]
+        // MUTANT (never on by default): a purged definition gets its old handle back.
+        let handle = self.purged.get(&definition).cloned().unwrap_or(handle);
         assert!(
             !self.shapes.contains_key(&handle),
             "handle-unique: {handle:?} reissued"
@@ -993,6 +1095,7 @@ impl Instance {
             return;
         };
         self.by_definition.remove(&shape.definition);
+        self.filter_ends.remove(handle);
         if let Some(set) = self.by_relation.get_mut(&shape.schema.oid) {
             set.remove(handle);
             if set.is_empty() {
@@ -1045,6 +1148,13 @@ impl Instance {
                 self.shapes.len(),
                 "index-consistent: counts"
             );
+            for handle in self.filter_ends.keys() {
+                let shape = self.shapes.get(handle);
+                assert!(
+                    shape.is_some_and(|s| matches!(s.stage, Stage::Live)),
+                    "filter-end-durable: {handle:?} pending but not a live shape"
+                );
+            }
         }
     }
 }

@@ -63,12 +63,20 @@ pub struct RecoveredLog {
     pub open_chunk_bytes: u64,
 }
 
+/// Errors from the storage ports carry the one fact the driver acts on.
+pub trait StorageError: std::error::Error + Send + Sync + 'static {
+    /// Another instance took the storage lease since this one promoted: this instance is
+    /// deposed (it lost the advisory lock and may not know yet) and must stop writing and
+    /// fall back to waiting (deploy-semantics §2 item 13).
+    fn is_fenced(&self) -> bool;
+}
+
 /// Storage for shape logs. Appends are buffered; [`ShapeLogStore::flush`] makes everything
 /// appended before the call durable (one fdatasync per file, group commit) and only then
 /// visible to readers (deploy-semantics RP-7).
 pub trait ShapeLogStore: Clone + Send + Sync + 'static {
     /// The store's error.
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: StorageError;
     /// Writes one shape's snapshot chunks.
     type SnapshotWriter: SnapshotWriter<Error = Self::Error>;
 
@@ -142,7 +150,7 @@ pub struct StoredShape {
 /// log contents.
 pub trait MetadataStore: Clone + Send + Sync + 'static {
     /// The store's error.
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: StorageError;
 
     /// All stored shapes and the handle-stamp high-water mark.
     fn load(
@@ -260,6 +268,9 @@ pub struct StandbyStatus {
     pub flush: Lsn,
     /// Applied up to (= flush).
     pub apply: Lsn,
+    /// Asks the walsender to answer at once with a keepalive (sent after a silence of half
+    /// the replication timeout, so an idle but healthy stream is never presumed dead).
+    pub reply_requested: bool,
 }
 
 /// How a connection to Postgres ended or failed, in the core's vocabulary.

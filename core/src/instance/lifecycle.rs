@@ -198,6 +198,7 @@ impl Instance {
         let system = system.clone();
         let incomplete = std::mem::take(incomplete);
         self.phase = Phase::Active { since: self.now };
+        self.last_received_at = self.now;
         let start = slot.confirmed_flush_lsn;
         self.durability = Durability {
             received: start,
@@ -253,6 +254,10 @@ impl Instance {
         self.outputs.push_back(Output::Purged { reason });
         let handles: Vec<_> = self.shapes.keys().cloned().collect();
         for handle in handles {
+            #[cfg(feature = "mutant-reuse-handle-after-purge")]
+            if let Some(shape) = self.shapes.get(&handle) {
+                self.purged.insert(shape.definition.clone(), handle.clone());
+            }
             self.remove_shape(&handle, reason);
         }
     }
@@ -320,6 +325,7 @@ impl Instance {
         self.by_definition.clear();
         self.by_relation.clear();
         self.snapshots.clear();
+        self.filter_ends.clear();
         self.identity = None;
         let flush_in_flight = self.durability.flush_in_flight.take();
         self.durability = Durability {

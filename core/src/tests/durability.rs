@@ -23,7 +23,7 @@ fn a_transaction_on_a_live_shape_is_acknowledged_only_after_its_flush() {
     let mut h = Harness::active();
     h.live_shape(&items());
     h.commit(&insert(700, 0x2000, "1"));
-    assert_eq!(kinds(&h.take()), ["PersistShape", "Append", "FlushLogs"]);
+    assert_eq!(kinds(&h.take()), ["Append", "FlushLogs"]);
 
     h.advance(Duration::from_secs(25));
     let waiting = h.take();
@@ -57,10 +57,16 @@ fn transactions_arriving_during_a_flush_share_the_next_flush() {
 
     h.complete_flush();
     let out = h.take();
-    // CT-5: each status that moves the acked position is preceded by its PersistIdentity.
+    // CT-5: each status that moves the acked position is preceded by its PersistIdentity;
+    // T1 ended the shape's filtering, persisted once T1 is durable (`filter-end-durable`).
     assert_eq!(
         kinds(&out),
-        ["PersistIdentity", "SendStandbyStatus", "FlushLogs"]
+        [
+            "PersistShape",
+            "PersistIdentity",
+            "SendStandbyStatus",
+            "FlushLogs"
+        ]
     );
     assert_eq!(
         flushes(&out),
@@ -169,7 +175,7 @@ fn a_keepalive_inside_an_open_transaction_does_not_move_flush() {
     h.keepalive(Lsn(0x2100), false);
     assert!(h.take().is_empty());
     h.xlog(wal_end, super::harness::wire::commit(Lsn(0x2000), wal_end));
-    assert_eq!(kinds(&h.take()), ["PersistShape", "Append", "FlushLogs"]);
+    assert_eq!(kinds(&h.take()), ["Append", "FlushLogs"]);
 }
 
 #[test]

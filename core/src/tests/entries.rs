@@ -103,8 +103,9 @@ fn an_update_changing_no_selected_column_produces_nothing() {
     );
     assert_eq!(
         kinds(&out),
-        ["PersistShape", "PersistIdentity", "SendStandbyStatus"],
-        "xid 700 ends filtering; the acked position is persisted before it is sent"
+        ["PersistIdentity", "SendStandbyStatus"],
+        "xid 700 ends filtering, persisted only with the shape's next durable entry \
+         (`filter-end-durable`); the acked position is persisted before it is sent"
     );
     assert_eq!(super::harness::flushes(&out), [Lsn(T + 1)]);
 }

@@ -711,6 +711,23 @@ impl Harness {
         h
     }
 
+    /// A crash-restart: a new instance (another process, [`Harness::config`]) over what
+    /// storage holds durably now (entries of answered flushes only; incomplete shapes are
+    /// gone), not connected yet.
+    pub(crate) fn crashed(&self) -> Self {
+        let loaded = self.storage.loaded(self.ledger.durable_appends);
+        let recovered = loaded
+            .shapes
+            .into_iter()
+            .filter_map(|s| {
+                let log = s.log?;
+                let stored = s.stored;
+                Some(RecoveredShape { stored, log })
+            })
+            .collect();
+        Self::with_storage(Self::config(), recovered, loaded.stamp, loaded.identity)
+    }
+
     /// The instance under test.
     pub(crate) fn core(&self) -> &Instance {
         &self.core

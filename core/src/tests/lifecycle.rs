@@ -135,7 +135,9 @@ fn lk4_a_busy_lock_is_polled_every_second_and_never_re_asked_after_success() {
     h.advance(30 * SECOND);
     h.load_storage();
     h.start_streaming(START_LSN, false);
-    h.advance(60 * SECOND);
+    h.advance(30 * SECOND);
+    h.keepalive(START_LSN, false);
+    h.advance(30 * SECOND);
     assert_eq!(
         count(&h.take(), "TryLock"),
         0,
@@ -470,7 +472,11 @@ fn ct5_the_acked_position_is_persisted_before_it_is_sent() {
     h.take();
     h.complete_flush();
     let out = h.take();
-    assert_eq!(kinds(&out), ["PersistIdentity", "SendStandbyStatus"]);
+    // (700 ended the shape's filtering: persisted once durable, `filter-end-durable`.)
+    assert_eq!(
+        kinds(&out),
+        ["PersistShape", "PersistIdentity", "SendStandbyStatus"]
+    );
     assert_eq!(persisted_identities(&out), [identity(Lsn(0x2001))]);
     assert_eq!(flushes(&out), [Lsn(0x2001)]);
 
@@ -599,7 +605,9 @@ fn refresh_read_model_runs_every_second_while_not_active_and_never_while_active(
     h.advance(Duration::from_millis(3_500));
     assert_eq!(count(&h.take(), "RefreshReadModel"), 3);
     h.start(START_LSN);
-    h.advance(60 * SECOND);
+    h.advance(30 * SECOND);
+    h.keepalive(START_LSN, false);
+    h.advance(30 * SECOND);
     assert_eq!(count(&h.take(), "RefreshReadModel"), 0);
     h.lose_replication();
     assert_eq!(kinds(&h.take()), ["StopReplication", "RefreshReadModel"]);
@@ -906,4 +914,33 @@ fn lk6_losing_the_stream_stops_writes_and_drops_shapes_until_the_lock_is_held_ag
         );
         world.heal(&mut h);
     }
+}
+
+#[test]
+fn a_silent_stream_is_presumed_dead_after_the_replication_timeout() {
+    // Goal: a half-open replication connection (Postgres already dropped it and may have
+    // handed the lock on) must not keep the instance active: with no message for the
+    // replication timeout, it stops replication and reconnects. Keepalives keep it alive.
+    // Method: an active harness hears keepalives for two minutes, then nothing.
+    let mut h = Harness::active();
+    let timeout = Harness::config().replication_timeout;
+    for _ in 0..12 {
+        h.advance(Duration::from_secs(10));
+        h.keepalive(Lsn(0x100), false);
+    }
+    assert!(h.core().is_active(), "keepalives keep the stream alive");
+    h.take();
+    h.advance(timeout - Duration::from_millis(1));
+    assert!(h.core().is_active(), "not before the timeout");
+    h.advance(Duration::from_millis(1));
+    assert!(
+        !h.core().is_active(),
+        "silent for the timeout: stepped down"
+    );
+    let out = h.take();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::StopReplication { .. })),
+        "replication stopped: {out:?}"
+    );
 }

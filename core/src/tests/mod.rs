@@ -9,3 +9,4 @@ mod recovery;
 mod replication;
 mod shapes;
 mod snapshot;
+mod state_machine;

@@ -246,7 +246,7 @@ fn a_transaction_whose_flush_was_running_at_the_disconnect_is_not_appended_again
     let handle = h.live_shape(&items());
     let t1 = Txn::new(700, 0x2000).insert(&items(), &["1", "a", "5"]);
     h.commit(&t1);
-    assert_eq!(kinds(&h.take()), ["PersistShape", "Append", "FlushLogs"]);
+    assert_eq!(kinds(&h.take()), ["Append", "FlushLogs"]);
 
     h.lose_replication();
     h.advance(Duration::from_secs(1));
