@@ -3,9 +3,23 @@
 pub mod catalog;
 pub mod clock;
 pub mod embedded_pg;
+pub mod lease;
 pub mod metadata;
 pub mod pg;
 pub mod replication;
 pub mod snapshot;
 pub mod standby_metadata;
 pub mod store;
+pub mod watermark;
+
+impl ampere_core::ports::StorageError for store::StoreError {
+    fn is_fenced(&self) -> bool {
+        Self::is_fenced(self)
+    }
+}
+
+impl ampere_core::ports::StorageError for metadata::MetadataError {
+    fn is_fenced(&self) -> bool {
+        Self::is_fenced(self)
+    }
+}

@@ -47,6 +47,13 @@
 //!   SQLite opening them, in which a writer closing cleanly makes SQLite recreate them empty:
 //!   SQLite's own files, harmless to any later writer.
 //!
+//! **Fencing** ([`SqliteMetadata::set_lease`], deploy-semantics LK-6, §2 item 13): with a
+//! storage lease set (the lock holder's [`crate::standby_metadata::StandbyMetadata`] sets it
+//! at promotion), every write re-reads the lease in its blocking task, holding the connection,
+//! right before its transaction, and fails with [`MetadataError::Fenced`] without touching the
+//! file once another instance acquired it: a deposed writer cannot overwrite the new writer's
+//! identity or rows (beyond the microseconds between that read and the commit).
+//!
 //! Reads on a standby treat busy, locked, "database disk image is malformed" (NFS lock gaps),
 //! schema changes and hot journals it may not roll back as transient: a few attempts with
 //! short sleeps, then [`MetadataError::Transient`] (the caller retries later).
@@ -71,6 +78,8 @@ use ampere_core::shape::{
 };
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_core::Lsn;
+
+use crate::lease::{Fenced, LeaseError, StorageLease};
 
 /// The metadata file's name inside its directory.
 pub const METADATA_FILE: &str = "shapes.sqlite3";
@@ -196,6 +205,8 @@ struct Shared {
     /// The file, or `:memory:`; named in errors.
     path: PathBuf,
     access: Mutex<Access>,
+    /// The storage lease every write re-reads first, once set ([`SqliteMetadata::set_lease`]).
+    lease: Mutex<Option<Arc<StorageLease>>>,
 }
 
 /// What the handle may do with the file.
@@ -335,6 +346,15 @@ pub enum MetadataError {
          (ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE=true)"
     )]
     MemoryNeedsExclusive,
+    /// Another instance acquired the storage lease since this one was promoted (it lost the
+    /// lock, and may not have noticed yet; deploy-semantics LK-6, §2 item 13). Nothing was
+    /// written; every write fails so until the lease is acquired again.
+    #[error("shape metadata writes refused: another instance took the storage lease")]
+    Fenced {
+        /// What the lease file says now.
+        #[source]
+        source: Fenced,
+    },
     /// The blocking worker panicked or was cancelled at runtime shutdown.
     #[error("shape metadata worker task failed")]
     Worker {
@@ -429,8 +449,22 @@ impl SqliteMetadata {
             inner: Arc::new(Shared {
                 path,
                 access: Mutex::new(access),
+                lease: Mutex::new(None),
             }),
         }
+    }
+
+    /// Fences every later write (through every clone) with `lease` (deploy-semantics LK-6,
+    /// §2 item 13; [`crate::lease`]): each write re-reads the lease in its blocking task,
+    /// holding the connection, right before its transaction, and fails with
+    /// [`MetadataError::Fenced`] without touching the file once another instance acquired it.
+    /// Reads are unaffected. Without a lease (the default) writes are not fenced.
+    pub fn set_lease(&self, lease: Arc<StorageLease>) {
+        *self
+            .inner
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(lease);
     }
 
     /// Runs a read in a blocking task: once on the writer's connection; on a standby with
@@ -451,7 +485,8 @@ impl SqliteMetadata {
     }
 
     /// Runs a write in a blocking task; a read-only handle refuses it without touching the
-    /// file (RO-4).
+    /// file (RO-4), and so does a writer whose lease another instance took
+    /// ([`SqliteMetadata::set_lease`]).
     fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Path, &mut Connection) -> Result<T, MetadataError> + Send + 'static,
@@ -459,7 +494,10 @@ impl SqliteMetadata {
         let inner = Arc::clone(&self.inner);
         async move {
             tokio::task::spawn_blocking(move || match &mut *inner.access() {
-                Access::Writer(connection) => work(&inner.path, connection),
+                Access::Writer(connection) => {
+                    inner.check_lease()?;
+                    work(&inner.path, connection)
+                }
                 Access::Reader(_) => Err(MetadataError::ReadOnly {
                     path: inner.path.clone(),
                 }),
@@ -471,6 +509,19 @@ impl SqliteMetadata {
 }
 
 impl Shared {
+    /// `Err(Fenced)` if a lease is set and another instance acquired it since. Blocking.
+    fn check_lease(&self) -> Result<(), MetadataError> {
+        let lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match lease {
+            Some(lease) => lease.check().map_err(lease_error),
+            None => Ok(()),
+        }
+    }
+
     fn access(&self) -> MutexGuard<'_, Access> {
         // A panic mid-statement leaves SQLite consistent (the transaction rolls back on drop),
         // so a poisoned lock is still a usable connection.
@@ -1197,7 +1248,21 @@ pub fn move_aside_corrupt(dir: &Path) -> Result<Option<PathBuf>, MetadataError> 
     Ok(moved)
 }
 
+/// A storage-lease failure as a metadata error (I/O keeps the operation and path).
+pub(crate) fn lease_error(err: LeaseError) -> MetadataError {
+    match err {
+        LeaseError::Fenced(source) => MetadataError::Fenced { source },
+        LeaseError::Io { path, op, source } => MetadataError::Io { path, op, source },
+    }
+}
+
 impl MetadataError {
+    /// Whether this instance was deposed: another instance took the storage lease, so it must
+    /// stop writing and wait for the lock again ([`MetadataError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
+    }
+
     /// Whether the database itself is damaged (not a database, "malformed", a row that does
     /// not decode): the lock holder moves it aside and rebuilds it (MD-3), rather than retry.
     pub fn is_corruption(&self) -> bool {

@@ -885,7 +885,7 @@ impl ReplicationStream for RealReplicationStream {
             flush: status.flush,
             apply: status.apply,
             client_clock_micros: replication::pg_clock_micros(SystemTime::now()),
-            reply_requested: false,
+            reply_requested: status.reply_requested,
         };
         async move {
             self.inner

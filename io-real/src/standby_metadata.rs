@@ -9,6 +9,20 @@
 //! `shape.json` gets its row back, and the stamp high-water mark is raised above every shape
 //! directory's stamp so no handle is issued twice. Shape directories are never removed or
 //! changed by this; one without `shape.json` is left alone (with a warning).
+//!
+//! **Fencing** (deploy-semantics LK-6, §2 item 13; [`crate::lease`]). `promote` takes the
+//! storage lease of the shape root before its first write: it *adopts* the generation the shape
+//! store of this process acquired moments earlier (the driver promotes the store first) if the
+//! lease file still names it, and acquires a new one otherwise. Both find the same handle
+//! without new wiring: the store and the metadata each ask for this process's handle on the
+//! storage root ([`StorageLease::for_root`], a process-wide registry keyed by the canonical
+//! root), unless one is given explicitly ([`StandbyMetadata::with_lease`]; tests running two
+//! instances in one process). From then on every write — `put_identity`, `put_shape` (the row,
+//! then again before its `shape.json`), `delete_shape`, the rebuild and the move-aside of a
+//! corrupt file — re-reads the lease first and fails with [`MetadataError::Fenced`], writing
+//! nothing, once another instance acquired it; it keeps failing until a promotion acquires the
+//! lease again. A handle opened without a shape root or a lease ([`StandbyMetadata::open`]) is
+//! not fenced.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -18,9 +32,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{HandleStamp, ShapeHandle};
 
+use crate::lease::StorageLease;
 use crate::metadata::{
-    decode_stored_shape, encode_stored_shape, move_aside_corrupt, MetadataError, MetadataOptions,
-    SqliteMetadata, METADATA_FILE,
+    decode_stored_shape, encode_stored_shape, lease_error, move_aside_corrupt, MetadataError,
+    MetadataOptions, SqliteMetadata, METADATA_FILE,
 };
 use crate::store::description::{read_descriptions, write_description};
 
@@ -32,6 +47,9 @@ pub struct StandbyMetadata {
     /// The shape store's root, whose `shapes/<handle>/` directories get a `shape.json` (MD-3).
     shapes_root: Option<PathBuf>,
     inner: Arc<Mutex<Option<SqliteMetadata>>>,
+    /// The storage lease writes are fenced with: given ([`StandbyMetadata::with_lease`]) or
+    /// resolved from the shape root at promotion.
+    lease: Arc<Mutex<Option<Arc<StorageLease>>>>,
 }
 
 impl std::fmt::Debug for StandbyMetadata {
@@ -81,7 +99,44 @@ impl StandbyMetadata {
             options,
             shapes_root,
             inner: Arc::new(Mutex::new(inner)),
+            lease: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Fences writes with `lease` (module docs) instead of this process's handle on the shape
+    /// root: for running two instances in one process, or sharing one handle explicitly with
+    /// the shape store ([`crate::store::FileStore::open_follower_with_lease`]).
+    #[must_use]
+    pub fn with_lease(self, lease: Arc<StorageLease>) -> Self {
+        *lock(&self.lease) = Some(lease);
+        self
+    }
+
+    /// The storage lease writes are fenced with, once known.
+    pub fn lease(&self) -> Option<Arc<StorageLease>> {
+        lock(&self.lease).clone()
+    }
+
+    /// The lease to promote under: the given one, else this process's handle on the shape
+    /// root; `None` without either (not fenced).
+    fn resolve_lease(&self) -> Option<Arc<StorageLease>> {
+        let mut lease = lock(&self.lease);
+        if lease.is_none() {
+            *lease = self.shapes_root.as_deref().map(StorageLease::for_root);
+        }
+        lease.clone()
+    }
+
+    /// Fences the current database handle with the lease, if there is one of each.
+    fn arm(&self) {
+        if let (Some(lease), Some(metadata)) = (self.lease(), self.current()) {
+            metadata.set_lease(lease);
+        }
+    }
+
+    /// Re-reads the lease, if any (blocking).
+    fn check_lease(lease: Option<&StorageLease>) -> Result<(), MetadataError> {
+        lease.map_or(Ok(()), |lease| lease.check().map_err(lease_error))
     }
 
     /// The open handle, opening it read-only first if the writer has created it since.
@@ -151,7 +206,9 @@ impl StandbyMetadata {
                 .take(),
         );
         let (dir, options) = (self.dir.clone(), self.options.clone());
+        let lease = self.lease();
         let (aside, fresh) = tokio::task::spawn_blocking(move || {
+            Self::check_lease(lease.as_deref())?;
             let aside = move_aside_corrupt(&dir)?;
             SqliteMetadata::open(&dir, &options).map(|fresh| (aside, fresh))
         })
@@ -163,6 +220,7 @@ impl StandbyMetadata {
             "shape metadata is corrupt: moved it aside and rebuilding it from the shape directories"
         );
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+        self.arm();
         Ok(())
     }
 
@@ -228,6 +286,10 @@ impl StandbyMetadata {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The stamp of a minted handle `<hash>-<stamp>`.
 fn handle_stamp(handle: &ShapeHandle) -> Option<HandleStamp> {
     let (_, stamp) = handle.as_str().rsplit_once('-')?;
@@ -255,8 +317,19 @@ impl MetadataStore for StandbyMetadata {
     fn promote(&self) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
         let this = self.clone();
         async move {
+            // Before the first write (opening for writing migrates): adopt the generation this
+            // process's shape store just acquired, or acquire one (module docs).
+            if let Some(lease) = this.resolve_lease() {
+                let generation = tokio::task::spawn_blocking(move || lease.acquire_or_adopt())
+                    .await
+                    .map_err(|source| MetadataError::Worker { source })?
+                    .map_err(lease_error)?;
+                tracing::debug!(%generation, "shape metadata writes under the storage lease");
+            }
             let Some(root) = this.shapes_root.clone() else {
-                return this.open_writer().await;
+                this.open_writer().await?;
+                this.arm();
+                return Ok(());
             };
             // The lock holder repairs the index (MD-3); without a shape root there is nothing
             // to rebuild from, so a corrupt file stays an error.
@@ -264,6 +337,7 @@ impl MetadataStore for StandbyMetadata {
                 Err(e) if e.is_corruption() => this.replace_corrupt(&e).await?,
                 other => other?,
             }
+            this.arm();
             match this.writer()?.load().await {
                 Err(e) if e.is_corruption() => this.replace_corrupt(&e).await?,
                 other => drop(other?),
@@ -312,12 +386,16 @@ impl MetadataStore for StandbyMetadata {
     ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
         let writer = self.writer();
         let root = self.shapes_root.clone();
+        let lease = self.lease();
         async move {
             writer?.put_shape(shape.clone(), stamp).await?;
             let Some(root) = root else { return Ok(()) };
-            tokio::task::spawn_blocking(move || write_shape_description(&root, &shape))
-                .await
-                .map_err(|source| MetadataError::Worker { source })?
+            tokio::task::spawn_blocking(move || {
+                Self::check_lease(lease.as_deref())?;
+                write_shape_description(&root, &shape)
+            })
+            .await
+            .map_err(|source| MetadataError::Worker { source })?
         }
     }
 

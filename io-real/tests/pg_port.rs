@@ -628,8 +628,21 @@ async fn start_streaming_creates_the_slot_then_resumes_from_it() {
         write: started.confirmed_flush_lsn,
         flush: started.confirmed_flush_lsn,
         apply: started.confirmed_flush_lsn,
+        reply_requested: true,
     };
     stream.send_status(status).await.expect("standby status");
+    // A status asking for a reply is answered with a keepalive at once (the core asks after
+    // half its replication timeout of silence, so an idle stream is never presumed dead).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.recv().await.expect("stream open") {
+                ReplicationMessage::PrimaryKeepalive { .. } => break,
+                ReplicationMessage::XLogData { .. } => {}
+            }
+        }
+    })
+    .await
+    .expect("a keepalive answers reply_requested within 5 s");
     stream.close().await.expect("close");
 
     // The second start resumes the existing slot, on the same system.

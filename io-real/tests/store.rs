@@ -494,6 +494,31 @@ async fn changed_resolves_on_the_next_flush_even_if_polled_after_it() {
         .expect("unknown shape");
 }
 
+#[tokio::test]
+async fn recovering_a_shape_again_wakes_the_replaced_views_waiters_only() {
+    // Goal: once recovery replaces a shape, nobody is left waiting on the replaced view (it is
+    // retired), while waits on the new one still sleep until its next flush (no busy loop).
+    // Method: wait on changed(), recover the shape again, then wait anew and flush.
+    let dir = TempDir::new("changed-recover");
+    let h = handle(1);
+    let store = store_with_snapshot(&dir, &h).await;
+    let on_replaced = store.changed(&h);
+    store.recover(&h).await.expect("recover");
+    tokio::time::timeout(Duration::from_secs(5), on_replaced)
+        .await
+        .expect("the replaced view's waiters wake");
+    let idle = tokio::time::timeout(Duration::from_millis(50), store.changed(&h)).await;
+    assert!(idle.is_err(), "the recovered shape has not changed");
+    let waiter = store.changed(&h);
+    store
+        .append(&h, vec![entry("100_0", false)])
+        .expect("append");
+    store.flush().await.expect("flush");
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the flush");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_and_flushes_lose_nothing() {
     // Goal: flush() is safe to call concurrently; every shape ends with every entry, in order.

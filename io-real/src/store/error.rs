@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
+use crate::lease::Fenced;
+
 /// Why a shape-log store operation failed.
 ///
 /// File errors carry the operation, the path and the OS error (as the source). A failed write
@@ -127,6 +129,16 @@ pub enum StoreError {
         /// The shape.
         handle: ShapeHandle,
     },
+    /// Another instance acquired the storage lease since this store was promoted (it lost
+    /// the lock, and may not have noticed yet; deploy-semantics LK-6, §2 item 13). Nothing was
+    /// written; the store follows again, refusing every write with this error, until promoted
+    /// anew.
+    #[error("shape storage writes refused: another instance took the storage lease")]
+    Fenced {
+        /// What the lease file says now.
+        #[source]
+        source: Fenced,
+    },
     /// A blocking worker task panicked or was cancelled at runtime shutdown.
     #[error("storage worker task failed")]
     Worker {
@@ -134,4 +146,12 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+impl StoreError {
+    /// Whether this instance was deposed: another instance took the storage lease, so it must
+    /// stop writing and wait for the lock again ([`StoreError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
+    }
 }

@@ -175,7 +175,7 @@ fn read_index_tail(shape: &Shape, follow: &mut Follow, len: u64) -> bool {
     }
     follow.index_accepted += (tail.records.len() * RECORD_LEN) as u64;
     follow.cursor = tail.cursor;
-    shape.state().extend_followed(tail.records);
+    shape.publish(|state| state.extend_followed(tail.records));
     true
 }
 
@@ -189,7 +189,7 @@ fn refresh_snapshot(shape: &Shape) -> bool {
     if marker.exists() {
         match snapshot::load(&shape.dir) {
             Ok(loaded) if loaded.complete => {
-                shape.state().snapshot = loaded;
+                shape.publish(|state| state.snapshot = loaded);
                 return true;
             }
             Ok(_) => return false, // The marker went away meanwhile: the shape is being removed.
@@ -212,7 +212,7 @@ fn refresh_snapshot(shape: &Shape) -> bool {
             entries: snapshot::count_entries(&body),
             bytes: body.len() as u64,
         };
-        shape.state().snapshot.chunks.push(chunk);
+        shape.publish(|state| state.snapshot.chunks.push(chunk));
         changed = true;
     }
 }

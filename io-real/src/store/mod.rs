@@ -11,6 +11,7 @@
 //! shapes/<handle>/shape.json           the shape's metadata row (MD-3; `description`)
 //! shapes/.<handle>.creating            a shape being created (cleared by `open`)
 //! trash/<handle>                       a removed shape being deleted (emptied by `open`)
+//! lease                                the storage lease ([`crate::lease`])
 //! ```
 //!
 //! Because every entry is stored followed by a `,`, consecutive entries `i..=j` are the single
@@ -20,7 +21,8 @@
 //! **Durability order.** [`ShapeLogStore::append`] only buffers in memory. [`FileStore::flush`]
 //! takes every shape's buffered batch, writes and `fdatasync`s each data file, then writes and
 //! `fdatasync`s each index file (the index never names data that is not durable), and only then
-//! publishes the batches to readers and wakes [`ShapeLogStore::changed`] futures. Readers
+//! publishes the batches to readers and wakes [`ShapeLogStore::changed`] futures, in one
+//! critical section per shape ([`crate::watermark`]: no torn read, no lost wake-up). Readers
 //! therefore never see an entry a crash could erase (RP-7). Flushes are serialised; recovery
 //! truncates whatever a crash left half-written.
 //!
@@ -42,6 +44,23 @@
 //! [`FileStore::open`] does (directories, trash, half-created shapes), and each shape is
 //! written after [`ShapeLogStore::recover`] took it over (until then it stays a read-only
 //! view: appends fail with [`StoreError::NotRecovered`]).
+//!
+//! **Fencing** (deploy-semantics LK-6, §2 item 13; [`crate::lease`]): `open` and every
+//! `promote` acquire the storage lease (a new generation in `<root>/lease`). Every mutation
+//! that makes something durable or visible re-reads the lease first and, if another instance
+//! acquired it since, fails with [`StoreError::Fenced`] having written nothing: a flush (before
+//! the data files, again before the index files, again before publishing), `create_shape`
+//! (before building, again before the rename into place), `remove_shape` (before the rename
+//! to trash), each snapshot chunk and the completion marker, a torn-tail truncation in
+//! `recover`, and the trash and half-created cleanup of a promotion. A fenced store drops every
+//! shape it wrote (waking their waiters) and follows again: reads serve what the new writer
+//! makes durable, every write fails with `Fenced` until [`FileStore::promote`] acquires the
+//! lease anew. A promotion that finds its earlier generation taken over drops its stale
+//! shapes the same way before acquiring. Cost: one `open` + small `read` of the lease per check
+//! (three per non-empty flush, none for appends, reads or an empty flush), against at least
+//! two `fdatasync`s per flush. The lease is this process's handle on the root
+//! ([`StorageLease::for_root`], shared with the metadata) unless given at open
+//! ([`FileStore::open_follower_with_lease`]).
 //!
 //! **Asks of callers:** one [`FileSnapshotWriter`] per shape; [`ShapeLogStore::recover`] only on
 //! the instance that writes (it truncates torn tails); a runtime for the async methods (their
@@ -75,6 +94,7 @@ use ampere_core::LogOffset;
 pub use error::StoreError;
 pub use snapshot::FileSnapshotWriter;
 
+use crate::lease::{Fenced, LeaseError, StorageLease};
 use follower::Refresh;
 use fsutil::{io_err, lock, parent, read, run_blocking, sync_dir, write};
 use index::RECORD_LEN;
@@ -108,6 +128,8 @@ pub mod layout {
     pub const SNAPSHOT_MARKER: &str = "complete";
     /// The shape's own copy of its metadata row (MD-3), written by the metadata store.
     pub const SHAPE_DESCRIPTION_FILE: &str = "shape.json";
+    /// The storage lease in the root ([`crate::lease`]).
+    pub const LEASE_FILE: &str = crate::lease::LEASE_FILE;
 
     /// `<shape_dir>/snapshot/<index>.json`.
     pub fn snapshot_chunk_path(shape_dir: &Path, index: u64) -> PathBuf {
@@ -126,9 +148,15 @@ struct Inner {
     shapes: RwLock<BTreeMap<ShapeHandle, Arc<Shape>>>,
     /// Serialises flushes (and recovery, which rewrites files a flush writes, and promotion).
     flush_lock: Mutex<()>,
-    /// Whether this store may write: set by `open` and `promote`, never cleared (a follower
-    /// that was never promoted writes nothing, RO-4).
+    /// Whether this store may write: set by `open` and `promote`, cleared only when fenced
+    /// (a follower that was never promoted writes nothing, RO-4).
     is_writer: AtomicBool,
+    /// The storage lease this store writes under: given at open, or this process's handle on
+    /// the root ([`StorageLease::for_root`]), resolved at the first promotion.
+    lease: Mutex<Option<Arc<StorageLease>>>,
+    /// Why the store stopped writing, if another instance took the lease over (cleared by a
+    /// promotion).
+    fenced: Mutex<Option<Fenced>>,
 }
 
 /// Checks that `root` is a usable storage directory (deploy-semantics ST-1): creates it and its
@@ -163,13 +191,15 @@ pub fn probe_writable(root: &Path) -> Result<(), StoreError> {
 }
 
 impl FileStore {
-    /// Opens the store under `root`, creating `shapes/` and `trash/` if missing, emptying the
-    /// trash and clearing half-created shapes. Blocking; call at startup. The store knows no
-    /// shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`] names it.
+    /// Opens the store under `root` as the writer, as a promotion does: creates `shapes/` and
+    /// `trash/` if missing, acquires the storage lease (this process's handle on `root`),
+    /// empties the trash and clears half-created shapes. Blocking; call at startup. The store
+    /// knows no shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`]
+    /// names it.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let root = root.into();
-        prepare_root(&root)?;
-        Ok(Self::with_role(root, Role::Writer))
+        let store = Self::follower(root.into(), None);
+        store.inner.promote_blocking()?;
+        Ok(store)
     }
 
     /// Opens the store under `root` as a follower of the process that writes it (module docs;
@@ -177,7 +207,23 @@ impl FileStore {
     /// [`FileStore::promote`]. A missing `root` is fine (the writer creates it; until then
     /// every shape is unknown). Blocking.
     pub fn open_follower(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let root = root.into();
+        Self::open_follower_inner(root.into(), None)
+    }
+
+    /// As [`FileStore::open_follower`], writing under `lease` once promoted instead of this
+    /// process's handle on the root: for running two instances in one process (tests), or
+    /// sharing one handle explicitly with the metadata. Blocking.
+    pub fn open_follower_with_lease(
+        root: impl Into<PathBuf>,
+        lease: Arc<StorageLease>,
+    ) -> Result<Self, StoreError> {
+        Self::open_follower_inner(root.into(), Some(lease))
+    }
+
+    fn open_follower_inner(
+        root: PathBuf,
+        lease: Option<Arc<StorageLease>>,
+    ) -> Result<Self, StoreError> {
         match fs::metadata(&root) {
             Ok(meta) if !meta.is_dir() => {
                 let not_dir = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
@@ -187,34 +233,47 @@ impl FileStore {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err("stat", &root)(err)),
         }
-        Ok(Self::with_role(root, Role::Follower))
+        Ok(Self::follower(root, lease))
     }
 
-    fn with_role(root: PathBuf, role: Role) -> Self {
+    /// A store that writes nothing until promoted.
+    fn follower(root: PathBuf, lease: Option<Arc<StorageLease>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 root,
                 shapes: RwLock::default(),
                 flush_lock: Mutex::new(()),
-                is_writer: AtomicBool::new(role == Role::Writer),
+                is_writer: AtomicBool::new(false),
+                lease: Mutex::new(lease),
+                fenced: Mutex::new(None),
             }),
         }
     }
 
     /// Switches a follower (and every clone of it) to writing, once this instance holds the
-    /// lock: creates `shapes/` and `trash/` if missing, empties the trash and clears
-    /// half-created shapes, as [`FileStore::open`] does. Shapes followed so far stay readable
-    /// and become writable when [`ShapeLogStore::recover`] takes them over (truncating torn
-    /// tails). A writer stays as it is. If preparing the directory fails, the store stays a
-    /// follower.
+    /// lock: creates `shapes/` and `trash/` if missing, acquires the storage lease (a new
+    /// generation: another instance's store or metadata writing under an older one is fenced
+    /// from now on), empties the trash and clears half-created shapes, as [`FileStore::open`]
+    /// does. Shapes followed so far stay readable and become writable when
+    /// [`ShapeLogStore::recover`] takes them over (truncating torn tails). A writer acquires the
+    /// lease again and otherwise stays as it is, unless another instance took the lease since
+    /// its last promotion: it then drops its shapes and is promoted as a follower would be. If
+    /// preparing the directory fails, the store stays a follower.
     pub fn promote(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         async move { run_blocking(move || inner.promote_blocking()).await }
     }
 
-    /// Whether this store only follows another process's writes (not promoted yet).
+    /// Whether this store only follows another process's writes (not promoted yet, or fenced
+    /// since).
     pub fn is_follower(&self) -> bool {
         !self.inner.is_writer()
+    }
+
+    /// The storage lease this store writes under, once known (given at open, or resolved at
+    /// the first promotion).
+    pub fn lease(&self) -> Option<Arc<StorageLease>> {
+        lock(&self.inner.lease).clone()
     }
 
     /// Re-reads every shape this store follows: wakes the waiters of those that grew, and
@@ -360,8 +419,9 @@ impl ShapeLogStore for FileStore {
         // `changed()` waiters wake. A follower unregisters nothing and refuses.
         let allowed = self.inner.check_writer();
         if allowed.is_ok() {
-            if let Some(shape) = write(&self.inner.shapes).remove(handle) {
-                shape.notify();
+            let removed = write(&self.inner.shapes).remove(handle);
+            if let Some(shape) = removed {
+                shape.retire();
             }
         }
         let inner = Arc::clone(&self.inner);
@@ -422,23 +482,27 @@ impl ShapeLogStore for FileStore {
     /// Resolves at once for a shape the store does not know, and when the shape is removed or
     /// replaced by recovery. A follower's future also re-checks the files every
     /// [`FOLLOW_POLL_INTERVAL`] and resolves when they grew or vanished (RO-3).
+    ///
+    /// The shape found here may be replaced (or removed) before the caller reads; the old one
+    /// is then retired, which resolves this future whether it subscribed before or after the
+    /// retirement, so the caller never waits on a shape its read no longer sees.
     fn changed(&self, handle: &ShapeHandle) -> impl Future<Output = ()> + Send + 'static {
         let shape = self.inner.lookup(handle);
-        let receiver = shape.as_ref().map(|shape| shape.subscribe());
+        let subscription = shape.as_ref().map(|shape| shape.subscribe());
         let inner = Arc::clone(&self.inner);
         async move {
-            let (Some(shape), Some(mut receiver)) = (shape, receiver) else {
+            let (Some(shape), Some(subscription)) = (shape, subscription) else {
                 return;
             };
+            let mut changed = shape.changed(subscription);
             if !shape.is_follower() {
-                // An error means every sender is gone: the shape was dropped. Either way, done.
-                let _ = receiver.changed().await;
+                changed.await;
                 return;
             }
             loop {
                 tokio::select! {
                     biased;
-                    _ = receiver.changed() => return,
+                    () = &mut changed => return,
                     () = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => {
                         // Another waiter (or a read) just looked: its change would have woken
                         // us. Many long-polls on one shape share the checks.
@@ -446,8 +510,8 @@ impl ShapeLogStore for FileStore {
                             continue;
                         }
                         let (inner, shape) = (Arc::clone(&inner), Arc::clone(&shape));
-                        // A change notifies `receiver`; a failed join (runtime shutting down)
-                        // ends the wait as a change would.
+                        // A change publishes, resolving `changed`; a failed join (runtime
+                        // shutting down) ends the wait as a change would.
                         let check = tokio::task::spawn_blocking(move || inner.follow(&shape));
                         if check.await.is_err() {
                             return;
@@ -464,14 +528,66 @@ impl Inner {
         self.is_writer.load(Ordering::SeqCst)
     }
 
-    /// `Err(ReadOnly)` unless this store writes (RO-4).
+    /// `Err(ReadOnly)` unless this store writes (RO-4); `Err(Fenced)` if it stopped writing
+    /// because another instance took the lease over.
     fn check_writer(&self) -> Result<(), StoreError> {
         if self.is_writer() {
             return Ok(());
         }
+        if let Some(source) = lock(&self.fenced).clone() {
+            return Err(StoreError::Fenced { source });
+        }
         Err(StoreError::ReadOnly {
             root: self.root.clone(),
         })
+    }
+
+    /// [`Inner::check_writer`], then the lease re-read: call right before every mutation that
+    /// makes something durable or visible. A lease taken over demotes the store
+    /// ([`Inner::demote`]) and fails with [`StoreError::Fenced`]. Blocking (one small read).
+    fn check_lease(&self) -> Result<(), StoreError> {
+        self.check_writer()?;
+        let Some(lease) = lock(&self.lease).clone() else {
+            // Unreachable: `open` and `promote` resolve the lease before the store writes.
+            return Ok(());
+        };
+        match lease.check() {
+            Ok(()) => Ok(()),
+            Err(LeaseError::Fenced(source)) => {
+                self.demote(&source);
+                Err(StoreError::Fenced { source })
+            }
+            Err(err) => Err(lease_error(err)),
+        }
+    }
+
+    /// Another instance took the lease over: stop writing at once (LK-6). Every shape this
+    /// store knew is dropped (pending appends were never durable, so never acknowledged) and
+    /// retired, so waiters wake and readers find the shapes afresh as a follower, reading what
+    /// the new writer makes durable.
+    fn demote(&self, fenced: &Fenced) {
+        let dropped = {
+            let mut shapes = write(&self.shapes);
+            let was_writer = self.is_writer.swap(false, Ordering::SeqCst);
+            *lock(&self.fenced) = Some(fenced.clone());
+            if was_writer {
+                tracing::error!(
+                    root = %self.root.display(), error = %fenced,
+                    "shape storage fenced: another instance holds the storage lease; \
+                     writing nothing more until promoted again"
+                );
+            }
+            std::mem::take(&mut *shapes)
+        };
+        for shape in dropped.into_values() {
+            shape.retire();
+        }
+    }
+
+    /// The lease handle, resolving this process's handle on the root if none was given.
+    fn lease_handle(&self) -> Arc<StorageLease> {
+        let mut lease = lock(&self.lease);
+        Arc::clone(lease.get_or_insert_with(|| StorageLease::for_root(&self.root)))
     }
 
     fn shape(&self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
@@ -515,15 +631,11 @@ impl Inner {
     }
 
     /// Re-reads a followed shape's files (no-op for a shape this store writes), waking
-    /// `changed()` waiters if it grew; forgets it and wakes them if it is gone. Whether the
-    /// shape is still there.
+    /// `changed()` waiters if it grew (the refresh published); forgets and retires it if it is
+    /// gone. Whether the shape is still there.
     fn follow(&self, shape: &Arc<Shape>) -> bool {
         match follower::refresh(shape) {
-            Refresh::Unchanged => true,
-            Refresh::Changed => {
-                shape.notify();
-                true
-            }
+            Refresh::Unchanged | Refresh::Changed => true,
             Refresh::Gone => {
                 {
                     let mut shapes = write(&self.shapes);
@@ -534,7 +646,8 @@ impl Inner {
                         shapes.remove(&shape.handle);
                     }
                 }
-                shape.notify();
+                // Stale whether or not it was still registered: nobody may wait on it.
+                shape.retire();
                 false
             }
         }
@@ -557,10 +670,25 @@ impl Inner {
 
     fn promote_blocking(&self) -> Result<(), StoreError> {
         let _serial = lock(&self.flush_lock);
+        create_root_dirs(&self.root)?;
+        let lease = self.lease_handle();
         if self.is_writer() {
+            // Taken over since the last promotion: our shapes are stale; drop them.
+            match lease.check() {
+                Ok(()) => {}
+                Err(LeaseError::Fenced(fenced)) => self.demote(&fenced),
+                Err(err) => return Err(lease_error(err)),
+            }
+        }
+        let was_writer = self.is_writer();
+        lease.acquire().map_err(lease_error)?;
+        if was_writer {
             return Ok(());
         }
-        prepare_root(&self.root)?;
+        // The same check every mutation makes (cleanup deletes files).
+        lease.check().map_err(lease_error)?;
+        clean_root(&self.root)?;
+        *lock(&self.fenced) = None;
         self.is_writer.store(true, Ordering::SeqCst);
         tracing::info!(root = %self.root.display(), "shape storage promoted to writer");
         Ok(())
@@ -579,6 +707,7 @@ impl Inner {
     /// place and `fsync`s `shapes/`: after a crash the shape exists whole or not at all.
     fn create_shape_blocking(&self, handle: &ShapeHandle) -> Result<(), StoreError> {
         let dir = self.shape_dir(handle)?;
+        self.check_lease()?;
         if dir.exists() {
             return Err(StoreError::ShapeExists {
                 handle: handle.clone(),
@@ -598,6 +727,7 @@ impl Inner {
         }
         sync_dir(&snapshot_dir)?;
         sync_dir(&tmp)?;
+        self.check_lease()?;
         fs::rename(&tmp, &dir).map_err(io_err("rename into place", &dir))?;
         sync_dir(&shapes_dir)?;
         let (data, index) = open_log_files(&dir)?;
@@ -610,6 +740,7 @@ impl Inner {
     /// crash), then deletes it. A missing directory is not an error.
     fn remove_dir_blocking(&self, handle: &ShapeHandle) -> Result<(), StoreError> {
         let dir = self.shape_dir(handle)?;
+        self.check_lease()?;
         if !dir.exists() {
             return Ok(());
         }
@@ -625,7 +756,8 @@ impl Inner {
     /// One group commit: data files first, then index files, then publish. Within a phase the
     /// shapes' writes and `fdatasync`s run in parallel (the device queues them together). A
     /// shape whose write fails is poisoned and left out; the others still commit. Returns the
-    /// first error.
+    /// first error. The lease is re-read before each phase (module docs): fenced, the flush
+    /// stops there (the store drops its shapes and the taken batches with them).
     fn flush_blocking(&self) -> Result<(), StoreError> {
         let _serial = lock(&self.flush_lock);
         let shapes: Vec<Arc<Shape>> = read(&self.shapes).values().cloned().collect();
@@ -636,14 +768,19 @@ impl Inner {
                 Some((shape, batch))
             })
             .collect();
+        if batches.is_empty() {
+            return Ok(());
+        }
         let mut first_error = None;
+        self.check_lease()?;
         let results = run_phase(&batches, Shape::write_batch_data);
         let batches = keep_written(batches, results, &mut first_error);
+        self.check_lease()?;
         let results = run_phase(&batches, Shape::write_batch_index);
         let batches = keep_written(batches, results, &mut first_error);
+        self.check_lease()?;
         for (shape, batch) in batches {
-            shape.state().publish(batch);
-            shape.notify();
+            shape.publish(|state| state.publish(batch));
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -661,6 +798,7 @@ impl Inner {
             detail,
         })?;
         if let Some(reason) = scan.torn {
+            self.check_lease()?;
             tracing::warn!(
                 %handle, reason, entries = scan.records.len(),
                 "truncating a torn shape log tail left by a crash"
@@ -692,11 +830,12 @@ impl Inner {
         Ok(recovered)
     }
 
-    /// Adds (or replaces) a shape; waiters on a replaced one wake.
+    /// Adds (or replaces) a shape; a replaced one is retired (after the new one is in
+    /// place), so its waiters wake and look the shape up afresh.
     fn register(&self, shape: Arc<Shape>) {
         let replaced = write(&self.shapes).insert(shape.handle.clone(), shape);
         if let Some(old) = replaced {
-            old.notify();
+            old.retire();
         }
     }
 }
@@ -763,23 +902,20 @@ fn keep_written(
         .collect()
 }
 
-/// What a store does with its root.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Role {
-    /// Writes (the lock holder).
-    Writer,
-    /// Only reads what another process writes (RO-4).
-    Follower,
+/// Creates `shapes/` and `trash/` (and the root) if missing: what the writer does first.
+fn create_root_dirs(root: &Path) -> Result<(), StoreError> {
+    for name in [layout::SHAPES_DIR, layout::TRASH_DIR] {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+    }
+    Ok(())
 }
 
-/// Creates `shapes/` and `trash/` if missing, empties the trash and clears half-created
-/// shapes: what the writer does before its first write.
-fn prepare_root(root: &Path) -> Result<(), StoreError> {
+/// Empties the trash and clears half-created shapes: what the writer does, holding the
+/// lease, before its first write.
+fn clean_root(root: &Path) -> Result<(), StoreError> {
     let shapes_dir = root.join(layout::SHAPES_DIR);
     let trash_dir = root.join(layout::TRASH_DIR);
-    for dir in [&shapes_dir, &trash_dir] {
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-    }
     for entry in read_dir(&trash_dir)? {
         remove_all(&entry)?;
     }
@@ -789,6 +925,14 @@ fn prepare_root(root: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// A lease failure as a store error (I/O keeps the operation and path).
+fn lease_error(err: LeaseError) -> StoreError {
+    match err {
+        LeaseError::Fenced(source) => StoreError::Fenced { source },
+        LeaseError::Io { path, op, source } => StoreError::Io { op, path, source },
+    }
 }
 
 /// Handles name directories, so only `[A-Za-z0-9_-]` (minted handles are `<digits>-<digits>`).

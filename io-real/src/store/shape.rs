@@ -4,9 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
-
-use tokio::sync::watch;
+use std::sync::Mutex;
 
 use ampere_core::offset::OpIndex;
 use ampere_core::ports::{LogEntry, LogStatus};
@@ -14,15 +12,20 @@ use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
 use super::follower::Follow;
-use super::fsutil::{io_err, lock};
+use super::fsutil::io_err;
 use super::index::{IndexRecord, RECORD_LEN};
 use super::{layout, StoreError};
+use crate::watermark::{Changed, Subscription, Watermark, WatermarkGuard};
 
 /// A shape's files and state. Shared (`Arc`) between the store's map, readers and flushes.
 ///
 /// `data` and `index` are only written by flushes, which the store serialises; readers use
 /// positioned reads (`pread`) of durable ranges, which never change once written, so neither
 /// file needs a lock.
+///
+/// `log` is the shape's durable state published to readers (`watermark`): a flush publishes a
+/// batch only after its data and index are durable, in one critical section with the version
+/// bump that wakes `changed()` waiters; a reader plans its read from one consistent state.
 ///
 /// A follower's view of another process's shape (`follow` is `Some`) has both files open
 /// read-only and learns its state from them (`follower::refresh`); it never has pending
@@ -32,9 +35,7 @@ pub(super) struct Shape {
     pub(super) dir: PathBuf,
     pub(super) data: File,
     pub(super) index: File,
-    state: Mutex<LogState>,
-    /// Bumped on every durable change; `changed()` subscribes to it.
-    version: watch::Sender<u64>,
+    log: Watermark<LogState>,
     /// How far a follower has read the files; `None` for a shape this store writes.
     pub(super) follow: Option<Mutex<Follow>>,
 }
@@ -52,8 +53,7 @@ impl Shape {
             dir,
             data,
             index,
-            state: Mutex::new(state),
-            version: watch::Sender::new(0),
+            log: Watermark::new(state),
             follow: None,
         }
     }
@@ -77,20 +77,33 @@ impl Shape {
         self.follow.is_some()
     }
 
-    /// The log state, under a short lock (never held across I/O).
-    pub(super) fn state(&self) -> MutexGuard<'_, LogState> {
-        lock(&self.state)
+    /// The log state, under a short lock (never held across I/O). Changes made through it
+    /// wake nobody: only for what readers cannot see (pending entries, a failed write).
+    pub(super) fn state(&self) -> WatermarkGuard<'_, LogState> {
+        self.log.lock()
     }
 
-    /// Wakes every `changed()` future subscribed so far.
-    pub(super) fn notify(&self) {
-        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    /// Changes what readers see (durable entries, snapshot chunks) and wakes every
+    /// `changed()` future subscribed so far.
+    pub(super) fn publish<R>(&self, change: impl FnOnce(&mut LogState) -> R) -> R {
+        self.log.publish(change)
     }
 
-    /// A receiver that has seen the current version: its `changed()` resolves on the next
-    /// [`Shape::notify`], however soon that happens.
-    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
+    /// This view of the shape is replaced or gone: wakes its waiters, and every later wait on
+    /// it resolves at once (the caller looks the shape up afresh).
+    pub(super) fn retire(&self) {
+        self.log.retire();
+    }
+
+    /// Take before reading: [`Shape::changed`] then resolves on the next publish, however
+    /// soon it happens.
+    pub(super) fn subscribe(&self) -> Subscription {
+        self.log.subscribe()
+    }
+
+    /// Resolves once a publish after `subscription` happened, or the shape was retired.
+    pub(super) fn changed(&self, subscription: Subscription) -> Changed<'_, LogState> {
+        self.log.changed(subscription)
     }
 
     /// Reads `len` durable bytes of `log.json` at `pos`.
@@ -552,5 +565,113 @@ mod tests {
     fn open_chunk_bytes_counts_entries_after_the_last_boundary() {
         let state = flushed(&[entry("5_0", true), entry("5_2", false), entry("6_0", false)]);
         assert_eq!(state.open_chunk_bytes(), 24);
+    }
+}
+
+/// Loom model (`scripts/loom.sh`) of a flush publishing batches while a long-poll reads: the
+/// production `LogState` behind the production watermark, in every interleaving.
+#[cfg(all(test, ampere_loom))]
+mod loom_tests {
+    use loom::future::block_on;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+
+    const ENTRIES_PER_BATCH: usize = 2;
+    const BATCHES: u64 = 2;
+    /// `{"o":"1_0"}` and its `,`.
+    const ENTRY_BYTES: u64 = 12;
+
+    fn handle() -> ShapeHandle {
+        ShapeHandle::from_string("1-1".into())
+    }
+
+    /// Batch `tx`: entries `tx_0` and `tx_2`, as one transaction routes them.
+    fn batch_entries(tx: u64) -> Vec<LogEntry> {
+        (0..ENTRIES_PER_BATCH as u64)
+            .map(|i| LogEntry {
+                offset: format!("{tx}_{}", 2 * i).parse().expect("valid offset"),
+                json: format!("{{\"o\":\"{tx}_{}\"}}", 2 * i),
+                chunk_end: false,
+            })
+            .collect()
+    }
+
+    /// Plans a read from the snapshot's end and checks it names whole batches only: the
+    /// entries, the bytes and the end offset of the same publish. How many entries it saw.
+    fn read_whole_batches(log: &Watermark<LogState>) -> usize {
+        let state = log.lock();
+        let Plan::Log {
+            pos,
+            len,
+            entries,
+            end,
+        } = state.plan(LogOffset::SNAPSHOT_END)
+        else {
+            panic!("the snapshot is complete: the log is readable");
+        };
+        assert_eq!(end, state.latest(), "watermark-whole: plan end vs latest");
+        assert_eq!(
+            entries % ENTRIES_PER_BATCH,
+            0,
+            "watermark-whole: {entries} entries"
+        );
+        assert_eq!(pos, 0);
+        if entries == 0 {
+            assert_eq!(len, 0);
+            assert_eq!(end, LogOffset::SNAPSHOT_END);
+        } else {
+            let tx = (entries / ENTRIES_PER_BATCH) as u64;
+            assert_eq!(end, format!("{tx}_2").parse().expect("valid offset"));
+            assert_eq!(
+                len,
+                entries as u64 * ENTRY_BYTES - 1,
+                "watermark-whole: bytes"
+            );
+        }
+        entries
+    }
+
+    #[test]
+    fn a_long_poll_reads_whole_batches_and_wakes_for_the_last_flush() {
+        loom::model(|| {
+            let snapshot = SnapshotState {
+                chunks: vec![SnapshotChunk {
+                    entries: 1,
+                    bytes: 1,
+                }],
+                complete: true,
+            };
+            let log = Arc::new(Watermark::new(LogState {
+                snapshot,
+                ..LogState::default()
+            }));
+            let reader = {
+                let log = Arc::clone(&log);
+                thread::spawn(move || {
+                    let mut seen = 0;
+                    loop {
+                        let subscription = log.subscribe();
+                        let now = read_whole_batches(&log);
+                        assert!(seen <= now, "watermark-monotonic: {seen} then {now}");
+                        seen = now;
+                        if seen == BATCHES as usize * ENTRIES_PER_BATCH {
+                            return;
+                        }
+                        block_on(log.changed(subscription));
+                    }
+                })
+            };
+            // What `ShapeLogStore::append` and `Inner::flush_blocking` do, minus the files.
+            for tx in 1..=BATCHES {
+                log.lock()
+                    .append(&handle(), &batch_entries(tx))
+                    .expect("append");
+                let batch = log.lock().take_pending().expect("pending");
+                log.publish(|state| state.publish(batch));
+            }
+            reader.join().expect("reader");
+        });
     }
 }

@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::future::Future;
 use std::io::{self, Write as _};
 use std::path::Path;
+use std::sync::Arc;
 
 use ampere_core::ports::SnapshotWriter;
 use ampere_core::shape::ShapeHandle;
@@ -22,7 +23,8 @@ const MARKER_HEADER: &str = "ampere-snapshot-complete v1";
 
 /// Writes one shape's snapshot chunks (from [`ampere_core::ports::ShapeLogStore::snapshot_writer`]).
 /// One writer per shape; chunks go in order `0, 1, …`. A follower's writer refuses every call
-/// with [`StoreError::ReadOnly`].
+/// with [`StoreError::ReadOnly`]; each chunk and the marker re-read the storage lease first
+/// and fail with [`StoreError::Fenced`], writing nothing, once another instance took it.
 pub struct FileSnapshotWriter {
     store: FileStore,
     handle: ShapeHandle,
@@ -50,14 +52,17 @@ impl SnapshotWriter for FileSnapshotWriter {
             let entries = count_entries(body.as_bytes());
             let bytes = body.len() as u64;
             let path = shape.snapshot_chunk_path(index);
-            run_blocking(move || write_durably(&path, body.as_bytes())).await?;
-            {
-                let mut state = shape.state();
+            let inner = Arc::clone(&store.inner);
+            run_blocking(move || {
+                inner.check_lease()?;
+                write_durably(&path, body.as_bytes())
+            })
+            .await?;
+            shape.publish(|state| {
                 check_next_chunk(&state.snapshot, &handle, index)?;
                 state.snapshot.chunks.push(SnapshotChunk { entries, bytes });
-            }
-            shape.notify();
-            Ok(())
+                Ok(())
+            })
         }
     }
 
@@ -79,9 +84,13 @@ impl SnapshotWriter for FileSnapshotWriter {
             .dir
             .join(layout::SNAPSHOT_DIR)
             .join(layout::SNAPSHOT_MARKER);
-        run_blocking(move || write_marker(&path, &marker)).await?;
-        shape.state().snapshot.complete = true;
-        shape.notify();
+        let inner = Arc::clone(&self.store.inner);
+        run_blocking(move || {
+            inner.check_lease()?;
+            write_marker(&path, &marker)
+        })
+        .await?;
+        shape.publish(|state| state.snapshot.complete = true);
         Ok(())
     }
 }
