@@ -11,7 +11,8 @@ use ampere_core::instance::{Input, Instance, Output};
 use ampere_core::instance::{LoadedShape, LoadedStorage};
 use ampere_core::ports::{
     Clock, DisconnectKind, MetadataStore, PgError, PgPort, ReplicationMessage, ReplicationSession,
-    ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StoredShape, SystemIdentity,
+    ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StorageError, StoredShape,
+    SystemIdentity,
 };
 use ampere_core::shape::{HandleStamp, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
@@ -98,7 +99,8 @@ enum Completion<Se, St> {
     },
     Flushed {
         op: OpId,
-        result: Result<(), String>,
+        /// On failure: whether storage fenced us (another instance took the lease), and why.
+        result: Result<(), (bool, String)>,
     },
     Snapshot {
         op: OpId,
@@ -274,8 +276,8 @@ where
             Output::RefreshReadModel => self.refresh_read_model().await,
             Output::PersistIdentity { identity } => {
                 let put = self.ports.meta.put_identity(identity);
-                put.await
-                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+                let result = put.await;
+                self.storage(result, "persisting the replication identity")?;
             }
             Output::Purged { reason } => {
                 warn!(
@@ -303,7 +305,7 @@ where
             Output::FlushLogs { op } => {
                 let flush = self.ports.store.flush();
                 self.in_flight.push(Box::pin(async move {
-                    let result = flush.await.map_err(|e| error_chain(&e));
+                    let result = flush.await.map_err(|e| (e.is_fenced(), error_chain(&e)));
                     Completion::Flushed { op, result }
                 }));
             }
@@ -333,20 +335,18 @@ where
             Output::PersistShape { shape } => {
                 // Awaited in place: metadata writes must land in the order the core issued them.
                 let put = self.ports.meta.put_shape(shape, HandleStamp::default());
-                put.await
-                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+                let result = put.await;
+                self.storage(result, "persisting a shape")?;
             }
             Output::RemoveShape { handle, reason } => {
                 info!(%handle, reason, "removing shape");
                 self.registry.remove(&handle);
                 let remove = self.ports.store.remove_shape(&handle);
-                remove
-                    .await
-                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+                let result = remove.await;
+                self.storage(result, "removing a shape log")?;
                 let delete = self.ports.meta.delete_shape(&handle);
-                delete
-                    .await
-                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+                let result = delete.await;
+                self.storage(result, "deleting a shape row")?;
             }
             Output::Fatal { message } => return Err(DriverError::Fatal(message)),
         }
@@ -372,15 +372,18 @@ where
                 .store
                 .create_shape(&handle)
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| (e.is_fenced(), error_chain(&e)))?;
             self.ports
                 .meta
                 .put_shape(shape, stamp)
                 .await
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| (e.is_fenced(), error_chain(&e)))
         };
-        if let Err(e) = prepared.await {
+        if let Err((fenced, e)) = prepared.await {
             error!(%handle, error = %e, "creating shape storage failed");
+            if fenced {
+                self.fenced("creating a shape");
+            }
             if let Some(reply) = self.replies.remove(&op) {
                 let _ = reply.send(Err(CreateShapeError::Failed {
                     message: "Failed to create shape, please retry".into(),
@@ -403,6 +406,37 @@ where
                 result: take.await,
             }
         }));
+    }
+
+    /// The outcome of a storage write: a fenced write means another instance took the
+    /// storage lease, so this one lost the lock (and may not have heard yet): it steps down
+    /// instead of failing. Any other failure stops the driver (acked data could be at risk).
+    fn storage<E: StorageError>(
+        &mut self,
+        result: Result<(), E>,
+        what: &'static str,
+    ) -> Result<(), DriverError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_fenced() => {
+                self.fenced(what);
+                Ok(())
+            }
+            Err(e) => Err(DriverError::Storage(error_chain(&e))),
+        }
+    }
+
+    /// Another instance took the storage lease (deploy-semantics §2 item 13): write nothing
+    /// more, drop replication, fall back to waiting until the lock is held again.
+    fn fenced(&mut self, what: &'static str) {
+        warn!(
+            what,
+            "storage lease taken by another instance: stepping down"
+        );
+        self.stop_replication();
+        self.pending.push_back(Input::ReplicationLost {
+            kind: DisconnectKind::Transient,
+        });
     }
 
     /// Drops the replication connection (releasing the lock). The core issues no storage
@@ -534,9 +568,15 @@ where
                 Input::ReplicationFailed { op, kind, message }
             }
             Completion::Flushed { op, result: Ok(()) } => Input::LogsFlushed { op },
-            Completion::Flushed { op, result: Err(e) } => {
+            Completion::Flushed {
+                op,
+                result: Err((fenced, e)),
+            } => {
                 // Unflushed data was never acknowledged; the core replays it from the slot.
                 error!(error = %e, "flushing shape logs failed");
+                if fenced {
+                    self.fenced("flushing shape logs");
+                }
                 Input::LogsFlushFailed { op }
             }
             Completion::Snapshot {

@@ -1,6 +1,7 @@
 //! ampere server library: the driver loop, the HTTP API, configuration.
 
 pub mod api;
+pub mod app;
 pub mod cleanup;
 pub mod config;
 pub mod driver;

@@ -4,24 +4,23 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use ampere_core::instance::{Config as CoreConfig, Instance};
-use ampere_core::ports::{Clock, MetadataStore, ReplicationTarget};
+use ampere_core::instance::Config as CoreConfig;
+use ampere_core::ports::{Clock, ReplicationTarget};
 use ampere_io_real::clock::TokioClock;
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use ampere_io_real::metadata::{MetadataMode, MetadataOptions};
 use ampere_io_real::pg::RealPg;
 use ampere_io_real::standby_metadata::StandbyMetadata;
 use ampere_io_real::store::{probe_writable, FileStore};
-use ampere_server::api::ShapeInfo;
+use ampere_server::app;
 use ampere_server::cleanup;
 use ampere_server::config::{Cli, Command, Config};
-use ampere_server::driver::{self, Ports};
-use ampere_server::http::{router, HttpConfig};
+use ampere_server::driver::Ports;
+use ampere_server::http::HttpConfig;
 use ampere_server::registry::Registry;
-use ampere_server::service::Service;
 use anyhow::Context as _;
 use clap::Parser as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
@@ -66,52 +65,56 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // LC-1: storage and metadata first (read-only: a standby writes nothing, RO-4), then
-    // Postgres; the lock holder switches storage to writing once it has the lock.
     let (store, meta) = open_storage(&config)?;
     let (embedded, database_url) = database(&config).await?;
     let pg =
         RealPg::from_url(&database_url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
 
-    let registry = Registry::new();
-    let (stored, _) = meta.load().await.context("loading shape metadata")?;
-    registry.replace_all(stored.iter().map(|s| ShapeInfo {
-        handle: s.handle.clone(),
-        definition: s.definition.clone(),
-        schema: std::sync::Arc::new(s.schema.clone()),
-    }));
-    let target = replication_target(&config);
-    info!(slot = %target.slot, publication = %target.publication, shapes = registry.len(), "starting");
     let clock = TokioClock::new();
-    let core_config = CoreConfig::new(target, config.shape_chunk_bytes_threshold);
-    let core = Instance::new(core_config, Clock::now(&clock));
+    let core_config = CoreConfig::new(
+        replication_target(&config),
+        config.shape_chunk_bytes_threshold,
+    );
+    let http_config = HttpConfig {
+        long_poll_timeout: config.long_poll_timeout,
+        cache_max_age: config.cache_max_age,
+        cache_stale_age: config.cache_stale_age,
+        rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
+        ..HttpConfig::new(config.effective_secret())
+    };
+    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on ELECTRIC_PORT={}", config.port))?;
+    info!(%addr, "HTTP API listening");
 
-    let (requests_tx, requests) = mpsc::channel(1024);
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let service = Service::new(pg.clone(), store.clone(), registry.clone(), requests_tx);
-    let http = start_http(&config, service, &clock, shutdown.clone()).await?;
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
-
     let ports = Ports {
         pg,
         store,
         meta,
         clock,
     };
-    let driven = driver::run(ports, core, requests, shutdown, registry).await;
-    http.abort();
+    let served = app::serve(
+        ports,
+        core_config,
+        http_config,
+        listener,
+        Registry::new(),
+        shutdown,
+    )
+    .await;
     if let Some(embedded) = embedded {
-        // Stopping waits for PostgreSQL's fast shutdown: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
-    driven.context("replication")
+    served.context("replication")
 }
 
-/// Slot, publication and slot kind from the configuration (NM-1..NM-3).
 fn replication_target(config: &Config) -> ReplicationTarget {
     if config.temporary_replication_slot_use_random_name
         && !config.cleanup_replication_slots_on_shutdown
@@ -181,36 +184,6 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)>
 }
 
 /// Binds `ELECTRIC_PORT` and serves the API until `shutdown` flips.
-async fn start_http(
-    config: &Config,
-    service: Service<RealPg, FileStore>,
-    clock: &TokioClock,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let http_config = HttpConfig {
-        long_poll_timeout: config.long_poll_timeout,
-        cache_max_age: config.cache_max_age,
-        cache_stale_age: config.cache_stale_age,
-        // Request ids and cursor jitter only need to differ between processes.
-        rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
-        ..HttpConfig::new(config.effective_secret())
-    };
-    let app = router(service, http_config);
-    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on ELECTRIC_PORT={}", config.port))?;
-    info!(%addr, "HTTP API listening");
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    }))
-}
-
-/// `DATABASE_URL`, or an embedded PostgreSQL inside the storage dir when it is unset.
 async fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, String)> {
     if let Some(url) = config.database_url.clone().filter(|u| !u.is_empty()) {
         return Ok((None, url));

@@ -1,12 +1,17 @@
 //! The read model the driver publishes for HTTP handlers: live shapes by handle and by
 //! definition, readiness and the durable LSN. Written only by the driver loop.
+//!
+//! Readiness and the durable LSN are one [`ReadState`] behind a [`Watermark`]: a reader of
+//! [`Registry::state`] gets both from the same publish (never `active` with the LSN of an
+//! earlier or later publish), and [`Registry::wait_for`] cannot sleep through a publish that
+//! lands while it checks (the watermark's loom-checked guarantees).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use ampere_core::shape::{ShapeDefinition, ShapeHandle};
 use ampere_core::Lsn;
-use tokio::sync::watch;
+use ampere_io_real::watermark::Watermark;
 
 use crate::api::{Health, PurgeInfo, ShapeInfo};
 
@@ -14,7 +19,7 @@ use crate::api::{Health, PurgeInfo, ShapeInfo};
 #[derive(Clone, Debug)]
 pub struct Registry {
     inner: Arc<RwLock<Shapes>>,
-    state: watch::Sender<ReadState>,
+    state: Arc<Watermark<ReadState>>,
 }
 
 #[derive(Debug, Default)]
@@ -24,7 +29,8 @@ struct Shapes {
     last_purge: Option<PurgeInfo>,
 }
 
-/// Readiness and progress, observable with [`Registry::subscribe`].
+/// Readiness and progress, read whole with [`Registry::state`], awaited with
+/// [`Registry::wait_for`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ReadState {
     /// `starting` until the driver runs, then `waiting` or `active`.
@@ -38,7 +44,7 @@ impl Registry {
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
-            state: watch::Sender::new(ReadState::default()),
+            state: Arc::new(Watermark::new(ReadState::default())),
         }
     }
 
@@ -109,23 +115,31 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Publishes readiness and progress (only wakes watchers on change).
+    /// Publishes readiness and progress (only wakes waiters on change).
     pub fn publish(&self, next: ReadState) {
-        self.state.send_if_modified(|state| {
+        self.state.publish_if(|state| {
             let changed = *state != next;
             *state = next;
             changed
         });
     }
 
-    /// The current readiness and progress.
+    /// The current readiness and progress, both from the same publish.
     pub fn state(&self) -> ReadState {
-        *self.state.borrow()
+        *self.state.lock()
     }
 
-    /// A receiver that sees every published change.
-    pub fn subscribe(&self) -> watch::Receiver<ReadState> {
-        self.state.subscribe()
+    /// Resolves with the first published state (the current one included) that is `ready`.
+    pub async fn wait_for(&self, ready: impl Fn(&ReadState) -> bool) -> ReadState {
+        loop {
+            // Subscribed before the check: a publish after it wakes the wait below.
+            let subscription = self.state.subscribe();
+            let state = self.state();
+            if ready(&state) {
+                return state;
+            }
+            self.state.changed(subscription).await;
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Shapes> {
@@ -146,5 +160,44 @@ impl Registry {
 impl Default for Registry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active_at(lsn: u64) -> ReadState {
+        ReadState {
+            health: Health::Active,
+            durable_lsn: Lsn(lsn),
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_for_resolves_with_the_first_ready_state_published() {
+        let registry = Registry::new();
+        let waiting = ReadState {
+            health: Health::Waiting,
+            durable_lsn: Lsn(7),
+        };
+        let wait = registry.wait_for(|s| s.health == Health::Active);
+        let publisher = async {
+            tokio::task::yield_now().await;
+            registry.publish(waiting);
+            tokio::task::yield_now().await;
+            registry.publish(active_at(9));
+        };
+        let (state, ()) = tokio::join!(wait, publisher);
+        assert_eq!(state, active_at(9));
+        assert_eq!(registry.state(), active_at(9));
+    }
+
+    #[tokio::test]
+    async fn wait_for_returns_at_once_when_already_ready() {
+        let registry = Registry::new();
+        registry.publish(active_at(3));
+        let state = registry.wait_for(|s| s.health == Health::Active).await;
+        assert_eq!(state, active_at(3));
     }
 }

@@ -38,10 +38,9 @@ impl<P: PgPort, S: ShapeLogStore> Service<P, S> {
     }
 
     async fn wait_until_streaming(&self) -> bool {
-        let mut state = self.registry.subscribe();
         let active = |s: &ReadState| s.health == Health::Active;
-        let ready = tokio::time::timeout(READY_WAIT, state.wait_for(active)).await;
-        matches!(ready, Ok(Ok(_)))
+        let ready = tokio::time::timeout(READY_WAIT, self.registry.wait_for(active)).await;
+        ready.is_ok()
     }
 }
 

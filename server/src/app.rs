@@ -1,0 +1,85 @@
+//! The assembled service: read model, core, HTTP API and driver loop over any ports and any
+//! listener. The `ampere` binary runs it over io-real ports and a TCP listener; the simulation
+//! runs the very same function over io-sim ports and a turmoil listener.
+
+use std::sync::Arc;
+
+use ampere_core::error_chain;
+use ampere_core::instance::{Config as CoreConfig, Instance};
+use ampere_core::ports::{Clock, MetadataStore, PgPort, ShapeLogStore};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use crate::api::ShapeInfo;
+use crate::driver::{self, DriverError, Ports};
+use crate::http::{router, HttpConfig};
+use crate::registry::Registry;
+use crate::service::Service;
+
+/// Shape-creation requests queued for the driver at most.
+const REQUEST_QUEUE: usize = 1024;
+
+/// Why the service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Shape metadata could not be read at startup.
+    #[error("loading shape metadata: {0}")]
+    LoadMetadata(String),
+    /// The driver stopped with an error.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
+/// Runs the service until `shutdown` flips to true (or the driver fails): existing shapes are
+/// served from storage at once (read-only until the lock is held), then the driver takes over.
+/// `registry` is the read model; callers may keep a clone to observe health.
+pub async fn serve<P, S, M, C, L>(
+    ports: Ports<P, S, M, C>,
+    core_config: CoreConfig,
+    http_config: HttpConfig,
+    listener: L,
+    registry: Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AppError>
+where
+    P: PgPort,
+    S: ShapeLogStore,
+    M: MetadataStore,
+    C: Clock,
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (stored, _) = ports
+        .meta
+        .load()
+        .await
+        .map_err(|e| AppError::LoadMetadata(error_chain(&e)))?;
+    registry.replace_all(stored.iter().map(|s| ShapeInfo {
+        handle: s.handle.clone(),
+        definition: s.definition.clone(),
+        schema: Arc::new(s.schema.clone()),
+    }));
+    let target = &core_config.target;
+    info!(slot = %target.slot, publication = %target.publication, shapes = registry.len(), "starting");
+    let core = Instance::new(core_config, ports.clock.now());
+
+    let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+    let service = Service::new(
+        ports.pg.clone(),
+        ports.store.clone(),
+        registry.clone(),
+        requests_tx,
+    );
+    let app = router(service, http_config);
+    let mut http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let driven = driver::run(ports, core, requests, shutdown, registry).await;
+    http.abort();
+    Ok(driven?)
+}
