@@ -22,8 +22,11 @@ step "docker engine + registry-free postgres image (container scenarios)"
 scripts/docker-up.sh
 scripts/build-pg-image.sh ampere-pg-local:15
 
-step "cargo test (unit, integration against real PostgreSQL, container scenarios)"
+step "cargo test (unit, integration against real PostgreSQL, container scenarios, simulation seed list)"
 cargo test --workspace --locked
+
+step "mutation check: each deliberately wrong core is caught by the simulation's seed list"
+scripts/mutants.sh
 
 step "conformance: official @electric-sql/client against ampere"
 cargo build --locked -p ampere-server --bin ampere

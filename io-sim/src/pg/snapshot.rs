@@ -1,0 +1,272 @@
+//! Initial snapshots over the model, mirroring `io-real/src/snapshot.rs` step by step: add
+//! the table to the publication (SL-5), wait out the transactions in progress at that moment
+//! (SN-2), then read `pg_current_snapshot()` and the rows at one instant (SN-3), encode each row
+//! with the core's [`EntryEncoder`] and write byte-cut chunks through the [`SnapshotWriter`], the
+//! last ending with `snapshot-end`.
+//!
+//! Deviations from io-real, none observable in the chunks: the rows arrive in one reply (the
+//! model takes them atomically) and the connection closes before the chunks are written, and
+//! SN-2 does not first burn an xid of its own (the model's `xip` lists every running xid).
+
+use std::time::Duration;
+
+use ampere_core::chunk::ChunkCutter;
+use ampere_core::error_chain;
+use ampere_core::json::EntryEncoder;
+use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
+use ampere_core::shape::{ShapeDefinition, TableSchema};
+use ampere_core::snapshot::PgSnapshot;
+
+use super::port::{Client, SimPgError};
+use super::wire::{ClientMessage, ServerMessage, WireRelation};
+
+/// How long SN-2 waits for the transactions in progress after the publication change.
+pub const XIP_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often SN-2 polls `pg_xact_status`.
+const XIP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Takes the snapshot of `request` on `client` (a connection of its own); see the module docs.
+pub(crate) async fn take_snapshot<W: SnapshotWriter>(
+    mut client: Client,
+    request: &SnapshotRequest,
+    writer: W,
+) -> Result<PgSnapshot, SnapshotError> {
+    let relation = WireRelation {
+        schema: request.schema.relation.schema.clone(),
+        table: request.schema.relation.table.clone(),
+    };
+    let add = ClientMessage::AddTable {
+        publication: request.publication.clone(),
+        relation: relation.clone(),
+    };
+    expect_done(
+        client
+            .call(add)
+            .await
+            .map_err(pg("ALTER PUBLICATION … ADD TABLE"))?,
+    )?;
+    wait_for_in_progress(&mut client, XIP_WAIT_MAX).await?;
+    let query = SnapshotQuery::new(&request.definition, &request.schema)?;
+    let columns = query
+        .fetched
+        .iter()
+        .map(|&i| request.schema.columns[i].name.clone())
+        .collect();
+    let reply = client
+        .call(ClientMessage::SnapshotRows { relation, columns })
+        .await
+        .map_err(pg("snapshot query"))?;
+    drop(client);
+    let ServerMessage::Rows { snapshot, rows } = reply else {
+        return Err(unexpected("snapshot query"));
+    };
+    let snapshot = PgSnapshot::parse(&snapshot).ok_or_else(|| SnapshotError::Postgres {
+        message: format!("pg_current_snapshot() returned {snapshot:?}, not xmin:xmax:xip"),
+        kind: DisconnectKind::Transient,
+    })?;
+    let mut chunks = ChunkWriter::new(writer, request.chunk_bytes_threshold);
+    for row in rows {
+        let values = query.decode(row)?;
+        chunks.push(query.encoder.snapshot_row(&values)).await?;
+    }
+    let writer = chunks.finish(&snapshot.snapshot_end_json()).await?;
+    writer.finish().await.map_err(store)?;
+    tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
+        "snapshot taken");
+    Ok(snapshot)
+}
+
+/// SN-2: waits until every transaction in progress now has ended, polling every 50 ms, for at
+/// most `wait_max` (then a transient error).
+async fn wait_for_in_progress(
+    client: &mut Client,
+    wait_max: Duration,
+) -> Result<(), SnapshotError> {
+    let reply = client
+        .call(ClientMessage::CurrentSnapshot)
+        .await
+        .map_err(pg("pg_current_snapshot()"))?;
+    let ServerMessage::Snapshot(text) = reply else {
+        return Err(unexpected("pg_current_snapshot()"));
+    };
+    let snapshot = PgSnapshot::parse(&text).ok_or_else(|| unexpected("pg_current_snapshot()"))?;
+    let xids: Vec<u64> = snapshot.xip.iter().map(|x| x.0).collect();
+    let deadline = tokio::time::Instant::now() + wait_max;
+    loop {
+        let reply = client
+            .call(ClientMessage::XactsInProgress { xids: xids.clone() })
+            .await
+            .map_err(pg("pg_xact_status"))?;
+        let ServerMessage::Count(running) = reply else {
+            return Err(unexpected("pg_xact_status"));
+        };
+        if running == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SnapshotError::Postgres {
+                message: format!(
+                    "{running} transaction(s) in progress at {text} still running after \
+                     {wait_max:?}"
+                ),
+                kind: DisconnectKind::Transient,
+            });
+        }
+        tokio::time::sleep(XIP_POLL_INTERVAL).await;
+    }
+}
+
+/// The columns one shape's snapshot fetches and how to turn its rows into entries (as
+/// io-real's `SnapshotQuery`).
+struct SnapshotQuery {
+    /// Indices (in `attnum` order) of the fetched columns: the selected plus the key columns.
+    fetched: Vec<usize>,
+    /// Number of columns in the table's schema.
+    width: usize,
+    encoder: EntryEncoder,
+}
+
+impl SnapshotQuery {
+    fn new(definition: &ShapeDefinition, schema: &TableSchema) -> Result<Self, SnapshotError> {
+        let selected: Vec<usize> = match &definition.columns {
+            None => (0..schema.columns.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    schema
+                        .column_index(name)
+                        .ok_or_else(|| SnapshotError::SchemaChanged {
+                            message: format!("column {name:?} is not in {}", schema.relation),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut fetched: Vec<usize> = selected
+            .iter()
+            .copied()
+            .chain(schema.key_columns())
+            .collect();
+        fetched.sort_unstable();
+        fetched.dedup();
+        Ok(Self {
+            fetched,
+            width: schema.columns.len(),
+            encoder: EntryEncoder::new(schema, &selected, definition.replica),
+        })
+    }
+
+    /// A result row as values in the table's column order (unfetched columns `None`).
+    fn decode(&self, row: Vec<Option<String>>) -> Result<Vec<Option<String>>, SnapshotError> {
+        if row.len() != self.fetched.len() {
+            return Err(unexpected("a snapshot row"));
+        }
+        let mut values = vec![None; self.width];
+        for (&column, value) in self.fetched.iter().zip(row) {
+            values[column] = value;
+        }
+        Ok(values)
+    }
+}
+
+/// Cuts entries into chunks by the byte rule and writes each closed chunk once the next entry
+/// arrives, exactly as io-real's `ChunkWriter` (only then is a chunk known not to be the last,
+/// which gets `snapshot-end` appended).
+struct ChunkWriter<W> {
+    writer: W,
+    cutter: ChunkCutter,
+    /// Entries of the open chunk joined by `,`.
+    open: String,
+    /// A closed chunk not written yet.
+    closed: Option<String>,
+    /// Index of the next chunk to write.
+    index: u64,
+}
+
+impl<W: SnapshotWriter> ChunkWriter<W> {
+    fn new(writer: W, chunk_bytes_threshold: u64) -> Self {
+        // A zero threshold would be a configuration bug; one entry per chunk is its limit.
+        let cutter = ChunkCutter::new(chunk_bytes_threshold.max(1), 0);
+        Self {
+            writer,
+            cutter,
+            open: String::new(),
+            closed: None,
+            index: 0,
+        }
+    }
+
+    async fn push(&mut self, entry: String) -> Result<(), SnapshotError> {
+        if let Some(body) = self.closed.take() {
+            assert!(
+                self.open.is_empty(),
+                "chunk-order: an entry went into a chunk after a closed one"
+            );
+            self.write(body).await?;
+        }
+        if !self.open.is_empty() {
+            self.open.push(',');
+        }
+        self.open.push_str(&entry);
+        if self.cutter.push(entry.len()) {
+            self.closed = Some(std::mem::take(&mut self.open));
+        }
+        Ok(())
+    }
+
+    /// Writes the last chunk, ending with `end` (the snapshot-end entry).
+    async fn finish(mut self, end: &str) -> Result<W, SnapshotError> {
+        let mut last = self
+            .closed
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.open));
+        if !last.is_empty() {
+            last.push(',');
+        }
+        last.push_str(end);
+        self.write(last).await?;
+        Ok(self.writer)
+    }
+
+    async fn write(&mut self, body: String) -> Result<(), SnapshotError> {
+        self.writer
+            .write_chunk(self.index, body)
+            .await
+            .map_err(store)?;
+        self.index += 1;
+        Ok(())
+    }
+}
+
+fn expect_done(reply: ServerMessage) -> Result<(), SnapshotError> {
+    match reply {
+        ServerMessage::Done => Ok(()),
+        _ => Err(unexpected("ALTER PUBLICATION … ADD TABLE")),
+    }
+}
+
+/// Maps a port error: a vanished table or column (42P01, 42703) means the schema changed.
+fn pg(during: &'static str) -> impl Fn(SimPgError) -> SnapshotError {
+    move |error| {
+        let message = format!("{during}: {}", error_chain(&error));
+        match error.sqlstate.as_deref() {
+            Some("42P01" | "42703") => SnapshotError::SchemaChanged { message },
+            _ => SnapshotError::Postgres {
+                message,
+                kind: error.kind(),
+            },
+        }
+    }
+}
+
+fn unexpected(during: &str) -> SnapshotError {
+    SnapshotError::Postgres {
+        message: format!("{during}: unexpected reply"),
+        kind: DisconnectKind::Transient,
+    }
+}
+
+fn store(error: impl std::error::Error) -> SnapshotError {
+    SnapshotError::Store {
+        message: error_chain(&error),
+    }
+}

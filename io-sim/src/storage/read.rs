@@ -1,0 +1,157 @@
+//! Answering a read from durable state, exactly as io-real's `LogState::plan` does
+//! (protocol.md §6.2). Pure.
+
+use bytes::Bytes;
+
+use ampere_core::offset::OpIndex;
+use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome};
+use ampere_core::LogOffset;
+
+/// The snapshot as one reader may see it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SnapshotView<'a> {
+    /// The chunks this reader may serve.
+    pub(super) chunks: &'a [String],
+    /// Whether the snapshot is complete for this reader.
+    pub(super) complete: bool,
+}
+
+/// The answer for a read at `after`:
+///
+/// - `-1`: snapshot chunk 0, `end` = `0_0`.
+/// - `0_i`: chunk `i+1` while `i` is below the last chunk (pending if not durable yet); once
+///   the snapshot is complete and `i` is at or past its last chunk, the log from its start.
+/// - `0_inf` and replicated offsets: pending until the snapshot is complete; then the
+///   entries in `(after, E]`, E the first chunk boundary above `after` or the latest entry.
+/// - Nothing after `after`: an empty body with `end` = the latest durable offset (`0_inf`
+///   with no entries), also when `after` is above it (the HTTP layer decides bounds).
+pub(super) fn answer(
+    snapshot: SnapshotView<'_>,
+    log: &[LogEntry],
+    after: LogOffset,
+) -> ReadOutcome {
+    match after {
+        LogOffset::BeforeAll => snapshot_chunk(snapshot, 0),
+        LogOffset::At {
+            tx: 0,
+            op: OpIndex::Index(i),
+        } => {
+            // Complete implies at least one chunk (`finish` refuses otherwise).
+            let last_chunk = (snapshot.chunks.len() as u64).saturating_sub(1);
+            if snapshot.complete && i >= last_chunk {
+                log_chunk(log, after)
+            } else {
+                i.checked_add(1)
+                    .map_or(ReadOutcome::SnapshotPending, |next| {
+                        snapshot_chunk(snapshot, next)
+                    })
+            }
+        }
+        _ if !snapshot.complete => ReadOutcome::SnapshotPending,
+        _ => log_chunk(log, after),
+    }
+}
+
+fn snapshot_chunk(snapshot: SnapshotView<'_>, index: u64) -> ReadOutcome {
+    let chunk = usize::try_from(index)
+        .ok()
+        .and_then(|i| snapshot.chunks.get(i));
+    match chunk {
+        Some(body) => ReadOutcome::Chunk(ChunkRead {
+            body: Bytes::from(body.clone()),
+            entries: count_entries(body.as_bytes()),
+            end: LogOffset::snapshot_chunk(index),
+        }),
+        None => ReadOutcome::SnapshotPending,
+    }
+}
+
+/// Entries in `(after, E]`, E the first chunk boundary at or after the first entry, or the
+/// latest entry.
+fn log_chunk(log: &[LogEntry], after: LogOffset) -> ReadOutcome {
+    let start = log.partition_point(|entry| entry.offset <= after);
+    let rest = &log[start..];
+    let taken = rest
+        .iter()
+        .position(|entry| entry.chunk_end)
+        .map_or(rest, |i| &rest[..=i]);
+    let end = taken
+        .last()
+        .or(log.last())
+        .map_or(LogOffset::SNAPSHOT_END, |entry| entry.offset);
+    let mut body = Vec::new();
+    for (i, entry) in taken.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(entry.json.as_bytes());
+    }
+    ReadOutcome::Chunk(ChunkRead {
+        body: Bytes::from(body),
+        entries: taken.len(),
+        end,
+    })
+}
+
+/// Bytes (each entry plus its separator) durable after the last closed chunk, as io-real's
+/// recovery reports them.
+pub(super) fn open_chunk_bytes(log: &[LogEntry]) -> u64 {
+    let first_open = log
+        .iter()
+        .rposition(|entry| entry.chunk_end)
+        .map_or(0, |i| i + 1);
+    log[first_open..]
+        .iter()
+        .map(|entry| entry.json.len() as u64 + 1)
+        .sum()
+}
+
+/// Counts the comma-joined JSON values in a chunk body: commas outside strings at nesting
+/// depth 0, plus one (io-real's `count_entries`).
+pub(super) fn count_entries(body: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut commas = 0;
+    let mut any = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => commas += 1,
+            _ => {}
+        }
+        any |= !b.is_ascii_whitespace();
+    }
+    if any {
+        commas + 1
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_entries_ignoring_commas_in_strings_and_nesting() {
+        assert_eq!(count_entries(b""), 0);
+        assert_eq!(count_entries(b"{}"), 1);
+        assert_eq!(
+            count_entries(br#"{"a":[1,2]},{"b":"x,\"}{,y"},{"c":{"d":1,"e":2}}"#),
+            3
+        );
+        assert_eq!(count_entries(br#"{"a":"\\"},{}"#), 2);
+    }
+}

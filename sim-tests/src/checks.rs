@@ -1,0 +1,257 @@
+//! The invariants of deploy-semantics §3, checked during and at the end of every run. Each
+//! check records failures instead of panicking inside a host, so the run ends with the seed,
+//! the profile and a replay line (the harness panics with the first failure).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use ampere_core::offset::LogOffset;
+use ampere_core::shape::{RelationName, ShapeDefinition};
+use ampere_io_sim::oracle::{self, Change, TableHistory, Txn};
+use ampere_io_sim::pg::{AckEvent, CommittedTxn, ModelChange, PgModel};
+use ampere_io_sim::storage::{Mutation, MutationKind, SimDisk};
+
+use crate::host::SLOT;
+
+/// Failures and counters shared by hooks running inside hosts and the harness.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Invariant violations, in the order found (`correctness: …` / `liveness: …`).
+    pub failures: Vec<String>,
+    /// Checks performed, by invariant.
+    pub checks: BTreeMap<&'static str, u64>,
+    /// Storage mutations seen, by writer.
+    pub mutations: BTreeMap<String, u64>,
+    /// A running digest of everything observable (determinism self-test).
+    pub trace: u64,
+}
+
+impl Ledger {
+    /// Counts one check of `invariant`.
+    pub fn checked(&mut self, invariant: &'static str) {
+        *self.checks.entry(invariant).or_insert(0) += 1;
+    }
+
+    /// Records a violation.
+    pub fn fail(&mut self, what: String) {
+        if self.failures.len() < 20 {
+            self.failures.push(what);
+        }
+    }
+
+    /// Folds an observation into the trace digest (FNV-1a).
+    pub fn trace(&mut self, what: &str) {
+        let mut h = if self.trace == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.trace
+        };
+        for b in what.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.trace = h;
+    }
+}
+
+/// The ledger, shared with hooks.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// Invariants 1 and 6 on one storage directory. A writer takes the storage lease when it
+/// promotes, which it may do only while its replication connection holds the advisory lock;
+/// every other mutation must come from the writer holding the lease (a deposed writer that
+/// has not yet heard of its loss is fenced by the lease).
+#[derive(Debug, Default)]
+pub struct StorageAudit {
+    lease_holder: Option<String>,
+}
+
+impl StorageAudit {
+    /// Checks one mutation; `lock_holder` is the host whose backend holds the advisory lock.
+    pub fn mutation(&mut self, ledger: &SharedLedger, lock_holder: Option<&str>, m: &Mutation) {
+        let mut ledger = ledger.lock().expect("ledger");
+        ledger.checked("mutual-exclusion");
+        *ledger.mutations.entry(m.writer.clone()).or_insert(0) += 1;
+        ledger.trace(&format!("{m:?}"));
+        if std::env::var_os("SIM_AUDIT").is_some() {
+            eprintln!("audit: {m:?}");
+        }
+        if let MutationKind::LeaseAcquired { .. } = m.kind {
+            if lock_holder != Some(m.writer.as_str()) {
+                ledger.fail(format!(
+                    "correctness: invariant 1/6 (mutual exclusion): {} took the storage lease \
+                     at {:?} without holding the advisory lock (holder: {lock_holder:?})",
+                    m.writer, m.at
+                ));
+            }
+            self.lease_holder = Some(m.writer.clone());
+            return;
+        }
+        // Crash-time effects are what reached the disk before power was lost.
+        let crash_effect = matches!(
+            m.kind,
+            MutationKind::TornAppend { .. }
+                | MutationKind::CreateLeftover
+                | MutationKind::RemovedToTrash
+        );
+        if !crash_effect && self.lease_holder.as_deref() != Some(m.writer.as_str()) {
+            ledger.fail(format!(
+                "correctness: invariant 1/6 (mutual exclusion): {} mutated storage ({:?}, \
+                 handle {:?}) at {:?} while {:?} holds the storage lease",
+                m.writer, m.kind, m.handle, m.at, self.lease_holder
+            ));
+        }
+    }
+}
+
+/// Invariant 2: for every `flush` position F a host sends, every transaction committing
+/// before F is durable in every (complete) shape on that host's storage that routes it, and
+/// storage's persisted acked position is at least F.
+pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &SimDisk) {
+    let mut ledger = ledger.lock().expect("ledger");
+    ledger.checked("ack-le-durable");
+    ledger.trace(&format!("{ack:?}"));
+    if ack.slot != SLOT {
+        return;
+    }
+    let (shapes, _, identity) = disk.durable_metadata();
+    if let Some(identity) = identity.filter(|i| i.slot == ack.slot) {
+        if identity.acked < ack.flush {
+            ledger.fail(format!(
+                "correctness: invariant 2 (ack ≤ durable): {} acked {} but storage persisted only \
+                 {} (CT-5: persist before send)",
+                ack.client_host, ack.flush, identity.acked
+            ));
+        }
+    }
+    for shape in shapes {
+        let Some(snapshot) = shape.snapshot.as_ref() else {
+            continue; // incomplete: discarded at boot, owes nothing
+        };
+        let log = disk.durable_log(shape.handle.as_str());
+        let latest = log.last().map_or(LogOffset::SNAPSHOT_END, |e| e.offset);
+        let owed = model
+            .committed()
+            .iter()
+            .filter(|t| t.commit_lsn < ack.flush && !oracle::is_visible(snapshot, t.xid))
+            .filter(|t| produces_entry(t, &shape.definition, &shape.schema.columns))
+            .last();
+        if let Some(txn) = owed {
+            if latest < LogOffset::change(txn.commit_lsn, 0) {
+                ledger.fail(format!(
+                    "correctness: invariant 2 (ack ≤ durable): {} acked {} but shape {} holds \
+                     only up to {latest} (transaction {} committed at {} is not durable in it)",
+                    ack.client_host, ack.flush, shape.handle, txn.xid, txn.commit_lsn
+                ));
+            }
+        }
+    }
+}
+
+/// Whether a committed transaction adds at least one entry to a shape's log (or, for
+/// TRUNCATE and column changes, must have invalidated it).
+fn produces_entry(
+    txn: &CommittedTxn,
+    definition: &ShapeDefinition,
+    columns: &[ampere_core::shape::ColumnSchema],
+) -> bool {
+    let selected = |i: usize| match &definition.columns {
+        None => true,
+        Some(names) => columns.get(i).is_some_and(|c| names.contains(&c.name)),
+    };
+    txn.changes.iter().any(|change| match change {
+        ModelChange::Insert { relation, .. } | ModelChange::Delete { relation, .. } => {
+            *relation == definition.relation
+        }
+        ModelChange::Update { relation, old, new } => {
+            *relation == definition.relation
+                && old
+                    .iter()
+                    .zip(new)
+                    .enumerate()
+                    .any(|(i, (a, b))| a != b && selected(i))
+        }
+        ModelChange::Truncate { relations } => relations.contains(&definition.relation),
+        ModelChange::AddColumn { relation, .. } => *relation == definition.relation,
+    })
+}
+
+/// The oracle's per-table histories, fed incrementally from the model's commits.
+#[derive(Debug, Default)]
+pub struct Histories {
+    tables: BTreeMap<RelationName, TableHistory>,
+    seen: usize,
+}
+
+impl Histories {
+    /// Histories of `tables` as the model defines them.
+    pub fn new(model: &PgModel) -> Self {
+        let tables = model
+            .tables()
+            .map(|t| (t.relation.clone(), TableHistory::new(t.schema())))
+            .collect();
+        Self { tables, seen: 0 }
+    }
+
+    /// Takes in commits made since the last call.
+    pub fn update(&mut self, model: &PgModel) {
+        let committed = model.committed();
+        for txn in &committed[self.seen..] {
+            for (relation, history) in &mut self.tables {
+                let changes: Vec<Change> = txn
+                    .changes
+                    .iter()
+                    .filter_map(|c| oracle_change(c, relation))
+                    .collect();
+                if !changes.is_empty() {
+                    history.push(Txn {
+                        xid: txn.xid,
+                        commit_lsn: txn.commit_lsn,
+                        changes,
+                    });
+                }
+            }
+        }
+        self.seen = committed.len();
+    }
+
+    /// The history of `relation`.
+    pub fn table(&self, relation: &RelationName) -> Option<&TableHistory> {
+        self.tables.get(relation)
+    }
+}
+
+fn oracle_change(change: &ModelChange, table: &RelationName) -> Option<Change> {
+    match change {
+        ModelChange::Insert { relation, row } if relation == table => {
+            Some(Change::Insert(row.clone()))
+        }
+        ModelChange::Update { relation, old, new } if relation == table => Some(Change::Update {
+            old: old.clone(),
+            new: new.clone(),
+        }),
+        ModelChange::Delete { relation, old } if relation == table => {
+            Some(Change::Delete(old.clone()))
+        }
+        ModelChange::Truncate { relations } if relations.contains(table) => Some(Change::Truncate),
+        ModelChange::AddColumn { relation, column } if relation == table => {
+            Some(Change::AddColumn(column.name.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Invariant 4: no handle was ever created twice on one storage.
+pub fn handles_unique(ledger: &SharedLedger, disk: &SimDisk, disk_name: &str) {
+    let mut ledger = ledger.lock().expect("ledger");
+    ledger.checked("handles-never-reissued");
+    let mut seen = BTreeSet::new();
+    for handle in disk.handles_ever_created() {
+        if !seen.insert(handle.clone()) {
+            ledger.fail(format!(
+                "correctness: invariant 4 (handles never reissued): {handle} was created twice \
+                 on storage {disk_name}"
+            ));
+        }
+    }
+}
