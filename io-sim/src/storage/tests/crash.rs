@@ -244,6 +244,7 @@ fn the_audit_hook_sees_every_mutation_with_its_writer_before_it_takes_effect() {
         assert_eq!(
             kinds,
             [
+                MutationKind::LeaseAcquired { generation: 1 },
                 MutationKind::CreateShape,
                 MutationKind::SnapshotChunk { index: 0 },
                 MutationKind::SnapshotChunk { index: 1 },
@@ -255,9 +256,11 @@ fn the_audit_hook_sees_every_mutation_with_its_writer_before_it_takes_effect() {
                 MutationKind::RemoveShape,
             ]
         );
-        assert_eq!(seen[0].1, 0, "the hook runs before the shape exists");
+        assert_eq!(seen[1].1, 0, "the hook runs before the shape exists");
         for (m, _) in &seen {
             assert_eq!(m.writer, "a");
+        }
+        for (m, _) in &seen[1..] {
             assert_eq!(m.handle.as_deref(), Some(h.as_str()));
         }
     });
@@ -296,7 +299,13 @@ fn a_crash_mid_create_or_remove_leaves_debris_that_promotion_clears_audited() {
         assert_eq!(disk.debris(), (vec![], vec![]));
         assert_eq!(
             kinds.lock().expect("lock").clone(),
-            [("b".to_owned(), MutationKind::PromoteCleanup)]
+            [
+                (
+                    "b".to_owned(),
+                    MutationKind::LeaseAcquired { generation: 2 }
+                ),
+                ("b".to_owned(), MutationKind::PromoteCleanup)
+            ]
         );
         assert_eq!(disk.durable_shapes(), [handle(1).as_str()]);
     });
