@@ -1,4 +1,8 @@
-//! Chunk boundaries by bytes (protocol.md §6.2).
+//! Chunk boundaries by bytes (protocol.md §6.2), and snapshot chunks as both the real and the
+//! simulated store write and count them.
+
+use crate::error_chain;
+use crate::ports::{SnapshotError, SnapshotWriter};
 
 /// Decides where chunks close: after appending an entry, the chunk closes once the bytes
 /// accumulated (each JSON line plus one) reach the threshold. A chunk therefore passes the
@@ -33,9 +37,127 @@ impl ChunkCutter {
     }
 }
 
+/// Cuts entries into chunks by the byte rule and writes each closed chunk once the next entry
+/// arrives: only then is it known not to be the last, which gets `snapshot-end` appended. So
+/// no chunk holds `snapshot-end` alone, except chunk 0 of an empty table.
+pub struct SnapshotChunks<W> {
+    writer: W,
+    cutter: ChunkCutter,
+    /// Entries of the open chunk joined by `,`.
+    open: String,
+    /// A closed chunk not written yet.
+    closed: Option<String>,
+    /// Index of the next chunk to write.
+    index: u64,
+}
+
+impl<W: SnapshotWriter> SnapshotChunks<W> {
+    /// Chunks of `chunk_bytes_threshold` bytes, written through `writer` from index 0.
+    pub fn new(writer: W, chunk_bytes_threshold: u64) -> Self {
+        // A zero threshold would be a configuration bug; one entry per chunk is its limit.
+        let cutter = ChunkCutter::new(chunk_bytes_threshold.max(1), 0);
+        Self {
+            writer,
+            cutter,
+            open: String::new(),
+            closed: None,
+            index: 0,
+        }
+    }
+
+    /// Adds one entry (a snapshot row's JSON).
+    pub async fn push(&mut self, entry: String) -> Result<(), SnapshotError> {
+        if let Some(body) = self.closed.take() {
+            assert!(
+                self.open.is_empty(),
+                "chunk-order: an entry went into a chunk after a closed one"
+            );
+            self.write(body).await?;
+        }
+        if !self.open.is_empty() {
+            self.open.push(',');
+        }
+        self.open.push_str(&entry);
+        if self.cutter.push(entry.len()) {
+            self.closed = Some(std::mem::take(&mut self.open));
+        }
+        Ok(())
+    }
+
+    /// Writes the last chunk, ending with `end` (the snapshot-end entry).
+    pub async fn finish(mut self, end: &str) -> Result<W, SnapshotError> {
+        let mut last = self
+            .closed
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.open));
+        if !last.is_empty() {
+            last.push(',');
+        }
+        last.push_str(end);
+        self.write(last).await?;
+        Ok(self.writer)
+    }
+
+    async fn write(&mut self, body: String) -> Result<(), SnapshotError> {
+        self.writer
+            .write_chunk(self.index, body)
+            .await
+            .map_err(|e| SnapshotError::Store {
+                message: error_chain(&e),
+            })?;
+        self.index += 1;
+        Ok(())
+    }
+}
+
+/// Counts the comma-joined JSON values in a chunk body: commas outside strings at nesting
+/// depth 0, plus one.
+pub fn count_entries(body: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut commas = 0;
+    let mut any = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => commas += 1,
+            _ => {}
+        }
+        any |= !b.is_ascii_whitespace();
+    }
+    if any {
+        commas + 1
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_entries_ignoring_commas_in_strings_and_nesting() {
+        assert_eq!(count_entries(b""), 0);
+        assert_eq!(count_entries(b"{}"), 1);
+        assert_eq!(
+            count_entries(br#"{"a":[1,2]},{"b":"x,\"}{,y"},{"c":{"d":1,"e":2}}"#),
+            3
+        );
+        assert_eq!(count_entries(br#"{"a":"\\"},{}"#), 2);
+    }
 
     #[test]
     fn chunk_closes_on_the_entry_that_reaches_the_threshold() {

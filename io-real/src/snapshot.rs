@@ -19,7 +19,7 @@ use futures::TryStreamExt;
 use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, IsolationLevel, RowStream};
 
-use ampere_core::chunk::ChunkCutter;
+use ampere_core::chunk::SnapshotChunks;
 use ampere_core::json::EntryEncoder;
 use ampere_core::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, ShapeDefinition, TableSchema};
@@ -280,81 +280,12 @@ async fn write_rows<W: SnapshotWriter>(
     writer: W,
 ) -> Result<W, SnapshotError> {
     let mut rows = std::pin::pin!(rows);
-    let mut chunks = ChunkWriter::new(writer, chunk_bytes_threshold);
+    let mut chunks = SnapshotChunks::new(writer, chunk_bytes_threshold);
     while let Some(row) = rows.try_next().await.map_err(pg("reading snapshot rows"))? {
         let values = query.decode(&row)?;
         chunks.push(query.encoder.snapshot_row(&values)).await?;
     }
     chunks.finish(&snapshot.snapshot_end_json()).await
-}
-
-/// Cuts entries into chunks by the byte rule and writes each closed chunk once the next entry
-/// arrives: only then is it known not to be the last, which gets `snapshot-end` appended. So
-/// no chunk holds `snapshot-end` alone, except chunk 0 of an empty table.
-struct ChunkWriter<W> {
-    writer: W,
-    cutter: ChunkCutter,
-    /// Entries of the open chunk joined by `,`.
-    open: String,
-    /// A closed chunk not written yet.
-    closed: Option<String>,
-    /// Index of the next chunk to write.
-    index: u64,
-}
-
-impl<W: SnapshotWriter> ChunkWriter<W> {
-    fn new(writer: W, chunk_bytes_threshold: u64) -> Self {
-        // A zero threshold would be a configuration bug; one entry per chunk is its limit.
-        let cutter = ChunkCutter::new(chunk_bytes_threshold.max(1), 0);
-        Self {
-            writer,
-            cutter,
-            open: String::new(),
-            closed: None,
-            index: 0,
-        }
-    }
-
-    async fn push(&mut self, entry: String) -> Result<(), SnapshotError> {
-        if let Some(body) = self.closed.take() {
-            assert!(
-                self.open.is_empty(),
-                "chunk-order: an entry went into a chunk after a closed one"
-            );
-            self.write(body).await?;
-        }
-        if !self.open.is_empty() {
-            self.open.push(',');
-        }
-        self.open.push_str(&entry);
-        if self.cutter.push(entry.len()) {
-            self.closed = Some(std::mem::take(&mut self.open));
-        }
-        Ok(())
-    }
-
-    /// Writes the last chunk, ending with `end` (the snapshot-end entry).
-    async fn finish(mut self, end: &str) -> Result<W, SnapshotError> {
-        let mut last = self
-            .closed
-            .take()
-            .unwrap_or_else(|| std::mem::take(&mut self.open));
-        if !last.is_empty() {
-            last.push(',');
-        }
-        last.push_str(end);
-        self.write(last).await?;
-        Ok(self.writer)
-    }
-
-    async fn write(&mut self, body: String) -> Result<(), SnapshotError> {
-        self.writer
-            .write_chunk(self.index, body)
-            .await
-            .map_err(store)?;
-        self.index += 1;
-        Ok(())
-    }
 }
 
 /// Maps a driver error: a vanished table or column (42P01, 42703) means the schema changed.
@@ -403,7 +334,7 @@ mod tests {
 
     async fn cut(threshold: u64, entries: &[&str]) -> Vec<(u64, String)> {
         let chunks = MemWriter::default();
-        let mut writer = ChunkWriter::new(chunks.clone(), threshold);
+        let mut writer = SnapshotChunks::new(chunks.clone(), threshold);
         for e in entries {
             writer.push((*e).to_owned()).await.unwrap();
         }

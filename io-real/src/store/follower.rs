@@ -209,7 +209,7 @@ fn refresh_snapshot(shape: &Shape) -> bool {
             return changed;
         };
         let chunk = SnapshotChunk {
-            entries: snapshot::count_entries(&body),
+            entries: ampere_core::chunk::count_entries(&body),
             bytes: body.len() as u64,
         };
         shape.publish(|state| state.snapshot.chunks.push(chunk));

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use ampere_core::chunk::ChunkCutter;
+use ampere_core::chunk::SnapshotChunks;
 use ampere_core::error_chain;
 use ampere_core::json::EntryEncoder;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
@@ -64,7 +64,7 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
         message: format!("pg_current_snapshot() returned {snapshot:?}, not xmin:xmax:xip"),
         kind: DisconnectKind::Transient,
     })?;
-    let mut chunks = ChunkWriter::new(writer, request.chunk_bytes_threshold);
+    let mut chunks = SnapshotChunks::new(writer, request.chunk_bytes_threshold);
     for row in rows {
         let values = query.decode(row)?;
         chunks.push(query.encoder.snapshot_row(&values)).await?;
@@ -165,75 +165,6 @@ impl SnapshotQuery {
             values[column] = value;
         }
         Ok(values)
-    }
-}
-
-/// Cuts entries into chunks by the byte rule and writes each closed chunk once the next entry
-/// arrives, exactly as io-real's `ChunkWriter` (only then is a chunk known not to be the last,
-/// which gets `snapshot-end` appended).
-struct ChunkWriter<W> {
-    writer: W,
-    cutter: ChunkCutter,
-    /// Entries of the open chunk joined by `,`.
-    open: String,
-    /// A closed chunk not written yet.
-    closed: Option<String>,
-    /// Index of the next chunk to write.
-    index: u64,
-}
-
-impl<W: SnapshotWriter> ChunkWriter<W> {
-    fn new(writer: W, chunk_bytes_threshold: u64) -> Self {
-        // A zero threshold would be a configuration bug; one entry per chunk is its limit.
-        let cutter = ChunkCutter::new(chunk_bytes_threshold.max(1), 0);
-        Self {
-            writer,
-            cutter,
-            open: String::new(),
-            closed: None,
-            index: 0,
-        }
-    }
-
-    async fn push(&mut self, entry: String) -> Result<(), SnapshotError> {
-        if let Some(body) = self.closed.take() {
-            assert!(
-                self.open.is_empty(),
-                "chunk-order: an entry went into a chunk after a closed one"
-            );
-            self.write(body).await?;
-        }
-        if !self.open.is_empty() {
-            self.open.push(',');
-        }
-        self.open.push_str(&entry);
-        if self.cutter.push(entry.len()) {
-            self.closed = Some(std::mem::take(&mut self.open));
-        }
-        Ok(())
-    }
-
-    /// Writes the last chunk, ending with `end` (the snapshot-end entry).
-    async fn finish(mut self, end: &str) -> Result<W, SnapshotError> {
-        let mut last = self
-            .closed
-            .take()
-            .unwrap_or_else(|| std::mem::take(&mut self.open));
-        if !last.is_empty() {
-            last.push(',');
-        }
-        last.push_str(end);
-        self.write(last).await?;
-        Ok(self.writer)
-    }
-
-    async fn write(&mut self, body: String) -> Result<(), SnapshotError> {
-        self.writer
-            .write_chunk(self.index, body)
-            .await
-            .map_err(store)?;
-        self.index += 1;
-        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use ampere_core::chunk::count_entries;
 use ampere_core::offset::OpIndex;
 use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome};
 use ampere_core::LogOffset;
@@ -104,54 +105,4 @@ pub(super) fn open_chunk_bytes(log: &[LogEntry]) -> u64 {
         .iter()
         .map(|entry| entry.json.len() as u64 + 1)
         .sum()
-}
-
-/// Counts the comma-joined JSON values in a chunk body: commas outside strings at nesting
-/// depth 0, plus one (io-real's `count_entries`).
-pub(super) fn count_entries(body: &[u8]) -> usize {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut commas = 0;
-    let mut any = false;
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' if depth == 0 => commas += 1,
-            _ => {}
-        }
-        any |= !b.is_ascii_whitespace();
-    }
-    if any {
-        commas + 1
-    } else {
-        0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_entries_ignoring_commas_in_strings_and_nesting() {
-        assert_eq!(count_entries(b""), 0);
-        assert_eq!(count_entries(b"{}"), 1);
-        assert_eq!(
-            count_entries(br#"{"a":[1,2]},{"b":"x,\"}{,y"},{"c":{"d":1,"e":2}}"#),
-            3
-        );
-        assert_eq!(count_entries(br#"{"a":"\\"},{}"#), 2);
-    }
 }
