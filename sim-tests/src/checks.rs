@@ -133,9 +133,9 @@ pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &
         let owed = model
             .committed()
             .iter()
+            .rev()
             .filter(|t| t.commit_lsn < ack.flush && !oracle::is_visible(snapshot, t.xid))
-            .filter(|t| produces_entry(t, &shape.definition, &shape.schema.columns))
-            .last();
+            .find(|t| produces_entry(t, &shape.definition, &shape.schema.columns));
         if let Some(txn) = owed {
             if latest < LogOffset::change(txn.commit_lsn, 0) {
                 ledger.fail(format!(

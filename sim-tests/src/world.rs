@@ -560,40 +560,7 @@ impl World {
                 snapshot,
                 rows,
                 at,
-            } => {
-                client
-                    .handle_server
-                    .entry(handle.clone())
-                    .or_insert(server.clone());
-                let Some(snapshot) = snapshot else {
-                    let what = format!(
-                        "correctness: invariant 3: {} up-to-date on {handle} at {offset} without \
-                         having seen its snapshot-end",
-                        client.name
-                    );
-                    return self.fail(what);
-                };
-                let Some(history) = self.histories.table(&client.table) else {
-                    return;
-                };
-                let expected = history.rows_at(&snapshot, offset, client.columns.as_deref());
-                self.comparisons += 1;
-                self.ledger
-                    .lock()
-                    .expect("ledger")
-                    .checked("oracle-equality");
-                if expected != rows {
-                    let what = format!(
-                        "correctness: invariant 3 (oracle equality): {} on {handle} at {offset} \
-                         (from {server}, t={at:?}) holds {} rows, the oracle says {}: {}",
-                        client.name,
-                        rows.len(),
-                        expected.len(),
-                        first_difference(&expected, &rows)
-                    );
-                    self.fail(what);
-                }
-            }
+            } => self.up_to_date(c, &server, &handle, offset, snapshot, &rows, at),
             ClientEvent::MustRefetch {
                 server,
                 old_handle,
@@ -629,6 +596,53 @@ impl World {
                 self.fail(what);
             }
             ClientEvent::Unavailable { .. } => {}
+        }
+    }
+
+    /// Invariant 3: an up-to-date state equals the oracle at its offset.
+    #[allow(clippy::too_many_arguments)] // the event's fields, unpacked
+    fn up_to_date(
+        &mut self,
+        c: usize,
+        server: &str,
+        handle: &str,
+        offset: ampere_core::offset::LogOffset,
+        snapshot: Option<ampere_core::snapshot::PgSnapshot>,
+        rows: &ampere_io_sim::oracle::Rows,
+        at: Duration,
+    ) {
+        let client = &mut self.clients[c];
+        client
+            .handle_server
+            .entry(handle.to_string())
+            .or_insert(server.to_string());
+        let Some(snapshot) = snapshot else {
+            let what = format!(
+                "correctness: invariant 3: {} up-to-date on {handle} at {offset} without \
+                 having seen its snapshot-end",
+                client.name
+            );
+            return self.fail(what);
+        };
+        let Some(history) = self.histories.table(&client.table) else {
+            return;
+        };
+        let expected = history.rows_at(&snapshot, offset, client.columns.as_deref());
+        self.comparisons += 1;
+        self.ledger
+            .lock()
+            .expect("ledger")
+            .checked("oracle-equality");
+        if expected != *rows {
+            let what = format!(
+                "correctness: invariant 3 (oracle equality): {} on {handle} at {offset} \
+                 (from {server}, t={at:?}) holds {} rows, the oracle says {}: {}",
+                client.name,
+                rows.len(),
+                expected.len(),
+                first_difference(&expected, rows)
+            );
+            self.fail(what);
         }
     }
 
@@ -704,27 +718,17 @@ impl World {
                 continue;
             };
             let last = history.last_commit();
-            let reached = match offset {
-                ampere_core::offset::LogOffset::At { tx, .. } if *tx > 0 => {
-                    last.is_none_or(|l| l.0 <= *tx)
-                }
-                _ => {
-                    history.rows_at(snapshot, *offset, client.columns.as_deref())
-                        == history.rows_at(
-                            snapshot,
-                            ampere_core::offset::LogOffset::change(
-                                ampere_core::lsn::Lsn(u64::MAX),
-                                0,
-                            ),
-                            client.columns.as_deref(),
-                        )
-                }
-            };
             let current = history.rows_at(
                 snapshot,
                 ampere_core::offset::LogOffset::change(ampere_core::lsn::Lsn(u64::MAX), 0),
                 client.columns.as_deref(),
             );
+            let reached = match offset {
+                ampere_core::offset::LogOffset::At { tx, .. } if *tx > 0 => {
+                    last.is_none_or(|l| l.0 <= *tx)
+                }
+                _ => history.rows_at(snapshot, *offset, client.columns.as_deref()) == current,
+            };
             if !reached || *rows != current {
                 return format!(
                     "{} on {handle} at {offset} has {} rows, the table has {}",
