@@ -36,6 +36,9 @@ const DEPOSED_GRACE: Duration = Duration::from_secs(75);
 /// Faults injected, by kind.
 pub type FaultCounts = BTreeMap<&'static str, u64>;
 
+/// Disk id → when another disk's instance first advanced the slot's `confirmed_flush_lsn`.
+type Overtaken = Arc<Mutex<BTreeMap<usize, Duration>>>;
+
 /// What a run did and checked.
 #[derive(Debug)]
 pub struct Report {
@@ -139,7 +142,8 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
             down_until: None,
         });
     }
-    install_hooks(&model, &ledger, &hosts);
+    let overtaken: Overtaken = Arc::new(Mutex::new(BTreeMap::new()));
+    install_hooks(&model, &ledger, &hosts, &overtaken);
 
     let pg_model = Arc::clone(&model);
     sim.host("pg", move || pg::serve(Arc::clone(&pg_model)));
@@ -205,6 +209,7 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         fault_rng: fault_rng.fork(),
         held: Vec::new(),
         breaks: BTreeMap::new(),
+        overtaken,
         refetches: 0,
         comparisons: 0,
         deposed_since: BTreeMap::new(),
@@ -288,8 +293,10 @@ fn relation(table: &str) -> RelationName {
 }
 
 /// Audit hooks: every storage mutation against the model's lock table; every ack against the
-/// acking host's storage.
-fn install_hooks(model: &SharedPg, ledger: &SharedLedger, hosts: &[Host]) {
+/// acking host's storage, and which disks it leaves behind the slot.
+fn install_hooks(model: &SharedPg, ledger: &SharedLedger, hosts: &[Host], overtaken: &Overtaken) {
+    let disk_ids: Vec<(String, usize)> =
+        hosts.iter().map(|h| (h.name.clone(), h.disk_id)).collect();
     let mut disks: Vec<(String, SimDisk)> = Vec::new();
     for host in hosts {
         disks.push((host.name.clone(), host.disk.clone()));
@@ -311,9 +318,26 @@ fn install_hooks(model: &SharedPg, ledger: &SharedLedger, hosts: &[Host]) {
         }));
     }
     let ledger = Arc::clone(ledger);
+    let overtaken = Arc::clone(overtaken);
+    // Per disk, the furthest position its instances have acknowledged.
+    let mut acked: BTreeMap<usize, ampere_core::lsn::Lsn> = BTreeMap::new();
     lock(model).set_on_ack(Some(Box::new(move |model, ack| {
         if let Some((_, disk)) = disks.iter().find(|(name, _)| *name == ack.client_host) {
             checks::audit_ack(&ledger, model, ack, disk);
+        }
+        let Some(&(_, acker)) = disk_ids.iter().find(|(name, _)| *name == ack.client_host) else {
+            return;
+        };
+        let own = acked.entry(acker).or_default();
+        *own = (*own).max(ack.flush);
+        let Some(confirmed) = model.slot(SLOT).map(|s| s.confirmed_flush_lsn) else {
+            return;
+        };
+        let mut overtaken = overtaken.lock().expect("overtaken");
+        for &(_, disk) in disk_ids.iter().filter(|(_, d)| *d != acker) {
+            if confirmed > acked.get(&disk).copied().unwrap_or_default() {
+                overtaken.entry(disk).or_insert(ack.at);
+            }
         }
     })));
 }
@@ -332,6 +356,9 @@ struct World {
     held: Vec<(String, String, Duration)>,
     /// Continuity breaks: table (or `*` for all) → when.
     breaks: BTreeMap<String, Duration>,
+    /// Separate storage: disk → when the slot was first advanced by an instance on another
+    /// disk (this disk's shape logs may now be behind the slot: a purge is a real break).
+    overtaken: Overtaken,
     refetches: u64,
     comparisons: u64,
     /// Host → since when it reports active without holding the lock.
@@ -579,7 +606,18 @@ impl World {
                         .handle_server
                         .get(&old_handle)
                         .is_some_and(|s| *s != server);
-                if !table_broke && !moved && !old_handle.is_empty() {
+                // Separate storage: while this server's instance was not streaming, another
+                // one consumed the slot past what this storage holds (SL-3 stale storage).
+                let overtaken = layout == StorageLayout::Separate
+                    && self
+                        .hosts
+                        .iter()
+                        .find(|h| h.name == server)
+                        .is_some_and(|h| {
+                            let overtaken = self.overtaken.lock().expect("overtaken");
+                            overtaken.get(&h.disk_id).is_some_and(|t| *t <= at)
+                        });
+                if !table_broke && !moved && !overtaken && !old_handle.is_empty() {
                     let what = format!(
                         "correctness: invariant 5 (409 only on broken continuity): {} got 409 for \
                          {old_handle} from {server} at {at:?} with no continuity break",
