@@ -149,7 +149,8 @@ pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &
 }
 
 /// Whether a committed transaction adds at least one entry to a shape's log (or, for
-/// TRUNCATE and column changes, must have invalidated it).
+/// TRUNCATE and for the first change written under a column the shape lacks, must have
+/// invalidated it).
 fn produces_entry(
     txn: &CommittedTxn,
     definition: &ShapeDefinition,
@@ -165,14 +166,17 @@ fn produces_entry(
         }
         ModelChange::Update { relation, old, new } => {
             *relation == definition.relation
-                && old
-                    .iter()
-                    .zip(new)
-                    .enumerate()
-                    .any(|(i, (a, b))| a != b && selected(i))
+                && (new.len() != columns.len()
+                    || old
+                        .iter()
+                        .zip(new)
+                        .enumerate()
+                        .any(|(i, (a, b))| a != b && selected(i)))
         }
         ModelChange::Truncate { relations } => relations.contains(&definition.relation),
-        ModelChange::AddColumn { relation, .. } => *relation == definition.relation,
+        // DDL is not decoded: ampere learns of the column from the `Relation` message before
+        // the table's next change, so that change (its row is wider) is what owes it.
+        ModelChange::AddColumn { .. } => false,
     })
 }
 
@@ -253,5 +257,95 @@ pub fn handles_unique(ledger: &SharedLedger, disk: &SimDisk, disk_name: &str) {
                  on storage {disk_name}"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ampere_core::lsn::Lsn;
+    use ampere_core::shape::{ColumnSchema, Replica};
+    use ampere_io_sim::pg::ModelColumn;
+
+    use super::*;
+
+    fn items() -> RelationName {
+        RelationName {
+            schema: "public".into(),
+            table: "items".into(),
+        }
+    }
+
+    fn column(name: &str, pk_index: Option<u32>) -> ColumnSchema {
+        ColumnSchema {
+            name: name.into(),
+            type_oid: 25,
+            typname: "text".into(),
+            dims: 0,
+            not_null: pk_index.is_some(),
+            pk_index,
+            modifiers: Vec::new(),
+        }
+    }
+
+    fn committed(xid: u64, at: u64, change: ModelChange) -> CommittedTxn {
+        CommittedTxn {
+            xid,
+            commit_lsn: Lsn(at),
+            end_lsn: Lsn(at + 0x20),
+            changes: vec![change],
+            change_lsns: vec![Lsn(at - 0x30)],
+        }
+    }
+
+    fn text(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    // Found by sim: seeds 0x20, 0x26, 0x52, 0x98, 0xc2
+    #[test]
+    fn an_add_column_owes_nothing_until_the_next_change_of_its_table() {
+        let definition = ShapeDefinition {
+            relation: items(),
+            columns: Some(vec!["id".into(), "value".into()]),
+            replica: Replica::Default,
+        };
+        let columns = [
+            column("id", Some(0)),
+            column("value", None),
+            column("note", None),
+        ];
+        // pgoutput decodes no DDL: ampere cannot see this transaction, and may ack past it.
+        let add = committed(
+            10,
+            0x100,
+            ModelChange::AddColumn {
+                relation: items(),
+                column: ModelColumn::text("extra1"),
+            },
+        );
+        assert!(!produces_entry(&add, &definition, &columns));
+        // The next change is preceded by a `Relation` message with the new column: it owes
+        // the shape's invalidation, even when it changes only the column the shape lacks.
+        let update = committed(
+            11,
+            0x200,
+            ModelChange::Update {
+                relation: items(),
+                old: vec![text("1"), text("a"), None, None],
+                new: vec![text("1"), text("a"), None, text("x")],
+            },
+        );
+        assert!(produces_entry(&update, &definition, &columns));
+        // Without a new column, an update of unselected columns only owes nothing.
+        let unselected = committed(
+            12,
+            0x300,
+            ModelChange::Update {
+                relation: items(),
+                old: vec![text("1"), text("a"), None],
+                new: vec![text("1"), text("a"), text("x")],
+            },
+        );
+        assert!(!produces_entry(&unselected, &definition, &columns));
     }
 }

@@ -7,7 +7,7 @@
 //! slot confirmed at the WAL's end and every client converged on the oracle.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,7 +143,8 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         });
     }
     let overtaken: Overtaken = Arc::new(Mutex::new(BTreeMap::new()));
-    install_hooks(&model, &ledger, &hosts, &overtaken);
+    let restored_below_pid = Arc::new(AtomicI32::new(0));
+    install_hooks(&model, &ledger, &hosts, &overtaken, &restored_below_pid);
 
     let pg_model = Arc::clone(&model);
     sim.host("pg", move || pg::serve(Arc::clone(&pg_model)));
@@ -210,6 +211,7 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         held: Vec::new(),
         breaks: BTreeMap::new(),
         overtaken,
+        restored_below_pid,
         refetches: 0,
         comparisons: 0,
         deposed_since: BTreeMap::new(),
@@ -294,7 +296,13 @@ fn relation(table: &str) -> RelationName {
 
 /// Audit hooks: every storage mutation against the model's lock table; every ack against the
 /// acking host's storage, and which disks it leaves behind the slot.
-fn install_hooks(model: &SharedPg, ledger: &SharedLedger, hosts: &[Host], overtaken: &Overtaken) {
+fn install_hooks(
+    model: &SharedPg,
+    ledger: &SharedLedger,
+    hosts: &[Host],
+    overtaken: &Overtaken,
+    restored_below_pid: &Arc<AtomicI32>,
+) {
     let disk_ids: Vec<(String, usize)> =
         hosts.iter().map(|h| (h.name.clone(), h.disk_id)).collect();
     let mut disks: Vec<(String, SimDisk)> = Vec::new();
@@ -321,9 +329,18 @@ fn install_hooks(model: &SharedPg, ledger: &SharedLedger, hosts: &[Host], overta
     let overtaken = Arc::clone(overtaken);
     // Per disk, the furthest position its instances have acknowledged.
     let mut acked: BTreeMap<usize, ampere_core::lsn::Lsn> = BTreeMap::new();
+    let restored_below_pid = Arc::clone(restored_below_pid);
     lock(model).set_on_ack(Some(Box::new(move |model, ack| {
+        // Stale storage is restored over the first host's disk.
+        let on_restored_disk = disk_ids.iter().any(|(name, disk)| {
+            *name == ack.client_host && Some(disk) == disk_ids.first().map(|d| &d.1)
+        });
+        let sent_before_restore =
+            on_restored_disk && ack.pid < restored_below_pid.load(Ordering::SeqCst);
         if let Some((_, disk)) = disks.iter().find(|(name, _)| *name == ack.client_host) {
-            checks::audit_ack(&ledger, model, ack, disk);
+            if !sent_before_restore {
+                checks::audit_ack(&ledger, model, ack, disk);
+            }
         }
         let Some(&(_, acker)) = disk_ids.iter().find(|(name, _)| *name == ack.client_host) else {
             return;
@@ -359,6 +376,8 @@ struct World {
     /// Separate storage: disk → when the slot was first advanced by an instance on another
     /// disk (this disk's shape logs may now be behind the slot: a purge is a real break).
     overtaken: Overtaken,
+    /// Backends below this pid connected before stale storage was restored (0: never).
+    restored_below_pid: Arc<AtomicI32>,
     refetches: u64,
     comparisons: u64,
     /// Host → since when it reports active without holding the lock.
@@ -502,7 +521,7 @@ impl World {
         if rng.chance(p.clock_step_rate * dt) {
             let secs = i64::try_from(rng.below(7_200)).unwrap_or(0) - 3_600;
             self.wall_offset
-                .fetch_add(secs * 1_000_000, std::sync::atomic::Ordering::SeqCst);
+                .fetch_add(secs * 1_000_000, Ordering::SeqCst);
             self.count("wall-clock step (F10)");
         }
         // Stale storage (§2 item 3): copy at 10 s, restore over the live disk at 40 s.
@@ -522,6 +541,10 @@ impl World {
                         self.hosts[i].down_until = Some(now + Duration::from_secs(2));
                         self.deposed_since.remove(&name);
                     }
+                    // Statuses already in flight were sent against the storage that is
+                    // being replaced: invariant 2 holds them to the restored copy no more.
+                    self.restored_below_pid
+                        .store(lock(&self.model).next_pid(), Ordering::SeqCst);
                     self.hosts[0].disk.restore_from(&copy);
                     self.stale_done = true;
                     self.broke("*", now);

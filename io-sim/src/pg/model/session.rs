@@ -70,6 +70,8 @@ pub struct LockEvent {
 pub struct AckEvent {
     /// When (sim elapsed).
     pub at: Duration,
+    /// The walsender's backend.
+    pub pid: i32,
     /// The client host of the walsender's connection.
     pub client_host: String,
     /// The slot streamed.
@@ -147,6 +149,11 @@ pub fn advisory_key(slot: &str) -> i64 {
 }
 
 impl PgModel {
+    /// The pid the next backend will get: every backend connected so far has a lower one.
+    pub fn next_pid(&self) -> i32 {
+        self.next_pid
+    }
+
     /// A backend connects; returns its pid (increasing, never reused).
     pub fn open_backend(&mut self, client_host: &str, replication: bool) -> i32 {
         let pid = self.next_pid;
@@ -470,6 +477,7 @@ impl PgModel {
         };
         let event = AckEvent {
             at: self.now,
+            pid,
             client_host: backend.client_host.clone(),
             slot: slot_name.clone(),
             flush,
