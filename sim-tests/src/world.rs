@@ -320,9 +320,9 @@ fn install_hooks(
         let ledger = Arc::clone(ledger);
         let audit = Mutex::new(checks::StorageAudit::default());
         host.disk.set_audit_hook(Box::new(move |mutation| {
-            let holder = lock(&model).lock_holder_host(SLOT);
+            let view = checks::LockView::of(&lock(&model));
             let mut audit = audit.lock().expect("audit");
-            audit.mutation(&ledger, holder.as_deref(), mutation);
+            audit.mutation(&ledger, &view, mutation);
         }));
     }
     let ledger = Arc::clone(ledger);
