@@ -31,6 +31,9 @@ struct Inner {
     shapes: BTreeMap<ShapeHandle, FakeShape>,
     /// Handles whose log the store lost (status `None`) while the shape stays registered.
     lost_logs: Vec<ShapeHandle>,
+    /// Handles the read model has not seen yet (a standby between metadata refreshes):
+    /// unknown by handle and by definition, but creating the definition finds them.
+    unseen: Vec<ShapeHandle>,
     stamp: HandleStamp,
     is_starting: bool,
     is_catalog_down: bool,
@@ -125,6 +128,11 @@ impl FakeApi {
         self.notify.notify_waiters();
     }
 
+    /// Hides a shape from lookups as a read model that has not refreshed yet would.
+    pub(crate) fn hide_from_read_model(&self, handle: &ShapeHandle) {
+        self.lock().unseen.push(handle.clone());
+    }
+
     pub(crate) fn set_starting(&self, is_starting: bool) {
         self.lock().is_starting = is_starting;
     }
@@ -208,12 +216,17 @@ impl ShapeApi for FakeApi {
         let shape = inner
             .shapes
             .values()
+            .filter(|s| !inner.unseen.contains(&s.info.handle))
             .find(|s| s.info.definition == *definition)?;
         Some(shape.info.clone())
     }
 
     fn shape(&self, handle: &ShapeHandle) -> Option<ShapeInfo> {
-        self.lock().shapes.get(handle).map(|s| s.info.clone())
+        let inner = self.lock();
+        if inner.unseen.contains(handle) {
+            return None;
+        }
+        inner.shapes.get(handle).map(|s| s.info.clone())
     }
 
     fn table_schema(

@@ -81,9 +81,14 @@ async fn resolve<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo
         }
     }
     let target = find_or_create(api, params).await?;
-    // Never point back to the handle the client just sent.
-    let handle = (target.handle != *sent).then_some(target.handle);
-    Err(ApiError::MustRefetch { handle })
+    // The sent handle's shape after all: this instance's read model had not seen it yet (a
+    // standby between metadata refreshes) and the lock holder's storage has it.
+    if target.handle == *sent {
+        return Ok(target);
+    }
+    Err(ApiError::MustRefetch {
+        handle: Some(target.handle),
+    })
 }
 
 async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo, ApiError> {
@@ -285,7 +290,9 @@ fn is_up_to_date(offset: LogOffset, status: &LogStatus, chunk: &ChunkRead) -> bo
 }
 
 /// An offset above the shape's latest is given half the long-poll timeout to become valid
-/// (the client may have talked to a server further ahead), then it is a 400 (§2).
+/// (the client may have talked to a server further ahead), then it is a 400 (§2). Only the
+/// active instance can tell: a standby's storage may be older than the slot (stale storage,
+/// §2 item 3), which the next lock holder turns into a purge and 409s, so it answers 503.
 async fn wait_in_bounds<A: ShapeApi>(
     state: &AppState<A>,
     params: &ShapeParams,
@@ -301,7 +308,13 @@ async fn wait_in_bounds<A: ShapeApi>(
         Ok((offset <= status.latest || is_pending_snapshot).then_some(()))
     })
     .await?;
-    in_bounds.ok_or_else(|| ApiError::invalid("offset", "out of bounds for this shape"))
+    in_bounds.ok_or_else(|| {
+        if api.health() == Health::Active {
+            ApiError::invalid("offset", "out of bounds for this shape")
+        } else {
+            ApiError::unavailable("The service is not ready: replication is not streaming", 10)
+        }
+    })
 }
 
 /// One read attempt: the status and the chunk, `None` while the snapshot chunk is pending.

@@ -357,6 +357,21 @@ async fn offset_beyond_the_log_is_out_of_bounds_after_a_grace_wait() {
     assert_eq!(reply.header("surrogate-control"), Some("no-store"));
 }
 
+// Found by sim: seed 0xbb
+#[tokio::test(start_paused = true)]
+async fn offset_beyond_the_log_of_a_standby_is_503_not_400_since_its_storage_may_be_stale() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.set_starting(true);
+    let reply = h
+        .get(&format!(
+            "/v1/shape?table=items&offset=999_0&handle={handle}"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("10"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn offset_beyond_the_log_is_served_if_data_reaches_it_in_the_grace_period() {
     let h = Harness::new();
@@ -462,6 +477,21 @@ async fn long_poll_timeout_while_degraded_is_503_retry_after_10() {
         .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("retry-after"), Some("10"));
+}
+
+// Found by sim: seed 0x55
+#[tokio::test(start_paused = true)]
+async fn a_handle_the_read_model_has_not_seen_yet_is_served_once_creation_finds_its_shape() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.hide_from_read_model(&handle);
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&offset=0_inf&table=items"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.handle(), handle);
 }
 
 #[tokio::test(start_paused = true)]
