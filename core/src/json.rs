@@ -33,6 +33,9 @@ pub struct ChangeHeaders {
     pub xid: u32,
 }
 
+/// How the last entry a transaction adds to a shape ends (`"last":true` closes its headers).
+pub(crate) const LAST_SUFFIX: &str = ",\"last\":true}}";
+
 /// An encoded change whose `last` flag is not known yet: call [`PartialEntry::finish`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartialEntry {
@@ -42,8 +45,7 @@ pub struct PartialEntry {
 impl PartialEntry {
     /// Closes the JSON object; `last` marks the transaction's last change in this shape.
     pub fn finish(mut self, last: bool) -> String {
-        self.json
-            .push_str(if last { ",\"last\":true}}" } else { "}}" });
+        self.json.push_str(if last { LAST_SUFFIX } else { "}}" });
         self.json
     }
 }
@@ -315,6 +317,21 @@ mod tests {
             json,
             r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"a"},"headers":{"operation":"insert","relation":["public","items"],"lsn":"24187768","op_position":2,"txids":[745],"last":true}}"#
         );
+    }
+
+    // Found by sim: seed 0x9f
+    #[test]
+    fn only_a_transactions_last_entry_in_a_shape_ends_the_transaction() {
+        let e = EntryEncoder::new(&schema(true), &[0, 1], Replica::Default);
+        let entry = |last: bool| crate::ports::LogEntry {
+            offset: crate::LogOffset::change(H.lsn, H.op_position),
+            json: e
+                .insert(&row(&[Some("1"), Some("a"), None]), H, None)
+                .finish(last),
+            chunk_end: false,
+        };
+        assert!(entry(true).ends_transaction());
+        assert!(!entry(false).ends_transaction());
     }
 
     #[test]

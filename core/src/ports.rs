@@ -22,6 +22,15 @@ pub struct LogEntry {
     pub chunk_end: bool,
 }
 
+impl LogEntry {
+    /// Whether this is its transaction's last entry in the shape (`"last":true`): a log
+    /// ending here ends on a transaction boundary. A crash mid-flush can leave a log ending
+    /// inside a transaction (the next writer's replay completes it); readers stop before that.
+    pub fn ends_transaction(&self) -> bool {
+        self.json.ends_with(crate::json::LAST_SUFFIX)
+    }
+}
+
 /// What a reader gets for a request at some offset: the entries after it up to the end of
 /// the chunk, already joined as `a,b,c` (no brackets).
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -107,6 +116,10 @@ pub trait ShapeLogStore: Clone + Send + Sync + 'static {
     fn promote(&self) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         std::future::ready(Ok(()))
     }
+    /// Stops writing: called whenever the lock is given up (LK-6). The store follows again
+    /// until the next [`ShapeLogStore::promote`]: the shapes it wrote are found afresh, so
+    /// readers see what the next lock holder makes durable and the shapes it creates (RO-1).
+    fn demote(&self) {}
 
     /// Reads the entries after `after` up to the end of its chunk (protocol.md §6.2).
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome;

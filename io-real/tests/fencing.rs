@@ -376,3 +376,31 @@ async fn a_single_instance_promoting_repeatedly_across_restarts_keeps_working() 
     );
     assert!(lease_text(root).starts_with(&format!("ampere-lease v1 {}", expected_generation + 1)));
 }
+
+// Found by sim: seed 0x2a
+#[tokio::test]
+async fn a_writer_that_gave_up_the_lock_reads_what_the_next_writer_makes_durable() {
+    // Goal: an instance that gave up the lock without being fenced serves the shapes the next
+    // lock holder creates and appends to (RO-1), instead of 409 for shapes it never wrote.
+    let dir = TempDir::new("demote-store");
+    let root = dir.path();
+    let (h, new) = (handle(1), handle(2));
+    let a = Instance::open(root);
+    a.promote().await;
+    create_with_snapshot(&a.store, &h).await;
+    append_and_flush(&a.store, &h, vec![entry("100_0", false)]).await;
+    a.store.demote();
+    assert!(a.store.is_follower(), "a demoted store follows");
+
+    let b = Instance::open(root);
+    b.promote().await;
+    b.store.recover(&h).await.expect("recover");
+    append_and_flush(&b.store, &h, vec![entry("200_0", true)]).await;
+    create_with_snapshot(&b.store, &new).await;
+    assert_eq!(read(&a.store, &new, "-1").1, 1, "A reads B's new shape");
+    assert_eq!(
+        read(&a.store, &h, "100_0"),
+        expected(&["200_0"], "200_0"),
+        "A reads B's appends to a shape A wrote"
+    );
+}

@@ -16,7 +16,10 @@ use ampere_core::shape::ShapeHandle;
 use ampere_io_real::store::{layout, FileStore, StoreError, FOLLOW_POLL_INTERVAL};
 
 mod common;
-use common::{chunk, entry, entry_json, expected, handle, off, read, TempDir, SNAPSHOT_END};
+use common::{
+    chunk, entry, entry_json, expected, handle, mid_transaction_entry, off, read, TempDir,
+    SNAPSHOT_END,
+};
 
 /// Creates a shape with a complete one-chunk snapshot through the writer.
 async fn create_with_snapshot(writer: &FileStore, h: &ShapeHandle) {
@@ -106,6 +109,55 @@ async fn a_follower_sees_what_the_writer_flushed_and_never_what_it_did_not() {
         first,
         "chunks as the writer cut them"
     );
+}
+
+// Found by sim: seed 0x9f
+#[tokio::test]
+async fn a_follower_serves_no_part_of_a_transaction_until_its_last_entry_is_durable() {
+    // Goal (RO-1): a crash mid-flush can leave the first entries of a transaction durable; a
+    // follower serves none of them (nor reports them as latest) until the next writer's
+    // replay made the transaction's last entry durable too.
+    // Method: a writer flushes 100_0 (whole), then 200_0 alone, as a torn flush leaves it,
+    // and crashes; followers opened before and after read; a new writer recovers and
+    // replays 200_2.
+    let dir = TempDir::new("follow-torn-transaction");
+    let h = handle(1);
+    let writer = FileStore::open(dir.path()).expect("open writer");
+    create_with_snapshot(&writer, &h).await;
+    append_and_flush(&writer, &h, vec![entry("100_0", false)]).await;
+    let early = FileStore::open_follower(dir.path()).expect("open follower");
+    assert_eq!(read(&early, &h, "0_inf"), expected(&["100_0"], "100_0"));
+    append_and_flush(&writer, &h, vec![mid_transaction_entry("200_0")]).await;
+    drop(writer); // The crash.
+
+    let late = FileStore::open_follower(dir.path()).expect("open follower");
+    for follower in [&early, &late] {
+        assert_eq!(read(follower, &h, "0_inf"), expected(&["100_0"], "100_0"));
+        assert_eq!(read(follower, &h, "100_0"), expected(&[], "100_0"));
+        assert_eq!(follower.status(&h).expect("status").latest, off("100_0"));
+    }
+
+    let next = FileStore::open(dir.path()).expect("open the next writer");
+    let recovered = next.recover(&h).await.expect("recover");
+    assert_eq!(
+        recovered.latest,
+        off("200_0"),
+        "the replay appends after it"
+    );
+    let waiter = early.changed(&h);
+    append_and_flush(&next, &h, vec![entry("200_2", false)]).await;
+    tokio::time::timeout(FOLLOW_POLL_INTERVAL * 4, waiter)
+        .await
+        .expect("the follower wakes once the transaction is whole");
+    let torn = mid_transaction_entry("200_0").json;
+    let whole = format!("{torn},{}", entry_json("200_2"));
+    for follower in [&early, &late] {
+        assert_eq!(
+            read(follower, &h, "100_0"),
+            (whole.clone(), 2, "200_2".into())
+        );
+        assert_eq!(follower.status(&h).expect("status").latest, off("200_2"));
+    }
 }
 
 #[tokio::test]

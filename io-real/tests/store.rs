@@ -12,7 +12,10 @@ use ampere_core::LogOffset;
 use ampere_io_real::store::{layout, probe_writable, FileStore, StoreError};
 
 mod common;
-use common::{chunk, entry, entry_json, expected, handle, off, read, TempDir, SNAPSHOT_END};
+use common::{
+    chunk, entry, entry_json, expected, handle, mid_transaction_entry, off, read, TempDir,
+    SNAPSHOT_END,
+};
 
 /// A store with one shape whose two-chunk snapshot is complete.
 async fn store_with_snapshot(dir: &TempDir, h: &ShapeHandle) -> FileStore {
@@ -327,6 +330,54 @@ async fn recovery_refuses_damage_in_the_middle_of_the_index() {
     let err = store.recover(&h).await.expect_err("corrupt");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(store.status(&h).is_none());
+}
+
+// Found by sim: seed 0x9f
+#[tokio::test]
+async fn a_recovered_writer_serves_no_part_of_a_transaction_until_the_replay_makes_it_whole() {
+    // Goal (RO-1): a crash mid-flush can leave the first entries of a transaction durable; the
+    // recovered writer keeps them and reports them to the replay, but serves none of them
+    // (nor reports them as latest) before the transaction's last entry is durable too.
+    // Method: flush 100_0 (whole), then 200_0 and 200_2 (one transaction); cut the index
+    // before 200_2, as a crash mid-flush leaves it; recover, read, replay 200_2.
+    let dir = TempDir::new("torn-transaction");
+    let h = handle(1);
+    let store = store_with_snapshot(&dir, &h).await;
+    store
+        .append(&h, vec![entry("100_0", false)])
+        .expect("append");
+    store.flush().await.expect("flush");
+    let transaction = vec![mid_transaction_entry("200_0"), entry("200_2", false)];
+    store.append(&h, transaction.clone()).expect("append");
+    store.flush().await.expect("flush");
+    drop(store);
+    let index = shape_file(&dir, &h, layout::LOG_INDEX_FILE);
+    truncate(&index, 2 * layout::INDEX_RECORD_LEN as u64);
+
+    let store = FileStore::open(dir.path()).expect("reopen");
+    let recovered = store.recover(&h).await.expect("recover");
+    assert_eq!(recovered.latest, off("200_0"), "the true durable end");
+    let torn = &transaction[0].json;
+    assert_eq!(
+        recovered.open_chunk_bytes,
+        entry_bytes(&["100_0"]) + torn.len() as u64 + 1
+    );
+    assert_eq!(read(&store, &h, "0_inf"), expected(&["100_0"], "100_0"));
+    assert_eq!(read(&store, &h, "100_0"), expected(&[], "100_0"));
+    assert_eq!(store.status(&h).expect("status").latest, off("100_0"));
+
+    // The replay appends only what is missing; then the whole transaction is served.
+    let waiter = store.changed(&h);
+    store
+        .append(&h, vec![transaction[1].clone()])
+        .expect("append");
+    store.flush().await.expect("flush");
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the flush that completes the transaction");
+    let whole = format!("{torn},{}", entry_json("200_2"));
+    assert_eq!(read(&store, &h, "100_0"), (whole, 2, "200_2".to_owned()));
+    assert_eq!(store.status(&h).expect("status").latest, off("200_2"));
 }
 
 #[tokio::test]

@@ -439,11 +439,12 @@ where
         });
     }
 
-    /// Drops the replication connection (releasing the lock). The core issues no storage
-    /// writes until it holds the lock again.
+    /// Drops the replication connection (releasing the lock) and turns the store back into a
+    /// follower (LK-6, RO-1). The core issues no storage writes until it holds the lock again.
     fn stop_replication(&mut self) {
         self.stream = None;
         self.session = None;
+        self.ports.store.demote();
     }
 
     /// With the lock held: storage switches to writing, then shapes, logs and the replication

@@ -9,7 +9,10 @@
 //! at the first that does not: a torn tail (a crashed writer) and a record still being written
 //! look alike and are both left out until they read whole, so nothing torn is ever served.
 //! Only an unchanged length is cached: bytes past the accepted records are read again on the
-//! next refresh.
+//! next refresh. Accepted records are served up to the last whose entry ends its transaction
+//! (`"last":true`, read from the tail of its JSON in `log.json`, from the newest record back):
+//! a writer that crashed mid-flush can leave part of a transaction durable, which readers see
+//! only once the next writer's replay made the rest durable (RO-1).
 //!
 //! One window remains: between the writer's `write` of index records and their `fdatasync` a
 //! follower may already serve them. Their data is durable; the records survive any crash of
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::fsutil::lock;
 use super::index::{self, Cursor, Stop, RECORD_LEN};
-use super::shape::{Shape, SnapshotChunk};
+use super::shape::{whole_transactions, Shape, SnapshotChunk};
 use super::{layout, snapshot};
 
 /// How far a follower has read one shape's files.
@@ -173,9 +176,16 @@ fn read_index_tail(shape: &Shape, follow: &mut Follow, len: u64) -> bool {
     if tail.records.is_empty() {
         return false;
     }
+    let whole = match whole_transactions(&shape.data, &tail.records) {
+        Ok(whole) => whole,
+        Err(err) => {
+            tracing::warn!(handle = %shape.handle, error = %err, "cannot read a followed log");
+            return false;
+        }
+    };
     follow.index_accepted += (tail.records.len() * RECORD_LEN) as u64;
     follow.cursor = tail.cursor;
-    shape.publish(|state| state.extend_followed(tail.records));
+    shape.publish(|state| state.extend_followed(tail.records, whole));
     true
 }
 

@@ -26,6 +26,15 @@
 //! therefore never see an entry a crash could erase (RP-7). Flushes are serialised; recovery
 //! truncates whatever a crash left half-written.
 //!
+//! **Whole transactions** (RO-1). Readers (`read`, `status`) see the durable log up to its last
+//! entry that ends its transaction ([`LogEntry::ends_transaction`]). A writer's flushes hold
+//! whole transactions, but a crash mid-flush can leave the first entries of one durable: they
+//! are kept, [`ShapeLogStore::recover`] reports the true durable end so the replay appends only
+//! the rest, and until then no reader (the recovered writer or a follower) sees them. Where
+//! transactions end is learnt once, when entries become durable or are loaded: from the
+//! appended entries, or for a recovered or followed log from the tail of each new entry's
+//! JSON in `log.json`, newest first (the on-disk format is unchanged).
+//!
 //! **Never:** serves a byte that is not durable; blocks a reader on a flush (readers hold a
 //! shape's lock only to plan the read, then `pread` outside it); deletes files outside `shapes/`
 //! and `trash/`.
@@ -98,7 +107,7 @@ use crate::lease::{Fenced, LeaseError, StorageLease};
 use follower::Refresh;
 use fsutil::{io_err, lock, parent, read, run_blocking, sync_dir, write};
 use index::RECORD_LEN;
-use shape::{Batch, LogState, Plan, Shape};
+use shape::{whole_transactions, Batch, LogState, Plan, Shape};
 
 /// How often a follower's `changed()` re-checks the shape's files (RO-3 asks for ≤ 1 s).
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -148,8 +157,8 @@ struct Inner {
     shapes: RwLock<BTreeMap<ShapeHandle, Arc<Shape>>>,
     /// Serialises flushes (and recovery, which rewrites files a flush writes, and promotion).
     flush_lock: Mutex<()>,
-    /// Whether this store may write: set by `open` and `promote`, cleared only when fenced
-    /// (a follower that was never promoted writes nothing, RO-4).
+    /// Whether this store may write: set by `open` and `promote`, cleared by `demote` and when
+    /// fenced (a follower that was never promoted writes nothing, RO-4).
     is_writer: AtomicBool,
     /// The storage lease this store writes under: given at open, or this process's handle on
     /// the root ([`StorageLease::for_root`]), resolved at the first promotion.
@@ -264,8 +273,16 @@ impl FileStore {
         async move { run_blocking(move || inner.promote_blocking()).await }
     }
 
-    /// Whether this store only follows another process's writes (not promoted yet, or fenced
-    /// since).
+    /// Stops writing because this instance gave up the lock (LK-6), as fencing does: every
+    /// shape it knew is dropped and retired (waking their waiters), and readers find shapes
+    /// afresh as a follower, the ones the next lock holder creates included (RO-1). A
+    /// follower is unchanged. [`FileStore::promote`] makes it write again.
+    pub fn demote(&self) {
+        self.inner.step_down();
+    }
+
+    /// Whether this store only follows another process's writes (not promoted yet, demoted
+    /// or fenced since).
     pub fn is_follower(&self) -> bool {
         !self.inner.is_writer()
     }
@@ -379,6 +396,10 @@ impl ShapeLogStore for FileStore {
         Self::promote(self)
     }
 
+    fn demote(&self) {
+        Self::demote(self);
+    }
+
     type Error = StoreError;
     type SnapshotWriter = FileSnapshotWriter;
 
@@ -456,8 +477,9 @@ impl ShapeLogStore for FileStore {
     ///   `i` is at or past its last chunk, the replicated log from its start.
     /// - `0_inf` and replicated offsets: `SnapshotPending` until the snapshot is complete;
     ///   then the entries in `(after, E]`, E the first chunk boundary above `after`, or the
-    ///   latest durable entry while that chunk is open.
-    /// - Nothing after `after`: an empty body with `end` = the latest durable offset (`0_inf`
+    ///   latest readable entry while that chunk is open (the last durable one that ends its
+    ///   transaction, module docs).
+    /// - Nothing after `after`: an empty body with `end` = the latest readable offset (`0_inf`
     ///   with no entries). That holds when `after` is above the latest offset too, so `end`
     ///   is then below the request: the HTTP layer decides out-of-bounds (protocol.md §2).
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {
@@ -576,6 +598,21 @@ impl Inner {
                     "shape storage fenced: another instance holds the storage lease; \
                      writing nothing more until promoted again"
                 );
+            }
+            std::mem::take(&mut *shapes)
+        };
+        for shape in dropped.into_values() {
+            shape.retire();
+        }
+    }
+
+    /// This instance gave up the lock: stop writing, like [`Inner::demote`] minus the fencing
+    /// record (nobody took the lease; a promotion keeps or re-acquires it).
+    fn step_down(&self) {
+        let dropped = {
+            let mut shapes = write(&self.shapes);
+            if !self.is_writer.swap(false, Ordering::SeqCst) {
+                return;
             }
             std::mem::take(&mut *shapes)
         };
@@ -814,10 +851,12 @@ impl Inner {
                 .map_err(io_err("truncate", &data_path))?;
             data.sync_data().map_err(io_err("fdatasync", &data_path))?;
         }
+        // Readers see whole transactions only; the replay appends after the durable end.
+        let whole = whole_transactions(&data, &scan.records).map_err(io_err("read", &data_path))?;
         let snapshot = snapshot::load(&dir)?;
-        let state = LogState::recovered(scan.records, snapshot);
+        let state = LogState::recovered(scan.records, whole, snapshot);
         let recovered = RecoveredLog {
-            latest: state.latest(),
+            latest: state.durable_latest(),
             open_chunk_bytes: state.open_chunk_bytes(),
         };
         self.register(Arc::new(Shape::new(

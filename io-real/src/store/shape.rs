@@ -144,12 +144,47 @@ impl Shape {
     }
 }
 
+/// Bytes of an entry's JSON that tell whether it ends its transaction: more than the
+/// `"last":true` suffix [`LogEntry::ends_transaction`] looks for.
+const TAIL_LEN: u32 = 64;
+
+/// How many of `records`, which continue the durable log in `data` (`log.json`), end on a
+/// transaction boundary: up to the last whose JSON ends its transaction, 0 if none does.
+/// Reads the JSON tail of each record from the last back to that one: a single small `pread`
+/// when `records` end with a whole transaction, as a writer flushes them.
+pub(super) fn whole_transactions(data: &File, records: &[IndexRecord]) -> std::io::Result<usize> {
+    let mut tail = [0u8; TAIL_LEN as usize];
+    for (i, record) in records.iter().enumerate().rev() {
+        let len = record.len.min(TAIL_LEN);
+        let tail = &mut tail[..len as usize];
+        data.read_exact_at(tail, record.json_end() - u64::from(len))?;
+        if ends_transaction(tail) {
+            return Ok(i + 1);
+        }
+    }
+    Ok(0)
+}
+
+/// Whether an entry whose JSON ends with `tail` ends its transaction, as
+/// [`LogEntry::ends_transaction`] decides for the whole entry.
+fn ends_transaction(tail: &[u8]) -> bool {
+    LogEntry {
+        offset: LogOffset::SNAPSHOT_END,
+        json: String::from_utf8_lossy(tail).into_owned(),
+        chunk_end: false,
+    }
+    .ends_transaction()
+}
+
 /// Entries appended since the last flush, laid out exactly as they will sit in the files.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     /// `json,json,…,` ready to write at `data_pos`.
     pub(super) bytes: Vec<u8>,
     pub(super) records: Vec<IndexRecord>,
+    /// How many of `records` end on a transaction boundary: up to the last entry that ends
+    /// its transaction (0 if none does). A writer's batches hold whole transactions.
+    pub(super) whole: usize,
     /// Where `bytes` goes in `log.json`.
     pub(super) data_pos: u64,
     /// The record number of `records[0]` in `log.idx`.
@@ -189,8 +224,13 @@ pub(super) enum Plan {
 /// A shape's log state. Pure: no I/O, unit-tested below.
 #[derive(Debug, Default)]
 pub(super) struct LogState {
-    /// Durable entries, readable.
+    /// Durable entries.
     durable: Vec<IndexRecord>,
+    /// How many `durable` entries readers see: up to the last that ends its transaction. A
+    /// crash mid-flush can leave the first entries of a transaction durable; they are kept
+    /// (the next writer's replay appends the rest) but never served before the transaction's
+    /// last entry is durable too (RO-1: never a torn or partially written transaction).
+    readable: usize,
     /// Indices into `durable` of entries with `chunk_end`, ascending.
     chunk_ends: Vec<usize>,
     /// Appended, not yet handed to a flush.
@@ -205,13 +245,19 @@ pub(super) struct LogState {
 }
 
 impl LogState {
-    /// State rebuilt from a scanned index and a loaded snapshot.
-    pub(super) fn recovered(records: Vec<IndexRecord>, snapshot: SnapshotState) -> Self {
+    /// State rebuilt from a scanned index (its first `whole` records whole transactions,
+    /// [`whole_transactions`]) and a loaded snapshot.
+    pub(super) fn recovered(
+        records: Vec<IndexRecord>,
+        whole: usize,
+        snapshot: SnapshotState,
+    ) -> Self {
         let chunk_ends = chunk_end_indices(&records);
         let appended_end = records.last().map_or(0, IndexRecord::end);
         let last_appended = records.last().map(|r| r.offset);
         Self {
             durable: records,
+            readable: whole,
             chunk_ends,
             appended_end,
             last_appended,
@@ -269,6 +315,9 @@ impl LogState {
         self.pending.bytes.extend_from_slice(entry.json.as_bytes());
         self.pending.bytes.push(b',');
         self.pending.records.push(record);
+        if entry.ends_transaction() {
+            self.pending.whole = self.pending.records.len();
+        }
         self.appended_end = record.end();
         self.last_appended = Some(entry.offset);
     }
@@ -285,7 +334,8 @@ impl LogState {
         Some(std::mem::take(&mut self.pending))
     }
 
-    /// A flush made `batch` durable: readers may see it now.
+    /// A flush made `batch` durable: readers may see it now, up to its last whole
+    /// transaction.
     pub(super) fn publish(&mut self, batch: Batch) {
         let durable_end = self.durable.last().map_or(0, IndexRecord::end);
         // offsets-contiguous (publish side; `index::scan` checks it again on recovery).
@@ -301,6 +351,7 @@ impl LogState {
             batch.index_start,
             self.durable.len()
         );
+        let start = self.durable.len();
         for record in batch.records {
             if let Some(prev) = self.durable.last() {
                 assert!(
@@ -315,11 +366,15 @@ impl LogState {
             }
             self.durable.push(record);
         }
+        if batch.whole > 0 {
+            self.readable = start + batch.whole;
+        }
     }
 
-    /// A follower read `records` (complete, valid, continuing the durable log) from files
-    /// another process wrote: readers may see them now.
-    pub(super) fn extend_followed(&mut self, records: Vec<IndexRecord>) {
+    /// A follower read `records` (complete, valid, continuing the durable log; the first
+    /// `whole` end on a transaction boundary) from files another process wrote: readers may
+    /// see them now, up to that boundary.
+    pub(super) fn extend_followed(&mut self, records: Vec<IndexRecord>, whole: usize) {
         assert!(
             self.pending.records.is_empty(),
             "follower-never-appends: {} pending records",
@@ -333,6 +388,7 @@ impl LogState {
             records,
             data_pos: first.pos,
             index_start: self.durable.len() as u64,
+            whole,
         };
         self.publish(batch);
         self.appended_end = last.end();
@@ -345,8 +401,21 @@ impl LogState {
         self.pending = Batch::default();
     }
 
-    /// The last durable offset (`0_inf` with no replicated entries).
+    /// The entries readers see: the durable log up to its last whole transaction.
+    fn readable(&self) -> &[IndexRecord] {
+        &self.durable[..self.readable]
+    }
+
+    /// The last offset readers see (`0_inf` with no replicated entries readable).
     pub(super) fn latest(&self) -> LogOffset {
+        self.readable()
+            .last()
+            .map_or(LogOffset::SNAPSHOT_END, |r| r.offset)
+    }
+
+    /// The last durable offset, readable or not: where a recovered log ends, for the replay
+    /// to append only what is missing.
+    pub(super) fn durable_latest(&self) -> LogOffset {
         self.durable
             .last()
             .map_or(LogOffset::SNAPSHOT_END, |r| r.offset)
@@ -359,7 +428,7 @@ impl LogState {
         }
     }
 
-    /// Bytes (each entry plus one) durable after the last closed chunk.
+    /// Bytes (each entry plus one) durable after the last closed chunk, readable or not.
     pub(super) fn open_chunk_bytes(&self) -> u64 {
         let first_open = self.chunk_ends.last().map_or(0, |&i| i + 1);
         self.durable[first_open..]
@@ -403,10 +472,12 @@ impl LogState {
         }
     }
 
-    /// Entries in `(after, E]`, E the first chunk boundary above `after` or the latest entry.
+    /// Entries in `(after, E]`, E the first chunk boundary above `after` or the latest
+    /// readable entry.
     fn plan_log(&self, after: LogOffset) -> Plan {
-        let start = self.durable.partition_point(|r| r.offset <= after);
-        let Some(first) = self.durable.get(start) else {
+        let readable = self.readable();
+        let start = readable.partition_point(|r| r.offset <= after);
+        let Some(first) = readable.get(start) else {
             // Nothing after `after`. Also when `after` is above the latest offset: `end` is
             // then the latest offset, below the request; the HTTP layer decides whether that
             // is out of bounds (protocol.md §2).
@@ -418,12 +489,12 @@ impl LogState {
             };
         };
         let boundary = self.chunk_ends.partition_point(|&i| i < start);
+        let latest = readable.len() - 1;
         let stop = self
             .chunk_ends
             .get(boundary)
-            .copied()
-            .unwrap_or(self.durable.len() - 1);
-        let last = &self.durable[stop];
+            .map_or(latest, |&i| i.min(latest));
+        let last = &readable[stop];
         Plan::Log {
             pos: first.pos,
             len: last.json_end() - first.pos,
@@ -450,11 +521,20 @@ mod tests {
         text.parse().expect("valid offset")
     }
 
+    /// An entry that is a whole transaction: `{"h":{"o":"<offset>","last":true}}`.
     fn entry(offset: &str, chunk_end: bool) -> LogEntry {
         LogEntry {
             offset: off(offset),
-            json: format!("{{\"o\":\"{offset}\"}}"),
+            json: format!("{{\"h\":{{\"o\":\"{offset}\",\"last\":true}}}}"),
             chunk_end,
+        }
+    }
+
+    /// An entry that does not end its transaction.
+    fn mid_transaction(offset: &str, chunk_end: bool) -> LogEntry {
+        LogEntry {
+            json: format!("{{\"h\":{{\"o\":\"{offset}\"}}}}"),
+            ..entry(offset, chunk_end)
         }
     }
 
@@ -494,9 +574,9 @@ mod tests {
             .expect("append");
         assert_eq!(state.latest(), off("5_0"));
         let batch = state.take_pending().expect("pending");
-        assert_eq!(batch.data_pos, 12);
+        assert_eq!(batch.data_pos, 30);
         assert_eq!(batch.index_start, 1);
-        assert_eq!(batch.bytes, b"{\"o\":\"6_0\"},");
+        assert_eq!(batch.bytes, b"{\"h\":{\"o\":\"6_0\",\"last\":true}},");
         state.publish(batch);
         assert_eq!(state.latest(), off("6_0"));
     }
@@ -523,7 +603,7 @@ mod tests {
         assert_eq!(state.plan(off("0_0")), chunk(1));
         let first = Plan::Log {
             pos: 0,
-            len: 11,
+            len: 29,
             entries: 1,
             end: off("5_0"),
         };
@@ -564,7 +644,90 @@ mod tests {
     #[test]
     fn open_chunk_bytes_counts_entries_after_the_last_boundary() {
         let state = flushed(&[entry("5_0", true), entry("5_2", false), entry("6_0", false)]);
-        assert_eq!(state.open_chunk_bytes(), 24);
+        assert_eq!(state.open_chunk_bytes(), 60);
+    }
+
+    // Found by sim: seed 0x9f
+    #[test]
+    fn durable_entries_after_the_last_whole_transaction_are_not_readable_until_it_ends() {
+        let mut state = flushed(&[
+            entry("5_0", false),
+            entry("5_2", false),
+            mid_transaction("6_0", true),
+        ]);
+        assert_eq!(state.latest(), off("5_2"));
+        assert_eq!(state.durable_latest(), off("6_0"));
+        assert_eq!(state.open_chunk_bytes(), 0);
+        let whole = Plan::Log {
+            pos: 0,
+            len: 59,
+            entries: 2,
+            end: off("5_2"),
+        };
+        assert_eq!(
+            state.plan(off("0_inf")),
+            whole,
+            "stops before 6_0, a chunk end"
+        );
+        let nothing = Plan::Log {
+            pos: 0,
+            len: 0,
+            entries: 0,
+            end: off("5_2"),
+        };
+        assert_eq!(state.plan(off("5_2")), nothing);
+
+        state
+            .append(&handle(), &[mid_transaction("6_2", false)])
+            .expect("append");
+        let batch = state.take_pending().expect("pending");
+        state.publish(batch);
+        assert_eq!(state.plan(off("5_2")), nothing, "still not whole");
+        state
+            .append(&handle(), &[entry("6_4", false)])
+            .expect("append");
+        let batch = state.take_pending().expect("pending");
+        state.publish(batch);
+        assert_eq!(state.latest(), off("6_4"));
+        let chunk = Plan::Log {
+            pos: 60,
+            len: 17,
+            entries: 1,
+            end: off("6_0"),
+        };
+        assert_eq!(state.plan(off("5_2")), chunk, "the chunk 6_0 closes");
+    }
+
+    // Found by sim: seed 0x9f
+    #[test]
+    fn a_recovered_or_followed_log_is_readable_up_to_its_last_whole_transaction() {
+        let records = flushed(&[
+            entry("5_0", false),
+            mid_transaction("6_0", false),
+            entry("6_2", false),
+        ])
+        .durable;
+        let torn = records[..2].to_vec();
+        let recovered = LogState::recovered(torn.clone(), 1, complete_snapshot(2));
+        assert_eq!(recovered.latest(), off("5_0"));
+        assert_eq!(recovered.durable_latest(), off("6_0"));
+        assert_eq!(recovered.open_chunk_bytes(), 48);
+        let nothing = Plan::Log {
+            pos: 0,
+            len: 0,
+            entries: 0,
+            end: off("5_0"),
+        };
+        assert_eq!(recovered.plan(off("5_0")), nothing);
+
+        let mut followed = LogState {
+            snapshot: complete_snapshot(2),
+            ..LogState::default()
+        };
+        followed.extend_followed(torn, 1);
+        assert_eq!(followed.latest(), off("5_0"));
+        followed.extend_followed(records[2..].to_vec(), 1);
+        assert_eq!(followed.latest(), off("6_2"));
     }
 }
 
@@ -580,20 +743,28 @@ mod loom_tests {
 
     const ENTRIES_PER_BATCH: usize = 2;
     const BATCHES: u64 = 2;
-    /// `{"o":"1_0"}` and its `,`.
-    const ENTRY_BYTES: u64 = 12;
+    /// `{"h":{"o":"1_0","last":true}}` (or `null`) and its `,`.
+    const ENTRY_BYTES: u64 = 30;
 
     fn handle() -> ShapeHandle {
         ShapeHandle::from_string("1-1".into())
     }
 
-    /// Batch `tx`: entries `tx_0` and `tx_2`, as one transaction routes them.
+    /// Batch `tx`: entries `tx_0` and `tx_2`, as one transaction routes them (the last
+    /// `"last":true`, the other `"last":null`, of the same length).
     fn batch_entries(tx: u64) -> Vec<LogEntry> {
         (0..ENTRIES_PER_BATCH as u64)
-            .map(|i| LogEntry {
-                offset: format!("{tx}_{}", 2 * i).parse().expect("valid offset"),
-                json: format!("{{\"o\":\"{tx}_{}\"}}", 2 * i),
-                chunk_end: false,
+            .map(|i| {
+                let last = if i + 1 == ENTRIES_PER_BATCH as u64 {
+                    "true"
+                } else {
+                    "null"
+                };
+                LogEntry {
+                    offset: format!("{tx}_{}", 2 * i).parse().expect("valid offset"),
+                    json: format!("{{\"h\":{{\"o\":\"{tx}_{}\",\"last\":{last}}}}}", 2 * i),
+                    chunk_end: false,
+                }
             })
             .collect()
     }

@@ -94,6 +94,18 @@ fn log_chunk(log: &[LogEntry], after: LogOffset) -> ReadOutcome {
     })
 }
 
+/// The entries readers may see: the durable log up to its last whole transaction. A crash
+/// mid-flush can leave a prefix of a transaction durable (kept, and completed by the next
+/// writer's replay, RC-3); serving it would show a client part of a transaction, even as
+/// up-to-date (RO-1: never a torn or partially written transaction).
+pub(super) fn readable(log: &[LogEntry]) -> &[LogEntry] {
+    let end = log
+        .iter()
+        .rposition(LogEntry::ends_transaction)
+        .map_or(0, |i| i + 1);
+    &log[..end]
+}
+
 /// Bytes (each entry plus its separator) durable after the last closed chunk, as io-real's
 /// recovery reports them.
 pub(super) fn open_chunk_bytes(log: &[LogEntry]) -> u64 {

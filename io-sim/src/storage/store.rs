@@ -7,8 +7,9 @@
 //! chunk; a shape recovered with an unfinished snapshot none (the snapshot cannot be resumed);
 //! a followed shape chunk `i` once chunk `i + 1` or the completion marker is durable (a
 //! follower of real files cannot tell a chunk still being written from a whole one).
-//! Entries are always served from the disk's durable log, so every reader, on any host,
-//! sees exactly what is durable.
+//! Entries are always served from the disk's durable log, up to its last whole transaction
+//! (`read::readable`), so every reader, on any host, sees exactly what is durable and never
+//! part of a transaction.
 //!
 //! **Flushes.** [`ShapeLogStore::append`] buffers in the store (process memory). `flush()`
 //! takes every buffered batch when called, then (serialised with other flushes, recovery and
@@ -42,7 +43,7 @@ pub struct SimStore {
 pub(super) struct StoreInner {
     pub(super) disk: SimDisk,
     pub(super) writer: String,
-    /// Set by `promote`, never cleared (RO-4).
+    /// Set by `promote`, cleared by `demote` (RO-4, LK-6).
     is_writer: AtomicBool,
     state: Mutex<StoreState>,
     /// Serialises flushes, recovery and promotion (io-real's `flush_lock`).
@@ -349,16 +350,24 @@ impl ShapeLogStore for SimStore {
         }
     }
 
+    /// Follows again, as io-real's `FileStore::demote` does: every view is dropped (waiters
+    /// wake), so each shape is found afresh as a followed one, the next writer's included.
+    fn demote(&self) {
+        self.inner.demote();
+    }
+
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {
         self.with_view(handle, |kind, shape| {
-            read::answer(kind.snapshot(shape), &shape.log, after)
+            read::answer(kind.snapshot(shape), read::readable(&shape.log), after)
         })
         .unwrap_or(ReadOutcome::UnknownShape)
     }
 
     fn status(&self, handle: &ShapeHandle) -> Option<LogStatus> {
         self.with_view(handle, |kind, shape| LogStatus {
-            latest: shape.latest(),
+            latest: read::readable(&shape.log)
+                .last()
+                .map_or(LogOffset::SNAPSHOT_END, |entry| entry.offset),
             snapshot_complete: kind.snapshot(shape).complete,
         })
     }
@@ -423,6 +432,20 @@ impl StoreInner {
             .with_shape(handle, |shape| View::of(ViewKind::Followed, &shape.log))?;
         state.views.insert(handle.to_owned(), view);
         Some(ViewKind::Followed)
+    }
+
+    /// Stops writing (the lock was given up) and forgets every view; a follower is unchanged.
+    fn demote(&self) {
+        let dropped = {
+            let mut state = self.state();
+            if !self.is_writer.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            std::mem::take(&mut state.views)
+        };
+        for handle in dropped.keys() {
+            self.disk.notify(handle);
+        }
     }
 
     /// Forgets a followed shape whose files are gone.

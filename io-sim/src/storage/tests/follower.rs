@@ -46,6 +46,38 @@ fn a_follower_sees_what_the_writer_flushed_and_never_what_it_did_not() {
     });
 }
 
+// Found by sim: seed 0x9f
+#[test]
+fn a_transaction_only_partly_durable_is_served_to_no_reader_until_its_last_entry_is() {
+    // Goal: RO-1 — a crash mid-flush can leave the first entries of a transaction durable;
+    // neither a follower nor the writer serves them (nor reports them as latest) before the
+    // transaction's last entry is durable too.
+    // Method: flush 100_0 (whole), then 200_0 alone, as a torn flush leaves it; then 200_2.
+    in_sim(async {
+        let disk = SimDisk::new(22);
+        let h = handle(1);
+        let writer = store_with_snapshot(&disk, &h).await;
+        append_and_flush(&writer, &h, vec![entry("100_0", false)]).await;
+        append_and_flush(&writer, &h, vec![mid_transaction_entry("200_0")]).await;
+        assert_eq!(offsets(&disk.durable_log(h.as_str())), ["100_0", "200_0"]);
+
+        let follower = SimStore::open(disk.clone(), "b");
+        for store in [&follower, &writer] {
+            assert_eq!(read(store, &h, "0_inf"), expected(&["100_0"], "100_0"));
+            assert_eq!(read(store, &h, "100_0"), expected(&[], "100_0"));
+            assert_eq!(store.status(&h).expect("status").latest, off("100_0"));
+        }
+
+        append_and_flush(&writer, &h, vec![entry("200_2", false)]).await;
+        let torn = mid_transaction_entry("200_0").json;
+        let whole = format!("{torn},{}", entry_json("200_2"));
+        for store in [&follower, &writer] {
+            assert_eq!(read(store, &h, "100_0"), (whole.clone(), 2, "200_2".into()));
+            assert_eq!(store.status(&h).expect("status").latest, off("200_2"));
+        }
+    });
+}
+
 #[test]
 fn every_write_through_a_follower_is_refused_as_read_only() {
     in_sim(async {
@@ -179,5 +211,33 @@ fn a_follower_picks_up_shapes_created_after_it_opened_and_promotion_makes_it_wri
         follower.recover(&h).await.expect("recover");
         append_and_flush(&follower, &h, vec![entry("200_0", false)]).await;
         assert_eq!(read(&follower, &h, "100_0"), expected(&["200_0"], "200_0"));
+    });
+}
+
+// Found by sim: seed 0x2a
+#[test]
+fn a_writer_that_gave_up_the_lock_follows_the_shapes_the_next_writer_creates() {
+    in_sim(async {
+        let disk = SimDisk::new(26);
+        let h = handle(1);
+        let old = store_with_snapshot(&disk, &h).await;
+        old.demote();
+        assert!(old.is_follower());
+        let err = old
+            .append(&h, vec![entry("100_0", false)])
+            .expect_err("append");
+        assert!(is_read_only(&err));
+
+        let next = writer(&disk, "b").await;
+        let created = handle(2);
+        create_with_snapshot(&next, &created).await;
+        append_and_flush(&next, &created, vec![entry("100_0", false)]).await;
+        assert_eq!(read(&old, &created, "0_inf"), expected(&["100_0"], "100_0"));
+
+        // Promoted again, it writes the shape once it recovered it.
+        old.promote().await.expect("promote");
+        old.recover(&created).await.expect("recover");
+        append_and_flush(&old, &created, vec![entry("200_0", false)]).await;
+        assert_eq!(read(&old, &created, "100_0"), expected(&["200_0"], "200_0"));
     });
 }

@@ -43,9 +43,19 @@ fn handle(n: u32) -> ShapeHandle {
     ShapeHandle::from_string(format!("{n}-1721812114261123"))
 }
 
-/// An entry's JSON: names its offset and holds a comma and a brace inside a string.
+/// An entry's JSON: names its offset, holds a comma and a brace inside a string, and ends
+/// its transaction (each test entry is a whole transaction; see `mid_transaction_entry`).
 fn entry_json(offset: &str) -> String {
-    format!(r#"{{"offset":"{offset}","value":{{"v":"a,}}b"}}}}"#)
+    format!(r#"{{"offset":"{offset}","value":{{"v":"a,}}b"}},"headers":{{"op":0,"last":true}}}}"#)
+}
+
+/// An entry that does not end its transaction.
+fn mid_transaction_entry(offset: &str) -> LogEntry {
+    LogEntry {
+        offset: off(offset),
+        json: format!(r#"{{"offset":"{offset}","headers":{{}}}}"#),
+        chunk_end: false,
+    }
 }
 
 fn entry(offset: &str, chunk_end: bool) -> LogEntry {
