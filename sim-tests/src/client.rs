@@ -52,6 +52,10 @@ pub struct ClientConfig {
     pub live_timeout: Duration,
     /// Seeds backoff jitter and cache-busters.
     pub seed: u64,
+    /// Server → the storage it serves. Handles are unique per storage only (separate storage
+    /// gives one definition a handle per instance, deploy-semantics ID-3), so a 409 expires a
+    /// handle for its server's storage only. Servers not listed share one storage.
+    pub storage: BTreeMap<String, usize>,
 }
 
 /// Something the client observed.
@@ -201,7 +205,8 @@ struct Client {
     rng: SplitMix64,
     server: usize,
     stream: Stream,
-    expired: BTreeSet<String>,
+    /// Handles expired by a 409, by storage.
+    expired: BTreeMap<usize, BTreeSet<String>>,
     expired_param: Option<String>,
     cache_buster: Option<String>,
     failures: u32,
@@ -217,7 +222,7 @@ impl Client {
             rng,
             server: 0,
             stream: Stream::default(),
-            expired: BTreeSet::new(),
+            expired: BTreeMap::new(),
             expired_param: None,
             cache_buster: None,
             failures: 0,
@@ -227,6 +232,16 @@ impl Client {
 
     fn server_name(&self) -> String {
         self.config.servers[self.server % self.config.servers.len()].clone()
+    }
+
+    /// The storage `server` serves.
+    fn storage_of(&self, server: &str) -> usize {
+        self.config.storage.get(server).copied().unwrap_or_default()
+    }
+
+    /// The handles a 409 expired on `server`'s storage.
+    fn expired_on(&self, server: &str) -> Option<&BTreeSet<String>> {
+        self.expired.get(&self.storage_of(server))
     }
 
     /// One request and its handling.
@@ -363,7 +378,11 @@ impl Client {
         if new_handle.is_some() && new_handle == request.handle {
             return Err("409 names the handle the client just sent".to_owned());
         }
-        if let Some(new) = new_handle.as_ref().filter(|h| self.expired.contains(*h)) {
+        let expired = self.expired_on(server);
+        if let Some(new) = new_handle
+            .as_ref()
+            .filter(|h| expired.is_some_and(|e| e.contains(*h)))
+        {
             return Err(format!("409 names the expired handle {new}"));
         }
         self.must_refetch(server, new_handle);
@@ -373,7 +392,11 @@ impl Client {
     fn must_refetch(&mut self, server: &str, new_handle: Option<String>) {
         let old_handle = self.stream.handle.clone().unwrap_or_default();
         if !old_handle.is_empty() {
-            self.expired.insert(old_handle.clone());
+            let storage = self.storage_of(server);
+            self.expired
+                .entry(storage)
+                .or_default()
+                .insert(old_handle.clone());
             self.expired_param = Some(old_handle.clone());
         }
         self.stream = Stream {
@@ -397,7 +420,7 @@ impl Client {
         request: &Request,
         response: &HttpResponse,
     ) -> Result<(), String> {
-        let (handle, offset) = check_headers(request, response, &self.expired)?;
+        let (handle, offset) = check_headers(request, response, self.expired_on(server))?;
         let batch = parse_batch(&response.body)?;
         let up_to_date = check_up_to_date(request, response, &batch, offset)?;
         if self.stream.handle.as_deref() != Some(handle) {
@@ -469,7 +492,7 @@ fn now() -> Duration {
 fn check_headers<'r>(
     request: &Request,
     response: &'r HttpResponse,
-    expired: &BTreeSet<String>,
+    expired: Option<&BTreeSet<String>>,
 ) -> Result<(&'r str, LogOffset), String> {
     let mut required = vec!["electric-offset", "electric-handle"];
     required.push(if request.live {
@@ -498,7 +521,7 @@ fn check_headers<'r>(
     if handle.is_empty() {
         return Err("empty electric-handle".to_owned());
     }
-    if expired.contains(handle) {
+    if expired.is_some_and(|e| e.contains(handle)) {
         return Err(format!(
             "200 carries the expired handle {handle} (handles are never reissued)"
         ));
@@ -965,6 +988,7 @@ mod tests {
             columns: None,
             live_timeout: Duration::from_secs(30),
             seed: 7,
+            storage: BTreeMap::new(),
         }
     }
 
@@ -1241,6 +1265,41 @@ mod tests {
             last.requests()[0],
             "/v1/shape?columns=%22id%22%2C%22ti%22%22tle%22&handle=h1&log=full&offset=0_0&table=items"
         );
+    }
+
+    // Found by sim: seeds 0x6c, 0x7d, 0x1e, 0xa1
+    #[test]
+    fn a_handle_expired_by_one_storage_is_not_expired_on_another_with_separate_storage() {
+        // ID-3: s2 (its own storage) answers 409 for s1's h1; back on s1, h1 is still s1's
+        // shape for the definition, so s1 may name it in a 409 and serve it.
+        let live_503 = || Reply::status(503, &[("retry-after", "1")], r#"{"message":"x"}"#);
+        let first = Script::new(vec![
+            snapshot_chunk(),
+            Reply::ok("h1", "0_inf", None, &[up_to_date(90)]),
+            live_503(),
+            Reply::status(409, &[("electric-handle", "h1")], "[]"),
+            snapshot_chunk(),
+            Reply::ok("h1", "0_inf", None, &[up_to_date(90)]),
+        ]);
+        let second = Script::new(vec![
+            Reply::status(409, &[("electric-handle", "h2")], "[]"),
+            Reply::ok("h2", "0_0", None, &[insert("1", "a", None), snapshot_end()]),
+            Reply::ok("h2", "0_inf", None, &[up_to_date(90)]),
+            live_503(),
+        ]);
+        let mut sim = sim();
+        serve(&mut sim, "s1", &first);
+        serve(&mut sim, "s2", &second);
+        let mut config = config(&["s1", "s2"]);
+        config.storage = [("s1".to_owned(), 1), ("s2".to_owned(), 2)].into();
+        let log = run_client(&mut sim, config, Duration::from_secs(10));
+
+        assert_eq!(log.violations().count(), 0, "{:?}", log.events);
+        assert_eq!(first.requests().len(), 7, "then a live request on s1");
+        let Some(ClientEvent::UpToDate { server, handle, .. }) = log.last_up_to_date() else {
+            panic!("no up-to-date: {:?}", log.events);
+        };
+        assert_eq!((server.as_str(), handle.as_str()), ("s1", "h1"));
     }
 
     /// Runs the client against one scripted server and returns the single violation's text,

@@ -182,6 +182,7 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
             columns: columns.clone(),
             live_timeout: Duration::from_secs(30),
             seed: rng.next_u64(),
+            storage: hosts.iter().map(|h| (h.name.clone(), h.disk_id)).collect(),
         };
         let client_log = Arc::clone(&log);
         sim.client(name, async move {
@@ -210,6 +211,7 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         fault_rng: fault_rng.fork(),
         held: Vec::new(),
         breaks: BTreeMap::new(),
+        snapshot_recorded: BTreeMap::new(),
         overtaken,
         restored_below_pid,
         refetches: 0,
@@ -373,6 +375,10 @@ struct World {
     held: Vec<(String, String, Duration)>,
     /// Continuity breaks: table (or `*` for all) → when.
     breaks: BTreeMap<String, Duration>,
+    /// Handle → whether its durable metadata row ever recorded a complete snapshot (sampled
+    /// every tick). One that never did is discarded by the next lock holder (SN-6), so a 409
+    /// for it is a real break.
+    snapshot_recorded: BTreeMap<String, bool>,
     /// Separate storage: disk → when the slot was first advanced by an instance on another
     /// disk (this disk's shape logs may now be behind the slot: a purge is a real break).
     overtaken: Overtaken,
@@ -578,8 +584,21 @@ impl World {
     /// Every invariant that can be checked at an instant.
     fn check(&mut self, now: Duration) {
         self.histories.update(&lock(&self.model));
+        self.note_recorded_snapshots();
         self.check_clients(now);
         self.check_health(now);
+    }
+
+    /// Which shapes' metadata rows record a complete snapshot, on every disk.
+    fn note_recorded_snapshots(&mut self) {
+        for host in &self.hosts {
+            for row in host.disk.durable_metadata().0 {
+                *self
+                    .snapshot_recorded
+                    .entry(row.handle.as_str().to_owned())
+                    .or_default() |= row.snapshot.is_some();
+            }
+        }
     }
 
     /// Invariants 3 and 5: clients' rows equal the oracle; 409 only after a break.
@@ -640,7 +659,10 @@ impl World {
                             let overtaken = self.overtaken.lock().expect("overtaken");
                             overtaken.get(&h.disk_id).is_some_and(|t| *t <= at)
                         });
-                if !table_broke && !moved && !overtaken && !old_handle.is_empty() {
+                // SN-6: a shape whose complete snapshot never reached metadata (its instance
+                // lost the lock or crashed first) is discarded by the next lock holder.
+                let discarded = self.snapshot_recorded.get(&old_handle) == Some(&false);
+                if !table_broke && !moved && !overtaken && !discarded && !old_handle.is_empty() {
                     let what = format!(
                         "correctness: invariant 5 (409 only on broken continuity): {} got 409 for \
                          {old_handle} from {server} at {at:?} with no continuity break",

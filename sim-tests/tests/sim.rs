@@ -21,79 +21,11 @@ const CI_SEEDS: u64 = 200;
 /// each with the invariant it breaks. Kept out of the passing list, never silently: they run
 /// with `cargo test -p ampere-sim-tests --test sim -- --ignored open_bugs`, and the issue
 /// tracker's note lists them. Remove a seed when its bug is fixed.
-const OPEN_BUGS: &[(u64, &str)] = &[
-    (0x7, "invariant 2: ack beyond persisted acked position"),
-    (
-        0xe,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x11,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (0x1e, "protocol: a 409 points back to a retired handle"),
-    (0x20, "invariant 2: ack beyond what a shape holds durably"),
-    (0x26, "invariant 2: ack beyond what a shape holds durably"),
-    (
-        0x2a,
-        "invariant 4: a retired handle served again (stamp lost in a crash + clock step)",
-    ),
-    (
-        0x3b,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x50,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (0x52, "invariant 2: ack beyond what a shape holds durably"),
-    (
-        0x55,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x5e,
-        "invariant 4: a retired handle served again (stamp lost in a crash + clock step)",
-    ),
-    (
-        0x68,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x6c,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x6f,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x7b,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0x7d,
-        "invariant 4: a retired handle served again (stamp lost in a crash + clock step)",
-    ),
-    (
-        0x8c,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (0x98, "invariant 2: ack beyond what a shape holds durably"),
-    (0x9f, "invariant 3: client rows differ from the oracle"),
-    (0xa1, "protocol: a 409 points back to a retired handle"),
-    (
-        0xb7,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (
-        0xb9,
-        "invariant 5: spurious purge (storage behind slot) without a break",
-    ),
-    (0xbb, "protocol: 400 offset out of bounds after a handover"),
-    (0xc2, "invariant 2: ack beyond what a shape holds durably"),
-    (0xc6, "invariant 2: ack beyond persisted acked position"),
-];
+const OPEN_BUGS: &[(u64, &str)] = &[(
+    0x5e,
+    "invariant 4: a handle reissued after a stale-storage restore while the wall clock is \
+     behind the newest stamp the lost storage had minted (the restored floor is older)",
+)];
 
 /// Runs `seeds` on two threads; returns the reports and the failures (seed, message).
 fn sweep(seeds: Vec<u64>) -> (Vec<Report>, Vec<(u64, String)>) {
@@ -110,11 +42,7 @@ fn sweep(seeds: Vec<u64>) -> (Vec<Report>, Vec<(u64, String)>) {
                 match run {
                     Ok(report) => reports.lock().expect("reports").push(report),
                     Err(panic) => {
-                        let message = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                            .unwrap_or_default();
+                        let message = panic_message(&*panic);
                         failures.lock().expect("failures").push((seed, message));
                     }
                 }
@@ -126,6 +54,16 @@ fn sweep(seeds: Vec<u64>) -> (Vec<Report>, Vec<(u64, String)>) {
     let mut failures = failures.into_inner().expect("failures");
     failures.sort_by_key(|f| f.0);
     (reports, failures)
+}
+
+/// A panic's text: an invariant violation (`String`) or a host's panic (`&str`, e.g. a core
+/// assertion tripping inside a simulated host).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Totals over a sweep, printed for the closing note.
@@ -271,7 +209,7 @@ fn the_ci_seed_list_catches_this_mutant() {
     for seed in (1..=CI_SEEDS).filter(|s| !OPEN_BUGS.iter().any(|(b, _)| b == s)) {
         let run = std::panic::catch_unwind(|| run_seed(seed, &RunOptions::default()));
         if let Err(panic) = run {
-            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            let message = panic_message(&*panic);
             let first = message.lines().next().unwrap_or_default();
             eprintln!(
                 "MUTANT CAUGHT by seed {seed:#x} after {:.1?}: {first}",
@@ -298,4 +236,52 @@ fn open_bugs_still_reproduce() {
         OPEN_BUGS.len(),
         "some open bug no longer reproduces: remove it"
     );
+}
+
+/// Seeds that found a bug, each pinned under the name of what it now proves (they are in the
+/// CI list too; pinned here they keep their name when the list changes). "Found by sim".
+mod regressions {
+    use ampere_sim_tests::{run_seed, RunOptions};
+
+    macro_rules! pinned {
+        ($($(#[$doc:meta])* $name:ident = $seed:literal;)*) => {$(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                run_seed($seed, &RunOptions::default());
+            }
+        )*};
+    }
+
+    pinned! {
+        /// Found by sim: a writer that lost the lock kept writer mode in its store, so it
+        /// answered 409 for the next writer's live shapes and served them again later.
+        seed_0x2a_a_writer_that_lost_the_lock_follows_the_next_writers_shapes = 0x2a;
+        /// Found by sim: a crash mid-flush left half a transaction durable and a standby
+        /// served it as up-to-date.
+        seed_0x9f_no_reader_sees_part_of_a_transaction_after_a_torn_flush = 0x9f;
+        /// Found by sim: a standby answered 400 for an offset beyond its (restored, stale)
+        /// log, which the official client treats as fatal.
+        seed_0xbb_a_standby_answers_503_for_an_offset_beyond_a_stale_log = 0xbb;
+        /// Found by sim: a standby whose read model had not seen a shape yet answered 409
+        /// for it although the lock holder's storage had it.
+        seed_0x55_a_shape_not_yet_in_the_read_model_is_served_not_refetched = 0x55;
+        /// Found by sim (checker): with separate storage, another instance advancing the
+        /// slot makes this storage's purge and 409 legitimate.
+        seed_0xe_separate_storage_overtaken_by_another_instance_may_refetch = 0xe;
+        /// Found by sim (checker): pgoutput decodes no DDL, so acking past ADD COLUMN owes
+        /// no entry.
+        seed_0x20_an_ack_past_a_ddl_commit_owes_no_entry = 0x20;
+        /// Found by sim (checker): a status sent before stale storage was restored is not
+        /// held against the restored copy.
+        seed_0xc6_a_status_sent_before_a_restore_is_not_held_against_it = 0xc6;
+        /// Found by sim (checker): a lock grant still in flight when Postgres crashed may
+        /// promote; the lease fences it.
+        seed_0x7b_a_promotion_on_a_grant_lost_in_a_postgres_crash_is_fenced = 0x7b;
+        /// Found by sim (checker): a shape whose complete snapshot never reached metadata is
+        /// discarded by the next lock holder, with a 409.
+        seed_0x11_a_shape_never_recorded_complete_may_be_discarded = 0x11;
+        /// Found by sim (checker): with separate storage, handles expire per storage.
+        seed_0x6c_handles_expire_per_storage_with_separate_storage = 0x6c;
+    }
 }
