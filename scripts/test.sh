@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ampere-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (at %ds)\n' "$*" "$SECONDS"; }
 
 step "dependencies"
 scripts/install-deps.sh
@@ -31,3 +31,4 @@ scripts/mutants.sh
 step "conformance: official @electric-sql/client against ampere"
 cargo build --locked -p ampere-server --bin ampere
 AMPERE_BIN="$CARGO_TARGET_DIR/debug/ampere" scripts/conformance.sh
+step "done"
