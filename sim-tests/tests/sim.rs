@@ -14,8 +14,17 @@ use std::time::Instant;
 use ampere_io_sim::faults::FaultProfile;
 use ampere_sim_tests::{run_seed, seed_from_env, Report, RunOptions};
 
-/// The fixed CI seed list: seeds `1..=CI_SEEDS`, except [`OPEN_BUGS`] (200 seeds pass).
+/// The fixed CI seed list: seeds `1..=CI_SEEDS`, except [`OPEN_BUGS`] (200 seeds pass); the
+/// seeds pinned in [`regressions`] run there under their names.
 const CI_SEEDS: u64 = 201;
+
+/// The seeds `ci_seed_list_passes_every_invariant` runs itself.
+fn ci_list() -> Vec<u64> {
+    (1..=CI_SEEDS)
+        .filter(|s| !OPEN_BUGS.iter().any(|(b, _)| b == s))
+        .filter(|s| !regressions::PINNED.contains(s))
+        .collect()
+}
 
 /// Seeds of the CI list that fail on bugs the simulation found and that are not fixed yet,
 /// each with the invariant it breaks. Kept out of the passing list, never silently: they run
@@ -109,8 +118,7 @@ fn ci_seed_list_passes_every_invariant() {
     // Goal: deploy-semantics §3 on a fixed list of seeds, each with its own swarm profile.
     // Method: run seeds 1..=201 but the open bugs (two threads); any violation fails with its seed and replay.
     let started = Instant::now();
-    let seeds = (1..=CI_SEEDS).filter(|s| !OPEN_BUGS.iter().any(|(b, _)| b == s));
-    let (reports, failures) = sweep(seeds.collect());
+    let (reports, failures) = sweep(ci_list());
     eprintln!(
         "{} seed(s) of the list are open bugs (run with --ignored open_bugs): {:?}",
         OPEN_BUGS.len(),
@@ -157,12 +165,10 @@ fn seed_sweep() {
 
 #[test]
 fn replay() {
-    // One seed: SIM_SEED, or one picked now (and printed in the banner).
-    let seed = seed_from_env().unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos().into())
-    });
+    // One seed: SIM_SEED (nothing runs without it, so the suite stays deterministic).
+    let Some(seed) = seed_from_env() else {
+        return;
+    };
     let report = run_seed(seed, &RunOptions::default());
     eprintln!(
         "{}",
@@ -244,13 +250,17 @@ mod regressions {
     use ampere_sim_tests::{run_seed, RunOptions};
 
     macro_rules! pinned {
-        ($($(#[$doc:meta])* $name:ident = $seed:literal;)*) => {$(
-            $(#[$doc])*
-            #[test]
-            fn $name() {
-                run_seed($seed, &RunOptions::default());
-            }
-        )*};
+        ($($(#[$doc:meta])* $name:ident = $seed:literal;)*) => {
+            /// The pinned seeds (the CI list leaves them to these tests).
+            pub(crate) const PINNED: &[u64] = &[$($seed),*];
+            $(
+                $(#[$doc])*
+                #[test]
+                fn $name() {
+                    run_seed($seed, &RunOptions::default());
+                }
+            )*
+        };
     }
 
     pinned! {
