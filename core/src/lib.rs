@@ -31,6 +31,7 @@ pub mod pgoutput;
 pub mod ports;
 pub mod shape;
 mod shapes;
+pub mod slot_setup;
 pub mod snapshot;
 pub mod time;
 pub mod txn;

@@ -33,6 +33,7 @@ use ampere_core::ports::{
     SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{quote_ident, RelationName};
+use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
 use crate::catalog::{self, CatalogError, CatalogTable};
@@ -456,17 +457,17 @@ impl RealSession {
         target: ReplicationTarget,
     ) -> Result<(RealReplicationStream, SlotStarted), PgPortError> {
         let admin = self.pg.admin().await?;
-        let (slot, database) = (&target.slot, &self.database);
-        if ensure_publication(&admin, &target.publication, self.server_version_num).await? {
-            // SL-1: a new publication makes the slot's history unusable.
-            tracing::info!(publication = %target.publication, %slot,
-                "created the publication; dropping the slot so it is created afresh");
-            drop_slot(&admin, slot, database).await?;
-        }
-        let persistence = target.slot_persistence;
-        let (slot_created, confirmed_flush_lsn) =
-            ensure_slot(&mut self.conn, &admin, slot, database, persistence).await?;
-        tracing::info!(%slot, slot_created, %confirmed_flush_lsn, ?persistence,
+        let started = slot_setup::prepare(&mut RealSlotSetup {
+            conn: &mut self.conn,
+            admin: &admin,
+            target: &target,
+            database: &self.database,
+            server_version_num: self.server_version_num,
+        })
+        .await?;
+        let (slot, persistence) = (&target.slot, target.slot_persistence);
+        tracing::info!(%slot, slot_created = started.slot_created,
+            confirmed_flush_lsn = %started.confirmed_flush_lsn, ?persistence,
             backend_pid = self.backend_pid, "starting replication");
         let stream = self
             .conn
@@ -478,10 +479,6 @@ impl RealSession {
             )
             .await
             .map_err(repl("START_REPLICATION"))?;
-        let started = SlotStarted {
-            slot_created,
-            confirmed_flush_lsn,
-        };
         Ok((RealReplicationStream { inner: stream }, started))
     }
 }
@@ -642,7 +639,7 @@ async fn check_existing_publication(admin: &Client, publication: &str) -> Result
 }
 
 /// Drops the slot if it exists in `database` (a concurrent drop, 42704, is fine). Another
-/// database's slot of the same name is left alone: [`ensure_slot`] then fails fatally.
+/// database's slot of the same name is left alone: reading it then fails fatally.
 async fn drop_slot(admin: &Client, slot: &str, database: &str) -> Result<(), PgPortError> {
     const SQL: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
                        FROM pg_catalog.pg_replication_slots \
@@ -657,46 +654,77 @@ async fn drop_slot(admin: &Client, slot: &str, database: &str) -> Result<(), PgP
     }
 }
 
-/// SL-2: creates the slot, or validates the existing one; `(slot_created, confirmed_flush_lsn)`.
-async fn ensure_slot(
-    conn: &mut ReplicationConnection<PgSocket>,
-    admin: &Client,
-    slot: &str,
-    database: &str,
-    persistence: SlotPersistence,
-) -> Result<(bool, Lsn), PgPortError> {
-    if let CreateSlotOutcome::Created(created) = create_slot(conn, slot, persistence).await? {
-        return Ok((true, created.consistent_point));
-    }
-    let vanished = || PgPortError::SlotVanished {
-        slot: slot.to_owned(),
-    };
-    let info = conn
-        .slot_info(slot)
+/// [`slot_setup::prepare`]'s steps on the replication connection (slot creation and
+/// reading) and the admin connection (publication, drops), in the connected database.
+struct RealSlotSetup<'a> {
+    conn: &'a mut ReplicationConnection<PgSocket>,
+    admin: &'a Client,
+    target: &'a ReplicationTarget,
+    database: &'a str,
+    server_version_num: u32,
+}
+
+impl SlotSetup for RealSlotSetup<'_> {
+    type Error = PgPortError;
+
+    async fn ensure_publication(&mut self) -> Result<bool, PgPortError> {
+        ensure_publication(
+            self.admin,
+            &self.target.publication,
+            self.server_version_num,
+        )
         .await
-        .map_err(repl("reading the slot"))?
-        .ok_or_else(vanished)?;
-    if info.database.as_deref() != Some(database) {
-        return Err(PgPortError::SlotInOtherDatabase {
-            slot: slot.to_owned(),
-            slot_database: info.database,
-            database: database.to_owned(),
-        });
     }
-    if info.is_lost() {
-        // CT-1: an invalidated slot cannot stream; recreate it (continuity is broken).
-        tracing::warn!(
-            slot,
-            "the slot is invalidated (wal_status = lost); recreating it"
-        );
-        drop_slot(admin, slot, database).await?;
-        return match create_slot(conn, slot, persistence).await? {
-            CreateSlotOutcome::Created(created) => Ok((true, created.consistent_point)),
-            CreateSlotOutcome::AlreadyExists => Err(vanished()),
+
+    async fn drop_slot(&mut self, why: SlotReset) -> Result<(), PgPortError> {
+        let slot = &self.target.slot;
+        match why {
+            SlotReset::PublicationCreated => tracing::info!(%slot,
+                publication = %self.target.publication,
+                "created the publication; dropping the slot so it is created afresh"),
+            SlotReset::SlotLost => tracing::warn!(%slot,
+                "the slot is invalidated (wal_status = lost); recreating it"),
+        }
+        drop_slot(self.admin, slot, self.database).await
+    }
+
+    async fn create_slot(&mut self) -> Result<Option<Lsn>, PgPortError> {
+        match create_slot(self.conn, &self.target.slot, self.target.slot_persistence).await? {
+            CreateSlotOutcome::Created(created) => Ok(Some(created.consistent_point)),
+            CreateSlotOutcome::AlreadyExists => Ok(None),
+        }
+    }
+
+    /// The slot of the connected database; another database's slot of the same name is a
+    /// fatal error.
+    async fn existing_slot(&mut self) -> Result<Option<ExistingSlot>, PgPortError> {
+        let slot = &self.target.slot;
+        let Some(info) = self
+            .conn
+            .slot_info(slot)
+            .await
+            .map_err(repl("reading the slot"))?
+        else {
+            return Ok(None);
         };
+        if info.database.as_deref() != Some(self.database) {
+            return Err(PgPortError::SlotInOtherDatabase {
+                slot: slot.clone(),
+                slot_database: info.database,
+                database: self.database.to_owned(),
+            });
+        }
+        Ok(Some(ExistingSlot {
+            confirmed_flush_lsn: info.confirmed_flush_lsn,
+            is_lost: info.is_lost(),
+        }))
     }
-    let confirmed = info.confirmed_flush_lsn.ok_or_else(vanished)?;
-    Ok((false, confirmed))
+
+    fn changed_concurrently(&self) -> PgPortError {
+        PgPortError::SlotVanished {
+            slot: self.target.slot.clone(),
+        }
+    }
 }
 
 /// SL-2: `CREATE_REPLICATION_SLOT`, `TEMPORARY` or not (§1.7).

@@ -23,6 +23,7 @@ use ampere_core::ports::{
     SnapshotRequest, SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{ColumnSchema, RelationName, TableSchema};
+use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
 use super::server::PG_PORT;
@@ -401,20 +402,15 @@ impl SimSession {
         target: ReplicationTarget,
     ) -> Result<(SimReplicationStream, SlotStarted), SimPgError> {
         let slot = target.slot.as_str();
-        let mut admin = Client::connect(&self.pg.host, false).await?;
-        let create = ClientMessage::CreatePublication {
-            publication: target.publication.clone(),
-        };
-        if admin.call_bool(create).await? {
-            // SL-1: a new publication makes the slot's history unusable.
-            tracing::info!(publication = %target.publication, slot,
-                "created the publication; dropping the slot so it is created afresh");
-            drop_slot(&mut admin, slot).await?;
-        }
-        let (slot_created, confirmed_flush_lsn) =
-            ensure_slot(&mut self.client, &mut admin, slot, target.slot_persistence).await?;
-        drop(admin);
-        tracing::info!(slot, slot_created, %confirmed_flush_lsn,
+        let admin = Client::connect(&self.pg.host, false).await?;
+        let started = slot_setup::prepare(&mut SimSlotSetup {
+            conn: &mut self.client,
+            admin,
+            target: &target,
+        })
+        .await?;
+        tracing::info!(slot, slot_created = started.slot_created,
+            confirmed_flush_lsn = %started.confirmed_flush_lsn,
             backend_pid = self.client.pid, "starting replication");
         let start = ClientMessage::StartReplication {
             slot: slot.to_owned(),
@@ -428,77 +424,73 @@ impl SimSession {
             framed: self.client.framed,
             backend_pid: self.client.pid,
         };
-        let started = SlotStarted {
-            slot_created,
-            confirmed_flush_lsn,
-        };
         Ok((stream, started))
     }
 }
 
-/// Drops the slot if it exists and is inactive (none is fine; an active one is 55006).
-async fn drop_slot(admin: &mut Client, slot: &str) -> Result<(), SimPgError> {
-    let request = ClientMessage::DropSlot {
-        slot: slot.to_owned(),
-    };
-    match admin.call(request).await? {
-        ServerMessage::Done => Ok(()),
-        _ => Err(SimPgError::unexpected("dropping the replication slot")),
-    }
+/// [`slot_setup::prepare`]'s steps on the replication connection (slot creation) and an
+/// admin connection (publication, drops).
+struct SimSlotSetup<'a> {
+    conn: &'a mut Client,
+    admin: Client,
+    target: &'a ReplicationTarget,
 }
 
-/// SL-2: creates the slot, or reads the existing one; `(slot_created, confirmed_flush_lsn)`.
-async fn ensure_slot(
-    conn: &mut Client,
-    admin: &mut Client,
-    slot: &str,
-    persistence: SlotPersistence,
-) -> Result<(bool, Lsn), SimPgError> {
-    if let Some(consistent_point) = create_slot(conn, slot, persistence).await? {
-        return Ok((true, consistent_point));
-    }
-    let vanished = || {
-        SimPgError::transient(format!(
-            "replication slot {slot:?} changed concurrently during setup"
-        ))
-    };
-    let request = ClientMessage::SlotInfo {
-        slot: slot.to_owned(),
-    };
-    let ServerMessage::Slot(info) = conn.call(request).await? else {
-        return Err(SimPgError::unexpected("reading the slot"));
-    };
-    let info = info.ok_or_else(vanished)?;
-    if info.wal_status == "lost" {
-        // CT-1: an invalidated slot cannot stream; recreate it (continuity is broken).
-        tracing::warn!(
-            slot,
-            "the slot is invalidated (wal_status = lost); recreating it"
-        );
-        drop_slot(admin, slot).await?;
-        return match create_slot(conn, slot, persistence).await? {
-            Some(consistent_point) => Ok((true, consistent_point)),
-            None => Err(vanished()),
+impl SlotSetup for SimSlotSetup<'_> {
+    type Error = SimPgError;
+
+    async fn ensure_publication(&mut self) -> Result<bool, SimPgError> {
+        let create = ClientMessage::CreatePublication {
+            publication: self.target.publication.clone(),
         };
+        self.admin.call_bool(create).await
     }
-    Ok((false, Lsn(info.confirmed_flush_lsn)))
-}
 
-/// `CREATE_REPLICATION_SLOT`: the consistent point, or `None` if it exists (42710).
-async fn create_slot(
-    conn: &mut Client,
-    slot: &str,
-    persistence: SlotPersistence,
-) -> Result<Option<Lsn>, SimPgError> {
-    let request = ClientMessage::CreateSlot {
-        slot: slot.to_owned(),
-        temporary: persistence == SlotPersistence::Temporary,
-    };
-    match conn.call(request).await {
-        Ok(ServerMessage::SlotCreated { consistent_point }) => Ok(Some(Lsn(consistent_point))),
-        Ok(_) => Err(SimPgError::unexpected("CREATE_REPLICATION_SLOT")),
-        Err(e) if e.sqlstate.as_deref() == Some("42710") => Ok(None),
-        Err(e) => Err(e),
+    /// Drops the slot if it exists and is inactive (none is fine; an active one is 55006).
+    async fn drop_slot(&mut self, why: SlotReset) -> Result<(), SimPgError> {
+        let slot = self.target.slot.as_str();
+        tracing::info!(slot, publication = %self.target.publication, ?why,
+            "dropping the slot so it is created afresh");
+        let request = ClientMessage::DropSlot {
+            slot: slot.to_owned(),
+        };
+        match self.admin.call(request).await? {
+            ServerMessage::Done => Ok(()),
+            _ => Err(SimPgError::unexpected("dropping the replication slot")),
+        }
+    }
+
+    async fn create_slot(&mut self) -> Result<Option<Lsn>, SimPgError> {
+        let request = ClientMessage::CreateSlot {
+            slot: self.target.slot.clone(),
+            temporary: self.target.slot_persistence == SlotPersistence::Temporary,
+        };
+        match self.conn.call(request).await {
+            Ok(ServerMessage::SlotCreated { consistent_point }) => Ok(Some(Lsn(consistent_point))),
+            Ok(_) => Err(SimPgError::unexpected("CREATE_REPLICATION_SLOT")),
+            Err(e) if e.sqlstate.as_deref() == Some("42710") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn existing_slot(&mut self) -> Result<Option<ExistingSlot>, SimPgError> {
+        let request = ClientMessage::SlotInfo {
+            slot: self.target.slot.clone(),
+        };
+        let ServerMessage::Slot(info) = self.conn.call(request).await? else {
+            return Err(SimPgError::unexpected("reading the slot"));
+        };
+        Ok(info.map(|info| ExistingSlot {
+            confirmed_flush_lsn: Some(Lsn(info.confirmed_flush_lsn)),
+            is_lost: info.wal_status == "lost",
+        }))
+    }
+
+    fn changed_concurrently(&self) -> SimPgError {
+        SimPgError::transient(format!(
+            "replication slot {:?} changed concurrently during setup",
+            self.target.slot
+        ))
     }
 }
 

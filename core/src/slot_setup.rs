@@ -1,0 +1,192 @@
+//! Publication and slot before `START_REPLICATION` (SL-1, SL-2, CT-1): the decisions, once.
+//! Each Postgres adapter (io-real, io-sim) implements the four steps on its connections;
+//! [`prepare`] decides which to take.
+
+use std::future::Future;
+
+use crate::lsn::Lsn;
+use crate::ports::SlotStarted;
+
+/// Why an existing slot is dropped before streaming.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SlotReset {
+    /// SL-1: the publication was created now, so the slot's history is unusable.
+    PublicationCreated,
+    /// CT-1: `wal_status = 'lost'`, the slot cannot stream (continuity is broken).
+    SlotLost,
+}
+
+/// An existing slot as `pg_replication_slots` shows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ExistingSlot {
+    /// `confirmed_flush_lsn` (`None` while Postgres has not set it).
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// `wal_status = 'lost'`.
+    pub is_lost: bool,
+}
+
+/// The steps of [`prepare`], on one adapter's connections, for one slot and publication.
+pub trait SlotSetup: Send {
+    /// The adapter's error.
+    type Error;
+
+    /// `CREATE PUBLICATION` unless it exists; whether it was created now.
+    fn ensure_publication(&mut self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    /// Drops the slot if it exists and is inactive (a missing one is fine).
+    fn drop_slot(&mut self, why: SlotReset)
+        -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// `CREATE_REPLICATION_SLOT`: its consistent point, or `None` if the slot exists.
+    fn create_slot(&mut self) -> impl Future<Output = Result<Option<Lsn>, Self::Error>> + Send;
+    /// The existing slot, `None` if it is gone.
+    fn existing_slot(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<ExistingSlot>, Self::Error>> + Send;
+    /// The error for a slot that appeared or vanished while this ran (transient).
+    fn changed_concurrently(&self) -> Self::Error;
+}
+
+/// SL-1, SL-2, CT-1: a slot ready to stream from, created now or existing.
+pub async fn prepare<S: SlotSetup>(setup: &mut S) -> Result<SlotStarted, S::Error> {
+    if setup.ensure_publication().await? {
+        setup.drop_slot(SlotReset::PublicationCreated).await?;
+    }
+    let created = |consistent_point| SlotStarted {
+        slot_created: true,
+        confirmed_flush_lsn: consistent_point,
+    };
+    if let Some(consistent_point) = setup.create_slot().await? {
+        return Ok(created(consistent_point));
+    }
+    let existing = setup
+        .existing_slot()
+        .await?
+        .ok_or_else(|| setup.changed_concurrently())?;
+    if existing.is_lost {
+        setup.drop_slot(SlotReset::SlotLost).await?;
+        return match setup.create_slot().await? {
+            Some(consistent_point) => Ok(created(consistent_point)),
+            None => Err(setup.changed_concurrently()),
+        };
+    }
+    let confirmed_flush_lsn = existing
+        .confirmed_flush_lsn
+        .ok_or_else(|| setup.changed_concurrently())?;
+    Ok(SlotStarted {
+        slot_created: false,
+        confirmed_flush_lsn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// Scripted answers; records the steps taken.
+    #[derive(Default)]
+    struct Script {
+        publication_created: bool,
+        creates: VecDeque<Option<Lsn>>,
+        existing: Option<ExistingSlot>,
+        steps: Vec<String>,
+    }
+
+    impl SlotSetup for Script {
+        type Error = String;
+
+        async fn ensure_publication(&mut self) -> Result<bool, String> {
+            self.steps.push("publication".into());
+            Ok(self.publication_created)
+        }
+        async fn drop_slot(&mut self, why: SlotReset) -> Result<(), String> {
+            self.steps.push(format!("drop {why:?}"));
+            Ok(())
+        }
+        async fn create_slot(&mut self) -> Result<Option<Lsn>, String> {
+            self.steps.push("create".into());
+            Ok(self.creates.pop_front().expect("scripted create"))
+        }
+        async fn existing_slot(&mut self) -> Result<Option<ExistingSlot>, String> {
+            self.steps.push("read".into());
+            Ok(self.existing)
+        }
+        fn changed_concurrently(&self) -> String {
+            "changed concurrently".into()
+        }
+    }
+
+    fn run(script: &mut Script) -> Result<SlotStarted, String> {
+        poll_once(prepare(script))
+    }
+
+    /// Polls a future that never waits (the script answers at once).
+    fn poll_once<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => panic!("the script never waits"),
+        }
+    }
+
+    #[test]
+    fn a_new_publication_drops_the_slot_so_it_is_created_afresh() {
+        let mut script = Script {
+            publication_created: true,
+            creates: [Some(Lsn(0x100))].into(),
+            ..Script::default()
+        };
+        let started = run(&mut script).expect("started");
+        assert!(started.slot_created);
+        assert_eq!(started.confirmed_flush_lsn, Lsn(0x100));
+        assert_eq!(
+            script.steps,
+            ["publication", "drop PublicationCreated", "create"]
+        );
+    }
+
+    #[test]
+    fn an_existing_slot_resumes_from_its_confirmed_flush_lsn() {
+        let mut script = Script {
+            creates: [None].into(),
+            existing: Some(ExistingSlot {
+                confirmed_flush_lsn: Some(Lsn(0x200)),
+                is_lost: false,
+            }),
+            ..Script::default()
+        };
+        let started = run(&mut script).expect("started");
+        assert!(!started.slot_created);
+        assert_eq!(started.confirmed_flush_lsn, Lsn(0x200));
+        assert_eq!(script.steps, ["publication", "create", "read"]);
+    }
+
+    #[test]
+    fn a_lost_slot_is_dropped_and_created_again() {
+        let mut script = Script {
+            creates: [None, Some(Lsn(0x300))].into(),
+            existing: Some(ExistingSlot {
+                confirmed_flush_lsn: Some(Lsn(0x200)),
+                is_lost: true,
+            }),
+            ..Script::default()
+        };
+        let started = run(&mut script).expect("started");
+        assert!(started.slot_created);
+        assert_eq!(started.confirmed_flush_lsn, Lsn(0x300));
+        assert_eq!(
+            script.steps,
+            ["publication", "create", "read", "drop SlotLost", "create"]
+        );
+    }
+
+    #[test]
+    fn a_slot_that_vanishes_between_create_and_read_is_a_concurrent_change() {
+        let mut script = Script {
+            creates: [None].into(),
+            ..Script::default()
+        };
+        assert_eq!(run(&mut script), Err("changed concurrently".into()));
+    }
+}
