@@ -1,8 +1,61 @@
-//! Chunk boundaries by bytes (protocol.md §6.2), and snapshot chunks as both the real and the
-//! simulated store write and count them.
+//! Chunk boundaries by bytes (protocol.md §6.2), and snapshots as both the real and the
+//! simulated Postgres adapters fetch and write them: the columns fetched, the chunks written
+//! and counted.
 
 use crate::error_chain;
+use crate::json::EntryEncoder;
 use crate::ports::{SnapshotError, SnapshotWriter};
+use crate::shape::{ShapeDefinition, TableSchema};
+
+/// The columns one shape's snapshot fetches — the selected ones plus the key columns, in
+/// `attnum` order — and how a fetched row becomes an entry.
+#[derive(Debug)]
+pub struct SnapshotColumns {
+    /// Indices (in `attnum` order) of the fetched columns, in the order the query returns them.
+    pub fetched: Vec<usize>,
+    /// Encodes a row given in the table's column order.
+    pub encoder: EntryEncoder,
+    /// Number of columns in the table's schema.
+    width: usize,
+}
+
+impl SnapshotColumns {
+    /// The columns of `definition` on `schema`; a selected column the table lacks means the
+    /// schema changed under the shape.
+    pub fn new(definition: &ShapeDefinition, schema: &TableSchema) -> Result<Self, SnapshotError> {
+        let selected: Vec<usize> = match &definition.columns {
+            None => (0..schema.columns.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    schema
+                        .column_index(name)
+                        .ok_or_else(|| SnapshotError::SchemaChanged {
+                            message: format!("column {name:?} is not in {}", schema.relation),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut fetched: Vec<usize> = selected
+            .iter()
+            .copied()
+            .chain(schema.key_columns())
+            .collect();
+        fetched.sort_unstable();
+        fetched.dedup();
+        Ok(Self {
+            fetched,
+            encoder: EntryEncoder::new(schema, &selected, definition.replica),
+            width: schema.columns.len(),
+        })
+    }
+
+    /// A row in the table's column order with nothing fetched yet: fill `fetched[i]` with the
+    /// query's column `i`.
+    pub fn empty_row(&self) -> Vec<Option<String>> {
+        vec![None; self.width]
+    }
+}
 
 /// Decides where chunks close: after appending an entry, the chunk closes once the bytes
 /// accumulated (each JSON line plus one) reach the threshold. A chunk therefore passes the

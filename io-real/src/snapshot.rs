@@ -19,8 +19,7 @@ use futures::TryStreamExt;
 use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, IsolationLevel, RowStream};
 
-use ampere_core::chunk::SnapshotChunks;
-use ampere_core::json::EntryEncoder;
+use ampere_core::chunk::{SnapshotChunks, SnapshotColumns};
 use ampere_core::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
@@ -186,53 +185,25 @@ pub async fn wait_for_in_progress(
 struct SnapshotQuery {
     /// `SELECT <text of each fetched column> FROM <relation>`.
     sql: String,
-    /// Indices (in `attnum` order) of the columns the query returns, in query order: the
-    /// selected columns plus the key columns.
-    fetched: Vec<usize>,
-    /// Number of columns in the table's schema.
-    width: usize,
-    encoder: EntryEncoder,
+    columns: SnapshotColumns,
 }
 
 impl SnapshotQuery {
     fn new(definition: &ShapeDefinition, schema: &TableSchema) -> Result<Self, SnapshotError> {
-        let selected: Vec<usize> = match &definition.columns {
-            None => (0..schema.columns.len()).collect(),
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    schema
-                        .column_index(name)
-                        .ok_or_else(|| SnapshotError::SchemaChanged {
-                            message: format!("column {name:?} is not in {}", schema.relation),
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let mut fetched: Vec<usize> = selected
-            .iter()
-            .copied()
-            .chain(schema.key_columns())
-            .collect();
-        fetched.sort_unstable();
-        fetched.dedup();
-        let columns: Vec<String> = fetched
+        let columns = SnapshotColumns::new(definition, schema)?;
+        let texts: Vec<String> = columns
+            .fetched
             .iter()
             .map(|&i| text_expression(&schema.columns[i]))
             .collect();
-        let sql = format!("SELECT {} FROM {}", columns.join(", "), schema.relation);
-        Ok(Self {
-            sql,
-            fetched,
-            width: schema.columns.len(),
-            encoder: EntryEncoder::new(schema, &selected, definition.replica),
-        })
+        let sql = format!("SELECT {} FROM {}", texts.join(", "), schema.relation);
+        Ok(Self { sql, columns })
     }
 
     /// A result row as text values in the table's column order (unfetched columns `None`).
     fn decode(&self, row: &tokio_postgres::Row) -> Result<Vec<Option<String>>, SnapshotError> {
-        let mut values = vec![None; self.width];
-        for (position, &column) in self.fetched.iter().enumerate() {
+        let mut values = self.columns.empty_row();
+        for (position, &column) in self.columns.fetched.iter().enumerate() {
             let value: Option<&str> = row
                 .try_get(position)
                 .map_err(pg("decoding a snapshot row"))?;
@@ -283,7 +254,9 @@ async fn write_rows<W: SnapshotWriter>(
     let mut chunks = SnapshotChunks::new(writer, chunk_bytes_threshold);
     while let Some(row) = rows.try_next().await.map_err(pg("reading snapshot rows"))? {
         let values = query.decode(&row)?;
-        chunks.push(query.encoder.snapshot_row(&values)).await?;
+        chunks
+            .push(query.columns.encoder.snapshot_row(&values))
+            .await?;
     }
     chunks.finish(&snapshot.snapshot_end_json()).await
 }

@@ -10,11 +10,9 @@
 
 use std::time::Duration;
 
-use ampere_core::chunk::SnapshotChunks;
+use ampere_core::chunk::{SnapshotChunks, SnapshotColumns};
 use ampere_core::error_chain;
-use ampere_core::json::EntryEncoder;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
-use ampere_core::shape::{ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 
 use super::port::{Client, SimPgError};
@@ -46,7 +44,7 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
             .map_err(pg("ALTER PUBLICATION … ADD TABLE"))?,
     )?;
     wait_for_in_progress(&mut client, XIP_WAIT_MAX).await?;
-    let query = SnapshotQuery::new(&request.definition, &request.schema)?;
+    let query = SnapshotColumns::new(&request.definition, &request.schema)?;
     let columns = query
         .fetched
         .iter()
@@ -66,7 +64,7 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
     })?;
     let mut chunks = SnapshotChunks::new(writer, request.chunk_bytes_threshold);
     for row in rows {
-        let values = query.decode(row)?;
+        let values = decode(&query, row)?;
         chunks.push(query.encoder.snapshot_row(&values)).await?;
     }
     let writer = chunks.finish(&snapshot.snapshot_end_json()).await?;
@@ -116,56 +114,19 @@ async fn wait_for_in_progress(
     }
 }
 
-/// The columns one shape's snapshot fetches and how to turn its rows into entries (as
-/// io-real's `SnapshotQuery`).
-struct SnapshotQuery {
-    /// Indices (in `attnum` order) of the fetched columns: the selected plus the key columns.
-    fetched: Vec<usize>,
-    /// Number of columns in the table's schema.
-    width: usize,
-    encoder: EntryEncoder,
-}
-
-impl SnapshotQuery {
-    fn new(definition: &ShapeDefinition, schema: &TableSchema) -> Result<Self, SnapshotError> {
-        let selected: Vec<usize> = match &definition.columns {
-            None => (0..schema.columns.len()).collect(),
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    schema
-                        .column_index(name)
-                        .ok_or_else(|| SnapshotError::SchemaChanged {
-                            message: format!("column {name:?} is not in {}", schema.relation),
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let mut fetched: Vec<usize> = selected
-            .iter()
-            .copied()
-            .chain(schema.key_columns())
-            .collect();
-        fetched.sort_unstable();
-        fetched.dedup();
-        Ok(Self {
-            fetched,
-            width: schema.columns.len(),
-            encoder: EntryEncoder::new(schema, &selected, definition.replica),
-        })
+/// A result row as values in the table's column order (unfetched columns `None`).
+fn decode(
+    columns: &SnapshotColumns,
+    row: Vec<Option<String>>,
+) -> Result<Vec<Option<String>>, SnapshotError> {
+    if row.len() != columns.fetched.len() {
+        return Err(unexpected("a snapshot row"));
     }
-
-    /// A result row as values in the table's column order (unfetched columns `None`).
-    fn decode(&self, row: Vec<Option<String>>) -> Result<Vec<Option<String>>, SnapshotError> {
-        if row.len() != self.fetched.len() {
-            return Err(unexpected("a snapshot row"));
-        }
-        let mut values = vec![None; self.width];
-        for (&column, value) in self.fetched.iter().zip(row) {
-            values[column] = value;
-        }
-        Ok(values)
+    let mut values = columns.empty_row();
+    for (&column, value) in columns.fetched.iter().zip(row) {
+        values[column] = value;
     }
+    Ok(values)
 }
 
 fn expect_done(reply: ServerMessage) -> Result<(), SnapshotError> {
