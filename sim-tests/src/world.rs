@@ -589,9 +589,11 @@ impl World {
         self.check_health(now);
     }
 
-    /// Which shapes' metadata rows record a complete snapshot, on every disk.
+    /// Which shapes' metadata rows record a complete snapshot, on every disk (once per disk,
+    /// however many hosts share it).
     fn note_recorded_snapshots(&mut self) {
-        for host in &self.hosts {
+        let mut disks = std::collections::BTreeSet::new();
+        for host in self.hosts.iter().filter(|h| disks.insert(h.disk_id)) {
             for row in host.disk.durable_metadata().0 {
                 *self
                     .snapshot_recorded
