@@ -35,6 +35,10 @@ const LOCK_POLL: Duration = Duration::from_secs(1);
 const LOCK_BREAKER_PERIOD: Duration = Duration::from_secs(10);
 /// How long a holder must be seen before the breaker terminates it (LB-3).
 const LOCK_BREAKER_GRACE: Duration = Duration::from_secs(30);
+/// How far past the stamp in hand a Postgres stamp reservation reaches (ID-2), in
+/// microseconds: a minute of wall time, so minting writes to Postgres about once a minute at
+/// most, and a restart moves stamps at most a minute ahead of the clock.
+const STAMP_RESERVATION_MICROS: u64 = 60_000_000;
 
 /// Static configuration of an instance.
 #[derive(Clone, Debug)]
@@ -295,6 +299,9 @@ pub enum Output {
         shape: StoredShape,
         /// The new handle-stamp high-water mark.
         stamp: HandleStamp,
+        /// First raise the publication's stamp reservation to this (ID-2), when the new
+        /// stamp passed the last one; failing that, answer 503 and report `SnapshotFailed`.
+        reserve_stamps: Option<HandleStamp>,
         /// The snapshot to take.
         snapshot: SnapshotRequest,
     },
@@ -379,6 +386,9 @@ pub struct Instance {
     by_relation: BTreeMap<Oid, BTreeSet<ShapeHandle>>,
     snapshots: BTreeMap<OpId, ShapeHandle>,
     stamp: HandleStamp,
+    /// The stamp reservation Postgres holds (or is being asked to hold) for the publication:
+    /// a handle is only minted at or below it (ID-2).
+    stamps_reserved: HandleStamp,
     durability: Durability,
     next_status_at: Instant,
     next_op: u64,
@@ -506,6 +516,7 @@ impl Instance {
             by_relation: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             stamp: HandleStamp::default(),
+            stamps_reserved: HandleStamp::default(),
             durability: Durability::default(),
             next_status_at: now,
             next_op: 0,
@@ -560,6 +571,8 @@ impl Instance {
             }
             Input::SnapshotTaken { op, snapshot } => self.on_snapshot_taken(op, snapshot),
             Input::SnapshotFailed { op } => {
+                // The reservation asked for may not have reached Postgres: ask again.
+                self.stamps_reserved = HandleStamp::default();
                 if let Some(handle) = self.snapshots.remove(&op) {
                     self.remove_shape(&handle, "snapshot failed");
                 }
@@ -1009,6 +1022,10 @@ impl Instance {
             return;
         }
         self.stamp = self.stamp.next(unix_micros);
+        let reserve_stamps = (self.stamp > self.stamps_reserved).then(|| {
+            self.stamps_reserved = self.stamp.plus(STAMP_RESERVATION_MICROS);
+            self.stamps_reserved
+        });
         let handle = ShapeHandle::mint(definition.identity(), self.stamp);
         #[cfg(feature = "mutant-reuse-handle-after-purge")]
         // MUTANT (never on by default): a purged definition gets its old handle back.
@@ -1044,6 +1061,7 @@ impl Instance {
             op,
             shape: stored,
             stamp: self.stamp,
+            reserve_stamps,
             snapshot,
         });
     }

@@ -234,6 +234,9 @@ pub struct SlotStarted {
     pub slot_created: bool,
     /// The slot's `confirmed_flush_lsn` (its `consistent_point` if just created).
     pub confirmed_flush_lsn: Lsn,
+    /// The handle-stamp reservation Postgres holds for the publication (ID-2): every stamp
+    /// issued under it is at most this, whatever became of the storage directory since.
+    pub stamps_reserved: HandleStamp,
 }
 
 /// What storage last recorded about the replication stream it follows (CT-5).
@@ -400,6 +403,15 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         &self,
         relation: RelationName,
     ) -> impl Future<Output = Result<Option<CatalogTable>, Self::Error>> + Send + 'static;
+
+    /// Raises the publication's handle-stamp reservation to at least `through` (never lowers
+    /// it), durably, before a handle stamped up to `through` is shown to anyone (ID-2: a
+    /// restored storage directory rolls back its own stamp floor, Postgres does not).
+    fn reserve_stamps(
+        &self,
+        publication: String,
+        through: HandleStamp,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
 
     /// Adds the table to the publication, then takes the snapshot in a `REPEATABLE READ`
     /// transaction, writing its chunks through `writer`; returns `pg_current_snapshot()`.

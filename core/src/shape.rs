@@ -192,7 +192,31 @@ impl HandleStamp {
     pub fn next(self, unix_micros: u64) -> Self {
         Self(unix_micros.max(self.0.saturating_add(1)))
     }
+
+    /// `self` plus `micros`, for a reservation reaching past the stamp in hand.
+    #[must_use]
+    pub fn plus(self, micros: u64) -> Self {
+        Self(self.0.saturating_add(micros))
+    }
+
+    /// The publication comment that records a reservation through `self` in Postgres.
+    pub fn reservation_comment(self) -> String {
+        format!("{RESERVATION_PREFIX}{}", self.0)
+    }
+
+    /// The reservation a publication comment records; `None` for a comment ampere did not
+    /// write (no comment, or an operator's), which reserves nothing.
+    pub fn from_reservation_comment(comment: &str) -> Option<Self> {
+        let digits = comment.strip_prefix(RESERVATION_PREFIX)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(Self)
+    }
 }
+
+/// How a stamp reservation reads as a publication comment (`COMMENT ON PUBLICATION`).
+const RESERVATION_PREFIX: &str = "ampere: handle stamps reserved through ";
 
 /// 64-bit FNV-1a: tiny, stable across platforms and releases (unlike `DefaultHasher`).
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -253,6 +277,30 @@ mod tests {
             ..a.clone()
         };
         assert_ne!(a.canonical_text(), b.canonical_text());
+    }
+
+    #[test]
+    fn a_stamp_reservation_reads_back_from_its_comment_and_nothing_else_reserves() {
+        let through = HandleStamp(1_767_225_600_531_001);
+        let comment = through.reservation_comment();
+        assert_eq!(
+            HandleStamp::from_reservation_comment(&comment),
+            Some(through)
+        );
+        for foreign in [
+            "",
+            "publication for electric",
+            "ampere: handle stamps reserved through ",
+            "ampere: handle stamps reserved through 12x",
+            "ampere: handle stamps reserved through -5",
+            "ampere: handle stamps reserved through 99999999999999999999999",
+        ] {
+            assert_eq!(
+                HandleStamp::from_reservation_comment(foreign),
+                None,
+                "{foreign:?}"
+            );
+        }
     }
 
     #[test]

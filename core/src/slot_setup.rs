@@ -6,6 +6,7 @@ use std::future::Future;
 
 use crate::lsn::Lsn;
 use crate::ports::SlotStarted;
+use crate::shape::HandleStamp;
 
 /// Why an existing slot is dropped before streaming.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -32,6 +33,8 @@ pub trait SlotSetup: Send {
 
     /// `CREATE PUBLICATION` unless it exists; whether it was created now.
     fn ensure_publication(&mut self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    /// The publication's handle-stamp reservation (ID-2), zero when it records none.
+    fn stamps_reserved(&mut self) -> impl Future<Output = Result<HandleStamp, Self::Error>> + Send;
     /// Drops the slot if it exists and is inactive (a missing one is fine).
     fn drop_slot(&mut self, why: SlotReset)
         -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -50,9 +53,11 @@ pub async fn prepare<S: SlotSetup>(setup: &mut S) -> Result<SlotStarted, S::Erro
     if setup.ensure_publication().await? {
         setup.drop_slot(SlotReset::PublicationCreated).await?;
     }
+    let stamps_reserved = setup.stamps_reserved().await?;
     let created = |consistent_point| SlotStarted {
         slot_created: true,
         confirmed_flush_lsn: consistent_point,
+        stamps_reserved,
     };
     if let Some(consistent_point) = setup.create_slot().await? {
         return Ok(created(consistent_point));
@@ -74,6 +79,7 @@ pub async fn prepare<S: SlotSetup>(setup: &mut S) -> Result<SlotStarted, S::Erro
     Ok(SlotStarted {
         slot_created: false,
         confirmed_flush_lsn,
+        stamps_reserved,
     })
 }
 
@@ -89,6 +95,7 @@ mod tests {
         publication_created: bool,
         creates: VecDeque<Option<Lsn>>,
         existing: Option<ExistingSlot>,
+        reserved: HandleStamp,
         steps: Vec<String>,
     }
 
@@ -98,6 +105,10 @@ mod tests {
         async fn ensure_publication(&mut self) -> Result<bool, String> {
             self.steps.push("publication".into());
             Ok(self.publication_created)
+        }
+        async fn stamps_reserved(&mut self) -> Result<HandleStamp, String> {
+            self.steps.push("reservation".into());
+            Ok(self.reserved)
         }
         async fn drop_slot(&mut self, why: SlotReset) -> Result<(), String> {
             self.steps.push(format!("drop {why:?}"));
@@ -142,7 +153,12 @@ mod tests {
         assert_eq!(started.confirmed_flush_lsn, Lsn(0x100));
         assert_eq!(
             script.steps,
-            ["publication", "drop PublicationCreated", "create"]
+            [
+                "publication",
+                "drop PublicationCreated",
+                "reservation",
+                "create"
+            ]
         );
     }
 
@@ -159,7 +175,10 @@ mod tests {
         let started = run(&mut script).expect("started");
         assert!(!started.slot_created);
         assert_eq!(started.confirmed_flush_lsn, Lsn(0x200));
-        assert_eq!(script.steps, ["publication", "create", "read"]);
+        assert_eq!(
+            script.steps,
+            ["publication", "reservation", "create", "read"]
+        );
     }
 
     #[test]
@@ -177,7 +196,38 @@ mod tests {
         assert_eq!(started.confirmed_flush_lsn, Lsn(0x300));
         assert_eq!(
             script.steps,
-            ["publication", "create", "read", "drop SlotLost", "create"]
+            [
+                "publication",
+                "reservation",
+                "create",
+                "read",
+                "drop SlotLost",
+                "create"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_publication_s_stamp_reservation_comes_with_the_slot_created_or_existing() {
+        let reserved = HandleStamp(1_767_225_600_000_000);
+        let mut script = Script {
+            creates: [Some(Lsn(0x100))].into(),
+            reserved,
+            ..Script::default()
+        };
+        assert_eq!(run(&mut script).expect("created").stamps_reserved, reserved);
+        let mut script = Script {
+            creates: [None].into(),
+            existing: Some(ExistingSlot {
+                confirmed_flush_lsn: Some(Lsn(0x200)),
+                is_lost: false,
+            }),
+            reserved,
+            ..Script::default()
+        };
+        assert_eq!(
+            run(&mut script).expect("existing").stamps_reserved,
+            reserved
         );
     }
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, GenericClient, NoTls};
 
 use ampere_core::error_chain;
 use ampere_core::lsn::Lsn;
@@ -32,7 +32,7 @@ use ampere_core::ports::{
     ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
     SnapshotWriter, StandbyStatus, SystemIdentity,
 };
-use ampere_core::shape::{quote_ident, RelationName};
+use ampere_core::shape::{quote_ident, HandleStamp, RelationName};
 use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
@@ -375,6 +375,18 @@ impl PgPort for RealPg {
         async move { this.catalog_table(&relation).await }
     }
 
+    fn reserve_stamps(
+        &self,
+        publication: String,
+        through: HandleStamp,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let mut client = this.connect_sql("stamp reservation").await?;
+            reserve_stamps(&mut client, &publication, through).await
+        }
+    }
+
     fn take_snapshot<W: SnapshotWriter>(
         &self,
         request: SnapshotRequest,
@@ -604,6 +616,59 @@ async fn ensure_publication(
     }
 }
 
+/// ID-2: the handle-stamp reservation the publication's comment records (zero for none, or
+/// for a comment ampere did not write).
+async fn stamps_reserved<C: GenericClient>(
+    client: &C,
+    publication: &str,
+) -> Result<HandleStamp, PgPortError> {
+    const SQL: &str = "SELECT pg_catalog.obj_description(oid, 'pg_publication') \
+                       FROM pg_catalog.pg_publication WHERE pubname = $1";
+    let during = "reading the handle-stamp reservation";
+    let rows = client
+        .query(SQL, &[&publication])
+        .await
+        .map_err(sql(during))?;
+    let comment = match rows.first() {
+        Some(row) => row.try_get::<_, Option<String>>(0).map_err(sql(during))?,
+        None => None,
+    };
+    Ok(comment
+        .as_deref()
+        .and_then(HandleStamp::from_reservation_comment)
+        .unwrap_or_default())
+}
+
+/// ID-2: raises the reservation to `through`, never lowers it. Read and write happen in one
+/// transaction under a transaction-level advisory lock, so a deposed writer racing its
+/// successor cannot put a lower reservation back.
+async fn reserve_stamps(
+    client: &mut Client,
+    publication: &str,
+    through: HandleStamp,
+) -> Result<(), PgPortError> {
+    let during = "reserving handle stamps";
+    let tx = client.transaction().await.map_err(sql(during))?;
+    let key = format!("ampere handle stamps {publication}");
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
+        &[&key],
+    )
+    .await
+    .map_err(sql(during))?;
+    if stamps_reserved(&tx, publication).await? < through {
+        // The comment is ampere's own text (a fixed prefix and digits): nothing to escape.
+        let comment = through.reservation_comment();
+        debug_assert!(!comment.contains('\''));
+        let set = format!(
+            "COMMENT ON PUBLICATION {} IS '{comment}'",
+            quote_ident(publication)
+        );
+        tx.batch_execute(&set).await.map_err(sql(during))?;
+    }
+    tx.commit().await.map_err(sql(during))
+}
+
 /// SL-1, without the privilege to create it: the publication must exist and publish inserts,
 /// updates, deletes and truncates.
 async fn check_existing_publication(admin: &Client, publication: &str) -> Result<(), PgPortError> {
@@ -674,6 +739,10 @@ impl SlotSetup for RealSlotSetup<'_> {
             self.server_version_num,
         )
         .await
+    }
+
+    async fn stamps_reserved(&mut self) -> Result<HandleStamp, PgPortError> {
+        stamps_reserved(self.admin, &self.target.publication).await
     }
 
     async fn drop_slot(&mut self, why: SlotReset) -> Result<(), PgPortError> {

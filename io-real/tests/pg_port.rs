@@ -22,7 +22,9 @@ use ampere_core::ports::{
     ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
     SnapshotWriter, StandbyStatus, SystemIdentity,
 };
-use ampere_core::shape::{RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::shape::{
+    HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
+};
 use ampere_core::snapshot::FullXid;
 use ampere_core::Lsn;
 use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
@@ -659,6 +661,52 @@ async fn start_streaming_creates_the_slot_then_resumes_from_it() {
         .unwrap();
     let confirmed: Lsn = row.get::<_, String>(0).parse().unwrap();
     assert_eq!(again.confirmed_flush_lsn, confirmed);
+}
+
+#[tokio::test]
+async fn stamp_reservations_only_rise_and_come_back_with_the_slot() {
+    // Goal: ID-2: the handle-stamp reservation lives in Postgres (the publication's comment),
+    // is raised and never lowered, and slot setup reads it back; an operator's comment
+    // reserves nothing.
+    // Method: start (no reservation), reserve 5000, then 3000, restart; overwrite the comment.
+    let url = database("stamp_reservation");
+    let client = connect(&url).await;
+    let pg = RealPg::from_url(&url).unwrap();
+    let target = target("stamps");
+    let (stream, first, _) = start(&pg, &target).await;
+    assert_eq!(
+        first.stamps_reserved,
+        HandleStamp(0),
+        "nothing reserved yet"
+    );
+    pg.reserve_stamps(target.publication.clone(), HandleStamp(5_000))
+        .await
+        .expect("reserve 5000");
+    pg.reserve_stamps(target.publication.clone(), HandleStamp(3_000))
+        .await
+        .expect("a lower reservation is not an error");
+    let comment_sql = "SELECT obj_description(oid, 'pg_publication') FROM pg_publication \
+                       WHERE pubname = $1";
+    let row = client
+        .query_one(comment_sql, &[&target.publication])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("ampere: handle stamps reserved through 5000")
+    );
+    drop(stream);
+    wait_slot_inactive(&client, &target.slot).await;
+    let (stream, again, _) = start(&pg, &target).await;
+    assert!(!again.slot_created);
+    assert_eq!(again.stamps_reserved, HandleStamp(5_000));
+
+    drop(stream);
+    wait_slot_inactive(&client, &target.slot).await;
+    let operator = format!("COMMENT ON PUBLICATION {} IS 'ours'", target.publication);
+    client.batch_execute(&operator).await.unwrap();
+    let (_stream, foreign, _) = start(&pg, &target).await;
+    assert_eq!(foreign.stamps_reserved, HandleStamp(0));
 }
 
 #[tokio::test]

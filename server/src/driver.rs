@@ -313,9 +313,11 @@ where
                 op,
                 shape,
                 stamp,
+                reserve_stamps,
                 snapshot,
             } => {
-                self.create_shape(op, shape, stamp, snapshot).await;
+                self.create_shape(op, shape, stamp, reserve_stamps, snapshot)
+                    .await;
             }
             Output::ShapeExists { op, handle } => {
                 let info = self.registry.by_handle(&handle);
@@ -353,12 +355,14 @@ where
         Ok(())
     }
 
-    /// Log directory, then metadata row, then the answer, then the snapshot (SN-1).
+    /// The stamp reservation in Postgres when asked (ID-2), then log directory, then
+    /// metadata row, then the answer, then the snapshot (SN-1).
     async fn create_shape(
         &mut self,
         op: OpId,
         shape: StoredShape,
         stamp: HandleStamp,
+        reserve_stamps: Option<HandleStamp>,
         snapshot: ampere_core::ports::SnapshotRequest,
     ) {
         let handle = shape.handle.clone();
@@ -367,7 +371,12 @@ where
             definition: shape.definition.clone(),
             schema: Arc::new(shape.schema.clone()),
         };
+        let publication = snapshot.publication.clone();
         let prepared = async {
+            if let Some(through) = reserve_stamps {
+                let reserve = self.ports.pg.reserve_stamps(publication, through);
+                reserve.await.map_err(|e| (false, error_chain(&e)))?;
+            }
             self.ports
                 .store
                 .create_shape(&handle)
@@ -380,7 +389,7 @@ where
                 .map_err(|e| (e.is_fenced(), error_chain(&e)))
         };
         if let Err((fenced, e)) = prepared.await {
-            error!(%handle, error = %e, "creating shape storage failed");
+            error!(%handle, error = %e, "creating the shape failed");
             if fenced {
                 self.fenced("creating a shape");
             }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use ampere_io_sim::faults::FaultProfile;
 use ampere_sim_tests::{run_seed, seed_from_env, Report, RunOptions};
 
-/// The fixed CI seed list: seeds `1..=CI_SEEDS`, except [`OPEN_BUGS`] (200 seeds pass); the
+/// The fixed CI seed list: seeds `1..=CI_SEEDS`, except [`OPEN_BUGS`] (none now); the
 /// seeds pinned in [`regressions`] run there under their names.
 const CI_SEEDS: u64 = 201;
 
@@ -30,11 +30,7 @@ fn ci_list() -> Vec<u64> {
 /// each with the invariant it breaks. Kept out of the passing list, never silently: they run
 /// with `cargo test -p ampere-sim-tests --test sim -- --ignored open_bugs`, and the issue
 /// tracker's note lists them. Remove a seed when its bug is fixed.
-const OPEN_BUGS: &[(u64, &str)] = &[(
-    0x5e,
-    "invariant 4: a handle reissued after a stale-storage restore while the wall clock is \
-     behind the newest stamp the lost storage had minted (the restored floor is older)",
-)];
+const OPEN_BUGS: &[(u64, &str)] = &[];
 
 /// Runs `seeds` on two threads; returns the reports and the failures (seed, message).
 fn sweep(seeds: Vec<u64>) -> (Vec<Report>, Vec<(u64, String)>) {
@@ -293,5 +289,9 @@ mod regressions {
         seed_0x11_a_shape_never_recorded_complete_may_be_discarded = 0x11;
         /// Found by sim (checker): with separate storage, handles expire per storage.
         seed_0x6c_handles_expire_per_storage_with_separate_storage = 0x6c;
+        /// Found by sim: a restored (older) storage directory rolled its stamp floor back
+        /// and, with the wall clock behind, a handle already shown was minted again; the
+        /// stamp reservation in Postgres prevents it.
+        seed_0x5e_a_restore_never_mints_a_shown_handle_again = 0x5e;
     }
 }

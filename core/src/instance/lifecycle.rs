@@ -200,6 +200,10 @@ impl Instance {
         self.phase = Phase::Active { since: self.now };
         self.last_received_at = self.now;
         let start = slot.confirmed_flush_lsn;
+        // ID-2: stamps issued under the reservation may be missing from a restored storage
+        // directory, so the next handle is stamped above it.
+        self.stamp = self.stamp.max(slot.stamps_reserved);
+        self.stamps_reserved = slot.stamps_reserved;
         self.durability = Durability {
             received: start,
             processed: Lsn(start.0.saturating_sub(1)),

@@ -602,8 +602,10 @@ pub(crate) struct Harness {
     /// What the next connection reports.
     system: SystemIdentity,
     awaiting: BTreeMap<Step, OpId>,
-    /// Every handle storage ever held (ID-2: never reissued).
+    /// Every handle ever shown, across restarts and restores (ID-2: never reissued).
     issued: BTreeSet<ShapeHandle>,
+    /// The publication's stamp reservation in Postgres: outlives restarts and restores.
+    pg_stamps_reserved: HandleStamp,
     /// Writes made while the core was not active (see the module docs).
     off_duty_writes: Vec<String>,
     /// Relations announced on the current connection (pgoutput re-announces after a restart).
@@ -679,6 +681,7 @@ impl Harness {
             out: Vec::new(),
             ledger: Ledger::default(),
             issued: shapes.keys().cloned().collect(),
+            pg_stamps_reserved: HandleStamp::default(),
             storage: Storage {
                 shapes,
                 stamp,
@@ -715,7 +718,21 @@ impl Harness {
     /// storage holds durably now (entries of answered flushes only; incomplete shapes are
     /// gone), not connected yet.
     pub(crate) fn crashed(&self) -> Self {
-        let loaded = self.storage.loaded(self.ledger.durable_appends);
+        self.restarted_over(self.backup())
+    }
+
+    /// A copy of what the storage directory holds durably now (an operator's backup).
+    pub(crate) fn backup(&self) -> LoadedStorage {
+        self.storage.loaded(self.ledger.durable_appends)
+    }
+
+    /// A crash-restart over `backup`, an earlier copy of the storage directory restored in
+    /// its place; Postgres (its slot and stamp reservation) is not rolled back.
+    pub(crate) fn restored(&self, backup: LoadedStorage) -> Self {
+        self.restarted_over(backup)
+    }
+
+    fn restarted_over(&self, loaded: LoadedStorage) -> Self {
         let recovered = loaded
             .shapes
             .into_iter()
@@ -725,7 +742,10 @@ impl Harness {
                 Some(RecoveredShape { stored, log })
             })
             .collect();
-        Self::with_storage(Self::config(), recovered, loaded.stamp, loaded.identity)
+        let mut h = Self::with_storage(Self::config(), recovered, loaded.stamp, loaded.identity);
+        h.issued.extend(self.issued.iter().cloned());
+        h.pg_stamps_reserved = self.pg_stamps_reserved;
+        h
     }
 
     /// The instance under test.
@@ -854,6 +874,7 @@ impl Harness {
         let slot = SlotStarted {
             slot_created,
             confirmed_flush_lsn,
+            stamps_reserved: self.pg_stamps_reserved,
         };
         self.ledger.restarted(slot);
         self.announced.clear();
@@ -1124,8 +1145,14 @@ impl Harness {
                 op,
                 shape,
                 stamp,
+                reserve_stamps,
                 snapshot,
-            } => self.create(*op, shape, *stamp, snapshot.schema.oid),
+            } => {
+                if let Some(through) = *reserve_stamps {
+                    self.pg_stamps_reserved = self.pg_stamps_reserved.max(through);
+                }
+                self.create(*op, shape, *stamp, snapshot.schema.oid);
+            }
             Output::PersistShape { shape } => {
                 let stored = self.storage.shapes.get_mut(&shape.handle);
                 let stored = stored.unwrap_or_else(|| {
@@ -1184,6 +1211,11 @@ impl Harness {
             stamp > self.storage.stamp,
             "stamp-increases (ID-2): {stamp:?} after {:?}",
             self.storage.stamp
+        );
+        assert!(
+            stamp <= self.pg_stamps_reserved,
+            "stamp-reserved (ID-2): {stamp:?} shown beyond Postgres's reservation {:?}",
+            self.pg_stamps_reserved
         );
         self.storage.stamp = stamp;
         self.ledger.snapshotting.insert(op, (handle.clone(), table));

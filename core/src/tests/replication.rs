@@ -7,6 +7,7 @@ use super::harness::{entries, flushes, items, kinds, offsets, Harness, Step, Txn
 use crate::instance::{Input, LoadedStorage, Output};
 use crate::lsn::Lsn;
 use crate::ports::{DisconnectKind, SlotStarted};
+use crate::shape::HandleStamp;
 use crate::OpId;
 
 /// Advances one millisecond at a time (up to `limit`) until a `ConnectReplication` appears;
@@ -177,6 +178,7 @@ fn replies_to_steps_the_core_no_longer_waits_for_are_dropped() {
     let slot = SlotStarted {
         slot_created: false,
         confirmed_flush_lsn: START_LSN,
+        stamps_reserved: HandleStamp::default(),
     };
     h.input(Input::ReplicationStarted { op, slot });
     assert!(!h.core().is_active());

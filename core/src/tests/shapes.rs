@@ -6,7 +6,7 @@ use super::harness::{
     entries, flushes, items, kinds, others, removed, selecting, table, whole, Harness, Txn,
     START_LSN,
 };
-use crate::instance::Output;
+use crate::instance::{Input, Output};
 use crate::lsn::Lsn;
 use crate::shape::{HandleStamp, Replica, ShapeHandle};
 
@@ -47,6 +47,7 @@ fn a_request_while_active_creates_the_shape_and_asks_for_its_snapshot() {
         shape,
         stamp,
         snapshot,
+        ..
     } = &out[0]
     else {
         unreachable!()
@@ -128,6 +129,70 @@ fn handle_stamps_strictly_increase_when_the_wall_clock_steps_back() {
         stamps.push(created(&h.take()).1 .0);
     }
     assert_eq!(stamps, [5_000, 5_001, 9_000]);
+}
+
+/// The stamp reservation the `CreateShape` among `out` asks Postgres for.
+fn reservation(out: &[Output]) -> Option<HandleStamp> {
+    out.iter().find_map(|o| match o {
+        Output::CreateShape { reserve_stamps, .. } => *reserve_stamps,
+        _ => None,
+    })
+}
+
+#[test]
+fn a_restored_storage_directory_never_gets_a_shown_handle_again_even_with_the_clock_behind() {
+    // Goal: ID-2 (found by sim seed 0x5e): an operator restores an older copy of the storage
+    // directory, which rolls its stamp floor back, and the wall clock is behind the stamps
+    // that copy never saw. Postgres's reservation, which no restore rolls back, keeps the
+    // next handle from repeating one already shown.
+    // Method: back up empty storage; create a shape with the clock at 9000; restore the
+    // backup; request the same definition with the clock at 9000 again.
+    let mut h = Harness::active();
+    let backup = h.backup();
+    h.request_at(whole(&items()), &items(), 9_000);
+    let out = h.take();
+    let (shown, stamp) = created(&out);
+    assert_eq!(stamp, HandleStamp(9_000));
+    assert!(
+        reservation(&out).is_some_and(|r| r >= stamp),
+        "reserved first"
+    );
+
+    let mut h = h.restored(backup);
+    h.start(START_LSN);
+    h.take();
+    h.request_at(whole(&items()), &items(), 9_000);
+    let (again, stamp_again) = created(&h.take());
+    assert_ne!(again, shown);
+    assert!(stamp_again > stamp, "{stamp_again:?} after {stamp:?}");
+}
+
+#[test]
+fn stamps_are_reserved_in_postgres_a_block_at_a_time_and_again_after_a_failed_creation() {
+    // Goal: ID-2: the reservation is written when a stamp passes it (not per shape), and a
+    // creation that failed (its reservation may not have reached Postgres) makes the next
+    // one reserve again.
+    // Method: three requests a second apart; the first snapshot fails; a fourth request.
+    let mut h = Harness::active();
+    let mut reserved = Vec::new();
+    let mut ops = Vec::new();
+    for (schema, micros) in [
+        (items(), 1_000_000),
+        (others(), 2_000_000),
+        (table(9, "t", &[("id", 23, true)]), 3_000_000),
+    ] {
+        ops.push(h.request_at(whole(&schema), &schema, micros));
+        reserved.push(reservation(&h.take()));
+    }
+    let first = reserved[0].expect("the first stamp is past the empty reservation");
+    assert!(first > HandleStamp(3_000_000), "a block ahead: {first:?}");
+    assert_eq!(reserved[1..], [None, None]);
+
+    h.input(Input::SnapshotFailed { op: ops[0] });
+    h.take();
+    let schema = table(10, "u", &[("id", 23, true)]);
+    h.request_at(whole(&schema), &schema, 4_000_000);
+    assert!(reservation(&h.take()).is_some(), "reserved again");
 }
 
 #[test]

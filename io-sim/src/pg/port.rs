@@ -22,7 +22,7 @@ use ampere_core::ports::{
     ReplicationStream, ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError,
     SnapshotRequest, SnapshotWriter, StandbyStatus, SystemIdentity,
 };
-use ampere_core::shape::{ColumnSchema, RelationName, TableSchema};
+use ampere_core::shape::{ColumnSchema, HandleStamp, RelationName, TableSchema};
 use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
@@ -209,6 +209,8 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::TerminateBackend { .. } => "terminating a backend",
         ClientMessage::TableSchema { .. } => "catalog lookup",
         ClientMessage::CreatePublication { .. } => "creating the publication",
+        ClientMessage::PublicationComment { .. } => "reading the handle-stamp reservation",
+        ClientMessage::ReserveStamps { .. } => "reserving handle stamps",
         ClientMessage::DropSlot { .. } => "dropping the replication slot",
         ClientMessage::CreateSlot { .. } => "CREATE_REPLICATION_SLOT",
         ClientMessage::SlotInfo { .. } => "reading the slot",
@@ -310,6 +312,25 @@ impl PgPort for SimPg {
                 return Err(SimPgError::unexpected("catalog lookup"));
             };
             Ok(table.map(|table| catalog_table(relation, table)))
+        }
+    }
+
+    fn reserve_stamps(
+        &self,
+        publication: String,
+        through: HandleStamp,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let host = self.host.clone();
+        async move {
+            let mut admin = Client::connect(&host, false).await?;
+            let request = ClientMessage::ReserveStamps {
+                publication,
+                through: through.0,
+            };
+            match admin.call(request).await? {
+                ServerMessage::Done => Ok(()),
+                _ => Err(SimPgError::unexpected("reserving handle stamps")),
+            }
         }
     }
 
@@ -444,6 +465,21 @@ impl SlotSetup for SimSlotSetup<'_> {
             publication: self.target.publication.clone(),
         };
         self.admin.call_bool(create).await
+    }
+
+    async fn stamps_reserved(&mut self) -> Result<HandleStamp, SimPgError> {
+        let request = ClientMessage::PublicationComment {
+            publication: self.target.publication.clone(),
+        };
+        let ServerMessage::Text(comment) = self.admin.call(request).await? else {
+            return Err(SimPgError::unexpected(
+                "reading the handle-stamp reservation",
+            ));
+        };
+        Ok(comment
+            .as_deref()
+            .and_then(HandleStamp::from_reservation_comment)
+            .unwrap_or_default())
     }
 
     /// Drops the slot if it exists and is inactive (none is fine; an active one is 55006).

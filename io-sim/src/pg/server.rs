@@ -17,7 +17,7 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use ampere_core::lsn::Lsn;
 use ampere_core::ports::SlotPersistence;
-use ampere_core::shape::RelationName;
+use ampere_core::shape::{HandleStamp, RelationName};
 
 use super::model::session::{advisory_key, SqlError};
 use super::model::{lock, PgModel, SharedPg};
@@ -437,6 +437,22 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// io-real's `reserve_stamps` in one step (the model is not concurrent): raise, never lower.
+fn reserve_stamps(
+    model: &mut PgModel,
+    publication: &str,
+    through: HandleStamp,
+) -> Result<ServerMessage, SqlError> {
+    let reserved = model
+        .publication_comment(publication)
+        .and_then(HandleStamp::from_reservation_comment)
+        .unwrap_or_default();
+    if reserved < through {
+        model.comment_on_publication(publication, through.reservation_comment())?;
+    }
+    Ok(ServerMessage::Done)
+}
+
 /// Answers a request that needs nothing but the model.
 fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessage {
     let result = match request {
@@ -455,6 +471,13 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
         ClientMessage::CreatePublication { publication } => {
             Ok(ServerMessage::Bool(model.create_publication(&publication)))
         }
+        ClientMessage::PublicationComment { publication } => Ok(ServerMessage::Text(
+            model.publication_comment(&publication).map(str::to_owned),
+        )),
+        ClientMessage::ReserveStamps {
+            publication,
+            through,
+        } => reserve_stamps(model, &publication, HandleStamp(through)),
         ClientMessage::DropSlot { slot } => model
             .drop_inactive_slot(&slot)
             .map(|()| ServerMessage::Done),

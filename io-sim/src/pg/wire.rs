@@ -75,6 +75,10 @@ pub(crate) enum ClientMessage {
     TableSchema { relation: WireRelation },
     /// `CREATE PUBLICATION`.
     CreatePublication { publication: String },
+    /// `obj_description(…, 'pg_publication')`: the publication's comment.
+    PublicationComment { publication: String },
+    /// io-real's `reserve_stamps` transaction: read the comment, raise the reservation.
+    ReserveStamps { publication: String, through: u64 },
     /// `pg_drop_replication_slot` of an inactive slot (none is fine).
     DropSlot { slot: String },
     /// `CREATE_REPLICATION_SLOT`.
@@ -125,6 +129,8 @@ pub(crate) enum ServerMessage {
     Count(u64),
     /// A command without result.
     Done,
+    /// A text value, or NULL.
+    Text(Option<String>),
     /// A table, or none.
     Table(Option<WireTable>),
     /// A slot was created.

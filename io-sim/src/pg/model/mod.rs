@@ -223,6 +223,8 @@ pub struct PgModel {
     table_locks: BTreeMap<RelationName, u64>,
     /// Current publication membership by name.
     publications: BTreeMap<String, BTreeSet<u32>>,
+    /// `COMMENT ON PUBLICATION` texts by publication (ampere's stamp reservations).
+    publication_comments: BTreeMap<String, String>,
     /// Every publication change, at its WAL position (membership at write time).
     publication_log: Vec<PublicationEvent>,
     slots: BTreeMap<String, Slot>,
@@ -273,6 +275,7 @@ impl PgModel {
             row_locks: BTreeMap::new(),
             table_locks: BTreeMap::new(),
             publications: BTreeMap::new(),
+            publication_comments: BTreeMap::new(),
             publication_log: Vec::new(),
             slots: BTreeMap::new(),
             backends: BTreeMap::new(),

@@ -292,11 +292,12 @@ impl PgModel {
         true
     }
 
-    /// `DROP PUBLICATION`: whether it existed.
+    /// `DROP PUBLICATION`: whether it existed (its comment goes with it).
     pub fn drop_publication(&mut self, name: &str) -> bool {
         if self.publications.remove(name).is_none() {
             return false;
         }
+        self.publication_comments.remove(name);
         self.log_publication(name, PublicationChange::Dropped);
         true
     }
@@ -323,6 +324,23 @@ impl PgModel {
             self.log_publication(publication, PublicationChange::Added(oid));
         }
         Ok(())
+    }
+
+    /// `COMMENT ON PUBLICATION`: committed at once, kept across restarts and crashes.
+    pub fn comment_on_publication(&mut self, name: &str, comment: String) -> Result<(), SqlError> {
+        if !self.publications.contains_key(name) {
+            return Err(SqlError::new(
+                "42704",
+                format!("publication \"{name}\" does not exist"),
+            ));
+        }
+        self.publication_comments.insert(name.to_owned(), comment);
+        Ok(())
+    }
+
+    /// `obj_description(…, 'pg_publication')`: `None` without a comment or publication.
+    pub fn publication_comment(&self, name: &str) -> Option<&str> {
+        self.publication_comments.get(name).map(String::as_str)
     }
 
     /// The tables (oids) in a publication now.

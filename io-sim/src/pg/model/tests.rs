@@ -460,3 +460,22 @@ fn conflicting_writes_are_refused_until_the_holder_ends() {
     m.commit(b).unwrap();
     assert_eq!(m.rows(&items()), vec![row(1, "c")]);
 }
+
+#[test]
+fn a_publication_comment_survives_crashes_and_goes_with_its_publication() {
+    // Goal: ampere's stamp reservation (ID-2) lives in a publication comment: committed
+    // catalog state, so a crash keeps it; DROP PUBLICATION takes it along, as in Postgres.
+    let mut m = model();
+    assert!(
+        m.comment_on_publication("p", "x".into()).is_err(),
+        "no publication"
+    );
+    m.create_publication("p");
+    assert_eq!(m.publication_comment("p"), None);
+    m.comment_on_publication("p", "reserved".into()).unwrap();
+    m.restart(true);
+    assert_eq!(m.publication_comment("p"), Some("reserved"));
+    m.drop_publication("p");
+    m.create_publication("p");
+    assert_eq!(m.publication_comment("p"), None);
+}
