@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The mutation check: each deliberately wrong core (a `mutant-*` feature of ampere-core) must
-# be caught by the simulation's CI seed list. Prints the seed that caught each one.
+# The mutation check: each deliberately wrong core (`ampere_core::mutant`, built once with the
+# `mutants` feature and picked by AMPERE_MUTANT) must be caught by the simulation's CI seed
+# list. Prints the seed that caught each one; fails if one survives.
 # Usage: scripts/mutants.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ampere-target}"
-for mutant in mutant-ack-before-fsync mutant-skip-xip-filter mutant-reuse-handle-after-purge; do
-  printf '\n== %s\n' "$mutant"
-  cargo test --locked -q -p ampere-sim-tests --features "$mutant" --test sim \
-    -- the_ci_seed_list_catches_this_mutant --exact --nocapture 2>&1 | grep -E "MUTANT|test result|survived|panicked" 
+cargo test --locked -q -p ampere-sim-tests --features mutants --test sim --no-run
+for mutant in ack-before-fsync skip-xip-filter reuse-handle-after-purge; do
+  printf '\n== mutant %s\n' "$mutant"
+  AMPERE_MUTANT="$mutant" cargo test --locked -q -p ampere-sim-tests --features mutants \
+    --test sim -- the_ci_seed_list_catches_this_mutant --exact --nocapture 2>&1 |
+    grep -E "MUTANT|mutant active|test result|survived|panicked"
 done

@@ -405,7 +405,7 @@ pub struct Instance {
     /// (invariant `filter-end-durable`, see [`FilterEnd`]).
     filter_ends: BTreeMap<ShapeHandle, FilterEnd>,
     /// MUTANT bookkeeping: handles of purged shapes, by definition.
-    #[cfg(feature = "mutant-reuse-handle-after-purge")]
+    #[cfg(feature = "mutants")]
     purged: BTreeMap<ShapeDefinition, ShapeHandle>,
 }
 
@@ -526,7 +526,7 @@ impl Instance {
             next_refresh_at: now + READ_MODEL_REFRESH,
             last_received_at: now,
             filter_ends: BTreeMap::new(),
-            #[cfg(feature = "mutant-reuse-handle-after-purge")]
+            #[cfg(feature = "mutants")]
             purged: BTreeMap::new(),
         };
         instance.handle_timeout(now);
@@ -974,8 +974,8 @@ impl Instance {
     }
 
     fn send_status(&mut self) {
-        #[cfg(feature = "mutant-ack-before-fsync")]
-        {
+        #[cfg(feature = "mutants")]
+        if crate::mutant::is_active(crate::mutant::Mutant::AckBeforeFsync) {
             // MUTANT (never on by default): acknowledges what was processed, flushed or not.
             let d = &mut self.durability;
             d.confirmed = d.confirmed.max(d.processed.next());
@@ -1027,9 +1027,14 @@ impl Instance {
             self.stamps_reserved
         });
         let handle = ShapeHandle::mint(definition.identity(), self.stamp);
-        #[cfg(feature = "mutant-reuse-handle-after-purge")]
+        #[cfg(feature = "mutants")]
         // MUTANT (never on by default): a purged definition gets its old handle back.
-        let handle = self.purged.get(&definition).cloned().unwrap_or(handle);
+        let handle = match self.purged.get(&definition) {
+            Some(old) if crate::mutant::is_active(crate::mutant::Mutant::ReuseHandleAfterPurge) => {
+                old.clone()
+            }
+            _ => handle,
+        };
         assert!(
             !self.shapes.contains_key(&handle),
             "handle-unique: {handle:?} reissued"

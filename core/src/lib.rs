@@ -26,6 +26,8 @@ pub mod chunk;
 pub mod instance;
 pub mod json;
 pub mod lsn;
+#[cfg(feature = "mutants")]
+pub mod mutant;
 pub mod offset;
 pub mod pgoutput;
 pub mod ports;

@@ -57,7 +57,8 @@ impl PgSnapshot {
         if full >= self.xmax {
             return false;
         }
-        if cfg!(feature = "mutant-skip-xip-filter") {
+        #[cfg(feature = "mutants")]
+        if crate::mutant::is_active(crate::mutant::Mutant::SkipXipFilter) {
             // MUTANT (never on by default): transactions in progress at the snapshot count
             // as visible, so their changes are dropped.
             return true;

@@ -99,12 +99,8 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
 
-/// Whether this build carries a deliberately wrong core.
-const MUTANT: bool = cfg!(any(
-    feature = "mutant-ack-before-fsync",
-    feature = "mutant-skip-xip-filter",
-    feature = "mutant-reuse-handle-after-purge"
-));
+/// Whether this build carries the deliberately wrong cores (`AMPERE_MUTANT` picks one).
+const MUTANT: bool = cfg!(feature = "mutants");
 
 #[test]
 fn ci_seed_list_passes_every_invariant() {
@@ -202,11 +198,12 @@ fn a_calm_run_converges_with_no_refetch() {
 #[test]
 fn the_ci_seed_list_catches_this_mutant() {
     // Goal: the seed budget is strong enough to catch each deliberately wrong core (run by
-    // scripts/mutants.sh, once per mutant feature). Method: the CI seeds in order, stopping
-    // at the first failure; it must come within the list.
+    // scripts/mutants.sh, once per mutant, one build). Method: the CI seeds in order,
+    // stopping at the first failure; it must come within the list.
     if !MUTANT {
         return;
     }
+    activate_mutant_from_env();
     let started = Instant::now();
     for seed in (1..=CI_SEEDS).filter(|s| !OPEN_BUGS.iter().any(|(b, _)| b == s)) {
         let run = std::panic::catch_unwind(|| run_seed(seed, &RunOptions::default()));
@@ -222,6 +219,22 @@ fn the_ci_seed_list_catches_this_mutant() {
     }
     panic!("the mutant survived all {CI_SEEDS} CI seeds");
 }
+
+/// Activates the mutant `AMPERE_MUTANT` names (built with the `mutants` feature only).
+#[cfg(feature = "mutants")]
+fn activate_mutant_from_env() {
+    use ampere_core::mutant::Mutant;
+    let names = Mutant::ALL.map(|(_, name)| name);
+    let name = std::env::var("AMPERE_MUTANT")
+        .unwrap_or_else(|_| panic!("set AMPERE_MUTANT to one of {names:?}"));
+    let mutant = Mutant::named(&name)
+        .unwrap_or_else(|| panic!("AMPERE_MUTANT={name:?} is none of {names:?}"));
+    ampere_core::mutant::activate(mutant);
+    eprintln!("mutant active: {name}");
+}
+
+#[cfg(not(feature = "mutants"))]
+fn activate_mutant_from_env() {}
 
 #[test]
 #[ignore = "open bugs found by the simulation; see OPEN_BUGS"]

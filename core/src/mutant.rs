@@ -1,0 +1,47 @@
+//! Deliberately wrong variants of the core, for the simulation's mutation check
+//! (docs/simulation.md, "Mutants"). Compiled only with the `mutants` feature, never on by
+//! default; none is active until the check activates one, so one build serves them all.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// One wrong variant.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Mutant {
+    /// Acknowledges what was processed, flushed or not.
+    AckBeforeFsync = 1,
+    /// Counts transactions in progress at a snapshot as visible, dropping their changes.
+    SkipXipFilter = 2,
+    /// Gives a purged definition its old handle back.
+    ReuseHandleAfterPurge = 3,
+}
+
+impl Mutant {
+    /// Every variant, each with the name `scripts/mutants.sh` selects it by.
+    pub const ALL: [(Self, &'static str); 3] = [
+        (Self::AckBeforeFsync, "ack-before-fsync"),
+        (Self::SkipXipFilter, "skip-xip-filter"),
+        (Self::ReuseHandleAfterPurge, "reuse-handle-after-purge"),
+    ];
+
+    /// The variant called `name`.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(mutant, _)| *mutant)
+    }
+}
+
+/// The active variant (0: none), process-wide: the simulation runs many instances at once.
+static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+/// Makes `mutant` the core's behaviour from now on, in every instance of this process.
+pub fn activate(mutant: Mutant) {
+    ACTIVE.store(mutant as u8, Ordering::SeqCst);
+}
+
+/// Whether `mutant` is active.
+pub(crate) fn is_active(mutant: Mutant) -> bool {
+    ACTIVE.load(Ordering::Relaxed) == mutant as u8
+}
