@@ -167,6 +167,28 @@ impl ShapeHandle {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this handle replaced `earlier`: same definition digest, a later stamp. Within
+    /// one storage directory stamps strictly increase (ID-2) and a definition has at most one
+    /// live shape (ID-1), so `earlier` was retired before this handle was minted. A handle not
+    /// in ampere's `<digest>-<stamp>` form replaced nothing.
+    pub fn supersedes(&self, earlier: &Self) -> bool {
+        match (self.parts(), earlier.parts()) {
+            (Some((digest, stamp)), Some((earlier_digest, earlier_stamp))) => {
+                digest == earlier_digest && stamp > earlier_stamp
+            }
+            _ => false,
+        }
+    }
+
+    /// The digest text and the stamp of a handle this crate minted.
+    fn parts(&self) -> Option<(&str, HandleStamp)> {
+        let (digest, stamp) = self.0.split_once('-')?;
+        if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((digest, HandleStamp(stamp.parse().ok()?)))
+    }
 }
 
 impl fmt::Display for ShapeHandle {
@@ -319,6 +341,22 @@ mod tests {
             .as_str()
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+
+    #[test]
+    fn a_handle_supersedes_only_earlier_handles_of_its_own_definition() {
+        let items = def("items", None, Replica::Default).identity();
+        let others = def("others", None, Replica::Default).identity();
+        let first = ShapeHandle::mint(items, HandleStamp(1_000));
+        let second = ShapeHandle::mint(items, HandleStamp(2_000));
+        assert!(second.supersedes(&first));
+        assert!(!first.supersedes(&second));
+        assert!(!first.supersedes(&first));
+        assert!(!ShapeHandle::mint(others, HandleStamp(3_000)).supersedes(&first));
+        for foreign in ["gone-1x", "gone", "-", "1-", "1-+5"] {
+            let foreign = ShapeHandle::from_string(foreign.to_owned());
+            assert!(!foreign.supersedes(&first) && !first.supersedes(&foreign));
+        }
     }
 
     #[test]

@@ -306,5 +306,11 @@ mod regressions {
         /// and, with the wall clock behind, a handle already shown was minted again; the
         /// stamp reservation in Postgres prevents it.
         seed_0x5e_a_restore_never_mints_a_shown_handle_again = 0x5e;
+        /// Found by sim: after a stale storage copy was restored, a standby still reading it
+        /// pointed a client back to a handle it had seen retired (also 0xef, 0x392, 0x414).
+        seed_0x2dc_a_standby_never_names_a_handle_the_client_saw_retired = 0x2dc;
+        /// Found by sim: a lock holder deciding the purge of a restored copy pointed a client
+        /// from its later handle back to the copy's retired one.
+        seed_0x46f_a_client_is_never_pointed_back_to_an_earlier_handle = 0x46f;
     }
 }

@@ -68,6 +68,9 @@ pub(crate) struct ShapeParams {
     pub(crate) offset: RequestOffset,
     /// `handle`; always `None` for `offset=-1` and `offset=now`, which ignore it.
     pub(crate) handle: Option<ShapeHandle>,
+    /// `expired_handle`: the handle a 409 retired for this client, which the official client
+    /// sends while it holds one (protocol.md §7). Only a hint; nothing is refused for it.
+    pub(crate) expired_handle: Option<ShapeHandle>,
     /// Whether the request is a live long-poll.
     pub(crate) is_live: bool,
     /// `cursor`, for the next `electric-cursor`.
@@ -123,6 +126,9 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
     Ok(ShapeParams {
         offset,
         handle,
+        expired_handle: query
+            .non_blank("expired_handle")
+            .map(|h| ShapeHandle::from_string(h.to_owned())),
         is_live,
         cursor: query.get("cursor").map(str::to_owned),
         definition,
@@ -471,6 +477,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(p.handle, Some(ShapeHandle::from_string("b".into())));
+        assert_eq!(p.expired_handle, Some(ShapeHandle::from_string("x".into())));
         assert_eq!(p.offset_text(), "0_0");
     }
 

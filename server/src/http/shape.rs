@@ -73,7 +73,8 @@ async fn body_has_subset(body: Body) -> Result<bool, ApiError> {
 /// carry no handle and get the definition's shape directly.
 async fn resolve<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo, ApiError> {
     let Some(sent) = &params.handle else {
-        return find_or_create(api, params).await;
+        let target = find_or_create(api, params).await?;
+        return not_behind_the_client(api, params, target);
     };
     if let Some(info) = api.shape(sent) {
         if info.definition == params.definition {
@@ -86,9 +87,45 @@ async fn resolve<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo
     if target.handle == *sent {
         return Ok(target);
     }
+    let target = not_behind_the_client(api, params, target)?;
     Err(ApiError::MustRefetch {
         handle: Some(target.handle),
     })
+}
+
+/// `target`, unless a non-active instance would name a handle the client has moved past.
+///
+/// A non-active instance answers from its read model: a standby's metadata as of its last
+/// refresh, or the storage a lock holder loaded and has not purged yet, which may be a
+/// restored older copy that only the lock holder can detect (stale storage, §2 item 3). When
+/// the client reports `target` retired (`expired_handle`) or holds a later handle of the
+/// definition, that read model is behind the client: naming `target` would hand back a handle
+/// the client saw retired (ID-2), which the official client takes for a stale cache copy and
+/// soon gives up on (protocol.md §7). The next refresh or the lock holder's purge catches up,
+/// so it is a 503 (like an offset beyond a standby's log), never a 200 or 409 naming it.
+fn not_behind_the_client<A: ShapeApi>(
+    api: &A,
+    params: &ShapeParams,
+    target: ShapeInfo,
+) -> Result<ShapeInfo, ApiError> {
+    if api.health() == Health::Active || !has_moved_past(params, &target.handle) {
+        return Ok(target);
+    }
+    Err(ApiError::unavailable(
+        "The service is not ready: its shapes are older than the client's",
+        5,
+    ))
+}
+
+/// Whether the request shows the client already left `target` behind: it holds a handle that
+/// superseded it, or a 409 retired `target` (or a later handle) for it.
+fn has_moved_past(params: &ShapeParams, target: &ShapeHandle) -> bool {
+    let holds_later = params.handle.as_ref().is_some_and(|h| h.supersedes(target));
+    let saw_retired = params
+        .expired_handle
+        .as_ref()
+        .is_some_and(|h| h == target || h.supersedes(target));
+    holds_later || saw_retired
 }
 
 async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<ShapeInfo, ApiError> {

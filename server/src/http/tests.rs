@@ -494,6 +494,52 @@ async fn a_handle_the_read_model_has_not_seen_yet_is_served_once_creation_finds_
     assert_eq!(reply.handle(), handle);
 }
 
+/// A handle of the same definition minted `by` microseconds after (or before) `handle`.
+fn stamped_later(handle: &ShapeHandle, by: i64) -> ShapeHandle {
+    let (digest, stamp) = handle.as_str().split_once('-').expect("<digest>-<stamp>");
+    let stamp: i64 = stamp.parse().expect("numeric stamp");
+    ShapeHandle::from_string(format!("{digest}-{}", stamp + by))
+}
+
+// Found by sim: seeds 0xef, 0x2dc, 0x414 (a standby reading a restored storage copy)
+#[tokio::test(start_paused = true)]
+async fn a_standby_whose_shape_the_client_saw_retired_answers_503_not_that_handle() {
+    let h = Harness::new();
+    let retired = h.initial_sync().await;
+    h.api.set_starting(true);
+    let uri = format!("/v1/shape?expired_handle={retired}&offset=-1&table=items");
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert_eq!(reply.header("electric-handle"), None);
+    // The active instance is the authority on which shape is live: it serves it.
+    h.api.set_starting(false);
+    assert_eq!(h.get(&uri).await.status, StatusCode::OK);
+}
+
+// Found by sim: seeds 0x2dc, 0x392, 0x46f
+#[tokio::test(start_paused = true)]
+async fn a_standby_never_points_a_client_back_from_a_later_handle_to_an_earlier_one() {
+    let h = Harness::new();
+    let current = h.initial_sync().await;
+    h.api.set_starting(true);
+    let later = stamped_later(&current, 1);
+    let reply = h
+        .get(&format!("/v1/shape?handle={later}&offset=0_0&table=items"))
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    // RO-2 still holds for a handle older than the definition's shape: 409 to the current one.
+    let earlier = stamped_later(&current, -1);
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={earlier}&offset=0_0&table=items"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{reply:?}");
+    assert_eq!(reply.handle(), current);
+}
+
 #[tokio::test(start_paused = true)]
 async fn existing_shapes_are_served_while_starting() {
     let h = Harness::new();
