@@ -245,8 +245,9 @@ pub enum Output {
         /// The backend.
         pid: i32,
     },
-    /// With the lock held: switch storage to writing and load it; reply `StorageLoaded`
-    /// (a failure is fatal: storage needs an operator).
+    /// With the lock held: switch storage to writing and load it; reply `StorageLoaded`, or
+    /// `ReplicationFailed` if storage was fenced meanwhile (another instance took the lease,
+    /// so the lock is lost); any other failure is fatal (storage needs an operator).
     LoadStorage {
         /// Echoed in the reply.
         op: OpId,

@@ -143,11 +143,14 @@ where
             }
         };
         let can_accept = driver.in_flight.len() < IN_FLIGHT_MAX;
+        // Requests and due timers rank above replication messages: while the walsender
+        // works off a backlog a message is always ready, and ranking it first starved shape
+        // creations and the status timer for as long as the backlog lasted (RP-4: never the
+        // timer). Both are rare and cheap; the stream is read again on the next turn.
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
             Some(done) = driver.in_flight.next() => driver.complete(&mut core, done),
-            msg = recv(&mut driver.stream), if can_accept => driver.received(&mut core, msg),
             Some(req) = requests.recv(), if can_accept => driver.request(&mut core, req),
             () = sleep => {
                 let now = driver.ports.clock.now();
@@ -155,6 +158,7 @@ where
                     core.handle_timeout(now);
                 }
             }
+            msg = recv(&mut driver.stream), if can_accept => driver.received(&mut core, msg),
         }
     }
     driver.shutdown(&mut core).await
@@ -254,10 +258,18 @@ where
                     Completion::Terminated { pid, result }
                 }));
             }
-            Output::LoadStorage { op } => {
-                let storage = self.load_storage().await?;
-                self.pending.push_back(Input::StorageLoaded { op, storage });
-            }
+            Output::LoadStorage { op } => match self.load_storage().await {
+                Ok(storage) => self.pending.push_back(Input::StorageLoaded { op, storage }),
+                // Another instance promoted since this one took the lock, so it holds the
+                // lock now: a lost lock, not broken storage.
+                Err((true, message)) => {
+                    warn!(error = %message, "storage lease taken while loading: stepping down");
+                    let kind = DisconnectKind::Transient;
+                    let failed = Input::ReplicationFailed { op, kind, message };
+                    self.pending.push_back(failed);
+                }
+                Err((false, message)) => return Err(DriverError::Storage(message)),
+            },
             Output::StartStreaming { op, target } => {
                 let session = self
                     .session
@@ -297,10 +309,10 @@ where
                 }
             }
             Output::Append { handle, entries } => {
-                self.ports
-                    .store
-                    .append(&handle, entries)
-                    .map_err(|e| DriverError::Storage(error_chain(&e)))?;
+                // Fenced: a store that found the lease taken (a flush whose failure the core
+                // has not heard of yet) refuses appends until promoted again.
+                let result = self.ports.store.append(&handle, entries);
+                self.storage(result, "appending to a shape log")?;
             }
             Output::FlushLogs { op } => {
                 let flush = self.ports.store.flush();
@@ -435,14 +447,19 @@ where
         }
     }
 
-    /// Another instance took the storage lease (deploy-semantics §2 item 13): write nothing
-    /// more, drop replication, fall back to waiting until the lock is held again.
+    /// Another instance took the storage lease (deploy-semantics §2 item 13): this one lost
+    /// the lock and may not have heard yet. No status goes out any more and the core is told;
+    /// if active, it stops replication (`StopReplication` demotes the store) after the outputs
+    /// it queued as the writer, which do no harm meanwhile: the lease refuses their durable
+    /// writes and appends are only buffered until the demotion drops them. (Demoting here made
+    /// those appends fail as read-only, which stopped the process: seed 0x11d.) The session is
+    /// kept: before streaming it is the next term's lock attempt, not this term's.
     fn fenced(&mut self, what: &'static str) {
         warn!(
             what,
             "storage lease taken by another instance: stepping down"
         );
-        self.stop_replication();
+        self.stream = None;
         self.pending.push_back(Input::ReplicationLost {
             kind: DisconnectKind::Transient,
         });
@@ -457,36 +474,23 @@ where
     }
 
     /// With the lock held: storage switches to writing, then shapes, logs and the replication
-    /// identity are loaded for the core, which decides what to keep.
-    async fn load_storage(&mut self) -> Result<LoadedStorage, DriverError> {
-        let storage_error = |e: &dyn std::error::Error| DriverError::Storage(error_chain(e));
-        self.ports
-            .store
-            .promote()
-            .await
-            .map_err(|e| storage_error(&e))?;
-        self.ports
-            .meta
-            .promote()
-            .await
-            .map_err(|e| storage_error(&e))?;
-        let (stored, stamp) = self
-            .ports
-            .meta
-            .load()
-            .await
-            .map_err(|e| storage_error(&e))?;
-        let identity = self
-            .ports
-            .meta
-            .load_identity()
-            .await
-            .map_err(|e| storage_error(&e))?;
+    /// identity are loaded for the core, which decides what to keep. On failure: whether
+    /// storage fenced us (another instance took the lease meanwhile), and why.
+    async fn load_storage(&mut self) -> Result<LoadedStorage, (bool, String)> {
+        fn failed<E: StorageError>(e: E) -> (bool, String) {
+            (e.is_fenced(), error_chain(&e))
+        }
+        self.ports.store.promote().await.map_err(failed)?;
+        self.ports.meta.promote().await.map_err(failed)?;
+        let (stored, stamp) = self.ports.meta.load().await.map_err(failed)?;
+        let identity = self.ports.meta.load_identity().await.map_err(failed)?;
         let mut shapes = Vec::with_capacity(stored.len());
         for shape in stored {
             let log = match shape.snapshot {
                 Some(_) => match self.ports.store.recover(&shape.handle).await {
                     Ok(log) => Some(log),
+                    // Not unreadable: the next lock holder must find it, not discard it.
+                    Err(e) if e.is_fenced() => return Err(failed(e)),
                     Err(e) => {
                         error!(handle = %shape.handle, error = %error_chain(&e), "unreadable shape log");
                         None

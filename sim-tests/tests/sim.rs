@@ -312,5 +312,13 @@ mod regressions {
         /// Found by sim: a lock holder deciding the purge of a restored copy pointed a client
         /// from its later handle back to the copy's retired one.
         seed_0x46f_a_client_is_never_pointed_back_to_an_earlier_handle = 0x46f;
+        /// Found by sim: a writer whose metadata write found the lease taken demoted its
+        /// store before the core heard, so an append the core had queued met a read-only
+        /// store and the process exited instead of stepping down.
+        seed_0x11d_a_writer_fenced_mid_drain_steps_down_instead_of_exiting = 0x11d;
+        /// Found by sim: while the walsender worked off a backlog, replication messages
+        /// starved shape creations; with no shape every commit cost a metadata fsync, so the
+        /// slot never caught up (also 0x304).
+        seed_0x3ca_shape_creations_are_served_while_replication_catches_up = 0x3ca;
     }
 }

@@ -239,7 +239,7 @@ impl SimDisk {
         let writer = writer.to_owned();
         async move {
             let task = tokio::spawn(async move {
-                let (id, latency) = disk.issue(writer, write);
+                let (id, latency) = disk.issue(writer, write)?;
                 disk.wait_stall().await;
                 tokio::time::sleep(latency).await;
                 disk.wait_stall().await;
@@ -293,8 +293,15 @@ impl SimDisk {
         }
     }
 
-    fn issue(&self, writer: String, write: Write) -> (u64, Duration) {
+    fn issue(&self, writer: String, write: Write) -> Result<(u64, Duration), WriteError> {
         let mut state = self.state();
+        // Fencing, checked before the write starts too, as io-real checks the lease before
+        // each write it starts: a deposed writer issues nothing, so a crash cannot land a
+        // torn prefix of a write the lease refused, and a write issued while deposed cannot
+        // take effect after a later promotion of the same writer.
+        if !state.holds_lease(&writer) {
+            return Err(WriteError::Refused(Refused::Fenced));
+        }
         let id = state.next_op;
         state.next_op += 1;
         let latency = state.pick_latency();
@@ -307,7 +314,7 @@ impl SimDisk {
                 write,
             },
         );
-        (id, latency)
+        Ok((id, latency))
     }
 
     fn complete(&self, id: u64) -> Result<(), WriteError> {
@@ -316,7 +323,7 @@ impl SimDisk {
             let op = state.in_flight.remove(&id).ok_or(WriteError::Lost)?;
             // Fencing: the lease is checked right before the write takes effect (io-real
             // checks it right before each pointer write).
-            if state.leases.get(&op.writer) != Some(&state.lease) {
+            if !state.holds_lease(&op.writer) {
                 return Err(WriteError::Refused(Refused::Fenced));
             }
             (op, state.hook.clone())
@@ -349,8 +356,7 @@ impl SimDisk {
 
     /// Whether `writer` holds the current lease.
     pub fn holds_lease(&self, writer: &str) -> bool {
-        let state = self.state();
-        state.leases.get(writer) == Some(&state.lease)
+        self.state().holds_lease(writer)
     }
 
     /// Audits, then applies, one write, and wakes the readers of what changed.
@@ -390,6 +396,11 @@ impl SimDisk {
 }
 
 impl DiskState {
+    /// Whether `writer` took the current storage lease (no later promotion fenced it).
+    fn holds_lease(&self, writer: &str) -> bool {
+        self.leases.get(writer) == Some(&self.lease)
+    }
+
     fn pick_latency(&mut self) -> Duration {
         let spread = self.latency_max.saturating_sub(self.latency_min);
         let spread = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
