@@ -57,6 +57,42 @@ impl SnapshotColumns {
     }
 }
 
+/// SN-3: a snapshot must read the table its shape was created against. The shape's schema
+/// comes from a catalog lookup made when its request arrived, which may be seconds old by the
+/// snapshot (a standby holds creations until it is active; SN-2 waits out open
+/// transactions). A column change committed in between is visible to the snapshot, whose rows
+/// then do not match the shape's columns; and if the `Relation` message describing the change
+/// was decoded before the shape subscribed, nothing later would invalidate the shape
+/// (§1.15). So each adapter reads the table's schema inside the snapshot itself, and the
+/// shape fails its snapshot (409 for its clients) unless it is `expected` exactly.
+pub fn check_schema_unchanged(
+    expected: &TableSchema,
+    seen: Option<&TableSchema>,
+) -> Result<(), SnapshotError> {
+    let Some(seen) = seen else {
+        return Err(SnapshotError::SchemaChanged {
+            message: format!("table {} no longer exists", expected.relation),
+        });
+    };
+    if seen == expected {
+        return Ok(());
+    }
+    let names = |schema: &TableSchema| -> Vec<String> {
+        schema.columns.iter().map(|c| c.name.clone()).collect()
+    };
+    Err(SnapshotError::SchemaChanged {
+        message: format!(
+            "{} changed since the shape was created: oid {} with columns {:?}, the shape has \
+             oid {} with columns {:?}",
+            expected.relation,
+            seen.oid.0,
+            names(seen),
+            expected.oid.0,
+            names(expected)
+        ),
+    })
+}
+
 /// Decides where chunks close: after appending an entry, the chunk closes once the bytes
 /// accumulated (each JSON line plus one) reach the threshold. A chunk therefore passes the
 /// threshold by at most one entry, and a boundary may fall inside a transaction.
@@ -210,6 +246,50 @@ mod tests {
             3
         );
         assert_eq!(count_entries(br#"{"a":"\\"},{}"#), 2);
+    }
+
+    fn items(columns: &[&str]) -> TableSchema {
+        TableSchema {
+            oid: crate::pgoutput::Oid(16384),
+            relation: crate::shape::RelationName {
+                schema: "public".into(),
+                table: "items".into(),
+            },
+            columns: columns
+                .iter()
+                .enumerate()
+                .map(|(i, name)| crate::shape::ColumnSchema {
+                    name: (*name).into(),
+                    type_oid: 25,
+                    typname: "text".into(),
+                    dims: 0,
+                    not_null: i == 0,
+                    pk_index: (i == 0).then_some(0),
+                    modifiers: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_another_schema_than_the_shapes_is_a_schema_change() {
+        let shape = items(&["id", "value"]);
+        assert!(check_schema_unchanged(&shape, Some(&items(&["id", "value"]))).is_ok());
+        let added = items(&["id", "value", "extra1"]);
+        assert!(matches!(
+            check_schema_unchanged(&shape, Some(&added)),
+            Err(SnapshotError::SchemaChanged { .. })
+        ));
+        let mut recreated = items(&["id", "value"]);
+        recreated.oid = crate::pgoutput::Oid(16500);
+        assert!(matches!(
+            check_schema_unchanged(&shape, Some(&recreated)),
+            Err(SnapshotError::SchemaChanged { .. })
+        ));
+        assert!(matches!(
+            check_schema_unchanged(&shape, None),
+            Err(SnapshotError::SchemaChanged { .. })
+        ));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //!
 //! Owns: one parameterized catalog query and the decoding of `atttypmod` into the modifier
 //! members of `electric-schema`. Never: caches, retries or holds a connection of its own.
+//!
+//! The query runs on a connection or inside a transaction ([`GenericClient`]): in a
+//! `REPEATABLE READ` transaction it reads the catalog as of that transaction's snapshot, which
+//! is how a snapshot checks the table it read against its shape's schema (SN-3).
 
-use tokio_postgres::Client;
+use tokio_postgres::GenericClient;
 
 use ampere_core::json::push_json_string;
 use ampere_core::pgoutput::Oid;
@@ -67,7 +71,7 @@ ORDER BY a.attnum";
 
 /// Looks `relation` up: `None` unless it is an ordinary (`r`) or partitioned (`p`) table.
 pub async fn table_schema(
-    client: &Client,
+    client: &impl GenericClient,
     relation: &RelationName,
 ) -> Result<Option<TableSchema>, CatalogError> {
     Ok(table(client, relation).await?.map(|t| t.schema))
@@ -75,7 +79,7 @@ pub async fn table_schema(
 
 /// Like [`table_schema`], also naming the generated columns.
 pub async fn table(
-    client: &Client,
+    client: &impl GenericClient,
     relation: &RelationName,
 ) -> Result<Option<CatalogTable>, CatalogError> {
     let rows = client

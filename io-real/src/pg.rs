@@ -145,7 +145,7 @@ impl RealPg {
         relation: &RelationName,
     ) -> Result<Option<CatalogTable>, PgPortError> {
         let admin = self.admin().await?;
-        Ok(catalog::table(&admin, relation).await?)
+        Ok(catalog::table(&*admin, relation).await?)
     }
 
     /// The shared admin connection, connecting (again) when there is none or it closed.

@@ -2,16 +2,17 @@
 //!
 //! Owns, on one dedicated connection: adding the table to the publication with
 //! `REPLICA IDENTITY FULL`, waiting out the transactions in progress at that moment, then
-//! reading the rows in a `REPEATABLE READ READ ONLY` transaction, encoding each as a snapshot
-//! entry and writing byte-cut chunks as the rows stream in, the last one ending with
-//! `snapshot-end`.
+//! reading the rows in a `REPEATABLE READ READ ONLY` transaction that first locks the table
+//! against DDL and checks its catalog entry against the shape's schema, encoding each row as
+//! a snapshot entry and writing byte-cut chunks as the rows stream in, the last one ending
+//! with `snapshot-end`.
 //!
 //! Never: builds JSON in SQL (values come back as Postgres text, JSON is encoded here with the
 //! core's encoder), holds all rows in memory (at most two chunks), or retries.
 //!
 //! Asks of callers: a connection nobody else uses (the function runs transactions on it) and a
-//! schema validated against the catalog; a schema that no longer matches the table gives
-//! [`SnapshotError::SchemaChanged`].
+//! schema read from the catalog; a schema that no longer matches the table the snapshot reads
+//! gives [`SnapshotError::SchemaChanged`].
 
 use std::time::Duration;
 
@@ -19,13 +20,14 @@ use futures::TryStreamExt;
 use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, IsolationLevel, RowStream};
 
-use ampere_core::chunk::{SnapshotChunks, SnapshotColumns};
+use ampere_core::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
 use ampere_core::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 
 use ampere_core::error_chain;
 
+use crate::catalog::{self, CatalogError};
 use crate::pg::sql_error_kind;
 use crate::replication::DISPLAY_SETTINGS;
 
@@ -60,11 +62,22 @@ pub async fn take_snapshot<W: SnapshotWriter>(
     tx.batch_execute(&display_settings_sql())
         .await
         .map_err(pg("SET display settings"))?;
+    // Before the snapshot is taken (LOCK takes none): every DDL on the table (ACCESS
+    // EXCLUSIVE) has then either committed before the snapshot, so the catalog read below
+    // sees it, or waits for this transaction to end. The rows query resolves its columns with
+    // the latest catalog, not the snapshot's; the lock makes the two the same.
+    tx.batch_execute(&format!("LOCK TABLE {relation} IN ACCESS SHARE MODE"))
+        .await
+        .map_err(pg("LOCK TABLE … IN ACCESS SHARE MODE"))?;
     let row = tx
         .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
         .await
         .map_err(pg("pg_current_snapshot()"))?;
     let snapshot = parse_snapshot(&row)?;
+    let seen = catalog::table_schema(&tx, relation)
+        .await
+        .map_err(catalog_error)?;
+    check_schema_unchanged(&request.schema, seen.as_ref())?;
     let rows = tx
         .query_raw(query.sql.as_str(), std::iter::empty::<&str>())
         .await
@@ -272,6 +285,17 @@ fn pg(during: &'static str) -> impl Fn(tokio_postgres::Error) -> SnapshotError {
                 kind: sql_error_kind(&error),
             },
         }
+    }
+}
+
+/// Maps a failed catalog read inside the snapshot transaction like any of its queries.
+fn catalog_error(error: CatalogError) -> SnapshotError {
+    match error {
+        CatalogError::Query { source, .. } => pg("reading the catalog")(source),
+        malformed @ CatalogError::Malformed { .. } => SnapshotError::Postgres {
+            message: error_chain(&malformed),
+            kind: DisconnectKind::Transient,
+        },
     }
 }
 

@@ -537,6 +537,41 @@ async fn snapshot_of_a_changed_table_reports_schema_changed() {
     );
 }
 
+/// A column added after the shape's catalog read (a standby holding the creation, SN-2
+/// waiting) is visible to the snapshot: its rows would lack it and, with the `Relation`
+/// message already decoded, nothing would rotate the shape. The snapshot fails instead.
+#[tokio::test]
+async fn snapshot_of_a_table_with_a_column_added_since_the_catalog_read_reports_schema_changed() {
+    let url = database("snapshot_column_added");
+    let client = connect(&url).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'); \
+             CREATE PUBLICATION {PUBLICATION}"
+        ))
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let schema = schema_of(&pg, "t").await;
+    let unchanged = pg
+        .take_snapshot(request(schema.clone(), None, 1000), MemWriter::default())
+        .await;
+    assert!(unchanged.is_ok(), "{unchanged:?}");
+    client
+        .batch_execute("ALTER TABLE t ADD COLUMN extra text; UPDATE t SET extra = 'x'")
+        .await
+        .unwrap();
+    for columns in [None, Some(&["id", "v"][..])] {
+        let result = pg
+            .take_snapshot(request(schema.clone(), columns, 1000), MemWriter::default())
+            .await;
+        assert!(
+            matches!(result, Err(SnapshotError::SchemaChanged { .. })),
+            "{columns:?}: {result:?}"
+        );
+    }
+}
+
 fn target(id: &str) -> ReplicationTarget {
     ReplicationTarget {
         slot: format!("electric_slot_{id}"),

@@ -160,6 +160,12 @@ pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &
         let Some(snapshot) = shape.snapshot.as_ref() else {
             continue; // incomplete: discarded at boot, owes nothing
         };
+        if disk.durable_snapshot(shape.handle.as_str()).is_none() {
+            // Removed (invalidated or purged): the driver deletes the log before the row, so
+            // for a moment the row outlives it. No client reads it again (invariant 5 judges
+            // the 409), and the next lock holder discards the row, finding no log to recover.
+            continue;
+        }
         let log = disk.durable_log(shape.handle.as_str());
         let latest = log.last().map_or(LogOffset::SNAPSHOT_END, |e| e.offset);
         let owed = model

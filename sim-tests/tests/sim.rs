@@ -320,5 +320,13 @@ mod regressions {
         /// starved shape creations; with no shape every commit cost a metadata fsync, so the
         /// slot never caught up (also 0x304).
         seed_0x3ca_shape_creations_are_served_while_replication_catches_up = 0x3ca;
+        /// Found by sim: a shape's schema, read when its request reached a standby, lacked a
+        /// column added before its snapshot, whose rows had it; the `Relation` message was
+        /// decoded before the shape subscribed, so nothing rotated it. The snapshot now
+        /// checks the table it reads against the shape's schema and fails (409).
+        seed_0x222_a_snapshot_of_a_table_changed_since_the_catalog_read_fails = 0x222;
+        /// Found by sim (checker): the driver removes a shape's log before its row; a status
+        /// arriving in between owes the removed shape nothing.
+        seed_0x3d8_a_removed_shape_whose_row_outlives_its_log_owes_no_entry = 0x3d8;
     }
 }

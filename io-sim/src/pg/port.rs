@@ -360,7 +360,7 @@ fn wire_relation(relation: &RelationName) -> WireRelation {
     }
 }
 
-fn catalog_table(relation: RelationName, table: super::wire::WireTable) -> CatalogTable {
+pub(crate) fn catalog_table(relation: RelationName, table: super::wire::WireTable) -> CatalogTable {
     let columns = table
         .columns
         .into_iter()

@@ -500,12 +500,22 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
         ClientMessage::XactsInProgress { xids } => Ok(ServerMessage::Count(
             xids.iter().filter(|&&x| model.xact_in_progress(x)).count() as u64,
         )),
-        ClientMessage::SnapshotRows { relation, columns } => model
-            .snapshot_rows(&relation_name(relation), &columns)
-            .map(|(snapshot, rows)| ServerMessage::Rows {
-                snapshot: snapshot_text(&snapshot),
-                rows,
-            }),
+        ClientMessage::SnapshotRows { relation, columns } => {
+            let relation = relation_name(relation);
+            model
+                .snapshot_rows(&relation, &columns)
+                .and_then(|(snapshot, rows)| {
+                    // The rows' catalog entry, as io-real reads it inside the snapshot.
+                    let table = model.table(&relation).map(wire_table).ok_or_else(|| {
+                        SqlError::new("42P01", format!("relation {relation} does not exist"))
+                    })?;
+                    Ok(ServerMessage::Rows {
+                        snapshot: snapshot_text(&snapshot),
+                        rows,
+                        table,
+                    })
+                })
+        }
         ClientMessage::Startup { .. }
         | ClientMessage::StandbyStatus { .. }
         | ClientMessage::CreateSlot { .. }

@@ -1,8 +1,9 @@
 //! Initial snapshots over the model, mirroring `io-real/src/snapshot.rs` step by step: add
 //! the table to the publication (SL-5), wait out the transactions in progress at that moment
-//! (SN-2), then read `pg_current_snapshot()` and the rows at one instant (SN-3), encode each row
-//! with the core's [`EntryEncoder`] and write byte-cut chunks through the [`SnapshotWriter`], the
-//! last ending with `snapshot-end`.
+//! (SN-2), then read `pg_current_snapshot()`, the rows and the table's catalog entry at one
+//! instant (SN-3), check that entry against the shape's schema, encode each row with the core's
+//! [`EntryEncoder`] and write byte-cut chunks through the [`SnapshotWriter`], the last ending
+//! with `snapshot-end`.
 //!
 //! Deviations from io-real, none observable in the chunks: the rows arrive in one reply (the
 //! model takes them atomically) and the connection closes before the chunks are written, and
@@ -10,12 +11,12 @@
 
 use std::time::Duration;
 
-use ampere_core::chunk::{SnapshotChunks, SnapshotColumns};
+use ampere_core::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
 use ampere_core::error_chain;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::snapshot::PgSnapshot;
 
-use super::port::{Client, SimPgError};
+use super::port::{catalog_table, Client, SimPgError};
 use super::wire::{ClientMessage, ServerMessage, WireRelation};
 
 /// How long SN-2 waits for the transactions in progress after the publication change.
@@ -55,9 +56,16 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
         .await
         .map_err(pg("snapshot query"))?;
     drop(client);
-    let ServerMessage::Rows { snapshot, rows } = reply else {
+    let ServerMessage::Rows {
+        snapshot,
+        rows,
+        table,
+    } = reply
+    else {
         return Err(unexpected("snapshot query"));
     };
+    let seen = catalog_table(request.schema.relation.clone(), table).schema;
+    check_schema_unchanged(&request.schema, Some(&seen))?;
     let snapshot = PgSnapshot::parse(&snapshot).ok_or_else(|| SnapshotError::Postgres {
         message: format!("pg_current_snapshot() returned {snapshot:?}, not xmin:xmax:xip"),
         kind: DisconnectKind::Transient,

@@ -96,8 +96,8 @@ pub(crate) enum ClientMessage {
     CurrentSnapshot,
     /// How many of `xids` are in progress.
     XactsInProgress { xids: Vec<u64> },
-    /// A `REPEATABLE READ` snapshot: `pg_current_snapshot()` and the named columns of every
-    /// row, atomically.
+    /// A `REPEATABLE READ` snapshot: `pg_current_snapshot()`, the named columns of every row
+    /// and the table's catalog entry, atomically.
     SnapshotRows {
         relation: WireRelation,
         columns: Vec<String>,
@@ -141,10 +141,11 @@ pub(crate) enum ServerMessage {
     CopyBoth,
     /// `pg_current_snapshot()` as text.
     Snapshot(String),
-    /// A snapshot's rows.
+    /// A snapshot's rows, and the table as the snapshot saw it.
     Rows {
         snapshot: String,
         rows: Vec<Vec<Option<String>>>,
+        table: WireTable,
     },
     /// `XLogData` (`data` in hex).
     XLogData {
