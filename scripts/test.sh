@@ -28,6 +28,9 @@ cargo test --workspace --locked
 step "mutation check: each deliberately wrong core is caught by the simulation's seed list"
 scripts/mutants.sh
 
+step "loom models: watermark publish and long-poll wake-up, every interleaving"
+scripts/loom.sh
+
 step "conformance: official @electric-sql/client against ampere"
 cargo build --locked -p ampere-server --bin ampere
 AMPERE_BIN="$CARGO_TARGET_DIR/debug/ampere" scripts/conformance.sh
