@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests (real throwaway PostgreSQL clusters),
-# then the conformance suite with the official @electric-sql/client under Node.
+# The whole test suite: unit and integration tests (real throwaway PostgreSQL clusters,
+# container scenarios, the simulation's seed list), the mutation check, the loom models, then
+# the conformance suite with the official @electric-sql/client under Node.
 # Installs what it needs (idempotently). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
