@@ -11,7 +11,8 @@ use crate::shape::HandleStamp;
 /// Why an existing slot is dropped before streaming.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SlotReset {
-    /// SL-1: the publication was created now, so the slot's history is unusable.
+    /// SL-1: the publication is missing (and created next), so the slot's history is
+    /// unusable.
     PublicationCreated,
     /// CT-1: `wal_status = 'lost'`, the slot cannot stream (continuity is broken).
     SlotLost,
@@ -33,8 +34,11 @@ pub trait SlotSetup: Send {
 
     /// `CREATE PUBLICATION` unless it exists; whether it was created now.
     fn ensure_publication(&mut self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
-    /// The publication's handle-stamp reservation (ID-2), zero when it records none.
-    fn stamps_reserved(&mut self) -> impl Future<Output = Result<HandleStamp, Self::Error>> + Send;
+    /// The publication's handle-stamp reservation (ID-2; zero when its comment records
+    /// none), or `None` when there is no publication.
+    fn existing_publication(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<HandleStamp>, Self::Error>> + Send;
     /// Drops the slot if it exists and is inactive (a missing one is fine).
     fn drop_slot(&mut self, why: SlotReset)
         -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -49,11 +53,24 @@ pub trait SlotSetup: Send {
 }
 
 /// SL-1, SL-2, CT-1: a slot ready to stream from, created now or existing.
+///
+/// A missing publication drops the slot *before* it is created: a slot older than the
+/// publication cannot decode (the walsender fails with 42704 on the first change), and had the
+/// drop come after the creation, a failure in between (a connection lost, an active slot) would
+/// leave a publication that exists and a slot that predates it, retried forever (found by sim
+/// seed 0x4f5).
 pub async fn prepare<S: SlotSetup>(setup: &mut S) -> Result<SlotStarted, S::Error> {
+    let stamps_reserved = match setup.existing_publication().await? {
+        Some(reserved) => reserved,
+        None => {
+            setup.drop_slot(SlotReset::PublicationCreated).await?;
+            HandleStamp::default()
+        }
+    };
     if setup.ensure_publication().await? {
+        // Dropped just above, unless the publication vanished in between: drop again.
         setup.drop_slot(SlotReset::PublicationCreated).await?;
     }
-    let stamps_reserved = setup.stamps_reserved().await?;
     let created = |consistent_point| SlotStarted {
         slot_created: true,
         confirmed_flush_lsn: consistent_point,
@@ -92,10 +109,11 @@ mod tests {
     /// Scripted answers; records the steps taken.
     #[derive(Default)]
     struct Script {
-        publication_created: bool,
+        publication_missing: bool,
         creates: VecDeque<Option<Lsn>>,
         existing: Option<ExistingSlot>,
         reserved: HandleStamp,
+        failing_drops: usize,
         steps: Vec<String>,
     }
 
@@ -104,14 +122,18 @@ mod tests {
 
         async fn ensure_publication(&mut self) -> Result<bool, String> {
             self.steps.push("publication".into());
-            Ok(self.publication_created)
+            Ok(std::mem::take(&mut self.publication_missing))
         }
-        async fn stamps_reserved(&mut self) -> Result<HandleStamp, String> {
-            self.steps.push("reservation".into());
-            Ok(self.reserved)
+        async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, String> {
+            self.steps.push("read publication".into());
+            Ok((!self.publication_missing).then_some(self.reserved))
         }
         async fn drop_slot(&mut self, why: SlotReset) -> Result<(), String> {
             self.steps.push(format!("drop {why:?}"));
+            if self.failing_drops > 0 {
+                self.failing_drops -= 1;
+                return Err("connection lost".into());
+            }
             Ok(())
         }
         async fn create_slot(&mut self) -> Result<Option<Lsn>, String> {
@@ -144,7 +166,7 @@ mod tests {
     #[test]
     fn a_new_publication_drops_the_slot_so_it_is_created_afresh() {
         let mut script = Script {
-            publication_created: true,
+            publication_missing: true,
             creates: [Some(Lsn(0x100))].into(),
             ..Script::default()
         };
@@ -154,11 +176,36 @@ mod tests {
         assert_eq!(
             script.steps,
             [
+                "read publication",
+                "drop PublicationCreated",
                 "publication",
                 "drop PublicationCreated",
-                "reservation",
                 "create"
             ]
+        );
+    }
+
+    #[test]
+    fn a_drop_that_fails_leaves_the_publication_missing_so_the_retry_drops_again() {
+        // Found by sim (0x4f5): created first, the publication outlived a failed drop and
+        // the old slot, unable to decode, was kept on every retry.
+        let mut script = Script {
+            publication_missing: true,
+            failing_drops: 1,
+            creates: [Some(Lsn(0x100))].into(),
+            ..Script::default()
+        };
+        assert_eq!(run(&mut script), Err("connection lost".into()));
+        assert_eq!(
+            script.steps,
+            ["read publication", "drop PublicationCreated"]
+        );
+        script.steps.clear();
+        let started = run(&mut script).expect("started");
+        assert!(started.slot_created);
+        assert_eq!(
+            script.steps[..3],
+            ["read publication", "drop PublicationCreated", "publication"]
         );
     }
 
@@ -177,7 +224,7 @@ mod tests {
         assert_eq!(started.confirmed_flush_lsn, Lsn(0x200));
         assert_eq!(
             script.steps,
-            ["publication", "reservation", "create", "read"]
+            ["read publication", "publication", "create", "read"]
         );
     }
 
@@ -197,8 +244,8 @@ mod tests {
         assert_eq!(
             script.steps,
             [
+                "read publication",
                 "publication",
-                "reservation",
                 "create",
                 "read",
                 "drop SlotLost",

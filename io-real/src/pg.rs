@@ -617,11 +617,11 @@ async fn ensure_publication(
 }
 
 /// ID-2: the handle-stamp reservation the publication's comment records (zero for none, or
-/// for a comment ampere did not write).
+/// for a comment ampere did not write); `None` when there is no publication.
 async fn stamps_reserved<C: GenericClient>(
     client: &C,
     publication: &str,
-) -> Result<HandleStamp, PgPortError> {
+) -> Result<Option<HandleStamp>, PgPortError> {
     const SQL: &str = "SELECT pg_catalog.obj_description(oid, 'pg_publication') \
                        FROM pg_catalog.pg_publication WHERE pubname = $1";
     let during = "reading the handle-stamp reservation";
@@ -629,14 +629,16 @@ async fn stamps_reserved<C: GenericClient>(
         .query(SQL, &[&publication])
         .await
         .map_err(sql(during))?;
-    let comment = match rows.first() {
-        Some(row) => row.try_get::<_, Option<String>>(0).map_err(sql(during))?,
-        None => None,
+    let Some(row) = rows.first() else {
+        return Ok(None);
     };
-    Ok(comment
-        .as_deref()
-        .and_then(HandleStamp::from_reservation_comment)
-        .unwrap_or_default())
+    let comment: Option<String> = row.try_get(0).map_err(sql(during))?;
+    Ok(Some(
+        comment
+            .as_deref()
+            .and_then(HandleStamp::from_reservation_comment)
+            .unwrap_or_default(),
+    ))
 }
 
 /// ID-2: raises the reservation to `through`, never lowers it. Read and write happen in one
@@ -656,7 +658,7 @@ async fn reserve_stamps(
     )
     .await
     .map_err(sql(during))?;
-    if stamps_reserved(&tx, publication).await? < through {
+    if stamps_reserved(&tx, publication).await?.unwrap_or_default() < through {
         // The comment is ampere's own text (a fixed prefix and digits): nothing to escape.
         let comment = through.reservation_comment();
         debug_assert!(!comment.contains('\''));
@@ -741,7 +743,7 @@ impl SlotSetup for RealSlotSetup<'_> {
         .await
     }
 
-    async fn stamps_reserved(&mut self) -> Result<HandleStamp, PgPortError> {
+    async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, PgPortError> {
         stamps_reserved(self.admin, &self.target.publication).await
     }
 

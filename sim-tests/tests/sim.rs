@@ -328,5 +328,9 @@ mod regressions {
         /// Found by sim (checker): the driver removes a shape's log before its row; a status
         /// arriving in between owes the removed shape nothing.
         seed_0x3d8_a_removed_shape_whose_row_outlives_its_log_owes_no_entry = 0x3d8;
+        /// Found by sim: the publication was created before the old slot was dropped; the
+        /// drop failed, the retry found the publication and kept the slot, whose walsender
+        /// then failed on every start (no active instance, ever). The slot goes first now.
+        seed_0x4f5_a_failed_slot_drop_is_retried_until_the_publication_exists = 0x4f5;
     }
 }

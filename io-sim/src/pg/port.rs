@@ -209,7 +209,7 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::TerminateBackend { .. } => "terminating a backend",
         ClientMessage::TableSchema { .. } => "catalog lookup",
         ClientMessage::CreatePublication { .. } => "creating the publication",
-        ClientMessage::PublicationComment { .. } => "reading the handle-stamp reservation",
+        ClientMessage::PublicationComment { .. } => "reading the publication",
         ClientMessage::ReserveStamps { .. } => "reserving handle stamps",
         ClientMessage::DropSlot { .. } => "dropping the replication slot",
         ClientMessage::CreateSlot { .. } => "CREATE_REPLICATION_SLOT",
@@ -467,19 +467,19 @@ impl SlotSetup for SimSlotSetup<'_> {
         self.admin.call_bool(create).await
     }
 
-    async fn stamps_reserved(&mut self) -> Result<HandleStamp, SimPgError> {
+    async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, SimPgError> {
         let request = ClientMessage::PublicationComment {
             publication: self.target.publication.clone(),
         };
-        let ServerMessage::Text(comment) = self.admin.call(request).await? else {
-            return Err(SimPgError::unexpected(
-                "reading the handle-stamp reservation",
-            ));
+        let ServerMessage::Publication(publication) = self.admin.call(request).await? else {
+            return Err(SimPgError::unexpected("reading the publication"));
         };
-        Ok(comment
-            .as_deref()
-            .and_then(HandleStamp::from_reservation_comment)
-            .unwrap_or_default())
+        Ok(publication.map(|p| {
+            p.comment
+                .as_deref()
+                .and_then(HandleStamp::from_reservation_comment)
+                .unwrap_or_default()
+        }))
     }
 
     /// Drops the slot if it exists and is inactive (none is fine; an active one is 55006).

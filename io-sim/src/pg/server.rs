@@ -23,8 +23,8 @@ use super::model::session::{advisory_key, SqlError};
 use super::model::{lock, PgModel, SharedPg};
 use super::walsender::Walsender;
 use super::wire::{
-    to_hex, ClientMessage, Framed, ServerMessage, WireColumn, WireError, WireRelation, WireSlot,
-    WireTable,
+    to_hex, ClientMessage, Framed, ServerMessage, WireColumn, WireError, WirePublication,
+    WireRelation, WireSlot, WireTable,
 };
 
 /// The port the model listens on.
@@ -437,6 +437,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// `pg_publication`'s row for `publication` with its comment, if it exists.
+fn publication_row(model: &PgModel, publication: &str) -> Option<WirePublication> {
+    model.publication(publication)?;
+    let comment = model.publication_comment(publication).map(str::to_owned);
+    Some(WirePublication { comment })
+}
+
 /// io-real's `reserve_stamps` in one step (the model is not concurrent): raise, never lower.
 fn reserve_stamps(
     model: &mut PgModel,
@@ -471,8 +478,8 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
         ClientMessage::CreatePublication { publication } => {
             Ok(ServerMessage::Bool(model.create_publication(&publication)))
         }
-        ClientMessage::PublicationComment { publication } => Ok(ServerMessage::Text(
-            model.publication_comment(&publication).map(str::to_owned),
+        ClientMessage::PublicationComment { publication } => Ok(ServerMessage::Publication(
+            publication_row(model, &publication),
         )),
         ClientMessage::ReserveStamps {
             publication,

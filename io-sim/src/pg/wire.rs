@@ -75,7 +75,7 @@ pub(crate) enum ClientMessage {
     TableSchema { relation: WireRelation },
     /// `CREATE PUBLICATION`.
     CreatePublication { publication: String },
-    /// `obj_description(…, 'pg_publication')`: the publication's comment.
+    /// `SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = …`.
     PublicationComment { publication: String },
     /// io-real's `reserve_stamps` transaction: read the comment, raise the reservation.
     ReserveStamps { publication: String, through: u64 },
@@ -129,8 +129,8 @@ pub(crate) enum ServerMessage {
     Count(u64),
     /// A command without result.
     Done,
-    /// A text value, or NULL.
-    Text(Option<String>),
+    /// A publication's row, or none.
+    Publication(Option<WirePublication>),
     /// A table, or none.
     Table(Option<WireTable>),
     /// A slot was created.
@@ -161,6 +161,13 @@ pub(crate) enum ServerMessage {
         message: String,
         detail: Option<String>,
     },
+}
+
+/// A publication's row on the wire.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub(crate) struct WirePublication {
+    /// Its comment (`obj_description`), if any.
+    pub(crate) comment: Option<String>,
 }
 
 /// A relation name on the wire.
