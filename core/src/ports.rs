@@ -360,8 +360,9 @@ pub trait ReplicationSession: Send + Sized + 'static {
         slot: String,
     ) -> impl Future<Output = (Self, Result<bool, Self::Error>)> + Send + 'static;
 
-    /// With the lock held: ensure the publication (recreating the slot when the publication
-    /// is new, SL-1), create or find the slot (SL-2), then `START_REPLICATION … 0/0` (SL-4).
+    /// With the lock held: ensure the publication (dropping the slot first when the
+    /// publication is missing, SL-1), read its stamp reservation (ID-2), create or find the
+    /// slot (SL-2), then `START_REPLICATION … 0/0` (SL-4); see [`crate::slot_setup`].
     fn start_streaming(
         self,
         target: ReplicationTarget,
