@@ -248,27 +248,13 @@ mod tests {
         assert_eq!(count_entries(br#"{"a":"\\"},{}"#), 2);
     }
 
+    /// `items` in `public` with `id` (the key) and the other `columns`, all text.
     fn items(columns: &[&str]) -> TableSchema {
-        TableSchema {
-            oid: crate::pgoutput::Oid(16384),
-            relation: crate::shape::RelationName {
-                schema: "public".into(),
-                table: "items".into(),
-            },
-            columns: columns
-                .iter()
-                .enumerate()
-                .map(|(i, name)| crate::shape::ColumnSchema {
-                    name: (*name).into(),
-                    type_oid: 25,
-                    typname: "text".into(),
-                    dims: 0,
-                    not_null: i == 0,
-                    pk_index: (i == 0).then_some(0),
-                    modifiers: Vec::new(),
-                })
-                .collect(),
-        }
+        let columns: Vec<_> = columns
+            .iter()
+            .map(|&name| (name, 25, name == "id"))
+            .collect();
+        crate::tests::harness::table(16_384, "items", &columns)
     }
 
     #[test]

@@ -184,10 +184,7 @@ impl ShapeHandle {
     /// The digest text and the stamp of a handle this crate minted.
     fn parts(&self) -> Option<(&str, HandleStamp)> {
         let (digest, stamp) = self.0.split_once('-')?;
-        if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some((digest, HandleStamp(stamp.parse().ok()?)))
+        Some((digest, HandleStamp::from_digits(stamp)?))
     }
 }
 
@@ -227,9 +224,21 @@ impl HandleStamp {
     }
 
     /// The reservation a publication comment records; `None` for a comment ampere did not
-    /// write (no comment, or an operator's), which reserves nothing.
+    /// write (an operator's), which reserves nothing.
     pub fn from_reservation_comment(comment: &str) -> Option<Self> {
-        let digits = comment.strip_prefix(RESERVATION_PREFIX)?;
+        Self::from_digits(comment.strip_prefix(RESERVATION_PREFIX)?)
+    }
+
+    /// What a publication with `comment` (`obj_description`, NULL without one) has reserved:
+    /// zero unless ampere wrote the comment.
+    pub fn reserved_by(comment: Option<&str>) -> Self {
+        comment
+            .and_then(Self::from_reservation_comment)
+            .unwrap_or_default()
+    }
+
+    /// A stamp written as decimal digits only (no sign, no blanks, within `u64`).
+    fn from_digits(digits: &str) -> Option<Self> {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }

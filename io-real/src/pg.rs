@@ -632,13 +632,8 @@ async fn stamps_reserved<C: GenericClient>(
     let Some(row) = rows.first() else {
         return Ok(None);
     };
-    let comment: Option<String> = row.try_get(0).map_err(sql(during))?;
-    Ok(Some(
-        comment
-            .as_deref()
-            .and_then(HandleStamp::from_reservation_comment)
-            .unwrap_or_default(),
-    ))
+    let comment: Option<&str> = row.try_get(0).map_err(sql(during))?;
+    Ok(Some(HandleStamp::reserved_by(comment)))
 }
 
 /// ID-2: raises the reservation to `through`, never lowers it. Read and write happen in one
@@ -752,7 +747,7 @@ impl SlotSetup for RealSlotSetup<'_> {
         match why {
             SlotReset::PublicationCreated => tracing::info!(%slot,
                 publication = %self.target.publication,
-                "created the publication; dropping the slot so it is created afresh"),
+                "the publication is missing: dropping the slot before creating it"),
             SlotReset::SlotLost => tracing::warn!(%slot,
                 "the slot is invalidated (wal_status = lost); recreating it"),
         }

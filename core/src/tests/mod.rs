@@ -1,6 +1,6 @@
 //! Scenario tests of the core on a scripted harness.
 
-mod harness;
+pub(crate) mod harness;
 
 mod durability;
 mod entries;

@@ -474,12 +474,7 @@ impl SlotSetup for SimSlotSetup<'_> {
         let ServerMessage::Publication(publication) = self.admin.call(request).await? else {
             return Err(SimPgError::unexpected("reading the publication"));
         };
-        Ok(publication.map(|p| {
-            p.comment
-                .as_deref()
-                .and_then(HandleStamp::from_reservation_comment)
-                .unwrap_or_default()
-        }))
+        Ok(publication.map(|p| HandleStamp::reserved_by(p.comment.as_deref())))
     }
 
     /// Drops the slot if it exists and is inactive (none is fine; an active one is 55006).

@@ -450,11 +450,7 @@ fn reserve_stamps(
     publication: &str,
     through: HandleStamp,
 ) -> Result<ServerMessage, SqlError> {
-    let reserved = model
-        .publication_comment(publication)
-        .and_then(HandleStamp::from_reservation_comment)
-        .unwrap_or_default();
-    if reserved < through {
+    if HandleStamp::reserved_by(model.publication_comment(publication)) < through {
         model.comment_on_publication(publication, through.reservation_comment())?;
     }
     Ok(ServerMessage::Done)
