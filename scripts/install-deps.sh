@@ -3,7 +3,8 @@
 #   scripts/install-deps.sh           as root: install what is missing (apt-get update only then)
 #   scripts/install-deps.sh --check   only report; exit 1 if something is missing
 # Needs: PostgreSQL server binaries (/usr/lib/postgresql/*/bin), psql + pg_isready, ss,
-# setpriv + runuser, busybox-static (for scripts/build-pg-image.sh), node + npm (>= 18).
+# setpriv + runuser, busybox-static (for scripts/build-pg-image.sh), node + npm (>= 18), and a
+# C compiler with libclang (the pg_query crate builds Postgres's own parser, libpg_query).
 # Takes well under a second when everything is present. Not root and something missing:
 # prints the apt-get command and exits 1. Docker is scripts/docker-up.sh's business.
 set -euo pipefail
@@ -25,6 +26,10 @@ have_pg_server() {
   return 1
 }
 
+have_libclang() {
+  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || compgen -G '/usr/lib/*/libclang*.so*' >/dev/null
+}
+
 # Debian package names of what is missing ("postgresql-server" is resolved below)
 missing() {
   have_pg_server || echo postgresql-server
@@ -32,6 +37,8 @@ missing() {
   have ss || echo iproute2
   { have setpriv && have runuser; } || echo util-linux
   installed busybox-static || echo busybox-static
+  have cc || echo gcc
+  have_libclang || echo libclang-dev
   have node || echo nodejs
   have npm || echo npm
 }

@@ -6,6 +6,7 @@ use crate::error_chain;
 use crate::json::EntryEncoder;
 use crate::ports::{SnapshotError, SnapshotWriter};
 use crate::shape::{ShapeDefinition, TableSchema};
+use crate::where_clause::WhereClause;
 
 /// The columns one shape's snapshot fetches — the selected ones plus the key columns, in
 /// `attnum` order — and how a fetched row becomes an entry.
@@ -15,6 +16,9 @@ pub struct SnapshotColumns {
     pub fetched: Vec<usize>,
     /// Encodes a row given in the table's column order.
     pub encoder: EntryEncoder,
+    /// The shape's row filter: the snapshot query's `WHERE` (rendered from the typed tree),
+    /// and what a model Postgres evaluates.
+    pub filter: Option<WhereClause>,
     /// Number of columns in the table's schema.
     width: usize,
 }
@@ -43,11 +47,31 @@ impl SnapshotColumns {
             .collect();
         fetched.sort_unstable();
         fetched.dedup();
+        let filter = definition
+            .where_clause
+            .as_deref()
+            .map(|text| WhereClause::from_canonical(text, schema))
+            .transpose()
+            .map_err(|e| SnapshotError::SchemaChanged {
+                message: format!(
+                    "the where clause no longer applies to {}: {e}",
+                    schema.relation
+                ),
+            })?;
         Ok(Self {
             fetched,
             encoder: EntryEncoder::new(schema, &selected, definition.replica),
+            filter,
             width: schema.columns.len(),
         })
+    }
+
+    /// ` WHERE <condition>` for the snapshot query, or nothing without a filter.
+    pub fn where_sql(&self) -> String {
+        self.filter
+            .as_ref()
+            .map(|f| format!(" WHERE {}", f.to_sql()))
+            .unwrap_or_default()
     }
 
     /// A row in the table's column order with nothing fetched yet: fill `fetched[i]` with the

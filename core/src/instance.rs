@@ -1197,5 +1197,6 @@ fn invalidation_reason(why: Invalidation) -> &'static str {
     match why {
         Invalidation::Truncated => "table truncated",
         Invalidation::Unrepresentable(reason) => reason,
+        Invalidation::WhereClause => "where clause no longer compiles against the table",
     }
 }

@@ -37,6 +37,7 @@ pub mod slot_setup;
 pub mod snapshot;
 pub mod time;
 pub mod txn;
+pub mod where_clause;
 
 pub use lsn::Lsn;
 pub use offset::LogOffset;

@@ -115,6 +115,10 @@ pub struct ShapeDefinition {
     pub columns: Option<Vec<String>>,
     /// Replica mode.
     pub replica: Replica,
+    /// The where clause's canonical text, params inlined
+    /// ([`WhereClause::canonicalize`](crate::where_clause::WhereClause::canonicalize)), or
+    /// `None` for every row.
+    pub where_clause: Option<String>,
 }
 
 /// Version of the canonical text [`ShapeDefinition::identity`] hashes. Bump when it changes,
@@ -139,6 +143,11 @@ impl ShapeDefinition {
             Some(cols) => cols.iter().for_each(|c| part(c)),
         }
         part(self.replica.as_str());
+        // Absent for where-less shapes, so their identity (and handles) stay as they were.
+        if let Some(where_clause) = &self.where_clause {
+            part("where");
+            part(where_clause);
+        }
         text
     }
 }
@@ -268,6 +277,7 @@ mod tests {
             },
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             replica,
+            where_clause: None,
         }
     }
 
@@ -282,6 +292,10 @@ mod tests {
             def("items2", None, Replica::Default),
             def("items", Some(&["id"]), Replica::Default),
             def("items", None, Replica::Full),
+            ShapeDefinition {
+                where_clause: Some("id = '1'".into()),
+                ..def("items", None, Replica::Default)
+            },
         ];
         for other in others {
             assert_ne!(base.identity(), other.identity(), "{other:?}");

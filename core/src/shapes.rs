@@ -9,7 +9,8 @@ use crate::pgoutput::Relation;
 use crate::ports::LogEntry;
 use crate::shape::{ShapeDefinition, ShapeHandle, TableSchema};
 use crate::snapshot::PgSnapshot;
-use crate::txn::{Change, Transaction};
+use crate::txn::{Change, RowValues, Transaction};
+use crate::where_clause::WhereClause;
 use crate::OpId;
 
 /// Where a shape is in its life.
@@ -35,6 +36,8 @@ pub(crate) enum Invalidation {
     Truncated,
     /// Postgres sent a change ampere cannot represent (REPLICA IDENTITY not FULL).
     Unrepresentable(&'static str),
+    /// The stored where clause no longer compiles against the shape's schema.
+    WhereClause,
 }
 
 /// One shape's routing state.
@@ -48,6 +51,9 @@ pub(crate) struct Shape {
     pub(crate) latest: LogOffset,
     encoder: EntryEncoder,
     cutter: ChunkCutter,
+    /// The row filter: `Ok(None)` for every row, `Err` when the stored clause no longer
+    /// compiles (the shape is invalidated at its next change, never fed unfiltered rows).
+    filter: Result<Option<WhereClause>, ()>,
 }
 
 impl Shape {
@@ -61,6 +67,12 @@ impl Shape {
     ) -> Self {
         let selected = selected_columns(&definition, &schema);
         let encoder = EntryEncoder::new(&schema, &selected, definition.replica);
+        let filter = match &definition.where_clause {
+            None => Ok(None),
+            Some(text) => WhereClause::from_canonical(text, &schema)
+                .map(Some)
+                .map_err(|_| ()),
+        };
         Self {
             handle,
             definition,
@@ -69,6 +81,16 @@ impl Shape {
             latest,
             encoder,
             cutter,
+            filter,
+        }
+    }
+
+    /// Whether `row` is in the shape.
+    fn admits(&self, row: &RowValues) -> bool {
+        match &self.filter {
+            Ok(None) => true,
+            Ok(Some(clause)) => clause.matches(row),
+            Err(()) => false,
         }
     }
 
@@ -116,6 +138,9 @@ impl Shape {
     }
 
     fn encode(&self, txn: &Transaction) -> Result<Vec<(LogOffset, PartialEntry)>, Invalidation> {
+        if self.filter.is_err() {
+            return Err(Invalidation::WhereClause);
+        }
         let oid = self.schema.oid;
         let enc = &self.encoder;
         let mut parts = Vec::new();
@@ -134,28 +159,44 @@ impl Shape {
             };
             match change {
                 Change::Insert { new, .. } => {
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.insert(new, h, None)));
+                    if self.admits(new) {
+                        let (offset, h) = at(op);
+                        parts.push((offset, enc.insert(new, h, None)));
+                    }
                 }
                 Change::Update {
                     old: Some(old),
                     new,
                     ..
-                } => {
-                    if enc.key_changed(old, new) {
+                } => match (self.admits(old), self.admits(new)) {
+                    (true, true) if enc.key_changed(old, new) => {
                         let (old_key, new_key) = (enc.key(old), enc.key(new));
                         let (offset, h) = at(op);
                         parts.push((offset, enc.delete(old, h, Some(&new_key))));
                         let (offset, h) = at(op + 1);
                         parts.push((offset, enc.insert(new, h, Some(&old_key))));
-                    } else {
+                    }
+                    (true, true) => {
                         let (offset, h) = at(op);
                         parts.extend(enc.update(old, new, h).map(|e| (offset, e)));
                     }
-                }
+                    // Moved out of the shape: a delete of the old row (protocol.md §5.5).
+                    (true, false) => {
+                        let (offset, h) = at(op);
+                        parts.push((offset, enc.delete(old, h, None)));
+                    }
+                    // Moved in: an insert of the whole new row.
+                    (false, true) => {
+                        let (offset, h) = at(op);
+                        parts.push((offset, enc.insert(new, h, None)));
+                    }
+                    (false, false) => {}
+                },
                 Change::Delete { old: Some(old), .. } => {
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.delete(old, h, None)));
+                    if self.admits(old) {
+                        let (offset, h) = at(op);
+                        parts.push((offset, enc.delete(old, h, None)));
+                    }
                 }
                 Change::Update { old: None, .. } | Change::Delete { old: None, .. } => {
                     return Err(Invalidation::Unrepresentable(

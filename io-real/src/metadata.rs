@@ -84,8 +84,10 @@ use crate::lease::{Fenced, LeaseError, StorageLease};
 /// The metadata file's name inside its directory.
 pub const METADATA_FILE: &str = "shapes.sqlite3";
 
-/// The schema version this code writes and reads (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+/// The schema version this code writes and reads (`PRAGMA user_version`). Version 3 lets a
+/// shape's definition carry a where clause (a JSON member, no table change): an older ampere,
+/// which would read such a shape as the whole table, refuses the file instead.
+const SCHEMA_VERSION: i64 = 3;
 
 /// The version that introduced `storage_identity`; older files have no identity.
 const IDENTITY_VERSION: i64 = 2;
@@ -1380,6 +1382,9 @@ struct DefinitionDto {
     table: String,
     columns: Option<Vec<String>>,
     replica: ReplicaDto,
+    /// Absent before schema v3 and for where-less shapes.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    where_clause: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1425,6 +1430,7 @@ impl From<&ShapeDefinition> for DefinitionDto {
                 Replica::Default => ReplicaDto::Default,
                 Replica::Full => ReplicaDto::Full,
             },
+            where_clause: d.where_clause.clone(),
         }
     }
 }
@@ -1441,6 +1447,7 @@ impl From<DefinitionDto> for ShapeDefinition {
                 ReplicaDto::Default => Replica::Default,
                 ReplicaDto::Full => Replica::Full,
             },
+            where_clause: d.where_clause,
         }
     }
 }

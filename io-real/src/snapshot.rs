@@ -196,7 +196,7 @@ pub async fn wait_for_in_progress(
 
 /// The rows query of one shape and how to turn its rows into entries.
 struct SnapshotQuery {
-    /// `SELECT <text of each fetched column> FROM <relation>`.
+    /// `SELECT <text of each fetched column> FROM <relation> [WHERE <rendered filter>]`.
     sql: String,
     columns: SnapshotColumns,
 }
@@ -209,7 +209,12 @@ impl SnapshotQuery {
             .iter()
             .map(|&i| text_expression(&schema.columns[i]))
             .collect();
-        let sql = format!("SELECT {} FROM {}", texts.join(", "), schema.relation);
+        let sql = format!(
+            "SELECT {} FROM {}{}",
+            texts.join(", "),
+            schema.relation,
+            columns.where_sql()
+        );
         Ok(Self { sql, columns })
     }
 

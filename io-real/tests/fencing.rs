@@ -107,6 +107,7 @@ fn stored_shape(h: &ShapeHandle) -> StoredShape {
             relation: relation.clone(),
             columns: None,
             replica: Replica::Default,
+            where_clause: None,
         },
         schema: TableSchema {
             oid: Oid(16_384),

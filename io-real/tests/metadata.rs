@@ -68,6 +68,7 @@ fn full_shape() -> StoredShape {
                 "title".to_owned(),
             ]),
             replica: Replica::Full,
+            where_clause: None,
         },
         schema: TableSchema {
             oid: Oid(u32::MAX),
@@ -95,6 +96,7 @@ fn plain_shape() -> StoredShape {
             relation: relation.clone(),
             columns: None,
             replica: Replica::Default,
+            where_clause: None,
         },
         schema: TableSchema {
             oid: Oid(16_384),
@@ -394,7 +396,7 @@ async fn a_v1_file_is_migrated_in_place_keeping_its_shapes_and_stamp() {
     drop(standby);
 
     let migrated = open(&dir);
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     assert_eq!(migrated.load().await.expect("load"), stored);
     assert_eq!(migrated.load_identity().await.expect("identity"), None);
     migrated.put_identity(identity(5)).await.expect("put");

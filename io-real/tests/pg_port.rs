@@ -66,6 +66,7 @@ fn request(schema: TableSchema, columns: Option<&[&str]>, threshold: u64) -> Sna
             relation: schema.relation.clone(),
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             replica: Replica::Default,
+            where_clause: None,
         },
         schema,
         publication: PUBLICATION.into(),

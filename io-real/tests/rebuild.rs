@@ -37,6 +37,7 @@ fn shape(handle: &str, table: &str, snapshot: bool) -> StoredShape {
             relation: relation.clone(),
             columns: Some(vec!["id".to_owned()]),
             replica: Replica::Full,
+            where_clause: None,
         },
         schema: TableSchema {
             oid: Oid(16_384),

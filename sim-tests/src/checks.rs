@@ -346,6 +346,7 @@ mod tests {
             relation: items(),
             columns: Some(vec!["id".into(), "value".into()]),
             replica: Replica::Default,
+            where_clause: None,
         };
         let columns = [
             column("id", Some(0)),

@@ -99,6 +99,7 @@ pub(crate) fn whole(schema: &TableSchema) -> ShapeDefinition {
         relation: schema.relation.clone(),
         columns: None,
         replica: Replica::Default,
+        where_clause: None,
     }
 }
 

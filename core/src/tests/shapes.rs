@@ -96,6 +96,7 @@ fn different_definitions_get_different_handles() {
         selecting(&items(), &["id", "title"]),
         crate::shape::ShapeDefinition {
             replica: Replica::Full,
+            where_clause: None,
             ..whole(&items())
         },
         whole(&others()),

@@ -46,8 +46,15 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
     )?;
     wait_for_in_progress(&mut client, XIP_WAIT_MAX).await?;
     let query = SnapshotColumns::new(&request.definition, &request.schema)?;
-    let columns = query
-        .fetched
+    // The model returns rows and the filter runs here, with the core's evaluator: a real
+    // Postgres runs the rendered SQL instead, which io-real's differential test holds equal.
+    let mut wanted = query.fetched.clone();
+    if let Some(filter) = &query.filter {
+        wanted.extend_from_slice(filter.columns());
+        wanted.sort_unstable();
+        wanted.dedup();
+    }
+    let columns = wanted
         .iter()
         .map(|&i| request.schema.columns[i].name.clone())
         .collect();
@@ -72,7 +79,10 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
     })?;
     let mut chunks = SnapshotChunks::new(writer, request.chunk_bytes_threshold);
     for row in rows {
-        let values = decode(&query, row)?;
+        let values = decode(&query, &wanted, row)?;
+        if query.filter.as_ref().is_some_and(|f| !f.matches(&values)) {
+            continue;
+        }
         chunks.push(query.encoder.snapshot_row(&values)).await?;
     }
     let writer = chunks.finish(&snapshot.snapshot_end_json()).await?;
@@ -125,13 +135,14 @@ async fn wait_for_in_progress(
 /// A result row as values in the table's column order (unfetched columns `None`).
 fn decode(
     columns: &SnapshotColumns,
+    wanted: &[usize],
     row: Vec<Option<String>>,
 ) -> Result<Vec<Option<String>>, SnapshotError> {
-    if row.len() != columns.fetched.len() {
+    if row.len() != wanted.len() {
         return Err(unexpected("a snapshot row"));
     }
     let mut values = columns.empty_row();
-    for (&column, value) in columns.fetched.iter().zip(row) {
+    for (&column, value) in wanted.iter().zip(row) {
         values[column] = value;
     }
     Ok(values)

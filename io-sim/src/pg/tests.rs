@@ -322,6 +322,7 @@ impl DefaultShape for ShapeDefinition {
             relation: relation.clone(),
             columns: None,
             replica: Replica::Default,
+            where_clause: None,
         }
     }
 }

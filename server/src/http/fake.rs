@@ -347,6 +347,7 @@ mod tests {
             relation: schema.relation.clone(),
             columns: None,
             replica: Default::default(),
+            where_clause: None,
         };
         let info = api.create_now(definition, schema).expect("created");
         let h = &info.handle;

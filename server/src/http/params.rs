@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ampere_core::offset::RequestOffset;
 use ampere_core::shape::{Replica, ShapeDefinition, ShapeHandle};
+use ampere_core::where_clause::{Params, WhereClause};
 use ampere_core::LogOffset;
 
 use super::errors::ApiError;
@@ -46,15 +47,6 @@ impl Query {
         self.get(key).filter(|v| !v.trim().is_empty())
     }
 
-    /// Whether `name` or a bracketed `name[…]` key is present.
-    fn has_group(&self, name: &str) -> bool {
-        self.values.keys().any(|k| {
-            k == name
-                || k.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('['))
-        })
-    }
-
     /// The secret the request presents (`secret`, else the legacy `api_secret`).
     pub(crate) fn secret(&self) -> Option<&str> {
         self.get("secret").or_else(|| self.get("api_secret"))
@@ -79,6 +71,11 @@ pub(crate) struct ShapeParams {
     pub(crate) definition: ShapeDefinition,
     /// `columns` in the request's order (for error messages), if given.
     pub(crate) columns: Option<Vec<String>>,
+    /// `where` as sent (validated against the table before a shape is created; error
+    /// positions refer to this text), if given.
+    pub(crate) where_text: Option<String>,
+    /// `params[n]`.
+    pub(crate) params: Params,
 }
 
 impl ShapeParams {
@@ -99,10 +96,26 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
     let is_live = live(query, offset)?;
     let relation = table(query)?;
     let columns = columns(query)?;
-    if query.non_blank("where").is_some() || query.has_group("params") {
+    let params = params(query)?;
+    let where_text = query.non_blank("where").map(str::to_owned);
+    let where_clause = match &where_text {
+        Some(text) => Some(
+            WhereClause::canonicalize(text, &params)
+                .map_err(|e| ApiError::invalid("where", e.to_string()))?,
+        ),
+        None if !params.is_empty() => {
+            return Err(ApiError::invalid(
+                "params",
+                "params were given without a where clause",
+            ))
+        }
+        None => None,
+    };
+    if query.get("queryable_columns").is_some() {
+        // Never ignored: a proxy sets it to hide columns from subset filters.
         return Err(ApiError::invalid(
-            "where",
-            "where clauses (and params) are not supported yet",
+            "queryable_columns",
+            "queryable_columns is not supported yet",
         ));
     }
     let replica = replica(query)?;
@@ -122,6 +135,7 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
             sorted
         }),
         replica,
+        where_clause,
     };
     Ok(ShapeParams {
         offset,
@@ -133,7 +147,52 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
         cursor: query.get("cursor").map(str::to_owned),
         definition,
         columns,
+        where_text,
+        params,
     })
+}
+
+/// `params[n]=v` keys, or `params` as a JSON object (`{"1":"a"}`): numbered from 1 with no gap.
+fn params(query: &Query) -> Result<Params, ApiError> {
+    let invalid = |message: &str| ApiError::invalid("params", message.to_owned());
+    let mut raw: Vec<(String, String)> = query
+        .values
+        .iter()
+        .filter_map(|(k, v)| {
+            let inner = k.strip_prefix("params[")?.strip_suffix(']')?;
+            Some((inner.to_owned(), v.clone()))
+        })
+        .collect();
+    if let Some(json) = query.non_blank("params") {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+            .map_err(|_| invalid("params must be a JSON object of strings keyed by number"))?;
+        for (key, value) in object {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            raw.push((key, text));
+        }
+    }
+    let mut params = Params::new();
+    for (key, value) in raw {
+        let number: u32 = key
+            .parse()
+            .ok()
+            .filter(|_| key.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| invalid("Parameters can only use numbers as keys"))?;
+        params.insert(number, value);
+    }
+    let sequential = params
+        .keys()
+        .copied()
+        .eq(1..=u32::try_from(params.len()).unwrap_or(0));
+    if !sequential {
+        return Err(invalid(
+            "Parameters must be numbered sequentially, starting from 1",
+        ));
+    }
+    Ok(params)
 }
 
 fn offset(query: &Query) -> Result<RequestOffset, ApiError> {
@@ -445,13 +504,45 @@ mod tests {
     }
 
     #[test]
-    fn where_and_params_are_rejected_until_supported() {
-        let message = "where clauses (and params) are not supported yet";
-        rejects("offset=-1&table=items&where=id%3D1", "where", message);
-        rejects("offset=-1&table=items&params[1]=a", "where", message);
-        rejects("offset=-1&table=items&params=x", "where", message);
+    fn where_is_canonicalised_with_params_inlined_into_the_definition() {
+        let a = parse("offset=-1&table=items&where=id%20%3D%20%241&params[1]=7").unwrap();
+        let b = parse("offset=-1&table=items&where=(id%3D'7')").unwrap();
+        assert_eq!(a.definition, b.definition);
+        assert_eq!(a.definition.where_clause.as_deref(), Some("id = '7'"));
+        assert_eq!(a.where_text.as_deref(), Some("id = $1"));
         assert!(parse("offset=-1&table=items&where=").is_ok());
         assert!(parse("offset=-1&table=items&paramsx=1").is_ok());
+        let json = parse("offset=-1&table=items&where=id%3D%241&params=%7B%221%22%3A%227%22%7D");
+        assert_eq!(json.unwrap().definition, a.definition);
+    }
+
+    #[test]
+    fn where_and_params_mistakes_are_400s_on_their_field() {
+        rejects(
+            "offset=-1&table=items&where=1%20x%201",
+            "where",
+            "At location 17: syntax error at or near \"x\"",
+        );
+        rejects(
+            "offset=-1&table=items&where=id%3D%241&params[a]=1",
+            "params",
+            "Parameters can only use numbers as keys",
+        );
+        rejects(
+            "offset=-1&table=items&where=id%3D%242&params[2]=1",
+            "params",
+            "Parameters must be numbered sequentially, starting from 1",
+        );
+        rejects(
+            "offset=-1&table=items&params[1]=a",
+            "params",
+            "params were given without a where clause",
+        );
+        rejects(
+            "offset=-1&table=items&queryable_columns=id",
+            "queryable_columns",
+            "queryable_columns is not supported yet",
+        );
     }
 
     #[test]

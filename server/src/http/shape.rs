@@ -6,6 +6,7 @@ use std::time::Duration;
 use ampere_core::offset::RequestOffset;
 use ampere_core::ports::{CatalogTable, ChunkRead, LogStatus, ReadOutcome};
 use ampere_core::shape::ShapeHandle;
+use ampere_core::where_clause::WhereClause;
 use ampere_core::LogOffset;
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
@@ -147,6 +148,10 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
             )
         })?;
     validate_columns(&table, params.columns.as_deref())?;
+    if let Some(text) = &params.where_text {
+        WhereClause::compile(text, &params.params, &table.schema)
+            .map_err(|e| ApiError::invalid("where", e.to_string()))?;
+    }
     api.create_shape(params.definition.clone(), table.schema)
         .await
         .map_err(|error| match error {

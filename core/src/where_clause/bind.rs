@@ -1,0 +1,1063 @@
+//! From Postgres's raw parse tree to ampere's typed [`Expr`]: column references checked
+//! against the table, operators resolved, unknown literals and `$n` parameters typed by their
+//! context, implicit coercions made explicit, constant sub-expressions folded.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use ampere_pg_parse::protobuf::{self, a_const, AExprKind, BoolExprType, BoolTestType};
+use ampere_pg_parse::protobuf::{MinMaxOp, NullTestType};
+use ampere_pg_parse::NodeEnum;
+
+use super::eval;
+use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, Expr, MinMax, TextFunc};
+use super::like::{LikeCase, LikeEscape, LikePattern};
+use super::numeric::Numeric;
+use super::types::{Scalar, Type};
+use super::value::{parse_array, parse_scalar, Value};
+use crate::shape::TableSchema;
+
+/// A refusal at a position of the wrapped statement `SELECT 1 WHERE …` (0-based).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct BindError {
+    /// Byte offset in the wrapped statement.
+    pub(crate) location: i32,
+    /// What is wrong.
+    pub(crate) message: String,
+}
+
+type Result<T> = std::result::Result<T, BindError>;
+
+fn fail<T>(location: i32, message: impl Into<String>) -> Result<T> {
+    Err(BindError {
+        location,
+        message: message.into(),
+    })
+}
+
+/// A bound sub-expression and where it starts.
+struct Bound {
+    expr: Expr,
+    location: i32,
+    /// The `$n` this is, while it is still an untyped parameter.
+    param: Option<u32>,
+}
+
+/// Binds one where clause.
+pub(crate) struct Binder<'a> {
+    table: &'a TableSchema,
+    params: &'a BTreeMap<u32, String>,
+    param_types: BTreeMap<u32, Type>,
+}
+
+impl<'a> Binder<'a> {
+    pub(crate) fn new(table: &'a TableSchema, params: &'a BTreeMap<u32, String>) -> Self {
+        Self {
+            table,
+            params,
+            param_types: BTreeMap::new(),
+        }
+    }
+
+    /// Binds the where clause's root node; it must be boolean.
+    pub(crate) fn bind_root(&mut self, node: &protobuf::Node) -> Result<Expr> {
+        let bound = self.bind(node)?;
+        let location = bound.location;
+        if bound.expr.ty() != Type::Scalar(Scalar::Bool) {
+            return fail(location, "WHERE clause must return a boolean");
+        }
+        Ok(bound.expr)
+    }
+
+    fn bind(&mut self, node: &protobuf::Node) -> Result<Bound> {
+        let Some(inner) = node.node.as_ref() else {
+            return fail(0, "empty expression");
+        };
+        match inner {
+            NodeEnum::AConst(c) => constant(c),
+            NodeEnum::ParamRef(p) => self.param(p),
+            NodeEnum::ColumnRef(c) => self.column(c),
+            NodeEnum::BoolExpr(b) => self.bool_expr(b),
+            NodeEnum::NullTest(t) => self.null_test(t),
+            NodeEnum::BooleanTest(t) => self.boolean_test(t),
+            NodeEnum::AExpr(e) => self.a_expr(e),
+            NodeEnum::TypeCast(c) => self.type_cast(c),
+            NodeEnum::FuncCall(f) => self.func_call(f),
+            NodeEnum::CoalesceExpr(c) => self.coalesce(c),
+            NodeEnum::MinMaxExpr(m) => self.min_max(m),
+            NodeEnum::AArrayExpr(a) => self.array_literal(a),
+            NodeEnum::SubLink(s) => fail(
+                s.location,
+                "subqueries are not supported by ampere yet (IN (SELECT …), EXISTS, scalar \
+                 subqueries)",
+            ),
+            other => fail(
+                location_of(other),
+                format!("{} is not supported in this context", node_name(other)),
+            ),
+        }
+    }
+
+    fn param(&mut self, p: &protobuf::ParamRef) -> Result<Bound> {
+        let number = u32::try_from(p.number).unwrap_or(0);
+        let Some(value) = self.params.get(&number) else {
+            return fail(
+                p.location,
+                format!("parameter ${} was not provided", p.number),
+            );
+        };
+        Ok(Bound {
+            expr: unknown(Some(value.clone())),
+            location: p.location,
+            param: Some(number),
+        })
+    }
+
+    fn column(&mut self, c: &protobuf::ColumnRef) -> Result<Bound> {
+        let names: Vec<&str> = c.fields.iter().map(node_str).collect();
+        let found = match names.as_slice() {
+            [name] => self.table.column_index(name).map(|i| (i, *name)),
+            _ => None,
+        };
+        let Some((index, name)) = found else {
+            let shown: Vec<String> = names.iter().map(|n| show_ident(n)).collect();
+            return fail(c.location, format!("unknown reference {}", shown.join(".")));
+        };
+        let column = &self.table.columns[index];
+        let ty = Type::of_column(column);
+        Ok(Bound {
+            expr: Expr::Column {
+                index,
+                name: name.to_owned(),
+                as_text: matches!(column.type_oid, 1042 | 19),
+                ty,
+            },
+            location: c.location,
+            param: None,
+        })
+    }
+
+    fn bool_expr(&mut self, b: &protobuf::BoolExpr) -> Result<Bound> {
+        let op = BoolExprType::try_from(b.boolop).unwrap_or(BoolExprType::Undefined);
+        let name = match op {
+            BoolExprType::AndExpr => "AND",
+            BoolExprType::OrExpr => "OR",
+            _ => "NOT",
+        };
+        let mut args = Vec::with_capacity(b.args.len());
+        for arg in &b.args {
+            let bound = self.bind(arg)?;
+            args.push(self.coerce_bool(bound, name)?);
+        }
+        let expr = match op {
+            BoolExprType::AndExpr => Expr::And(args),
+            BoolExprType::OrExpr => Expr::Or(args),
+            _ => Expr::Not(Box::new(args.into_iter().next().ok_or(BindError {
+                location: b.location,
+                message: "NOT without an argument".into(),
+            })?)),
+        };
+        fold(expr, b.location)
+    }
+
+    fn coerce_bool(&mut self, bound: Bound, context: &str) -> Result<Expr> {
+        let ty = bound.expr.ty();
+        if ty == Type::Unknown || ty.is_bool() {
+            return self.coerce(bound, &Type::Scalar(Scalar::Bool));
+        }
+        fail(
+            bound.location,
+            format!("argument of {context} must be type boolean, not type {ty}"),
+        )
+    }
+
+    fn null_test(&mut self, t: &protobuf::NullTest) -> Result<Bound> {
+        let arg = self.bind(required(t.arg.as_deref(), t.location)?)?;
+        let arg = self.settle_unknown(arg)?;
+        let negated = NullTestType::try_from(t.nulltesttype).unwrap_or(NullTestType::IsNull)
+            == NullTestType::IsNotNull;
+        fold(
+            Expr::IsNull {
+                arg: Box::new(arg),
+                negated,
+            },
+            t.location,
+        )
+    }
+
+    fn boolean_test(&mut self, t: &protobuf::BooleanTest) -> Result<Bound> {
+        let test = match BoolTestType::try_from(t.booltesttype).unwrap_or(BoolTestType::IsTrue) {
+            BoolTestType::IsNotTrue => BoolTest::IsNotTrue,
+            BoolTestType::IsFalse => BoolTest::IsFalse,
+            BoolTestType::IsNotFalse => BoolTest::IsNotFalse,
+            BoolTestType::IsUnknown => BoolTest::IsUnknown,
+            BoolTestType::IsNotUnknown => BoolTest::IsNotUnknown,
+            _ => BoolTest::IsTrue,
+        };
+        let arg = self.bind(required(t.arg.as_deref(), t.location)?)?;
+        let context = bool_test_name(test);
+        let arg = self.coerce_bool(arg, context)?;
+        fold(
+            Expr::BoolTest {
+                arg: Box::new(arg),
+                test,
+            },
+            t.location,
+        )
+    }
+
+    fn a_expr(&mut self, e: &protobuf::AExpr) -> Result<Bound> {
+        let kind = AExprKind::try_from(e.kind).unwrap_or(AExprKind::Undefined);
+        let name = e.name.last().map(node_str).unwrap_or_default().to_owned();
+        match kind {
+            AExprKind::AexprOp | AExprKind::AexprLike | AExprKind::AexprIlike => {
+                match e.lexpr.as_deref() {
+                    None => self.unary(e, &name),
+                    Some(lexpr) => {
+                        let rexpr = required(e.rexpr.as_deref(), e.location)?;
+                        self.binary(&name, lexpr, rexpr, e.location)
+                    }
+                }
+            }
+            AExprKind::AexprDistinct | AExprKind::AexprNotDistinct => {
+                let left = self.bind(required(e.lexpr.as_deref(), e.location)?)?;
+                let right = self.bind(required(e.rexpr.as_deref(), e.location)?)?;
+                let (left, right) = self.unify(left, right, e.location)?;
+                fold(
+                    Expr::Distinct {
+                        left: Box::new(left),
+                        right: Box::new(right),
+                        negated: kind == AExprKind::AexprNotDistinct,
+                    },
+                    e.location,
+                )
+            }
+            AExprKind::AexprIn => self.in_list(e, &name),
+            AExprKind::AexprBetween
+            | AExprKind::AexprNotBetween
+            | AExprKind::AexprBetweenSym
+            | AExprKind::AexprNotBetweenSym => self.between(e, kind),
+            AExprKind::AexprOpAny | AExprKind::AexprOpAll => {
+                self.quantified(e, &name, kind == AExprKind::AexprOpAll)
+            }
+            _ => fail(
+                e.location,
+                format!(
+                    "expression {name} of {} is not currently supported",
+                    kind.as_str_name()
+                ),
+            ),
+        }
+    }
+
+    fn unary(&mut self, e: &protobuf::AExpr, name: &str) -> Result<Bound> {
+        let arg = self.bind(required(e.rexpr.as_deref(), e.location)?)?;
+        let ty = arg.expr.ty();
+        let number = match ty.scalar() {
+            Some(s) if s.is_number() => s,
+            _ if ty == Type::Unknown && matches!(name, "-" | "+") => Scalar::Numeric,
+            _ => {
+                return match name {
+                    "-" | "+" => fail(e.location, "Could not select an operator overload"),
+                    _ => fail(e.location, format!("unknown unary operator {name}")),
+                }
+            }
+        };
+        let arg = self.coerce(arg, &Type::Scalar(number))?;
+        match name {
+            "+" => fold(arg, e.location),
+            "-" => fold(
+                Expr::Negate {
+                    arg: Box::new(arg),
+                    ty: number,
+                },
+                e.location,
+            ),
+            _ => fail(e.location, format!("unknown unary operator {name}")),
+        }
+    }
+
+    fn binary(
+        &mut self,
+        name: &str,
+        lexpr: &protobuf::Node,
+        rexpr: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        if let Some(op) = cmp_op(name) {
+            let left = self.bind(lexpr)?;
+            let right = self.bind(rexpr)?;
+            return self.compare(op, left, right, location);
+        }
+        match name {
+            "+" | "-" | "*" | "/" => self.arith(name, lexpr, rexpr, location),
+            "||" => {
+                let left = self.bind(lexpr)?;
+                let right = self.bind(rexpr)?;
+                let text = Type::Scalar(Scalar::Text);
+                if !is_texty(&left.expr.ty()) || !is_texty(&right.expr.ty()) {
+                    return fail(location, "Could not select an operator overload");
+                }
+                let (left, right) = (self.coerce(left, &text)?, self.coerce(right, &text)?);
+                fold(
+                    Expr::Concat {
+                        left: Box::new(left),
+                        right: Box::new(right),
+                    },
+                    location,
+                )
+            }
+            "~~" | "!~~" | "~~*" | "!~~*" => self.like(name, lexpr, rexpr, location),
+            "@>" | "<@" | "&&" => self.array_op(name, lexpr, rexpr, location),
+            _ => fail(location, format!("unknown binary operator {name}")),
+        }
+    }
+
+    fn compare(&mut self, op: CmpOp, left: Bound, right: Bound, location: i32) -> Result<Bound> {
+        let (left, right) = self.unify(left, right, location)?;
+        if matches!(left.ty(), Type::Opaque(_)) {
+            return fail(location, "Could not select an operator overload");
+        }
+        fold(
+            Expr::Compare {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            location,
+        )
+    }
+
+    fn arith(
+        &mut self,
+        name: &str,
+        lexpr: &protobuf::Node,
+        rexpr: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let left = self.bind(lexpr)?;
+        let right = self.bind(rexpr)?;
+        let (lt, rt) = (left.expr.ty(), right.expr.ty());
+        let number = |t: &Type| t.scalar().is_some_and(Scalar::is_number);
+        if !(number(&lt) || number(&rt))
+            || !(number(&lt) || lt == Type::Unknown)
+            || !(number(&rt) || rt == Type::Unknown)
+        {
+            return fail(location, "Could not select an operator overload");
+        }
+        let (left, right) = self.unify(left, right, location)?;
+        let Some(ty) = left.ty().scalar() else {
+            return fail(location, "Could not select an operator overload");
+        };
+        let op = match name {
+            "+" => ArithOp::Add,
+            "-" => ArithOp::Sub,
+            "*" => ArithOp::Mul,
+            _ => ArithOp::Div,
+        };
+        if op == ArithOp::Div && ty == Scalar::Numeric {
+            // Electric divides numerics as float8; ampere refuses rather than differ from
+            // Postgres's numeric division.
+            return fail(
+                location,
+                "ampere does not support numeric division yet; cast an operand to float8",
+            );
+        }
+        fold(
+            Expr::Arith {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+                ty,
+            },
+            location,
+        )
+    }
+
+    fn like(
+        &mut self,
+        name: &str,
+        lexpr: &protobuf::Node,
+        rexpr: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let (pattern_node, escape_node) = like_parts(rexpr);
+        let arg = self.bind(lexpr)?;
+        let pattern = self.bind(pattern_node)?;
+        let text = Type::Scalar(Scalar::Text);
+        if !is_texty(&arg.expr.ty()) || !is_texty(&pattern.expr.ty()) {
+            return fail(location, "Could not select an operator overload");
+        }
+        let escape = match escape_node {
+            None => LikeEscape::Backslash,
+            Some(node) => {
+                let bound = self.bind(node)?;
+                let escape_location = bound.location;
+                let escape = self.coerce(bound, &text)?;
+                match escape {
+                    Expr::Const {
+                        value: Value::Text(t),
+                        ..
+                    } => LikeEscape::from_escape_string(&t).map_err(|e| BindError {
+                        location: escape_location,
+                        message: e.to_string(),
+                    })?,
+                    _ => {
+                        return fail(
+                            escape_location,
+                            "ampere supports only a constant ESCAPE string",
+                        )
+                    }
+                }
+            }
+        };
+        let arg = self.coerce(arg, &text)?;
+        let pattern = self.coerce(pattern, &text)?;
+        let case = if name.ends_with('*') {
+            LikeCase::AsciiInsensitive
+        } else {
+            LikeCase::Sensitive
+        };
+        let compiled = match &pattern {
+            Expr::Const {
+                value: Value::Text(p),
+                ..
+            } => Some(
+                LikePattern::compile(p, escape, case).map_err(|e| BindError {
+                    location,
+                    message: e.to_string(),
+                })?,
+            ),
+            _ => None,
+        };
+        fold(
+            Expr::Like {
+                arg: Box::new(arg),
+                pattern: Box::new(pattern),
+                escape,
+                case,
+                negated: name.starts_with('!'),
+                compiled,
+            },
+            location,
+        )
+    }
+
+    fn array_op(
+        &mut self,
+        name: &str,
+        lexpr: &protobuf::Node,
+        rexpr: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let left = self.bind(lexpr)?;
+        let right = self.bind(rexpr)?;
+        let is_array = |t: &Type| matches!(t, Type::Array(_) | Type::Unknown);
+        if !is_array(&left.expr.ty()) || !is_array(&right.expr.ty()) {
+            return fail(location, "Could not select an operator overload");
+        }
+        let (left, right) = self.unify(left, right, location)?;
+        if !matches!(left.ty(), Type::Array(_)) {
+            return fail(location, "Could not select an operator overload");
+        }
+        let op = match name {
+            "@>" => ArrayOp::Contains,
+            "<@" => ArrayOp::ContainedBy,
+            _ => ArrayOp::Overlaps,
+        };
+        fold(
+            Expr::ArrayOp {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            location,
+        )
+    }
+
+    fn in_list(&mut self, e: &protobuf::AExpr, name: &str) -> Result<Bound> {
+        let items = match e.rexpr.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(NodeEnum::List(list)) => list.items.clone(),
+            _ => return fail(e.location, "IN needs a list of values"),
+        };
+        let lexpr = required(e.lexpr.as_deref(), e.location)?;
+        let mut comparisons = Vec::with_capacity(items.len());
+        for item in &items {
+            let left = self.bind(lexpr)?;
+            let right = self.bind(item)?;
+            comparisons.push(self.compare(CmpOp::Eq, left, right, e.location)?.expr);
+        }
+        let any = if comparisons.len() == 1 {
+            comparisons.pop().expect("invariant: one comparison")
+        } else {
+            Expr::Or(comparisons)
+        };
+        let expr = if name == "<>" {
+            Expr::Not(Box::new(any))
+        } else {
+            any
+        };
+        fold(expr, e.location)
+    }
+
+    fn between(&mut self, e: &protobuf::AExpr, kind: AExprKind) -> Result<Bound> {
+        let bounds = match e.rexpr.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(NodeEnum::List(list)) if list.items.len() == 2 => list.items.clone(),
+            _ => return fail(e.location, "BETWEEN needs two bounds"),
+        };
+        let lexpr = required(e.lexpr.as_deref(), e.location)?;
+        let mut within = |low: &protobuf::Node, high: &protobuf::Node| -> Result<Expr> {
+            let (l, x) = (self.bind(low)?, self.bind(lexpr)?);
+            let lower = self.compare(CmpOp::Le, l, x, e.location)?.expr;
+            let (x, h) = (self.bind(lexpr)?, self.bind(high)?);
+            let upper = self.compare(CmpOp::Le, x, h, e.location)?.expr;
+            Ok(Expr::And(vec![lower, upper]))
+        };
+        let forward = within(&bounds[0], &bounds[1])?;
+        let expr = match kind {
+            AExprKind::AexprBetweenSym | AExprKind::AexprNotBetweenSym => {
+                let backward = within(&bounds[1], &bounds[0])?;
+                Expr::Or(vec![forward, backward])
+            }
+            _ => forward,
+        };
+        let expr = match kind {
+            AExprKind::AexprNotBetween | AExprKind::AexprNotBetweenSym => Expr::Not(Box::new(expr)),
+            _ => expr,
+        };
+        fold(expr, e.location)
+    }
+
+    fn quantified(&mut self, e: &protobuf::AExpr, name: &str, all: bool) -> Result<Bound> {
+        let Some(op) = cmp_op(name) else {
+            return fail(
+                e.location,
+                format!("ampere supports only comparison operators with ANY/ALL, not {name}"),
+            );
+        };
+        let left = self.bind(required(e.lexpr.as_deref(), e.location)?)?;
+        let array = self.bind(required(e.rexpr.as_deref(), e.location)?)?;
+        let element = match array.expr.ty() {
+            Type::Array(s) => Type::Scalar(s),
+            Type::Unknown => match left.expr.ty() {
+                Type::Unknown => Type::Scalar(Scalar::Text),
+                other => other,
+            },
+            _ => return fail(array.location, "argument of ANY must be an array"),
+        };
+        let left_ty = left.expr.ty();
+        let common = if left_ty == Type::Unknown {
+            Some(element.clone())
+        } else {
+            common_type(&left_ty, &element)
+        };
+        let Some(Type::Scalar(scalar)) = common else {
+            return fail(e.location, "Could not select an operator overload");
+        };
+        let left = self.coerce(left, &Type::Scalar(scalar))?;
+        let array = self.coerce(array, &Type::Array(scalar))?;
+        fold(
+            Expr::Quantified {
+                op,
+                left: Box::new(left),
+                array: Box::new(array),
+                all,
+            },
+            e.location,
+        )
+    }
+
+    fn type_cast(&mut self, c: &protobuf::TypeCast) -> Result<Bound> {
+        let arg = self.bind(required(c.arg.as_deref(), c.location)?)?;
+        let target = cast_target(c.type_name.as_ref(), c.location)?;
+        let location = arg.location.min(c.location);
+        if arg.expr.ty() == Type::Unknown {
+            let expr = self.coerce(arg, &target)?;
+            return Ok(Bound {
+                expr,
+                location,
+                param: None,
+            });
+        }
+        let from = arg.expr.ty();
+        if from == target {
+            return Ok(arg);
+        }
+        if !eval::can_cast(&from, &target) {
+            return fail(
+                c.location,
+                format!("unknown cast from type {from} to type {target}"),
+            );
+        }
+        fold(
+            Expr::Cast {
+                arg: Box::new(arg.expr),
+                to: target,
+            },
+            location,
+        )
+    }
+
+    fn func_call(&mut self, f: &protobuf::FuncCall) -> Result<Bound> {
+        if !f.agg_order.is_empty()
+            || f.agg_filter.is_some()
+            || f.over.is_some()
+            || f.agg_within_group
+            || f.agg_star
+            || f.agg_distinct
+        {
+            return fail(f.location, "aggregation is not supported in this context");
+        }
+        if f.func_variadic {
+            return fail(
+                f.location,
+                "explicit VARIADIC function calls are not currently supported",
+            );
+        }
+        let names: Vec<&str> = f.funcname.iter().map(node_str).collect();
+        let name = match names.as_slice() {
+            ["pg_catalog", name] | [name] => *name,
+            _ => "",
+        };
+        let func = match (name, f.args.len()) {
+            ("lower", 1) => TextFunc::Lower,
+            ("upper", 1) => TextFunc::Upper,
+            _ => {
+                return fail(
+                    f.location,
+                    format!(
+                        "unknown or unsupported function {}/{}",
+                        names.join("."),
+                        f.args.len()
+                    ),
+                )
+            }
+        };
+        let arg = self.bind(&f.args[0])?;
+        if !is_texty(&arg.expr.ty()) {
+            return fail(
+                f.location,
+                format!(
+                    "Could not select a function overload for {name}({})",
+                    arg.expr.ty()
+                ),
+            );
+        }
+        let arg = self.coerce(arg, &Type::Scalar(Scalar::Text))?;
+        fold(
+            Expr::TextFunc {
+                func,
+                arg: Box::new(arg),
+            },
+            f.location,
+        )
+    }
+
+    fn coalesce(&mut self, c: &protobuf::CoalesceExpr) -> Result<Bound> {
+        let (args, ty) = self.same_type_args(&c.args, c.location)?;
+        fold(Expr::Coalesce { args, ty }, c.location)
+    }
+
+    fn min_max(&mut self, m: &protobuf::MinMaxExpr) -> Result<Bound> {
+        let (args, ty) = self.same_type_args(&m.args, m.location)?;
+        if matches!(ty, Type::Opaque(_)) {
+            return fail(m.location, "Could not select a function overload");
+        }
+        let op = match MinMaxOp::try_from(m.op).unwrap_or(MinMaxOp::IsGreatest) {
+            MinMaxOp::IsLeast => MinMax::Least,
+            _ => MinMax::Greatest,
+        };
+        fold(Expr::MinMax { op, args, ty }, m.location)
+    }
+
+    /// Binds `nodes` and coerces them to their common type (Postgres's UNION/CASE rules).
+    fn same_type_args(
+        &mut self,
+        nodes: &[protobuf::Node],
+        location: i32,
+    ) -> Result<(Vec<Expr>, Type)> {
+        let mut bound = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            bound.push(self.bind(node)?);
+        }
+        let mut ty = Type::Unknown;
+        for b in &bound {
+            let t = b.expr.ty();
+            ty = if ty == Type::Unknown {
+                t
+            } else if t == Type::Unknown {
+                ty
+            } else {
+                match common_type(&ty, &t) {
+                    Some(common) => common,
+                    None => {
+                        return fail(b.location, format!("types {ty} and {t} cannot be matched"))
+                    }
+                }
+            };
+        }
+        if ty == Type::Unknown {
+            ty = Type::Scalar(Scalar::Text);
+        }
+        let _ = location;
+        let mut args = Vec::with_capacity(bound.len());
+        for b in bound {
+            args.push(self.coerce(b, &ty)?);
+        }
+        Ok((args, ty))
+    }
+
+    fn array_literal(&mut self, a: &protobuf::AArrayExpr) -> Result<Bound> {
+        if a.elements.is_empty() {
+            return fail(a.location, "cannot determine type of empty array");
+        }
+        let (elements, ty) = self.same_type_args(&a.elements, a.location)?;
+        let Type::Scalar(element) = ty else {
+            return fail(
+                a.location,
+                format!("ampere does not support arrays of {ty}"),
+            );
+        };
+        fold(Expr::ArrayLiteral { elements, element }, a.location)
+    }
+
+    /// Coerces two operands to one type (an unknown takes the other's type).
+    fn unify(&mut self, left: Bound, right: Bound, location: i32) -> Result<(Expr, Expr)> {
+        let (lt, rt) = (left.expr.ty(), right.expr.ty());
+        let ty = match (&lt, &rt) {
+            (Type::Unknown, Type::Unknown) => Type::Scalar(Scalar::Text),
+            (Type::Unknown, t) | (t, Type::Unknown) => t.clone(),
+            (a, b) => match common_type(a, b) {
+                Some(t) => t,
+                None => return fail(location, "Could not select an operator overload"),
+            },
+        };
+        Ok((self.coerce(left, &ty)?, self.coerce(right, &ty)?))
+    }
+
+    /// Gives an unknown literal its default type, `text`.
+    fn settle_unknown(&mut self, bound: Bound) -> Result<Expr> {
+        if bound.expr.ty() == Type::Unknown {
+            return self.coerce(bound, &Type::Scalar(Scalar::Text));
+        }
+        Ok(bound.expr)
+    }
+
+    /// `bound` as a `target`: an unknown literal read with the type's input function, an
+    /// implicit cast made explicit.
+    fn coerce(&mut self, bound: Bound, target: &Type) -> Result<Expr> {
+        let ty = bound.expr.ty();
+        if ty == *target {
+            return Ok(bound.expr);
+        }
+        if ty == Type::Unknown {
+            if let Some(number) = bound.param {
+                match self.param_types.get(&number) {
+                    Some(seen) if seen != target => {
+                        return fail(
+                            bound.location,
+                            format!("type conflict for ${number}: {seen} and {target}"),
+                        )
+                    }
+                    _ => {
+                        self.param_types.insert(number, target.clone());
+                    }
+                }
+            }
+            return typed_literal(bound.expr, target, bound.location);
+        }
+        if implicit_cast(&ty, target) {
+            return Ok(fold(
+                Expr::Cast {
+                    arg: Box::new(bound.expr),
+                    to: target.clone(),
+                },
+                bound.location,
+            )?
+            .expr);
+        }
+        fail(
+            bound.location,
+            format!("{ty} cannot be matched to {target}"),
+        )
+    }
+}
+
+/// An untyped literal (`'…'`, `NULL` or a parameter's text).
+fn unknown(text: Option<String>) -> Expr {
+    Expr::Const {
+        value: text.map_or(Value::Null, |t| Value::Text(Cow::Owned(t))),
+        ty: Type::Unknown,
+    }
+}
+
+/// An unknown literal read as `target`.
+fn typed_literal(expr: Expr, target: &Type, location: i32) -> Result<Expr> {
+    let Expr::Const { value, .. } = expr else {
+        return fail(location, "internal: not a literal");
+    };
+    let text = match value {
+        Value::Null => {
+            return Ok(Expr::Const {
+                value: Value::Null,
+                ty: target.clone(),
+            })
+        }
+        Value::Text(t) => t,
+        _ => return fail(location, "internal: not a text literal"),
+    };
+    let invalid = |_| BindError {
+        location,
+        message: format!("invalid syntax for type {target}: {text}"),
+    };
+    let value = match target {
+        Type::Scalar(s) => parse_scalar(Cow::Borrowed(text.as_ref()), *s)
+            .map(Value::into_owned)
+            .map_err(invalid)?,
+        Type::Array(s) => parse_array(&text, *s).map_err(invalid)?,
+        Type::Unknown => Value::Text(text.clone()),
+        Type::Opaque(name) => {
+            return fail(
+                location,
+                format!("ampere cannot compare values of type {name}"),
+            )
+        }
+    };
+    Ok(Expr::Const {
+        value,
+        ty: target.clone(),
+    })
+}
+
+/// A literal constant: integers as `int4`, `int8` or `numeric` by size, decimals as
+/// `numeric`, strings and `NULL` untyped, as Postgres's parser types them.
+fn constant(c: &protobuf::AConst) -> Result<Bound> {
+    let location = c.location;
+    let expr = match (&c.val, c.isnull) {
+        (_, true) | (None, _) => unknown(None),
+        (Some(a_const::Val::Ival(i)), _) => Expr::Const {
+            value: Value::Int(i64::from(i.ival)),
+            ty: Type::Scalar(Scalar::Int4),
+        },
+        (Some(a_const::Val::Fval(f)), _) => number_literal(&f.fval, location)?,
+        (Some(a_const::Val::Boolval(b)), _) => Expr::Const {
+            value: Value::Bool(b.boolval),
+            ty: Type::Scalar(Scalar::Bool),
+        },
+        (Some(a_const::Val::Sval(s)), _) => unknown(Some(s.sval.clone())),
+        (Some(a_const::Val::Bsval(_)), _) => {
+            return fail(location, "BitString values are not supported")
+        }
+    };
+    Ok(Bound {
+        expr,
+        location,
+        param: None,
+    })
+}
+
+/// A numeric literal Postgres's lexer did not type `int4`: `int8` when it is an integer that
+/// fits, else `numeric`.
+fn number_literal(text: &str, location: i32) -> Result<Expr> {
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(i) = text.parse::<i64>() {
+            return Ok(Expr::Const {
+                value: Value::Int(i),
+                ty: Type::Scalar(Scalar::Int8),
+            });
+        }
+    }
+    let value = Numeric::parse(text).map_err(|e| BindError {
+        location,
+        message: e.to_string(),
+    })?;
+    Ok(Expr::Const {
+        value: Value::Numeric(value),
+        ty: Type::Scalar(Scalar::Numeric),
+    })
+}
+
+/// Evaluates `expr` now when it reads no column (constant folding).
+fn fold(expr: Expr, location: i32) -> Result<Bound> {
+    let expr = if expr.is_constant() && !matches!(expr, Expr::Const { .. }) {
+        let ty = expr.ty();
+        match eval::evaluate_constant(&expr) {
+            Ok(value) => Expr::Const { value, ty },
+            Err(error) => return fail(location, error.to_string()),
+        }
+    } else {
+        expr
+    };
+    Ok(Bound {
+        expr,
+        location,
+        param: None,
+    })
+}
+
+/// The common type two known types are compared or combined in, if any.
+pub(crate) fn common_type(a: &Type, b: &Type) -> Option<Type> {
+    if a == b {
+        return Some(a.clone());
+    }
+    match (a, b) {
+        (Type::Scalar(x), Type::Scalar(y)) => common_scalar(*x, *y).map(Type::Scalar),
+        _ => None,
+    }
+}
+
+fn common_scalar(x: Scalar, y: Scalar) -> Option<Scalar> {
+    if x.is_number() && y.is_number() {
+        return Some(if x.number_rank() >= y.number_rank() {
+            x
+        } else {
+            y
+        });
+    }
+    let time_rank = |s: Scalar| match s {
+        Scalar::Date => 1,
+        Scalar::Timestamp => 2,
+        Scalar::Timestamptz => 3,
+        _ => 0,
+    };
+    let (rx, ry) = (time_rank(x), time_rank(y));
+    if rx > 0 && ry > 0 {
+        return Some(if rx >= ry { x } else { y });
+    }
+    None
+}
+
+/// Whether Postgres casts `from` to `to` implicitly (and ampere computes that cast exactly).
+fn implicit_cast(from: &Type, to: &Type) -> bool {
+    match (from, to) {
+        (Type::Scalar(x), Type::Scalar(y)) | (Type::Array(x), Type::Array(y)) => {
+            common_scalar(*x, *y) == Some(*y)
+        }
+        _ => false,
+    }
+}
+
+fn is_texty(ty: &Type) -> bool {
+    matches!(ty, Type::Unknown | Type::Scalar(Scalar::Text))
+}
+
+fn cmp_op(name: &str) -> Option<CmpOp> {
+    Some(match name {
+        "=" => CmpOp::Eq,
+        "<>" | "!=" => CmpOp::Ne,
+        "<" => CmpOp::Lt,
+        "<=" => CmpOp::Le,
+        ">" => CmpOp::Gt,
+        ">=" => CmpOp::Ge,
+        _ => return None,
+    })
+}
+
+fn bool_test_name(test: BoolTest) -> &'static str {
+    match test {
+        BoolTest::IsTrue => "IS TRUE",
+        BoolTest::IsNotTrue => "IS NOT TRUE",
+        BoolTest::IsFalse => "IS FALSE",
+        BoolTest::IsNotFalse => "IS NOT FALSE",
+        BoolTest::IsUnknown => "IS UNKNOWN",
+        BoolTest::IsNotUnknown => "IS NOT UNKNOWN",
+    }
+}
+
+/// The pattern and the `ESCAPE` argument of a LIKE's right side (`like_escape(p, e)`).
+fn like_parts(rexpr: &protobuf::Node) -> (&protobuf::Node, Option<&protobuf::Node>) {
+    if let Some(NodeEnum::FuncCall(f)) = rexpr.node.as_ref() {
+        let names: Vec<&str> = f.funcname.iter().map(node_str).collect();
+        if names == ["pg_catalog", "like_escape"] && f.args.len() == 2 {
+            return (&f.args[0], Some(&f.args[1]));
+        }
+    }
+    (rexpr, None)
+}
+
+/// The type a `::T` / `CAST(… AS T)` names.
+fn cast_target(name: Option<&protobuf::TypeName>, location: i32) -> Result<Type> {
+    let Some(name) = name else {
+        return fail(location, "cast without a type");
+    };
+    let names: Vec<&str> = name.names.iter().map(node_str).collect();
+    let base = match names.as_slice() {
+        ["pg_catalog", n] | [n] => *n,
+        _ => "",
+    };
+    let shown = names.join(".");
+    if !name.typmods.is_empty() {
+        return fail(
+            name.location,
+            format!("ampere does not support type modifiers in casts ({shown}(…))"),
+        );
+    }
+    let scalar = match base {
+        "varchar" | "text" => Some(Scalar::Text),
+        "bpchar" | "name" | "char" => None,
+        other => Scalar::from_typname(other),
+    };
+    let Some(scalar) = scalar else {
+        return fail(name.location, format!("unsupported type {shown}"));
+    };
+    Ok(if name.array_bounds.is_empty() {
+        Type::Scalar(scalar)
+    } else {
+        Type::Array(scalar)
+    })
+}
+
+fn required(node: Option<&protobuf::Node>, location: i32) -> Result<&protobuf::Node> {
+    node.ok_or(BindError {
+        location,
+        message: "incomplete expression".into(),
+    })
+}
+
+/// The text of a `String` node (identifiers, operator and function names).
+pub(crate) fn node_str(node: &protobuf::Node) -> &str {
+    match node.node.as_ref() {
+        Some(NodeEnum::String(s)) => &s.sval,
+        Some(NodeEnum::AStar(_)) => "*",
+        _ => "",
+    }
+}
+
+/// An identifier as Electric shows it in messages: bare when lower-case, else quoted.
+fn show_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Postgres's name of a parse node (`CaseExpr`), for "… is not supported" messages.
+fn node_name(node: &NodeEnum) -> String {
+    let debug = format!("{node:?}");
+    debug
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("expression")
+        .to_owned()
+}
+
+/// Where a node the binder refuses starts, for the nodes that say.
+fn location_of(node: &NodeEnum) -> i32 {
+    match node {
+        NodeEnum::CaseExpr(n) => n.location,
+        NodeEnum::SqlvalueFunction(n) => n.location,
+        NodeEnum::RowExpr(n) => n.location,
+        NodeEnum::CollateClause(n) => n.location,
+        NodeEnum::GroupingFunc(n) => n.location,
+        NodeEnum::XmlExpr(n) => n.location,
+        _ => 0,
+    }
+}

@@ -1,0 +1,603 @@
+//! Compiling a typed [`Expr`] once into a tree of closures, and evaluating it on a row of
+//! Postgres text values exactly as Postgres evaluates the rendered SQL.
+//!
+//! Three-valued logic throughout; a strict operator with a NULL operand is NULL. An error
+//! (division by zero, an out-of-range result, a text that does not parse as its type) fails
+//! the evaluation: the row is not in the shape (where Postgres would fail the statement).
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use super::array_text::{ArrayDim, PgArray};
+use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, Expr, MinMax, TextFunc};
+use super::like::match_text;
+use super::numeric::{IntType, Numeric};
+use super::types::{Scalar, Type};
+use super::value::{format_scalar, parse_array, parse_scalar, Value};
+
+/// Why an evaluation failed: Postgres's message for the same failure.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct EvalError(pub String);
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Outcome<'r> = Result<Value<'r>, EvalError>;
+
+/// A compiled expression: a row's column texts in, a value out.
+pub(crate) type Compiled = Box<dyn for<'r> Fn(&'r [Option<String>]) -> Outcome<'r> + Send + Sync>;
+
+fn err<T>(message: impl Into<String>) -> Result<T, EvalError> {
+    Err(EvalError(message.into()))
+}
+
+/// Evaluates an expression that reads no column.
+pub(crate) fn evaluate_constant(expr: &Expr) -> Result<Value<'static>, EvalError> {
+    compile(expr)(&[]).map(Value::into_owned)
+}
+
+/// Compiles `expr` into closures, once.
+#[allow(clippy::too_many_lines)] // one arm per node kind
+pub(crate) fn compile(expr: &Expr) -> Compiled {
+    match expr {
+        Expr::Const { value, .. } => {
+            let value = value.clone();
+            Box::new(move |_| Ok(value.clone()))
+        }
+        Expr::Column {
+            index, ty, as_text, ..
+        } => compile_column(*index, ty.clone(), *as_text),
+        Expr::Not(arg) => {
+            let arg = compile(arg);
+            Box::new(move |row| {
+                Ok(match arg(row)? {
+                    Value::Bool(b) => Value::Bool(!b),
+                    _ => Value::Null,
+                })
+            })
+        }
+        Expr::And(args) => compile_junction(args, false),
+        Expr::Or(args) => compile_junction(args, true),
+        Expr::IsNull { arg, negated } => {
+            let (arg, negated) = (compile(arg), *negated);
+            Box::new(move |row| Ok(Value::Bool(arg(row)?.is_null() != negated)))
+        }
+        Expr::BoolTest { arg, test } => {
+            let (arg, test) = (compile(arg), *test);
+            Box::new(move |row| {
+                let v = match arg(row)? {
+                    Value::Bool(b) => Some(b),
+                    _ => None,
+                };
+                Ok(Value::Bool(match test {
+                    BoolTest::IsTrue => v == Some(true),
+                    BoolTest::IsNotTrue => v != Some(true),
+                    BoolTest::IsFalse => v == Some(false),
+                    BoolTest::IsNotFalse => v != Some(false),
+                    BoolTest::IsUnknown => v.is_none(),
+                    BoolTest::IsNotUnknown => v.is_some(),
+                }))
+            })
+        }
+        Expr::Compare { op, left, right } => compile_compare(*op, left, right),
+        Expr::Distinct {
+            left,
+            right,
+            negated,
+        } => {
+            let (left, right, negated) = (compile(left), compile(right), *negated);
+            Box::new(move |row| {
+                let (l, r) = (left(row)?, right(row)?);
+                let distinct = match (l.is_null(), r.is_null()) {
+                    (true, true) => false,
+                    (true, false) | (false, true) => true,
+                    (false, false) => l.pg_cmp(&r) != Ordering::Equal,
+                };
+                Ok(Value::Bool(distinct != negated))
+            })
+        }
+        Expr::Arith {
+            op,
+            left,
+            right,
+            ty,
+        } => {
+            let (left, right, op, ty) = (compile(left), compile(right), *op, *ty);
+            Box::new(move |row| {
+                let (l, r) = (left(row)?, right(row)?);
+                if l.is_null() || r.is_null() {
+                    return Ok(Value::Null);
+                }
+                arith(op, ty, &l, &r)
+            })
+        }
+        Expr::Negate { arg, ty } => {
+            let (arg, ty) = (compile(arg), *ty);
+            Box::new(move |row| negate(arg(row)?, ty))
+        }
+        Expr::Concat { left, right } => {
+            let (left, right) = (compile(left), compile(right));
+            Box::new(move |row| match (left(row)?, right(row)?) {
+                (Value::Text(l), Value::Text(r)) => {
+                    Ok(Value::Text(Cow::Owned(l.into_owned() + &r)))
+                }
+                _ => Ok(Value::Null),
+            })
+        }
+        Expr::Like {
+            arg,
+            pattern,
+            escape,
+            case,
+            negated,
+            compiled,
+        } => {
+            let (arg, negated) = (compile(arg), *negated);
+            if let Some(matcher) = compiled.clone() {
+                return Box::new(move |row| {
+                    Ok(match arg(row)? {
+                        Value::Text(t) => Value::Bool(matcher.matches(&t) != negated),
+                        _ => Value::Null,
+                    })
+                });
+            }
+            let (pattern, escape, case) = (compile(pattern), *escape, *case);
+            Box::new(move |row| match (arg(row)?, pattern(row)?) {
+                (Value::Text(t), Value::Text(p)) => {
+                    let matched =
+                        match_text(&t, &p, escape, case).map_err(|e| EvalError(e.to_string()))?;
+                    Ok(Value::Bool(matched != negated))
+                }
+                _ => Ok(Value::Null),
+            })
+        }
+        Expr::Quantified {
+            op,
+            left,
+            array,
+            all,
+        } => {
+            let (left, array, op, all) = (compile(left), compile(array), *op, *all);
+            Box::new(move |row| quantified(op, all, &left(row)?, &array(row)?))
+        }
+        Expr::ArrayOp { op, left, right } => {
+            let (left, right, op) = (compile(left), compile(right), *op);
+            Box::new(move |row| match (left(row)?, right(row)?) {
+                (Value::Array(l), Value::Array(r)) => Ok(Value::Bool(array_op(op, &l, &r))),
+                _ => Ok(Value::Null),
+            })
+        }
+        Expr::ArrayLiteral { elements, .. } => {
+            let elements: Vec<Compiled> = elements.iter().map(compile).collect();
+            Box::new(move |row| {
+                let mut values = Vec::with_capacity(elements.len());
+                for element in &elements {
+                    let v = element(row)?;
+                    values.push((!v.is_null()).then(|| v.into_owned()));
+                }
+                let len = u32::try_from(values.len()).unwrap_or(u32::MAX);
+                Ok(Value::Array(Arc::new(PgArray {
+                    dims: vec![ArrayDim { lower: 1, len }],
+                    elements: values,
+                })))
+            })
+        }
+        Expr::Cast { arg, to } => {
+            let from = arg.ty();
+            let (arg, to) = (compile(arg), to.clone());
+            Box::new(move |row| cast(arg(row)?, &from, &to))
+        }
+        Expr::TextFunc { func, arg } => {
+            let (arg, func) = (compile(arg), *func);
+            Box::new(move |row| {
+                Ok(match arg(row)? {
+                    Value::Text(t) => Value::Text(Cow::Owned(match func {
+                        TextFunc::Lower => t.to_ascii_lowercase(),
+                        TextFunc::Upper => t.to_ascii_uppercase(),
+                    })),
+                    _ => Value::Null,
+                })
+            })
+        }
+        Expr::Coalesce { args, .. } => {
+            let args: Vec<Compiled> = args.iter().map(compile).collect();
+            Box::new(move |row| {
+                for arg in &args {
+                    let v = arg(row)?;
+                    if !v.is_null() {
+                        return Ok(v);
+                    }
+                }
+                Ok(Value::Null)
+            })
+        }
+        Expr::MinMax { op, args, .. } => {
+            let (args, op): (Vec<Compiled>, MinMax) = (args.iter().map(compile).collect(), *op);
+            Box::new(move |row| {
+                let mut best = Value::Null;
+                for arg in &args {
+                    let v = arg(row)?;
+                    if v.is_null() {
+                        continue;
+                    }
+                    let better = best.is_null()
+                        || match op {
+                            MinMax::Greatest => v.pg_cmp(&best) == Ordering::Greater,
+                            MinMax::Least => v.pg_cmp(&best) == Ordering::Less,
+                        };
+                    if better {
+                        best = v;
+                    }
+                }
+                Ok(best)
+            })
+        }
+    }
+}
+
+fn compile_column(index: usize, ty: Type, as_text: bool) -> Compiled {
+    Box::new(move |row| {
+        let Some(Some(text)) = row.get(index) else {
+            return Ok(Value::Null);
+        };
+        let text = if as_text {
+            text.trim_end_matches(' ')
+        } else {
+            text.as_str()
+        };
+        match &ty {
+            Type::Scalar(s) => parse_scalar(Cow::Borrowed(text), *s).map_err(|e| EvalError(e.0)),
+            Type::Array(s) => parse_array(text, *s).map_err(|e| EvalError(e.0)),
+            Type::Unknown | Type::Opaque(_) => Ok(Value::Text(Cow::Borrowed(text))),
+        }
+    })
+}
+
+/// `AND` (`is_or` false) or `OR` in SQL's three-valued logic.
+fn compile_junction(args: &[Expr], is_or: bool) -> Compiled {
+    let args: Vec<Compiled> = args.iter().map(compile).collect();
+    Box::new(move |row| {
+        let mut saw_null = false;
+        for arg in &args {
+            match arg(row)? {
+                Value::Bool(b) if b == is_or => return Ok(Value::Bool(is_or)),
+                Value::Bool(_) => {}
+                _ => saw_null = true,
+            }
+        }
+        Ok(if saw_null {
+            Value::Null
+        } else {
+            Value::Bool(!is_or)
+        })
+    })
+}
+
+/// A comparison; against a constant the constant is compared in place, never copied.
+fn compile_compare(op: CmpOp, left: &Expr, right: &Expr) -> Compiled {
+    let decide = move |order: Ordering| match op {
+        CmpOp::Eq => order == Ordering::Equal,
+        CmpOp::Ne => order != Ordering::Equal,
+        CmpOp::Lt => order == Ordering::Less,
+        CmpOp::Le => order != Ordering::Greater,
+        CmpOp::Gt => order == Ordering::Greater,
+        CmpOp::Ge => order != Ordering::Less,
+    };
+    if let Expr::Const { value, .. } = right {
+        let (left, constant) = (compile(left), value.clone());
+        if constant.is_null() {
+            return Box::new(|_| Ok(Value::Null));
+        }
+        return Box::new(move |row| {
+            let l = left(row)?;
+            Ok(if l.is_null() {
+                Value::Null
+            } else {
+                Value::Bool(decide(l.pg_cmp(&constant)))
+            })
+        });
+    }
+    let (left, right) = (compile(left), compile(right));
+    Box::new(move |row| {
+        let (l, r) = (left(row)?, right(row)?);
+        Ok(if l.is_null() || r.is_null() {
+            Value::Null
+        } else {
+            Value::Bool(decide(l.pg_cmp(&r)))
+        })
+    })
+}
+
+/// `left op ANY|ALL (array)` as Postgres's `ScalarArrayOpExpr`: an empty array decides
+/// (`false` for ANY, `true` for ALL) even for a NULL left; otherwise a NULL element or left
+/// makes an undecided result NULL.
+fn quantified<'r>(op: CmpOp, all: bool, left: &Value<'r>, array: &Value<'r>) -> Outcome<'r> {
+    let Value::Array(array) = array else {
+        return Ok(Value::Null);
+    };
+    if array.elements.is_empty() {
+        return Ok(Value::Bool(all));
+    }
+    if left.is_null() {
+        return Ok(Value::Null);
+    }
+    let mut saw_null = false;
+    for element in &array.elements {
+        let Some(element) = element else {
+            saw_null = true;
+            continue;
+        };
+        let order = left.pg_cmp(element);
+        let holds = match op {
+            CmpOp::Eq => order == Ordering::Equal,
+            CmpOp::Ne => order != Ordering::Equal,
+            CmpOp::Lt => order == Ordering::Less,
+            CmpOp::Le => order != Ordering::Greater,
+            CmpOp::Gt => order == Ordering::Greater,
+            CmpOp::Ge => order != Ordering::Less,
+        };
+        if holds != all {
+            return Ok(Value::Bool(!all));
+        }
+    }
+    Ok(if saw_null {
+        Value::Null
+    } else {
+        Value::Bool(all)
+    })
+}
+
+/// Postgres's `array_contain_compare`: elements compared by equality, duplicates ignored.
+fn array_op(op: ArrayOp, left: &PgArray<Value<'static>>, right: &PgArray<Value<'static>>) -> bool {
+    match op {
+        ArrayOp::Contains => contained(right, left, true),
+        ArrayOp::ContainedBy => contained(left, right, true),
+        ArrayOp::Overlaps => contained(left, right, false),
+    }
+}
+
+/// With `match_all`, whether every element of `needles` is in `haystack` (a NULL needle
+/// fails); without, whether some non-NULL needle is.
+fn contained(
+    needles: &PgArray<Value<'static>>,
+    haystack: &PgArray<Value<'static>>,
+    match_all: bool,
+) -> bool {
+    for needle in &needles.elements {
+        let Some(needle) = needle else {
+            if match_all {
+                return false;
+            }
+            continue;
+        };
+        let found = haystack
+            .elements
+            .iter()
+            .flatten()
+            .any(|h| needle.pg_cmp(h) == Ordering::Equal);
+        if found != match_all {
+            return found;
+        }
+    }
+    match_all
+}
+
+fn int_type(ty: Scalar) -> IntType {
+    match ty {
+        Scalar::Int2 => IntType::Int2,
+        Scalar::Int4 => IntType::Int4,
+        _ => IntType::Int8,
+    }
+}
+
+fn int_in_range(value: Option<i64>, ty: Scalar) -> Outcome<'static> {
+    let (min, max, name) = match ty {
+        Scalar::Int2 => (i64::from(i16::MIN), i64::from(i16::MAX), "smallint"),
+        Scalar::Int4 => (i64::from(i32::MIN), i64::from(i32::MAX), "integer"),
+        _ => (i64::MIN, i64::MAX, "bigint"),
+    };
+    match value {
+        Some(v) if (min..=max).contains(&v) => Ok(Value::Int(v)),
+        _ => err(format!("{name} out of range")),
+    }
+}
+
+fn arith(op: ArithOp, ty: Scalar, l: &Value<'_>, r: &Value<'_>) -> Outcome<'static> {
+    match (l, r) {
+        (Value::Int(a), Value::Int(b)) => {
+            let result = match op {
+                ArithOp::Add => a.checked_add(*b),
+                ArithOp::Sub => a.checked_sub(*b),
+                ArithOp::Mul => a.checked_mul(*b),
+                ArithOp::Div if *b == 0 => return err("division by zero"),
+                ArithOp::Div => a.checked_div(*b),
+            };
+            int_in_range(result, ty)
+        }
+        (Value::Float(a), Value::Float(b)) => float_arith(op, ty, *a, *b),
+        (Value::Numeric(a), Value::Numeric(b)) => {
+            let result = match op {
+                ArithOp::Add => a.add(b),
+                ArithOp::Sub => a.sub(b),
+                ArithOp::Mul => a.mul(b),
+                ArithOp::Div => return err("numeric division is not supported"),
+            };
+            result
+                .map(Value::Numeric)
+                .map_err(|e| EvalError(e.to_string()))
+        }
+        _ => Ok(Value::Null),
+    }
+}
+
+/// `float4`/`float8` arithmetic with Postgres's overflow, underflow and zero-division errors.
+fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
+    if op == ArithOp::Div && b == 0.0 {
+        return err("division by zero");
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let result = if ty == Scalar::Float4 {
+        let (x, y) = (a as f32, b as f32);
+        f64::from(match op {
+            ArithOp::Add => x + y,
+            ArithOp::Sub => x - y,
+            ArithOp::Mul => x * y,
+            ArithOp::Div => x / y,
+        })
+    } else {
+        match op {
+            ArithOp::Add => a + b,
+            ArithOp::Sub => a - b,
+            ArithOp::Mul => a * b,
+            ArithOp::Div => a / b,
+        }
+    };
+    if result.is_infinite() && !a.is_infinite() && !b.is_infinite() {
+        return err("value out of range: overflow");
+    }
+    let underflow = match op {
+        ArithOp::Mul => result == 0.0 && a != 0.0 && b != 0.0,
+        ArithOp::Div => result == 0.0 && a != 0.0 && !b.is_infinite(),
+        ArithOp::Add | ArithOp::Sub => false,
+    };
+    if underflow {
+        return err("value out of range: underflow");
+    }
+    Ok(Value::Float(result))
+}
+
+fn negate(value: Value<'_>, ty: Scalar) -> Outcome<'static> {
+    match value {
+        Value::Int(i) => int_in_range(i.checked_neg(), ty),
+        Value::Float(f) => Ok(Value::Float(-f)),
+        Value::Numeric(n) => Ok(Value::Numeric(n.neg())),
+        _ => Ok(Value::Null),
+    }
+}
+
+/// Whether ampere evaluates an explicit cast from `from` to `to` exactly.
+pub(crate) fn can_cast(from: &Type, to: &Type) -> bool {
+    match (from, to) {
+        (Type::Scalar(a), Type::Scalar(b)) | (Type::Array(a), Type::Array(b)) => {
+            can_cast_scalar(*a, *b)
+        }
+        (Type::Opaque(_), Type::Scalar(Scalar::Text)) => false,
+        _ => false,
+    }
+}
+
+fn can_cast_scalar(from: Scalar, to: Scalar) -> bool {
+    use Scalar as S;
+    from == to
+        || to == S::Text
+        || from == S::Text
+        || (from.is_number()
+            && to.is_number()
+            && !(to == S::Numeric && !from.is_integer() && from != S::Numeric))
+        || matches!(
+            (from, to),
+            (S::Bool, S::Int4)
+                | (S::Int4, S::Bool)
+                | (S::Date, S::Timestamp | S::Timestamptz)
+                | (S::Timestamp, S::Timestamptz | S::Date | S::Time)
+                | (S::Timestamptz, S::Timestamp | S::Date)
+        )
+}
+
+/// Casts a value from `from` to `to` (a pair [`can_cast`] allows).
+pub(crate) fn cast<'r>(value: Value<'r>, from: &Type, to: &Type) -> Outcome<'r> {
+    if value.is_null() || from == to {
+        return Ok(value);
+    }
+    match (from, to) {
+        (Type::Scalar(a), Type::Scalar(b)) => cast_scalar(value, *a, *b),
+        (Type::Array(a), Type::Array(b)) => {
+            let Value::Array(array) = value else {
+                return Ok(Value::Null);
+            };
+            let mut elements = Vec::with_capacity(array.elements.len());
+            for element in &array.elements {
+                elements.push(match element {
+                    None => None,
+                    Some(v) => Some(cast_scalar(v.clone(), *a, *b)?.into_owned()),
+                });
+            }
+            Ok(Value::Array(Arc::new(PgArray {
+                dims: array.dims.clone(),
+                elements,
+            })))
+        }
+        _ => err(format!("cannot cast type {from} to {to}")),
+    }
+}
+
+#[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+fn cast_scalar(value: Value<'_>, from: Scalar, to: Scalar) -> Outcome<'_> {
+    use Scalar as S;
+    if from == to {
+        return Ok(value);
+    }
+    if to == S::Text {
+        let text = match (&value, from) {
+            (Value::Bool(b), _) => if *b { "true" } else { "false" }.to_owned(),
+            (v, s) => format_scalar(v, s),
+        };
+        return Ok(Value::Text(Cow::Owned(text)));
+    }
+    if let Value::Text(text) = value {
+        return parse_scalar(text, to).map_err(|e| EvalError(e.0));
+    }
+    let numeric_err = |e: super::numeric::NumericError| EvalError(e.to_string());
+    match (value, to) {
+        (Value::Int(i), t) if t.is_integer() => int_in_range(Some(i), t),
+        (Value::Int(i), S::Float8) => Ok(Value::Float(i as f64)),
+        (Value::Int(i), S::Float4) => Ok(Value::Float(f64::from(i as f32))),
+        (Value::Int(i), S::Numeric) => Ok(Value::Numeric(Numeric::from_i64(i))),
+        (Value::Int(i), S::Bool) => Ok(Value::Bool(i != 0)),
+        (Value::Bool(b), S::Int4) => Ok(Value::Int(i64::from(b))),
+        (Value::Numeric(n), t) if t.is_integer() => n
+            .to_int_checked(int_type(t))
+            .map(Value::Int)
+            .map_err(numeric_err),
+        (Value::Numeric(n), S::Float8) => n.to_f64().map(Value::Float).map_err(numeric_err),
+        (Value::Numeric(n), S::Float4) => n
+            .to_f32()
+            .map(|f| Value::Float(f64::from(f)))
+            .map_err(numeric_err),
+        (Value::Float(f), t) if t.is_integer() => {
+            let rounded = f.round_ties_even();
+            let fits = (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&rounded);
+            int_in_range(fits.then_some(rounded as i64), t)
+        }
+        (Value::Float(f), S::Float8) => Ok(Value::Float(f)),
+        (Value::Float(f), S::Float4) => {
+            let single = f as f32;
+            if single.is_infinite() && !f.is_infinite() {
+                return err("value out of range: overflow");
+            }
+            if single == 0.0 && f != 0.0 {
+                return err("value out of range: underflow");
+            }
+            Ok(Value::Float(f64::from(single)))
+        }
+        (Value::Date(d), S::Timestamp) => d
+            .to_timestamp()
+            .map(Value::Timestamp)
+            .map_err(|e| EvalError(e.to_string())),
+        (Value::Date(d), S::Timestamptz) => d
+            .to_timestamptz()
+            .map(Value::Timestamptz)
+            .map_err(|e| EvalError(e.to_string())),
+        (Value::Timestamp(t), S::Timestamptz) => Ok(Value::Timestamptz(t.to_timestamptz())),
+        (Value::Timestamp(t), S::Date) => Ok(Value::Date(t.to_date())),
+        (Value::Timestamp(t), S::Time) => Ok(t.to_time().map_or(Value::Null, Value::Time)),
+        (Value::Timestamptz(t), S::Timestamp) => Ok(Value::Timestamp(t.to_timestamp())),
+        (Value::Timestamptz(t), S::Date) => Ok(Value::Date(t.to_date())),
+        (v, t) => err(format!("cannot cast {v:?} to {}", t.typname())),
+    }
+}

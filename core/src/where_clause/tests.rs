@@ -1,0 +1,296 @@
+//! The where-clause pipeline on a fixed table: error texts, canonical forms, rendered SQL and
+//! evaluation. Agreement with Postgres itself is checked by io-real's differential test.
+
+use super::*;
+use crate::pgoutput::Oid;
+use crate::shape::{ColumnSchema, RelationName};
+
+fn column(name: &str, type_oid: u32, typname: &str) -> ColumnSchema {
+    ColumnSchema {
+        name: name.into(),
+        type_oid,
+        typname: typname.into(),
+        dims: 0,
+        not_null: false,
+        pk_index: None,
+        modifiers: vec![],
+    }
+}
+
+/// `items(id int8 pk, n int4, title text, price numeric, tags text[], code bpchar, doc jsonb)`.
+fn table() -> TableSchema {
+    let mut id = column("id", 20, "int8");
+    id.pk_index = Some(0);
+    TableSchema {
+        oid: Oid(16_384),
+        relation: RelationName {
+            schema: "public".into(),
+            table: "items".into(),
+        },
+        columns: vec![
+            id,
+            column("n", 23, "int4"),
+            column("title", 25, "text"),
+            column("price", 1700, "numeric"),
+            column("tags", 1009, "text"),
+            column("code", 1042, "bpchar"),
+            column("doc", 3802, "jsonb"),
+            column("Mixed", 16, "bool"),
+        ],
+    }
+}
+
+fn compile(text: &str) -> Result<WhereClause, WhereError> {
+    WhereClause::compile(text, &Params::new(), &table())
+}
+
+fn error(text: &str) -> String {
+    compile(text).expect_err(text).to_string()
+}
+
+fn with_params(text: &str, params: &[(u32, &str)]) -> Result<WhereClause, WhereError> {
+    let params: Params = params.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    WhereClause::compile(text, &params, &table())
+}
+
+/// A row of `table()` from `(column index, text)` pairs; other columns NULL.
+fn row(values: &[(usize, &str)]) -> Vec<Option<String>> {
+    let mut row = vec![None; table().columns.len()];
+    for (i, v) in values {
+        row[*i] = Some((*v).to_owned());
+    }
+    row
+}
+
+#[test]
+fn a_syntax_error_names_postgres_message_at_the_wrapped_position() {
+    assert_eq!(
+        error("1 x 1"),
+        "At location 17: syntax error at or near \"x\""
+    );
+    assert_eq!(
+        error("n = "),
+        "At location 19: syntax error at end of input"
+    );
+}
+
+#[test]
+fn statement_splits_and_trailing_clauses_are_refused() {
+    assert_eq!(
+        error("n = 1; DROP TABLE items"),
+        "unescaped \";\" causing statement split"
+    );
+    assert_eq!(
+        error("n = 1 ORDER BY n"),
+        "malformed query ending with SQL clauses"
+    );
+    assert_eq!(
+        error("n = 1 GROUP BY n"),
+        "malformed query ending with SQL clauses"
+    );
+    assert_eq!(
+        error("n = 1 LIMIT 1"),
+        "malformed query ending with SQL clauses"
+    );
+}
+
+#[test]
+fn hostile_where_clauses_are_refused_before_any_sql_exists() {
+    assert!(error("1=1) OR (1=1").contains("syntax error"));
+    assert!(error("pg_sleep(10) IS NULL").contains("unknown or unsupported function pg_sleep/1"));
+    assert!(error("n IN (SELECT 1)").contains("subqueries are not supported"));
+    assert!(error("(SELECT true)").contains("subqueries are not supported"));
+    assert_eq!(
+        error("n = 1 -- and more"),
+        "At location 6: comments are not allowed in a where clause"
+    );
+    assert!(error("n = 1 /* x */").contains("comments are not allowed"));
+}
+
+#[test]
+fn semantic_errors_name_their_position_in_the_where_text() {
+    assert_eq!(error("nope = 1"), "At location 0: unknown reference nope");
+    assert_eq!(
+        error("n = 1 AND items.n = 2"),
+        "At location 10: unknown reference items.n"
+    );
+    assert_eq!(
+        error("n"),
+        "At location 0: WHERE clause must return a boolean"
+    );
+    assert_eq!(
+        error("n = 'x'"),
+        "At location 4: invalid syntax for type int4: x"
+    );
+    assert_eq!(error("n ~ 'x'"), "At location 2: unknown binary operator ~");
+    assert_eq!(
+        error("doc = 'x'"),
+        "At location 6: ampere cannot compare values of type jsonb"
+    );
+    assert_eq!(
+        error("CASE WHEN n = 1 THEN true END"),
+        "At location 0: CaseExpr is not supported in this context"
+    );
+    assert_eq!(
+        error("count(*) > 1"),
+        "At location 0: aggregation is not supported in this context"
+    );
+    assert_eq!(
+        error("n::money = 1"),
+        "At location 3: unsupported type money"
+    );
+}
+
+#[test]
+fn params_are_typed_by_context_and_must_be_provided_and_used() {
+    assert!(with_params("n = $1 AND title = $2", &[(1, "5"), (2, "a")]).is_ok());
+    assert_eq!(
+        with_params("n = $1", &[]).unwrap_err().to_string(),
+        "At location 4: parameter $1 was not provided"
+    );
+    assert_eq!(
+        with_params("n = $1", &[(1, "5"), (2, "x")])
+            .unwrap_err()
+            .to_string(),
+        "At location 0: parameter value for $2 was not used"
+    );
+    assert_eq!(
+        with_params("n = $1 AND title = $1", &[(1, "5")])
+            .unwrap_err()
+            .to_string(),
+        "At location 19: type conflict for $1: int4 and text"
+    );
+}
+
+#[test]
+fn the_canonical_text_inlines_params_and_normalises_layout() {
+    let a = WhereClause::canonicalize(
+        "n=$1   and TITLE ilike $2",
+        &[(1, "5".into()), (2, "%a'b%".into())].into(),
+    )
+    .unwrap();
+    let b =
+        WhereClause::canonicalize("(n = '5') AND (title ILIKE '%a''b%')", &Params::new()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, "n = '5' AND title ILIKE '%a''b%'");
+}
+
+#[test]
+fn rendered_sql_types_every_constant_and_casts_explicitly() {
+    let clause = compile("n > 1.5 AND title < 'b' AND price = 2").unwrap();
+    assert_eq!(
+        clause.to_sql(),
+        "((CAST(\"n\" AS pg_catalog.numeric) > '1.5'::pg_catalog.numeric) AND (\"title\" COLLATE \"C\" \
+         < 'b'::pg_catalog.text) AND (\"price\" = '2'::pg_catalog.numeric))"
+    );
+    let quoted = compile("\"Mixed\" AND title = 'it''s \\'").unwrap();
+    assert_eq!(
+        quoted.to_sql(),
+        "(\"Mixed\" AND (\"title\" = E'it''s \\\\'::pg_catalog.text))"
+    );
+}
+
+#[test]
+fn evaluation_uses_three_valued_logic() {
+    let clause = compile("n = 1 OR title = 'a'").unwrap();
+    assert_eq!(clause.evaluate(&row(&[(1, "1")])), Ok(Some(true)));
+    assert_eq!(clause.evaluate(&row(&[(1, "2")])), Ok(None));
+    assert_eq!(
+        clause.evaluate(&row(&[(1, "2"), (2, "b")])),
+        Ok(Some(false))
+    );
+    let negated = compile("NOT (n IN (1, NULL))").unwrap();
+    assert_eq!(negated.evaluate(&row(&[(1, "2")])), Ok(None));
+    assert_eq!(negated.evaluate(&row(&[(1, "1")])), Ok(Some(false)));
+}
+
+#[test]
+fn numeric_comparisons_are_exact() {
+    let clause = compile("price = 0.3").unwrap();
+    assert!(clause.matches(&row(&[(3, "0.30")])));
+    assert!(!clause.matches(&row(&[(3, "0.30000000000000000001")])));
+    let sum = compile("price + 0.1 = 0.3").unwrap();
+    assert!(sum.matches(&row(&[(3, "0.2")])));
+}
+
+#[test]
+fn integer_literals_beyond_int4_are_int8_then_numeric() {
+    assert!(compile("id = 3000000000")
+        .unwrap()
+        .matches(&row(&[(0, "3000000000")])));
+    assert!(compile("price = 99999999999999999999")
+        .unwrap()
+        .matches(&row(&[(3, "99999999999999999999.0")])));
+    assert!(compile("price < 1e3").unwrap().matches(&row(&[(3, "999")])));
+    assert!(compile("price > .5").unwrap().matches(&row(&[(3, "0.6")])));
+}
+
+#[test]
+fn like_and_ilike_follow_postgres_with_escapes() {
+    let like = compile("title LIKE 'a\\%%'").unwrap();
+    assert!(like.matches(&row(&[(2, "a%bc")])));
+    assert!(!like.matches(&row(&[(2, "abc")])));
+    let ilike = compile("title ILIKE '%XY%'").unwrap();
+    assert!(ilike.matches(&row(&[(2, "the xylophone")])));
+    let custom = compile("title LIKE 'a!_b' ESCAPE '!'").unwrap();
+    assert!(custom.matches(&row(&[(2, "a_b")])));
+    assert!(!custom.matches(&row(&[(2, "axb")])));
+}
+
+#[test]
+fn bpchar_values_compare_without_trailing_blanks() {
+    let clause = compile("code = 'ab'").unwrap();
+    assert!(clause.matches(&row(&[(5, "ab   ")])));
+    assert_eq!(clause.to_sql(), "(\"code\"::text = 'ab'::pg_catalog.text)");
+}
+
+#[test]
+fn arrays_support_any_all_and_containment() {
+    let any = compile("'b' = ANY(tags)").unwrap();
+    assert!(any.matches(&row(&[(4, "{a,b}")])));
+    assert!(!any.matches(&row(&[(4, "{a,c}")])));
+    assert_eq!(any.evaluate(&row(&[(4, "{a,NULL}")])), Ok(None));
+    let contains = compile("tags @> '{a,b}'").unwrap();
+    assert!(contains.matches(&row(&[(4, "{b,c,a}")])));
+    assert!(!contains.matches(&row(&[(4, "{b,c}")])));
+    let overlaps = compile("tags && ARRAY['x', 'c']").unwrap();
+    assert!(overlaps.matches(&row(&[(4, "{b,c}")])));
+    let all = compile("n > ALL('{1,2}')").unwrap();
+    assert!(all.matches(&row(&[(1, "3")])));
+    assert!(!all.matches(&row(&[(1, "2")])));
+}
+
+#[test]
+fn evaluation_errors_leave_the_row_out_and_constant_errors_are_refused() {
+    let clause = compile("10 / n > 1").unwrap();
+    assert_eq!(
+        clause.evaluate(&row(&[(1, "0")])),
+        Err(EvalError("division by zero".into()))
+    );
+    assert!(!clause.matches(&row(&[(1, "0")])));
+    assert_eq!(error("n > 1 / 0"), "At location 6: division by zero");
+    assert_eq!(
+        error("n > 2147483647 + 1"),
+        "At location 15: integer out of range"
+    );
+}
+
+#[test]
+fn constant_where_clauses_fold() {
+    assert!(compile("true").unwrap().matches(&row(&[])));
+    assert!(!compile("1 = 2").unwrap().matches(&row(&[])));
+    assert_eq!(
+        compile("1 < 2 AND n = 1").unwrap().to_sql(),
+        "('t'::pg_catalog.bool AND (\"n\" = '1'::pg_catalog.int4))"
+    );
+}
+
+#[test]
+fn the_clause_names_the_columns_it_reads() {
+    assert_eq!(
+        compile("n = 1 AND (title = 'a' OR n = 2)")
+            .unwrap()
+            .columns(),
+        &[1, 2]
+    );
+}

@@ -1,0 +1,204 @@
+//! The types a where clause computes with, named as Postgres names them (`pg_type.typname`).
+
+use std::fmt;
+
+use crate::shape::ColumnSchema;
+
+/// A scalar type ampere can evaluate exactly.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Scalar {
+    /// `bool`.
+    Bool,
+    /// `int2`.
+    Int2,
+    /// `int4`.
+    Int4,
+    /// `int8`.
+    Int8,
+    /// `float4`.
+    Float4,
+    /// `float8`.
+    Float8,
+    /// `numeric`.
+    Numeric,
+    /// `text` (also `varchar`, `bpchar` and `name` columns, compared in the C collation).
+    Text,
+    /// `uuid`.
+    Uuid,
+    /// `date`.
+    Date,
+    /// `time`.
+    Time,
+    /// `timestamp`.
+    Timestamp,
+    /// `timestamptz`.
+    Timestamptz,
+}
+
+/// The type of a where-clause expression.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Type {
+    /// A scalar.
+    Scalar(Scalar),
+    /// An array of a scalar (any number of dimensions, as in Postgres).
+    Array(Scalar),
+    /// A string literal or parameter not yet typed by its context.
+    Unknown,
+    /// A column type with no operators in ampere (json, bytea, …): usable in `IS [NOT] NULL`.
+    Opaque(String),
+}
+
+impl Scalar {
+    /// Postgres's `typname`.
+    pub const fn typname(self) -> &'static str {
+        match self {
+            Self::Bool => "bool",
+            Self::Int2 => "int2",
+            Self::Int4 => "int4",
+            Self::Int8 => "int8",
+            Self::Float4 => "float4",
+            Self::Float8 => "float8",
+            Self::Numeric => "numeric",
+            Self::Text => "text",
+            Self::Uuid => "uuid",
+            Self::Date => "date",
+            Self::Time => "time",
+            Self::Timestamp => "timestamp",
+            Self::Timestamptz => "timestamptz",
+        }
+    }
+
+    /// The name Postgres uses in input-syntax errors (`format_type`).
+    pub const fn sql_name(self) -> &'static str {
+        match self {
+            Self::Bool => "boolean",
+            Self::Int2 => "smallint",
+            Self::Int4 => "integer",
+            Self::Int8 => "bigint",
+            Self::Float4 => "real",
+            Self::Float8 => "double precision",
+            Self::Numeric => "numeric",
+            Self::Text => "text",
+            Self::Uuid => "uuid",
+            Self::Date => "date",
+            Self::Time => "time without time zone",
+            Self::Timestamp => "timestamp without time zone",
+            Self::Timestamptz => "timestamp with time zone",
+        }
+    }
+
+    /// The scalar a `typname` names (`varchar`, `bpchar` and `name` read as `text`).
+    pub fn from_typname(name: &str) -> Option<Self> {
+        Some(match name {
+            "bool" => Self::Bool,
+            "int2" => Self::Int2,
+            "int4" => Self::Int4,
+            "int8" => Self::Int8,
+            "float4" => Self::Float4,
+            "float8" => Self::Float8,
+            "numeric" => Self::Numeric,
+            "text" | "varchar" | "bpchar" | "name" => Self::Text,
+            "uuid" => Self::Uuid,
+            "date" => Self::Date,
+            "time" => Self::Time,
+            "timestamp" => Self::Timestamp,
+            "timestamptz" => Self::Timestamptz,
+            _ => return None,
+        })
+    }
+
+    /// The scalar of a built-in type oid and whether it is the array type.
+    fn from_oid(oid: u32) -> Option<(Self, bool)> {
+        const OIDS: [(u32, u32, Scalar); 16] = [
+            (16, 1000, Scalar::Bool),
+            (21, 1005, Scalar::Int2),
+            (23, 1007, Scalar::Int4),
+            (20, 1016, Scalar::Int8),
+            (700, 1021, Scalar::Float4),
+            (701, 1022, Scalar::Float8),
+            (1700, 1231, Scalar::Numeric),
+            (25, 1009, Scalar::Text),
+            (1043, 1015, Scalar::Text),
+            (1042, 1014, Scalar::Text),
+            (19, 1003, Scalar::Text),
+            (2950, 2951, Scalar::Uuid),
+            (1082, 1182, Scalar::Date),
+            (1083, 1183, Scalar::Time),
+            (1114, 1115, Scalar::Timestamp),
+            (1184, 1185, Scalar::Timestamptz),
+        ];
+        OIDS.iter().find_map(|&(scalar, array, s)| {
+            (oid == scalar)
+                .then_some((s, false))
+                .or((oid == array).then_some((s, true)))
+        })
+    }
+
+    /// Whether values are integers (`int2`, `int4`, `int8`).
+    pub const fn is_integer(self) -> bool {
+        matches!(self, Self::Int2 | Self::Int4 | Self::Int8)
+    }
+
+    /// Whether the type is in Postgres's numeric category.
+    pub const fn is_number(self) -> bool {
+        matches!(
+            self,
+            Self::Int2 | Self::Int4 | Self::Int8 | Self::Float4 | Self::Float8 | Self::Numeric
+        )
+    }
+
+    /// Rank in the implicit-cast order of numbers (a lower rank casts to a higher one).
+    pub(crate) const fn number_rank(self) -> u8 {
+        match self {
+            Self::Int2 => 1,
+            Self::Int4 => 2,
+            Self::Int8 => 3,
+            Self::Numeric => 4,
+            Self::Float4 => 5,
+            Self::Float8 => 6,
+            _ => 0,
+        }
+    }
+
+    /// Whether a column of this type renders differently than ampere reads it: `bpchar`
+    /// compares without trailing blanks, which ampere strips when it reads the value.
+    pub const fn is_text(self) -> bool {
+        matches!(self, Self::Text)
+    }
+}
+
+impl Type {
+    /// The type of a column of the shape's table.
+    pub fn of_column(column: &ColumnSchema) -> Self {
+        match Scalar::from_oid(column.type_oid) {
+            Some((scalar, false)) => Self::Scalar(scalar),
+            Some((scalar, true)) => Self::Array(scalar),
+            None => Self::Opaque(column.typname.clone()),
+        }
+    }
+
+    /// The scalar, if this is one.
+    pub const fn scalar(&self) -> Option<Scalar> {
+        match self {
+            Self::Scalar(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Whether this is `bool`.
+    pub const fn is_bool(&self) -> bool {
+        matches!(self, Self::Scalar(Scalar::Bool))
+    }
+}
+
+impl fmt::Display for Type {
+    /// As Electric names types in its error messages (`int4`, `text[]`, `unknown`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Scalar(s) => f.write_str(s.typname()),
+            Self::Array(s) => write!(f, "{}[]", s.typname()),
+            Self::Unknown => f.write_str("unknown"),
+            Self::Opaque(name) => f.write_str(name),
+        }
+    }
+}
