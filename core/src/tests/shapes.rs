@@ -8,6 +8,7 @@ use super::harness::{
 };
 use crate::instance::{Input, Output};
 use crate::lsn::Lsn;
+use crate::ports::LogEntry;
 use crate::shape::{HandleStamp, Replica, ShapeHandle};
 
 /// The handle and stamp of the `CreateShape` among `out`.
@@ -368,4 +369,104 @@ fn a_schema_change_during_the_snapshot_removes_the_snapshotting_shape() {
     assert_eq!(flushes(&out), [Lsn(0x2001)]);
     h.snapshot_taken(op, super::harness::early_snapshot());
     assert!(h.take().is_empty());
+}
+
+/// A live shape of `items` filtered by `where_clause`; outputs taken.
+fn live_where_shape(h: &mut Harness, where_clause: &str) -> ShapeHandle {
+    let canonical =
+        crate::where_clause::WhereClause::canonicalize(where_clause, &Default::default())
+            .expect("valid where clause");
+    let definition = crate::shape::ShapeDefinition {
+        where_clause: Some(canonical),
+        ..whole(&items())
+    };
+    let op = h.request(definition, &items());
+    let (handle, _) = created(&h.take());
+    h.snapshot_taken(op, super::harness::early_snapshot());
+    h.take();
+    handle
+}
+
+/// Each entry's `operation` header and `key` (as escaped in the JSON text).
+fn operations(entries: &[LogEntry]) -> Vec<(String, String)> {
+    let member = |json: &str, name: &str| -> String {
+        let start = json
+            .find(&format!("\"{name}\":\""))
+            .expect("member present")
+            + name.len()
+            + 4;
+        let rest = &json[start..];
+        let mut end = 0;
+        let bytes = rest.as_bytes();
+        while bytes[end] != b'"' {
+            end += if bytes[end] == b'\\' { 2 } else { 1 };
+        }
+        rest[..end].to_owned()
+    };
+    entries
+        .iter()
+        .map(|e| (member(&e.json, "operation"), member(&e.json, "key")))
+        .collect()
+}
+
+#[test]
+fn rows_move_in_and_out_of_a_filtered_shape_as_updates_change_them() {
+    // Goal: protocol.md §5.5: insert iff where(new), delete iff where(old); an update
+    // in→in is an update, in→out a delete, out→in an insert of the whole row, out→out nothing.
+    // Method: a live `n = 7` shape; one transaction with every transition, in order.
+    let mut h = Harness::active();
+    let handle = live_where_shape(&mut h, "n = 7");
+    let t = items();
+    h.commit(
+        &Txn::new(700, 0x2000)
+            .insert(&t, &["1", "a", "7"])
+            .insert(&t, &["2", "b", "8"])
+            .update(&t, &["1", "a", "7"], &["1", "a2", "7"])
+            .update(&t, &["1", "a2", "7"], &["1", "a2", "9"])
+            .update(&t, &["2", "b", "8"], &["2", "b", "7"])
+            .update(&t, &["3", "c", "1"], &["3", "c", "2"])
+            .delete(&t, &["2", "b", "7"])
+            .delete(&t, &["4", "d", "5"]),
+    );
+    let ops = operations(&entries(&h.take(), &handle));
+    let expect = |op: &str, key: &str| {
+        (
+            op.to_owned(),
+            format!("\\\"public\\\".\\\"items\\\"/\\\"{key}\\\""),
+        )
+    };
+    assert_eq!(
+        ops,
+        [
+            expect("insert", "1"),
+            expect("update", "1"),
+            expect("delete", "1"),
+            expect("insert", "2"),
+            expect("delete", "2"),
+        ]
+    );
+}
+
+#[test]
+fn a_key_change_inside_a_filtered_shape_is_a_delete_and_insert_pair() {
+    // Goal: a primary-key change of a row in the shape before and after keeps the
+    // key_change pair; moving out under a new key is a plain delete of the old key.
+    let mut h = Harness::active();
+    let handle = live_where_shape(&mut h, "n = 7");
+    let t = items();
+    h.commit(
+        &Txn::new(700, 0x2000)
+            .update(&t, &["1", "a", "7"], &["10", "a", "7"])
+            .update(&t, &["10", "a", "7"], &["11", "a", "8"]),
+    );
+    let out = entries(&h.take(), &handle);
+    let ops = operations(&out);
+    assert_eq!(ops.len(), 3, "{out:?}");
+    assert_eq!(ops[0].0, "delete");
+    assert!(out[0].json.contains("key_change_to"), "{}", out[0].json);
+    assert_eq!(ops[1].0, "insert");
+    assert!(out[1].json.contains("key_change_from"), "{}", out[1].json);
+    assert_eq!(ops[2].0, "delete");
+    assert!(ops[2].1.contains("10"), "{}", out[2].json);
+    assert!(!out[2].json.contains("key_change"), "{}", out[2].json);
 }
