@@ -4,7 +4,7 @@
 //! the live shapes and the durability order:
 //! append → flush (fdatasync) → durable → standby status `flush` (never beyond durable).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::ports::{
     DisconnectKind, LogEntry, RecoveredLog, ReplicationTarget, SlotStarted, SnapshotRequest,
     StandbyStatus, StorageIdentity, StoredShape, SystemIdentity,
 };
+use crate::routing::TableRoutes;
 use crate::shape::{HandleStamp, ShapeDefinition, ShapeHandle, TableSchema};
 use crate::shapes::{Invalidation, Shape, Stage};
 use crate::snapshot::PgSnapshot;
@@ -384,7 +385,8 @@ pub struct Instance {
     assembler: TxnAssembler,
     shapes: BTreeMap<ShapeHandle, Shape>,
     by_definition: BTreeMap<ShapeDefinition, ShapeHandle>,
-    by_relation: BTreeMap<Oid, BTreeSet<ShapeHandle>>,
+    /// The shapes on each table and the routing index over their where clauses.
+    by_relation: BTreeMap<Oid, TableRoutes>,
     snapshots: BTreeMap<OpId, ShapeHandle>,
     stamp: HandleStamp,
     /// The stamp reservation Postgres holds (or is being asked to hold) for the publication:
@@ -726,7 +728,7 @@ impl Instance {
         self.by_relation
             .entry(shape.schema.oid)
             .or_default()
-            .insert(handle.clone());
+            .insert(&handle, shape.where_clause());
         self.shapes.insert(handle, shape);
     }
 }
@@ -769,16 +771,24 @@ impl Instance {
         }
         self.invalidate_changed_relations(&txn);
         let txn = Arc::new(txn);
-        let touched: BTreeSet<ShapeHandle> = txn
-            .changes
-            .iter()
-            .flat_map(|c| c.relations())
-            .filter_map(|oid| self.by_relation.get(oid))
-            .flatten()
-            .cloned()
-            .collect();
-        for handle in touched {
-            self.route(&handle, &txn);
+        // Each shape with the changes it may concern (routing index, then its own filter).
+        let mut touched: BTreeMap<ShapeHandle, Vec<usize>> = BTreeMap::new();
+        for (i, change) in txn.changes.iter().enumerate() {
+            for routes in change
+                .relations()
+                .iter()
+                .filter_map(|oid| self.by_relation.get(oid))
+            {
+                routes.candidates(change, |handle| {
+                    let changes = touched.entry(handle.clone()).or_default();
+                    if changes.last() != Some(&i) {
+                        changes.push(i);
+                    }
+                });
+            }
+        }
+        for (handle, changes) in touched {
+            self.route(&handle, &txn, Some(&changes));
         }
         self.durability.processed = txn.commit_lsn;
         self.maybe_flush();
@@ -790,7 +800,7 @@ impl Instance {
                 .by_relation
                 .get(&relation.oid)
                 .into_iter()
-                .flatten()
+                .flat_map(TableRoutes::shapes)
                 .filter(|h| {
                     self.shapes
                         .get(*h)
@@ -804,7 +814,10 @@ impl Instance {
         }
     }
 
-    fn route(&mut self, handle: &ShapeHandle, txn: &Arc<Transaction>) {
+    /// Routes `txn` to a shape; `changes` are the indices of the changes the routing index
+    /// found it may concern (`None`: every change, as for a transaction buffered during the
+    /// snapshot).
+    fn route(&mut self, handle: &ShapeHandle, txn: &Arc<Transaction>, changes: Option<&[usize]>) {
         let Some(shape) = self.shapes.get_mut(handle) else {
             return;
         };
@@ -838,15 +851,16 @@ impl Instance {
             }
             Stage::Live => {}
         }
-        self.append(handle, txn);
+        self.append(handle, txn, changes);
     }
 
-    /// Appends `txn`'s entries to a shape that is past its snapshot.
-    fn append(&mut self, handle: &ShapeHandle, txn: &Transaction) {
+    /// Appends `txn`'s entries to a shape that is past its snapshot: of the changes at
+    /// `only`, or of every change.
+    fn append(&mut self, handle: &ShapeHandle, txn: &Transaction, only: Option<&[usize]>) {
         let Some(shape) = self.shapes.get_mut(handle) else {
             return;
         };
-        let result = shape.entries_for(txn);
+        let result = shape.entries_for(txn, only);
         let latest = shape.latest;
         match result {
             Ok(entries) if entries.is_empty() => {}
@@ -1091,7 +1105,7 @@ impl Instance {
             .push_back(Output::PersistShape { shape: stored });
         for txn in &buffered {
             let before = self.durability.appended_gen;
-            self.route(&handle, txn);
+            self.route(&handle, txn, None);
             let appended = self.durability.appended_gen > before;
             self.release_hold(txn.commit_lsn, appended);
         }
@@ -1120,9 +1134,8 @@ impl Instance {
         };
         self.by_definition.remove(&shape.definition);
         self.filter_ends.remove(handle);
-        if let Some(set) = self.by_relation.get_mut(&shape.schema.oid) {
-            set.remove(handle);
-            if set.is_empty() {
+        if let Some(routes) = self.by_relation.get_mut(&shape.schema.oid) {
+            if routes.remove(handle) {
                 self.by_relation.remove(&shape.schema.oid);
             }
         }

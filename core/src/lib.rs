@@ -31,6 +31,7 @@ pub mod mutant;
 pub mod offset;
 pub mod pgoutput;
 pub mod ports;
+mod routing;
 pub mod shape;
 mod shapes;
 pub mod slot_setup;

@@ -85,6 +85,11 @@ impl Shape {
         }
     }
 
+    /// The compiled where clause, if the shape has one that compiles.
+    pub(crate) fn where_clause(&self) -> Option<&WhereClause> {
+        self.filter.as_ref().ok().and_then(Option::as_ref)
+    }
+
     /// Whether `row` is in the shape.
     fn admits(&self, row: &RowValues) -> bool {
         match &self.filter {
@@ -109,8 +114,12 @@ impl Shape {
 
     /// The log entries `txn` adds to this shape (none if it does not touch the table or was
     /// appended before), with chunk boundaries decided.
-    pub(crate) fn entries_for(&mut self, txn: &Transaction) -> Result<Vec<LogEntry>, Invalidation> {
-        let parts = self.encode(txn)?;
+    pub(crate) fn entries_for(
+        &mut self,
+        txn: &Transaction,
+        only: Option<&[usize]>,
+    ) -> Result<Vec<LogEntry>, Invalidation> {
+        let parts = self.encode(txn, only)?;
         let fresh: Vec<_> = parts
             .into_iter()
             .filter(|(offset, _)| *offset > self.latest)
@@ -137,79 +146,105 @@ impl Shape {
         Ok(entries)
     }
 
-    fn encode(&self, txn: &Transaction) -> Result<Vec<(LogOffset, PartialEntry)>, Invalidation> {
+    /// The entries of `txn`'s changes at `only` (every change when `None`) on this table.
+    fn encode(
+        &self,
+        txn: &Transaction,
+        only: Option<&[usize]>,
+    ) -> Result<Vec<(LogOffset, PartialEntry)>, Invalidation> {
         if self.filter.is_err() {
             return Err(Invalidation::WhereClause);
         }
-        let oid = self.schema.oid;
-        let enc = &self.encoder;
         let mut parts = Vec::new();
-        for (i, change) in txn.changes.iter().enumerate() {
-            if !change.relations().contains(&oid) {
-                continue;
+        match only {
+            Some(indices) => {
+                for &i in indices {
+                    self.encode_change(txn, i, &mut parts)?;
+                }
             }
-            let op = 2 * i as u64;
-            let at = |op: u64| {
-                let h = ChangeHeaders {
-                    lsn: txn.commit_lsn,
-                    op_position: op,
-                    xid: txn.xid.0,
-                };
-                (LogOffset::change(txn.commit_lsn, op), h)
-            };
-            match change {
-                Change::Insert { new, .. } => {
-                    if self.admits(new) {
-                        let (offset, h) = at(op);
-                        parts.push((offset, enc.insert(new, h, None)));
-                    }
-                }
-                Change::Update {
-                    old: Some(old),
-                    new,
-                    ..
-                } => match (self.admits(old), self.admits(new)) {
-                    (true, true) if enc.key_changed(old, new) => {
-                        let (old_key, new_key) = (enc.key(old), enc.key(new));
-                        let (offset, h) = at(op);
-                        parts.push((offset, enc.delete(old, h, Some(&new_key))));
-                        let (offset, h) = at(op + 1);
-                        parts.push((offset, enc.insert(new, h, Some(&old_key))));
-                    }
-                    (true, true) => {
-                        let (offset, h) = at(op);
-                        parts.extend(enc.update(old, new, h).map(|e| (offset, e)));
-                    }
-                    // Moved out of the shape: a delete of the old row (protocol.md §5.5).
-                    (true, false) => {
-                        let (offset, h) = at(op);
-                        parts.push((offset, enc.delete(old, h, None)));
-                    }
-                    // Moved in: an insert of the whole new row.
-                    (false, true) => {
-                        let (offset, h) = at(op);
-                        parts.push((offset, enc.insert(new, h, None)));
-                    }
-                    (false, false) => {}
-                },
-                Change::Delete { old: Some(old), .. } => {
-                    if self.admits(old) {
-                        let (offset, h) = at(op);
-                        parts.push((offset, enc.delete(old, h, None)));
-                    }
-                }
-                Change::Update { old: None, .. } | Change::Delete { old: None, .. } => {
-                    return Err(Invalidation::Unrepresentable(
-                        "change without the full old row",
-                    ));
-                }
-                Change::Truncate { .. } => return Err(Invalidation::Truncated),
-                Change::Unrepresentable { reason, .. } => {
-                    return Err(Invalidation::Unrepresentable(reason))
+            None => {
+                for i in 0..txn.changes.len() {
+                    self.encode_change(txn, i, &mut parts)?;
                 }
             }
         }
         Ok(parts)
+    }
+
+    /// Adds the entries of `txn.changes[i]` to `parts`, if it is on this table and passes the
+    /// filter (protocol.md §5.5).
+    fn encode_change(
+        &self,
+        txn: &Transaction,
+        i: usize,
+        parts: &mut Vec<(LogOffset, PartialEntry)>,
+    ) -> Result<(), Invalidation> {
+        let change = &txn.changes[i];
+        if !change.relations().contains(&self.schema.oid) {
+            return Ok(());
+        }
+        let enc = &self.encoder;
+        let op = 2 * i as u64;
+        let at = |op: u64| {
+            let h = ChangeHeaders {
+                lsn: txn.commit_lsn,
+                op_position: op,
+                xid: txn.xid.0,
+            };
+            (LogOffset::change(txn.commit_lsn, op), h)
+        };
+        match change {
+            Change::Insert { new, .. } => {
+                if self.admits(new) {
+                    let (offset, h) = at(op);
+                    parts.push((offset, enc.insert(new, h, None)));
+                }
+            }
+            Change::Update {
+                old: Some(old),
+                new,
+                ..
+            } => match (self.admits(old), self.admits(new)) {
+                (true, true) if enc.key_changed(old, new) => {
+                    let (old_key, new_key) = (enc.key(old), enc.key(new));
+                    let (offset, h) = at(op);
+                    parts.push((offset, enc.delete(old, h, Some(&new_key))));
+                    let (offset, h) = at(op + 1);
+                    parts.push((offset, enc.insert(new, h, Some(&old_key))));
+                }
+                (true, true) => {
+                    let (offset, h) = at(op);
+                    parts.extend(enc.update(old, new, h).map(|e| (offset, e)));
+                }
+                // Moved out of the shape: a delete of the old row.
+                (true, false) => {
+                    let (offset, h) = at(op);
+                    parts.push((offset, enc.delete(old, h, None)));
+                }
+                // Moved in: an insert of the whole new row.
+                (false, true) => {
+                    let (offset, h) = at(op);
+                    parts.push((offset, enc.insert(new, h, None)));
+                }
+                (false, false) => {}
+            },
+            Change::Delete { old: Some(old), .. } => {
+                if self.admits(old) {
+                    let (offset, h) = at(op);
+                    parts.push((offset, enc.delete(old, h, None)));
+                }
+            }
+            Change::Update { old: None, .. } | Change::Delete { old: None, .. } => {
+                return Err(Invalidation::Unrepresentable(
+                    "change without the full old row",
+                ));
+            }
+            Change::Truncate { .. } => return Err(Invalidation::Truncated),
+            Change::Unrepresentable { reason, .. } => {
+                return Err(Invalidation::Unrepresentable(reason))
+            }
+        }
+        Ok(())
     }
 }
 
