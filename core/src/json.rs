@@ -273,6 +273,7 @@ mod tests {
             not_null: pk_index.is_some(),
             pk_index,
             modifiers: vec![],
+            is_enum: false,
         };
         TableSchema {
             oid: Oid(1),

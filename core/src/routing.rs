@@ -34,11 +34,7 @@ pub(crate) struct TableRoutes {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum IndexColumn {
     /// The column's value (`col = c`).
-    Value {
-        index: usize,
-        scalar: ScalarKey,
-        as_text: bool,
-    },
+    Value { index: usize, scalar: ScalarKey },
     /// The elements of an array column (`c = ANY(col)`, `col @> '{c,…}'`).
     Elements { index: usize, scalar: ScalarKey },
 }
@@ -140,18 +136,9 @@ impl TableRoutes {
 /// The index keys a row has for `column` (none for NULL or a value that does not parse).
 fn row_keys(column: IndexColumn, row: &RowValues) -> Vec<IndexKey> {
     match column {
-        IndexColumn::Value {
-            index,
-            scalar,
-            as_text,
-        } => {
+        IndexColumn::Value { index, scalar } => {
             let Some(Some(text)) = row.get(index) else {
                 return Vec::new();
-            };
-            let text = if as_text {
-                text.trim_end_matches(' ')
-            } else {
-                text
             };
             parse_scalar(Cow::Borrowed(text), scalar_of(scalar))
                 .ok()
@@ -248,7 +235,6 @@ fn value_column(expr: &Expr) -> Option<IndexColumn> {
     let Expr::Column {
         index,
         ty: Type::Scalar(scalar),
-        as_text,
         ..
     } = expr
     else {
@@ -257,7 +243,6 @@ fn value_column(expr: &Expr) -> Option<IndexColumn> {
     Some(IndexColumn::Value {
         index: *index,
         scalar: scalar_key(*scalar)?,
-        as_text: *as_text,
     })
 }
 
@@ -277,13 +262,15 @@ fn elements_column(expr: &Expr) -> Option<IndexColumn> {
 }
 
 /// The indexable scalars: those whose `=` is plain equality of the key (not floats: NaN).
-const INDEXABLE: [Scalar; 11] = [
+const INDEXABLE: [Scalar; 13] = [
     Scalar::Bool,
     Scalar::Int2,
     Scalar::Int4,
     Scalar::Int8,
     Scalar::Numeric,
     Scalar::Text,
+    Scalar::Varchar,
+    Scalar::Bpchar,
     Scalar::Uuid,
     Scalar::Date,
     Scalar::Time,
@@ -309,6 +296,8 @@ fn key(value: &Value<'_>) -> Option<IndexKey> {
         Value::Int(i) => IndexKey::Int(*i),
         Value::Numeric(n) => IndexKey::Numeric(n.clone()),
         Value::Text(t) => IndexKey::Text(t.to_string()),
+        // bpchar equality ignores trailing blanks.
+        Value::Bpchar(t) => IndexKey::Text(t.trim_end_matches(' ').to_owned()),
         Value::Uuid(u) => IndexKey::Uuid(*u),
         Value::Date(d) => IndexKey::Date(d.0),
         Value::Time(t) => IndexKey::Time(t.0),
@@ -334,6 +323,7 @@ mod tests {
             not_null: false,
             pk_index: None,
             modifiers: vec![],
+            is_enum: false,
         };
         TableSchema {
             oid: Oid(1),

@@ -48,6 +48,9 @@ pub struct ColumnSchema {
     /// Type modifiers for `electric-schema`, already rendered as JSON members
     /// (`"max_length":10`), in a fixed order.
     pub modifiers: Vec<(String, String)>,
+    /// Whether the (element) type is an enum (`typtype = 'e'`): where clauses compare its
+    /// values as their labels.
+    pub is_enum: bool,
 }
 
 /// A table as a shape sees it: columns in `attnum` order (dropped columns excluded).
@@ -392,6 +395,7 @@ mod tests {
             not_null: false,
             pk_index: pk,
             modifiers: vec![],
+            is_enum: false,
         };
         let mut t = TableSchema {
             oid: Oid(1),

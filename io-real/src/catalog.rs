@@ -54,7 +54,8 @@ impl CatalogError {
 /// subscripts are.
 const TABLE_QUERY: &str = "\
 SELECT c.oid, a.attname::text, a.atttypid, a.attndims, a.attnotnull, a.atttypmod,
-       a.attgenerated::text, t.typname::text, et.typname::text, pk.pk_index
+       a.attgenerated::text, t.typname::text, et.typname::text, pk.pk_index,
+       t.typtype = 'e'
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a
@@ -131,6 +132,7 @@ fn decode_column(row: &tokio_postgres::Row, name: String) -> Result<ColumnSchema
     let own_typname: String = row.try_get(7).map_err(|_| "typname")?;
     let element_typname: Option<String> = row.try_get(8).map_err(|_| "element typname")?;
     let pk_index: Option<i32> = row.try_get(9).map_err(|_| "pk_index")?;
+    let is_enum: bool = row.try_get(10).map_err(|_| "typtype")?;
     let dims = u32::try_from(attndims).map_err(|_| "negative attndims")?;
     // An array declared with dimensions reports its element type; one declared without
     // (`_int4`, CREATE TABLE AS) keeps the array type's own name (Electric's behaviour).
@@ -144,6 +146,7 @@ fn decode_column(row: &tokio_postgres::Row, name: String) -> Result<ColumnSchema
         .map_err(|_| "negative pk_index")?;
     Ok(ColumnSchema {
         modifiers: modifiers(&typname, typmod),
+        is_enum,
         name,
         type_oid,
         typname,

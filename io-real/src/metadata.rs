@@ -1411,6 +1411,9 @@ struct ColumnDto {
     not_null: bool,
     pk_index: Option<u32>,
     modifiers: Vec<(String, String)>,
+    /// Absent (false) in rows written before ampere read it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    is_enum: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1486,6 +1489,7 @@ impl From<&ColumnSchema> for ColumnDto {
             not_null: c.not_null,
             pk_index: c.pk_index,
             modifiers: c.modifiers.clone(),
+            is_enum: c.is_enum,
         }
     }
 }
@@ -1500,6 +1504,7 @@ impl From<ColumnDto> for ColumnSchema {
             not_null: c.not_null,
             pk_index: c.pk_index,
             modifiers: c.modifiers,
+            is_enum: c.is_enum,
         }
     }
 }

@@ -373,6 +373,7 @@ mod tests {
             not_null: false,
             pk_index: None,
             modifiers: vec![],
+            is_enum: false,
         };
         assert_eq!(
             text_expression(&column("bpchar", 0)),

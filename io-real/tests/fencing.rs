@@ -120,6 +120,7 @@ fn stored_shape(h: &ShapeHandle) -> StoredShape {
                 not_null: true,
                 pk_index: Some(0),
                 modifiers: Vec::new(),
+                is_enum: false,
             }],
         },
         snapshot: None,

@@ -33,6 +33,7 @@ fn column(name: &str, type_oid: u32, typname: &str) -> ColumnSchema {
         not_null: false,
         pk_index: None,
         modifiers: vec![],
+        is_enum: false,
     }
 }
 

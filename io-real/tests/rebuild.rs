@@ -50,6 +50,7 @@ fn shape(handle: &str, table: &str, snapshot: bool) -> StoredShape {
                 not_null: true,
                 pk_index: Some(0),
                 modifiers: vec![("k".to_owned(), "v".to_owned())],
+                is_enum: false,
             }],
         },
         snapshot: snapshot.then(|| PgSnapshot {

@@ -79,6 +79,7 @@ pub(crate) fn table(oid: u32, name: &str, columns: &[(&str, u32, bool)]) -> Tabl
                 not_null: is_pk,
                 pk_index,
                 modifiers: Vec::new(),
+                is_enum: false,
             }
         })
         .collect();

@@ -129,7 +129,7 @@ impl<'a> Binder<'a> {
             expr: Expr::Column {
                 index,
                 name: name.to_owned(),
-                as_text: matches!(column.type_oid, 1042 | 19),
+                as_text: column.type_oid == 19 || matches!(ty, Type::Enum(_)),
                 ty,
             },
             location: c.location,
@@ -255,7 +255,6 @@ impl<'a> Binder<'a> {
         let ty = arg.expr.ty();
         let number = match ty.scalar() {
             Some(s) if s.is_number() => s,
-            _ if ty == Type::Unknown && matches!(name, "-" | "+") => Scalar::Numeric,
             _ => {
                 return match name {
                     "-" | "+" => fail(e.location, "Could not select an operator overload"),
@@ -317,6 +316,12 @@ impl<'a> Binder<'a> {
         let (left, right) = self.unify(left, right, location)?;
         if matches!(left.ty(), Type::Opaque(_)) {
             return fail(location, "Could not select an operator overload");
+        }
+        if matches!(left.ty(), Type::Enum(_)) && !matches!(op, CmpOp::Eq | CmpOp::Ne) {
+            return fail(
+                location,
+                "ampere compares enum values with = and <> only; cast to text to compare labels",
+            );
         }
         fold(
             Expr::Compare {
@@ -411,7 +416,12 @@ impl<'a> Binder<'a> {
                 }
             }
         };
-        let arg = self.coerce(arg, &text)?;
+        // `bpchar ~~ text` matches the padded value (Postgres's `bpcharlike`).
+        let arg = if arg.expr.ty() == Type::Scalar(Scalar::Bpchar) {
+            arg.expr
+        } else {
+            self.coerce(arg, &text)?
+        };
         let pattern = self.coerce(pattern, &text)?;
         let case = if name.ends_with('*') {
             LikeCase::AsciiInsensitive
@@ -490,7 +500,7 @@ impl<'a> Binder<'a> {
         let any = if comparisons.len() == 1 {
             comparisons.pop().expect("invariant: one comparison")
         } else {
-            Expr::Or(comparisons)
+            simplify(Expr::Or(comparisons))
         };
         let expr = if name == "<>" {
             Expr::Not(Box::new(any))
@@ -511,13 +521,13 @@ impl<'a> Binder<'a> {
             let lower = self.compare(CmpOp::Le, l, x, e.location)?.expr;
             let (x, h) = (self.bind(lexpr)?, self.bind(high)?);
             let upper = self.compare(CmpOp::Le, x, h, e.location)?.expr;
-            Ok(Expr::And(vec![lower, upper]))
+            Ok(simplify(Expr::And(vec![lower, upper])))
         };
         let forward = within(&bounds[0], &bounds[1])?;
         let expr = match kind {
             AExprKind::AexprBetweenSym | AExprKind::AexprNotBetweenSym => {
                 let backward = within(&bounds[1], &bounds[0])?;
-                Expr::Or(vec![forward, backward])
+                simplify(Expr::Or(vec![forward, backward]))
             }
             _ => forward,
         };
@@ -688,7 +698,7 @@ impl<'a> Binder<'a> {
             } else if t == Type::Unknown {
                 ty
             } else {
-                match common_type(&ty, &t) {
+                match union_type(&ty, &t) {
                     Some(common) => common,
                     None => {
                         return fail(b.location, format!("types {ty} and {t} cannot be matched"))
@@ -815,7 +825,7 @@ fn typed_literal(expr: Expr, target: &Type, location: i32) -> Result<Expr> {
             .map(Value::into_owned)
             .map_err(invalid)?,
         Type::Array(s) => parse_array(&text, *s).map_err(invalid)?,
-        Type::Unknown => Value::Text(text.clone()),
+        Type::Unknown | Type::Enum(_) => Value::Text(text.clone()),
         Type::Opaque(name) => {
             return fail(
                 location,
@@ -859,11 +869,18 @@ fn constant(c: &protobuf::AConst) -> Result<Bound> {
 /// A numeric literal Postgres's lexer did not type `int4`: `int8` when it is an integer that
 /// fits, else `numeric`.
 fn number_literal(text: &str, location: i32) -> Result<Expr> {
-    if text.bytes().all(|b| b.is_ascii_digit()) {
+    // The parser folds a leading minus into the literal (`-2147483648` is an int4).
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(i) = text.parse::<i64>() {
+            let ty = if i32::try_from(i).is_ok() {
+                Scalar::Int4
+            } else {
+                Scalar::Int8
+            };
             return Ok(Expr::Const {
                 value: Value::Int(i),
-                ty: Type::Scalar(Scalar::Int8),
+                ty: Type::Scalar(ty),
             });
         }
     }
@@ -877,8 +894,11 @@ fn number_literal(text: &str, location: i32) -> Result<Expr> {
     })
 }
 
-/// Evaluates `expr` now when it reads no column (constant folding).
+/// Evaluates `expr` now when it reads no column (constant folding), after Postgres's own
+/// simplifications (`eval_const_expressions`): the rendered SQL is planned with them, so an
+/// operand they drop is never evaluated by Postgres and must not be by ampere either.
 fn fold(expr: Expr, location: i32) -> Result<Bound> {
+    let expr = simplify(expr);
     let expr = if expr.is_constant() && !matches!(expr, Expr::Const { .. }) {
         let ty = expr.ty();
         match eval::evaluate_constant(&expr) {
@@ -895,6 +915,95 @@ fn fold(expr: Expr, location: i32) -> Result<Bound> {
     })
 }
 
+/// Postgres's simplifications of constant operands: `AND` with a false constant is false and
+/// drops true ones (`OR` dually); a strict operator or cast with a NULL constant operand is
+/// NULL; `COALESCE` drops NULL constants and stops at the first non-NULL constant.
+fn simplify(expr: Expr) -> Expr {
+    let is_null = |e: &Expr| {
+        matches!(
+            e,
+            Expr::Const {
+                value: Value::Null,
+                ..
+            }
+        )
+    };
+    match expr {
+        Expr::And(args) => junction(args, false),
+        Expr::Or(args) => junction(args, true),
+        Expr::Coalesce { args, ty } => {
+            let mut kept = Vec::with_capacity(args.len());
+            for arg in args {
+                if is_null(&arg) {
+                    continue;
+                }
+                let stops = matches!(arg, Expr::Const { .. });
+                kept.push(arg);
+                if stops {
+                    break;
+                }
+            }
+            match kept.len() {
+                0 => Expr::Const {
+                    value: Value::Null,
+                    ty,
+                },
+                1 => kept.pop().expect("invariant: one argument"),
+                _ => Expr::Coalesce { args: kept, ty },
+            }
+        }
+        strict @ (Expr::Not(_)
+        | Expr::Compare { .. }
+        | Expr::Arith { .. }
+        | Expr::Negate { .. }
+        | Expr::Concat { .. }
+        | Expr::Like { .. }
+        | Expr::Cast { .. }
+        | Expr::TextFunc { .. }
+        | Expr::ArrayOp { .. })
+            if strict.children().into_iter().any(is_null) =>
+        {
+            Expr::Const {
+                value: Value::Null,
+                ty: strict.ty(),
+            }
+        }
+        other => other,
+    }
+}
+
+/// `AND` (`is_or` false) or `OR` with its constant operands simplified.
+fn junction(args: Vec<Expr>, is_or: bool) -> Expr {
+    let mut kept = Vec::with_capacity(args.len());
+    for arg in args {
+        match arg {
+            Expr::Const {
+                value: Value::Bool(b),
+                ..
+            } if b == is_or => {
+                return Expr::Const {
+                    value: Value::Bool(is_or),
+                    ty: Type::Scalar(Scalar::Bool),
+                }
+            }
+            Expr::Const {
+                value: Value::Bool(_),
+                ..
+            } => {}
+            other => kept.push(other),
+        }
+    }
+    match kept.len() {
+        0 => Expr::Const {
+            value: Value::Bool(!is_or),
+            ty: Type::Scalar(Scalar::Bool),
+        },
+        1 => kept.pop().expect("invariant: one operand"),
+        _ if is_or => Expr::Or(kept),
+        _ => Expr::And(kept),
+    }
+}
+
 /// The common type two known types are compared or combined in, if any.
 pub(crate) fn common_type(a: &Type, b: &Type) -> Option<Type> {
     if a == b {
@@ -902,16 +1011,47 @@ pub(crate) fn common_type(a: &Type, b: &Type) -> Option<Type> {
     }
     match (a, b) {
         (Type::Scalar(x), Type::Scalar(y)) => common_scalar(*x, *y).map(Type::Scalar),
+        (Type::Array(x), Type::Array(y)) => common_scalar(*x, *y).map(Type::Array),
         _ => None,
+    }
+}
+
+/// The type `GREATEST`, `LEAST`, `COALESCE` and `ARRAY[…]` resolve two types to, by
+/// Postgres's `select_common_type`: the type the other casts to implicitly (for numbers, the
+/// higher of int2 < int4 < int8 < numeric < float4 < float8; `LEAST(int8, float4)` is float4,
+/// where an operator on the two would compare in float8).
+fn union_type(a: &Type, b: &Type) -> Option<Type> {
+    if implicit_cast(b, a) {
+        Some(a.clone())
+    } else if implicit_cast(a, b) {
+        Some(b.clone())
+    } else {
+        None
     }
 }
 
 fn common_scalar(x: Scalar, y: Scalar) -> Option<Scalar> {
     if x.is_number() && y.is_number() {
+        // Postgres's operator resolution prefers float8 (the category's preferred type) as
+        // soon as a float4 meets another type: `f4 = 0.1` compares in double precision.
+        if x != y && (x == Scalar::Float4 || y == Scalar::Float4) {
+            return Some(Scalar::Float8);
+        }
         return Some(if x.number_rank() >= y.number_rank() {
             x
         } else {
             y
+        });
+    }
+    if x.is_string() && y.is_string() {
+        // Operator resolution: text, the category's preferred type, wins over the others
+        // (`bp = txt` compares text); bpchar wins over varchar (`bp >= vc` compares bpchar).
+        return Some(if x == Scalar::Text || y == Scalar::Text {
+            Scalar::Text
+        } else if x == Scalar::Bpchar || y == Scalar::Bpchar {
+            Scalar::Bpchar
+        } else {
+            Scalar::Varchar
         });
     }
     let time_rank = |s: Scalar| match s {
@@ -931,14 +1071,32 @@ fn common_scalar(x: Scalar, y: Scalar) -> Option<Scalar> {
 fn implicit_cast(from: &Type, to: &Type) -> bool {
     match (from, to) {
         (Type::Scalar(x), Type::Scalar(y)) | (Type::Array(x), Type::Array(y)) => {
-            common_scalar(*x, *y) == Some(*y)
+            implicit_scalar(*x, *y)
         }
         _ => false,
     }
 }
 
+/// Postgres's implicit casts between the scalars ampere evaluates.
+fn implicit_scalar(from: Scalar, to: Scalar) -> bool {
+    if from == to {
+        return true;
+    }
+    if from.is_number() && to.is_number() {
+        return from.number_rank() < to.number_rank();
+    }
+    if from.is_string() && to.is_string() {
+        return true;
+    }
+    matches!(
+        (from, to),
+        (Scalar::Date, Scalar::Timestamp | Scalar::Timestamptz)
+            | (Scalar::Timestamp, Scalar::Timestamptz)
+    )
+}
+
 fn is_texty(ty: &Type) -> bool {
-    matches!(ty, Type::Unknown | Type::Scalar(Scalar::Text))
+    matches!(ty, Type::Unknown) || matches!(ty, Type::Scalar(s) if s.is_string())
 }
 
 fn cmp_op(name: &str) -> Option<CmpOp> {
@@ -993,8 +1151,10 @@ fn cast_target(name: Option<&protobuf::TypeName>, location: i32) -> Result<Type>
         );
     }
     let scalar = match base {
-        "varchar" | "text" => Some(Scalar::Text),
-        "bpchar" | "name" | "char" => None,
+        "text" => Some(Scalar::Text),
+        "varchar" => Some(Scalar::Varchar),
+        "bpchar" => Some(Scalar::Bpchar),
+        "name" | "char" => None,
         other => Scalar::from_typname(other),
     };
     let Some(scalar) = scalar else {

@@ -49,9 +49,7 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
             let value = value.clone();
             Box::new(move |_| Ok(value.clone()))
         }
-        Expr::Column {
-            index, ty, as_text, ..
-        } => compile_column(*index, ty.clone(), *as_text),
+        Expr::Column { index, ty, .. } => compile_column(*index, ty.clone()),
         Expr::Not(arg) => {
             let arg = compile(arg);
             Box::new(move |row| {
@@ -141,14 +139,16 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
             if let Some(matcher) = compiled.clone() {
                 return Box::new(move |row| {
                     Ok(match arg(row)? {
-                        Value::Text(t) => Value::Bool(matcher.matches(&t) != negated),
+                        Value::Text(t) | Value::Bpchar(t) => {
+                            Value::Bool(matcher.matches(&t) != negated)
+                        }
                         _ => Value::Null,
                     })
                 });
             }
             let (pattern, escape, case) = (compile(pattern), *escape, *case);
             Box::new(move |row| match (arg(row)?, pattern(row)?) {
-                (Value::Text(t), Value::Text(p)) => {
+                (Value::Text(t) | Value::Bpchar(t), Value::Text(p)) => {
                     let matched =
                         match_text(&t, &p, escape, case).map_err(|e| EvalError(e.to_string()))?;
                     Ok(Value::Bool(matched != negated))
@@ -240,20 +240,16 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
     }
 }
 
-fn compile_column(index: usize, ty: Type, as_text: bool) -> Compiled {
+fn compile_column(index: usize, ty: Type) -> Compiled {
     Box::new(move |row| {
         let Some(Some(text)) = row.get(index) else {
             return Ok(Value::Null);
         };
-        let text = if as_text {
-            text.trim_end_matches(' ')
-        } else {
-            text.as_str()
-        };
+        let text = text.as_str();
         match &ty {
             Type::Scalar(s) => parse_scalar(Cow::Borrowed(text), *s).map_err(|e| EvalError(e.0)),
             Type::Array(s) => parse_array(text, *s).map_err(|e| EvalError(e.0)),
-            Type::Unknown | Type::Opaque(_) => Ok(Value::Text(Cow::Borrowed(text))),
+            Type::Unknown | Type::Opaque(_) | Type::Enum(_) => Ok(Value::Text(Cow::Borrowed(text))),
         }
     })
 }
@@ -437,7 +433,8 @@ fn arith(op: ArithOp, ty: Scalar, l: &Value<'_>, r: &Value<'_>) -> Outcome<'stat
 
 /// `float4`/`float8` arithmetic with Postgres's overflow, underflow and zero-division errors.
 fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
-    if op == ArithOp::Div && b == 0.0 {
+    // `float8div`: NaN / 0 is NaN, anything else / 0 an error.
+    if op == ArithOp::Div && b == 0.0 && !a.is_nan() {
         return err("division by zero");
     }
     #[allow(clippy::cast_possible_truncation)]
@@ -486,7 +483,7 @@ pub(crate) fn can_cast(from: &Type, to: &Type) -> bool {
         (Type::Scalar(a), Type::Scalar(b)) | (Type::Array(a), Type::Array(b)) => {
             can_cast_scalar(*a, *b)
         }
-        (Type::Opaque(_), Type::Scalar(Scalar::Text)) => false,
+        (Type::Enum(_), Type::Scalar(Scalar::Text)) => true,
         _ => false,
     }
 }
@@ -494,8 +491,8 @@ pub(crate) fn can_cast(from: &Type, to: &Type) -> bool {
 fn can_cast_scalar(from: Scalar, to: Scalar) -> bool {
     use Scalar as S;
     from == to
-        || to == S::Text
-        || from == S::Text
+        || to.is_string()
+        || (from.is_string() && runtime_input_is_exact(to))
         || (from.is_number()
             && to.is_number()
             && !(to == S::Numeric && !from.is_integer() && from != S::Numeric))
@@ -505,8 +502,24 @@ fn can_cast_scalar(from: Scalar, to: Scalar) -> bool {
                 | (S::Int4, S::Bool)
                 | (S::Date, S::Timestamp | S::Timestamptz)
                 | (S::Timestamp, S::Timestamptz | S::Date | S::Time)
-                | (S::Timestamptz, S::Timestamp | S::Date)
+                | (S::Timestamptz, S::Timestamp | S::Date | S::Time)
         )
+}
+
+/// Whether ampere reads every text Postgres's input function accepts for `to` exactly as it
+/// does, so a cast of a column's text may run at replication time. Date/time input has
+/// forms ampere does not parse (`367.038` is a date to Postgres) and float input goes through
+/// C's `strtod` (hex floats): casting a constant to them is fine, a column's text is refused.
+pub(crate) const fn runtime_input_is_exact(to: Scalar) -> bool {
+    !matches!(
+        to,
+        Scalar::Date
+            | Scalar::Time
+            | Scalar::Timestamp
+            | Scalar::Timestamptz
+            | Scalar::Float4
+            | Scalar::Float8
+    )
 }
 
 /// Casts a value from `from` to `to` (a pair [`can_cast`] allows).
@@ -516,6 +529,8 @@ pub(crate) fn cast<'r>(value: Value<'r>, from: &Type, to: &Type) -> Outcome<'r> 
     }
     match (from, to) {
         (Type::Scalar(a), Type::Scalar(b)) => cast_scalar(value, *a, *b),
+        // An enum's label is already its text.
+        (Type::Enum(_), Type::Scalar(Scalar::Text)) => Ok(value),
         (Type::Array(a), Type::Array(b)) => {
             let Value::Array(array) = value else {
                 return Ok(Value::Null);
@@ -542,14 +557,20 @@ fn cast_scalar(value: Value<'_>, from: Scalar, to: Scalar) -> Outcome<'_> {
     if from == to {
         return Ok(value);
     }
-    if to == S::Text {
+    if let (Value::Bpchar(text), S::Text | S::Varchar) = (&value, to) {
+        // `rtrim1`: bpchar's text is without its trailing blanks.
+        return Ok(Value::Text(Cow::Owned(
+            text.trim_end_matches(' ').to_owned(),
+        )));
+    }
+    if matches!(to, S::Text | S::Varchar) {
         let text = match (&value, from) {
             (Value::Bool(b), _) => if *b { "true" } else { "false" }.to_owned(),
             (v, s) => format_scalar(v, s),
         };
         return Ok(Value::Text(Cow::Owned(text)));
     }
-    if let Value::Text(text) = value {
+    if let Value::Text(text) | Value::Bpchar(text) = value {
         return parse_scalar(text, to).map_err(|e| EvalError(e.0));
     }
     let numeric_err = |e: super::numeric::NumericError| EvalError(e.to_string());
@@ -598,6 +619,7 @@ fn cast_scalar(value: Value<'_>, from: Scalar, to: Scalar) -> Outcome<'_> {
         (Value::Timestamp(t), S::Time) => Ok(t.to_time().map_or(Value::Null, Value::Time)),
         (Value::Timestamptz(t), S::Timestamp) => Ok(Value::Timestamp(t.to_timestamp())),
         (Value::Timestamptz(t), S::Date) => Ok(Value::Date(t.to_date())),
+        (Value::Timestamptz(t), S::Time) => Ok(t.to_time().map_or(Value::Null, Value::Time)),
         (v, t) => err(format!("cannot cast {v:?} to {}", t.typname())),
     }
 }

@@ -107,7 +107,7 @@ pub enum Expr {
         name: String,
         /// Its type.
         ty: Type,
-        /// Whether it is `bpchar`/`name`, which render `::text` (trailing blanks dropped).
+        /// Whether it renders `::text` (`name`, enums).
         as_text: bool,
     },
     /// `NOT`.
@@ -287,7 +287,8 @@ impl Expr {
         }
     }
 
-    fn children(&self) -> Vec<&Self> {
+    /// The direct operands.
+    pub(crate) fn children(&self) -> Vec<&Self> {
         match self {
             Self::Const { .. } | Self::Column { .. } => vec![],
             Self::Not(a)
@@ -454,7 +455,7 @@ impl Expr {
                     MinMax::Greatest => "GREATEST",
                     MinMax::Least => "LEAST",
                 };
-                let collate = matches!(ty, Type::Scalar(Scalar::Text) | Type::Array(Scalar::Text));
+                let collate = matches!(ty, Type::Scalar(s) | Type::Array(s) if s.is_string());
                 render_call(name, args, collate, out);
             }
         }
@@ -463,10 +464,7 @@ impl Expr {
 
 /// Whether an ordering comparison of `operand`'s type depends on the collation.
 fn needs_collation(operand: &Expr) -> bool {
-    matches!(
-        operand.ty(),
-        Type::Scalar(Scalar::Text) | Type::Array(Scalar::Text)
-    )
+    matches!(operand.ty(), Type::Scalar(s) | Type::Array(s) if s.is_string())
 }
 
 fn cmp_sql(op: CmpOp) -> &'static str {
@@ -485,7 +483,9 @@ pub fn type_sql(ty: &Type) -> String {
     match ty {
         Type::Scalar(s) => format!("pg_catalog.{}", s.typname()),
         Type::Array(s) => format!("pg_catalog.{}[]", s.typname()),
-        Type::Unknown => "pg_catalog.text".to_owned(),
+        // Enum columns render `::text` and their constants as text: label comparison, and a
+        // constant that is no label matches nothing instead of failing the snapshot.
+        Type::Unknown | Type::Enum(_) => "pg_catalog.text".to_owned(),
         Type::Opaque(name) => quote_ident(name),
     }
 }

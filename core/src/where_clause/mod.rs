@@ -15,6 +15,7 @@ mod bind;
 pub mod datetime;
 mod eval;
 pub mod expr;
+pub mod interval;
 pub mod like;
 pub mod numeric;
 pub mod types;

@@ -21,8 +21,13 @@ pub enum Scalar {
     Float8,
     /// `numeric`.
     Numeric,
-    /// `text` (also `varchar`, `bpchar` and `name` columns, compared in the C collation).
+    /// `text` (also `name` columns), compared in the C collation.
     Text,
+    /// `varchar`: text, but a type of its own in operator resolution (`bpchar >= varchar`
+    /// compares as bpchar).
+    Varchar,
+    /// `bpchar` (`char(n)`): compared without trailing blanks, matched by LIKE with them.
+    Bpchar,
     /// `uuid`.
     Uuid,
     /// `date`.
@@ -44,6 +49,8 @@ pub enum Type {
     Array(Scalar),
     /// A string literal or parameter not yet typed by its context.
     Unknown,
+    /// An enum type (by `typname`): compared by label with `=` and `<>` only, as text.
+    Enum(String),
     /// A column type with no operators in ampere (json, bytea, …): usable in `IS [NOT] NULL`.
     Opaque(String),
 }
@@ -60,6 +67,8 @@ impl Scalar {
             Self::Float8 => "float8",
             Self::Numeric => "numeric",
             Self::Text => "text",
+            Self::Varchar => "varchar",
+            Self::Bpchar => "bpchar",
             Self::Uuid => "uuid",
             Self::Date => "date",
             Self::Time => "time",
@@ -79,6 +88,8 @@ impl Scalar {
             Self::Float8 => "double precision",
             Self::Numeric => "numeric",
             Self::Text => "text",
+            Self::Varchar => "character varying",
+            Self::Bpchar => "character",
             Self::Uuid => "uuid",
             Self::Date => "date",
             Self::Time => "time without time zone",
@@ -97,7 +108,9 @@ impl Scalar {
             "float4" => Self::Float4,
             "float8" => Self::Float8,
             "numeric" => Self::Numeric,
-            "text" | "varchar" | "bpchar" | "name" => Self::Text,
+            "text" | "name" => Self::Text,
+            "varchar" => Self::Varchar,
+            "bpchar" => Self::Bpchar,
             "uuid" => Self::Uuid,
             "date" => Self::Date,
             "time" => Self::Time,
@@ -118,8 +131,8 @@ impl Scalar {
             (701, 1022, Scalar::Float8),
             (1700, 1231, Scalar::Numeric),
             (25, 1009, Scalar::Text),
-            (1043, 1015, Scalar::Text),
-            (1042, 1014, Scalar::Text),
+            (1043, 1015, Scalar::Varchar),
+            (1042, 1014, Scalar::Bpchar),
             (19, 1003, Scalar::Text),
             (2950, 2951, Scalar::Uuid),
             (1082, 1182, Scalar::Date),
@@ -160,16 +173,18 @@ impl Scalar {
         }
     }
 
-    /// Whether a column of this type renders differently than ampere reads it: `bpchar`
-    /// compares without trailing blanks, which ampere strips when it reads the value.
-    pub const fn is_text(self) -> bool {
-        matches!(self, Self::Text)
+    /// Whether the type is in Postgres's string category (`text`, `varchar`, `bpchar`).
+    pub const fn is_string(self) -> bool {
+        matches!(self, Self::Text | Self::Varchar | Self::Bpchar)
     }
 }
 
 impl Type {
     /// The type of a column of the shape's table.
     pub fn of_column(column: &ColumnSchema) -> Self {
+        if column.is_enum && column.dims == 0 {
+            return Self::Enum(column.typname.clone());
+        }
         match Scalar::from_oid(column.type_oid) {
             Some((scalar, false)) => Self::Scalar(scalar),
             Some((scalar, true)) => Self::Array(scalar),
@@ -198,6 +213,7 @@ impl fmt::Display for Type {
             Self::Scalar(s) => f.write_str(s.typname()),
             Self::Array(s) => write!(f, "{}[]", s.typname()),
             Self::Unknown => f.write_str("unknown"),
+            Self::Enum(name) => write!(f, "enum {name}"),
             Self::Opaque(name) => f.write_str(name),
         }
     }

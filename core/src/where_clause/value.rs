@@ -24,8 +24,10 @@ pub enum Value<'r> {
     Float(f64),
     /// `numeric`.
     Numeric(Numeric),
-    /// `text` (`bpchar` already without trailing blanks).
+    /// `text`.
     Text(Cow<'r, str>),
+    /// `bpchar`, with its trailing blanks (comparisons ignore them).
+    Bpchar(Cow<'r, str>),
     /// `uuid`, as its 128 bits.
     Uuid(u128),
     /// `date`.
@@ -65,6 +67,7 @@ impl Value<'_> {
             Self::Float(f) => Value::Float(f),
             Self::Numeric(n) => Value::Numeric(n),
             Self::Text(t) => Value::Text(Cow::Owned(t.into_owned())),
+            Self::Bpchar(t) => Value::Bpchar(Cow::Owned(t.into_owned())),
             Self::Uuid(u) => Value::Uuid(u),
             Self::Date(d) => Value::Date(d),
             Self::Time(t) => Value::Time(t),
@@ -78,6 +81,7 @@ impl Value<'_> {
     pub fn reborrow(&self) -> Value<'_> {
         match self {
             Self::Text(t) => Value::Text(Cow::Borrowed(t.as_ref())),
+            Self::Bpchar(t) => Value::Bpchar(Cow::Borrowed(t.as_ref())),
             other => other.shallow_clone(),
         }
     }
@@ -90,6 +94,7 @@ impl Value<'_> {
             Self::Float(f) => Value::Float(*f),
             Self::Numeric(n) => Value::Numeric(n.clone()),
             Self::Text(t) => Value::Text(Cow::Owned(t.to_string())),
+            Self::Bpchar(t) => Value::Bpchar(Cow::Owned(t.to_string())),
             Self::Uuid(u) => Value::Uuid(*u),
             Self::Date(d) => Value::Date(*d),
             Self::Time(t) => Value::Time(*t),
@@ -108,6 +113,10 @@ impl Value<'_> {
             (Self::Float(a), Value::Float(b)) => float_cmp(*a, *b),
             (Self::Numeric(a), Value::Numeric(b)) => a.cmp(b),
             (Self::Text(a), Value::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Self::Bpchar(a), Value::Bpchar(b)) => a
+                .trim_end_matches(' ')
+                .as_bytes()
+                .cmp(b.trim_end_matches(' ').as_bytes()),
             (Self::Uuid(a), Value::Uuid(b)) => a.cmp(b),
             (Self::Date(a), Value::Date(b)) => a.cmp(b),
             (Self::Time(a), Value::Time(b)) => a.cmp(b),
@@ -157,7 +166,7 @@ fn array_cmp(a: &PgArray<Value<'static>>, b: &PgArray<Value<'static>>) -> Orderi
 }
 
 /// Reads Postgres's text output (or a literal's text) as a value of `scalar`, as the type's
-/// input function does. `bpchar` is read without its trailing blanks (its `text` value).
+/// input function does.
 pub fn parse_scalar<'r>(text: Cow<'r, str>, scalar: Scalar) -> Result<Value<'r>, InvalidInput> {
     let invalid = || {
         InvalidInput(format!(
@@ -167,7 +176,8 @@ pub fn parse_scalar<'r>(text: Cow<'r, str>, scalar: Scalar) -> Result<Value<'r>,
         ))
     };
     Ok(match scalar {
-        Scalar::Text => Value::Text(text),
+        Scalar::Text | Scalar::Varchar => Value::Text(text),
+        Scalar::Bpchar => Value::Bpchar(text),
         Scalar::Bool => Value::Bool(parse_bool(&text).ok_or_else(invalid)?),
         Scalar::Int2 => Value::Int(parse_int(
             &text,
@@ -397,7 +407,7 @@ pub fn format_scalar(value: &Value<'_>, scalar: Scalar) -> String {
         Value::Int(i) => i.to_string(),
         Value::Float(f) => format_float(*f, scalar),
         Value::Numeric(n) => n.to_string(),
-        Value::Text(t) => t.to_string(),
+        Value::Text(t) | Value::Bpchar(t) => t.to_string(),
         Value::Uuid(u) => format_uuid(*u),
         Value::Date(d) => d.to_string(),
         Value::Time(t) => t.to_string(),

@@ -372,6 +372,7 @@ pub(crate) fn catalog_table(relation: RelationName, table: super::wire::WireTabl
             not_null: c.not_null,
             pk_index: c.pk_index,
             modifiers: Vec::new(),
+            is_enum: false,
         })
         .collect();
     CatalogTable {

@@ -79,6 +79,7 @@ impl FakeApi {
                 not_null: pk_index.is_some(),
                 pk_index: *pk_index,
                 modifiers: vec![],
+                is_enum: false,
             })
             .collect();
         let schema = TableSchema {

@@ -76,6 +76,7 @@ mod tests {
             not_null: false,
             pk_index: None,
             modifiers: vec![],
+            is_enum: false,
         }
     }
 

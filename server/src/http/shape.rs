@@ -533,6 +533,7 @@ mod tests {
                     not_null: false,
                     pk_index: *pk_index,
                     modifiers: vec![],
+                    is_enum: false,
                 })
                 .collect(),
         };

@@ -62,6 +62,7 @@ impl ModelColumn {
             not_null: self.not_null,
             pk_index: self.pk_index,
             modifiers: Vec::new(),
+            is_enum: false,
         }
     }
 
