@@ -18,6 +18,7 @@ use ampere_core::lsn::Lsn;
 use ampere_core::offset::LogOffset;
 use ampere_core::shape::{Replica, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
+use ampere_core::where_clause::WhereClause;
 
 /// A row as the model stores it: text values in column order (`None` = NULL).
 pub type Row = Vec<Option<String>>;
@@ -95,6 +96,47 @@ impl TableHistory {
         self.txns.last().map(|t| t.commit_lsn)
     }
 
+    /// The last commit that adds an entry to (or invalidates) a shape with `filter` selecting
+    /// `columns` (`None`: every column): a shape's log, and so a converged client's offset,
+    /// ends there. A where-shape skips changes to rows outside it; any shape skips updates
+    /// that change none of its columns.
+    pub fn last_commit_for(
+        &self,
+        columns: Option<&[String]>,
+        filter: Option<&WhereClause>,
+    ) -> Option<Lsn> {
+        let mut names: Vec<String> = self.schema.columns.iter().map(|c| c.name.clone()).collect();
+        let admits = |row: &Row| filter.is_none_or(|f| f.matches(row));
+        let mut last = None;
+        for txn in &self.txns {
+            let mut produces = false;
+            for change in &txn.changes {
+                produces |= match change {
+                    Change::Insert(row) | Change::Delete(row) => admits(row),
+                    Change::Update { old, new } => match (admits(old), admits(new)) {
+                        (true, true) => old.iter().zip(new).enumerate().any(|(i, (a, b))| {
+                            a != b
+                                && names
+                                    .get(i)
+                                    .is_none_or(|n| columns.is_none_or(|cols| cols.contains(n)))
+                        }),
+                        (false, false) => false,
+                        _ => true,
+                    },
+                    Change::Truncate => true,
+                    Change::AddColumn(name) => {
+                        names.push(name.clone());
+                        true
+                    }
+                };
+            }
+            if produces {
+                last = Some(txn.commit_lsn);
+            }
+        }
+        last
+    }
+
     /// What a client of a shape with `snapshot` holds at `offset`, projected to `columns`
     /// (`None`: every column the snapshot saw).
     pub fn rows_at(
@@ -102,6 +144,21 @@ impl TableHistory {
         snapshot: &PgSnapshot,
         offset: LogOffset,
         columns: Option<&[String]>,
+    ) -> Rows {
+        self.rows_where(snapshot, offset, columns, None)
+    }
+
+    /// [`rows_at`](Self::rows_at) of a shape with a where clause: only the rows `filter`
+    /// matches, evaluated on the whole row (every column in table order) before projection.
+    /// A shape's log routes each change through the filter (insert iff the new row matches,
+    /// delete iff the old one did, an update moving a row in or out as an insert or delete),
+    /// so what a client holds is the filter applied to the table at that offset.
+    pub fn rows_where(
+        &self,
+        snapshot: &PgSnapshot,
+        offset: LogOffset,
+        columns: Option<&[String]>,
+        filter: Option<&WhereClause>,
     ) -> Rows {
         let upto = match offset {
             LogOffset::At { tx, .. } if tx > 0 => Some(Lsn(tx)),
@@ -147,6 +204,7 @@ impl TableHistory {
             None => shape_names.iter().collect(),
         };
         rows.into_iter()
+            .filter(|(_, row)| filter.is_none_or(|f| f.matches(row)))
             .map(|(key, row)| {
                 let values = selected
                     .iter()
@@ -187,6 +245,7 @@ mod tests {
             not_null: pk.is_some(),
             pk_index: pk,
             modifiers: Vec::new(),
+            is_enum: false,
         };
         TableSchema {
             oid: ampere_core::pgoutput::Oid(16384),
@@ -268,6 +327,65 @@ mod tests {
         let rows = history().rows_at(&s, LogOffset::SNAPSHOT_END, Some(&only_id));
         assert_eq!(rows.keys().collect::<Vec<_>>(), [r#""public"."items"/"1""#]);
         assert_eq!(rows.values().next().map(BTreeMap::len), Some(1));
+    }
+
+    #[test]
+    fn a_where_clause_keeps_the_rows_it_matches_as_updates_move_them_in_and_out() {
+        let s = snapshot(11, 13, &[11]);
+        let canonical = WhereClause::canonicalize("value IN ('a', 'c')", &Default::default())
+            .expect("canonical");
+        let filter = WhereClause::from_canonical(&canonical, &schema()).expect("compiles");
+        let at = |lsn| history().rows_where(&s, lsn, None, Some(&filter));
+        // Snapshot: 1 = a (in), 2 = b (out).
+        assert_eq!(
+            values(&at(LogOffset::SNAPSHOT_END)),
+            [("1".into(), Some("a".into()))]
+        );
+        // 1 becomes c: still in.
+        assert_eq!(
+            values(&at(LogOffset::change(Lsn(300), 0))),
+            [("1".into(), Some("c".into()))]
+        );
+        let only_b = WhereClause::from_canonical("value = 'b'", &schema()).expect("compiles");
+        let rows = history().rows_where(&s, LogOffset::SNAPSHOT_END, None, Some(&only_b));
+        assert_eq!(values(&rows), [("2".into(), Some("b".into()))]);
+        // Projection happens after the filter: the filter's column need not be selected.
+        let only_id = ["id".to_string()];
+        let rows = history().rows_where(&s, LogOffset::SNAPSHOT_END, Some(&only_id), Some(&only_b));
+        assert_eq!(rows.keys().collect::<Vec<_>>(), [r#""public"."items"/"2""#]);
+        let end = history().rows_where(&s, LogOffset::change(Lsn(400), 2), None, Some(&only_b));
+        assert!(end.is_empty());
+    }
+
+    #[test]
+    fn a_shape_log_ends_at_the_last_commit_that_reaches_it() {
+        let only_b = WhereClause::from_canonical("value = 'b'", &schema()).expect("compiles");
+        let h = history();
+        assert_eq!(h.last_commit_for(None, None), Some(Lsn(400)));
+        // Row 2 (b) is inserted at 200 and deleted at 400.
+        assert_eq!(h.last_commit_for(None, Some(&only_b)), Some(Lsn(400)));
+        let only_a = WhereClause::from_canonical("value = 'a'", &schema()).expect("compiles");
+        // Row 1 leaves the shape (a → c) at 300.
+        assert_eq!(h.last_commit_for(None, Some(&only_a)), Some(Lsn(300)));
+        let only_z = WhereClause::from_canonical("value = 'z'", &schema()).expect("compiles");
+        assert_eq!(h.last_commit_for(None, Some(&only_z)), None);
+        // An update of an unselected column only adds nothing.
+        let only_id = ["id".to_string()];
+        let mut h = TableHistory::new(schema());
+        h.push(Txn {
+            xid: 10,
+            commit_lsn: Lsn(100),
+            changes: vec![Change::Insert(row("1", "a"))],
+        });
+        h.push(Txn {
+            xid: 11,
+            commit_lsn: Lsn(200),
+            changes: vec![Change::Update {
+                old: row("1", "a"),
+                new: row("1", "b"),
+            }],
+        });
+        assert_eq!(h.last_commit_for(Some(&only_id), None), Some(Lsn(100)));
     }
 
     #[test]

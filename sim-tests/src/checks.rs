@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ampere_core::offset::LogOffset;
-use ampere_core::shape::{RelationName, ShapeDefinition};
+use ampere_core::shape::{RelationName, ShapeDefinition, TableSchema};
+use ampere_core::where_clause::WhereClause;
 use ampere_io_sim::oracle::{self, Change, TableHistory, Txn};
 use ampere_io_sim::pg::{AckEvent, CommittedTxn, ModelChange, PgModel};
 use ampere_io_sim::storage::{Mutation, MutationKind, SimDisk};
@@ -168,12 +169,13 @@ pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &
         }
         let log = disk.durable_log(shape.handle.as_str());
         let latest = log.last().map_or(LogOffset::SNAPSHOT_END, |e| e.offset);
+        let filter = RowFilter::of(&shape.definition, &shape.schema);
         let owed = model
             .committed()
             .iter()
             .rev()
             .filter(|t| t.commit_lsn < ack.flush && !oracle::is_visible(snapshot, t.xid))
-            .find(|t| produces_entry(t, &shape.definition, &shape.schema.columns));
+            .find(|t| produces_entry(t, &shape.definition, &shape.schema.columns, &filter));
         if let Some(txn) = owed {
             if latest < LogOffset::change(txn.commit_lsn, 0) {
                 ledger.fail(format!(
@@ -186,30 +188,77 @@ pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &
     }
 }
 
+/// A shape's row filter, compiled from the canonical where clause its metadata stores, the
+/// way the core compiles it (`WhereClause::from_canonical` against the shape's schema).
+pub(crate) enum RowFilter {
+    /// No where clause: every row.
+    Every,
+    /// The where clause.
+    Where(WhereClause),
+    /// The stored clause no longer compiles: the core invalidates the shape at its table's
+    /// next change.
+    Broken,
+}
+
+impl RowFilter {
+    /// The filter of `definition` on a table with `schema`.
+    pub(crate) fn of(definition: &ShapeDefinition, schema: &TableSchema) -> Self {
+        match &definition.where_clause {
+            None => Self::Every,
+            Some(text) => {
+                WhereClause::from_canonical(text, schema).map_or(Self::Broken, Self::Where)
+            }
+        }
+    }
+
+    /// Whether `row` (text values in table column order) is in the shape.
+    fn admits(&self, row: &[Option<String>]) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Where(clause) => clause.matches(row),
+            Self::Broken => false,
+        }
+    }
+}
+
 /// Whether a committed transaction adds at least one entry to a shape's log (or, for
-/// TRUNCATE and for the first change written under a column the shape lacks, must have
-/// invalidated it).
+/// TRUNCATE, for the first change written under a column the shape lacks, and for any change
+/// of a shape whose stored where clause no longer compiles, must have invalidated it). With a
+/// where clause: an insert owes an entry iff the new row matches, a delete iff the old row
+/// did, an update iff the row moves in or out, or stays in with a selected column changed.
 fn produces_entry(
     txn: &CommittedTxn,
     definition: &ShapeDefinition,
     columns: &[ampere_core::shape::ColumnSchema],
+    filter: &RowFilter,
 ) -> bool {
     let selected = |i: usize| match &definition.columns {
         None => true,
         Some(names) => columns.get(i).is_some_and(|c| names.contains(&c.name)),
     };
+    // A wider row follows a `Relation` message that invalidates the shape whatever its filter.
+    let invalidates =
+        |row: &[Option<String>]| row.len() != columns.len() || matches!(filter, RowFilter::Broken);
     txn.changes.iter().any(|change| match change {
-        ModelChange::Insert { relation, .. } | ModelChange::Delete { relation, .. } => {
-            *relation == definition.relation
+        ModelChange::Insert { relation, row } => {
+            *relation == definition.relation && (invalidates(row) || filter.admits(row))
+        }
+        ModelChange::Delete { relation, old } => {
+            *relation == definition.relation && (invalidates(old) || filter.admits(old))
         }
         ModelChange::Update { relation, old, new } => {
             *relation == definition.relation
-                && (new.len() != columns.len()
-                    || old
-                        .iter()
-                        .zip(new)
-                        .enumerate()
-                        .any(|(i, (a, b))| a != b && selected(i)))
+                && (invalidates(new)
+                    || match (filter.admits(old), filter.admits(new)) {
+                        (true, true) => old
+                            .iter()
+                            .zip(new)
+                            .enumerate()
+                            .any(|(i, (a, b))| a != b && selected(i)),
+                        (false, false) => false,
+                        // Moved in (an insert) or out (a delete).
+                        _ => true,
+                    })
         }
         ModelChange::Truncate { relations } => relations.contains(&definition.relation),
         // DDL is not decoded: ampere learns of the column from the `Relation` message before
@@ -322,6 +371,7 @@ mod tests {
             not_null: pk_index.is_some(),
             pk_index,
             modifiers: Vec::new(),
+            is_enum: false,
         }
     }
 
@@ -337,6 +387,117 @@ mod tests {
 
     fn text(v: &str) -> Option<String> {
         Some(v.to_owned())
+    }
+
+    /// `items (id text, value text, n int4)` and a shape `n > 5` selecting `id, n`.
+    fn where_fixture() -> (Vec<ColumnSchema>, TableSchema, ShapeDefinition) {
+        let mut columns = vec![column("id", Some(0)), column("value", None)];
+        columns.push(ColumnSchema {
+            name: "n".into(),
+            type_oid: 23,
+            typname: "int4".into(),
+            dims: 0,
+            not_null: false,
+            pk_index: None,
+            modifiers: Vec::new(),
+            is_enum: false,
+        });
+        let schema = TableSchema {
+            oid: ampere_core::pgoutput::Oid(16_384),
+            relation: items(),
+            columns: columns.clone(),
+        };
+        let definition = ShapeDefinition {
+            relation: items(),
+            columns: Some(vec!["id".into(), "n".into()]),
+            replica: Replica::Default,
+            where_clause: Some("n > 5".into()),
+        };
+        (columns, schema, definition)
+    }
+
+    #[test]
+    fn a_where_shape_owes_entries_only_for_rows_in_it_before_or_after() {
+        let (columns, schema, definition) = where_fixture();
+        let filter = RowFilter::of(&definition, &schema);
+        assert!(matches!(filter, RowFilter::Where(_)));
+        let row = |n: Option<&str>, value: &str| vec![text("1"), text(value), n.map(str::to_owned)];
+        let update = |old, new| {
+            committed(
+                20,
+                0x400,
+                ModelChange::Update {
+                    relation: items(),
+                    old,
+                    new,
+                },
+            )
+        };
+        let owes = |txn: &CommittedTxn| produces_entry(txn, &definition, &columns, &filter);
+        let insert = |r| {
+            committed(
+                21,
+                0x500,
+                ModelChange::Insert {
+                    relation: items(),
+                    row: r,
+                },
+            )
+        };
+        let delete = |r| {
+            committed(
+                22,
+                0x600,
+                ModelChange::Delete {
+                    relation: items(),
+                    old: r,
+                },
+            )
+        };
+        assert!(owes(&insert(row(Some("6"), "a"))));
+        assert!(!owes(&insert(row(Some("5"), "a"))));
+        assert!(!owes(&insert(row(None, "a"))));
+        assert!(owes(&delete(row(Some("9"), "a"))));
+        assert!(!owes(&delete(row(Some("1"), "a"))));
+        // In → in: only a change of a selected column.
+        assert!(owes(&update(row(Some("6"), "a"), row(Some("7"), "a"))));
+        assert!(!owes(&update(row(Some("6"), "a"), row(Some("6"), "b"))));
+        // In → out (a delete), out → in (an insert), out → out (nothing).
+        assert!(owes(&update(row(Some("6"), "a"), row(Some("2"), "a"))));
+        assert!(owes(&update(row(None, "a"), row(Some("8"), "b"))));
+        assert!(!owes(&update(row(Some("1"), "a"), row(Some("2"), "b"))));
+        // A wider row invalidates the shape even outside its filter.
+        let mut wide = row(Some("1"), "a");
+        wide.push(None);
+        assert!(owes(&insert(wide)));
+    }
+
+    #[test]
+    fn a_where_shape_whose_clause_no_longer_compiles_owes_every_change_of_its_table() {
+        let (columns, schema, definition) = where_fixture();
+        let row = |n: Option<&str>, value: &str| vec![text("1"), text(value), n.map(str::to_owned)];
+        let insert = |r| {
+            committed(
+                21,
+                0x500,
+                ModelChange::Insert {
+                    relation: items(),
+                    row: r,
+                },
+            )
+        };
+        let broken = ShapeDefinition {
+            where_clause: Some("missing = 1".into()),
+            ..definition.clone()
+        };
+        let broken_filter = RowFilter::of(&broken, &schema);
+        assert!(matches!(broken_filter, RowFilter::Broken));
+        assert!(produces_entry(
+            &insert(row(Some("1"), "a")),
+            &broken,
+            &columns,
+            &broken_filter
+        ));
     }
 
     // Found by sim: seeds 0x20, 0x26, 0x52, 0x98, 0xc2
@@ -362,7 +523,12 @@ mod tests {
                 column: ModelColumn::text("extra1"),
             },
         );
-        assert!(!produces_entry(&add, &definition, &columns));
+        assert!(!produces_entry(
+            &add,
+            &definition,
+            &columns,
+            &RowFilter::Every
+        ));
         // The next change is preceded by a `Relation` message with the new column: it owes
         // the shape's invalidation, even when it changes only the column the shape lacks.
         let update = committed(
@@ -374,7 +540,12 @@ mod tests {
                 new: vec![text("1"), text("a"), None, text("x")],
             },
         );
-        assert!(produces_entry(&update, &definition, &columns));
+        assert!(produces_entry(
+            &update,
+            &definition,
+            &columns,
+            &RowFilter::Every
+        ));
         // Without a new column, an update of unselected columns only owes nothing.
         let unselected = committed(
             12,
@@ -385,6 +556,11 @@ mod tests {
                 new: vec![text("1"), text("a"), text("x")],
             },
         );
-        assert!(!produces_entry(&unselected, &definition, &columns));
+        assert!(!produces_entry(
+            &unselected,
+            &definition,
+            &columns,
+            &RowFilter::Every
+        ));
     }
 }

@@ -48,6 +48,10 @@ pub struct ClientConfig {
     pub table: String,
     /// The `columns` parameter (sent quoted, like the official client), or all columns.
     pub columns: Option<Vec<String>>,
+    /// The `where` parameter (sent URL-encoded), or every row.
+    pub where_clause: Option<String>,
+    /// `params[n]` values of the where clause, by `n`.
+    pub params: BTreeMap<u32, String>,
     /// Timeout of live requests; must exceed the server's long-poll timeout.
     pub live_timeout: Duration,
     /// Seeds backoff jitter and cache-busters.
@@ -353,10 +357,22 @@ impl Client {
         }
         params.push(("log", "full".to_owned()));
         params.push(("offset", offset.to_string()));
+        let numbered: Vec<(String, String)> = self
+            .config
+            .params
+            .iter()
+            .map(|(n, v)| (format!("params[{n}]"), v.clone()))
+            .collect();
+        for (k, v) in &numbered {
+            params.push((k.as_str(), v.clone()));
+        }
         params.push(("table", self.config.table.clone()));
+        if let Some(clause) = &self.config.where_clause {
+            params.push(("where", clause.clone()));
+        }
         let query: Vec<String> = params
             .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
             .collect();
         Request {
             url: format!("/v1/shape?{}", query.join("&")),
@@ -986,10 +1002,25 @@ mod tests {
             port: PORT,
             table: "items".to_owned(),
             columns: None,
+            where_clause: None,
+            params: BTreeMap::new(),
             live_timeout: Duration::from_secs(30),
             seed: 7,
             storage: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_where_shape_sends_its_clause_and_params_url_encoded() {
+        let mut config = config(&["s1"]);
+        config.where_clause = Some("n = $1 OR value LIKE 'a%'".into());
+        config.params = BTreeMap::from([(1, "7".to_owned())]);
+        let mut client = Client::new(config, Arc::default());
+        assert_eq!(
+            client.request().url,
+            "/v1/shape?log=full&offset=-1&params%5B1%5D=7&table=items\
+             &where=n%20%3D%20%241%20OR%20value%20LIKE%20%27a%25%27"
+        );
     }
 
     /// Runs the client for `duration` of simulated time and returns its log.

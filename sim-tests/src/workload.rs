@@ -7,12 +7,65 @@ use std::time::Duration;
 
 use ampere_core::shape::RelationName;
 use ampere_io_sim::faults::{FaultProfile, SimRng};
-use ampere_io_sim::pg::{lock, ModelError, SharedPg};
+use ampere_io_sim::pg::{lock, ModelColumn, ModelError, SharedPg};
 
 /// Keys are drawn from `1..=KEY_SPACE`, so updates and deletes often hit existing rows.
 const KEY_SPACE: u64 = 120;
 /// Columns added per table at most (each rotates the table's shapes).
 const MAX_ADDED_COLUMNS: usize = 2;
+/// `pg_type.oid` of `int4`.
+pub const INT4_OID: u32 = 23;
+/// The `int4` column of `items` the where-shapes filter on (values `0..16` or NULL).
+pub const N_COLUMN: &str = "n";
+
+/// The `int4` column `n` (nullable).
+pub fn int4_column(name: &str) -> ModelColumn {
+    ModelColumn {
+        name: name.to_owned(),
+        type_oid: INT4_OID,
+        typname: "int4".to_owned(),
+        not_null: false,
+        pk_index: None,
+    }
+}
+
+/// The where-shapes clients ask for on `items (id int8, value text, note text, n int4)`: the
+/// `where` text and its `params[1..]`. Equality, ranges, boolean combinations, LIKE and
+/// IS NULL, some through parameters.
+pub const WHERE_SHAPES: &[(&str, &[&str])] = &[
+    ("n = 3", &[]),
+    ("n > 5 AND n <= 12", &[]),
+    ("n = 1 OR n IN (4, 7)", &[]),
+    ("NOT (n < 3)", &[]),
+    ("value LIKE 'v1%'", &[]),
+    ("note IS NULL", &[]),
+    ("n IS NOT NULL AND id <= 60", &[]),
+    ("n = $1", &["7"]),
+    ("n >= $1 AND n < $2", &["2", "9"]),
+    ("value LIKE $1 OR n IS NULL", &["%7-1"]),
+];
+
+/// A where-shape drawn from [`WHERE_SHAPES`]: the text and its `params[n]` by `n`.
+pub fn pick_where(rng: &mut SimRng) -> (String, BTreeMap<u32, String>) {
+    let n = WHERE_SHAPES.len() as u64;
+    let (text, params) = WHERE_SHAPES[usize::try_from(rng.below(n)).unwrap_or(0)];
+    let params = (1..)
+        .zip(params.iter())
+        .map(|(i, v)| (i, (*v).to_owned()))
+        .collect();
+    (text.to_owned(), params)
+}
+
+/// A value in `0..16`, or NULL one time in eight, derived from the workload's counter.
+fn small_int(counter: u64, column: usize) -> Option<String> {
+    let mut z = counter
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(column as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z & 7 != 0).then(|| ((z >> 8) & 15).to_string())
+}
 
 /// An open transaction and when it commits.
 #[derive(Debug)]
@@ -209,8 +262,20 @@ impl Workload {
     ) -> Vec<Option<String>> {
         self.counter += 1;
         let columns = model.table(table).map_or(2, |t| t.columns.len());
+        let int_column = |c: usize| {
+            model
+                .table(table)
+                .and_then(|t| t.columns.get(c))
+                .is_some_and(|col| col.type_oid == INT4_OID)
+        };
         let mut row = vec![Some(id.to_string())];
         for c in 1..columns {
+            if int_column(c) {
+                // Drawn from the counter, not the RNG, so the workload's choices stay those
+                // of a table without it; updates move rows across every where-shape's filter.
+                row.push(small_int(self.counter, c));
+                continue;
+            }
             // Some NULLs, some quoting-sensitive text; every value unique.
             let value = match self.rng.below(8) {
                 0 => None,
@@ -220,5 +285,45 @@ impl Workload {
             row.push(value);
         }
         row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ampere_core::where_clause::WhereClause;
+    use ampere_io_sim::pg::TableDef;
+
+    use super::*;
+
+    #[test]
+    fn every_where_shape_compiles_against_items() {
+        let mut def = TableDef::with_text_columns(
+            RelationName {
+                schema: "public".into(),
+                table: "items".into(),
+            },
+            16_384,
+            &["value", "note"],
+        );
+        def.columns.push(int4_column(N_COLUMN));
+        let schema = def.schema();
+        for (text, params) in WHERE_SHAPES {
+            let params = (1..)
+                .zip(params.iter())
+                .map(|(i, v)| (i, (*v).to_owned()))
+                .collect();
+            let canonical =
+                WhereClause::canonicalize(text, &params).unwrap_or_else(|e| panic!("{text}: {e}"));
+            WhereClause::compile(text, &params, &schema).unwrap_or_else(|e| panic!("{text}: {e}"));
+            WhereClause::from_canonical(&canonical, &schema)
+                .unwrap_or_else(|e| panic!("{canonical}: {e}"));
+        }
+    }
+
+    #[test]
+    fn small_ints_cover_the_range_and_null() {
+        let values: std::collections::BTreeSet<_> = (0..2000).map(|c| small_int(c, 3)).collect();
+        assert!(values.contains(&None));
+        assert_eq!(values.len(), 17);
     }
 }

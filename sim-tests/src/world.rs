@@ -6,12 +6,13 @@
 //! and one last write per table; before a deadline exactly one instance must be active, the
 //! slot confirmed at the WAL's end and every client converged on the oracle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ampere_core::shape::RelationName;
+use ampere_core::where_clause::{Params, WhereClause};
 use ampere_io_sim::faults::{FaultProfile, SimRng, StorageLayout};
 use ampere_io_sim::pg::{self, lock, PgModel, PgModelConfig, PgSettings, SharedPg, TableDef};
 use ampere_io_sim::storage::SimDisk;
@@ -20,7 +21,7 @@ use ampere_server::api::Health;
 use crate::checks::{self, Histories, Ledger, SharedLedger};
 use crate::client::{self, ClientConfig, ClientEvent, ClientLog};
 use crate::host::{AmpereHost, Registries, HTTP_PORT, PUBLICATION, SLOT};
-use crate::workload::{Workload, WorkloadStats};
+use crate::workload::{self, Workload, WorkloadStats};
 
 /// Simulated time per step.
 const TICK: Duration = Duration::from_millis(5);
@@ -56,6 +57,10 @@ pub struct Report {
     pub refetches: u64,
     /// Up-to-date states compared with the oracle.
     pub oracle_comparisons: u64,
+    /// Where-shapes (handles) the where-clients were served.
+    pub where_shapes: u64,
+    /// Up-to-date states of where-shapes compared with the oracle.
+    pub where_comparisons: u64,
     /// Simulated time at convergence.
     pub converged_at: Duration,
     /// Digest of every observation, for the determinism self-test.
@@ -83,6 +88,10 @@ struct Client {
     name: String,
     table: RelationName,
     columns: Option<Vec<String>>,
+    /// The where clause, compiled by the oracle from the client's own text and params.
+    filter: Option<WhereClause>,
+    /// Handles of this client's where-shape served so far.
+    where_handles: BTreeSet<String>,
     log: Arc<Mutex<ClientLog>>,
     seen: usize,
     /// Handle → the server that first served it (separate storage: moving means 409).
@@ -112,12 +121,17 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         .build();
 
     let tables = vec![relation("items"), relation("others")];
+    let mut items = TableDef::with_text_columns(tables[0].clone(), 16_384, &["value", "note"]);
+    items
+        .columns
+        .push(workload::int4_column(workload::N_COLUMN));
+    let items_schema = items.schema();
     let model = PgModel::shared(PgModelConfig {
         system_id: 7_000_000_000_000_000_000 + (seed % 1_000_000),
         timeline: 1,
         first_xid: profile.first_xid,
         tables: vec![
-            TableDef::with_text_columns(tables[0].clone(), 16_384, &["value", "note"]),
+            items,
             TableDef::with_text_columns(tables[1].clone(), 16_390, &["value"]),
         ],
     });
@@ -160,16 +174,33 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
     }
     let servers: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let mut clients = Vec::new();
-    let client_specs = [
-        ("client-1", &tables[0], None),
+    // Where-shapes on `items`, drawn from an RNG of their own so the rest of the run draws
+    // what it drew before they existed.
+    let mut where_rng = SimRng::new(seed ^ 0x5748_4552_4553_4850);
+    let (where_columns_4, where_4) = where_spec(&mut where_rng);
+    let mut client_specs = vec![
+        ("client-1", &tables[0], None, None),
         (
             "client-2",
             &tables[0],
             Some(vec!["id".to_string(), "value".to_string()]),
+            None,
         ),
-        ("client-3", &tables[1], None),
+        ("client-3", &tables[1], None, None),
+        ("client-4", &tables[0], where_columns_4, where_4),
     ];
-    for (i, (name, table, columns)) in client_specs.into_iter().enumerate() {
+    // A second where-shape on half the seeds (each client adds to the run's cost).
+    if where_rng.chance(0.5) {
+        let (where_columns_5, where_5) = where_spec(&mut where_rng);
+        client_specs.push(("client-5", &tables[0], where_columns_5, where_5));
+    }
+    for (i, (name, table, columns, where_clause)) in client_specs.into_iter().enumerate() {
+        let (where_text, params) = where_clause.unzip();
+        let params: Params = params.unwrap_or_default();
+        let filter = where_text.as_ref().map(|text| {
+            WhereClause::compile(text, &params, &items_schema)
+                .unwrap_or_else(|e| panic!("where-shape {text:?} does not compile: {e}"))
+        });
         let log = Arc::new(Mutex::new(ClientLog::default()));
         // Each client starts on a different server.
         let mut order = servers.clone();
@@ -180,6 +211,8 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
             port: HTTP_PORT,
             table: table.table.clone(),
             columns: columns.clone(),
+            where_clause: where_text,
+            params,
             live_timeout: Duration::from_secs(30),
             seed: rng.next_u64(),
             storage: hosts.iter().map(|h| (h.name.clone(), h.disk_id)).collect(),
@@ -193,6 +226,8 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
             name: name.into(),
             table: table.clone(),
             columns,
+            filter,
+            where_handles: BTreeSet::new(),
             log,
             seen: 0,
             handle_server: BTreeMap::new(),
@@ -216,6 +251,7 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         restored_below_pid,
         refetches: 0,
         comparisons: 0,
+        where_comparisons: 0,
         deposed_since: BTreeMap::new(),
         wall_offset,
         stale_copy: None,
@@ -283,10 +319,31 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         workload: workload.stats,
         refetches: world.refetches,
         oracle_comparisons: world.comparisons,
+        where_shapes: world
+            .clients
+            .iter()
+            .map(|c| c.where_handles.len() as u64)
+            .sum(),
+        where_comparisons: world.where_comparisons,
         converged_at,
         trace: ledger.trace,
         failures: ledger.failures.clone(),
     }
+}
+
+/// A where-shape client's `columns` and where clause (text, params).
+type WhereSpec = (Option<Vec<String>>, Option<(String, Params)>);
+
+/// A where-shape on `items`: a clause from [`workload::WHERE_SHAPES`] and all columns, or a
+/// subset with or without the filtered column.
+fn where_spec(rng: &mut SimRng) -> WhereSpec {
+    let (text, params) = workload::pick_where(rng);
+    let columns = match rng.below(3) {
+        0 => None,
+        1 => Some(vec!["id".to_string(), workload::N_COLUMN.to_string()]),
+        _ => Some(vec!["id".to_string(), "value".to_string()]),
+    };
+    (columns, Some((text, params)))
 }
 
 fn relation(table: &str) -> RelationName {
@@ -386,6 +443,7 @@ struct World {
     restored_below_pid: Arc<AtomicI32>,
     refetches: u64,
     comparisons: u64,
+    where_comparisons: u64,
     /// Host → since when it reports active without holding the lock.
     deposed_since: BTreeMap<String, Duration>,
     wall_offset: Arc<AtomicI64>,
@@ -592,7 +650,7 @@ impl World {
     /// Which shapes' metadata rows record a complete snapshot, on every disk (once per disk,
     /// however many hosts share it).
     fn note_recorded_snapshots(&mut self) {
-        let mut disks = std::collections::BTreeSet::new();
+        let mut disks = BTreeSet::new();
         for host in self.hosts.iter().filter(|h| disks.insert(h.disk_id)) {
             for row in host.disk.durable_metadata().0 {
                 *self
@@ -712,8 +770,17 @@ impl World {
         let Some(history) = self.histories.table(&client.table) else {
             return;
         };
-        let expected = history.rows_at(&snapshot, offset, client.columns.as_deref());
+        let expected = history.rows_where(
+            &snapshot,
+            offset,
+            client.columns.as_deref(),
+            client.filter.as_ref(),
+        );
         self.comparisons += 1;
+        if client.filter.is_some() {
+            client.where_handles.insert(handle.to_owned());
+            self.where_comparisons += 1;
+        }
         self.ledger
             .lock()
             .expect("ledger")
@@ -802,17 +869,25 @@ impl World {
             let Some(history) = self.histories.table(&client.table) else {
                 continue;
             };
-            let last = history.last_commit();
-            let current = history.rows_at(
+            let last = history.last_commit_for(client.columns.as_deref(), client.filter.as_ref());
+            let current = history.rows_where(
                 snapshot,
                 ampere_core::offset::LogOffset::change(ampere_core::lsn::Lsn(u64::MAX), 0),
                 client.columns.as_deref(),
+                client.filter.as_ref(),
             );
             let reached = match offset {
                 ampere_core::offset::LogOffset::At { tx, .. } if *tx > 0 => {
                     last.is_none_or(|l| l.0 <= *tx)
                 }
-                _ => history.rows_at(snapshot, *offset, client.columns.as_deref()) == current,
+                _ => {
+                    history.rows_where(
+                        snapshot,
+                        *offset,
+                        client.columns.as_deref(),
+                        client.filter.as_ref(),
+                    ) == current
+                }
             };
             if !reached || *rows != current {
                 return format!(

@@ -80,6 +80,7 @@ fn summary(reports: &[Report], wall: std::time::Duration) -> String {
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
     let mut checks: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut commits, mut refetches, mut comparisons) = (0, 0, 0);
+    let (mut where_shapes, mut where_comparisons) = (0, 0);
     for r in reports {
         for (k, v) in &r.faults {
             *faults.entry(k).or_insert(0) += v;
@@ -90,11 +91,13 @@ fn summary(reports: &[Report], wall: std::time::Duration) -> String {
         commits += r.workload.committed;
         refetches += r.refetches;
         comparisons += r.oracle_comparisons;
+        where_shapes += r.where_shapes;
+        where_comparisons += r.where_comparisons;
     }
     format!(
         "{} seeds passed in {wall:.1?}\n  faults injected: {faults:#?}\n  checks: {checks:#?}\n  \
          transactions committed: {commits}, client 409s: {refetches}, oracle comparisons: \
-         {comparisons}",
+         {comparisons} (where-shapes served: {where_shapes}, compared: {where_comparisons})",
         reports.len()
     )
 }
