@@ -303,7 +303,8 @@ fn key(value: &Value<'_>) -> Option<IndexKey> {
         Value::Time(t) => IndexKey::Time(t.0),
         Value::Timestamp(t) => IndexKey::Timestamp(t.0),
         Value::Timestamptz(t) => IndexKey::Timestamp(t.0),
-        Value::Null | Value::Float(_) | Value::Array(_) => return None,
+        // Intervals equal across representations (`1 mon` = `30 days`): not indexed.
+        Value::Null | Value::Float(_) | Value::Interval(_) | Value::Array(_) => return None,
     })
 }
 

@@ -91,9 +91,10 @@ enum Ty {
     Tz,
     IntArr,
     TextArr,
+    Iv,
 }
 
-const ALL_TYS: [Ty; 15] = [
+const ALL_TYS: [Ty; 16] = [
     Ty::Bool,
     Ty::I2,
     Ty::I4,
@@ -109,6 +110,7 @@ const ALL_TYS: [Ty; 15] = [
     Ty::Tz,
     Ty::IntArr,
     Ty::TextArr,
+    Ty::Iv,
 ];
 const NUMBERS: [Ty; 6] = [Ty::I2, Ty::I4, Ty::I8, Ty::F4, Ty::F8, Ty::Num];
 const INTS: [Ty; 3] = [Ty::I2, Ty::I4, Ty::I8];
@@ -118,7 +120,7 @@ const DDL: &str = "
 CREATE TABLE t (
     id int8 PRIMARY KEY, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, num numeric,
     txt text, vc varchar(20), bp char(5), b bool, u uuid, d date, tm time, ts timestamp,
-    tz timestamptz, ia int4[], ta text[]
+    tz timestamptz, ia int4[], ta text[], iv interval
 );
 CREATE FUNCTION eval_rows(cond text) RETURNS TABLE(rid int8, val text, err text)
 LANGUAGE plpgsql AS $$
@@ -142,7 +144,7 @@ END $$;
 ";
 
 /// Table columns after `id`, with their generator type.
-const COLUMNS: [(&str, Ty); 17] = [
+const COLUMNS: [(&str, Ty); 18] = [
     ("i2", Ty::I2),
     ("i4", Ty::I4),
     ("i8", Ty::I8),
@@ -160,6 +162,7 @@ const COLUMNS: [(&str, Ty); 17] = [
     ("tz", Ty::Tz),
     ("ia", Ty::IntArr),
     ("ta", Ty::TextArr),
+    ("iv", Ty::Iv),
 ];
 
 const SETTINGS: &str = "SET DateStyle = 'ISO, DMY'; SET TimeZone = 'UTC'; \
@@ -279,6 +282,28 @@ const DATE_INPUTS: &[&str] = &[
     "January 8, 1999",
     "20000101",
 ];
+const IVS: &[&str] = &[
+    "0",
+    "1 day",
+    "-1 day",
+    "1 mon",
+    "30 days",
+    "1 mon -30 days",
+    "-1 day +02:03:04.5",
+    "P1Y2M3DT4H5M6.5S",
+    "1.5 days",
+    "00:00:01",
+    "24:00:00",
+    "-00:00:00.000001",
+    "178000000 years",
+    "-178000000 years",
+    "2147483647 days",
+    "-2147483648 days",
+    "2562047788:00:54.775807",
+    "1 mon 1 day 1 hour",
+    "3 years 25 days 47:59:59",
+    "@ 2 hours ago",
+];
 const TIMES: &[&str] = &[
     "00:00:00",
     "23:59:59.999999",
@@ -358,6 +383,7 @@ fn pool(ty: Ty) -> &'static [&'static str] {
         Ty::Tz => TZS,
         Ty::IntArr => INT_ARRS,
         Ty::TextArr => TEXT_ARRS,
+        Ty::Iv => IVS,
     }
 }
 
@@ -431,6 +457,12 @@ fn random_value(rng: &mut Rng, column: &str, ty: Ty) -> Option<String> {
             rng.next() & 0xFFFF_FFFF_FFFF
         ),
         Ty::Date => random_date(rng),
+        Ty::Iv => format!(
+            "{} mons {} days {} seconds",
+            rng.range(-30, 30),
+            rng.range(-100, 100),
+            rng.range(-200_000, 200_000) as f64 / 7.0
+        ),
         Ty::Time => random_time(rng),
         Ty::Ts => format!("{} {}", random_date(rng), random_time(rng)),
         Ty::Tz => format!(
@@ -566,6 +598,7 @@ fn cast_name(rng: &mut Rng, ty: Ty) -> &'static str {
         Ty::Tz => &["timestamptz", "timestamp with time zone"],
         Ty::IntArr => &["int4[]", "int8[]"],
         Ty::TextArr => &["text[]"],
+        Ty::Iv => &["interval"],
     };
     rng.pick::<&str>(names)
 }
@@ -591,6 +624,7 @@ fn partners(ty: Ty) -> &'static [Ty] {
         Ty::Text => &[Ty::Text],
         Ty::Uuid => &[Ty::Uuid],
         Ty::Time => &[Ty::Time],
+        Ty::Iv => &[Ty::Iv, Ty::Iv, Ty::Time],
         Ty::IntArr => &[Ty::IntArr],
         Ty::TextArr => &[Ty::TextArr],
     }
@@ -735,7 +769,8 @@ impl Gen {
             12..=15 => *self.rng.pick(&DATETIMES),
             16 => Ty::Uuid,
             17 => Ty::Bool,
-            18 => Ty::Time,
+            18 if self.rng.chance(50) => Ty::Time,
+            18 => Ty::Iv,
             _ => *self.rng.pick(&[Ty::IntArr, Ty::TextArr]),
         }
     }
@@ -912,6 +947,10 @@ impl Gen {
     }
 
     fn number(&mut self, ty: Ty, d: usize) -> Node {
+        if ty == Ty::I4 && self.rng.chance(10) {
+            let (l, r) = (self.expr(Ty::Date, d), self.expr(Ty::Date, d));
+            return Node::op(ty, &["(", " - ", ")"], vec![l, r]);
+        }
         match self.rng.below(12) {
             0..=4 => {
                 let other = self.lower_partner(ty);
@@ -1013,7 +1052,76 @@ impl Gen {
     }
 
     /// Dates, times, timestamps and uuids: casts between them and `COALESCE`/`GREATEST`/`LEAST`.
+    /// Date/time arithmetic of result type `ty` (Postgres's operators and the `justify_*`
+    /// functions).
+    fn datetime_arith(&mut self, ty: Ty, d: usize) -> Node {
+        let int = *self.rng.pick(&[Ty::I2, Ty::I4, Ty::I4, Ty::I8]);
+        let number = *self.rng.pick(&NUMBERS);
+        let (l, op, r) = match ty {
+            Ty::Date => *self.rng.pick(&[
+                (Ty::Date, "+", int),
+                (int, "+", Ty::Date),
+                (Ty::Date, "-", int),
+            ]),
+            Ty::Ts => *self.rng.pick(&[
+                (Ty::Date, "+", Ty::Iv),
+                (Ty::Iv, "+", Ty::Date),
+                (Ty::Date, "-", Ty::Iv),
+                (Ty::Date, "+", Ty::Time),
+                (Ty::Time, "+", Ty::Date),
+                (Ty::Ts, "+", Ty::Iv),
+                (Ty::Iv, "+", Ty::Ts),
+                (Ty::Ts, "-", Ty::Iv),
+                (Ty::Ts, "+", Ty::Time),
+            ]),
+            Ty::Tz => *self.rng.pick(&[
+                (Ty::Tz, "+", Ty::Iv),
+                (Ty::Iv, "+", Ty::Tz),
+                (Ty::Tz, "-", Ty::Iv),
+            ]),
+            Ty::Time => *self.rng.pick(&[
+                (Ty::Time, "+", Ty::Iv),
+                (Ty::Iv, "+", Ty::Time),
+                (Ty::Time, "-", Ty::Iv),
+            ]),
+            _ => {
+                if self.rng.chance(15) {
+                    let name =
+                        *self
+                            .rng
+                            .pick(&["justify_days", "justify_hours", "justify_interval"]);
+                    let arg = self.expr(Ty::Iv, d);
+                    return Node::call(Ty::Iv, name, vec![arg]);
+                }
+                if self.rng.chance(10) {
+                    let arg = self.expr(Ty::Iv, d);
+                    return Node::op(Ty::Iv, &["(- ", ")"], vec![arg]);
+                }
+                *self.rng.pick(&[
+                    (Ty::Time, "-", Ty::Time),
+                    (Ty::Ts, "-", Ty::Ts),
+                    (Ty::Tz, "-", Ty::Tz),
+                    (Ty::Date, "-", Ty::Ts),
+                    (Ty::Iv, "+", Ty::Iv),
+                    (Ty::Iv, "-", Ty::Iv),
+                    (Ty::Iv, "-", Ty::Time),
+                    (Ty::Iv, "*", number),
+                    (number, "*", Ty::Iv),
+                    (Ty::Iv, "/", number),
+                ])
+            }
+        };
+        let (l, r) = (self.expr(l, d), self.expr(r, d));
+        Node::op(ty, &["(", &format!(" {op} "), ")"], vec![l, r])
+    }
+
     fn other(&mut self, ty: Ty, d: usize) -> Node {
+        if matches!(ty, Ty::Iv) || (self.rng.chance(35) && DATETIMES.contains(&ty)) {
+            return self.datetime_arith(ty, d);
+        }
+        if matches!(ty, Ty::Time) && self.rng.chance(35) {
+            return self.datetime_arith(ty, d);
+        }
         if self.rng.chance(50) {
             return self.variadic(ty, d);
         }

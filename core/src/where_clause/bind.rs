@@ -10,7 +10,8 @@ use ampere_pg_parse::protobuf::{MinMaxOp, NullTestType};
 use ampere_pg_parse::NodeEnum;
 
 use super::eval;
-use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, Expr, MinMax, TextFunc};
+use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc};
+use super::expr::{MinMax, TextFunc};
 use super::like::{LikeCase, LikeEscape, LikePattern};
 use super::numeric::Numeric;
 use super::types::{Scalar, Type};
@@ -253,6 +254,17 @@ impl<'a> Binder<'a> {
     fn unary(&mut self, e: &protobuf::AExpr, name: &str) -> Result<Bound> {
         let arg = self.bind(required(e.rexpr.as_deref(), e.location)?)?;
         let ty = arg.expr.ty();
+        if name == "-" && matches!(ty.scalar(), Some(Scalar::Interval | Scalar::Time)) {
+            // `interval_um`; a time is negated as its implicit cast to interval.
+            let arg = self.coerce(arg, &Type::Scalar(Scalar::Interval))?;
+            return fold(
+                Expr::IntervalFunc {
+                    func: IntervalFunc::Negate,
+                    arg: Box::new(arg),
+                },
+                e.location,
+            );
+        }
         let number = match ty.scalar() {
             Some(s) if s.is_number() => s,
             _ => {
@@ -343,6 +355,10 @@ impl<'a> Binder<'a> {
         let left = self.bind(lexpr)?;
         let right = self.bind(rexpr)?;
         let (lt, rt) = (left.expr.ty(), right.expr.ty());
+        let datetime = |t: &Type| t.scalar().is_some_and(Scalar::is_datetime);
+        if datetime(&lt) || datetime(&rt) {
+            return self.datetime_arith(name, left, right, location);
+        }
         let number = |t: &Type| t.scalar().is_some_and(Scalar::is_number);
         if !(number(&lt) || number(&rt))
             || !(number(&lt) || lt == Type::Unknown)
@@ -374,6 +390,38 @@ impl<'a> Binder<'a> {
                 left: Box::new(left),
                 right: Box::new(right),
                 ty,
+            },
+            location,
+        )
+    }
+
+    /// Date/time arithmetic, resolved as Postgres resolves it (see [`datetime_op`]); refused
+    /// where Postgres finds no operator or no unique one.
+    fn datetime_arith(
+        &mut self,
+        name: &str,
+        left: Bound,
+        right: Bound,
+        location: i32,
+    ) -> Result<Bound> {
+        let Some(op) = datetime_op(name, &left.expr.ty(), &right.expr.ty()) else {
+            return fail(
+                location,
+                format!(
+                    "Could not select an operator overload: {} {name} {}",
+                    left.expr.ty(),
+                    right.expr.ty()
+                ),
+            );
+        };
+        let (lt, rt, _) = op.signature();
+        let left = self.coerce(left, &Type::Scalar(lt))?;
+        let right = self.coerce(right, &Type::Scalar(rt))?;
+        fold(
+            Expr::DateTimeArith {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
             },
             location,
         )
@@ -629,6 +677,15 @@ impl<'a> Binder<'a> {
             ["pg_catalog", name] | [name] => *name,
             _ => "",
         };
+        let justify = match (name, f.args.len()) {
+            ("justify_days", 1) => Some(IntervalFunc::JustifyDays),
+            ("justify_hours", 1) => Some(IntervalFunc::JustifyHours),
+            ("justify_interval", 1) => Some(IntervalFunc::JustifyInterval),
+            _ => None,
+        };
+        if let Some(func) = justify {
+            return self.interval_func(func, name, &f.args[0], f.location);
+        }
         let func = match (name, f.args.len()) {
             ("lower", 1) => TextFunc::Lower,
             ("upper", 1) => TextFunc::Upper,
@@ -660,6 +717,36 @@ impl<'a> Binder<'a> {
                 arg: Box::new(arg),
             },
             f.location,
+        )
+    }
+
+    /// `justify_days|hours|interval(interval)`: an unknown is read as an interval, a time cast
+    /// to one (its implicit cast).
+    fn interval_func(
+        &mut self,
+        func: IntervalFunc,
+        name: &str,
+        node: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let arg = self.bind(node)?;
+        let ty = arg.expr.ty();
+        if !matches!(
+            ty,
+            Type::Unknown | Type::Scalar(Scalar::Interval | Scalar::Time)
+        ) {
+            return fail(
+                location,
+                format!("Could not select a function overload for {name}({ty})"),
+            );
+        }
+        let arg = self.coerce(arg, &Type::Scalar(Scalar::Interval))?;
+        fold(
+            Expr::IntervalFunc {
+                func,
+                arg: Box::new(arg),
+            },
+            location,
         )
     }
 
@@ -776,7 +863,7 @@ impl<'a> Binder<'a> {
             }
             return typed_literal(bound.expr, target, bound.location);
         }
-        if implicit_cast(&ty, target) {
+        if implicit_cast(&ty, target) || is_time_to_interval(&ty, target) {
             return Ok(fold(
                 Expr::Cast {
                     arg: Box::new(bound.expr),
@@ -956,6 +1043,8 @@ fn simplify(expr: Expr) -> Expr {
         | Expr::Compare { .. }
         | Expr::Arith { .. }
         | Expr::Negate { .. }
+        | Expr::DateTimeArith { .. }
+        | Expr::IntervalFunc { .. }
         | Expr::Concat { .. }
         | Expr::Like { .. }
         | Expr::Cast { .. }
@@ -1008,6 +1097,11 @@ fn junction(args: Vec<Expr>, is_or: bool) -> Expr {
 pub(crate) fn common_type(a: &Type, b: &Type) -> Option<Type> {
     if a == b {
         return Some(a.clone());
+    }
+    if is_time_to_interval(a, b) || is_time_to_interval(b, a) {
+        // Operator resolution casts a time to interval (`iv = t` compares intervals); the
+        // UNION rules (`COALESCE`) do not, the two being of different categories.
+        return Some(Type::Scalar(Scalar::Interval));
     }
     match (a, b) {
         (Type::Scalar(x), Type::Scalar(y)) => common_scalar(*x, *y).map(Type::Scalar),
@@ -1093,6 +1187,92 @@ fn implicit_scalar(from: Scalar, to: Scalar) -> bool {
         (Scalar::Date, Scalar::Timestamp | Scalar::Timestamptz)
             | (Scalar::Timestamp, Scalar::Timestamptz)
     )
+}
+
+/// Postgres's implicit cast from `time` to `interval`, which operator and function
+/// resolution use (`ts + t`, `iv < t`) but `COALESCE`/`GREATEST` typing does not.
+fn is_time_to_interval(from: &Type, to: &Type) -> bool {
+    *from == Type::Scalar(Scalar::Time) && *to == Type::Scalar(Scalar::Interval)
+}
+
+/// The date/time operator Postgres 15 resolves `left name right` to, from its operator
+/// catalog and resolution rules (checked against Postgres): `None` where it finds none or
+/// says "operator is not unique" (`date + unknown`). An unknown operand of `-` whose other
+/// operand is a date, time or timestamp is read as that type (`ts - '1 day'` fails).
+fn datetime_op(name: &str, left: &Type, right: &Type) -> Option<DateTimeOp> {
+    use DateTimeOp as O;
+    use Operand::{Int, Iv, Number, Ts, Tz, D, T, U};
+    let (l, r) = (Operand::of(left)?, Operand::of(right)?);
+    let number = |k: Operand| matches!(k, Int | Number | U);
+    Some(match (name, l, r) {
+        ("+", D, Int) => O::DatePlInt,
+        ("+", Int, D) => O::IntPlDate,
+        ("+", D, T) => O::DatePlTime,
+        ("+", T, D) => O::TimePlDate,
+        ("+", D, Iv) => O::DatePlInterval,
+        ("+", Iv, D) => O::IntervalPlDate,
+        ("+", T, Iv | U) => O::TimePlInterval,
+        ("+", Iv | U, T) => O::IntervalPlTime,
+        ("+", Ts, T | Iv | U) => O::TimestampPlInterval,
+        ("+", T | Iv | U, Ts) => O::IntervalPlTimestamp,
+        ("+", Tz, T | Iv | U) => O::TimestamptzPlInterval,
+        ("+", T | Iv | U, Tz) => O::IntervalPlTimestamptz,
+        ("+", Iv, Iv | U) | ("+", U, Iv) => O::IntervalPl,
+        ("-", D, D | U) | ("-", U, D) => O::DateMi,
+        ("-", D, Int) => O::DateMiInt,
+        ("-", D, T | Iv) => O::DateMiInterval,
+        ("-", D | Ts, Ts) | ("-", Ts, D | U) | ("-", U, Ts) => O::TimestampMi,
+        ("-", D | Ts | Tz, Tz) | ("-", Tz, D | Ts | U) | ("-", U, Tz) => O::TimestamptzMi,
+        ("-", T, T | U) | ("-", U, T) => O::TimeMiTime,
+        ("-", T, Iv) => O::TimeMiInterval,
+        ("-", Ts, T | Iv) => O::TimestampMiInterval,
+        ("-", Tz, T | Iv) => O::TimestamptzMiInterval,
+        ("-", Iv, T | Iv | U) | ("-", U, Iv) => O::IntervalMi,
+        ("*", T | Iv, r) if number(r) => O::IntervalMul,
+        ("*", l, T | Iv) if number(l) => O::Float8MulInterval,
+        ("/", T | Iv, r) if number(r) => O::IntervalDiv,
+        _ => return None,
+    })
+}
+
+/// How an operand takes part in date/time operator resolution.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operand {
+    /// `date`.
+    D,
+    /// `time`.
+    T,
+    /// `timestamp`.
+    Ts,
+    /// `timestamptz`.
+    Tz,
+    /// `interval`.
+    Iv,
+    /// `int2`/`int4` (cast implicitly to int4).
+    Int,
+    /// Another number (cast implicitly to float8, never to int4).
+    Number,
+    /// An unknown literal.
+    U,
+}
+
+impl Operand {
+    fn of(ty: &Type) -> Option<Self> {
+        Some(match ty {
+            Type::Unknown => Self::U,
+            Type::Scalar(s) => match s {
+                Scalar::Date => Self::D,
+                Scalar::Time => Self::T,
+                Scalar::Timestamp => Self::Ts,
+                Scalar::Timestamptz => Self::Tz,
+                Scalar::Interval => Self::Iv,
+                Scalar::Int2 | Scalar::Int4 => Self::Int,
+                s if s.is_number() => Self::Number,
+                _ => return None,
+            },
+            _ => None?,
+        })
+    }
 }
 
 fn is_texty(ty: &Type) -> bool {

@@ -11,7 +11,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::array_text::{ArrayDim, PgArray};
-use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, Expr, MinMax, TextFunc};
+use super::expr::{
+    ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc, MinMax, TextFunc,
+};
+use super::interval::{self as iv, Interval, IntervalError};
 use super::like::match_text;
 use super::numeric::{IntType, Numeric};
 use super::types::{Scalar, Type};
@@ -117,6 +120,25 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
         Expr::Negate { arg, ty } => {
             let (arg, ty) = (compile(arg), *ty);
             Box::new(move |row| negate(arg(row)?, ty))
+        }
+        Expr::DateTimeArith { op, left, right } => {
+            let (left, right, op) = (compile(left), compile(right), *op);
+            Box::new(move |row| {
+                let (l, r) = (left(row)?, right(row)?);
+                if l.is_null() || r.is_null() {
+                    return Ok(Value::Null);
+                }
+                datetime_arith(op, &l, &r).map_err(|e| EvalError(e.to_string()))
+            })
+        }
+        Expr::IntervalFunc { func, arg } => {
+            let (arg, func) = (compile(arg), *func);
+            Box::new(move |row| match arg(row)? {
+                Value::Interval(i) => interval_func(func, i)
+                    .map(Value::Interval)
+                    .map_err(|e| EvalError(e.to_string())),
+                _ => Ok(Value::Null),
+            })
         }
         Expr::Concat { left, right } => {
             let (left, right) = (compile(left), compile(right));
@@ -468,6 +490,75 @@ fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
     Ok(Value::Float(result))
 }
 
+/// Postgres's date/time operator functions (interval.rs) on two non-NULL operands of the
+/// operator's types.
+fn datetime_arith(
+    op: DateTimeOp,
+    l: &Value<'_>,
+    r: &Value<'_>,
+) -> Result<Value<'static>, IntervalError> {
+    use DateTimeOp as O;
+    use Value as V;
+    let days = |i: i64| i32::try_from(i).unwrap_or(0);
+    Ok(match (op, l, r) {
+        (O::DatePlInt, V::Date(d), V::Int(i)) | (O::IntPlDate, V::Int(i), V::Date(d)) => {
+            V::Date(iv::date_pli(*d, days(*i))?)
+        }
+        (O::DateMiInt, V::Date(d), V::Int(i)) => V::Date(iv::date_mii(*d, days(*i))?),
+        (O::DateMi, V::Date(a), V::Date(b)) => V::Int(i64::from(iv::date_mi(*a, *b)?)),
+        (O::DatePlInterval, V::Date(d), V::Interval(s))
+        | (O::IntervalPlDate, V::Interval(s), V::Date(d)) => {
+            V::Timestamp(iv::date_pl_interval(*d, *s)?)
+        }
+        (O::DateMiInterval, V::Date(d), V::Interval(s)) => {
+            V::Timestamp(iv::date_mi_interval(*d, *s)?)
+        }
+        (O::DatePlTime, V::Date(d), V::Time(t)) | (O::TimePlDate, V::Time(t), V::Date(d)) => {
+            V::Timestamp(iv::datetime_pl(*d, *t)?)
+        }
+        (O::TimestampPlInterval, V::Timestamp(t), V::Interval(s))
+        | (O::IntervalPlTimestamp, V::Interval(s), V::Timestamp(t)) => {
+            V::Timestamp(iv::timestamp_pl_interval(*t, *s)?)
+        }
+        (O::TimestampMiInterval, V::Timestamp(t), V::Interval(s)) => {
+            V::Timestamp(iv::timestamp_mi_interval(*t, *s)?)
+        }
+        (O::TimestamptzPlInterval, V::Timestamptz(t), V::Interval(s))
+        | (O::IntervalPlTimestamptz, V::Interval(s), V::Timestamptz(t)) => {
+            V::Timestamptz(iv::timestamptz_pl_interval(*t, *s)?)
+        }
+        (O::TimestamptzMiInterval, V::Timestamptz(t), V::Interval(s)) => {
+            V::Timestamptz(iv::timestamptz_mi_interval(*t, *s)?)
+        }
+        (O::TimePlInterval, V::Time(t), V::Interval(s))
+        | (O::IntervalPlTime, V::Interval(s), V::Time(t)) => V::Time(iv::time_pl_interval(*t, *s)),
+        (O::TimeMiInterval, V::Time(t), V::Interval(s)) => V::Time(iv::time_mi_interval(*t, *s)),
+        (O::TimeMiTime, V::Time(a), V::Time(b)) => V::Interval(iv::time_mi_time(*a, *b)),
+        (O::TimestampMi, V::Timestamp(a), V::Timestamp(b)) => {
+            V::Interval(iv::timestamp_mi(*a, *b)?)
+        }
+        (O::TimestamptzMi, V::Timestamptz(a), V::Timestamptz(b)) => {
+            V::Interval(iv::timestamptz_mi(*a, *b)?)
+        }
+        (O::IntervalPl, V::Interval(a), V::Interval(b)) => V::Interval(a.checked_add(*b)?),
+        (O::IntervalMi, V::Interval(a), V::Interval(b)) => V::Interval(a.checked_sub(*b)?),
+        (O::IntervalMul, V::Interval(s), V::Float(f))
+        | (O::Float8MulInterval, V::Float(f), V::Interval(s)) => V::Interval(s.checked_mul(*f)?),
+        (O::IntervalDiv, V::Interval(s), V::Float(f)) => V::Interval(s.checked_div(*f)?),
+        _ => V::Null,
+    })
+}
+
+/// Unary minus and the `justify_*` functions.
+fn interval_func(func: IntervalFunc, i: Interval) -> Result<Interval, IntervalError> {
+    match func {
+        IntervalFunc::Negate => i.checked_neg(),
+        IntervalFunc::JustifyDays => i.justify_days(),
+        IntervalFunc::JustifyHours => i.justify_hours(),
+        IntervalFunc::JustifyInterval => i.justify_interval(),
+    }
+}
+
 fn negate(value: Value<'_>, ty: Scalar) -> Outcome<'static> {
     match value {
         Value::Int(i) => int_in_range(i.checked_neg(), ty),
@@ -503,6 +594,7 @@ fn can_cast_scalar(from: Scalar, to: Scalar) -> bool {
                 | (S::Date, S::Timestamp | S::Timestamptz)
                 | (S::Timestamp, S::Timestamptz | S::Date | S::Time)
                 | (S::Timestamptz, S::Timestamp | S::Date | S::Time)
+                | (S::Time, S::Interval)
         )
 }
 
@@ -519,6 +611,7 @@ pub(crate) const fn runtime_input_is_exact(to: Scalar) -> bool {
             | Scalar::Timestamptz
             | Scalar::Float4
             | Scalar::Float8
+            | Scalar::Interval
     )
 }
 
@@ -620,6 +713,8 @@ fn cast_scalar(value: Value<'_>, from: Scalar, to: Scalar) -> Outcome<'_> {
         (Value::Timestamptz(t), S::Timestamp) => Ok(Value::Timestamp(t.to_timestamp())),
         (Value::Timestamptz(t), S::Date) => Ok(Value::Date(t.to_date())),
         (Value::Timestamptz(t), S::Time) => Ok(t.to_time().map_or(Value::Null, Value::Time)),
+        // `time_interval`: the time of day as microseconds.
+        (Value::Time(t), S::Interval) => Ok(Value::Interval(Interval::new(0, 0, t.0))),
         (v, t) => err(format!("cannot cast {v:?} to {}", t.typname())),
     }
 }

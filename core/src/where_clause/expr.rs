@@ -43,6 +43,140 @@ pub enum ArithOp {
     Div,
 }
 
+/// A date/time operator, by Postgres's function name: its operand types are exact (the binder
+/// casts to them), so the rendered SQL resolves to the same operator.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DateTimeOp {
+    /// `date + int4` (`date_pli`).
+    DatePlInt,
+    /// `int4 + date` (`integer_pl_date`).
+    IntPlDate,
+    /// `date - int4` (`date_mii`).
+    DateMiInt,
+    /// `date - date` (`date_mi`): int4.
+    DateMi,
+    /// `date + interval` (`date_pl_interval`): timestamp.
+    DatePlInterval,
+    /// `interval + date` (`interval_pl_date`): timestamp.
+    IntervalPlDate,
+    /// `date - interval` (`date_mi_interval`): timestamp.
+    DateMiInterval,
+    /// `date + time` (`datetime_pl`): timestamp.
+    DatePlTime,
+    /// `time + date` (`timedate_pl`): timestamp.
+    TimePlDate,
+    /// `timestamp + interval`.
+    TimestampPlInterval,
+    /// `interval + timestamp`.
+    IntervalPlTimestamp,
+    /// `timestamp - interval`.
+    TimestampMiInterval,
+    /// `timestamptz + interval`.
+    TimestamptzPlInterval,
+    /// `interval + timestamptz`.
+    IntervalPlTimestamptz,
+    /// `timestamptz - interval`.
+    TimestamptzMiInterval,
+    /// `time + interval`.
+    TimePlInterval,
+    /// `interval + time`.
+    IntervalPlTime,
+    /// `time - interval`.
+    TimeMiInterval,
+    /// `time - time`: interval.
+    TimeMiTime,
+    /// `timestamp - timestamp`: interval.
+    TimestampMi,
+    /// `timestamptz - timestamptz`: interval.
+    TimestamptzMi,
+    /// `interval + interval`.
+    IntervalPl,
+    /// `interval - interval`.
+    IntervalMi,
+    /// `interval * float8`.
+    IntervalMul,
+    /// `float8 * interval`.
+    Float8MulInterval,
+    /// `interval / float8`.
+    IntervalDiv,
+}
+
+impl DateTimeOp {
+    /// The operator's left and right operand types and its result type.
+    pub const fn signature(self) -> (Scalar, Scalar, Scalar) {
+        use Scalar::{Date, Float8, Int4, Interval, Time, Timestamp, Timestamptz};
+        match self {
+            Self::DatePlInt | Self::DateMiInt => (Date, Int4, Date),
+            Self::IntPlDate => (Int4, Date, Date),
+            Self::DateMi => (Date, Date, Int4),
+            Self::DatePlInterval | Self::DateMiInterval => (Date, Interval, Timestamp),
+            Self::IntervalPlDate => (Interval, Date, Timestamp),
+            Self::DatePlTime => (Date, Time, Timestamp),
+            Self::TimePlDate => (Time, Date, Timestamp),
+            Self::TimestampPlInterval | Self::TimestampMiInterval => {
+                (Timestamp, Interval, Timestamp)
+            }
+            Self::IntervalPlTimestamp => (Interval, Timestamp, Timestamp),
+            Self::TimestamptzPlInterval | Self::TimestamptzMiInterval => {
+                (Timestamptz, Interval, Timestamptz)
+            }
+            Self::IntervalPlTimestamptz => (Interval, Timestamptz, Timestamptz),
+            Self::TimePlInterval | Self::TimeMiInterval => (Time, Interval, Time),
+            Self::IntervalPlTime => (Interval, Time, Time),
+            Self::TimeMiTime => (Time, Time, Interval),
+            Self::TimestampMi => (Timestamp, Timestamp, Interval),
+            Self::TimestamptzMi => (Timestamptz, Timestamptz, Interval),
+            Self::IntervalPl | Self::IntervalMi => (Interval, Interval, Interval),
+            Self::IntervalMul | Self::IntervalDiv => (Interval, Float8, Interval),
+            Self::Float8MulInterval => (Float8, Interval, Interval),
+        }
+    }
+
+    /// The operator's SQL spelling.
+    pub const fn sql(self) -> &'static str {
+        match self {
+            Self::DatePlInt
+            | Self::IntPlDate
+            | Self::DatePlInterval
+            | Self::IntervalPlDate
+            | Self::DatePlTime
+            | Self::TimePlDate
+            | Self::TimestampPlInterval
+            | Self::IntervalPlTimestamp
+            | Self::TimestamptzPlInterval
+            | Self::IntervalPlTimestamptz
+            | Self::TimePlInterval
+            | Self::IntervalPlTime
+            | Self::IntervalPl => "+",
+            Self::DateMiInt
+            | Self::DateMi
+            | Self::DateMiInterval
+            | Self::TimestampMiInterval
+            | Self::TimestamptzMiInterval
+            | Self::TimeMiInterval
+            | Self::TimeMiTime
+            | Self::TimestampMi
+            | Self::TimestamptzMi
+            | Self::IntervalMi => "-",
+            Self::IntervalMul | Self::Float8MulInterval => "*",
+            Self::IntervalDiv => "/",
+        }
+    }
+}
+
+/// A function of one interval: unary minus and the `justify_*` functions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IntervalFunc {
+    /// `- interval` (`interval_um`).
+    Negate,
+    /// `justify_days`.
+    JustifyDays,
+    /// `justify_hours`.
+    JustifyHours,
+    /// `justify_interval`.
+    JustifyInterval,
+}
+
 /// `IS [NOT] TRUE | FALSE | UNKNOWN`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum BoolTest {
@@ -166,6 +300,22 @@ pub enum Expr {
         /// Operand and result type.
         ty: Scalar,
     },
+    /// Date/time arithmetic; the operands are of exactly the operator's types.
+    DateTimeArith {
+        /// The operator.
+        op: DateTimeOp,
+        /// Left operand.
+        left: Box<Self>,
+        /// Right operand.
+        right: Box<Self>,
+    },
+    /// A function of one interval (unary minus, `justify_*`).
+    IntervalFunc {
+        /// The function.
+        func: IntervalFunc,
+        /// The interval argument.
+        arg: Box<Self>,
+    },
     /// `text || text`.
     Concat {
         /// Left operand.
@@ -258,6 +408,8 @@ impl Expr {
             | Self::MinMax { ty, .. } => ty.clone(),
             Self::Arith { ty, .. } | Self::Negate { ty, .. } => Type::Scalar(*ty),
             Self::Concat { .. } | Self::TextFunc { .. } => Type::Scalar(Scalar::Text),
+            Self::DateTimeArith { op, .. } => Type::Scalar(op.signature().2),
+            Self::IntervalFunc { .. } => Type::Scalar(Scalar::Interval),
             Self::ArrayLiteral { element, .. } => Type::Array(*element),
             Self::Not(_)
             | Self::And(_)
@@ -296,7 +448,8 @@ impl Expr {
             | Self::BoolTest { arg: a, .. }
             | Self::Negate { arg: a, .. }
             | Self::Cast { arg: a, .. }
-            | Self::TextFunc { arg: a, .. } => vec![a],
+            | Self::TextFunc { arg: a, .. }
+            | Self::IntervalFunc { arg: a, .. } => vec![a],
             Self::And(args)
             | Self::Or(args)
             | Self::Coalesce { args, .. }
@@ -305,6 +458,7 @@ impl Expr {
             Self::Compare { left, right, .. }
             | Self::Distinct { left, right, .. }
             | Self::Arith { left, right, .. }
+            | Self::DateTimeArith { left, right, .. }
             | Self::Concat { left, right }
             | Self::ArrayOp { left, right, .. } => vec![left, right],
             Self::Like { arg, pattern, .. } => vec![arg, pattern],
@@ -386,6 +540,19 @@ impl Expr {
             }
             Self::Negate { arg, .. } => {
                 out.push_str("(- ");
+                arg.render(out);
+                out.push(')');
+            }
+            Self::DateTimeArith { op, left, right } => {
+                render_binary(left, op.sql(), right, false, out);
+            }
+            Self::IntervalFunc { func, arg } => {
+                out.push_str(match func {
+                    IntervalFunc::Negate => "(- ",
+                    IntervalFunc::JustifyDays => "justify_days(",
+                    IntervalFunc::JustifyHours => "justify_hours(",
+                    IntervalFunc::JustifyInterval => "justify_interval(",
+                });
                 arg.render(out);
                 out.push(')');
             }

@@ -1669,7 +1669,7 @@ pub fn timestamp_mi(a: Timestamp, b: Timestamp) -> Result<Interval, IntervalErro
     if !a.is_finite() || !b.is_finite() {
         return Err(IntervalError::InfiniteTimestamps);
     }
-    Interval::new(0, 0, a.0 - b.0).justify_hours()
+    Interval::new(0, 0, a.0.wrapping_sub(b.0)).justify_hours()
 }
 
 /// Postgres's `timestamptz - timestamptz` (also `timestamp_mi`).

@@ -41,6 +41,11 @@ fn table() -> TableSchema {
                 is_enum: true,
                 ..column("mood", 70_000, "mood")
             },
+            column("d", 1082, "date"),
+            column("tm", 1083, "time"),
+            column("ts", 1114, "timestamp"),
+            column("tz", 1184, "timestamptz"),
+            column("iv", 1186, "interval"),
         ],
     }
 }
@@ -380,4 +385,106 @@ fn constant_operands_simplify_as_postgres_plans_them() {
         "{}",
         coalesce.to_sql()
     );
+}
+
+#[test]
+fn date_time_arithmetic_types_and_renders_as_postgres_resolves_it() {
+    for (text, sql) in [
+        (
+            "d + n = '2000-01-02'",
+            "((\"d\" + \"n\") = '2000-01-02'::pg_catalog.date)",
+        ),
+        ("d - d > 3", "((\"d\" - \"d\") > '3'::pg_catalog.int4)"),
+        (
+            "ts + '1 day' > ts",
+            "((\"ts\" + 'P1D'::pg_catalog.interval) > \"ts\")",
+        ),
+        (
+            "ts + tm > ts",
+            "((\"ts\" + CAST(\"tm\" AS pg_catalog.interval)) > \"ts\")",
+        ),
+        (
+            "d - ts < iv",
+            "((CAST(\"d\" AS pg_catalog.timestamp) - \"ts\") < \"iv\")",
+        ),
+        (
+            "iv * 2 = '2 days'",
+            "((\"iv\" * '2'::pg_catalog.float8) = 'P2D'::pg_catalog.interval)",
+        ),
+        (
+            "-iv < tm",
+            "((- \"iv\") < CAST(\"tm\" AS pg_catalog.interval))",
+        ),
+        (
+            "justify_days(iv) = '1 mon'",
+            "(justify_days(\"iv\") = 'P1M'::pg_catalog.interval)",
+        ),
+    ] {
+        assert_eq!(compile(text).expect(text).to_sql(), sql, "{text}");
+    }
+}
+
+#[test]
+fn ambiguous_or_missing_date_time_operators_are_refused_as_postgres_refuses_them() {
+    for text in [
+        "d + '1 day' > ts",
+        "'1' + d > d",
+        "tm + tm > tm",
+        "d + 1::int8 > d",
+        "iv - d > ts",
+        "iv * iv > iv",
+        "coalesce(tm, iv) > iv",
+        "+iv > iv",
+    ] {
+        assert!(compile(text).is_err(), "{text}");
+    }
+    assert!(error("ts - '1 day' > ts").contains("timestamp"));
+    assert!(error("d - '1 day' > 0").contains("date"));
+}
+
+#[test]
+fn date_time_arithmetic_evaluates_as_postgres_computes_it() {
+    let at = |d: &str, tm: &str, ts: &str, iv: &str| {
+        let mut r = vec![None; 14];
+        r[9] = Some(d.to_owned());
+        r[10] = Some(tm.to_owned());
+        r[11] = Some(ts.to_owned());
+        r[12] = Some(format!("{ts}+00"));
+        r[13] = Some(iv.to_owned());
+        r
+    };
+    let row = at("2000-01-31", "23:00:00", "2000-01-31 12:00:00", "P1M1DT2H");
+    for (text, expected) in [
+        ("d + iv = '2000-03-01 02:00'", Some(true)),
+        ("ts + iv = '2000-03-01 14:00'", Some(true)),
+        ("tz - iv = '1999-12-30 10:00+00'", Some(true)),
+        ("tm + iv = '01:00'", Some(true)),
+        ("d + tm = '2000-01-31 23:00'", Some(true)),
+        ("ts - d = '12:00'", Some(true)),
+        ("iv / 2 = '15 days 13:00:00'", Some(true)),
+        ("iv * 0.5 = '15 days 13:00:00'", Some(true)),
+        ("iv = '1 mon 1 day 2 hours'", Some(true)),
+        ("iv > '31 days'", Some(true)),
+        ("tm - tm = '0'", Some(true)),
+        ("justify_hours('25 hours') = '1 day 1 hour'", Some(true)),
+        ("(iv)::text = 'P1M1DT2H'", Some(true)),
+    ] {
+        let clause = compile(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(clause.evaluate(&row), Ok(expected), "{text}");
+    }
+    let far = at("5874897-12-31", "00:00:00", "294276-12-31 23:59:59", "P1D");
+    assert!(compile("d + 1 > d")
+        .expect("date + int4")
+        .evaluate(&far)
+        .is_err());
+    assert!(compile("ts + iv > ts")
+        .expect("ts + iv")
+        .evaluate(&far)
+        .is_err());
+}
+
+#[test]
+fn interval_text_input_is_refused_for_columns() {
+    assert!(compile("title::interval > iv").is_err());
+    assert!(compile("'1 day'::interval < iv").is_ok());
 }

@@ -38,6 +38,8 @@ pub enum Scalar {
     Timestamp,
     /// `timestamptz`.
     Timestamptz,
+    /// `interval`.
+    Interval,
 }
 
 /// The type of a where-clause expression.
@@ -74,6 +76,7 @@ impl Scalar {
             Self::Time => "time",
             Self::Timestamp => "timestamp",
             Self::Timestamptz => "timestamptz",
+            Self::Interval => "interval",
         }
     }
 
@@ -95,6 +98,7 @@ impl Scalar {
             Self::Time => "time without time zone",
             Self::Timestamp => "timestamp without time zone",
             Self::Timestamptz => "timestamp with time zone",
+            Self::Interval => "interval",
         }
     }
 
@@ -116,13 +120,14 @@ impl Scalar {
             "time" => Self::Time,
             "timestamp" => Self::Timestamp,
             "timestamptz" => Self::Timestamptz,
+            "interval" => Self::Interval,
             _ => return None,
         })
     }
 
     /// The scalar of a built-in type oid and whether it is the array type.
     fn from_oid(oid: u32) -> Option<(Self, bool)> {
-        const OIDS: [(u32, u32, Scalar); 16] = [
+        const OIDS: [(u32, u32, Scalar); 17] = [
             (16, 1000, Scalar::Bool),
             (21, 1005, Scalar::Int2),
             (23, 1007, Scalar::Int4),
@@ -139,6 +144,7 @@ impl Scalar {
             (1083, 1183, Scalar::Time),
             (1114, 1115, Scalar::Timestamp),
             (1184, 1185, Scalar::Timestamptz),
+            (1186, 1187, Scalar::Interval),
         ];
         OIDS.iter().find_map(|&(scalar, array, s)| {
             (oid == scalar)
@@ -171,6 +177,15 @@ impl Scalar {
             Self::Float8 => 6,
             _ => 0,
         }
+    }
+
+    /// Whether the type takes part in date/time arithmetic (`date`, `time`, `timestamp`,
+    /// `timestamptz`, `interval`).
+    pub const fn is_datetime(self) -> bool {
+        matches!(
+            self,
+            Self::Date | Self::Time | Self::Timestamp | Self::Timestamptz | Self::Interval
+        )
     }
 
     /// Whether the type is in Postgres's string category (`text`, `varchar`, `bpchar`).

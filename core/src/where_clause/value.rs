@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::array_text::{self, PgArray};
 use super::datetime::{Date, Time, Timestamp, Timestamptz};
+use super::interval::Interval;
 use super::numeric::Numeric;
 use super::types::Scalar;
 
@@ -38,6 +39,8 @@ pub enum Value<'r> {
     Timestamp(Timestamp),
     /// `timestamptz`.
     Timestamptz(Timestamptz),
+    /// `interval`.
+    Interval(Interval),
     /// An array; elements are owned so that a parsed column can be shared.
     Array(Arc<PgArray<Value<'static>>>),
 }
@@ -73,6 +76,7 @@ impl Value<'_> {
             Self::Time(t) => Value::Time(t),
             Self::Timestamp(t) => Value::Timestamp(t),
             Self::Timestamptz(t) => Value::Timestamptz(t),
+            Self::Interval(i) => Value::Interval(i),
             Self::Array(a) => Value::Array(a),
         }
     }
@@ -100,6 +104,7 @@ impl Value<'_> {
             Self::Time(t) => Value::Time(*t),
             Self::Timestamp(t) => Value::Timestamp(*t),
             Self::Timestamptz(t) => Value::Timestamptz(*t),
+            Self::Interval(i) => Value::Interval(*i),
             Self::Array(a) => Value::Array(Arc::clone(a)),
         }
     }
@@ -122,6 +127,7 @@ impl Value<'_> {
             (Self::Time(a), Value::Time(b)) => a.cmp(b),
             (Self::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
             (Self::Timestamptz(a), Value::Timestamptz(b)) => a.cmp(b),
+            (Self::Interval(a), Value::Interval(b)) => a.cmp(b),
             (Self::Array(a), Value::Array(b)) => array_cmp(a, b),
             (a, b) => unreachable!("type checking compares like with like: {a:?} vs {b:?}"),
         }
@@ -205,6 +211,9 @@ pub fn parse_scalar<'r>(text: Cow<'r, str>, scalar: Scalar) -> Result<Value<'r>,
         }
         Scalar::Timestamptz => {
             Value::Timestamptz(Timestamptz::parse(&text).map_err(|e| InvalidInput(e.to_string()))?)
+        }
+        Scalar::Interval => {
+            Value::Interval(Interval::parse(&text).map_err(|e| InvalidInput(e.to_string()))?)
         }
     })
 }
@@ -413,6 +422,7 @@ pub fn format_scalar(value: &Value<'_>, scalar: Scalar) -> String {
         Value::Time(t) => t.to_string(),
         Value::Timestamp(t) => t.to_string(),
         Value::Timestamptz(t) => t.to_string(),
+        Value::Interval(i) => i.to_string(),
         Value::Array(a) => {
             let mut out = String::new();
             array_text::format_array(a, |v| format_scalar(v, scalar), &mut out);
