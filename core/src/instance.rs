@@ -4,7 +4,7 @@
 //! the live shapes and the durability order:
 //! append → flush (fdatasync) → durable → standby status `flush` (never beyond durable).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::ports::{
     DisconnectKind, LogEntry, RecoveredLog, ReplicationTarget, SlotStarted, SnapshotRequest,
     StandbyStatus, StorageIdentity, StoredShape, SystemIdentity,
 };
-use crate::routing::TableRoutes;
+use crate::routing::{invalidates, TableRoutes};
 use crate::shape::{HandleStamp, ShapeDefinition, ShapeHandle, TableSchema};
 use crate::shapes::{Invalidation, Shape, Stage};
 use crate::snapshot::PgSnapshot;
@@ -771,27 +771,58 @@ impl Instance {
         }
         self.invalidate_changed_relations(&txn);
         let txn = Arc::new(txn);
-        // Each shape with the changes it may concern (routing index, then its own filter).
-        let mut touched: BTreeMap<ShapeHandle, Vec<usize>> = BTreeMap::new();
+        for (handle, changes) in self.reached_shapes(&txn) {
+            self.route(&handle, &txn, changes.as_deref());
+        }
+        self.durability.processed = txn.commit_lsn;
+        self.maybe_flush();
+    }
+
+    /// Each shape `txn` may concern, with the indices of the changes it may concern (`None`:
+    /// every change on its table): unindexed shapes and shapes an invalidating change reaches
+    /// take the whole transaction; indexed ones the changes whose values name them. The
+    /// shape's own filter decides after.
+    fn reached_shapes(&self, txn: &Transaction) -> BTreeMap<ShapeHandle, Option<Vec<usize>>> {
+        let mut reached: BTreeMap<ShapeHandle, Option<Vec<usize>>> = BTreeMap::new();
+        let whole = |handle: &ShapeHandle, reached: &mut BTreeMap<_, _>| {
+            reached.insert(handle.clone(), None);
+        };
+        let tables: BTreeSet<Oid> = txn
+            .changes
+            .iter()
+            .flat_map(|c| c.relations())
+            .copied()
+            .collect();
+        for routes in tables.iter().filter_map(|oid| self.by_relation.get(oid)) {
+            routes
+                .unindexed()
+                .iter()
+                .for_each(|h| whole(h, &mut reached));
+        }
         for (i, change) in txn.changes.iter().enumerate() {
-            for routes in change
+            let tables = change
                 .relations()
                 .iter()
-                .filter_map(|oid| self.by_relation.get(oid))
-            {
-                routes.candidates(change, |handle| {
-                    let changes = touched.entry(handle.clone()).or_default();
-                    if changes.last() != Some(&i) {
-                        changes.push(i);
+                .filter_map(|oid| self.by_relation.get(oid));
+            for routes in tables {
+                if invalidates(change) {
+                    routes.shapes().iter().for_each(|h| whole(h, &mut reached));
+                    continue;
+                }
+                routes.indexed_candidates(change, |handle| match reached.get_mut(handle) {
+                    Some(None) => {}
+                    Some(Some(changes)) => {
+                        if changes.last() != Some(&i) {
+                            changes.push(i);
+                        }
+                    }
+                    None => {
+                        reached.insert(handle.clone(), Some(vec![i]));
                     }
                 });
             }
         }
-        for (handle, changes) in touched {
-            self.route(&handle, &txn, Some(&changes));
-        }
-        self.durability.processed = txn.commit_lsn;
-        self.maybe_flush();
+        reached
     }
 
     fn invalidate_changed_relations(&mut self, txn: &Transaction) {

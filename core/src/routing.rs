@@ -101,8 +101,25 @@ impl TableRoutes {
         &self.shapes
     }
 
+    /// The shapes every change on the table may concern: those without an indexable atom.
+    pub(crate) fn unindexed(&self) -> &BTreeSet<ShapeHandle> {
+        &self.unindexed
+    }
+
     /// Calls `found` for each shape `change` may concern (a shape may be named twice).
-    pub(crate) fn candidates(&self, change: &Change, mut found: impl FnMut(&ShapeHandle)) {
+    #[cfg(test)]
+    fn candidates(&self, change: &Change, mut found: impl FnMut(&ShapeHandle)) {
+        if invalidates(change) {
+            self.shapes.iter().for_each(found);
+            return;
+        }
+        self.unindexed.iter().for_each(&mut found);
+        self.indexed_candidates(change, found);
+    }
+
+    /// Calls `found` for each indexed shape the old and new values of `change` name (a shape
+    /// may be named twice); nothing for a change that [`invalidates`].
+    pub(crate) fn indexed_candidates(&self, change: &Change, mut found: impl FnMut(&ShapeHandle)) {
         let rows: [Option<&RowValues>; 2] = match change {
             Change::Insert { new, .. } => [Some(new), None],
             Change::Update {
@@ -111,16 +128,11 @@ impl TableRoutes {
                 ..
             } => [Some(old), Some(new)],
             Change::Delete { old: Some(old), .. } => [Some(old), None],
-            // Invalidating changes concern every shape on the table.
             Change::Update { old: None, .. }
             | Change::Delete { old: None, .. }
             | Change::Truncate { .. }
-            | Change::Unrepresentable { .. } => {
-                self.shapes.iter().for_each(found);
-                return;
-            }
+            | Change::Unrepresentable { .. } => return,
         };
-        self.unindexed.iter().for_each(&mut found);
         for (column, index) in &self.indexes {
             for row in rows.iter().flatten() {
                 for key in row_keys(*column, row) {
@@ -131,6 +143,17 @@ impl TableRoutes {
             }
         }
     }
+}
+
+/// Whether `change` concerns every shape on its tables (they are invalidated).
+pub(crate) const fn invalidates(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::Update { old: None, .. }
+            | Change::Delete { old: None, .. }
+            | Change::Truncate { .. }
+            | Change::Unrepresentable { .. }
+    )
 }
 
 /// The index keys a row has for `column` (none for NULL or a value that does not parse).
