@@ -384,7 +384,7 @@ fn write_clock(f: &mut fmt::Formatter<'_>, usecs: i64) -> fmt::Result {
 }
 
 /// Postgres's `date2j`: the Julian day number of a proleptic Gregorian date (astronomical year).
-const fn date2j(year: i64, month: i64, day: i64) -> i64 {
+pub(super) const fn date2j(year: i64, month: i64, day: i64) -> i64 {
     let (y, m) = if month > 2 {
         (year + 4800, month + 1)
     } else {
@@ -396,7 +396,7 @@ const fn date2j(year: i64, month: i64, day: i64) -> i64 {
 
 /// Postgres's `j2date`: (astronomical year, month, day) of a Julian day number, in the same
 /// wrapping 32-bit unsigned arithmetic so that even a corrupt value prints without panicking.
-const fn j2date(jd: i64) -> (i64, i64, i64) {
+pub(super) const fn j2date(jd: i64) -> (i64, i64, i64) {
     let mut julian = (jd as u32).wrapping_add(32_044);
     let mut quad = julian / 146_097;
     let extra = (julian.wrapping_sub(quad.wrapping_mul(146_097)))
@@ -504,7 +504,7 @@ fn special(text: &str, kind: Kind) -> Result<Option<Special>, DateTimeError> {
 }
 
 /// C's `isspace` in the C locale (Rust's ASCII whitespace lacks the vertical tab).
-const fn is_space(b: u8) -> bool {
+pub(super) const fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
 }
 
@@ -837,7 +837,7 @@ impl Fields {
 }
 
 /// Postgres's `IS_VALID_JULIAN`: the date is within what its Julian-day routines handle.
-const fn is_valid_julian(year: i64, month: i64) -> bool {
+pub(super) const fn is_valid_julian(year: i64, month: i64) -> bool {
     (year > -4713 || (year == -4713 && month >= 11))
         && (year < 5_874_898 || (year == 5_874_898 && month < 6))
 }
@@ -968,7 +968,7 @@ fn validate_date(year: i64, month: i64, day: i64, era: Option<bool>) -> Result<Y
 }
 
 /// Days in `month` of the astronomical `year` (proleptic Gregorian).
-const fn days_in_month(year: i64, month: i64) -> i64 {
+pub(super) const fn days_in_month(year: i64, month: i64) -> i64 {
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     match month {
         2 if leap => 29,

@@ -23,7 +23,9 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
-use super::datetime::{Date, Time, Timestamp, Timestamptz};
+use super::datetime::{
+    date2j, days_in_month, is_space, is_valid_julian, j2date, Date, Time, Timestamp, Timestamptz,
+};
 
 const USECS_PER_SEC: i64 = 1_000_000;
 const USECS_PER_MINUTE: i64 = 60_000_000;
@@ -509,11 +511,6 @@ impl Splitter {
     fn finish(&mut self) {
         self.used += 1;
     }
-}
-
-/// C's `isspace` in the C locale.
-const fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 /// Postgres's `ParseDateTime`: the text's fields, or `BadFormat`.
@@ -1718,12 +1715,6 @@ fn tm2timestamp(tm: &Tm) -> Result<i64, IntervalError> {
     Ok(result)
 }
 
-/// `IS_VALID_JULIAN`: 4714-11 BC up to 5874898-05.
-const fn is_valid_julian(year: i64, month: i64) -> bool {
-    (year > -4713 || (year == -4713 && month >= 11))
-        && (year < 5_874_898 || (year == 5_874_898 && month < 6))
-}
-
 /// The months step of `timestamp_pl_interval`: calendar months, day clamped to the month's end.
 fn add_months(usecs: i64, months: i32) -> Result<i64, IntervalError> {
     let mut tm = timestamp2tm(usecs);
@@ -1753,52 +1744,6 @@ fn add_days(usecs: i64, days: i32) -> Result<i64, IntervalError> {
     }
     (tm.year, tm.month, tm.day) = j2date(julian);
     tm2timestamp(&tm)
-}
-
-/// Postgres's `date2j`: the Julian day number of a proleptic Gregorian date (astronomical year).
-const fn date2j(year: i64, month: i64, day: i64) -> i64 {
-    let (y, m) = if month > 2 {
-        (year + 4800, month + 1)
-    } else {
-        (year + 4799, month + 13)
-    };
-    let century = y / 100;
-    y * 365 - 32167 + y / 4 - century + century / 4 + 7834 * m / 256 + day
-}
-
-/// Postgres's `j2date`: (astronomical year, month, day) of a Julian day number, in its 32-bit
-/// unsigned arithmetic (exact for the non-negative day numbers this module passes).
-const fn j2date(jd: i64) -> (i64, i64, i64) {
-    let mut julian = (jd as u32).wrapping_add(32_044);
-    let mut quad = julian / 146_097;
-    let extra = (julian.wrapping_sub(quad.wrapping_mul(146_097)))
-        .wrapping_mul(4)
-        .wrapping_add(3);
-    julian = julian.wrapping_add(60 + quad * 3 + extra / 146_097);
-    quad = julian / 1461;
-    julian -= quad * 1461;
-    let y = julian * 4 / 1461;
-    julian = if y != 0 {
-        (julian + 305) % 365
-    } else {
-        (julian + 306) % 366
-    } + 123;
-    let year = y.wrapping_add(quad.wrapping_mul(4)) as i32 as i64 - 4800;
-    let quad = julian * 2141 / 65_536;
-    let day = julian - 7834 * quad / 256;
-    let month = (quad + 10) % 12 + 1;
-    (year, month as i64, day as i64)
-}
-
-/// Days in a month of a proleptic Gregorian (astronomical) year: Postgres's `day_tab`.
-const fn days_in_month(year: i64, month: i64) -> i64 {
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 #[cfg(test)]
