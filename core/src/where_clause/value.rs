@@ -359,15 +359,14 @@ pub fn format_float(value: f64, scalar: Scalar) -> String {
     if value.is_infinite() {
         return if value > 0.0 { "Infinity" } else { "-Infinity" }.to_owned();
     }
-    let (digits_limit, sci) = if scalar == Scalar::Float4 {
+    // Rust's shortest round-trip form, as Postgres's (Ryu) shortest output: `-1.2345e3`.
+    let sci = if scalar == Scalar::Float4 {
         #[allow(clippy::cast_possible_truncation)]
         let single = value as f32;
-        (9, format!("{single:e}"))
+        format!("{single:e}")
     } else {
-        (17, format!("{value:e}"))
+        format!("{value:e}")
     };
-    let _ = digits_limit;
-    // `sci` is Rust's shortest round-trip form: `-1.2345e3`.
     let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
     let negative = mantissa.starts_with('-');
@@ -376,6 +375,7 @@ pub fn format_float(value: f64, scalar: Scalar) -> String {
     if negative {
         out.push('-');
     }
+    // Plain notation for decimal exponents in -4..DIG (FLT_DIG 6, DBL_DIG 15), as Postgres.
     let limit = if scalar == Scalar::Float4 { 6 } else { 15 };
     if exponent < -4 || exponent >= limit {
         out.push_str(&digits[..1]);
