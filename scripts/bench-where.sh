@@ -5,6 +5,8 @@
 #
 #   scripts/bench-where.sh                # ROWS=1000000 (1M rows, 100-row transactions)
 #   ROWS=200000 scripts/bench-where.sh    # a quicker run
+#   BENCH_PHASES=ilike AMPERE_WRAP="perf record -g -o /tmp/ampere.perf --" scripts/bench-where.sh
+#                                         # one phase (eq, ilike, sync), ampere under a profiler
 #
 # (a) ingest of a ROWS-row backlog in 100-row transactions with 1,000 shapes `n = k` (every row
 #     matches exactly one), until the slot's confirmed_flush_lsn reaches the WAL end, against
@@ -42,7 +44,7 @@ now() { date +%s.%N; }
 start_ampere() {
   DATABASE_URL="$DATABASE_URL" ELECTRIC_PORT=$PORT ELECTRIC_INSECURE=true \
     ELECTRIC_STORAGE_DIR="$WORK/storage-$1" ELECTRIC_LOG_LEVEL=warning \
-    "$AMPERE" >"$WORK/ampere-$1.log" 2>&1 &
+    ${AMPERE_WRAP:-} "$AMPERE" >"$WORK/ampere-$1.log" 2>&1 &
   AMPERE_PID=$!
   for _ in $(seq 1 300); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v1/health")" = 200 ] && return
@@ -50,7 +52,7 @@ start_ampere() {
   done
   log "ampere did not become active"; cat "$WORK/ampere-$1.log" >&2; exit 1
 }
-stop_ampere() { kill "$AMPERE_PID"; wait "$AMPERE_PID" 2>/dev/null || true; AMPERE_PID=; }
+stop_ampere() { kill -INT "$AMPERE_PID"; wait "$AMPERE_PID" 2>/dev/null || true; AMPERE_PID=; }
 
 # Creates a shape and reads its initial sync to the end: prints the number of rows received.
 sync_shape() { # where
@@ -123,20 +125,25 @@ BEGIN
   END LOOP;
 END \$\$"
 
-read -r a_pg a_ampere < <(ingest_ratio eq equality_shapes)
-read -r b_pg b_ampere < <(ingest_ratio ilike ilike_shapes)
+PHASES=${BENCH_PHASES:-eq ilike sync}
+a_pg=0 a_ampere=0 b_pg=0 b_ampere=0 c_pg=0 c_ampere=0
+phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if phase eq; then read -r a_pg a_ampere < <(ingest_ratio eq equality_shapes); fi
+if phase ilike; then read -r b_pg b_ampere < <(ingest_ratio ilike ilike_shapes); fi
 
 # (c) initial sync of `n = 7` from the full table, against COPY of the same rows.
-psql_q "TRUNCATE items"; fill 0; psql_q "VACUUM ANALYZE items"
-start_ampere sync
-t0=$(now); psql "$DATABASE_URL" -XAtq -c "COPY (SELECT * FROM items WHERE n = 7) TO STDOUT" >/dev/null
-c_pg=$(echo "$(now) - $t0" | bc -l)
-t0=$(now); synced=$(sync_shape "n = 7"); c_ampere=$(echo "$(now) - $t0" | bc -l)
-stop_ampere
-expected=$(( ROWS / 1000 ))
-[ "$synced" = "$expected" ] || { log "the n = 7 shape synced $synced rows, not $expected"; exit 1; }
+if phase sync; then
+  psql_q "TRUNCATE items"; fill 0; psql_q "VACUUM ANALYZE items"
+  start_ampere sync
+  t0=$(now); psql "$DATABASE_URL" -XAtq -c "COPY (SELECT * FROM items WHERE n = 7) TO STDOUT" >/dev/null
+  c_pg=$(echo "$(now) - $t0" | bc -l)
+  t0=$(now); synced=$(sync_shape "n = 7"); c_ampere=$(echo "$(now) - $t0" | bc -l)
+  stop_ampere
+  expected=$(( ROWS / 1000 ))
+  [ "$synced" = "$expected" ] || { log "the n = 7 shape synced $synced rows, not $expected"; exit 1; }
+fi
 
-ratio() { echo "scale=3; $1 / $2" | bc -l; }
+ratio() { if [ "$2" = 0 ]; then echo null; else echo "scale=3; $1 / $2" | bc -l; fi; }
 printf '{"rows":%s,"txn_rows":%s,"eq1000_vs_pg_recvlogical":%s,"ilike100_vs_pg_recvlogical":%s,"initial_sync_vs_copy":%s,"seconds":{"eq_pg":%s,"eq_ampere":%s,"ilike_pg":%s,"ilike_ampere":%s,"copy":%s,"sync":%s}}\n' \
   "$ROWS" "$TXN_ROWS" "$(ratio "$a_pg" "$a_ampere")" "$(ratio "$b_pg" "$b_ampere")" \
   "$(ratio "$c_pg" "$c_ampere")" "$a_pg" "$a_ampere" "$b_pg" "$b_ampere" "$c_pg" "$c_ampere"
