@@ -1245,7 +1245,7 @@ fn describe_row(schema: &TableSchema, clause: &WhereClause, row: &[Option<String
 impl Ctx {
     /// Postgres's value of `sql` per row (`t`/`f`/NULL or the error), in id order.
     async fn pg_values(&self, sql: &str) -> Result<Vec<Result<Option<String>, String>>, Verdict> {
-        let query = format!("SELECT id, ({sql}) FROM t ORDER BY id");
+        let query = format!("SELECT id, ({sql}) AS verdict FROM t ORDER BY t.id");
         match rows_of(&self.client, &query).await {
             Ok(rows) => Ok(rows.into_iter().map(|r| Ok(r[1].clone())).collect()),
             Err(e) if is_rejection(&e) => Err(Verdict::Mismatch(
@@ -1366,7 +1366,7 @@ impl Ctx {
         pg: &[Result<Option<String>, String>],
         text: &str,
     ) -> Verdict {
-        let query = format!("SELECT id FROM t WHERE {sql} ORDER BY id");
+        let query = format!("SELECT id FROM t WHERE {sql} ORDER BY t.id");
         if let Ok(rows) = rows_of(&self.client, &query).await {
             let theirs: Vec<String> = rows.into_iter().filter_map(|r| r[0].clone()).collect();
             let ours: Vec<String> = self
@@ -1385,7 +1385,7 @@ impl Ctx {
                 );
             }
         }
-        let query = format!("SELECT id, ({text}) FROM t ORDER BY id");
+        let query = format!("SELECT id, ({text}) AS verdict FROM t ORDER BY t.id");
         let original = match rows_of(&self.client, &query).await {
             Ok(rows) => rows,
             Err(e) => {

@@ -13,7 +13,7 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
 
 pub use pg_query::protobuf;
-pub use pg_query::NodeEnum;
+pub use pg_query::{NodeEnum, NodeRef};
 
 /// Why Postgres's parser refused a statement.
 #[derive(Clone, PartialEq, Eq, Debug)]

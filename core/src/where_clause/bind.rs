@@ -539,10 +539,38 @@ impl<'a> Binder<'a> {
             _ => return fail(e.location, "IN needs a list of values"),
         };
         let lexpr = required(e.lexpr.as_deref(), e.location)?;
-        let mut comparisons = Vec::with_capacity(items.len());
+        let mut rights = Vec::with_capacity(items.len());
         for item in &items {
+            // Classified as Postgres does, on the expression as written (before folding).
+            rights.push((self.bind(item)?, reads_column(item)));
+        }
+        // Postgres's transformAExprIn: with more than one constant item, the left side and
+        // the constants resolve to one common type first (`bp IN ('a ', 'b')` compares as
+        // bpchar, `f4 IN (0.1, 0.2)` as float4); items reading columns compare one by one.
+        let common = if rights.iter().filter(|(_, reads)| !reads).count() > 1 {
+            let left_ty = self.bind(lexpr)?.expr.ty();
+            let types = rights
+                .iter()
+                .filter(|(_, reads)| !reads)
+                .map(|(b, _)| b.expr.ty());
+            in_list_type(std::iter::once(left_ty).chain(types))
+        } else {
+            None
+        };
+        let mut comparisons = Vec::with_capacity(rights.len());
+        for (right, reads) in rights {
             let left = self.bind(lexpr)?;
-            let right = self.bind(item)?;
+            let right = match &common {
+                Some(ty) if !reads => {
+                    let location = right.location;
+                    Bound {
+                        expr: self.coerce(right, ty)?,
+                        location,
+                        param: None,
+                    }
+                }
+                _ => right,
+            };
             comparisons.push(self.compare(CmpOp::Eq, left, right, e.location)?.expr);
         }
         let any = if comparisons.len() == 1 {
@@ -999,6 +1027,33 @@ fn fold(expr: Expr, location: i32) -> Result<Bound> {
         expr,
         location,
         param: None,
+    })
+}
+
+/// Whether the expression as written references a column (Postgres's `contain_vars_of_level`).
+fn reads_column(node: &protobuf::Node) -> bool {
+    node.node.as_ref().is_some_and(|n| {
+        n.nodes()
+            .iter()
+            .any(|(n, ..)| matches!(n, ampere_pg_parse::NodeRef::ColumnRef(_)))
+    })
+}
+
+/// The common type of an IN list's left side and constant items (`select_common_type`):
+/// unknowns take the others' type, all unknown is text; `None` when the types do not unify.
+fn in_list_type(types: impl Iterator<Item = Type>) -> Option<Type> {
+    let mut common = Type::Unknown;
+    for ty in types {
+        common = match (&common, &ty) {
+            (Type::Unknown, _) => ty,
+            (_, Type::Unknown) => common,
+            _ => union_type(&common, &ty)?,
+        };
+    }
+    Some(if common == Type::Unknown {
+        Type::Scalar(Scalar::Text)
+    } else {
+        common
     })
 }
 

@@ -488,3 +488,36 @@ fn interval_text_input_is_refused_for_columns() {
     assert!(compile("title::interval > iv").is_err());
     assert!(compile("'1 day'::interval < iv").is_ok());
 }
+
+#[test]
+fn in_lists_type_their_constants_together_as_postgres_does() {
+    // Found by the differential test: `bp NOT IN ('abc '::text, '', vc)` compares the
+    // constants as bpchar (blank-insensitive), the column item one by one.
+    let clause = compile("code IN ('ab '::text, 'zz')").unwrap();
+    assert!(clause.matches(&row(&[(5, "ab   ")])));
+    assert!(
+        clause.to_sql().contains("pg_catalog.bpchar"),
+        "{}",
+        clause.to_sql()
+    );
+    let single = compile("code IN ('ab '::text)").unwrap();
+    assert!(
+        !single.matches(&row(&[(5, "ab   ")])),
+        "one constant compares as text"
+    );
+}
+
+#[test]
+fn in_list_items_that_read_columns_compare_one_by_one_even_when_they_fold() {
+    // Found by the differential test: `COALESCE(0.3, price)` folds to 0.3, but Postgres sorts
+    // IN items before folding, so it compares as numeric, not in the constants' float4.
+    let mut with_float = table();
+    with_float.columns.push(column("f4", 700, "float4"));
+    let clause = WhereClause::compile(
+        "price IN (1, '3.4e38'::float4, COALESCE(0.3, price))",
+        &Params::new(),
+        &with_float,
+    )
+    .unwrap();
+    assert!(clause.matches(&row(&[(3, "0.30")])));
+}
