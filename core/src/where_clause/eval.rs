@@ -575,6 +575,8 @@ pub(crate) fn can_cast(from: &Type, to: &Type) -> bool {
             can_cast_scalar(*a, *b)
         }
         (Type::Enum(_), Type::Scalar(Scalar::Text)) => true,
+        // `array_out`: an array's text form.
+        (Type::Array(_), Type::Scalar(to)) => matches!(to, Scalar::Text | Scalar::Varchar),
         _ => false,
     }
 }
@@ -624,6 +626,9 @@ pub(crate) fn cast<'r>(value: Value<'r>, from: &Type, to: &Type) -> Outcome<'r> 
         (Type::Scalar(a), Type::Scalar(b)) => cast_scalar(value, *a, *b),
         // An enum's label is already its text.
         (Type::Enum(_), Type::Scalar(Scalar::Text)) => Ok(value),
+        (Type::Array(element), Type::Scalar(Scalar::Text | Scalar::Varchar)) => {
+            Ok(Value::Text(Cow::Owned(format_scalar(&value, *element))))
+        }
         (Type::Array(a), Type::Array(b)) => {
             let Value::Array(array) = value else {
                 return Ok(Value::Null);

@@ -521,3 +521,9 @@ fn in_list_items_that_read_columns_compare_one_by_one_even_when_they_fold() {
     .unwrap();
     assert!(clause.matches(&row(&[(3, "0.30")])));
 }
+
+#[test]
+fn arrays_cast_to_their_text_form() {
+    let clause = compile("tags::text = '{a,\"b c\",NULL}'").unwrap();
+    assert!(clause.matches(&row(&[(4, "{a,\"b c\",NULL}")])));
+}
