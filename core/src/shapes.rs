@@ -9,8 +9,8 @@ use crate::pgoutput::Relation;
 use crate::ports::LogEntry;
 use crate::shape::{ShapeDefinition, ShapeHandle, TableSchema};
 use crate::snapshot::PgSnapshot;
-use crate::txn::{Change, RowValues, Transaction};
-use crate::where_clause::WhereClause;
+use crate::txn::{Change, Transaction};
+use crate::where_clause::{RowFilter, WhereClause};
 use crate::OpId;
 
 /// Where a shape is in its life.
@@ -51,9 +51,8 @@ pub(crate) struct Shape {
     pub(crate) latest: LogOffset,
     encoder: EntryEncoder,
     cutter: ChunkCutter,
-    /// The row filter: `Ok(None)` for every row, `Err` when the stored clause no longer
-    /// compiles (the shape is invalidated at its next change, never fed unfiltered rows).
-    filter: Result<Option<WhereClause>, ()>,
+    /// The row filter; a broken one invalidates the shape at its next change.
+    filter: RowFilter,
 }
 
 impl Shape {
@@ -67,12 +66,7 @@ impl Shape {
     ) -> Self {
         let selected = selected_columns(&definition, &schema);
         let encoder = EntryEncoder::new(&schema, &selected, definition.replica);
-        let filter = match &definition.where_clause {
-            None => Ok(None),
-            Some(text) => WhereClause::from_canonical(text, &schema)
-                .map(Some)
-                .map_err(|_| ()),
-        };
+        let filter = RowFilter::of(&definition, &schema);
         Self {
             handle,
             definition,
@@ -87,16 +81,7 @@ impl Shape {
 
     /// The compiled where clause, if the shape has one that compiles.
     pub(crate) fn where_clause(&self) -> Option<&WhereClause> {
-        self.filter.as_ref().ok().and_then(Option::as_ref)
-    }
-
-    /// Whether `row` is in the shape.
-    fn admits(&self, row: &RowValues) -> bool {
-        match &self.filter {
-            Ok(None) => true,
-            Ok(Some(clause)) => clause.matches(row),
-            Err(()) => false,
-        }
+        self.filter.clause()
     }
 
     /// Whether Postgres's description of the table still matches the shape's schema.
@@ -152,7 +137,7 @@ impl Shape {
         txn: &Transaction,
         only: Option<&[usize]>,
     ) -> Result<Vec<(LogOffset, PartialEntry)>, Invalidation> {
-        if self.filter.is_err() {
+        if matches!(self.filter, RowFilter::Broken) {
             return Err(Invalidation::WhereClause);
         }
         let mut parts = Vec::new();
@@ -195,7 +180,7 @@ impl Shape {
         };
         match change {
             Change::Insert { new, .. } => {
-                if self.admits(new) {
+                if self.filter.admits(new) {
                     let (offset, h) = at(op);
                     parts.push((offset, enc.insert(new, h, None)));
                 }
@@ -204,7 +189,7 @@ impl Shape {
                 old: Some(old),
                 new,
                 ..
-            } => match (self.admits(old), self.admits(new)) {
+            } => match (self.filter.admits(old), self.filter.admits(new)) {
                 (true, true) if enc.key_changed(old, new) => {
                     let (old_key, new_key) = (enc.key(old), enc.key(new));
                     let (offset, h) = at(op);
@@ -229,7 +214,7 @@ impl Shape {
                 (false, false) => {}
             },
             Change::Delete { old: Some(old), .. } => {
-                if self.admits(old) {
+                if self.filter.admits(old) {
                     let (offset, h) = at(op);
                     parts.push((offset, enc.delete(old, h, None)));
                 }

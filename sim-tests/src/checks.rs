@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ampere_core::offset::LogOffset;
-use ampere_core::shape::{RelationName, ShapeDefinition, TableSchema};
-use ampere_core::where_clause::WhereClause;
+use ampere_core::shape::{RelationName, ShapeDefinition};
+use ampere_core::where_clause::RowFilter;
 use ampere_io_sim::oracle::{self, Change, TableHistory, Txn};
 use ampere_io_sim::pg::{AckEvent, CommittedTxn, ModelChange, PgModel};
 use ampere_io_sim::storage::{Mutation, MutationKind, SimDisk};
@@ -188,39 +188,6 @@ pub fn audit_ack(ledger: &SharedLedger, model: &PgModel, ack: &AckEvent, disk: &
     }
 }
 
-/// A shape's row filter, compiled from the canonical where clause its metadata stores, the
-/// way the core compiles it (`WhereClause::from_canonical` against the shape's schema).
-pub(crate) enum RowFilter {
-    /// No where clause: every row.
-    Every,
-    /// The where clause.
-    Where(WhereClause),
-    /// The stored clause no longer compiles: the core invalidates the shape at its table's
-    /// next change.
-    Broken,
-}
-
-impl RowFilter {
-    /// The filter of `definition` on a table with `schema`.
-    pub(crate) fn of(definition: &ShapeDefinition, schema: &TableSchema) -> Self {
-        match &definition.where_clause {
-            None => Self::Every,
-            Some(text) => {
-                WhereClause::from_canonical(text, schema).map_or(Self::Broken, Self::Where)
-            }
-        }
-    }
-
-    /// Whether `row` (text values in table column order) is in the shape.
-    fn admits(&self, row: &[Option<String>]) -> bool {
-        match self {
-            Self::Every => true,
-            Self::Where(clause) => clause.matches(row),
-            Self::Broken => false,
-        }
-    }
-}
-
 /// Whether a committed transaction adds at least one entry to a shape's log (or, for
 /// TRUNCATE, for the first change written under a column the shape lacks, and for any change
 /// of a shape whose stored where clause no longer compiles, must have invalidated it). With a
@@ -350,7 +317,7 @@ pub fn handles_unique(ledger: &SharedLedger, disk: &SimDisk, disk_name: &str) {
 #[cfg(test)]
 mod tests {
     use ampere_core::lsn::Lsn;
-    use ampere_core::shape::{ColumnSchema, Replica};
+    use ampere_core::shape::{ColumnSchema, Replica, TableSchema};
     use ampere_io_sim::pg::ModelColumn;
 
     use super::*;

@@ -33,7 +33,7 @@ pub use expr::{CmpOp, Expr};
 pub use types::{Scalar, Type};
 pub use value::Value;
 
-use crate::shape::TableSchema;
+use crate::shape::{ShapeDefinition, TableSchema};
 
 /// `SELECT 1 WHERE `: the statement a where clause is parsed inside (Electric's wrapping).
 const WRAP: &str = "SELECT 1 WHERE ";
@@ -180,6 +180,48 @@ impl WhereClause {
     /// evaluation error leave it out).
     pub fn matches(&self, row: &[Option<String>]) -> bool {
         matches!(self.evaluate(row), Ok(Some(true)))
+    }
+}
+
+/// A shape's row filter, compiled from the canonical where clause its definition stores.
+#[derive(Clone, Debug)]
+pub enum RowFilter {
+    /// No where clause: every row.
+    Every,
+    /// The where clause.
+    Where(WhereClause),
+    /// The stored clause no longer compiles against the shape's schema: the shape must be
+    /// invalidated, never fed unfiltered rows.
+    Broken,
+}
+
+impl RowFilter {
+    /// The filter of `definition` on a table with `schema`.
+    pub fn of(definition: &ShapeDefinition, schema: &TableSchema) -> Self {
+        match &definition.where_clause {
+            None => Self::Every,
+            Some(text) => {
+                WhereClause::from_canonical(text, schema).map_or(Self::Broken, Self::Where)
+            }
+        }
+    }
+
+    /// Whether `row` (text values in table column order) is in the shape; never for
+    /// [`Self::Broken`].
+    pub fn admits(&self, row: &[Option<String>]) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Where(clause) => clause.matches(row),
+            Self::Broken => false,
+        }
+    }
+
+    /// The compiled clause, if there is one.
+    pub fn clause(&self) -> Option<&WhereClause> {
+        match self {
+            Self::Where(clause) => Some(clause),
+            Self::Every | Self::Broken => None,
+        }
     }
 }
 
