@@ -64,7 +64,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Absolute from here on: the embedded cluster's initdb runs as another user in another
+    // working directory, where the default `./persistent` would name a different place.
+    config.storage_dir = std::path::absolute(&config.storage_dir).with_context(|| {
+        format!(
+            "ELECTRIC_STORAGE_DIR={} cannot be made absolute; give an absolute path",
+            config.storage_dir.display()
+        )
+    })?;
     let (store, meta) = open_storage(&config)?;
     let (embedded, database_url) = database(&config).await?;
     let pg =
