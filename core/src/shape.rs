@@ -109,7 +109,28 @@ impl Replica {
     }
 }
 
-/// What a shape is: table, column selection, replica mode.
+/// `log` mode: whether the shape's log starts with the table's rows (protocol.md §3.4).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub enum LogMode {
+    /// The initial snapshot's rows, then every change.
+    #[default]
+    Full,
+    /// Only the changes after the snapshot (whose rows are read, to know what to skip, and
+    /// not served).
+    ChangesOnly,
+}
+
+impl LogMode {
+    /// The query-parameter spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::ChangesOnly => "changes_only",
+        }
+    }
+}
+
+/// What a shape is: table, row filter, column selection, replica and log modes.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ShapeDefinition {
     /// The shape's table.
@@ -122,6 +143,8 @@ pub struct ShapeDefinition {
     /// ([`WhereClause::canonicalize`](crate::where_clause::WhereClause::canonicalize)), or
     /// `None` for every row.
     pub where_clause: Option<String>,
+    /// Log mode.
+    pub log: LogMode,
 }
 
 /// Version of the canonical text [`ShapeDefinition::identity`] hashes. Bump when it changes,
@@ -150,6 +173,11 @@ impl ShapeDefinition {
         if let Some(where_clause) = &self.where_clause {
             part("where");
             part(where_clause);
+        }
+        // Absent for full logs, likewise.
+        if self.log != LogMode::Full {
+            part("log");
+            part(self.log.as_str());
         }
         text
     }
@@ -281,6 +309,7 @@ mod tests {
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             replica,
             where_clause: None,
+            log: LogMode::Full,
         }
     }
 
@@ -297,6 +326,10 @@ mod tests {
             def("items", None, Replica::Full),
             ShapeDefinition {
                 where_clause: Some("id = '1'".into()),
+                ..def("items", None, Replica::Default)
+            },
+            ShapeDefinition {
+                log: LogMode::ChangesOnly,
                 ..def("items", None, Replica::Default)
             },
         ];

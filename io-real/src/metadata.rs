@@ -74,7 +74,8 @@ use serde::{Deserialize, Serialize};
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{
-    ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
+    ColumnSchema, HandleStamp, LogMode, RelationName, Replica, ShapeDefinition, ShapeHandle,
+    TableSchema,
 };
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_core::Lsn;
@@ -1385,6 +1386,23 @@ struct DefinitionDto {
     /// Absent before schema v3 and for where-less shapes.
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     where_clause: Option<String>,
+    /// Absent before schema v3 and for full logs.
+    #[serde(default, skip_serializing_if = "LogDto::is_full")]
+    log: LogDto,
+}
+
+#[derive(Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum LogDto {
+    #[default]
+    Full,
+    ChangesOnly,
+}
+
+impl LogDto {
+    fn is_full(&self) -> bool {
+        *self == Self::Full
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1434,6 +1452,10 @@ impl From<&ShapeDefinition> for DefinitionDto {
                 Replica::Full => ReplicaDto::Full,
             },
             where_clause: d.where_clause.clone(),
+            log: match d.log {
+                LogMode::Full => LogDto::Full,
+                LogMode::ChangesOnly => LogDto::ChangesOnly,
+            },
         }
     }
 }
@@ -1451,6 +1473,10 @@ impl From<DefinitionDto> for ShapeDefinition {
                 ReplicaDto::Full => Replica::Full,
             },
             where_clause: d.where_clause,
+            log: match d.log {
+                LogDto::Full => LogMode::Full,
+                LogDto::ChangesOnly => LogMode::ChangesOnly,
+            },
         }
     }
 }

@@ -69,7 +69,8 @@ fn full_shape() -> StoredShape {
                 "title".to_owned(),
             ]),
             replica: Replica::Full,
-            where_clause: None,
+            where_clause: Some("tenant = 'a' AND id > '7'".to_owned()),
+            log: ampere_core::shape::LogMode::ChangesOnly,
         },
         schema: TableSchema {
             oid: Oid(u32::MAX),
@@ -98,6 +99,7 @@ fn plain_shape() -> StoredShape {
             columns: None,
             replica: Replica::Default,
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
             oid: Oid(16_384),

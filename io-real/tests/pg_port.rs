@@ -67,6 +67,7 @@ fn request(schema: TableSchema, columns: Option<&[&str]>, threshold: u64) -> Sna
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             replica: Replica::Default,
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         },
         schema,
         publication: PUBLICATION.into(),

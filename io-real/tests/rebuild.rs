@@ -38,6 +38,7 @@ fn shape(handle: &str, table: &str, snapshot: bool) -> StoredShape {
             columns: Some(vec!["id".to_owned()]),
             replica: Replica::Full,
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
             oid: Oid(16_384),

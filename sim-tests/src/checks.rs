@@ -379,6 +379,7 @@ mod tests {
             columns: Some(vec!["id".into(), "n".into()]),
             replica: Replica::Default,
             where_clause: Some("n > 5".into()),
+            log: ampere_core::shape::LogMode::Full,
         };
         (columns, schema, definition)
     }
@@ -455,6 +456,7 @@ mod tests {
         };
         let broken = ShapeDefinition {
             where_clause: Some("missing = 1".into()),
+            log: ampere_core::shape::LogMode::Full,
             ..definition.clone()
         };
         let broken_filter = RowFilter::of(&broken, &schema);
@@ -475,6 +477,7 @@ mod tests {
             columns: Some(vec!["id".into(), "value".into()]),
             replica: Replica::Default,
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         };
         let columns = [
             column("id", Some(0)),

@@ -101,6 +101,7 @@ pub(crate) fn whole(schema: &TableSchema) -> ShapeDefinition {
         columns: None,
         replica: Replica::Default,
         where_clause: None,
+        log: crate::shape::LogMode::Full,
     }
 }
 

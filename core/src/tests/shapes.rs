@@ -98,6 +98,7 @@ fn different_definitions_get_different_handles() {
         crate::shape::ShapeDefinition {
             replica: Replica::Full,
             where_clause: None,
+            log: crate::shape::LogMode::Full,
             ..whole(&items())
         },
         whole(&others()),
@@ -378,6 +379,7 @@ fn live_where_shape(h: &mut Harness, where_clause: &str) -> ShapeHandle {
             .expect("valid where clause");
     let definition = crate::shape::ShapeDefinition {
         where_clause: Some(canonical),
+        log: crate::shape::LogMode::Full,
         ..whole(&items())
     };
     let op = h.request(definition, &items());

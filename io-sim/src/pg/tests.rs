@@ -323,6 +323,7 @@ impl DefaultShape for ShapeDefinition {
             columns: None,
             replica: Replica::Default,
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         }
     }
 }

@@ -349,6 +349,7 @@ mod tests {
             columns: None,
             replica: Default::default(),
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         };
         let info = api.create_now(definition, schema).expect("created");
         let h = &info.handle;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ampere_core::offset::RequestOffset;
-use ampere_core::shape::{Replica, ShapeDefinition, ShapeHandle};
+use ampere_core::shape::{LogMode, Replica, ShapeDefinition, ShapeHandle};
 use ampere_core::where_clause::{Params, WhereClause};
 use ampere_core::LogOffset;
 
@@ -119,7 +119,7 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
         ));
     }
     let replica = replica(query)?;
-    log_mode(query)?;
+    let log = log_mode(query)?;
     if has_body_subset || SUBSET_KEYS.iter().any(|k| query.get(k).is_some()) {
         return Err(ApiError::invalid(
             "subset",
@@ -136,6 +136,7 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
         }),
         replica,
         where_clause,
+        log,
     };
     Ok(ShapeParams {
         offset,
@@ -279,9 +280,9 @@ fn replica(query: &Query) -> Result<Replica, ApiError> {
     }
 }
 
-fn log_mode(query: &Query) -> Result<(), ApiError> {
+fn log_mode(query: &Query) -> Result<LogMode, ApiError> {
     match query.non_blank("log") {
-        None | Some("full") => Ok(()),
+        None | Some("full") => Ok(LogMode::Full),
         Some("changes_only") => Err(ApiError::invalid(
             "log",
             "changes_only is not supported yet",

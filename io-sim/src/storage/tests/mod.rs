@@ -140,6 +140,7 @@ fn stored_shape(h: &ShapeHandle) -> StoredShape {
             columns: None,
             replica: Replica::Default,
             where_clause: None,
+            log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
             oid: Oid(16_384),
