@@ -259,7 +259,67 @@ pub fn count_entries(body: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// Collects chunks in memory.
+    #[derive(Clone, Default)]
+    struct MemWriter(Arc<Mutex<Vec<(u64, String)>>>);
+
+    impl SnapshotWriter for MemWriter {
+        type Error = Infallible;
+
+        async fn write_chunk(&mut self, index: u64, body: String) -> Result<(), Infallible> {
+            self.0.lock().unwrap().push((index, body));
+            Ok(())
+        }
+
+        async fn finish(self) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    /// Polls a future that never waits (the writer answers at once).
+    fn poll_once<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => panic!("the writer never waits"),
+        }
+    }
+
+    fn cut(threshold: u64, entries: &[&str]) -> Vec<(u64, String)> {
+        let chunks = MemWriter::default();
+        poll_once(async {
+            let mut writer = SnapshotChunks::new(chunks.clone(), threshold);
+            for e in entries {
+                writer.push((*e).to_owned()).await.unwrap();
+            }
+            writer.finish("END").await.unwrap();
+        });
+        let out = chunks.0.lock().unwrap().clone();
+        out
+    }
+
+    #[test]
+    fn snapshot_chunks_close_at_the_threshold_and_the_last_one_ends_with_snapshot_end() {
+        // "aaa" counts 4 bytes: the second entry reaches 8 and closes the chunk.
+        let chunks = cut(8, &["aaa", "bbb", "ccc"]);
+        assert_eq!(chunks, vec![(0, "aaa,bbb".into()), (1, "ccc,END".into())]);
+    }
+
+    #[test]
+    fn snapshot_end_joins_a_chunk_closed_by_the_last_row() {
+        assert_eq!(cut(8, &["aaa", "bbb"]), vec![(0, "aaa,bbb,END".into())]);
+    }
+
+    #[test]
+    fn an_empty_table_gives_one_chunk_with_snapshot_end_only() {
+        assert_eq!(cut(8, &[]), vec![(0, "END".into())]);
+    }
 
     #[test]
     fn counts_entries_ignoring_commas_in_strings_and_nesting() {

@@ -36,6 +36,7 @@ pub mod shape;
 mod shapes;
 pub mod slot_setup;
 pub mod snapshot;
+pub mod snapshot_steps;
 pub mod time;
 pub mod txn;
 pub mod where_clause;

@@ -87,6 +87,18 @@ impl PgSnapshot {
     }
 }
 
+/// Postgres's text form `xmin:xmax:xip1,xip2`, as `pg_current_snapshot()::text` gives it.
+impl std::fmt::Display for PgSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:", self.xmin.0, self.xmax.0)?;
+        for (i, x) in self.xip.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{}", x.0)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +115,8 @@ mod tests {
         assert_eq!(snap("7:7:").xip, vec![]);
         assert!(PgSnapshot::parse("9:7:").is_none());
         assert!(PgSnapshot::parse("x:7:").is_none());
+        assert_eq!(s.to_string(), "100:105:101,103");
+        assert_eq!(snap("7:7:").to_string(), "7:7:");
     }
 
     #[test]

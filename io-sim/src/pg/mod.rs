@@ -63,7 +63,7 @@ pub use model::{
 };
 pub use port::{SimPg, SimPgError, SimReplicationStream, SimSession, CONNECT_TIMEOUT};
 pub use server::{serve, PG_PORT};
-pub use snapshot::XIP_WAIT_MAX;
+pub use snapshot::SimSnapshotSteps;
 
 #[cfg(test)]
 mod tests;

@@ -219,6 +219,9 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::CurrentSnapshot => "pg_current_snapshot()",
         ClientMessage::XactsInProgress { .. } => "pg_xact_status",
         ClientMessage::SnapshotRows { .. } => "snapshot query",
+        ClientMessage::BeginRead => "BEGIN REPEATABLE READ",
+        ClientMessage::LockTable { .. } => "LOCK TABLE … IN ACCESS SHARE MODE",
+        ClientMessage::Commit => "COMMIT",
         ClientMessage::StandbyStatus { .. } => "sending standby status",
     }
 }

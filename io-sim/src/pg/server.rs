@@ -497,28 +497,26 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
         } => model
             .add_table_to_publication(&publication, &relation_name(relation))
             .map(|()| ServerMessage::Done),
-        ClientMessage::CurrentSnapshot => Ok(ServerMessage::Snapshot(snapshot_text(
-            &model.current_snapshot(),
-        ))),
+        ClientMessage::CurrentSnapshot => {
+            let in_read = model.backend(pid).is_some_and(|b| b.read.is_some());
+            let snapshot = if in_read {
+                model.read_snapshot(pid)
+            } else {
+                Ok(model.current_snapshot())
+            };
+            snapshot.map(|s| ServerMessage::Snapshot(s.to_string()))
+        }
+        ClientMessage::BeginRead => model.begin_read(pid).map(|()| ServerMessage::Done),
+        ClientMessage::LockTable { relation } => model
+            .lock_share(pid, &relation_name(relation))
+            .map(|()| ServerMessage::Done),
+        ClientMessage::Commit => model.end_read(pid).map(|()| ServerMessage::Done),
         ClientMessage::XactsInProgress { xids } => Ok(ServerMessage::Count(
             xids.iter().filter(|&&x| model.xact_in_progress(x)).count() as u64,
         )),
-        ClientMessage::SnapshotRows { relation, columns } => {
-            let relation = relation_name(relation);
-            model
-                .snapshot_rows(&relation, &columns)
-                .and_then(|(snapshot, rows)| {
-                    // The rows' catalog entry, as io-real reads it inside the snapshot.
-                    let table = model.table(&relation).map(wire_table).ok_or_else(|| {
-                        SqlError::new("42P01", format!("relation {relation} does not exist"))
-                    })?;
-                    Ok(ServerMessage::Rows {
-                        snapshot: snapshot_text(&snapshot),
-                        rows,
-                        table,
-                    })
-                })
-        }
+        ClientMessage::SnapshotRows { relation, columns } => model
+            .read_rows(pid, &relation_name(relation), &columns)
+            .map(ServerMessage::Rows),
         ClientMessage::Startup { .. }
         | ClientMessage::StandbyStatus { .. }
         | ClientMessage::CreateSlot { .. }
@@ -560,10 +558,4 @@ fn wire_table(def: &super::model::TableDef) -> WireTable {
             })
             .collect(),
     }
-}
-
-/// `pg_current_snapshot()::text`: `xmin:xmax:xip1,xip2`.
-pub(crate) fn snapshot_text(snapshot: &ampere_core::snapshot::PgSnapshot) -> String {
-    let xip: Vec<String> = snapshot.xip.iter().map(|x| x.0.to_string()).collect();
-    format!("{}:{}:{}", snapshot.xmin.0, snapshot.xmax.0, xip.join(","))
 }

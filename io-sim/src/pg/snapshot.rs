@@ -1,157 +1,224 @@
-//! Initial snapshots over the model, mirroring `io-real/src/snapshot.rs` step by step: add
-//! the table to the publication (SL-5), wait out the transactions in progress at that moment
-//! (SN-2), then read `pg_current_snapshot()`, the rows and the table's catalog entry at one
-//! instant (SN-3), check that entry against the shape's schema, encode each row with the core's
-//! [`EntryEncoder`] and write byte-cut chunks through the [`SnapshotWriter`], the last ending
-//! with `snapshot-end`.
+//! Initial snapshots over the model: the steps of [`ampere_core::snapshot_steps`] as requests
+//! to the model, one statement each as io-real runs them, so the simulation runs the order
+//! production runs.
 //!
-//! Deviations from io-real, none observable in the chunks: the rows arrive in one reply (the
-//! model takes them atomically) and the connection closes before the chunks are written, and
-//! SN-2 does not first burn an xid of its own (the model's `xip` lists every running xid).
+//! Deviations from io-real, none observable in the chunks: the rows query answers all rows in
+//! one reply (the model has no cursors), the where clause is applied here with the core's
+//! evaluator (the model has no SQL; a real Postgres runs the rendered SQL, which io-real's
+//! differential test holds equal), and SN-2 does not first burn an xid of its own (the
+//! model's `xip` lists every running xid).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use ampere_core::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
+use ampere_core::chunk::SnapshotColumns;
 use ampere_core::error_chain;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
+use ampere_core::shape::{RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
+use ampere_core::snapshot_steps::{self, SnapshotSteps, TextRow};
 
 use super::port::{catalog_table, Client, SimPgError};
 use super::wire::{ClientMessage, ServerMessage, WireRelation};
 
-/// How long SN-2 waits for the transactions in progress after the publication change.
-pub const XIP_WAIT_MAX: Duration = Duration::from_secs(30);
-/// How often SN-2 polls `pg_xact_status`.
-const XIP_POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Takes the snapshot of `request` on `client` (a connection of its own); see the module docs.
+/// Takes the snapshot of `request` on `client` (a connection of its own).
 pub(crate) async fn take_snapshot<W: SnapshotWriter>(
-    mut client: Client,
+    client: Client,
     request: &SnapshotRequest,
     writer: W,
 ) -> Result<PgSnapshot, SnapshotError> {
-    let relation = WireRelation {
-        schema: request.schema.relation.schema.clone(),
-        table: request.schema.relation.table.clone(),
-    };
-    let add = ClientMessage::AddTable {
-        publication: request.publication.clone(),
-        relation: relation.clone(),
-    };
-    expect_done(
-        client
-            .call(add)
-            .await
-            .map_err(pg("ALTER PUBLICATION … ADD TABLE"))?,
-    )?;
-    wait_for_in_progress(&mut client, XIP_WAIT_MAX).await?;
-    let query = SnapshotColumns::new(&request.definition, &request.schema)?;
-    // The model returns rows and the filter runs here, with the core's evaluator: a real
-    // Postgres runs the rendered SQL instead, which io-real's differential test holds equal.
-    let mut wanted = query.fetched.clone();
-    if let Some(filter) = &query.filter {
-        wanted.extend_from_slice(filter.columns());
-        wanted.sort_unstable();
-        wanted.dedup();
-    }
-    let columns = wanted
-        .iter()
-        .map(|&i| request.schema.columns[i].name.clone())
-        .collect();
-    let reply = client
-        .call(ClientMessage::SnapshotRows { relation, columns })
-        .await
-        .map_err(pg("snapshot query"))?;
-    drop(client);
-    let ServerMessage::Rows {
-        snapshot,
-        rows,
-        table,
-    } = reply
-    else {
-        return Err(unexpected("snapshot query"));
-    };
-    let seen = catalog_table(request.schema.relation.clone(), table).schema;
-    check_schema_unchanged(&request.schema, Some(&seen))?;
-    let snapshot = PgSnapshot::parse(&snapshot).ok_or_else(|| SnapshotError::Postgres {
-        message: format!("pg_current_snapshot() returned {snapshot:?}, not xmin:xmax:xip"),
-        kind: DisconnectKind::Transient,
-    })?;
-    let mut chunks = SnapshotChunks::new(writer, request.chunk_bytes_threshold);
-    for row in rows {
-        let values = decode(&query, &wanted, row)?;
-        if query.filter.as_ref().is_some_and(|f| !f.matches(&values)) {
-            continue;
-        }
-        chunks.push(query.encoder.snapshot_row(&values)).await?;
-    }
-    let writer = chunks.finish(&snapshot.snapshot_end_json()).await?;
-    writer.finish().await.map_err(store)?;
+    let snapshot =
+        snapshot_steps::take(&mut SimSnapshotSteps::new(client), request, writer).await?;
     tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
         "snapshot taken");
     Ok(snapshot)
 }
 
-/// SN-2: waits until every transaction in progress now has ended, polling every 50 ms, for at
-/// most `wait_max` (then a transient error).
-async fn wait_for_in_progress(
-    client: &mut Client,
-    wait_max: Duration,
-) -> Result<(), SnapshotError> {
-    let reply = client
-        .call(ClientMessage::CurrentSnapshot)
-        .await
-        .map_err(pg("pg_current_snapshot()"))?;
-    let ServerMessage::Snapshot(text) = reply else {
-        return Err(unexpected("pg_current_snapshot()"));
-    };
-    let snapshot = PgSnapshot::parse(&text).ok_or_else(|| unexpected("pg_current_snapshot()"))?;
-    let xids: Vec<u64> = snapshot.xip.iter().map(|x| x.0).collect();
-    let deadline = tokio::time::Instant::now() + wait_max;
-    loop {
-        let reply = client
-            .call(ClientMessage::XactsInProgress { xids: xids.clone() })
+/// The snapshot steps on one connection to the model.
+#[derive(Debug)]
+pub struct SimSnapshotSteps {
+    client: Client,
+    /// The rows query's answer, not yet taken.
+    rows: VecDeque<TextRow>,
+}
+
+impl SimSnapshotSteps {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            rows: VecDeque::new(),
+        }
+    }
+
+    /// Connects to the model on `host` for a snapshot.
+    pub async fn connect(host: &str) -> Result<Self, SnapshotError> {
+        let client = Client::connect(host, false)
             .await
-            .map_err(pg("pg_xact_status"))?;
-        let ServerMessage::Count(running) = reply else {
-            return Err(unexpected("pg_xact_status"));
+            .map_err(|e| SnapshotError::Postgres {
+                message: e.message.clone(),
+                kind: e.kind(),
+            })?;
+        Ok(Self::new(client))
+    }
+
+    async fn call(
+        &mut self,
+        during: &'static str,
+        request: ClientMessage,
+    ) -> Result<ServerMessage, SnapshotError> {
+        self.client.call(request).await.map_err(pg(during))
+    }
+
+    async fn done(
+        &mut self,
+        during: &'static str,
+        request: ClientMessage,
+    ) -> Result<(), SnapshotError> {
+        match self.call(during, request).await? {
+            ServerMessage::Done => Ok(()),
+            _ => Err(unexpected(during)),
+        }
+    }
+
+    async fn snapshot(&mut self) -> Result<PgSnapshot, SnapshotError> {
+        const DURING: &str = "pg_current_snapshot()";
+        let ServerMessage::Snapshot(text) =
+            self.call(DURING, ClientMessage::CurrentSnapshot).await?
+        else {
+            return Err(unexpected(DURING));
         };
-        if running == 0 {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(SnapshotError::Postgres {
-                message: format!(
-                    "{running} transaction(s) in progress at {text} still running after \
-                     {wait_max:?}"
-                ),
-                kind: DisconnectKind::Transient,
-            });
-        }
-        tokio::time::sleep(XIP_POLL_INTERVAL).await;
+        PgSnapshot::parse(&text).ok_or_else(|| SnapshotError::Postgres {
+            message: format!("pg_current_snapshot() returned {text:?}, not xmin:xmax:xip"),
+            kind: DisconnectKind::Transient,
+        })
     }
 }
 
-/// A result row as values in the table's column order (unfetched columns `None`).
-fn decode(
-    columns: &SnapshotColumns,
-    wanted: &[usize],
-    row: Vec<Option<String>>,
-) -> Result<Vec<Option<String>>, SnapshotError> {
-    if row.len() != wanted.len() {
-        return Err(unexpected("a snapshot row"));
+impl SnapshotSteps for SimSnapshotSteps {
+    async fn add_to_publication(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> Result<(), SnapshotError> {
+        let add = ClientMessage::AddTable {
+            publication: publication.to_owned(),
+            relation: wire_relation(relation),
+        };
+        self.done("ALTER PUBLICATION … ADD TABLE", add).await
     }
-    let mut values = columns.empty_row();
-    for (&column, value) in wanted.iter().zip(row) {
-        values[column] = value;
+
+    async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {
+        self.snapshot().await
     }
-    Ok(values)
+
+    async fn still_running(&mut self, in_progress: &PgSnapshot) -> Result<u64, SnapshotError> {
+        const DURING: &str = "pg_xact_status";
+        let xids = in_progress.xip.iter().map(|x| x.0).collect();
+        match self
+            .call(DURING, ClientMessage::XactsInProgress { xids })
+            .await?
+        {
+            ServerMessage::Count(running) => Ok(running),
+            _ => Err(unexpected(DURING)),
+        }
+    }
+
+    async fn pause(&mut self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+
+    async fn begin_read(&mut self) -> Result<(), SnapshotError> {
+        self.done("BEGIN REPEATABLE READ", ClientMessage::BeginRead)
+            .await
+    }
+
+    async fn lock_table(&mut self, relation: &RelationName) -> Result<(), SnapshotError> {
+        let lock = ClientMessage::LockTable {
+            relation: wire_relation(relation),
+        };
+        self.done("LOCK TABLE … IN ACCESS SHARE MODE", lock).await
+    }
+
+    async fn current_snapshot(&mut self) -> Result<PgSnapshot, SnapshotError> {
+        self.snapshot().await
+    }
+
+    async fn table_schema(
+        &mut self,
+        relation: &RelationName,
+    ) -> Result<Option<TableSchema>, SnapshotError> {
+        const DURING: &str = "reading the catalog";
+        let lookup = ClientMessage::TableSchema {
+            relation: wire_relation(relation),
+        };
+        match self.call(DURING, lookup).await? {
+            ServerMessage::Table(table) => {
+                Ok(table.map(|t| catalog_table(relation.clone(), t).schema))
+            }
+            _ => Err(unexpected(DURING)),
+        }
+    }
+
+    async fn query_rows(
+        &mut self,
+        schema: &TableSchema,
+        columns: &SnapshotColumns,
+    ) -> Result<(), SnapshotError> {
+        const DURING: &str = "snapshot query";
+        // The fetched columns and those the filter reads, in attnum order.
+        let mut wanted = columns.fetched.clone();
+        if let Some(filter) = &columns.filter {
+            wanted.extend_from_slice(filter.columns());
+            wanted.sort_unstable();
+            wanted.dedup();
+        }
+        let query = ClientMessage::SnapshotRows {
+            relation: wire_relation(&schema.relation),
+            columns: wanted
+                .iter()
+                .map(|&i| schema.columns[i].name.clone())
+                .collect(),
+        };
+        let ServerMessage::Rows(rows) = self.call(DURING, query).await? else {
+            return Err(unexpected(DURING));
+        };
+        self.rows.clear();
+        for row in rows {
+            if row.len() != wanted.len() {
+                return Err(unexpected(DURING));
+            }
+            let mut values = columns.empty_row();
+            for (&column, value) in wanted.iter().zip(row) {
+                values[column] = value;
+            }
+            if columns.filter.as_ref().is_some_and(|f| !f.matches(&values)) {
+                continue;
+            }
+            // Only the fetched columns leave the query, as io-real's SELECT list.
+            for (column, value) in values.iter_mut().enumerate() {
+                if columns.fetched.binary_search(&column).is_err() {
+                    *value = None;
+                }
+            }
+            self.rows.push_back(values);
+        }
+        Ok(())
+    }
+
+    async fn next_row(&mut self) -> Result<Option<TextRow>, SnapshotError> {
+        Ok(self.rows.pop_front())
+    }
+
+    async fn commit(&mut self) -> Result<(), SnapshotError> {
+        self.rows.clear();
+        self.done("COMMIT", ClientMessage::Commit).await
+    }
 }
 
-fn expect_done(reply: ServerMessage) -> Result<(), SnapshotError> {
-    match reply {
-        ServerMessage::Done => Ok(()),
-        _ => Err(unexpected("ALTER PUBLICATION … ADD TABLE")),
+fn wire_relation(relation: &RelationName) -> WireRelation {
+    WireRelation {
+        schema: relation.schema.clone(),
+        table: relation.table.clone(),
     }
 }
 
@@ -173,11 +240,5 @@ fn unexpected(during: &str) -> SnapshotError {
     SnapshotError::Postgres {
         message: format!("{during}: unexpected reply"),
         kind: DisconnectKind::Transient,
-    }
-}
-
-fn store(error: impl std::error::Error) -> SnapshotError {
-    SnapshotError::Store {
-        message: error_chain(&error),
     }
 }

@@ -92,16 +92,22 @@ pub(crate) enum ClientMessage {
         publication: String,
         relation: WireRelation,
     },
-    /// `pg_current_snapshot()`.
+    /// `pg_current_snapshot()`: the read transaction's inside one.
     CurrentSnapshot,
     /// How many of `xids` are in progress.
     XactsInProgress { xids: Vec<u64> },
-    /// A `REPEATABLE READ` snapshot: `pg_current_snapshot()`, the named columns of every row
-    /// and the table's catalog entry, atomically.
+    /// `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`.
+    BeginRead,
+    /// `LOCK TABLE … IN ACCESS SHARE MODE` (in a read transaction).
+    LockTable { relation: WireRelation },
+    /// The snapshot rows query, in a read transaction: the named columns of every row its
+    /// snapshot sees (the where clause is the caller's to apply, as the model has no SQL).
     SnapshotRows {
         relation: WireRelation,
         columns: Vec<String>,
     },
+    /// `COMMIT` of the read transaction.
+    Commit,
     /// A standby status update (streaming only).
     StandbyStatus {
         write: u64,
@@ -141,12 +147,8 @@ pub(crate) enum ServerMessage {
     CopyBoth,
     /// `pg_current_snapshot()` as text.
     Snapshot(String),
-    /// A snapshot's rows, and the table as the snapshot saw it.
-    Rows {
-        snapshot: String,
-        rows: Vec<Vec<Option<String>>>,
-        table: WireTable,
-    },
+    /// A snapshot's rows.
+    Rows(Vec<Vec<Option<String>>>),
     /// `XLogData` (`data` in hex).
     XLogData {
         wal_start: u64,

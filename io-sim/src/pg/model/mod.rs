@@ -9,6 +9,7 @@
 //! ([`PgModel::subscribe`]) so walsender and backend tasks on the `pg` host wake up, whichever
 //! host (or the test body) mutated it.
 
+mod read;
 pub mod session;
 pub mod table;
 
@@ -22,7 +23,7 @@ use ampere_core::lsn::Lsn;
 use ampere_core::shape::RelationName;
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 
-use self::session::{AckEvent, AdvisoryLock, Backend, LockEvent, PublicationEvent, Slot, SqlError};
+use self::session::{AckEvent, AdvisoryLock, Backend, LockEvent, PublicationEvent, Slot};
 use self::table::TableState;
 pub use self::table::{Key, ModelColumn, Row, TableDef, INT8_OID, TEXT_OID};
 
@@ -191,6 +192,14 @@ pub enum ModelError {
         relation: RelationName,
         /// The transaction holding the lock.
         holder: u64,
+    },
+    /// A read transaction (a snapshot's) holds the table `ACCESS SHARE` (DDL would wait).
+    #[error("{relation} is locked by backend {pid}'s read")]
+    ShareLocked {
+        /// The table.
+        relation: RelationName,
+        /// The backend whose read transaction holds the lock.
+        pid: i32,
     },
 }
 
@@ -526,6 +535,12 @@ impl PgModel {
                 holder,
             });
         }
+        if let Some(pid) = self.share_locker(relation) {
+            return Err(ModelError::ShareLocked {
+                relation: relation.clone(),
+                pid,
+            });
+        }
         let xid = self.assign_xid();
         let column = ModelColumn::text(name);
         let lsn = self.append_wal(CHANGE_RECORD_LEN);
@@ -557,39 +572,6 @@ impl PgModel {
             xmax,
             xip,
         }
-    }
-
-    /// A `REPEATABLE READ` snapshot of `relation`: `pg_current_snapshot()` and the named
-    /// columns of every committed row in primary-key order, at one instant (commits are
-    /// atomic, so this is exactly what the snapshot sees).
-    pub fn snapshot_rows(
-        &self,
-        relation: &RelationName,
-        columns: &[String],
-    ) -> Result<(PgSnapshot, Vec<Row>), SqlError> {
-        let table = self
-            .tables
-            .get(relation)
-            .ok_or_else(|| SqlError::new("42P01", format!("relation {relation} does not exist")))?;
-        let indices = columns
-            .iter()
-            .map(|name| {
-                table
-                    .def
-                    .columns
-                    .iter()
-                    .position(|c| &c.name == name)
-                    .ok_or_else(|| {
-                        SqlError::new("42703", format!("column \"{name}\" does not exist"))
-                    })
-            })
-            .collect::<Result<Vec<usize>, SqlError>>()?;
-        let rows = table
-            .rows
-            .values()
-            .map(|row| indices.iter().map(|&i| row[i].clone()).collect())
-            .collect();
-        Ok((self.current_snapshot(), rows))
     }
 
     /// `pg_xact_status(xid)`.
@@ -753,12 +735,16 @@ impl PgModel {
             .get(relation)
             .copied()
             .filter(|h| *h != xid);
-        match row_holder.or(table_holder) {
-            Some(holder) => Err(ModelError::Locked {
+        match (row_holder.or(table_holder), self.share_locker(relation)) {
+            (Some(holder), _) => Err(ModelError::Locked {
                 relation: relation.clone(),
                 holder,
             }),
-            None => Ok(()),
+            (None, Some(pid)) => Err(ModelError::ShareLocked {
+                relation: relation.clone(),
+                pid,
+            }),
+            (None, None) => Ok(()),
         }
     }
 

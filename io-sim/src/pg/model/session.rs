@@ -41,6 +41,8 @@ pub struct Backend {
     pub replication: bool,
     /// The slot it streams from, after `START_REPLICATION`.
     pub streaming_slot: Option<String>,
+    /// Its open read transaction.
+    pub(crate) read: Option<super::read::ReadTxn>,
 }
 
 /// A granted advisory lock (these stack within one backend).
@@ -162,6 +164,7 @@ impl PgModel {
             client_host: client_host.to_owned(),
             replication,
             streaming_slot: None,
+            read: None,
         };
         self.backends.insert(pid, backend);
         self.bump();

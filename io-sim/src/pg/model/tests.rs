@@ -90,8 +90,11 @@ fn snapshot_excludes_transactions_in_progress() {
     assert_eq!(snapshot.xmax, FullXid(later + 1));
     assert_eq!(snapshot.xip, vec![FullXid(open), FullXid(later)]);
     assert!(m.xact_in_progress(open));
-    let (_, rows) = m
-        .snapshot_rows(&items(), &["id".into(), "title".into()])
+    let reader = m.open_backend("client", false);
+    m.begin_read(reader).unwrap();
+    assert_eq!(m.read_snapshot(reader).unwrap(), snapshot);
+    let rows = m
+        .read_rows(reader, &items(), &["id".into(), "title".into()])
         .unwrap();
     assert_eq!(rows, vec![row(1, "a")]);
 
@@ -478,4 +481,74 @@ fn a_publication_comment_survives_crashes_and_goes_with_its_publication() {
     m.drop_publication("p");
     m.create_publication("p");
     assert_eq!(m.publication_comment("p"), None);
+}
+
+#[test]
+fn a_read_transaction_sees_the_rows_of_its_first_snapshot_only() {
+    let mut m = model();
+    insert_committed(&mut m, &[(1, "a")]);
+    let reader = m.open_backend("client", false);
+    m.begin_read(reader).unwrap();
+    let snapshot = m.read_snapshot(reader).unwrap();
+    insert_committed(&mut m, &[(2, "b")]);
+    assert_eq!(m.read_snapshot(reader).unwrap(), snapshot);
+    let columns = ["id".to_owned(), "title".to_owned()];
+    assert_eq!(
+        m.read_rows(reader, &items(), &columns).unwrap(),
+        vec![row(1, "a")]
+    );
+    m.end_read(reader).unwrap();
+    assert!(m.read_rows(reader, &items(), &columns).is_err());
+}
+
+#[test]
+fn a_share_lock_holds_off_ddl_until_the_read_ends_or_its_backend_closes() {
+    let mut m = model();
+    let reader = m.open_backend("client", false);
+    m.begin_read(reader).unwrap();
+    m.lock_share(reader, &items()).unwrap();
+    assert!(matches!(
+        m.add_column(&items(), "extra"),
+        Err(ModelError::ShareLocked { pid, .. }) if pid == reader
+    ));
+    let truncating = m.begin();
+    assert!(matches!(
+        m.truncate(truncating, &[items()]),
+        Err(ModelError::ShareLocked { .. })
+    ));
+    m.truncate(truncating, &[other()]).unwrap();
+    m.commit(truncating).unwrap();
+    m.end_read(reader).unwrap();
+    m.add_column(&items(), "extra").unwrap();
+
+    m.begin_read(reader).unwrap();
+    m.lock_share(reader, &items()).unwrap();
+    m.close_backend(reader);
+    m.add_column(&items(), "extra2").unwrap();
+}
+
+#[test]
+fn a_share_lock_is_refused_while_a_truncate_is_in_progress() {
+    let mut m = model();
+    let truncating = m.begin();
+    m.truncate(truncating, &[items()]).unwrap();
+    let reader = m.open_backend("client", false);
+    m.begin_read(reader).unwrap();
+    let refused = m.lock_share(reader, &items()).unwrap_err();
+    assert_eq!(refused.sqlstate, "55P03");
+}
+
+#[test]
+fn a_column_added_after_the_read_snapshot_reads_null() {
+    let mut m = model();
+    insert_committed(&mut m, &[(1, "a")]);
+    let reader = m.open_backend("client", false);
+    m.begin_read(reader).unwrap();
+    m.read_snapshot(reader).unwrap();
+    m.add_column(&items(), "extra").unwrap();
+    let columns = ["id".to_owned(), "extra".to_owned()];
+    assert_eq!(
+        m.read_rows(reader, &items(), &columns).unwrap(),
+        vec![vec![Some("1".into()), None]]
+    );
 }

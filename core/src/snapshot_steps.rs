@@ -1,0 +1,157 @@
+//! A new shape's initial snapshot (SL-5, SN-2, SN-3; protocol.md §6.2): the order, once.
+//! Each Postgres adapter (io-real, io-sim) implements the steps on one connection of its own;
+//! [`take`] runs them, so the simulation checks the order production runs.
+//!
+//! The order and why:
+//! 1. SL-5: the table joins the publication (with `REPLICA IDENTITY FULL`), so every change
+//!    committed from here on is decoded for it.
+//! 2. SN-2: wait until every transaction in progress *at that moment* has ended; a writer
+//!    that began before the table joined may have changes pgoutput will not send.
+//! 3. SN-3, one `REPEATABLE READ READ ONLY` transaction: lock the table against DDL
+//!    (`ACCESS SHARE`; `LOCK` takes no snapshot), take `pg_current_snapshot()` (the first
+//!    statement that needs one fixes the transaction's snapshot), read the table's catalog
+//!    entry and check it against the shape's schema, then stream the rows through the
+//!    rendered where clause. The lock makes the latest catalog (which the rows query and the
+//!    check resolve columns with) the snapshot's catalog.
+//! 4. Chunks are written as rows arrive; the last ends with `snapshot-end`; the transaction
+//!    commits, then the writer finishes.
+//!
+//! Never: retries (the caller decides), holds all rows (at most two chunks, see
+//! [`SnapshotChunks`]), or reads a clock (the adapter's `pause` waits; the wait is counted in
+//! polls).
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
+use crate::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
+use crate::shape::{RelationName, TableSchema};
+use crate::snapshot::PgSnapshot;
+
+/// How long SN-2 waits for the transactions in progress after the publication change.
+pub const XIP_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often SN-2 asks whether they are still running.
+pub const XIP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A row in the table's column order; columns the query did not fetch are `None`.
+pub type TextRow = Vec<Option<String>>;
+
+/// The steps of [`take`], on one adapter's connection (nobody else's: the steps run a
+/// transaction on it). Errors come as [`SnapshotError`]s: a vanished table or column is
+/// [`SnapshotError::SchemaChanged`].
+pub trait SnapshotSteps: Send {
+    /// SL-5, in one transaction under a short lock timeout: `ALTER PUBLICATION … ADD TABLE`
+    /// (already a member is fine), then `REPLICA IDENTITY FULL` unless the table has it.
+    fn add_to_publication(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send;
+    /// SN-2: a snapshot whose `xip` lists every transaction in progress now, including one
+    /// whose xid is above every completed one.
+    fn in_progress(&mut self) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send;
+    /// SN-2: how many of `in_progress.xip` are still in progress (`pg_xact_status`).
+    fn still_running(
+        &mut self,
+        in_progress: &PgSnapshot,
+    ) -> impl Future<Output = Result<u64, SnapshotError>> + Send;
+    /// Waits `duration` on the adapter's clock.
+    fn pause(&mut self, duration: Duration) -> impl Future<Output = ()> + Send;
+    /// SN-3: `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`, with SL-3's display settings
+    /// for this transaction.
+    fn begin_read(&mut self) -> impl Future<Output = Result<(), SnapshotError>> + Send;
+    /// SN-3: `LOCK TABLE … IN ACCESS SHARE MODE`: DDL on the table waits for this
+    /// transaction from here on.
+    fn lock_table(
+        &mut self,
+        relation: &RelationName,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send;
+    /// `pg_current_snapshot()`, which fixes the transaction's snapshot.
+    fn current_snapshot(
+        &mut self,
+    ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send;
+    /// The table's catalog entry as the transaction sees it, `None` if it is gone.
+    fn table_schema(
+        &mut self,
+        relation: &RelationName,
+    ) -> impl Future<Output = Result<Option<TableSchema>, SnapshotError>> + Send;
+    /// Starts the rows query: `columns.fetched` of `schema.relation`, as Postgres text,
+    /// filtered by `columns.filter`.
+    fn query_rows(
+        &mut self,
+        schema: &TableSchema,
+        columns: &SnapshotColumns,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send;
+    /// The rows query's next row, `None` after the last.
+    fn next_row(&mut self) -> impl Future<Output = Result<Option<TextRow>, SnapshotError>> + Send;
+    /// `COMMIT`: the read ends, the lock is released.
+    fn commit(&mut self) -> impl Future<Output = Result<(), SnapshotError>> + Send;
+}
+
+/// Takes the snapshot of `request` with `steps`: chunks `0_0 … 0_N` go to `writer` as they
+/// fill, `writer.finish()` runs after the transaction committed. Returns the transaction's
+/// `pg_current_snapshot()`.
+pub async fn take<S: SnapshotSteps, W: SnapshotWriter>(
+    steps: &mut S,
+    request: &SnapshotRequest,
+    writer: W,
+) -> Result<PgSnapshot, SnapshotError> {
+    let relation = &request.schema.relation;
+    steps
+        .add_to_publication(&request.publication, relation)
+        .await?;
+    wait_for_in_progress(steps).await?;
+    let columns = SnapshotColumns::new(&request.definition, &request.schema)?;
+    steps.begin_read().await?;
+    steps.lock_table(relation).await?;
+    let snapshot = steps.current_snapshot().await?;
+    let seen = steps.table_schema(relation).await?;
+    check_schema_unchanged(&request.schema, seen.as_ref())?;
+    steps.query_rows(&request.schema, &columns).await?;
+    let mut chunks = SnapshotChunks::new(writer, request.chunk_bytes_threshold);
+    while let Some(row) = steps.next_row().await? {
+        assert_eq!(
+            row.len(),
+            request.schema.columns.len(),
+            "invariant: snapshot rows come in the table's column order"
+        );
+        chunks.push(columns.encoder.snapshot_row(&row)).await?;
+    }
+    let writer = chunks.finish(&snapshot.snapshot_end_json()).await?;
+    steps.commit().await?;
+    writer.finish().await.map_err(|e| SnapshotError::Store {
+        message: crate::error_chain(&e),
+    })?;
+    Ok(snapshot)
+}
+
+/// SN-2: polls every [`XIP_POLL_INTERVAL`] until none of the transactions in progress now is
+/// running, for at most [`XIP_WAIT_MAX`] (then a transient error).
+async fn wait_for_in_progress<S: SnapshotSteps>(steps: &mut S) -> Result<(), SnapshotError> {
+    const MAX_POLLS: u128 = XIP_WAIT_MAX.as_millis() / XIP_POLL_INTERVAL.as_millis();
+    let in_progress = steps.in_progress().await?;
+    if in_progress.xip.is_empty() {
+        return Ok(());
+    }
+    let mut polls = 0;
+    loop {
+        let running = steps.still_running(&in_progress).await?;
+        if running == 0 {
+            return Ok(());
+        }
+        if polls == MAX_POLLS {
+            return Err(SnapshotError::Postgres {
+                message: format!(
+                    "{running} transaction(s) in progress at {in_progress} still running \
+                     after {XIP_WAIT_MAX:?}"
+                ),
+                kind: DisconnectKind::Transient,
+            });
+        }
+        steps.pause(XIP_POLL_INTERVAL).await;
+        polls += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! The order of [`take`] against scripted steps; what each adapter's steps do is the contract
+//! suite's business (`io-real/tests/snapshot_contract.rs`, `io-sim`'s `snapshot_contract`).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::shape::{ColumnSchema, HandleStamp, ShapeHandle};
+use crate::tests::harness::{items, snapshot, whole};
+
+/// Scripted answers; records every step and chunk in one log.
+#[derive(Default)]
+struct Script {
+    in_progress: Option<PgSnapshot>,
+    /// `still_running` answers, in order (then 0).
+    running: VecDeque<u64>,
+    /// The catalog entry inside the read (the request's schema when `None`).
+    seen: Option<Option<TableSchema>>,
+    rows: VecDeque<TextRow>,
+    fail_commit: bool,
+    log: Log,
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, step: impl Into<String>) {
+        self.0.lock().unwrap().push(step.into());
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+impl SnapshotSteps for Script {
+    async fn add_to_publication(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> Result<(), SnapshotError> {
+        self.log
+            .push(format!("publish {relation} in {publication}"));
+        Ok(())
+    }
+    async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {
+        self.log.push("in progress");
+        Ok(self.in_progress.clone().unwrap_or_else(|| snapshot("5:5:")))
+    }
+    async fn still_running(&mut self, _: &PgSnapshot) -> Result<u64, SnapshotError> {
+        self.log.push("still running");
+        Ok(self.running.pop_front().unwrap_or(0))
+    }
+    async fn pause(&mut self, duration: Duration) {
+        assert_eq!(duration, XIP_POLL_INTERVAL);
+        self.log.push("pause");
+    }
+    async fn begin_read(&mut self) -> Result<(), SnapshotError> {
+        self.log.push("begin");
+        Ok(())
+    }
+    async fn lock_table(&mut self, relation: &RelationName) -> Result<(), SnapshotError> {
+        self.log.push(format!("lock {relation}"));
+        Ok(())
+    }
+    async fn current_snapshot(&mut self) -> Result<PgSnapshot, SnapshotError> {
+        self.log.push("snapshot");
+        Ok(snapshot("10:12:11"))
+    }
+    async fn table_schema(
+        &mut self,
+        _: &RelationName,
+    ) -> Result<Option<TableSchema>, SnapshotError> {
+        self.log.push("catalog");
+        Ok(self.seen.clone().unwrap_or_else(|| Some(items())))
+    }
+    async fn query_rows(
+        &mut self,
+        schema: &TableSchema,
+        columns: &SnapshotColumns,
+    ) -> Result<(), SnapshotError> {
+        assert_eq!(schema, &items());
+        self.log.push(format!(
+            "query {:?}{}",
+            columns.fetched,
+            columns.where_sql()
+        ));
+        Ok(())
+    }
+    async fn next_row(&mut self) -> Result<Option<TextRow>, SnapshotError> {
+        Ok(self.rows.pop_front())
+    }
+    async fn commit(&mut self) -> Result<(), SnapshotError> {
+        self.log.push("commit");
+        if self.fail_commit {
+            return Err(SnapshotError::Postgres {
+                message: "connection lost".into(),
+                kind: DisconnectKind::Transient,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Logs chunks and the finish into the script's log.
+struct LogWriter(Log);
+
+impl SnapshotWriter for LogWriter {
+    type Error = Infallible;
+
+    async fn write_chunk(&mut self, index: u64, body: String) -> Result<(), Infallible> {
+        self.0.push(format!("chunk {index}: {body}"));
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(), Infallible> {
+        self.0.push("finish");
+        Ok(())
+    }
+}
+
+fn request(where_clause: Option<&str>) -> SnapshotRequest {
+    let schema = items();
+    let mut definition = whole(&schema);
+    definition.where_clause = where_clause.map(str::to_owned);
+    SnapshotRequest {
+        handle: ShapeHandle::mint(definition.identity(), HandleStamp(1)),
+        definition,
+        schema,
+        publication: "pub".into(),
+        chunk_bytes_threshold: 1 << 20,
+    }
+}
+
+fn run(script: &mut Script, request: &SnapshotRequest) -> Result<PgSnapshot, SnapshotError> {
+    let writer = LogWriter(script.log.clone());
+    poll_once(take(script, request, writer))
+}
+
+/// Polls a future that never waits (the script answers at once).
+fn poll_once<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the script never waits"),
+    }
+}
+
+fn row(id: &str, title: &str, n: &str) -> TextRow {
+    vec![Some(id.into()), Some(title.into()), Some(n.into())]
+}
+
+#[test]
+fn publication_then_wait_then_lock_snapshot_catalog_rows_then_commit_then_finish() {
+    let mut script = Script {
+        in_progress: Some(snapshot("7:9:7,8")),
+        running: [2, 1].into(),
+        rows: [row("1", "a", "7")].into(),
+        ..Script::default()
+    };
+    let taken = run(&mut script, &request(Some("n = '7'"))).expect("snapshot");
+    assert_eq!(taken, snapshot("10:12:11"));
+    let end = r#"{"headers":{"control":"snapshot-end","xip_list":["11"],"xmax":"12","xmin":"10"}}"#;
+    assert_eq!(
+        script.log.take(),
+        [
+            r#"publish "public"."items" in pub"#.to_owned(),
+            "in progress".into(),
+            "still running".into(),
+            "pause".into(),
+            "still running".into(),
+            "pause".into(),
+            "still running".into(),
+            "begin".into(),
+            r#"lock "public"."items""#.into(),
+            "snapshot".into(),
+            "catalog".into(),
+            r#"query [0, 1, 2] WHERE ("n" = '7'::pg_catalog.int4)"#.into(),
+            format!(
+                "chunk 0: {},{end}",
+                r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"a","n":"7"},"headers":{"operation":"insert","relation":["public","items"]}}"#
+            ),
+            "commit".into(),
+            "finish".into(),
+        ]
+    );
+}
+
+#[test]
+fn nothing_in_progress_is_not_polled() {
+    let mut script = Script::default();
+    run(&mut script, &request(None)).expect("snapshot");
+    let log = script.log.take();
+    assert_eq!(
+        log[..3],
+        [r#"publish "public"."items" in pub"#, "in progress", "begin"]
+    );
+}
+
+#[test]
+fn a_writer_running_past_the_wait_is_a_transient_error_before_the_read_begins() {
+    let polls = (XIP_WAIT_MAX.as_millis() / XIP_POLL_INTERVAL.as_millis()) as usize;
+    let mut script = Script {
+        in_progress: Some(snapshot("7:8:7")),
+        running: std::iter::repeat_n(1, polls + 1).collect(),
+        ..Script::default()
+    };
+    let error = run(&mut script, &request(None)).expect_err("times out");
+    assert!(
+        matches!(&error, SnapshotError::Postgres { kind: DisconnectKind::Transient, message }
+            if message == "1 transaction(s) in progress at 7:8:7 still running after 30s"),
+        "{error:?}"
+    );
+    let log = script.log.take();
+    assert_eq!(log.iter().filter(|s| *s == "pause").count(), polls);
+    assert!(!log.contains(&"begin".to_owned()));
+}
+
+#[test]
+fn a_table_changed_since_the_request_fails_before_the_rows_query() {
+    let mut changed = items();
+    changed.columns.push(ColumnSchema {
+        name: "extra".into(),
+        ..changed.columns[1].clone()
+    });
+    for seen in [None, Some(changed)] {
+        let mut script = Script {
+            seen: Some(seen),
+            rows: [row("1", "a", "7")].into(),
+            ..Script::default()
+        };
+        let error = run(&mut script, &request(None)).expect_err("schema changed");
+        assert!(
+            matches!(error, SnapshotError::SchemaChanged { .. }),
+            "{error:?}"
+        );
+        let log = script.log.take();
+        assert_eq!(log.last().map(String::as_str), Some("catalog"), "{log:?}");
+    }
+}
+
+#[test]
+fn a_failed_commit_leaves_the_snapshot_unfinished() {
+    let mut script = Script {
+        fail_commit: true,
+        ..Script::default()
+    };
+    let error = run(&mut script, &request(None)).expect_err("commit fails");
+    assert!(matches!(error, SnapshotError::Postgres { .. }), "{error:?}");
+    let log = script.log.take();
+    assert_eq!(log.last().map(String::as_str), Some("commit"), "{log:?}");
+}
+
+#[test]
+fn a_where_clause_that_no_longer_compiles_fails_before_the_read_begins() {
+    let mut script = Script::default();
+    let error = run(&mut script, &request(Some("missing = 1"))).expect_err("broken where");
+    assert!(
+        matches!(error, SnapshotError::SchemaChanged { .. }),
+        "{error:?}"
+    );
+    assert!(!script.log.take().contains(&"begin".to_owned()));
+}
