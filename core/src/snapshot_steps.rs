@@ -153,5 +153,7 @@ async fn wait_for_in_progress<S: SnapshotSteps>(steps: &mut S) -> Result<(), Sna
     }
 }
 
+#[cfg(feature = "contract")]
+pub mod contract;
 #[cfg(test)]
 mod tests;

@@ -394,14 +394,14 @@ impl PgPort for RealPg {
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
         let this = self.clone();
         async move {
-            let mut client =
+            let client =
                 this.connect_sql("snapshot")
                     .await
                     .map_err(|e| SnapshotError::Postgres {
                         message: error_chain(&e),
                         kind: e.kind(),
                     })?;
-            snapshot::take_snapshot(&mut client, &request, writer).await
+            snapshot::take_snapshot(client, &request, writer).await
         }
     }
 }

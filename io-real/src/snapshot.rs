@@ -32,11 +32,11 @@ const MEMBERSHIP_LOCK_TIMEOUT: &str = "5s";
 /// SQLSTATE `duplicate_object`: the table is already in the publication.
 const DUPLICATE_OBJECT: &str = "42710";
 
-/// Takes the snapshot of `request` on `client` (a connection of its own). Chunks
+/// Takes the snapshot of `request` on `client` (a connection of its own, closed after). Chunks
 /// `0_0 … 0_N` go to `writer` as they fill; `writer.finish()` runs after the last one.
 /// Returns the transaction's `pg_current_snapshot()`.
 pub async fn take_snapshot<W: SnapshotWriter>(
-    client: &mut Client,
+    client: Client,
     request: &SnapshotRequest,
     writer: W,
 ) -> Result<PgSnapshot, SnapshotError> {
@@ -48,17 +48,17 @@ pub async fn take_snapshot<W: SnapshotWriter>(
 }
 
 /// The snapshot steps on one connection.
-pub struct SnapshotConnection<'c> {
-    client: &'c mut Client,
+pub struct SnapshotConnection {
+    client: Client,
     /// The rows query in flight, with the column each result column fills.
     rows: Option<(Pin<Box<RowStream>>, Vec<usize>)>,
     /// The table's column count.
     width: usize,
 }
 
-impl<'c> SnapshotConnection<'c> {
+impl SnapshotConnection {
     /// Steps on `client`, which nobody else uses meanwhile.
-    pub fn new(client: &'c mut Client) -> Self {
+    pub fn new(client: Client) -> Self {
         Self {
             client,
             rows: None,
@@ -67,17 +67,17 @@ impl<'c> SnapshotConnection<'c> {
     }
 }
 
-impl SnapshotSteps for SnapshotConnection<'_> {
+impl SnapshotSteps for SnapshotConnection {
     async fn add_to_publication(
         &mut self,
         publication: &str,
         relation: &RelationName,
     ) -> Result<(), SnapshotError> {
-        add_to_publication(self.client, publication, relation).await
+        add_to_publication(&mut self.client, publication, relation).await
     }
 
     async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {
-        in_progress(self.client).await
+        in_progress(&self.client).await
     }
 
     async fn still_running(&mut self, in_progress: &PgSnapshot) -> Result<u64, SnapshotError> {
@@ -116,14 +116,14 @@ impl SnapshotSteps for SnapshotConnection<'_> {
     }
 
     async fn current_snapshot(&mut self) -> Result<PgSnapshot, SnapshotError> {
-        current_snapshot(self.client).await
+        current_snapshot(&self.client).await
     }
 
     async fn table_schema(
         &mut self,
         relation: &RelationName,
     ) -> Result<Option<TableSchema>, SnapshotError> {
-        catalog::table_schema(&*self.client, relation)
+        catalog::table_schema(&self.client, relation)
             .await
             .map_err(catalog_error)
     }

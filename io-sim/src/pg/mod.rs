@@ -66,4 +66,6 @@ pub use server::{serve, PG_PORT};
 pub use snapshot::SimSnapshotSteps;
 
 #[cfg(test)]
+mod snapshot_contract;
+#[cfg(test)]
 mod tests;
