@@ -455,6 +455,9 @@ struct LockBreaker {
 struct Durability {
     /// Highest WAL end seen.
     received: Lsn,
+    /// Highest `wal_end` of a primary keepalive received between transactions on this
+    /// stream: every transaction committing before it was sent before the keepalive.
+    keepalive_end: Lsn,
     /// Commit LSN of the last transaction fully processed.
     processed: Lsn,
     /// Appends issued so far (a generation counter).
@@ -618,6 +621,18 @@ impl Instance {
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The next output's shape if it is a [`Output::PersistShape`] (which it consumes), so a
+    /// driver can write a run of them as one metadata transaction, in order.
+    pub fn poll_persist_shape(&mut self) -> Option<StoredShape> {
+        match self.outputs.front() {
+            Some(Output::PersistShape { .. }) => match self.outputs.pop_front() {
+                Some(Output::PersistShape { shape }) => Some(shape),
+                _ => unreachable!("the front was a PersistShape"),
+            },
+            _ => None,
+        }
     }
 
     /// When to call [`Instance::handle_timeout`] next.
@@ -941,14 +956,26 @@ impl Instance {
         self.last_received_at = self.now;
         let d = &mut self.durability;
         d.received = d.received.max(wal_end);
-        if !self.assembler.in_transaction() && d.is_idle() {
-            // No shape owes anything: WAL up to here touches no shape (RP-5). Confirm
-            // `wal_end` itself, not +1: a commit record may start exactly there.
-            d.confirmed = d.confirmed.max(wal_end);
-            d.processed = d.processed.max(Lsn(wal_end.0.saturating_sub(1)));
+        if !self.assembler.in_transaction() {
+            // Between transactions: every transaction committing before `wal_end` arrived.
+            d.keepalive_end = d.keepalive_end.max(wal_end);
         }
-        if reply_requested || d.confirmed > d.acked {
+        self.confirm_quiet_wal();
+        if reply_requested || self.durability.confirmed > self.durability.acked {
             self.send_status();
+        }
+    }
+
+    /// RP-5: with no transaction open and nothing appended, held or flushing, no shape owes
+    /// anything for the WAL up to the last keepalive's end, so it is confirmed — at the
+    /// keepalive, or at the flush that makes the instance idle after it (else a backlog's
+    /// trailing WAL would wait for the next keepalive, up to `wal_sender_timeout / 2`).
+    /// `wal_end` itself, not +1: a commit record may start exactly there.
+    fn confirm_quiet_wal(&mut self) {
+        let d = &mut self.durability;
+        if !self.assembler.in_transaction() && d.is_idle() && d.keepalive_end > d.confirmed {
+            d.confirmed = d.keepalive_end;
+            d.processed = d.processed.max(Lsn(d.keepalive_end.0.saturating_sub(1)));
         }
     }
 
@@ -1013,8 +1040,9 @@ impl Instance {
     fn advance_confirmed(&mut self) {
         let d = &mut self.durability;
         let boundary = d.boundary();
-        if boundary > d.confirmed {
-            d.confirmed = boundary;
+        d.confirmed = d.confirmed.max(boundary);
+        self.confirm_quiet_wal();
+        if self.durability.confirmed > self.durability.acked {
             self.send_status();
         }
     }

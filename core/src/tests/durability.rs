@@ -142,13 +142,41 @@ fn a_keepalive_while_a_flush_is_pending_does_not_move_flush() {
     assert_eq!(out[0].write, Lsn(0x9000), "write reports what was received");
 
     h.complete_flush();
-    assert_eq!(flushes(&h.take()), [Lsn(0x2001)]);
-    h.keepalive(Lsn(0x9000), false);
     assert_eq!(
         flushes(&h.take()),
         [Lsn(0x9000)],
-        "idle again: wal_end is confirmed"
+        "idle again: the keepalive's wal_end is confirmed with the flush"
     );
+    h.keepalive(Lsn(0x9000), false);
+    assert!(h.take().is_empty(), "no news, no status");
+}
+
+#[test]
+fn a_keepalive_during_a_transaction_is_confirmed_only_once_nothing_is_pending() {
+    // Goal: RP-5 after a backlog: the WAL behind the last keepalive is confirmed when the
+    // flush that empties the pipeline completes, not a keepalive interval later, and never
+    // while a transaction is open or a flush pending.
+    // Method: a keepalive between T1's commit and T2's begin, with T1's flush running; T2
+    // begins; the flush completes (T2 open: only T1 confirmed); T2 commits and is flushed.
+    let mut h = Harness::active();
+    h.live_shape(&items());
+    h.commit(&insert(700, 0x2000, "1"));
+    h.take();
+    h.keepalive(Lsn(0x3000), false);
+    let t2_end = Lsn(0x4030);
+    h.xlog(t2_end, super::harness::wire::begin(Lsn(0x4000), 701));
+    h.complete_flush();
+    assert_eq!(
+        flushes(&h.take()),
+        [Lsn(0x2001)],
+        "T2 is open: only T1's end"
+    );
+    let row = vec!["2".to_owned(), "t".to_owned(), "0".to_owned()];
+    h.xlog(t2_end, super::harness::wire::insert(&items(), &row));
+    h.xlog(t2_end, super::harness::wire::commit(Lsn(0x4000), t2_end));
+    h.take();
+    h.complete_flush();
+    assert_eq!(flushes(&h.take()), [Lsn(0x4001)]);
 }
 
 #[test]
