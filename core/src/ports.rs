@@ -188,6 +188,14 @@ pub trait MetadataStore: Clone + Send + Sync + 'static {
         shape: StoredShape,
         stamp: HandleStamp,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+    /// Inserts or replaces shape rows, in order, as one transaction where the store has
+    /// transactions; the stamp high-water mark is untouched. One call for a run of
+    /// [`Output::PersistShape`](crate::instance::Output::PersistShape)s: one commit, not one
+    /// per shape.
+    fn put_shapes(
+        &self,
+        shapes: Vec<StoredShape>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
     /// Deletes a shape row.
     fn delete_shape(
         &self,

@@ -565,6 +565,21 @@ impl MetadataStore for SqliteMetadata {
         self.write(move |path, connection| put_shape_blocking(path, connection, &shape, stamp))
     }
 
+    fn put_shapes(
+        &self,
+        shapes: Vec<StoredShape>,
+    ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
+        self.write(move |path, connection| {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite_err(path, "begin"))?;
+            for shape in &shapes {
+                insert_shape(&tx, path, shape, OnConflict::Replace)?;
+            }
+            tx.commit().map_err(sqlite_err(path, "commit"))
+        })
+    }
+
     fn delete_shape(
         &self,
         handle: &ShapeHandle,

@@ -311,6 +311,43 @@ fn write_shape_description(root: &Path, shape: &StoredShape) -> Result<(), Metad
         })
 }
 
+/// Threads [`write_shape_descriptions`] uses at most.
+const DESCRIPTION_THREADS_MAX: usize = 8;
+
+/// Writes every shape's description, spread over up to [`DESCRIPTION_THREADS_MAX`] scoped
+/// threads (each write waits on its own `fsync`s); the first error, after all were tried.
+fn write_shape_descriptions(root: &Path, shapes: &[StoredShape]) -> Result<(), MetadataError> {
+    if shapes.len() <= 1 {
+        return shapes
+            .iter()
+            .try_for_each(|shape| write_shape_description(root, shape));
+    }
+    let per_thread = shapes.len().div_ceil(DESCRIPTION_THREADS_MAX);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = shapes
+            .chunks(per_thread)
+            .map(|group| {
+                scope.spawn(move || {
+                    group
+                        .iter()
+                        .map(|shape| write_shape_description(root, shape))
+                        .find(Result::is_err)
+                        .unwrap_or(Ok(()))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
+    })
+}
+
 impl MetadataStore for StandbyMetadata {
     type Error = MetadataError;
 
@@ -393,6 +430,28 @@ impl MetadataStore for StandbyMetadata {
             tokio::task::spawn_blocking(move || {
                 Self::check_lease(lease.as_deref())?;
                 write_shape_description(&root, &shape)
+            })
+            .await
+            .map_err(|source| MetadataError::Worker { source })?
+        }
+    }
+
+    /// The rows in one transaction, then each shape's own copy, written in parallel (each is
+    /// an atomic replace of its own file).
+    fn put_shapes(
+        &self,
+        shapes: Vec<StoredShape>,
+    ) -> impl Future<Output = Result<(), MetadataError>> + Send + 'static {
+        let writer = self.writer();
+        let root = self.shapes_root.clone();
+        let lease = self.lease();
+        async move {
+            let shapes = Arc::new(shapes);
+            writer?.put_shapes(shapes.to_vec()).await?;
+            let Some(root) = root else { return Ok(()) };
+            tokio::task::spawn_blocking(move || {
+                Self::check_lease(lease.as_deref())?;
+                write_shape_descriptions(&root, &shapes)
             })
             .await
             .map_err(|source| MetadataError::Worker { source })?

@@ -164,6 +164,28 @@ async fn putting_a_shape_again_replaces_its_row() {
 }
 
 #[tokio::test]
+async fn a_run_of_shapes_is_put_in_order_without_touching_the_stamp() {
+    let dir = TempDir::new("put-shapes");
+    let metadata = open(&dir);
+    metadata
+        .put_shape(plain_shape(), HandleStamp(7))
+        .await
+        .expect("put");
+    let mut done = plain_shape();
+    done.snapshot = full_shape().snapshot;
+    done.snapshot_filter_done = true;
+    // The same handle twice in one run: the later row wins, as sequential puts would.
+    metadata
+        .put_shapes(vec![plain_shape(), full_shape(), done.clone()])
+        .await
+        .expect("put shapes");
+    assert_eq!(
+        metadata.load().await.expect("load"),
+        (vec![done, full_shape()], HandleStamp(7))
+    );
+}
+
+#[tokio::test]
 async fn the_stamp_high_water_mark_only_rises() {
     let dir = TempDir::new("stamp");
     let metadata = open(&dir);

@@ -197,6 +197,17 @@ where
     async fn drain(&mut self, core: &mut Instance) -> Result<(), DriverError> {
         loop {
             while let Some(output) = core.poll_output() {
+                if let Output::PersistShape { shape } = output {
+                    // A run of them (one per shape whose filtering ended, after a flush) is
+                    // one metadata transaction. Awaited in place: metadata writes land in the
+                    // order the core issued them.
+                    let mut shapes = vec![shape];
+                    shapes.extend(std::iter::from_fn(|| core.poll_persist_shape()));
+                    debug!(shapes = shapes.len(), "persisting shapes");
+                    let result = self.ports.meta.put_shapes(shapes).await;
+                    self.storage(result, "persisting shapes")?;
+                    continue;
+                }
                 self.execute(output).await?;
             }
             let Some(input) = self.pending.pop_front() else {
@@ -346,11 +357,8 @@ where
                     let _ = reply.send(Err(CreateShapeError::NotReady(reason.into())));
                 }
             }
-            Output::PersistShape { shape } => {
-                // Awaited in place: metadata writes must land in the order the core issued them.
-                let put = self.ports.meta.put_shape(shape, HandleStamp::default());
-                let result = put.await;
-                self.storage(result, "persisting a shape")?;
+            Output::PersistShape { .. } => {
+                unreachable!("drain writes runs of PersistShape together")
             }
             Output::RemoveShape { handle, reason } => {
                 info!(%handle, reason, "removing shape");

@@ -206,6 +206,28 @@ impl MetadataStore for SimMetadata {
         ])
     }
 
+    /// Each row (a transaction of its own here: a crash may keep any prefix, a superset of
+    /// io-real's all-or-nothing), then each shape's own copy.
+    fn put_shapes(
+        &self,
+        shapes: Vec<StoredShape>,
+    ) -> impl Future<Output = Result<(), SimMetadataError>> + Send + 'static {
+        let rows = shapes.iter().map(|shape| {
+            let row = Write::MetadataPut {
+                shape: shape.clone(),
+                stamp: HandleStamp::default(),
+            };
+            (row, "put shape")
+        });
+        let descriptions = shapes.iter().map(|shape| {
+            let description = Write::DescriptionPut {
+                shape: shape.clone(),
+            };
+            (description, "write shape description")
+        });
+        self.write(rows.chain(descriptions).collect())
+    }
+
     fn delete_shape(
         &self,
         handle: &ShapeHandle,
