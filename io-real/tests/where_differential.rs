@@ -951,7 +951,27 @@ impl Gen {
             let (l, r) = (self.expr(Ty::Date, d), self.expr(Ty::Date, d));
             return Node::op(ty, &["(", " - ", ")"], vec![l, r]);
         }
-        match self.rng.below(12) {
+        match self.rng.below(15) {
+            12 if INTS.contains(&ty) => {
+                let other = self.lower_partner(ty);
+                let op = *self.rng.pick(&[" & ", " | ", " # "]);
+                let (l, r) = (self.expr(ty, d), self.expr(other, d));
+                Node::op(ty, &["(", op, ")"], vec![l, r])
+            }
+            12 => Node::op(ty, &["(@ ", ")"], vec![self.expr(ty, d)]),
+            13 if INTS.contains(&ty) => Node::op(ty, &["(~ ", ")"], vec![self.expr(ty, d)]),
+            13 | 14 if ty == Ty::F8 => {
+                if self.rng.chance(30) {
+                    let from = *self.rng.pick(&[Ty::F8, Ty::F4, Ty::I4]);
+                    Node::op(ty, &["(|/ ", ")"], vec![self.expr(from, d)])
+                } else {
+                    let l = *self.rng.pick(&[Ty::F8, Ty::I4, Ty::F4]);
+                    let r = *self.rng.pick(&[Ty::F8, Ty::I2, Ty::I8]);
+                    let (l, r) = (self.expr(l, d), self.expr(r, d));
+                    Node::op(ty, &["(", " ^ ", ")"], vec![l, r])
+                }
+            }
+            13 | 14 => Node::op(ty, &["(@ ", ")"], vec![self.expr(ty, d)]),
             0..=4 => {
                 let other = self.lower_partner(ty);
                 let op = *self.rng.pick(&[" + ", " - ", " * ", " / "]);
@@ -1007,6 +1027,16 @@ impl Gen {
                 };
                 let (l, r) = (self.expr(Ty::Text, d), self.expr(r, d));
                 Node::op(Ty::Text, &["(", " || ", ")"], vec![l, r])
+            }
+            3 if self.rng.chance(50) => {
+                let n = 1 + self.rng.below(3);
+                let args: Vec<Node> = (0..n)
+                    .map(|_| {
+                        let ty = *self.rng.pick(&ALL_TYS);
+                        self.expr(ty, d)
+                    })
+                    .collect();
+                Node::call(Ty::Text, "concat", args)
             }
             3 | 4 => {
                 let f = *self.rng.pick(&["lower", "upper"]);

@@ -11,7 +11,7 @@ use ampere_pg_parse::NodeEnum;
 
 use super::eval;
 use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc};
-use super::expr::{MinMax, TextFunc};
+use super::expr::{MinMax, TextFunc, UnaryOp};
 use super::like::{LikeCase, LikeEscape, LikePattern};
 use super::numeric::Numeric;
 use super::types::{Scalar, Type};
@@ -265,27 +265,40 @@ impl<'a> Binder<'a> {
                 e.location,
             );
         }
+        let op = match name {
+            "+" | "-" => None,
+            "@" => Some(UnaryOp::Abs),
+            "~" => Some(UnaryOp::BitNot),
+            "|/" => Some(UnaryOp::Sqrt),
+            _ => return fail(e.location, format!("unknown unary operator {name}")),
+        };
         let number = match ty.scalar() {
             Some(s) if s.is_number() => s,
-            _ => {
-                return match name {
-                    "-" | "+" => fail(e.location, "Could not select an operator overload"),
-                    _ => fail(e.location, format!("unknown unary operator {name}")),
-                }
+            _ => return fail(e.location, "Could not select an operator overload"),
+        };
+        let number = match op {
+            // `int2not`, `int4not`, `int8not` only.
+            Some(UnaryOp::BitNot) if !number.is_integer() => {
+                return fail(e.location, "Could not select an operator overload")
             }
+            // `dsqrt` only: every number reaches float8 by an implicit cast.
+            Some(UnaryOp::Sqrt) => Scalar::Float8,
+            _ => number,
         };
         let arg = self.coerce(arg, &Type::Scalar(number))?;
-        match name {
-            "+" => fold(arg, e.location),
-            "-" => fold(
-                Expr::Negate {
-                    arg: Box::new(arg),
-                    ty: number,
-                },
-                e.location,
-            ),
-            _ => fail(e.location, format!("unknown unary operator {name}")),
-        }
+        let expr = match (name, op) {
+            ("+", _) => arg,
+            (_, None) => Expr::Negate {
+                arg: Box::new(arg),
+                ty: number,
+            },
+            (_, Some(op)) => Expr::Unary {
+                op,
+                arg: Box::new(arg),
+                ty: number,
+            },
+        };
+        fold(expr, e.location)
     }
 
     fn binary(
@@ -302,6 +315,7 @@ impl<'a> Binder<'a> {
         }
         match name {
             "+" | "-" | "*" | "/" => self.arith(name, lexpr, rexpr, location),
+            "&" | "|" | "#" | "^" => self.bit_or_pow(name, lexpr, rexpr, location),
             "||" => {
                 let left = self.bind(lexpr)?;
                 let right = self.bind(rexpr)?;
@@ -383,6 +397,67 @@ impl<'a> Binder<'a> {
                 location,
                 "ampere does not support numeric division yet; cast an operand to float8",
             );
+        }
+        fold(
+            Expr::Arith {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+                ty,
+            },
+            location,
+        )
+    }
+
+    /// `& | #` on integers of one type (`int4and`, …) and `^`, which Postgres resolves to
+    /// `dpow(float8, float8)` unless an operand is numeric (`numeric_power`, refused: its
+    /// result scale rules are not ampere's).
+    fn bit_or_pow(
+        &mut self,
+        name: &str,
+        lexpr: &protobuf::Node,
+        rexpr: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let left = self.bind(lexpr)?;
+        let right = self.bind(rexpr)?;
+        let (lt, rt) = (left.expr.ty(), right.expr.ty());
+        let number = |t: &Type| t.scalar().is_some_and(Scalar::is_number) || *t == Type::Unknown;
+        if !number(&lt) || !number(&rt) {
+            return fail(location, "Could not select an operator overload");
+        }
+        if name == "^" {
+            let numeric = Type::Scalar(Scalar::Numeric);
+            if lt == numeric || rt == numeric {
+                return fail(
+                    location,
+                    "ampere does not support numeric ^ yet; cast an operand to float8",
+                );
+            }
+            let float8 = Type::Scalar(Scalar::Float8);
+            let left = self.coerce(left, &float8)?;
+            let right = self.coerce(right, &float8)?;
+            return fold(
+                Expr::Arith {
+                    op: ArithOp::Pow,
+                    left: Box::new(left),
+                    right: Box::new(right),
+                    ty: Scalar::Float8,
+                },
+                location,
+            );
+        }
+        let (left, right) = self.unify(left, right, location)?;
+        let Some(ty) = left.ty().scalar() else {
+            return fail(location, "Could not select an operator overload");
+        };
+        let op = match name {
+            "&" => ArithOp::BitAnd,
+            "|" => ArithOp::BitOr,
+            _ => ArithOp::BitXor,
+        };
+        if !ty.is_integer() {
+            return fail(location, "Could not select an operator overload");
         }
         fold(
             Expr::Arith {
@@ -654,8 +729,12 @@ impl<'a> Binder<'a> {
     }
 
     fn type_cast(&mut self, c: &protobuf::TypeCast) -> Result<Bound> {
-        let arg = self.bind(required(c.arg.as_deref(), c.location)?)?;
+        let node = required(c.arg.as_deref(), c.location)?;
         let target = cast_target(c.type_name.as_ref(), c.location)?;
+        if let (Some(NodeEnum::AArrayExpr(array)), Type::Array(element)) = (&node.node, &target) {
+            return self.cast_array_literal(array, *element, c.location);
+        }
+        let arg = self.bind(node)?;
         let location = arg.location.min(c.location);
         if arg.expr.ty() == Type::Unknown {
             let expr = self.coerce(arg, &target)?;
@@ -714,6 +793,9 @@ impl<'a> Binder<'a> {
         if let Some(func) = justify {
             return self.interval_func(func, name, &f.args[0], f.location);
         }
+        if name == "concat" && !f.args.is_empty() {
+            return self.concat_func(&f.args, f.location);
+        }
         let func = match (name, f.args.len()) {
             ("lower", 1) => TextFunc::Lower,
             ("upper", 1) => TextFunc::Upper,
@@ -746,6 +828,27 @@ impl<'a> Binder<'a> {
             },
             f.location,
         )
+    }
+
+    /// `concat(VARIADIC "any")`: each argument as its type's output function prints it (an
+    /// unknown literal as text); types whose text ampere does not print are refused.
+    fn concat_func(&mut self, nodes: &[protobuf::Node], location: i32) -> Result<Bound> {
+        let mut args = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let arg = self.bind(node)?;
+            let arg = match arg.expr.ty() {
+                Type::Unknown => self.coerce(arg, &Type::Scalar(Scalar::Text))?,
+                Type::Opaque(name) => {
+                    return fail(
+                        location,
+                        format!("ampere cannot print type {name} for concat"),
+                    )
+                }
+                _ => arg.expr,
+            };
+            args.push(arg);
+        }
+        fold(Expr::ConcatFunc { args }, location)
     }
 
     /// `justify_days|hours|interval(interval)`: an unknown is read as an interval, a time cast
@@ -830,6 +933,58 @@ impl<'a> Binder<'a> {
             args.push(self.coerce(b, &ty)?);
         }
         Ok((args, ty))
+    }
+
+    /// `ARRAY[…]::t[]`: as Postgres's `transformArrayExpr` does under a cast, each element is
+    /// cast to `t` on its own (no common type first: `ARRAY[bp, txt]::text[]` keeps `txt`'s
+    /// trailing blanks), and an empty array is fine.
+    fn cast_array_literal(
+        &mut self,
+        a: &protobuf::AArrayExpr,
+        element: Scalar,
+        location: i32,
+    ) -> Result<Bound> {
+        let target = Type::Scalar(element);
+        let mut elements = Vec::with_capacity(a.elements.len());
+        for node in &a.elements {
+            let bound = self.bind(node)?;
+            let from = bound.expr.ty();
+            let expr = if from == Type::Unknown || from == target {
+                self.coerce(bound, &target)?
+            } else if matches!(from, Type::Array(_)) {
+                return fail(
+                    a.location,
+                    format!("ampere does not support arrays of {from}"),
+                );
+            } else if eval::can_cast(&from, &target) {
+                Expr::Cast {
+                    arg: Box::new(bound.expr),
+                    to: target.clone(),
+                }
+            } else {
+                return fail(
+                    bound.location,
+                    format!("unknown cast from type {from} to type {target}"),
+                );
+            };
+            elements.push(expr);
+        }
+        if elements.is_empty() {
+            // `'{}'`, the one empty array (no dimensions).
+            let value = parse_array("{}", element)
+                .expect("invariant: '{}' is every element type's empty array");
+            return fold(
+                Expr::Const {
+                    value,
+                    ty: Type::Array(element),
+                },
+                a.location.min(location),
+            );
+        }
+        fold(
+            Expr::ArrayLiteral { elements, element },
+            a.location.min(location),
+        )
     }
 
     fn array_literal(&mut self, a: &protobuf::AArrayExpr) -> Result<Bound> {
@@ -1098,6 +1253,7 @@ fn simplify(expr: Expr) -> Expr {
         | Expr::Compare { .. }
         | Expr::Arith { .. }
         | Expr::Negate { .. }
+        | Expr::Unary { .. }
         | Expr::DateTimeArith { .. }
         | Expr::IntervalFunc { .. }
         | Expr::Concat { .. }

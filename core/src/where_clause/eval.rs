@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::array_text::{ArrayDim, PgArray};
 use super::expr::{
-    ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc, MinMax, TextFunc,
+    ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc, MinMax, TextFunc, UnaryOp,
 };
 use super::interval::{self as iv, Interval, IntervalError};
 use super::like::match_text;
@@ -120,6 +120,23 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
         Expr::Negate { arg, ty } => {
             let (arg, ty) = (compile(arg), *ty);
             Box::new(move |row| negate(arg(row)?, ty))
+        }
+        Expr::Unary { op, arg, ty } => {
+            let (op, arg, ty) = (*op, compile(arg), *ty);
+            Box::new(move |row| unary(op, arg(row)?, ty))
+        }
+        Expr::ConcatFunc { args } => {
+            let args: Vec<(Compiled, Type)> = args.iter().map(|a| (compile(a), a.ty())).collect();
+            Box::new(move |row| {
+                let mut out = String::new();
+                for (arg, ty) in &args {
+                    match arg(row)? {
+                        Value::Null => {}
+                        value => out.push_str(&output_text(&value, ty)),
+                    }
+                }
+                Ok(Value::Text(Cow::Owned(out)))
+            })
         }
         Expr::DateTimeArith { op, left, right } => {
             let (left, right, op) = (compile(left), compile(right), *op);
@@ -434,6 +451,10 @@ fn arith(op: ArithOp, ty: Scalar, l: &Value<'_>, r: &Value<'_>) -> Outcome<'stat
                 ArithOp::Mul => a.checked_mul(*b),
                 ArithOp::Div if *b == 0 => return err("division by zero"),
                 ArithOp::Div => a.checked_div(*b),
+                ArithOp::BitAnd => Some(a & b),
+                ArithOp::BitOr => Some(a | b),
+                ArithOp::BitXor => Some(a ^ b),
+                ArithOp::Pow => return err("integer ^ is resolved to float8"),
             };
             int_in_range(result, ty)
         }
@@ -443,7 +464,12 @@ fn arith(op: ArithOp, ty: Scalar, l: &Value<'_>, r: &Value<'_>) -> Outcome<'stat
                 ArithOp::Add => a.add(b),
                 ArithOp::Sub => a.sub(b),
                 ArithOp::Mul => a.mul(b),
-                ArithOp::Div => return err("numeric division is not supported"),
+                ArithOp::Div | ArithOp::Pow => {
+                    return err(format!("numeric {} is not supported", op.sql()))
+                }
+                ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor => {
+                    return err(format!("numeric {} is not defined", op.sql()))
+                }
             };
             result
                 .map(Value::Numeric)
@@ -455,6 +481,13 @@ fn arith(op: ArithOp, ty: Scalar, l: &Value<'_>, r: &Value<'_>) -> Outcome<'stat
 
 /// `float4`/`float8` arithmetic with Postgres's overflow, underflow and zero-division errors.
 fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
+    match op {
+        ArithOp::Pow => return dpow(a, b),
+        ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor => {
+            return err(format!("float {} is not defined", op.sql()))
+        }
+        ArithOp::Add | ArithOp::Sub | ArithOp::Mul | ArithOp::Div => {}
+    }
     // `float8div`: NaN / 0 is NaN, anything else / 0 an error.
     if op == ArithOp::Div && b == 0.0 && !a.is_nan() {
         return err("division by zero");
@@ -467,6 +500,9 @@ fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
             ArithOp::Sub => x - y,
             ArithOp::Mul => x * y,
             ArithOp::Div => x / y,
+            ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor | ArithOp::Pow => {
+                unreachable!("returned above")
+            }
         })
     } else {
         match op {
@@ -474,6 +510,9 @@ fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
             ArithOp::Sub => a - b,
             ArithOp::Mul => a * b,
             ArithOp::Div => a / b,
+            ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor | ArithOp::Pow => {
+                unreachable!("returned above")
+            }
         }
     };
     if result.is_infinite() && !a.is_infinite() && !b.is_infinite() {
@@ -482,11 +521,82 @@ fn float_arith(op: ArithOp, ty: Scalar, a: f64, b: f64) -> Outcome<'static> {
     let underflow = match op {
         ArithOp::Mul => result == 0.0 && a != 0.0 && b != 0.0,
         ArithOp::Div => result == 0.0 && a != 0.0 && !b.is_infinite(),
-        ArithOp::Add | ArithOp::Sub => false,
+        _ => false,
     };
     if underflow {
         return err("value out of range: underflow");
     }
+    Ok(Value::Float(result))
+}
+
+/// `float8 ^ float8` as Postgres's `dpow`: POSIX's NaN and infinity cases spelt out, its
+/// domain errors, then the platform's `pow` (glibc's, which Rust's `powf` calls) with
+/// overflow and underflow errors.
+fn dpow(x: f64, y: f64) -> Outcome<'static> {
+    if x.is_nan() {
+        return Ok(Value::Float(if y.is_nan() || y != 0.0 {
+            f64::NAN
+        } else {
+            1.0
+        }));
+    }
+    if y.is_nan() {
+        return Ok(Value::Float(if x == 1.0 { 1.0 } else { f64::NAN }));
+    }
+    if x == 0.0 && y < 0.0 {
+        return err("zero raised to a negative power is undefined");
+    }
+    if x < 0.0 && y.floor() != y {
+        return err("a negative number raised to a non-integer power yields a complex result");
+    }
+    let result = if y.is_infinite() {
+        let abs_x = x.abs();
+        match (abs_x == 1.0, y > 0.0, abs_x > 1.0) {
+            (true, _, _) => 1.0,
+            (false, true, true) | (false, false, false) => f64::INFINITY,
+            (false, true, false) | (false, false, true) => 0.0,
+        }
+    } else if x.is_infinite() {
+        if y == 0.0 {
+            1.0
+        } else if x > 0.0 {
+            if y > 0.0 {
+                x
+            } else {
+                0.0
+            }
+        } else {
+            let half_y = y / 2.0;
+            let odd_integer = half_y.floor() != half_y;
+            match (y > 0.0, odd_integer) {
+                (true, true) => x,
+                (true, false) => -x,
+                (false, true) => -0.0,
+                (false, false) => 0.0,
+            }
+        }
+    } else {
+        let result = x.powf(y);
+        if result.is_nan() {
+            // Only an old glibc's bug reaches here (Postgres handles it likewise).
+            let abs_x = x.abs();
+            if x == 0.0 {
+                0.0
+            } else if abs_x == 1.0 {
+                1.0
+            } else if (y >= 0.0) == (abs_x > 1.0) {
+                return err("value out of range: overflow");
+            } else {
+                return err("value out of range: underflow");
+            }
+        } else if result.is_infinite() {
+            return err("value out of range: overflow");
+        } else if result == 0.0 && x != 0.0 {
+            return err("value out of range: underflow");
+        } else {
+            result
+        }
+    };
     Ok(Value::Float(result))
 }
 
@@ -556,6 +666,31 @@ fn interval_func(func: IntervalFunc, i: Interval) -> Result<Interval, IntervalEr
         IntervalFunc::JustifyDays => i.justify_days(),
         IntervalFunc::JustifyHours => i.justify_hours(),
         IntervalFunc::JustifyInterval => i.justify_interval(),
+    }
+}
+
+/// `@` (`int4abs`, `numeric_abs`, `float8abs`, …), `~` (`int4not`, …), `|/` (`dsqrt`).
+fn unary(op: UnaryOp, value: Value<'_>, ty: Scalar) -> Outcome<'static> {
+    match (op, value) {
+        (_, Value::Null) => Ok(Value::Null),
+        (UnaryOp::Abs, Value::Int(i)) => int_in_range(i.checked_abs(), ty),
+        (UnaryOp::Abs, Value::Float(f)) => Ok(Value::Float(f.abs())),
+        (UnaryOp::Abs, Value::Numeric(n)) => Ok(Value::Numeric(n.abs())),
+        (UnaryOp::BitNot, Value::Int(i)) => int_in_range(Some(!i), ty),
+        (UnaryOp::Sqrt, Value::Float(f)) if f < 0.0 => {
+            err("cannot take square root of a negative number")
+        }
+        (UnaryOp::Sqrt, Value::Float(f)) => Ok(Value::Float(f.sqrt())),
+        (op, value) => err(format!("{} is not defined for {value:?}", op.sql())),
+    }
+}
+
+/// The text `concat` appends for a non-NULL value of `ty`: its type's output function
+/// (`t`/`f` for booleans, a `char(n)` with its padding), unlike a cast to text.
+fn output_text(value: &Value<'_>, ty: &Type) -> String {
+    match ty {
+        Type::Scalar(scalar) | Type::Array(scalar) => format_scalar(value, *scalar),
+        Type::Enum(_) | Type::Unknown | Type::Opaque(_) => format_scalar(value, Scalar::Text),
     }
 }
 

@@ -41,6 +41,52 @@ pub enum ArithOp {
     Mul,
     /// `/`.
     Div,
+    /// `&` (integers).
+    BitAnd,
+    /// `|` (integers).
+    BitOr,
+    /// `#` (integers).
+    BitXor,
+    /// `^` (`float8` only: `dpow`).
+    Pow,
+}
+
+impl ArithOp {
+    /// The operator's SQL spelling.
+    pub const fn sql(self) -> &'static str {
+        match self {
+            Self::Add => "+",
+            Self::Sub => "-",
+            Self::Mul => "*",
+            Self::Div => "/",
+            Self::BitAnd => "&",
+            Self::BitOr => "|",
+            Self::BitXor => "#",
+            Self::Pow => "^",
+        }
+    }
+}
+
+/// A prefix operator on a number.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnaryOp {
+    /// `@` (absolute value).
+    Abs,
+    /// `~` (bitwise not, integers).
+    BitNot,
+    /// `|/` (square root, `float8`).
+    Sqrt,
+}
+
+impl UnaryOp {
+    /// The operator's SQL spelling.
+    pub const fn sql(self) -> &'static str {
+        match self {
+            Self::Abs => "@",
+            Self::BitNot => "~",
+            Self::Sqrt => "|/",
+        }
+    }
 }
 
 /// A date/time operator, by Postgres's function name: its operand types are exact (the binder
@@ -293,6 +339,20 @@ pub enum Expr {
         /// Operand and result type.
         ty: Scalar,
     },
+    /// `@`, `~` or `|/`.
+    Unary {
+        /// The operator.
+        op: UnaryOp,
+        /// The operand.
+        arg: Box<Self>,
+        /// Operand and result type.
+        ty: Scalar,
+    },
+    /// `concat(…)`: the output text of each non-NULL argument.
+    ConcatFunc {
+        /// The arguments, each printable (see `eval`).
+        args: Vec<Self>,
+    },
     /// Unary minus.
     Negate {
         /// The operand.
@@ -406,8 +466,12 @@ impl Expr {
             | Self::Cast { to: ty, .. }
             | Self::Coalesce { ty, .. }
             | Self::MinMax { ty, .. } => ty.clone(),
-            Self::Arith { ty, .. } | Self::Negate { ty, .. } => Type::Scalar(*ty),
-            Self::Concat { .. } | Self::TextFunc { .. } => Type::Scalar(Scalar::Text),
+            Self::Arith { ty, .. } | Self::Negate { ty, .. } | Self::Unary { ty, .. } => {
+                Type::Scalar(*ty)
+            }
+            Self::Concat { .. } | Self::ConcatFunc { .. } | Self::TextFunc { .. } => {
+                Type::Scalar(Scalar::Text)
+            }
             Self::DateTimeArith { op, .. } => Type::Scalar(op.signature().2),
             Self::IntervalFunc { .. } => Type::Scalar(Scalar::Interval),
             Self::ArrayLiteral { element, .. } => Type::Array(*element),
@@ -447,6 +511,7 @@ impl Expr {
             | Self::IsNull { arg: a, .. }
             | Self::BoolTest { arg: a, .. }
             | Self::Negate { arg: a, .. }
+            | Self::Unary { arg: a, .. }
             | Self::Cast { arg: a, .. }
             | Self::TextFunc { arg: a, .. }
             | Self::IntervalFunc { arg: a, .. } => vec![a],
@@ -454,6 +519,7 @@ impl Expr {
             | Self::Or(args)
             | Self::Coalesce { args, .. }
             | Self::MinMax { args, .. }
+            | Self::ConcatFunc { args }
             | Self::ArrayLiteral { elements: args, .. } => args.iter().collect(),
             Self::Compare { left, right, .. }
             | Self::Distinct { left, right, .. }
@@ -530,14 +596,16 @@ impl Expr {
             Self::Arith {
                 op, left, right, ..
             } => {
-                let sql = match op {
-                    ArithOp::Add => "+",
-                    ArithOp::Sub => "-",
-                    ArithOp::Mul => "*",
-                    ArithOp::Div => "/",
-                };
-                render_binary(left, sql, right, false, out);
+                render_binary(left, op.sql(), right, false, out);
             }
+            Self::Unary { op, arg, .. } => {
+                out.push('(');
+                out.push_str(op.sql());
+                out.push(' ');
+                arg.render(out);
+                out.push(')');
+            }
+            Self::ConcatFunc { args } => render_call("concat", args, false, out),
             Self::Negate { arg, .. } => {
                 out.push_str("(- ");
                 arg.render(out);
