@@ -263,6 +263,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::tests::poll_once;
 
     /// Collects chunks in memory.
     #[derive(Clone, Default)]
@@ -278,16 +279,6 @@ mod tests {
 
         async fn finish(self) -> Result<(), Infallible> {
             Ok(())
-        }
-    }
-
-    /// Polls a future that never waits (the writer answers at once).
-    fn poll_once<F: std::future::Future>(future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(output) => output,
-            std::task::Poll::Pending => panic!("the writer never waits"),
         }
     }
 

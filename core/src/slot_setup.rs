@@ -105,6 +105,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::tests::poll_once;
 
     /// Scripted answers; records the steps taken.
     #[derive(Default)]
@@ -151,16 +152,6 @@ mod tests {
 
     fn run(script: &mut Script) -> Result<SlotStarted, String> {
         poll_once(prepare(script))
-    }
-
-    /// Polls a future that never waits (the script answers at once).
-    fn poll_once<F: Future>(future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(output) => output,
-            std::task::Poll::Pending => panic!("the script never waits"),
-        }
     }
 
     #[test]

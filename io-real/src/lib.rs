@@ -5,6 +5,7 @@ pub mod clock;
 pub mod embedded_pg;
 pub mod lease;
 pub mod metadata;
+mod parallel;
 pub mod pg;
 pub mod replication;
 pub mod snapshot;

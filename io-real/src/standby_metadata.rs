@@ -314,38 +314,14 @@ fn write_shape_description(root: &Path, shape: &StoredShape) -> Result<(), Metad
 /// Threads [`write_shape_descriptions`] uses at most.
 const DESCRIPTION_THREADS_MAX: usize = 8;
 
-/// Writes every shape's description, spread over up to [`DESCRIPTION_THREADS_MAX`] scoped
-/// threads (each write waits on its own `fsync`s); the first error, after all were tried.
+/// Writes every shape's description, spread over up to [`DESCRIPTION_THREADS_MAX`] threads
+/// (each write waits on its own `fsync`s); the first error, after all were tried.
 fn write_shape_descriptions(root: &Path, shapes: &[StoredShape]) -> Result<(), MetadataError> {
-    if shapes.len() <= 1 {
-        return shapes
-            .iter()
-            .try_for_each(|shape| write_shape_description(root, shape));
-    }
-    let per_thread = shapes.len().div_ceil(DESCRIPTION_THREADS_MAX);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = shapes
-            .chunks(per_thread)
-            .map(|group| {
-                scope.spawn(move || {
-                    group
-                        .iter()
-                        .map(|shape| write_shape_description(root, shape))
-                        .find(Result::is_err)
-                        .unwrap_or(Ok(()))
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })
-            .find(Result::is_err)
-            .unwrap_or(Ok(()))
+    crate::parallel::map(shapes, DESCRIPTION_THREADS_MAX, |shape| {
+        write_shape_description(root, shape)
     })
+    .into_iter()
+    .collect()
 }
 
 impl MetadataStore for StandbyMetadata {

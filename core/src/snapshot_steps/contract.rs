@@ -57,6 +57,42 @@ pub const CASES: &[&str] = &[
     "take_of_a_table_changed_since_the_request_is_schema_changed",
 ];
 
+/// One `#[test]` per case of [`CASES`], each calling `$runner(case_name)` (a plain
+/// `fn(&'static str)` that builds a harness and awaits [`run`] on the adapter's runtime), and
+/// one test that the list here is [`CASES`].
+#[macro_export]
+macro_rules! snapshot_contract_tests {
+    ($runner:path) => {
+        $crate::snapshot_contract_tests!(@cases $runner;
+            add_to_publication_makes_the_table_a_member_and_may_repeat,
+            add_to_publication_of_a_missing_table_is_schema_changed,
+            in_progress_lists_an_open_writer_until_it_ends,
+            the_read_sees_the_rows_committed_before_its_snapshot_only,
+            lock_table_holds_off_ddl_until_commit,
+            table_schema_inside_the_read_is_the_catalogs,
+            query_rows_gives_the_fetched_columns_of_the_rows_the_where_clause_admits,
+            take_writes_the_admitted_rows_then_snapshot_end,
+            take_of_a_table_changed_since_the_request_is_schema_changed,
+        );
+    };
+    (@cases $runner:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $runner(stringify!($case));
+            }
+        )*
+
+        #[test]
+        fn every_contract_case_runs_here() {
+            assert_eq!(
+                [$(stringify!($case)),*],
+                $crate::snapshot_steps::contract::CASES
+            );
+        }
+    };
+}
+
 /// Runs case `name` of [`CASES`] on `harness`.
 pub async fn run<H: ContractHarness>(name: &str, harness: H) {
     match name {

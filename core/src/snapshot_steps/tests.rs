@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::shape::{ColumnSchema, HandleStamp, ShapeHandle};
 use crate::tests::harness::{items, snapshot, whole};
+use crate::tests::poll_once;
 
 /// Scripted answers; records every step and chunk in one log.
 #[derive(Default)]
@@ -136,16 +137,6 @@ fn request(where_clause: Option<&str>) -> SnapshotRequest {
 fn run(script: &mut Script, request: &SnapshotRequest) -> Result<PgSnapshot, SnapshotError> {
     let writer = LogWriter(script.log.clone());
     poll_once(take(script, request, writer))
-}
-
-/// Polls a future that never waits (the script answers at once).
-fn poll_once<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(output) => output,
-        std::task::Poll::Pending => panic!("the script never waits"),
-    }
 }
 
 fn row(id: &str, title: &str, n: &str) -> TextRow {

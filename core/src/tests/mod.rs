@@ -2,6 +2,16 @@
 
 pub(crate) mod harness;
 
+/// Polls a future that never waits (a script or in-memory writer answers at once).
+pub(crate) fn poll_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the future waited: nothing here ever does"),
+    }
+}
+
 mod durability;
 mod entries;
 mod lifecycle;

@@ -314,8 +314,9 @@ impl<'a> Binder<'a> {
             return self.compare(op, left, right, location);
         }
         match name {
-            "+" | "-" | "*" | "/" => self.arith(name, lexpr, rexpr, location),
-            "&" | "|" | "#" | "^" => self.bit_or_pow(name, lexpr, rexpr, location),
+            "+" | "-" | "*" | "/" | "&" | "|" | "#" | "^" => {
+                self.arith(name, lexpr, rexpr, location)
+            }
             "||" => {
                 let left = self.bind(lexpr)?;
                 let right = self.bind(rexpr)?;
@@ -359,6 +360,7 @@ impl<'a> Binder<'a> {
         )
     }
 
+    /// `+ - * /`, `& | #` and `^` on numbers (date/time operands go to [`Self::datetime_arith`]).
     fn arith(
         &mut self,
         name: &str,
@@ -380,54 +382,20 @@ impl<'a> Binder<'a> {
         {
             return fail(location, "Could not select an operator overload");
         }
-        let (left, right) = self.unify(left, right, location)?;
-        let Some(ty) = left.ty().scalar() else {
-            return fail(location, "Could not select an operator overload");
-        };
         let op = match name {
             "+" => ArithOp::Add,
             "-" => ArithOp::Sub,
             "*" => ArithOp::Mul,
-            _ => ArithOp::Div,
+            "/" => ArithOp::Div,
+            "&" => ArithOp::BitAnd,
+            "|" => ArithOp::BitOr,
+            "#" => ArithOp::BitXor,
+            _ => ArithOp::Pow,
         };
-        if op == ArithOp::Div && ty == Scalar::Numeric {
-            // Electric divides numerics as float8; ampere refuses rather than differ from
-            // Postgres's numeric division.
-            return fail(
-                location,
-                "ampere does not support numeric division yet; cast an operand to float8",
-            );
-        }
-        fold(
-            Expr::Arith {
-                op,
-                left: Box::new(left),
-                right: Box::new(right),
-                ty,
-            },
-            location,
-        )
-    }
-
-    /// `& | #` on integers of one type (`int4and`, …) and `^`, which Postgres resolves to
-    /// `dpow(float8, float8)` unless an operand is numeric (`numeric_power`, refused: its
-    /// result scale rules are not ampere's).
-    fn bit_or_pow(
-        &mut self,
-        name: &str,
-        lexpr: &protobuf::Node,
-        rexpr: &protobuf::Node,
-        location: i32,
-    ) -> Result<Bound> {
-        let left = self.bind(lexpr)?;
-        let right = self.bind(rexpr)?;
-        let (lt, rt) = (left.expr.ty(), right.expr.ty());
-        let number = |t: &Type| t.scalar().is_some_and(Scalar::is_number) || *t == Type::Unknown;
-        if !number(&lt) || !number(&rt) {
-            return fail(location, "Could not select an operator overload");
-        }
-        if name == "^" {
-            let numeric = Type::Scalar(Scalar::Numeric);
+        let numeric = Type::Scalar(Scalar::Numeric);
+        let (left, right, ty) = if op == ArithOp::Pow {
+            // `dpow(float8, float8)`, unless an operand is numeric: `numeric_power` (refused:
+            // its result scale rules are not ampere's).
             if lt == numeric || rt == numeric {
                 return fail(
                     location,
@@ -436,28 +404,26 @@ impl<'a> Binder<'a> {
             }
             let float8 = Type::Scalar(Scalar::Float8);
             let left = self.coerce(left, &float8)?;
-            let right = self.coerce(right, &float8)?;
-            return fold(
-                Expr::Arith {
-                    op: ArithOp::Pow,
-                    left: Box::new(left),
-                    right: Box::new(right),
-                    ty: Scalar::Float8,
-                },
-                location,
-            );
+            (left, self.coerce(right, &float8)?, Scalar::Float8)
+        } else {
+            let (left, right) = self.unify(left, right, location)?;
+            let Some(ty) = left.ty().scalar() else {
+                return fail(location, "Could not select an operator overload");
+            };
+            (left, right, ty)
+        };
+        let bitwise = matches!(op, ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor);
+        if bitwise && !ty.is_integer() {
+            // `int2and`, `int4or`, `int8xor`, …: integers of one type only.
+            return fail(location, "Could not select an operator overload");
         }
-        let (left, right) = self.unify(left, right, location)?;
-        let Some(ty) = left.ty().scalar() else {
-            return fail(location, "Could not select an operator overload");
-        };
-        let op = match name {
-            "&" => ArithOp::BitAnd,
-            "|" => ArithOp::BitOr,
-            _ => ArithOp::BitXor,
-        };
-        if !ty.is_integer() {
-            return fail(location, "Could not select an operator overload");
+        if op == ArithOp::Div && ty == Scalar::Numeric {
+            // Electric divides numerics as float8; ampere refuses rather than differ from
+            // Postgres's numeric division.
+            return fail(
+                location,
+                "ampere does not support numeric division yet; cast an operand to float8",
+            );
         }
         fold(
             Expr::Arith {

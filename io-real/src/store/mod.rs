@@ -888,33 +888,8 @@ fn run_phase(
     batches: &[(Arc<Shape>, Batch)],
     write: fn(&Shape, &Batch) -> Result<(), StoreError>,
 ) -> Vec<Result<(), StoreError>> {
-    if batches.len() <= 1 {
-        return batches
-            .iter()
-            .map(|(shape, batch)| write(shape, batch))
-            .collect();
-    }
-    let per_thread = batches.len().div_ceil(FLUSH_THREADS_MAX);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = batches
-            .chunks(per_thread)
-            .map(|group| {
-                scope.spawn(move || {
-                    group
-                        .iter()
-                        .map(|(shape, batch)| write(shape, batch))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })
-            .collect()
+    crate::parallel::map(batches, FLUSH_THREADS_MAX, |(shape, batch)| {
+        write(shape, batch)
     })
 }
 

@@ -105,31 +105,4 @@ fn run_case(case: &'static str) {
     sim.run().unwrap();
 }
 
-/// One `#[test]` per contract case.
-macro_rules! contract_cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                run_case(stringify!($case));
-            }
-        )*
-
-        #[test]
-        fn every_contract_case_runs_here() {
-            assert_eq!([$(stringify!($case)),*], contract::CASES);
-        }
-    };
-}
-
-contract_cases!(
-    add_to_publication_makes_the_table_a_member_and_may_repeat,
-    add_to_publication_of_a_missing_table_is_schema_changed,
-    in_progress_lists_an_open_writer_until_it_ends,
-    the_read_sees_the_rows_committed_before_its_snapshot_only,
-    lock_table_holds_off_ddl_until_commit,
-    table_schema_inside_the_read_is_the_catalogs,
-    query_rows_gives_the_fetched_columns_of_the_rows_the_where_clause_admits,
-    take_writes_the_admitted_rows_then_snapshot_end,
-    take_of_a_table_changed_since_the_request_is_schema_changed,
-);
+ampere_core::snapshot_contract_tests!(run_case);
