@@ -951,6 +951,10 @@ impl Gen {
             let (l, r) = (self.expr(Ty::Date, d), self.expr(Ty::Date, d));
             return Node::op(ty, &["(", " - ", ")"], vec![l, r]);
         }
+        if ty == Ty::I4 && self.rng.chance(5) {
+            let array = *self.rng.pick(&[Ty::IntArr, Ty::TextArr]);
+            return Node::call(ty, "array_ndims", vec![self.expr(array, d)]);
+        }
         match self.rng.below(15) {
             12 if INTS.contains(&ty) => {
                 let other = self.lower_partner(ty);

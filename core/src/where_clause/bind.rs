@@ -762,6 +762,9 @@ impl<'a> Binder<'a> {
         if name == "concat" && !f.args.is_empty() {
             return self.concat_func(&f.args, f.location);
         }
+        if name == "array_ndims" && f.args.len() == 1 {
+            return self.array_ndims(&f.args[0], f.location);
+        }
         let func = match (name, f.args.len()) {
             ("lower", 1) => TextFunc::Lower,
             ("upper", 1) => TextFunc::Upper,
@@ -794,6 +797,19 @@ impl<'a> Binder<'a> {
             },
             f.location,
         )
+    }
+
+    /// `array_ndims(anyarray)`: an unknown literal cannot fix the polymorphic type.
+    fn array_ndims(&mut self, node: &protobuf::Node, location: i32) -> Result<Bound> {
+        let arg = self.bind(node)?;
+        let ty = arg.expr.ty();
+        if !matches!(ty, Type::Array(_)) {
+            return fail(
+                location,
+                format!("Could not select a function overload for array_ndims({ty})"),
+            );
+        }
+        fold(Expr::ArrayNdims(Box::new(arg.expr)), location)
     }
 
     /// `concat(VARIADIC "any")`: each argument as its type's output function prints it (an
@@ -1220,6 +1236,7 @@ fn simplify(expr: Expr) -> Expr {
         | Expr::Arith { .. }
         | Expr::Negate { .. }
         | Expr::Unary { .. }
+        | Expr::ArrayNdims(_)
         | Expr::DateTimeArith { .. }
         | Expr::IntervalFunc { .. }
         | Expr::Concat { .. }

@@ -125,6 +125,15 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
             let (op, arg, ty) = (*op, compile(arg), *ty);
             Box::new(move |row| unary(op, arg(row)?, ty))
         }
+        Expr::ArrayNdims(arg) => {
+            let arg = compile(arg);
+            Box::new(move |row| match arg(row)? {
+                Value::Array(a) if !a.dims.is_empty() => Ok(Value::Int(
+                    i64::try_from(a.dims.len()).expect("invariant: at most 6 dimensions"),
+                )),
+                _ => Ok(Value::Null),
+            })
+        }
         Expr::ConcatFunc { args } => {
             let args: Vec<(Compiled, Type)> = args.iter().map(|a| (compile(a), a.ty())).collect();
             Box::new(move |row| {

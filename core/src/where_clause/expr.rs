@@ -348,6 +348,8 @@ pub enum Expr {
         /// Operand and result type.
         ty: Scalar,
     },
+    /// `array_ndims(anyarray)`: the number of dimensions, NULL for an empty array.
+    ArrayNdims(Box<Self>),
     /// `concat(…)`: the output text of each non-NULL argument.
     ConcatFunc {
         /// The arguments, each printable (see `eval`).
@@ -473,6 +475,7 @@ impl Expr {
                 Type::Scalar(Scalar::Text)
             }
             Self::DateTimeArith { op, .. } => Type::Scalar(op.signature().2),
+            Self::ArrayNdims(_) => Type::Scalar(Scalar::Int4),
             Self::IntervalFunc { .. } => Type::Scalar(Scalar::Interval),
             Self::ArrayLiteral { element, .. } => Type::Array(*element),
             Self::Not(_)
@@ -512,6 +515,7 @@ impl Expr {
             | Self::BoolTest { arg: a, .. }
             | Self::Negate { arg: a, .. }
             | Self::Unary { arg: a, .. }
+            | Self::ArrayNdims(a)
             | Self::Cast { arg: a, .. }
             | Self::TextFunc { arg: a, .. }
             | Self::IntervalFunc { arg: a, .. } => vec![a],
@@ -606,6 +610,11 @@ impl Expr {
                 out.push(')');
             }
             Self::ConcatFunc { args } => render_call("concat", args, false, out),
+            Self::ArrayNdims(arg) => {
+                out.push_str("array_ndims(");
+                arg.render(out);
+                out.push(')');
+            }
             Self::Negate { arg, .. } => {
                 out.push_str("(- ");
                 arg.render(out);

@@ -610,6 +610,17 @@ fn concat_prints_each_argument_with_its_output_function_and_skips_nulls() {
 }
 
 #[test]
+fn array_ndims_counts_dimensions_and_is_null_for_an_empty_array() {
+    let clause = compile("array_ndims(tags) = 2").unwrap();
+    assert!(clause.matches(&row(&[(4, "{{a},{b}}")])));
+    assert_eq!(clause.evaluate(&row(&[(4, "{}")])), Ok(None));
+    assert_eq!(
+        error("array_ndims(n) = 1"),
+        "At location 0: Could not select a function overload for array_ndims(int4)"
+    );
+}
+
+#[test]
 fn an_array_constructor_under_a_cast_casts_each_element() {
     // Postgres pushes the cast into the constructor: `txt` keeps its blanks as text, where a
     // common type first would make it bpchar.
