@@ -344,19 +344,13 @@ impl PgPort for SimPg {
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
         let host = self.host.clone();
         async move {
-            let client =
-                Client::connect(&host, false)
-                    .await
-                    .map_err(|e| SnapshotError::Postgres {
-                        message: e.message.clone(),
-                        kind: e.kind,
-                    })?;
-            snapshot::take_snapshot(client, &request, writer).await
+            let steps = snapshot::SimSnapshotSteps::connect(&host).await?;
+            snapshot::take_snapshot(steps, &request, writer).await
         }
     }
 }
 
-fn wire_relation(relation: &RelationName) -> WireRelation {
+pub(crate) fn wire_relation(relation: &RelationName) -> WireRelation {
     WireRelation {
         schema: relation.schema.clone(),
         table: relation.table.clone(),

@@ -18,17 +18,16 @@ use ampere_core::shape::{RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, SnapshotSteps, TextRow};
 
-use super::port::{catalog_table, Client, SimPgError};
-use super::wire::{ClientMessage, ServerMessage, WireRelation};
+use super::port::{catalog_table, wire_relation, Client, SimPgError};
+use super::wire::{ClientMessage, ServerMessage};
 
-/// Takes the snapshot of `request` on `client` (a connection of its own).
+/// Takes the snapshot of `request` with `steps` (a connection of their own).
 pub(crate) async fn take_snapshot<W: SnapshotWriter>(
-    client: Client,
+    mut steps: SimSnapshotSteps,
     request: &SnapshotRequest,
     writer: W,
 ) -> Result<PgSnapshot, SnapshotError> {
-    let snapshot =
-        snapshot_steps::take(&mut SimSnapshotSteps::new(client), request, writer).await?;
+    let snapshot = snapshot_steps::take(&mut steps, request, writer).await?;
     tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
         "snapshot taken");
     Ok(snapshot)
@@ -43,13 +42,6 @@ pub struct SimSnapshotSteps {
 }
 
 impl SimSnapshotSteps {
-    pub(crate) fn new(client: Client) -> Self {
-        Self {
-            client,
-            rows: VecDeque::new(),
-        }
-    }
-
     /// Connects to the model on `host` for a snapshot.
     pub async fn connect(host: &str) -> Result<Self, SnapshotError> {
         let client = Client::connect(host, false)
@@ -58,7 +50,10 @@ impl SimSnapshotSteps {
                 message: e.message.clone(),
                 kind: e.kind(),
             })?;
-        Ok(Self::new(client))
+        Ok(Self {
+            client,
+            rows: VecDeque::new(),
+        })
     }
 
     async fn call(
@@ -212,13 +207,6 @@ impl SnapshotSteps for SimSnapshotSteps {
     async fn commit(&mut self) -> Result<(), SnapshotError> {
         self.rows.clear();
         self.done("COMMIT", ClientMessage::Commit).await
-    }
-}
-
-fn wire_relation(relation: &RelationName) -> WireRelation {
-    WireRelation {
-        schema: relation.schema.clone(),
-        table: relation.table.clone(),
     }
 }
 
