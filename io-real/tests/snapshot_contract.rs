@@ -1,6 +1,6 @@
 //! io-real's snapshot steps against a real throwaway PostgreSQL, held to the contract suite
 //! both adapters run (`ampere_core::snapshot_steps::contract`). One database per case on the
-//! shared test cluster.
+//! shared test cluster, one case at a time.
 
 // Helpers outside `#[test]` fns panic on failure too: this whole file is test code.
 #![allow(clippy::unwrap_used)]
@@ -137,8 +137,16 @@ impl ContractHarness for RealHarness {
     }
 }
 
-/// Case `case` on a database of its own.
+/// Held by the case that runs: a snapshot's in-progress list is the whole cluster's, so a case
+/// counting open writers must not see another case's transaction.
+static ONE_CASE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Case `case` on a database of its own, one case at a time.
 fn run_case(case: &'static str) {
+    // A case that failed poisons the lock; the others still run and report on their own.
+    let _one_at_a_time = ONE_CASE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Case names exceed Postgres's 63-byte identifiers: number the databases.
     let index = contract::CASES
         .iter()
