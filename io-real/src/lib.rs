@@ -11,6 +11,7 @@ pub mod replication;
 pub mod snapshot;
 pub mod standby_metadata;
 pub mod store;
+pub mod tls;
 pub mod watermark;
 
 impl ampere_core::ports::StorageError for store::StoreError {

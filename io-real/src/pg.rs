@@ -1,18 +1,24 @@
 //! [`RealPg`]: the core's [`PgPort`] over a real Postgres.
 //!
-//! Owns: parsing `DATABASE_URL`, one lazily connected admin connection (catalog lookups,
-//! `CREATE PUBLICATION`, slot checks, the lock breaker's query, backend termination), a fresh
-//! connection per snapshot (snapshots run concurrently and each holds its own transaction), and
-//! the replication connection of deploy-semantics LK-1..LK-3, SL-1, SL-2 and SL-4 over
-//! [`crate::replication`]: [`RealSession`] takes the advisory lock on it, then streams.
+//! Owns: parsing `DATABASE_URL` (its TLS parameters mean what [`crate::tls`] says; parameters
+//! ampere does not use are ignored with one warning naming them), one lazily connected admin
+//! connection (catalog lookups, `CREATE PUBLICATION`, slot checks, the lock breaker's query,
+//! backend termination), a fresh connection per snapshot (snapshots run concurrently and each
+//! holds its own transaction), and the replication connection of deploy-semantics LK-1..LK-3,
+//! SL-1, SL-2 and SL-4 over [`crate::replication`]: [`RealSession`] takes the advisory lock on
+//! it, then streams.
+//!
+//! Every connection, the replication connection included, encrypts as `sslmode` says
+//! ([`crate::tls`]: libpq's modes, `prefer` by default; `docs/tls.md`).
 //!
 //! Never: retries, backs off or decides what a failure means for the instance. Every error
-//! classifies itself ([`PgError::kind`]: Transient or Fatal) and the core decides. No TLS: the
-//! replication connection has none, so neither do the SQL connections (`sslmode=require` fails).
+//! classifies itself ([`PgError::kind`]: Transient or Fatal) and the core decides.
 //!
 //! Asks of callers: run inside a tokio runtime (connection tasks are spawned on it).
 
+use std::fmt;
 use std::future::Future;
+use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, GenericClient, NoTls};
+use tokio_postgres::{Client, Config, Connection, GenericClient, Socket};
 
 use ampere_core::error_chain;
 use ampere_core::lsn::Lsn;
@@ -42,6 +48,9 @@ use crate::replication::{
     ReplicationErrorKind,
 };
 use crate::snapshot;
+use crate::tls::{
+    self, Encryption, MaybeTls, PgTls, RustlsStream, SslMode, TlsError, TlsOptions, TlsSettings,
+};
 
 /// Connect timeout of every connection (deploy-semantics RC-3), unless `DATABASE_URL` sets one.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +64,25 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE `object_in_use` (`pg_drop_replication_slot` of an active slot).
 const OBJECT_IN_USE: &str = "55006";
+/// Parameters tokio-postgres's `Config` parses, passed through to it; it refuses any other.
+const DRIVER_PARAMETERS: [&str; 16] = [
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
 /// Postgres's longest identifier (`NAMEDATALEN - 1`), hence the longest slot name.
 const SLOT_NAME_MAX: usize = 63;
 /// LK-3: what the replication connection reads right after `IDENTIFY_SYSTEM`.
@@ -80,6 +108,8 @@ struct Inner {
     sql: Config,
     /// For the replication connection.
     replication: ReplicationEndpoint,
+    /// `sslmode` and certificates, for both kinds of connection.
+    tls: PgTls,
     /// The shared admin connection: `None` until first use, replaced once closed. Only single
     /// statements run on it (never a transaction), so concurrent users may share it.
     admin: Mutex<Option<Arc<Client>>>,
@@ -95,34 +125,82 @@ struct ReplicationEndpoint {
 
 #[derive(Clone, Debug)]
 enum Endpoint {
-    Tcp(String),
-    /// The socket directory; the socket is `<dir>/.s.PGSQL.<port>`.
+    Tcp {
+        /// What to connect to: `hostaddr` if given, else `host`.
+        address: String,
+        /// What the certificate must name and SNI carries: `host` if given, else `hostaddr`.
+        tls_name: String,
+    },
+    /// The socket directory; the socket is `<dir>/.s.PGSQL.<port>`. Never TLS (as libpq).
     Unix(PathBuf),
 }
 
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { tls_name, .. } => f.write_str(tls_name),
+            Self::Unix(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
 impl RealPg {
-    /// Parses `DATABASE_URL` (a `postgresql://` URL or a `key=value` string). Connects
-    /// nothing: connections open on first use.
+    /// [`Self::from_url_with_tls`] without TLS settings from outside `DATABASE_URL`.
     pub fn from_url(database_url: &str) -> Result<Self, PgPortError> {
-        let config: Config = database_url.parse().map_err(PgPortError::ConfigParse)?;
-        Self::new(config)
+        Self::from_url_with_tls(database_url, &TlsOptions::default())
+    }
+
+    /// Parses `DATABASE_URL` (a `postgresql://` URL or a `key=value` string), its TLS
+    /// parameters together with `options`, and reads the certificate files they name.
+    /// Parameters ampere does not use are dropped with one warning naming them. Connects
+    /// nothing: connections open on first use.
+    pub fn from_url_with_tls(
+        database_url: &str,
+        options: &TlsOptions,
+    ) -> Result<Self, PgPortError> {
+        let parts = split_database_url(database_url);
+        if !parts.ignored.is_empty() {
+            tracing::warn!(parameters = %parts.ignored.join(", "),
+                "DATABASE_URL parameters that ampere does not use are ignored");
+        }
+        let config: Config = parts.driver.parse().map_err(PgPortError::ConfigParse)?;
+        let tls = PgTls::new(&TlsSettings::new(&parts.tls, options)?)?;
+        Self::new(config, tls)
     }
 
     /// Uses a parsed config: its first host, port, user, password and dbname also serve the
     /// replication connection. Sets [`CONNECT_TIMEOUT`] and `application_name=ampere` unless
-    /// given.
-    pub fn new(mut config: Config) -> Result<Self, PgPortError> {
+    /// given, and the driver's sslmode from `tls`.
+    fn new(mut config: Config, tls: PgTls) -> Result<Self, PgPortError> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("ampere");
         }
+        if config.get_hosts().is_empty() {
+            // tokio-postgres verifies (and sends SNI for) `host`; with only `hostaddr` there is
+            // none, and it refuses TLS. libpq verifies against the address then: do the same.
+            for addr in config.get_hostaddrs().to_vec() {
+                config.host(addr.to_string());
+            }
+        }
+        let hosts = config.get_hosts();
+        let is_unix_only = !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_)));
+        // Postgres answers 'N' on unix sockets, so `require` would fail there; libpq skips
+        // TLS on them. (A list mixing unix and TCP hosts keeps the mode for all.)
+        let encryption = if is_unix_only {
+            Encryption::Off
+        } else {
+            tls.first_attempt()
+        };
+        config.ssl_mode(encryption.driver_mode());
         let replication = replication_endpoint(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 sql: config,
                 replication,
+                tls,
                 admin: Mutex::new(None),
             }),
         })
@@ -161,18 +239,56 @@ impl RealPg {
 
     /// A new SQL connection of its own, its connection task spawned on the runtime.
     pub async fn connect_sql(&self, purpose: &'static str) -> Result<Client, PgPortError> {
-        let (client, connection) = self
-            .inner
-            .sql
-            .connect(NoTls)
-            .await
-            .map_err(sql("connecting to Postgres"))?;
+        let (client, connection) = match self.connect_sql_with(&self.inner.sql).await {
+            // sslmode=allow: plaintext first, TLS once the server refuses plaintext
+            Err(e) if self.inner.tls.mode() == SslMode::Allow && e.is_plaintext_refused() => {
+                let mut config = self.inner.sql.clone();
+                config.ssl_mode(Encryption::Required.driver_mode());
+                self.connect_sql_with(&config).await?
+            }
+            connected => connected?,
+        };
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(purpose, error = %error_chain(&error), "Postgres connection ended");
             }
         });
         Ok(client)
+    }
+
+    async fn connect_sql_with(
+        &self,
+        config: &Config,
+    ) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), PgPortError> {
+        config
+            .connect(self.inner.tls.connector())
+            .await
+            .map_err(|source| self.sql_connect_error(source))
+    }
+
+    /// The TLS outcomes tokio-postgres reports in its own words, as [`TlsError`]s that name
+    /// the fix.
+    fn sql_connect_error(&self, source: tokio_postgres::Error) -> PgPortError {
+        let host = || self.inner.replication.host.to_string();
+        if let Some(db) = source.as_db_error() {
+            if tls::is_plaintext_refused(db.code().code(), db.message()) {
+                let message = db.message().to_owned();
+                return TlsError::RequiredByServer {
+                    host: host(),
+                    message,
+                }
+                .into();
+            }
+        }
+        // sslmode=require (or stronger) and the server answered the SSLRequest with 'N'
+        let cause = std::error::Error::source(&source).map(ToString::to_string);
+        if cause.as_deref() == Some("server does not support TLS") {
+            return TlsError::Unsupported { host: host() }.into();
+        }
+        PgPortError::Sql {
+            during: "connecting to Postgres",
+            source,
+        }
     }
 
     /// For `ampere cleanup`: drops the slot of that name in our database, terminating the
@@ -295,43 +411,88 @@ impl RealPg {
         terminate_backend(&*self.admin().await?, pid).await
     }
 
-    /// A new replication connection (`replication=database`), bounded by the connect timeout.
+    /// A new replication connection (`replication=database`), encrypted as `sslmode` says,
+    /// bounded by the connect timeout (both attempts of `allow` together).
     async fn open_replication(&self) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
-        let endpoint = &self.inner.replication;
         let timeout = self
             .inner
             .sql
             .get_connect_timeout()
             .copied()
             .unwrap_or(CONNECT_TIMEOUT);
+        let tls = &self.inner.tls;
         let connecting = async {
-            let socket = match &endpoint.host {
-                Endpoint::Tcp(host) => {
-                    let stream = TcpStream::connect((host.as_str(), endpoint.port)).await?;
-                    stream.set_nodelay(true)?;
-                    PgSocket::Tcp(stream)
+            match self.open_replication_with(tls.first_attempt()).await {
+                // sslmode=allow: plaintext first, TLS once the server refuses plaintext
+                Err(e) if tls.mode() == SslMode::Allow && e.is_plaintext_refused() => {
+                    self.open_replication_with(Encryption::Required).await
                 }
-                Endpoint::Unix(dir) => {
-                    let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
-                    PgSocket::Unix(UnixStream::connect(path).await?)
-                }
-            };
-            replication::connect(socket, &endpoint.config).await
+                opened => opened,
+            }
         };
-        let connected = tokio::time::timeout(timeout, connecting)
+        tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| PgPortError::ConnectTimeout { timeout })?;
-        connected.map_err(|source| match source.code() {
+            .map_err(|_| PgPortError::ConnectTimeout { timeout })?
+    }
+
+    async fn open_replication_with(
+        &self,
+        encryption: Encryption,
+    ) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
+        let endpoint = &self.inner.replication;
+        let socket = self.replication_socket(encryption).await?;
+        let connected = replication::connect(socket, &endpoint.config).await;
+        connected.map_err(|source| match source {
+            ReplicationError::TlsRequired(e) => TlsError::RequiredByServer {
+                host: endpoint.host.to_string(),
+                message: e.message,
+            }
+            .into(),
             // "must be superuser or replication role to start walsender". Not checked ahead in
             // pg_roles: managed services grant it through role membership (rds_replication).
-            Some(INSUFFICIENT_PRIVILEGE) => PgPortError::ReplicationRole {
-                user: self.user().into(),
-            },
-            _ => PgPortError::Replication {
+            source if source.code() == Some(INSUFFICIENT_PRIVILEGE) => {
+                PgPortError::ReplicationRole {
+                    user: self.user().into(),
+                }
+            }
+            source => PgPortError::Replication {
                 during: "connecting for replication",
                 source,
             },
         })
+    }
+
+    /// The replication connection's socket, after the SSLRequest exchange and handshake that
+    /// `encryption` asks for (none on a unix socket, as libpq).
+    async fn replication_socket(&self, encryption: Encryption) -> Result<PgSocket, PgPortError> {
+        let endpoint = &self.inner.replication;
+        let failed = |e: io::Error| PgPortError::Replication {
+            during: "connecting for replication",
+            source: e.into(),
+        };
+        match &endpoint.host {
+            Endpoint::Tcp { address, tls_name } => {
+                let stream = TcpStream::connect((address.as_str(), endpoint.port))
+                    .await
+                    .map_err(failed)?;
+                stream.set_nodelay(true).map_err(failed)?;
+                let negotiated = self
+                    .inner
+                    .tls
+                    .negotiate(stream, tls_name, encryption)
+                    .await?;
+                Ok(match negotiated {
+                    MaybeTls::Plain(stream) => PgSocket::Tcp(stream),
+                    MaybeTls::Tls(stream) => PgSocket::Tls(stream),
+                })
+            }
+            Endpoint::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
+                Ok(PgSocket::Unix(
+                    UnixStream::connect(path).await.map_err(failed)?,
+                ))
+            }
+        }
     }
 }
 
@@ -885,14 +1046,171 @@ fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
     error.code().map(tokio_postgres::error::SqlState::code)
 }
 
+/// `DATABASE_URL` split by who reads each parameter.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UrlParts {
+    /// For tokio-postgres: the URL (or `key=value` string) with only [`DRIVER_PARAMETERS`].
+    driver: String,
+    /// [`tls::URL_PARAMETERS`], decoded, in order.
+    tls: Vec<(String, String)>,
+    /// The names of the other parameters (`pgbouncer`, `sslcrl`…), in order, without repeats:
+    /// ignored rather than refused, so URLs written for libpq or a provider's console work.
+    ignored: Vec<String>,
+}
+
+impl UrlParts {
+    /// Files `key` under TLS or ignored; `true` when it is the driver's.
+    fn route(&mut self, key: &str, value: String) -> bool {
+        if DRIVER_PARAMETERS.contains(&key) {
+            return true;
+        }
+        if tls::URL_PARAMETERS.contains(&key) {
+            self.tls.push((key.to_owned(), value));
+        } else if !self.ignored.iter().any(|k| k == key) {
+            self.ignored.push(key.to_owned());
+        }
+        false
+    }
+}
+
+/// Splits the parameters the way tokio-postgres's parser reads them. Text it would refuse is
+/// left to it, so its error is the one reported.
+fn split_database_url(url: &str) -> UrlParts {
+    let rest = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"));
+    let parts = match rest {
+        Some(rest) => Some(split_uri(url, rest)),
+        None => split_key_values(url),
+    };
+    parts.unwrap_or_else(|| UrlParts {
+        driver: url.to_owned(),
+        ..UrlParts::default()
+    })
+}
+
+/// The URI form: the query starts at the first `?` after the credentials, which end at the
+/// first `@` (so a password may hold a `?`), as in tokio-postgres.
+fn split_uri(url: &str, rest: &str) -> UrlParts {
+    let credentials_end = rest.find('@').map_or(0, |at| at + 1);
+    let Some(query_at) = rest[credentials_end..].find('?') else {
+        return UrlParts {
+            driver: url.to_owned(),
+            ..UrlParts::default()
+        };
+    };
+    let base_len = url.len() - rest.len() + credentials_end + query_at;
+    let mut parts = UrlParts::default();
+    let mut kept = Vec::new();
+    for param in url[base_len + 1..].split('&').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = param.split_once('=') else {
+            kept.push(param);
+            continue;
+        };
+        if parts.route(&percent_decode(key), percent_decode(value)) {
+            kept.push(param);
+        }
+    }
+    parts.driver = url[..base_len].to_owned();
+    if !kept.is_empty() {
+        parts.driver.push('?');
+        parts.driver.push_str(&kept.join("&"));
+    }
+    parts
+}
+
+/// The `key=value` form (values bare or single-quoted, `\` escaping); `None` when it does not
+/// tokenize.
+fn split_key_values(text: &str) -> Option<UrlParts> {
+    let mut parts = UrlParts::default();
+    let mut kept = Vec::new();
+    let mut chars = text.chars().peekable();
+    let skip_space = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_space(&mut chars);
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        skip_space(&mut chars);
+        if key.is_empty() || chars.next() != Some('=') {
+            return None;
+        }
+        skip_space(&mut chars);
+        let is_quoted = chars.next_if_eq(&'\'').is_some();
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some('\'') if is_quoted => break,
+                Some(c) if !is_quoted && c.is_whitespace() => break,
+                Some('\\') => value.push(chars.next()?),
+                Some(c) => value.push(c),
+                None if is_quoted => return None,
+                None => break,
+            }
+        }
+        if !is_quoted && value.is_empty() {
+            return None;
+        }
+        if parts.route(&key, value.clone()) {
+            kept.push(format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+    }
+    parts.driver = kept.join(" ");
+    Some(parts)
+}
+
+/// `%XX` decoded (a malformed escape stays as it is); invalid UTF-8 replaced.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |i: usize| {
+        bytes
+            .get(i)
+            .and_then(|b| char::from(*b).to_digit(16))
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) {
+                decoded.push(high * 16 + low);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
 /// The replication connection's login, from the SQL config's first host.
 fn replication_endpoint(config: &Config) -> Result<ReplicationEndpoint, PgPortError> {
     let invalid = |what: &str| PgPortError::Config {
         what: what.to_owned(),
     };
     let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
-        (_, Some(addr)) => Endpoint::Tcp(addr.to_string()),
-        (Some(Host::Tcp(host)), None) => Endpoint::Tcp(host.clone()),
+        (Some(Host::Tcp(host)), Some(addr)) => Endpoint::Tcp {
+            address: addr.to_string(),
+            tls_name: host.clone(),
+        },
+        (_, Some(addr)) => Endpoint::Tcp {
+            address: addr.to_string(),
+            tls_name: addr.to_string(),
+        },
+        (Some(Host::Tcp(host)), None) => Endpoint::Tcp {
+            address: host.clone(),
+            tls_name: host.clone(),
+        },
         (Some(Host::Unix(dir)), None) => Endpoint::Unix(dir.clone()),
         (None, None) => return Err(invalid("it names no host")),
     };
@@ -1023,6 +1341,9 @@ pub enum PgPortError {
     /// A catalog lookup failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// TLS cannot be set up, or the server and `sslmode` disagree (the message names the fix).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Connecting for replication took too long.
     #[error("connecting for replication timed out after {timeout:?}")]
     ConnectTimeout {
@@ -1124,11 +1445,19 @@ impl PgError for PgPortError {
             Self::Catalog(e) => e
                 .postgres_error()
                 .map_or(DisconnectKind::Transient, sql_error_kind),
+            Self::Tls(e) => e.kind(),
             Self::ConnectTimeout { .. }
             | Self::SlotVanished { .. }
             | Self::SlotBusy { .. }
             | Self::Unexpected { .. } => DisconnectKind::Transient,
         }
+    }
+}
+
+impl PgPortError {
+    /// The server refused a plaintext login (what `sslmode=allow` retries with TLS).
+    fn is_plaintext_refused(&self) -> bool {
+        matches!(self, Self::Tls(TlsError::RequiredByServer { .. }))
     }
 }
 
@@ -1146,6 +1475,11 @@ pub(crate) fn sql_error_kind(error: &tokio_postgres::Error) -> DisconnectKind {
         } else {
             DisconnectKind::Transient
         };
+    }
+    // Our TLS connector's errors classify themselves (a reset mid-handshake is transient).
+    let tls = std::error::Error::source(error).and_then(|e| e.downcast_ref::<TlsError>());
+    if let Some(tls) = tls {
+        return tls.kind();
     }
     // tokio-postgres exposes its error kind only through Display.
     let text = error.to_string();
@@ -1186,10 +1520,12 @@ fn sql_role(user: &str) -> String {
     }
 }
 
-/// The replication connection's socket: TCP, or a unix socket when `DATABASE_URL` names a
-/// socket directory.
+/// The replication connection's socket: TCP, TLS over TCP, or a unix socket when
+/// `DATABASE_URL` names a socket directory.
 enum PgSocket {
     Tcp(TcpStream),
+    /// Boxed: rustls's connection state is large.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -1198,9 +1534,10 @@ impl AsyncRead for PgSocket {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -1211,23 +1548,26 @@ impl AsyncWrite for PgSocket {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -1241,7 +1581,8 @@ mod tests {
     fn database_urls_give_the_replication_login() {
         let pg = RealPg::from_url("postgresql://amp:secret@db.example:6543/app").unwrap();
         let endpoint = &pg.inner.replication;
-        assert!(matches!(&endpoint.host, Endpoint::Tcp(h) if h == "db.example"));
+        assert!(matches!(&endpoint.host,
+            Endpoint::Tcp { address, tls_name } if address == "db.example" && tls_name == address));
         assert_eq!(endpoint.port, 6543);
         assert_eq!(endpoint.config.user, "amp");
         assert_eq!(endpoint.config.password.as_deref(), Some("secret"));
@@ -1252,6 +1593,170 @@ mod tests {
         assert!(matches!(&pg.inner.replication.host, Endpoint::Unix(_)));
         assert_eq!(pg.database(), "amp");
         assert_eq!(pg.inner.replication.port, 5432);
+    }
+
+    #[test]
+    fn hostaddr_is_dialled_and_host_is_verified() {
+        let pg = RealPg::from_url("host=db.example hostaddr=10.0.0.7 user=amp").unwrap();
+        let Endpoint::Tcp { address, tls_name } = &pg.inner.replication.host else {
+            panic!("a TCP endpoint");
+        };
+        assert_eq!(
+            (address.as_str(), tls_name.as_str()),
+            ("10.0.0.7", "db.example")
+        );
+        // without `host`, the address is what TLS verifies (tokio-postgres needs a host for it)
+        let pg = RealPg::from_url("hostaddr=10.0.0.7 user=amp").unwrap();
+        assert!(matches!(pg.inner.sql.get_hosts(), [Host::Tcp(h)] if h == "10.0.0.7"));
+    }
+
+    #[test]
+    fn sslmode_sets_the_drivers_first_attempt_and_unix_sockets_skip_tls() {
+        use tokio_postgres::config::SslMode as Driver;
+        let mode = |url: &str| RealPg::from_url(url).unwrap().inner.sql.get_ssl_mode();
+        assert_eq!(mode("postgresql://amp@db/app"), Driver::Prefer);
+        assert_eq!(
+            mode("postgresql://amp@db/app?sslmode=disable"),
+            Driver::Disable
+        );
+        assert_eq!(
+            mode("postgresql://amp@db/app?sslmode=allow"),
+            Driver::Disable
+        );
+        assert_eq!(
+            mode("postgresql://amp@db/app?sslmode=require"),
+            Driver::Require
+        );
+        assert_eq!(
+            mode("host=/run/postgresql user=amp sslmode=require"),
+            Driver::Disable
+        );
+    }
+
+    #[test]
+    fn tls_parameters_leave_the_url_and_unknown_ones_are_ignored() {
+        let parts = split_database_url(
+            "postgresql://u:p%3Fw@db:5432/app?sslmode=verify-full&pgbouncer=true\
+             &sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5&sslcrl=x&pgbouncer=1",
+        );
+        assert_eq!(
+            parts.driver,
+            "postgresql://u:p%3Fw@db:5432/app?connect_timeout=5"
+        );
+        let tls = [("sslmode", "verify-full"), ("sslrootcert", "/etc/ca.pem")];
+        let tls: Vec<_> = tls
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        assert_eq!(parts.tls, tls);
+        assert_eq!(parts.ignored, ["pgbouncer", "sslcrl"]);
+
+        // a `?` in the password is not the query
+        let parts = split_database_url("postgres://u:a?b@db/app?sslmode=require");
+        assert_eq!(parts.driver, "postgres://u:a?b@db/app");
+        assert_eq!(parts.tls.len(), 1);
+        let parts = split_database_url("postgres://u:a?b@db/app");
+        assert_eq!(parts.driver, "postgres://u:a?b@db/app");
+        assert!(parts.tls.is_empty());
+
+        let parts = split_database_url(
+            r"host=db user=amp password='it\'s a \\ b' sslmode = require channel_binding=require",
+        );
+        assert_eq!(parts.ignored, ["channel_binding"]);
+        assert_eq!(parts.tls, [("sslmode".to_owned(), "require".to_owned())]);
+        let config: Config = parts.driver.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&br"it's a \ b"[..]));
+        assert_eq!(config.get_user(), Some("amp"));
+    }
+
+    #[test]
+    fn urls_with_ignored_parameters_still_connect_where_they_pointed() {
+        let pg = RealPg::from_url(
+            "postgresql://amp@db.example/app?pgbouncer=true&sslmode=require&sslnegotiation=direct",
+        )
+        .unwrap();
+        assert_eq!(pg.database(), "app");
+        assert_eq!(pg.inner.tls.mode(), SslMode::Require);
+        let bad = RealPg::from_url("postgresql://amp@db/app?sslmode=sometimes")
+            .err()
+            .unwrap();
+        assert_eq!(bad.kind(), DisconnectKind::Fatal);
+        assert!(bad.to_string().contains("sslmode=sometimes"), "{bad}");
+    }
+
+    /// What a fake server does with one connection.
+    enum Fake {
+        /// Answers the SSLRequest with 'N' and closes.
+        RefuseSsl,
+        /// Answers the startup packet as `pg_hba.conf` does without a plaintext line.
+        RefusePlaintext,
+    }
+
+    /// A fake Postgres on a free port, serving one connection per step; its port.
+    async fn fake_postgres(steps: Vec<Fake>) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const SSL_REQUEST_CODE: i32 = 80_877_103;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for step in steps {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = [0_u8; 8];
+                socket.read_exact(&mut head).await.unwrap();
+                let is_ssl_request = head[4..] == SSL_REQUEST_CODE.to_be_bytes();
+                let reply = match step {
+                    Fake::RefuseSsl => {
+                        assert!(is_ssl_request, "expected an SSLRequest");
+                        b"N".to_vec()
+                    }
+                    Fake::RefusePlaintext => {
+                        assert!(!is_ssl_request, "expected a plaintext startup packet");
+                        let fields = b"SFATAL\0VFATAL\0C28000\0Mno pg_hba.conf entry for host \
+                            \"127.0.0.1\", user \"amp\", database \"app\", no encryption\0\0";
+                        let mut reply = vec![b'E'];
+                        let len = i32::try_from(fields.len() + 4).unwrap();
+                        reply.extend_from_slice(&len.to_be_bytes());
+                        reply.extend_from_slice(fields);
+                        reply
+                    }
+                };
+                socket.write_all(&reply).await.unwrap();
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_replication_connection_told_n_under_require_names_the_fix() {
+        let port = fake_postgres(vec![Fake::RefuseSsl]).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=require");
+        let err = RealPg::from_url(&url).unwrap().open_replication().await;
+        let err = err.err().unwrap();
+        assert_eq!(err.kind(), DisconnectKind::Fatal, "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("does not support SSL; use sslmode=disable or enable ssl"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_replication_connection_refused_names_the_fix_and_allow_retries_with_tls() {
+        let port = fake_postgres(vec![Fake::RefusePlaintext]).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=disable");
+        let err = RealPg::from_url(&url).unwrap().open_replication().await;
+        let err = err.err().unwrap();
+        assert_eq!(err.kind(), DisconnectKind::Fatal, "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("no encryption"), "{message}");
+        assert!(message.contains("use sslmode=require"), "{message}");
+
+        // allow: the second attempt asks for TLS (refused here, so its error is the last word)
+        let port = fake_postgres(vec![Fake::RefusePlaintext, Fake::RefuseSsl]).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=allow");
+        let err = RealPg::from_url(&url).unwrap().open_replication().await;
+        let err = err.err().unwrap();
+        assert!(err.to_string().contains("does not support SSL"), "{err}");
     }
 
     #[test]

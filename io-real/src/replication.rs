@@ -6,8 +6,10 @@
 //! (`XLogData`, primary keepalive, standby status update).
 //!
 //! Never: decodes pgoutput (callers get the raw `XLogData` payload), retries, reconnects or reads
-//! the clock (standby status takes the client clock as an argument). No TLS: a server that demands
-//! it is reported as [`ReplicationError::TlsRequired`].
+//! the clock (standby status takes the client clock as an argument), or negotiates TLS: the
+//! caller runs the SSLRequest exchange and handshake first (`crate::tls`, as `RealPg` does) and
+//! passes the encrypted stream. A server refusing a plaintext stream is reported as
+//! [`ReplicationError::TlsRequired`].
 //!
 //! Asks of callers: the stream is any `AsyncRead + AsyncWrite + Unpin + Send`, so a simulation can
 //! plug in its own. [`ReplicationStream::recv`] is cancel-safe; the request/response methods of
@@ -629,8 +631,8 @@ pub enum ReplicationError {
     /// The SCRAM-SHA-256 exchange failed on the client side (bad server proof or message).
     #[error("SCRAM-SHA-256 exchange failed")]
     Scram(#[source] io::Error),
-    /// `pg_hba.conf` only admits encrypted connections, and this client has no TLS.
-    #[error("the server requires TLS, which this client does not support: {0}")]
+    /// `pg_hba.conf` only admits encrypted connections, and the stream is plaintext.
+    #[error("the server accepts only SSL connections here ({0}): use sslmode=require")]
     TlsRequired(Box<ServerError>),
     /// An ErrorResponse after login. (Boxed, like the other server errors, to keep results
     /// small.)
@@ -737,14 +739,12 @@ fn is_configuration_error(e: &ServerError) -> bool {
 /// Class 28 during startup is a rejected login; one naming missing encryption asks for TLS.
 fn startup_error(e: ServerError) -> ReplicationError {
     let e = Box::new(e);
-    if !e.code.starts_with("28") {
-        return ReplicationError::Server(e);
-    }
-    // PG ≥ 14 says "no encryption", older versions "SSL off"
-    if e.message.contains("no encryption") || e.message.contains("SSL off") {
+    if crate::tls::is_plaintext_refused(&e.code, &e.message) {
         ReplicationError::TlsRequired(e)
-    } else {
+    } else if e.code.starts_with("28") {
         ReplicationError::Auth(e)
+    } else {
+        ReplicationError::Server(e)
     }
 }
 

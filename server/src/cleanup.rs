@@ -37,7 +37,9 @@ pub async fn run(config: &Config, args: &CleanupArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (embedded, url) = database(config)?;
-    let pg = RealPg::from_url(&url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let pg = RealPg::from_url_with_tls(&url, &config.tls_options()).context(
+        "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL",
+    )?;
     let report = pg
         .drop_slot_and_publication(&slot, &publication)
         .await

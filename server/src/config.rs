@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ampere_core::ports::SlotPersistence;
+use ampere_io_real::tls::TlsOptions;
 use clap::{Args, Parser, Subcommand};
 
 /// ampere: Postgres sync over Electric's HTTP shape protocol.
@@ -45,8 +46,15 @@ pub struct CleanupArgs {
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Postgres connection URL. Unset: start an embedded PostgreSQL inside the storage dir.
+    /// `sslmode` (default prefer), `sslrootcert`, `sslcert` and `sslkey` as in libpq; other
+    /// parameters ampere does not use are ignored with a warning (docs/tls.md).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// PEM file of the CA(s) to verify the database server against. As in Electric, this turns
+    /// full verification on (sslmode=verify-full, or verify-ca when DATABASE_URL says so).
+    #[arg(long, env = "ELECTRIC_DATABASE_CA_CERTIFICATE_FILE")]
+    pub database_ca_certificate_file: Option<PathBuf>,
 
     /// HTTP port for the shape API and /v1/health.
     #[arg(long, env = "ELECTRIC_PORT", default_value_t = 3000, value_parser = port)]
@@ -121,6 +129,18 @@ impl Config {
             return Err(ConfigError::NoSecret);
         }
         Ok(())
+    }
+
+    /// TLS settings for `DATABASE_URL` from outside it. None for the embedded PostgreSQL
+    /// (no `DATABASE_URL`), which is local and has no certificate to verify.
+    pub fn tls_options(&self) -> TlsOptions {
+        let is_external = self.database_url.as_deref().is_some_and(|u| !u.is_empty());
+        TlsOptions {
+            ca_certificate_file: self
+                .database_ca_certificate_file
+                .clone()
+                .filter(|_| is_external),
+        }
     }
 
     /// The secret, unless running insecure.
@@ -358,6 +378,19 @@ mod tests {
             let err = parse(&[&arg]).expect_err("invalid").to_string();
             assert!(err.contains(var), "{flag}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_ca_file_applies_to_database_url_only() {
+        let ca = "--database-ca-certificate-file=/etc/ca.pem";
+        let external = parse(&["--insecure", "--database-url=postgresql://a@db/x", ca]);
+        let options = external.expect("parses").config.tls_options();
+        assert_eq!(
+            options.ca_certificate_file,
+            Some(PathBuf::from("/etc/ca.pem"))
+        );
+        let embedded = parse(&["--insecure", ca]).expect("parses").config;
+        assert_eq!(embedded.tls_options(), TlsOptions::default());
     }
 
     #[test]

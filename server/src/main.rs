@@ -75,8 +75,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     })?;
     let (store, meta) = open_storage(&config)?;
     let (embedded, database_url) = database(&config).await?;
-    let pg =
-        RealPg::from_url(&database_url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let pg = RealPg::from_url_with_tls(&database_url, &config.tls_options()).context(
+        "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL",
+    )?;
 
     let clock = TokioClock::new();
     let core_config = CoreConfig::new(
