@@ -325,6 +325,9 @@ const TSS: &[&str] = &[
     "-infinity",
     "2024-02-29 06:30:00.5",
     "2000-01-01",
+    "2018-03-11 02:30:00",
+    "2018-11-04 01:30:00",
+    "1850-06-01 12:00:00",
 ];
 const TZS: &[&str] = &[
     "2000-01-01 00:00:00+00",
@@ -337,6 +340,23 @@ const TZS: &[&str] = &[
     "0001-01-01 00:00:00+00 BC",
     "2024-02-29 06:30:00+00",
     "2000-01-01",
+    "2018-11-04 05:30:00+00",
+    "2018-11-04 06:30:00.5+00",
+    "2200-07-01 00:00:00+00",
+];
+/// Zones for `AT TIME ZONE` / `timezone()`: gaps, folds, half-hour DST, LMT, inverted POSIX
+/// signs, case, and two ampere refuses (an abbreviation, an unknown name).
+const ZONES: &[&str] = &[
+    "America/New_York",
+    "Europe/London",
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+    "UTC",
+    "Etc/GMT+5",
+    "america/new_york",
+    "Europe/Moscow",
+    "EST",
+    "Mars/Olympus",
 ];
 const INT_ARRS: &[&str] = &[
     "{}",
@@ -955,6 +975,9 @@ impl Gen {
             let array = *self.rng.pick(&[Ty::IntArr, Ty::TextArr]);
             return Node::call(ty, "array_ndims", vec![self.expr(array, d)]);
         }
+        if ty == Ty::I4 && self.rng.chance(8) {
+            return self.subscript(Ty::IntArr, ty, d);
+        }
         match self.rng.below(15) {
             12 if INTS.contains(&ty) => {
                 let other = self.lower_partner(ty);
@@ -1042,6 +1065,7 @@ impl Gen {
                     .collect();
                 Node::call(Ty::Text, "concat", args)
             }
+            3 if self.rng.chance(50) => self.subscript(Ty::TextArr, Ty::Text, d),
             3 | 4 => {
                 let f = *self.rng.pick(&["lower", "upper"]);
                 Node::call(Ty::Text, f, vec![self.expr(Ty::Text, d)])
@@ -1065,7 +1089,9 @@ impl Gen {
         } else {
             Ty::Text
         };
-        match self.rng.below(3) {
+        match self.rng.below(5) {
+            3 => self.slice(ty, d),
+            4 => self.array_concat(ty, element, d),
             0 => {
                 let n = 1 + self.rng.below(3);
                 let items: Vec<Node> = (0..n).map(|_| self.expr(element, d)).collect();
@@ -1082,6 +1108,101 @@ impl Gen {
                 let name = cast_name(&mut self.rng, ty);
                 Node::op(ty, &["(", &format!(")::{name}")], vec![self.expr(ty, d)])
             }
+        }
+    }
+
+    /// A subscript (`(a)[i]`, `(a)[i][j]`) of an array of type `array`, of element type `ty`.
+    fn subscript(&mut self, array: Ty, ty: Ty, d: usize) -> Node {
+        let arg = self.expr(array, d);
+        let n = 1 + usize::from(self.rng.chance(25));
+        let mut args = vec![arg];
+        let mut parts = vec!["(".to_owned(), ")[".to_owned()];
+        for i in 0..n {
+            args.push(self.index(d));
+            parts.push(if i + 1 == n { "]" } else { "][" }.to_owned());
+        }
+        Node { ty, parts, args }
+    }
+
+    /// An array subscript: mostly small constants (bounds in and out of range), else any int.
+    fn index(&mut self, d: usize) -> Node {
+        if self.rng.chance(25) {
+            let ty = *self.rng.pick(&[Ty::I4, Ty::I2, Ty::I8]);
+            return self.expr(ty, d.min(1));
+        }
+        let i = *self
+            .rng
+            .pick(&["-1", "0", "1", "1", "2", "3", "NULL", "'2'"]);
+        Node::leaf(Ty::I4, i)
+    }
+
+    /// A slice `(a)[l:u]` (bounds omitted now and then, a second dimension sometimes).
+    fn slice(&mut self, ty: Ty, d: usize) -> Node {
+        let mut args = vec![self.expr(ty, d)];
+        let mut parts = vec!["(".to_owned()];
+        let mut open = ")[".to_owned();
+        for _ in 0..1 + usize::from(self.rng.chance(25)) {
+            match self.rng.below(6) {
+                0 => {
+                    parts.push(open + ":");
+                    args.push(self.index(d));
+                }
+                1 => {
+                    parts.push(open);
+                    args.push(self.index(d));
+                    parts.push(":".to_owned());
+                    args.push(Node::leaf(Ty::I4, ""));
+                }
+                2 => {
+                    // A plain subscript in a slice is `[1:u]`.
+                    parts.push(open);
+                    args.push(self.index(d));
+                }
+                _ => {
+                    parts.push(open);
+                    args.push(self.index(d));
+                    parts.push(":".to_owned());
+                    args.push(self.index(d));
+                }
+            }
+            open = "][".to_owned();
+        }
+        parts.push("]".to_owned());
+        if !parts.iter().any(|p| p.contains(':')) {
+            // Plain subscripts alone are no slice: make the first one `[:u]`.
+            parts[1].push(':');
+        }
+        Node { ty, parts, args }
+    }
+
+    /// `||`, `array_cat`, `array_append` or `array_prepend` giving an array of type `ty`.
+    fn array_concat(&mut self, ty: Ty, element: Ty, d: usize) -> Node {
+        let (a, b) = (self.expr(ty, d), self.expr(ty, d));
+        let e = self.expr(element, d);
+        match self.rng.below(6) {
+            0 => Node::op(ty, &["(", " || ", ")"], vec![a, b]),
+            1 => Node::op(ty, &["(", " || ", ")"], vec![a, e]),
+            2 => Node::op(ty, &["(", " || ", ")"], vec![e, a]),
+            3 => Node::call(ty, "array_cat", vec![a, b]),
+            4 => Node::call(ty, "array_append", vec![a, e]),
+            _ => Node::call(ty, "array_prepend", vec![e, a]),
+        }
+    }
+
+    /// `ts AT TIME ZONE z` / `timezone(z, ts)` giving `ty` (a timestamp from a timestamptz or
+    /// the reverse).
+    fn time_zone(&mut self, ty: Ty, d: usize) -> Node {
+        let from = if ty == Ty::Ts {
+            *self.rng.pick(&[Ty::Tz, Ty::Tz, Ty::Date])
+        } else {
+            Ty::Ts
+        };
+        let arg = self.expr(from, d);
+        let zone = Node::leaf(Ty::Text, quote(self.rng.pick::<&str>(ZONES)));
+        if self.rng.chance(50) {
+            Node::op(ty, &["(", " AT TIME ZONE ", ")"], vec![arg, zone])
+        } else {
+            Node::call(ty, "timezone", vec![zone, arg])
         }
     }
 
@@ -1155,6 +1276,9 @@ impl Gen {
         }
         if matches!(ty, Ty::Time) && self.rng.chance(35) {
             return self.datetime_arith(ty, d);
+        }
+        if matches!(ty, Ty::Ts | Ty::Tz) && self.rng.chance(30) {
+            return self.time_zone(ty, d);
         }
         if self.rng.chance(50) {
             return self.variadic(ty, d);

@@ -9,12 +9,14 @@ use ampere_pg_parse::protobuf::{self, a_const, AExprKind, BoolExprType, BoolTest
 use ampere_pg_parse::protobuf::{MinMaxOp, NullTestType};
 use ampere_pg_parse::NodeEnum;
 
+use super::array_text::MAX_DIMENSIONS;
 use super::eval;
-use super::expr::{ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc};
-use super::expr::{MinMax, TextFunc, UnaryOp};
+use super::expr::{ArithOp, ArrayConcat, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr};
+use super::expr::{IntervalFunc, MinMax, SliceBound, TextFunc, UnaryOp};
 use super::like::{LikeCase, LikeEscape, LikePattern};
 use super::numeric::Numeric;
 use super::types::{Scalar, Type};
+use super::tz::Zone;
 use super::value::{parse_array, parse_scalar, Value};
 use crate::shape::TableSchema;
 
@@ -87,6 +89,7 @@ impl<'a> Binder<'a> {
             NodeEnum::CoalesceExpr(c) => self.coalesce(c),
             NodeEnum::MinMaxExpr(m) => self.min_max(m),
             NodeEnum::AArrayExpr(a) => self.array_literal(a),
+            NodeEnum::AIndirection(a) => self.indirection(a),
             NodeEnum::SubLink(s) => fail(
                 s.location,
                 "subqueries are not supported by ampere yet (IN (SELECT …), EXISTS, scalar \
@@ -320,6 +323,18 @@ impl<'a> Binder<'a> {
             "||" => {
                 let left = self.bind(lexpr)?;
                 let right = self.bind(rexpr)?;
+                let array = |t: &Type| matches!(t, Type::Array(_));
+                let (lt, rt) = (left.expr.ty(), right.expr.ty());
+                if array(&lt) || array(&rt) {
+                    // `anycompatiblearray || anycompatiblearray` (an unknown operand is read
+                    // as an array), `anycompatiblearray || anycompatible`, or the reverse.
+                    let func = match (array(&lt), array(&rt)) {
+                        (true, false) if rt != Type::Unknown => ArrayConcat::Append,
+                        (false, true) if lt != Type::Unknown => ArrayConcat::Prepend,
+                        _ => ArrayConcat::Cat,
+                    };
+                    return self.array_concat(func, left, right, location);
+                }
                 let text = Type::Scalar(Scalar::Text);
                 if !is_texty(&left.expr.ty()) || !is_texty(&right.expr.ty()) {
                     return fail(location, "Could not select an operator overload");
@@ -416,14 +431,6 @@ impl<'a> Binder<'a> {
         if bitwise && !ty.is_integer() {
             // `int2and`, `int4or`, `int8xor`, …: integers of one type only.
             return fail(location, "Could not select an operator overload");
-        }
-        if op == ArithOp::Div && ty == Scalar::Numeric {
-            // Electric divides numerics as float8; ampere refuses rather than differ from
-            // Postgres's numeric division.
-            return fail(
-                location,
-                "ampere does not support numeric division yet; cast an operand to float8",
-            );
         }
         fold(
             Expr::Arith {
@@ -750,39 +757,63 @@ impl<'a> Binder<'a> {
             ["pg_catalog", name] | [name] => *name,
             _ => "",
         };
-        let justify = match (name, f.args.len()) {
-            ("justify_days", 1) => Some(IntervalFunc::JustifyDays),
-            ("justify_hours", 1) => Some(IntervalFunc::JustifyHours),
-            ("justify_interval", 1) => Some(IntervalFunc::JustifyInterval),
+        self.call(name, &names.join("."), &f.args, f.location)
+    }
+
+    /// A call of the function `name` (`shown` as written) with `args`.
+    fn call(
+        &mut self,
+        name: &str,
+        shown: &str,
+        args: &[protobuf::Node],
+        location: i32,
+    ) -> Result<Bound> {
+        let justify = match name {
+            "justify_days" => Some(IntervalFunc::JustifyDays),
+            "justify_hours" => Some(IntervalFunc::JustifyHours),
+            "justify_interval" => Some(IntervalFunc::JustifyInterval),
             _ => None,
         };
-        if let Some(func) = justify {
-            return self.interval_func(func, name, &f.args[0], f.location);
-        }
-        if name == "concat" && !f.args.is_empty() {
-            return self.concat_func(&f.args, f.location);
-        }
-        if name == "array_ndims" && f.args.len() == 1 {
-            return self.array_ndims(&f.args[0], f.location);
-        }
-        let func = match (name, f.args.len()) {
-            ("lower", 1) => TextFunc::Lower,
-            ("upper", 1) => TextFunc::Upper,
-            _ => {
-                return fail(
-                    f.location,
-                    format!(
-                        "unknown or unsupported function {}/{}",
-                        names.join("."),
-                        f.args.len()
-                    ),
-                )
-            }
+        let text_func = match name {
+            "lower" => Some(TextFunc::Lower),
+            "upper" => Some(TextFunc::Upper),
+            _ => None,
         };
-        let arg = self.bind(&f.args[0])?;
+        let array_concat = match name {
+            "array_cat" => Some(ArrayConcat::Cat),
+            "array_append" => Some(ArrayConcat::Append),
+            "array_prepend" => Some(ArrayConcat::Prepend),
+            _ => None,
+        };
+        match (name, args, justify, text_func, array_concat) {
+            ("concat", [_, ..], ..) => self.concat_func(args, location),
+            ("array_ndims", [arg], ..) => self.array_ndims(arg, location),
+            ("timezone", [zone, arg], ..) => self.timezone(zone, arg, location),
+            (_, [arg], Some(func), ..) => self.interval_func(func, name, arg, location),
+            (_, [arg], _, Some(func), _) => self.text_func(func, name, arg, location),
+            (_, [left, right], .., Some(func)) => {
+                let (left, right) = (self.bind(left)?, self.bind(right)?);
+                self.array_concat(func, left, right, location)
+            }
+            _ => fail(
+                location,
+                format!("unknown or unsupported function {shown}/{}", args.len()),
+            ),
+        }
+    }
+
+    /// `lower(text)`, `upper(text)`.
+    fn text_func(
+        &mut self,
+        func: TextFunc,
+        name: &str,
+        node: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let arg = self.bind(node)?;
         if !is_texty(&arg.expr.ty()) {
             return fail(
-                f.location,
+                location,
                 format!(
                     "Could not select a function overload for {name}({})",
                     arg.expr.ty()
@@ -795,7 +826,7 @@ impl<'a> Binder<'a> {
                 func,
                 arg: Box::new(arg),
             },
-            f.location,
+            location,
         )
     }
 
@@ -810,6 +841,241 @@ impl<'a> Binder<'a> {
             );
         }
         fold(Expr::ArrayNdims(Box::new(arg.expr)), location)
+    }
+
+    /// `timezone(zone, ts)`, also spelled `ts AT TIME ZONE zone`: a `timestamp` is read as
+    /// wall-clock time in the zone (giving a `timestamptz`), anything else is read as a
+    /// `timestamptz` (Postgres's preferred date/time type) and shown in the zone's wall-clock
+    /// time. The zone must be a constant ampere can resolve exactly ([`Zone::lookup`]).
+    fn timezone(
+        &mut self,
+        zone: &protobuf::Node,
+        arg: &protobuf::Node,
+        location: i32,
+    ) -> Result<Bound> {
+        let zone = self.bind(zone)?;
+        let arg = self.bind(arg)?;
+        let overload = |zone: &Type, arg: &Type| {
+            fail(
+                location,
+                format!("Could not select a function overload for timezone({zone}, {arg})"),
+            )
+        };
+        let (zone_ty, arg_ty) = (zone.expr.ty(), arg.expr.ty());
+        if !is_texty(&zone_ty) {
+            return overload(&zone_ty, &arg_ty);
+        }
+        let (input, output) = match arg_ty {
+            Type::Scalar(Scalar::Timestamp) => (Scalar::Timestamp, Scalar::Timestamptz),
+            Type::Unknown | Type::Scalar(Scalar::Timestamptz | Scalar::Date) => {
+                (Scalar::Timestamptz, Scalar::Timestamp)
+            }
+            _ => return overload(&zone_ty, &arg_ty),
+        };
+        let zone_location = zone.location;
+        let zone = self.coerce(zone, &Type::Scalar(Scalar::Text))?;
+        let arg = self.coerce(arg, &Type::Scalar(input))?;
+        let name =
+            match zone {
+                Expr::Const {
+                    value: Value::Text(name),
+                    ..
+                } => name.into_owned(),
+                Expr::Const {
+                    value: Value::Null, ..
+                } => {
+                    // Strict: a NULL zone makes the result NULL.
+                    return fold(
+                        Expr::Const {
+                            value: Value::Null,
+                            ty: Type::Scalar(output),
+                        },
+                        location,
+                    );
+                }
+                _ => return fail(
+                    zone_location,
+                    "ampere supports AT TIME ZONE and timezone() with a constant time zone only",
+                ),
+            };
+        let zone = Zone::lookup(&name).map_err(|e| BindError {
+            location: zone_location,
+            message: e.to_string(),
+        })?;
+        fold(
+            Expr::TimeZone {
+                zone,
+                name,
+                arg: Box::new(arg),
+                output,
+            },
+            location,
+        )
+    }
+
+    /// `array_cat`, `array_append`, `array_prepend` (and `||` on arrays): the element type is
+    /// the operands' common type (Postgres's `anycompatible` rules); an unknown operand takes
+    /// the role its position gives it (an array for `array_cat`, an element otherwise).
+    fn array_concat(
+        &mut self,
+        func: ArrayConcat,
+        left: Bound,
+        right: Bound,
+        location: i32,
+    ) -> Result<Bound> {
+        let (lt, rt) = (left.expr.ty(), right.expr.ty());
+        let (left_is_array, right_is_array) = match func {
+            ArrayConcat::Cat => (true, true),
+            ArrayConcat::Append => (true, false),
+            ArrayConcat::Prepend => (false, true),
+        };
+        let element_of = |ty: &Type, is_array: bool| -> Result<Option<Scalar>> {
+            match (ty, is_array) {
+                (Type::Unknown, _) => Ok(None),
+                (Type::Array(s), true) | (Type::Scalar(s), false) => Ok(Some(*s)),
+                _ => fail(
+                    location,
+                    format!(
+                        "Could not select a function overload for {}({lt}, {rt})",
+                        func.name()
+                    ),
+                ),
+            }
+        };
+        let element = match (
+            element_of(&lt, left_is_array)?,
+            element_of(&rt, right_is_array)?,
+        ) {
+            (None, None) => {
+                return fail(
+                    location,
+                    "could not determine polymorphic type because input has type unknown",
+                )
+            }
+            (Some(s), None) | (None, Some(s)) => s,
+            (Some(a), Some(b)) => match union_type(&Type::Scalar(a), &Type::Scalar(b)) {
+                Some(Type::Scalar(s)) => s,
+                _ => {
+                    return fail(
+                        location,
+                        format!(
+                            "Could not select a function overload for {}({lt}, {rt})",
+                            func.name()
+                        ),
+                    )
+                }
+            },
+        };
+        let typed = |is_array: bool| {
+            if is_array {
+                Type::Array(element)
+            } else {
+                Type::Scalar(element)
+            }
+        };
+        let left = self.coerce(left, &typed(left_is_array))?;
+        let right = self.coerce(right, &typed(right_is_array))?;
+        fold(
+            Expr::ArrayConcat {
+                func,
+                left: Box::new(left),
+                right: Box::new(right),
+                element,
+            },
+            location,
+        )
+    }
+
+    /// `array[i]…` and `array[l:u]…`: subscripts are `int4` (numbers and unknown literals are
+    /// cast to it); a slice anywhere makes every subscript a slice, a plain `[u]` then being
+    /// `[1:u]`, as Postgres's `transformContainerSubscripts` does.
+    fn indirection(&mut self, a: &protobuf::AIndirection) -> Result<Bound> {
+        let node = required(a.arg.as_deref(), 0)?;
+        let arg = self.bind(node)?;
+        let location = arg.location;
+        let ty = arg.expr.ty();
+        let Type::Array(element) = ty else {
+            return fail(
+                location,
+                format!("cannot subscript type {ty} because it does not support subscripting"),
+            );
+        };
+        let mut indices = Vec::with_capacity(a.indirection.len());
+        for item in &a.indirection {
+            match item.node.as_ref() {
+                Some(NodeEnum::AIndices(i)) => indices.push(i),
+                _ => {
+                    return fail(
+                        location,
+                        "ampere supports array subscripts only (no field selection)",
+                    )
+                }
+            }
+        }
+        if indices.len() > MAX_DIMENSIONS {
+            return fail(
+                location,
+                format!(
+                    "number of array dimensions ({}) exceeds the maximum allowed ({MAX_DIMENSIONS})",
+                    indices.len()
+                ),
+            );
+        }
+        let arg = Box::new(arg.expr);
+        if !indices.iter().any(|i| i.is_slice) {
+            let mut subscripts = Vec::with_capacity(indices.len());
+            for i in &indices {
+                subscripts.push(self.subscript_index(required(i.uidx.as_deref(), location)?)?);
+            }
+            return fold(
+                Expr::Subscript {
+                    arg,
+                    subscripts,
+                    element,
+                },
+                location,
+            );
+        }
+        let mut bounds = Vec::with_capacity(indices.len());
+        for i in &indices {
+            let lower = match (i.is_slice, i.lidx.as_deref()) {
+                (true, None) => None,
+                (true, Some(node)) => Some(self.subscript_index(node)?),
+                (false, _) => Some(Expr::Const {
+                    value: Value::Int(1),
+                    ty: Type::Scalar(Scalar::Int4),
+                }),
+            };
+            let upper = match i.uidx.as_deref() {
+                None => None,
+                Some(node) => Some(self.subscript_index(node)?),
+            };
+            bounds.push(SliceBound { lower, upper });
+        }
+        fold(
+            Expr::Slice {
+                arg,
+                bounds,
+                element,
+            },
+            location,
+        )
+    }
+
+    /// One subscript, as an `int4`.
+    fn subscript_index(&mut self, node: &protobuf::Node) -> Result<Expr> {
+        let bound = self.bind(node)?;
+        let int4 = Type::Scalar(Scalar::Int4);
+        match bound.expr.ty() {
+            Type::Unknown => self.coerce(bound, &int4),
+            Type::Scalar(Scalar::Int4) => Ok(bound.expr),
+            // Postgres's assignment casts: int8 checked, numeric and floats rounded.
+            Type::Scalar(s) if s.is_number() => Ok(Expr::Cast {
+                arg: Box::new(bound.expr),
+                to: int4,
+            }),
+            _ => fail(bound.location, "array subscript must have type integer"),
+        }
     }
 
     /// `concat(VARIADIC "any")`: each argument as its type's output function prints it (an

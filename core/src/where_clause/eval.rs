@@ -10,9 +10,11 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
+use super::array_ops;
 use super::array_text::{ArrayDim, PgArray};
 use super::expr::{
-    ArithOp, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc, MinMax, TextFunc, UnaryOp,
+    ArithOp, ArrayConcat, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr, IntervalFunc, MinMax,
+    SliceBound, TextFunc, UnaryOp,
 };
 use super::interval::{self as iv, Interval, IntervalError};
 use super::like::match_text;
@@ -235,6 +237,79 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
                 })))
             })
         }
+        Expr::Subscript {
+            arg, subscripts, ..
+        } => {
+            let arg = compile(arg);
+            let subscripts: Vec<Compiled> = subscripts.iter().map(compile).collect();
+            Box::new(move |row| {
+                let Value::Array(array) = arg(row)? else {
+                    return Ok(Value::Null);
+                };
+                let mut at = Vec::with_capacity(subscripts.len());
+                for subscript in &subscripts {
+                    at.push(int4_of(&subscript(row)?));
+                }
+                Ok(array_ops::subscript(&array, &at).unwrap_or(Value::Null))
+            })
+        }
+        Expr::Slice { arg, bounds, .. } => {
+            let arg = compile(arg);
+            let compile_bound = |b: &Option<Expr>| b.as_ref().map(compile);
+            let bounds: Vec<(Option<Compiled>, Option<Compiled>)> = bounds
+                .iter()
+                .map(|SliceBound { lower, upper }| (compile_bound(lower), compile_bound(upper)))
+                .collect();
+            Box::new(move |row| {
+                let Value::Array(array) = arg(row)? else {
+                    return Ok(Value::Null);
+                };
+                // Every bound is evaluated (its errors raised) before a NULL one makes the
+                // slice NULL; an omitted bound is the array's own.
+                let mut at = Vec::with_capacity(bounds.len());
+                let mut null_bound = false;
+                for (lower, upper) in &bounds {
+                    let mut pair = [None, None];
+                    for (slot, bound) in pair.iter_mut().zip([lower, upper]) {
+                        if let Some(bound) = bound {
+                            *slot = int4_of(&bound(row)?);
+                            null_bound |= slot.is_none();
+                        }
+                    }
+                    at.push(array_ops::SliceBounds {
+                        lower: pair[0],
+                        upper: pair[1],
+                    });
+                }
+                if null_bound {
+                    return Ok(Value::Null);
+                }
+                Ok(Value::Array(Arc::new(array_ops::slice(&array, &at))))
+            })
+        }
+        Expr::ArrayConcat {
+            func, left, right, ..
+        } => {
+            let (left, right, func) = (compile(left), compile(right), *func);
+            Box::new(move |row| {
+                let (l, r) = (left(row)?, right(row)?);
+                array_concat(func, l, r)
+            })
+        }
+        Expr::TimeZone { zone, arg, .. } => {
+            let (zone, arg) = (zone.clone(), compile(arg));
+            Box::new(move |row| match arg(row)? {
+                Value::Timestamp(t) => zone
+                    .instant_of(t)
+                    .map(Value::Timestamptz)
+                    .map_err(|e| EvalError(e.to_string())),
+                Value::Timestamptz(t) => zone
+                    .local_of(t)
+                    .map(Value::Timestamp)
+                    .map_err(|e| EvalError(e.to_string())),
+                _ => Ok(Value::Null),
+            })
+        }
         Expr::Cast { arg, to } => {
             let from = arg.ty();
             let (arg, to) = (compile(arg), to.clone());
@@ -396,6 +471,32 @@ fn quantified<'r>(op: CmpOp, all: bool, left: &Value<'r>, array: &Value<'r>) -> 
     })
 }
 
+/// An `int4` operand's value; `None` for NULL.
+fn int4_of(value: &Value<'_>) -> Option<i32> {
+    match value {
+        Value::Int(i) => i32::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+/// `array_cat`, `array_append`, `array_prepend`: non-strict, as Postgres's are.
+fn array_concat(func: ArrayConcat, left: Value<'_>, right: Value<'_>) -> Outcome<'static> {
+    let array = |v: Value<'_>| match v {
+        Value::Array(a) => Some(a),
+        _ => None,
+    };
+    let element = |v: Value<'_>| (!v.is_null()).then(|| v.into_owned());
+    let result = match func {
+        ArrayConcat::Cat => array_ops::array_cat(array(left).as_deref(), array(right).as_deref()),
+        ArrayConcat::Append => array_ops::array_append(array(left).as_deref(), element(right)),
+        ArrayConcat::Prepend => array_ops::array_prepend(element(left), array(right).as_deref()),
+    };
+    match result.map_err(|e| EvalError(e.to_string()))? {
+        Some(array) => Ok(Value::Array(Arc::new(array))),
+        None => Ok(Value::Null),
+    }
+}
+
 /// Postgres's `array_contain_compare`: elements compared by equality, duplicates ignored.
 fn array_op(op: ArrayOp, left: &PgArray<Value<'static>>, right: &PgArray<Value<'static>>) -> bool {
     match op {
@@ -473,9 +574,8 @@ fn arith(op: ArithOp, ty: Scalar, l: &Value<'_>, r: &Value<'_>) -> Outcome<'stat
                 ArithOp::Add => a.add(b),
                 ArithOp::Sub => a.sub(b),
                 ArithOp::Mul => a.mul(b),
-                ArithOp::Div | ArithOp::Pow => {
-                    return err(format!("numeric {} is not supported", op.sql()))
-                }
+                ArithOp::Div => a.div(b),
+                ArithOp::Pow => return err("numeric ^ is not supported"),
                 ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor => {
                     return err(format!("numeric {} is not defined", op.sql()))
                 }
@@ -730,9 +830,7 @@ fn can_cast_scalar(from: Scalar, to: Scalar) -> bool {
     from == to
         || to.is_string()
         || (from.is_string() && runtime_input_is_exact(to))
-        || (from.is_number()
-            && to.is_number()
-            && !(to == S::Numeric && !from.is_integer() && from != S::Numeric))
+        || (from.is_number() && to.is_number())
         || matches!(
             (from, to),
             (S::Bool, S::Int4)
@@ -793,6 +891,16 @@ pub(crate) fn cast<'r>(value: Value<'r>, from: &Type, to: &Type) -> Outcome<'r> 
     }
 }
 
+/// `float8_numeric` / `float4_numeric`: through C's `%.15g` (`%.6g`) text of the float.
+#[allow(clippy::cast_possible_truncation)] // a float4's value is exactly an f32
+fn float_numeric(value: f64, from: Scalar) -> Numeric {
+    if from == Scalar::Float4 {
+        Numeric::from_f32(value as f32)
+    } else {
+        Numeric::from_f64(value)
+    }
+}
+
 #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
 fn cast_scalar(value: Value<'_>, from: Scalar, to: Scalar) -> Outcome<'_> {
     use Scalar as S;
@@ -837,6 +945,7 @@ fn cast_scalar(value: Value<'_>, from: Scalar, to: Scalar) -> Outcome<'_> {
             let fits = (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&rounded);
             int_in_range(fits.then_some(rounded as i64), t)
         }
+        (Value::Float(f), S::Numeric) => Ok(Value::Numeric(float_numeric(f, from))),
         (Value::Float(f), S::Float8) => Ok(Value::Float(f)),
         (Value::Float(f), S::Float4) => {
             let single = f as f32;

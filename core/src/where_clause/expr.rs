@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use super::like::{LikeCase, LikeEscape, LikePattern};
 use super::types::{Scalar, Type};
+use super::tz::Zone;
 use super::value::{format_scalar, quote_literal, Value};
 use crate::shape::quote_ident;
 
@@ -260,6 +261,37 @@ pub enum TextFunc {
     Upper,
 }
 
+/// `array_cat`, `array_append` or `array_prepend` (also spelled `||`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ArrayConcat {
+    /// `array_cat(anycompatiblearray, anycompatiblearray)`.
+    Cat,
+    /// `array_append(anycompatiblearray, anycompatible)`.
+    Append,
+    /// `array_prepend(anycompatible, anycompatiblearray)`.
+    Prepend,
+}
+
+impl ArrayConcat {
+    /// The function's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cat => "array_cat",
+            Self::Append => "array_append",
+            Self::Prepend => "array_prepend",
+        }
+    }
+}
+
+/// One dimension of a slice `[lower:upper]`; `None` is an omitted bound (the array's own).
+#[derive(Clone, Debug)]
+pub struct SliceBound {
+    /// The first subscript taken, an `int4`.
+    pub lower: Option<Expr>,
+    /// The last subscript taken, an `int4`.
+    pub upper: Option<Expr>,
+}
+
 /// `GREATEST` or `LEAST`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MinMax {
@@ -427,6 +459,46 @@ pub enum Expr {
         /// Their type.
         element: Scalar,
     },
+    /// `array[i][j]…`: the element at those subscripts (one per dimension), or NULL.
+    Subscript {
+        /// The array.
+        arg: Box<Self>,
+        /// The subscripts, `int4`s.
+        subscripts: Vec<Self>,
+        /// The element type.
+        element: Scalar,
+    },
+    /// `array[l:u]…`: the sub-array at those bounds, with lower bounds 1.
+    Slice {
+        /// The array.
+        arg: Box<Self>,
+        /// One per dimension given.
+        bounds: Vec<SliceBound>,
+        /// The element type.
+        element: Scalar,
+    },
+    /// `array_cat`, `array_append`, `array_prepend` (non-strict).
+    ArrayConcat {
+        /// Which.
+        func: ArrayConcat,
+        /// First argument (an array, or the element of `array_prepend`).
+        left: Box<Self>,
+        /// Second argument (an array, or the element of `array_append`).
+        right: Box<Self>,
+        /// The element type of the arrays.
+        element: Scalar,
+    },
+    /// `timezone(zone, arg)` (`arg AT TIME ZONE zone`) with a constant zone.
+    TimeZone {
+        /// The resolved zone.
+        zone: Zone,
+        /// The zone's name as the clause gives it (Postgres resolves it alike).
+        name: String,
+        /// A `timestamp` (read in the zone) or a `timestamptz` (shown in it).
+        arg: Box<Self>,
+        /// `timestamptz` or `timestamp`: the other one.
+        output: Scalar,
+    },
     /// A cast to `to`.
     Cast {
         /// The operand.
@@ -477,7 +549,13 @@ impl Expr {
             Self::DateTimeArith { op, .. } => Type::Scalar(op.signature().2),
             Self::ArrayNdims(_) => Type::Scalar(Scalar::Int4),
             Self::IntervalFunc { .. } => Type::Scalar(Scalar::Interval),
-            Self::ArrayLiteral { element, .. } => Type::Array(*element),
+            Self::ArrayLiteral { element, .. }
+            | Self::Slice { element, .. }
+            | Self::ArrayConcat { element, .. } => Type::Array(*element),
+            Self::Subscript { element, .. }
+            | Self::TimeZone {
+                output: element, ..
+            } => Type::Scalar(*element),
             Self::Not(_)
             | Self::And(_)
             | Self::Or(_)
@@ -509,6 +587,20 @@ impl Expr {
     /// The direct operands.
     pub(crate) fn children(&self) -> Vec<&Self> {
         match self {
+            Self::Subscript {
+                arg, subscripts, ..
+            } => {
+                let mut children = vec![&**arg];
+                children.extend(subscripts);
+                children
+            }
+            Self::Slice { arg, bounds, .. } => {
+                let mut children = vec![&**arg];
+                for bound in bounds {
+                    children.extend(bound.lower.iter().chain(&bound.upper));
+                }
+                children
+            }
             Self::Const { .. } | Self::Column { .. } => vec![],
             Self::Not(a)
             | Self::IsNull { arg: a, .. }
@@ -517,6 +609,7 @@ impl Expr {
             | Self::Unary { arg: a, .. }
             | Self::ArrayNdims(a)
             | Self::Cast { arg: a, .. }
+            | Self::TimeZone { arg: a, .. }
             | Self::TextFunc { arg: a, .. }
             | Self::IntervalFunc { arg: a, .. } => vec![a],
             Self::And(args)
@@ -530,6 +623,7 @@ impl Expr {
             | Self::Arith { left, right, .. }
             | Self::DateTimeArith { left, right, .. }
             | Self::Concat { left, right }
+            | Self::ArrayConcat { left, right, .. }
             | Self::ArrayOp { left, right, .. } => vec![left, right],
             Self::Like { arg, pattern, .. } => vec![arg, pattern],
             Self::Quantified { left, array, .. } => vec![left, array],
@@ -679,6 +773,54 @@ impl Expr {
                     e.render(out);
                 }
                 let _ = write!(out, "]::{}[]", element.typname());
+            }
+            Self::Subscript {
+                arg, subscripts, ..
+            } => {
+                out.push('(');
+                arg.render(out);
+                out.push(')');
+                for subscript in subscripts {
+                    out.push('[');
+                    subscript.render(out);
+                    out.push(']');
+                }
+            }
+            Self::Slice { arg, bounds, .. } => {
+                out.push('(');
+                arg.render(out);
+                out.push(')');
+                for bound in bounds {
+                    out.push('[');
+                    if let Some(lower) = &bound.lower {
+                        lower.render(out);
+                    }
+                    out.push(':');
+                    if let Some(upper) = &bound.upper {
+                        upper.render(out);
+                    }
+                    out.push(']');
+                }
+            }
+            Self::ArrayConcat {
+                func, left, right, ..
+            } => {
+                out.push_str("pg_catalog.");
+                out.push_str(func.name());
+                out.push('(');
+                left.render(out);
+                out.push_str(", ");
+                right.render(out);
+                out.push(')');
+            }
+            Self::TimeZone { name, arg, .. } => {
+                let _ = write!(
+                    out,
+                    "pg_catalog.timezone({}::pg_catalog.text, ",
+                    quote_literal(name)
+                );
+                arg.render(out);
+                out.push(')');
             }
             Self::Cast { arg, to } => {
                 out.push_str("CAST(");

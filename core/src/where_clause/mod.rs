@@ -10,6 +10,7 @@
 //! Never: builds SQL from the user's text (every identifier and constant is rendered from the
 //! typed tree), or reads anything but its inputs.
 
+pub mod array_ops;
 pub mod array_text;
 mod bind;
 pub mod datetime;
@@ -19,6 +20,7 @@ pub mod interval;
 pub mod like;
 pub mod numeric;
 pub mod types;
+pub mod tz;
 pub mod value;
 
 use std::collections::BTreeMap;

@@ -1,15 +1,18 @@
 //! Postgres `numeric`, exactly: the arbitrary-precision decimal a where clause compares, adds,
-//! subtracts, multiplies and casts to `float4`/`float8`/`int2`/`int4`/`int8`.
+//! subtracts, multiplies, divides, casts to `float4`/`float8`/`int2`/`int4`/`int8` and builds from
+//! `float4`/`float8`.
 //!
 //! Owns: the text input function (`numeric_in`, PG 15 syntax: no `_` separators, no hex), the
 //! output function (`numeric_out`), display scale (`dscale`) bookkeeping, PG's total order (NaN
 //! equal to itself and above `Infinity`), a `Hash` consistent with that order's equality, the
-//! special-value rules of `+ - *`, the `value overflows numeric format` limits, and the casts to
-//! integers (round half away from zero) and floats (through the text and a correctly rounded
-//! parse, as PG's `float8in`/`float4in` do).
+//! special-value rules of `+ - * /`, the quotient's scale (`select_div_scale`, which reasons in
+//! PG's base-10000 digits) and rounding, the `value overflows numeric format` limits, the casts
+//! to integers (round half away from zero) and floats (through the text and a correctly rounded
+//! parse, as PG's `float8in`/`float4in` do), and the casts from floats (C's `%.15g`/`%.6g` text
+//! read back by `numeric_in`, as PG's `float8_numeric`/`float4_numeric` do).
 //!
-//! Never: division, modulo, power, rounding functions or type modifiers (`numeric(p, s)`); it
-//! does no I/O and knows nothing about where clauses.
+//! Never: modulo, power, rounding functions or type modifiers (`numeric(p, s)`); it does no I/O
+//! and knows nothing about where clauses.
 //!
 //! Representation: sign, base-10 digits without leading or trailing zeros, the power of ten of
 //! the first digit (`weight`), and the display scale. Zero is always positive with weight 0, so
@@ -28,6 +31,18 @@ const NUMERIC_WEIGHT_MAX: i64 = i16::MAX as i64;
 const DEC_DIGITS: i64 = 4;
 /// `set_var_from_str` refuses exponents at or beyond `INT_MAX / 2` in magnitude.
 const EXPONENT_LIMIT: i64 = (i32::MAX / 2) as i64;
+/// A quotient gets at least this many significant digits (`NUMERIC_MIN_SIG_DIGITS`).
+const NUMERIC_MIN_SIG_DIGITS: i64 = 16;
+/// Largest display scale a quotient gets (`NUMERIC_MAX_DISPLAY_SCALE`).
+const NUMERIC_MAX_DISPLAY_SCALE: i64 = 1000;
+/// Significant digits of `float8_numeric`'s `%.*g` (C's `DBL_DIG`).
+const DBL_DIG: usize = 15;
+/// Significant digits of `float4_numeric`'s `%.*g` (C's `FLT_DIG`).
+const FLT_DIG: usize = 6;
+/// Base of the limbs long division works in: nine decimal digits per `u64` limb.
+const LIMB_BASE: u64 = 1_000_000_000;
+/// Decimal digits per limb.
+const LIMB_DIGITS: usize = 9;
 
 /// An error of a numeric operation, displayed exactly as Postgres words it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +53,9 @@ pub enum NumericError {
     /// The value's weight or display scale does not fit PG's storage format.
     #[error("value overflows numeric format")]
     Overflow,
+    /// A finite value or an infinity divided by zero.
+    #[error("division by zero")]
+    DivisionByZero,
     /// `NaN` cast to an integer type.
     #[error("cannot convert NaN to {}", .0.name())]
     NaNToInteger(IntType),
@@ -179,6 +197,39 @@ impl Numeric {
         Self::finite(value < 0, digits, weight, 0)
     }
 
+    /// PG's `float8::numeric` cast (`float8_numeric`): `NaN` → `NaN`, ±∞ → `±Infinity`,
+    /// otherwise C's `%.15g` text read by `numeric_in`, so 15 significant digits and the text's
+    /// display scale (`1e20` → `100000000000000000000`, `1.5e-5` → `0.000015`, `-0.0` → `0`).
+    #[must_use]
+    pub fn from_f64(value: f64) -> Self {
+        Self::from_float_text(value, DBL_DIG)
+    }
+
+    /// PG's `float4::numeric` cast (`float4_numeric`): as [`Numeric::from_f64`] with the value
+    /// widened to `f64` and C's `%.6g` (`16777217f32` → `16777200`).
+    #[must_use]
+    pub fn from_f32(value: f32) -> Self {
+        Self::from_float_text(f64::from(value), FLT_DIG)
+    }
+
+    /// The non-finite floats as their numerics, finite ones through their `%.<precision>g`
+    /// text.
+    fn from_float_text(value: f64, precision: usize) -> Self {
+        if value.is_nan() {
+            return Self::NAN;
+        }
+        if value.is_infinite() {
+            return if value < 0.0 {
+                Self::NEG_INFINITY
+            } else {
+                Self::INFINITY
+            };
+        }
+        // `%g` text of a finite float always parses and is far inside the storage limits; were
+        // it not to, the value would surface as NaN, not a panic.
+        Self::parse(&format_g(value, precision)).unwrap_or(Self::NAN)
+    }
+
     /// Whether this is `NaN`.
     #[must_use]
     pub const fn is_nan(&self) -> bool {
@@ -282,6 +333,34 @@ impl Numeric {
             }
             kind => Self(kind).check_representable(),
         }
+    }
+
+    /// `self / other` (`numeric_div`): the exact quotient rounded half away from zero to the
+    /// scale PG's `select_div_scale` picks (at least 16 significant digits, at least either
+    /// operand's scale, at most 1000), shown with that scale. `NaN` in gives `NaN`; an infinity
+    /// divided by a nonzero finite value is an infinity signed by the product of the signs, by
+    /// an infinity `NaN`; a finite value divided by an infinity is `0`.
+    ///
+    /// # Errors
+    /// [`NumericError::DivisionByZero`] when `other` is zero and `self` is not `NaN`;
+    /// [`NumericError::Overflow`] if the quotient needs 131072 or more integer digits.
+    pub fn div(&self, other: &Self) -> Result<Self, NumericError> {
+        let (a, b) = match (&self.0, &other.0) {
+            (Kind::Finite(a), Kind::Finite(b)) => (a, b),
+            (Kind::NaN, _) | (_, Kind::NaN) => return Ok(Self::NAN),
+            (Kind::Finite(_), _) => return Ok(Self::from_i64(0)),
+            (_, Kind::Finite(_)) => return div_special(self.signum() * other.signum()),
+            _ => return Ok(Self::NAN),
+        };
+        if b.digits.is_empty() {
+            return Err(NumericError::DivisionByZero);
+        }
+        let rscale = select_div_scale(a, b);
+        // One digit beyond the scale, truncated, decides the rounding exactly as PG's
+        // `div_var(.., round = true)` does with its extra digit.
+        let (digits, weight) = div_magnitudes(a, b, rscale + 1);
+        let truncated = Finite::normalized(a.negative != b.negative, digits, weight, rscale + 1);
+        Self(Kind::Finite(truncated.round(rscale))).check_representable()
     }
 
     /// PG's `numeric::float8` cast: `numeric_out` then `float8in` (correctly rounded);
@@ -438,10 +517,50 @@ const fn mul_special(sign: i8) -> Numeric {
     }
 }
 
+/// The quotient of an infinity by a finite value, given the product of the operands' signs.
+const fn div_special(sign: i8) -> Result<Numeric, NumericError> {
+    match sign {
+        0 => Err(NumericError::DivisionByZero),
+        s if s > 0 => Ok(Numeric::INFINITY),
+        _ => Ok(Numeric::NEG_INFINITY),
+    }
+}
+
+/// PG's `select_div_scale`: enough fraction digits for 16 significant digits of the quotient
+/// (whose weight it estimates from the operands' first base-10000 digits, assuming the quotient
+/// is below 1 when those digits tie), at least either operand's scale, within 0..=1000.
+fn select_div_scale(a: &Finite, b: &Finite) -> i64 {
+    let (weight1, first1) = a.first_nbase_digit();
+    let (weight2, first2) = b.first_nbase_digit();
+    let mut qweight = weight1 - weight2;
+    if first1 <= first2 {
+        qweight -= 1;
+    }
+    (NUMERIC_MIN_SIG_DIGITS - qweight * DEC_DIGITS)
+        .max(i64::from(a.dscale))
+        .max(i64::from(b.dscale))
+        .clamp(0, NUMERIC_MAX_DISPLAY_SCALE)
+}
+
 impl Finite {
     /// Power of ten of the last digit (the weight itself for zero).
     fn low(&self) -> i32 {
         self.weight - digit_count(&self.digits) + 1
+    }
+
+    /// PG's view of the first digit: the base-10000 weight and value (0..=9999) of the first
+    /// nonzero base-10000 digit, whose four decimal digits sit at powers `4w..4w+3`; `(0, 0)`
+    /// for zero.
+    fn first_nbase_digit(&self) -> (i64, u16) {
+        if self.digits.is_empty() {
+            return (0, 0);
+        }
+        let nbase_weight = self.weight.div_euclid(4);
+        let low = nbase_weight * 4;
+        let value = (0..4)
+            .rev()
+            .fold(0, |acc, k| acc * 10 + u16::from(self.digit_at(low + k)));
+        (i64::from(nbase_weight), value)
     }
 
     /// The digit at power of ten `pos` (0 outside the stored digits).
@@ -605,6 +724,198 @@ fn mul_magnitudes(a: &Finite, b: &Finite) -> (Vec<u8>, i64) {
         .collect();
     digits.reverse();
     (digits, i64::from(a.weight) + i64::from(b.weight) + 1)
+}
+
+/// |a| / |b| truncated to `scale` fraction digits (`b` nonzero), as unnormalised digits and the
+/// weight of the first digit.
+fn div_magnitudes(a: &Finite, b: &Finite, scale: i64) -> (Vec<u8>, i64) {
+    if a.digits.is_empty() {
+        return (Vec::new(), 0);
+    }
+    // |a| = A × 10^low(a) and |b| = B × 10^low(b) for the digit strings A and B, so the truncated
+    // quotient is floor(A × 10^shift / B) × 10^-scale with shift = low(a) - low(b) + scale; a
+    // negative shift scales B up instead.
+    let shift = i64::from(a.low()) - i64::from(b.low()) + scale;
+    let a_zeros = usize::try_from(shift.max(0)).unwrap_or(0);
+    let b_zeros = usize::try_from(shift.min(0).unsigned_abs()).unwrap_or(0);
+    if a.digits.len() + a_zeros < b.digits.len() + b_zeros {
+        return (Vec::new(), 0);
+    }
+    let quotient = div_limbs(&to_limbs(&a.digits, a_zeros), &to_limbs(&b.digits, b_zeros));
+    let digits = from_limbs(&quotient);
+    let weight = i64::from(digit_count(&digits)) - 1 - scale;
+    (digits, weight)
+}
+
+/// The integer written by `digits` (most significant first) followed by `zeros` zeros, as
+/// base-10^9 limbs, least significant first.
+fn to_limbs(digits: &[u8], zeros: usize) -> Vec<u64> {
+    let mut all = digits.to_vec();
+    all.resize(digits.len() + zeros, 0);
+    all.rchunks(LIMB_DIGITS)
+        .map(|chunk| chunk.iter().fold(0, |acc, &d| acc * 10 + u64::from(d)))
+        .collect()
+}
+
+/// The decimal digits of base-10^9 limbs (least significant first), most significant first,
+/// nine per limb (so with leading zeros).
+fn from_limbs(limbs: &[u64]) -> Vec<u8> {
+    let mut digits = Vec::with_capacity(limbs.len() * LIMB_DIGITS);
+    for &limb in limbs.iter().rev() {
+        let mut chunk = [0_u8; LIMB_DIGITS];
+        let mut rest = limb;
+        for slot in chunk.iter_mut().rev() {
+            // `rest % 10` is below 10, so the narrowing is exact.
+            *slot = (rest % 10) as u8;
+            rest /= 10;
+        }
+        digits.extend_from_slice(&chunk);
+    }
+    digits
+}
+
+/// `floor(n / d)` on base-10^9 limbs, least significant first (`d`'s top limb nonzero): Knuth's
+/// algorithm D (TAOCP 4.3.1), or short division by a one-limb divisor.
+fn div_limbs(n: &[u64], d: &[u64]) -> Vec<u64> {
+    let m = d.len();
+    if m == 0 || n.len() < m {
+        return Vec::new();
+    }
+    let top = d[m - 1];
+    if m == 1 {
+        return div_limbs_short(n, top);
+    }
+    // Normalise: scaling both by `factor` makes the divisor's top limb at least half the base,
+    // so a quotient limb estimated from the top limbs is at most 2 too large (Knuth's theorem
+    // B); the divisor keeps its length.
+    let factor = LIMB_BASE / (top + 1);
+    let mut v = mul_limbs_small(d, factor);
+    v.truncate(m);
+    let mut u = mul_limbs_small(n, factor);
+    let mut quotient = vec![0; n.len() - m + 1];
+    for j in (0..quotient.len()).rev() {
+        let window = &mut u[j..=j + m];
+        let estimate = estimate_quotient_limb(window, &v);
+        quotient[j] = sub_multiple(window, &v, estimate);
+    }
+    quotient
+}
+
+/// `floor(n / d)` for a one-limb divisor `d`.
+fn div_limbs_short(n: &[u64], d: u64) -> Vec<u64> {
+    let mut quotient = vec![0; n.len()];
+    let mut remainder = 0;
+    for (q, &limb) in quotient.iter_mut().zip(n).rev() {
+        let current = remainder * LIMB_BASE + limb;
+        *q = current / d;
+        remainder = current % d;
+    }
+    quotient
+}
+
+/// `x × factor` (`factor` below the base), one limb longer than `x`.
+fn mul_limbs_small(x: &[u64], factor: u64) -> Vec<u64> {
+    let mut carry = 0;
+    let mut out: Vec<u64> = x
+        .iter()
+        .map(|&limb| {
+            let product = limb * factor + carry;
+            carry = product / LIMB_BASE;
+            product % LIMB_BASE
+        })
+        .collect();
+    out.push(carry);
+    out
+}
+
+/// Knuth's step D3: the quotient limb of the `m + 1`-limb `window` by the normalised `m`-limb
+/// divisor `v` (`m` ≥ 2), estimated from the top limbs; never too small, at most the base - 1.
+fn estimate_quotient_limb(window: &[u64], v: &[u64]) -> u64 {
+    let m = v.len();
+    let (v1, v2) = (v[m - 1], v[m - 2]);
+    let numerator = window[m] * LIMB_BASE + window[m - 1];
+    let mut estimate = numerator / v1;
+    let mut remainder = numerator % v1;
+    while estimate >= LIMB_BASE || estimate * v2 > remainder * LIMB_BASE + window[m - 2] {
+        estimate -= 1;
+        remainder += v1;
+        if remainder >= LIMB_BASE {
+            break;
+        }
+    }
+    estimate.min(LIMB_BASE - 1)
+}
+
+/// Knuth's steps D4–D6: `window -= estimate × v`, adding `v` back while that went negative;
+/// returns the true quotient limb.
+fn sub_multiple(window: &mut [u64], v: &[u64], estimate: u64) -> u64 {
+    let padded = || v.iter().copied().chain(std::iter::once(0));
+    let (mut carry, mut borrow) = (0, 0);
+    for (slot, limb) in window.iter_mut().zip(padded()) {
+        let product = estimate * limb + carry;
+        carry = product / LIMB_BASE;
+        let subtrahend = product % LIMB_BASE + borrow;
+        borrow = u64::from(*slot < subtrahend);
+        *slot = *slot + borrow * LIMB_BASE - subtrahend;
+    }
+    // A final borrow means the window holds its negative value plus base^(m+1).
+    let mut quotient_limb = estimate;
+    let mut negative = borrow == 1;
+    while negative {
+        quotient_limb -= 1;
+        let mut carry = 0;
+        for (slot, limb) in window.iter_mut().zip(padded()) {
+            let sum = *slot + limb + carry;
+            *slot = sum % LIMB_BASE;
+            carry = sum / LIMB_BASE;
+        }
+        // A carry out of the top cancels the borrowed base^(m+1).
+        negative = carry == 0;
+    }
+    quotient_limb
+}
+
+/// C's `printf("%.*g", precision, value)` for a finite `value` and `precision` ≥ 1, as glibc
+/// prints it: the value correctly rounded (ties to even) to `precision` significant digits,
+/// in `%e` style (`1.5e-05`, `1e+20`) when the rounded exponent is below -4 or at least
+/// `precision`, else in `%f` style, trailing fraction zeros and a bare point dropped.
+fn format_g(value: f64, precision: usize) -> String {
+    // Rust's `{:e}` with a precision rounds the exact binary value ties-to-even, as glibc.
+    let scientific = format!("{value:.*e}", precision.saturating_sub(1));
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i64 = exponent.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(magnitude) => ("-", magnitude),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let e_style = exponent < -4 || usize::try_from(exponent).is_ok_and(|x| x >= precision);
+    if e_style {
+        let (int, frac) = digits.split_at(digits.len().min(1));
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        let exp = exponent.unsigned_abs();
+        return format!("{sign}{int}{}e{exp_sign}{exp:02}", point_fraction(frac));
+    }
+    match usize::try_from(exponent) {
+        Ok(int_len) => {
+            let (int, frac) = digits.split_at((int_len + 1).min(digits.len()));
+            format!("{sign}{int}{}", point_fraction(frac))
+        }
+        Err(_) => {
+            let zeros = "0".repeat(usize::try_from(-exponent - 1).unwrap_or(0));
+            format!("{sign}0{}", point_fraction(&format!("{zeros}{digits}")))
+        }
+    }
+}
+
+/// `.frac` without trailing zeros, or nothing when no nonzero digit remains (`%g` without `#`).
+fn point_fraction(frac: &str) -> String {
+    let kept = frac.trim_end_matches('0');
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!(".{kept}")
+    }
 }
 
 /// C's `isspace` in the C locale.
@@ -1206,5 +1517,399 @@ mod tests {
         );
         assert!(f8("-1e-400").is_err_and(|e| e.starts_with("\"-0.000")));
         assert!(f8("2e-324").is_err());
+    }
+
+    /// `a / b` as PG's output text or error message.
+    fn quotient(a: &str, b: &str) -> Result<String, String> {
+        num(a)
+            .div(&num(b))
+            .map(|n| n.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Asserts the representation invariants: no leading or trailing zero digits, zero positive
+    /// with weight 0.
+    fn assert_canonical(value: &Numeric) {
+        if let Kind::Finite(f) = &value.0 {
+            assert_ne!(f.digits.first(), Some(&0), "{value:?}");
+            assert_ne!(f.digits.last(), Some(&0), "{value:?}");
+            if f.digits.is_empty() {
+                assert!(!f.negative && f.weight == 0, "{value:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_quotient_gets_at_least_sixteen_significant_digits() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(quotient("1", "3"), ok("0.33333333333333333333"));
+        assert_eq!(quotient("2", "3"), ok("0.66666666666666666667"));
+        assert_eq!(quotient("1", "7"), ok("0.14285714285714285714"));
+        assert_eq!(quotient("10", "2"), ok("5.0000000000000000"));
+        assert_eq!(quotient("100000", "3"), ok("33333.333333333333"));
+        assert_eq!(quotient("0.0001", "3"), ok("0.000033333333333333333333"));
+        assert_eq!(
+            quotient("1e-20", "3"),
+            ok("0.0000000000000000000033333333333333333333")
+        );
+        assert_eq!(
+            quotient("1", "3e-40"),
+            ok("3333333333333333333333333333333333333333.3333333333333333333333333333333333333333")
+        );
+        assert_eq!(quotient("6945e1", "-9240e-7"), ok("-75162337.662337662338"));
+        assert_eq!(
+            quotient("18298592767050658e-14", "39091711e-14"),
+            ok("468093933.44411704056648")
+        );
+        assert_eq!(
+            quotient("45534e7", "-76072422894440895e-18"),
+            ok("-5985611903433.598209482522384262")
+        );
+        assert_eq!(
+            quotient("1993283594288046058891125047564794477047e-40", "4e22"),
+            ok("0.0000000000000000000000049832089857201151")
+        );
+        assert_eq!(
+            quotient(
+                "-6840753406538431348002992e-11",
+                "-7679848481772601145667161e15"
+            ),
+            ok("0.00000000000000000000000000890740673175299861")
+        );
+    }
+
+    #[test]
+    fn the_quotient_scale_is_estimated_from_base_10000_digits() {
+        let ok = |s: &str| Ok(s.to_owned());
+        // Same first base-10000 digit: the quotient is assumed below 1 (4 more digits).
+        assert_eq!(quotient("9999", "9999"), ok("1.00000000000000000000"));
+        assert_eq!(quotient("9999", "1"), ok("9999.0000000000000000"));
+        assert_eq!(quotient("10000", "1"), ok("10000.0000000000000000"));
+        assert_eq!(quotient("1", "9999"), ok("0.00010001000100010001"));
+        assert_eq!(quotient("1", "10000"), ok("0.000100000000000000000000"));
+        assert_eq!(quotient("12345", "2"), ok("6172.5000000000000000"));
+        assert_eq!(quotient("2345", "2"), ok("1172.5000000000000000"));
+        assert_eq!(quotient("0.5", "3"), ok("0.16666666666666666667"));
+    }
+
+    #[test]
+    fn a_quotient_keeps_an_input_scale_above_sixteen_digits() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(
+            quotient("1.00000000000000000000000", "3"),
+            ok("0.33333333333333333333333")
+        );
+        assert_eq!(
+            quotient("-29450632e-8", "15650317293498524e-22"),
+            ok("-188179.1368679433829784172538")
+        );
+        assert_eq!(
+            quotient("8262459560539705672959482e-63", "-47493651228016251e-56"),
+            ok("-17.396976957765935970110492128502766171709751570733532082003522843")
+        );
+        assert_eq!(
+            quotient("123456789012345678901234567890", "0.000000000000000000001"),
+            ok("123456789012345678901234567890000000000000000000000.000000000000000000000")
+        );
+        assert_eq!(
+            quotient("2", "0.5e-20"),
+            ok("400000000000000000000.000000000000000000000")
+        );
+    }
+
+    #[test]
+    fn the_quotient_sign_is_the_product_of_the_signs() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(quotient("-1", "3"), ok("-0.33333333333333333333"));
+        assert_eq!(quotient("1", "-3"), ok("-0.33333333333333333333"));
+        assert_eq!(quotient("-2", "-3"), ok("0.66666666666666666667"));
+    }
+
+    #[test]
+    fn a_quotient_is_rounded_half_away_from_zero() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(
+            quotient("123456789012345678901", "2"),
+            ok("61728394506172839451")
+        );
+        assert_eq!(
+            quotient("-123456789012345678901", "2"),
+            ok("-61728394506172839451")
+        );
+        assert_eq!(
+            quotient("123456789012345678903", "-2"),
+            ok("-61728394506172839452")
+        );
+    }
+
+    #[test]
+    fn the_quotient_scale_is_capped_at_1000() {
+        let fraction = |a: &str, b: &str| {
+            let text = quotient(a, b).expect("fits");
+            let (int, frac) = text.split_once('.').expect("has a fraction");
+            assert_eq!(frac.len(), 1000, "{a} / {b}");
+            (int.to_owned(), frac.trim_start_matches('0').to_owned())
+        };
+        let (int, tail) = fraction("1e-16383", "3");
+        assert_eq!((int.as_str(), tail.as_str()), ("0", ""));
+        assert_eq!(fraction("1e-1000", "3").1, "");
+        assert_eq!(fraction("1.5e-1000", "1").1, "2");
+        assert_eq!(fraction("5e-1001", "1").1, "1");
+        assert_eq!(fraction("4.9e-1001", "1").1, "");
+        assert_eq!(fraction("-5e-1001", "1"), ("-0".to_owned(), "1".to_owned()));
+        // Rounded to zero: positive zero.
+        assert_eq!(fraction("-4.9e-1001", "1").0, "0");
+        assert_eq!(fraction("1", "1e131071").1, "");
+    }
+
+    #[test]
+    fn zero_divided_by_a_number_is_zero_at_the_quotient_scale() {
+        assert_eq!(quotient("0", "5"), Ok("0.00000000000000000000".to_owned()));
+        assert_eq!(
+            quotient("0.00", "3"),
+            Ok("0.00000000000000000000".to_owned())
+        );
+        assert_eq!(
+            quotient("-0", "-7"),
+            Ok("0.00000000000000000000".to_owned())
+        );
+        let zero = num("0.000").div(&num("-2")).expect("finite");
+        assert_canonical(&zero);
+        assert_eq!(zero, Numeric::from_i64(0));
+    }
+
+    #[test]
+    fn division_by_zero_is_an_error_unless_nan_is_involved() {
+        let err = || Err("division by zero".to_owned());
+        assert_eq!(quotient("1", "0"), err());
+        assert_eq!(quotient("0", "0"), err());
+        assert_eq!(quotient("-1.5", "0.000"), err());
+        assert_eq!(quotient("Infinity", "0"), err());
+        assert_eq!(quotient("-Infinity", "0"), err());
+        assert_eq!(num("1").div(&num("0")), Err(NumericError::DivisionByZero));
+        assert_eq!(quotient("NaN", "0"), Ok("NaN".to_owned()));
+    }
+
+    #[test]
+    fn infinities_and_nan_follow_pg_division_rules() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(quotient("Infinity", "-2"), ok("-Infinity"));
+        assert_eq!(quotient("-Infinity", "-2"), ok("Infinity"));
+        assert_eq!(quotient("-Infinity", "0.001"), ok("-Infinity"));
+        assert_eq!(quotient("Infinity", "Infinity"), ok("NaN"));
+        assert_eq!(quotient("-Infinity", "Infinity"), ok("NaN"));
+        assert_eq!(quotient("5", "Infinity"), ok("0"));
+        assert_eq!(quotient("-5", "-Infinity"), ok("0"));
+        assert_eq!(quotient("1.5", "Infinity"), ok("0"));
+        assert_eq!(quotient("NaN", "Infinity"), ok("NaN"));
+        assert_eq!(quotient("Infinity", "NaN"), ok("NaN"));
+        assert_eq!(quotient("NaN", "NaN"), ok("NaN"));
+    }
+
+    #[test]
+    fn a_quotient_beyond_the_storage_format_overflows() {
+        let overflow = || Err("value overflows numeric format".to_owned());
+        assert_eq!(quotient("1e131071", "0.1"), overflow());
+        assert_eq!(quotient("9e131071", "0.9"), overflow());
+        assert_eq!(quotient("-9e131071", "0.9"), overflow());
+        let big = quotient("1e131071", "1").expect("fits");
+        assert_eq!(big.len(), 131_072);
+        assert!(big.starts_with("10") && big.bytes().skip(1).all(|b| b == b'0'));
+        let nine = quotient("9e131071", "10").expect("fits");
+        assert_eq!(nine.len(), 131_071);
+        assert!(nine.starts_with("90"));
+    }
+
+    #[test]
+    fn long_division_of_limbs_matches_integer_division() {
+        let limbs = |x: u128| {
+            to_limbs(
+                &x.to_string().bytes().map(|b| b - b'0').collect::<Vec<_>>(),
+                0,
+            )
+        };
+        let value = |limbs: &[u64]| {
+            from_limbs(limbs)
+                .iter()
+                .fold(0_u128, |acc, &d| acc * 10 + u128::from(d))
+        };
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let n = (u128::from(next()) << 64 | u128::from(next())) >> (next() % 128);
+            let d = ((u128::from(next()) << 64 | u128::from(next())) >> (next() % 128)).max(1);
+            assert_eq!(value(&div_limbs(&limbs(n), &limbs(d))), n / d, "{n} / {d}");
+        }
+        let n = 999_999_999_999_999_999_999_999_999_999_999_999_u128;
+        let d = 999_999_999_000_000_001_u128;
+        assert_eq!(value(&div_limbs(&limbs(n), &limbs(d))), n / d);
+    }
+
+    #[test]
+    fn an_overestimated_quotient_limb_is_corrected_by_adding_back() {
+        let as_u128 = |limbs: &[u64]| {
+            limbs.iter().rev().fold(0_u128, |acc, &l| {
+                acc * u128::from(LIMB_BASE) + u128::from(l)
+            })
+        };
+        // A normalised divisor (top limb at least half the base) and a window below it × base.
+        let v = [999_999_999, 500_000_000];
+        let window = [123, 456_000_000, 400_000_000];
+        let (w, d) = (as_u128(&window), as_u128(&v));
+        let q = w / d;
+        for estimate in q..=q + 2 {
+            let mut work = window;
+            let limb = sub_multiple(&mut work, &v, u64::try_from(estimate).expect("a limb"));
+            assert_eq!(u128::from(limb), q, "estimate {estimate}");
+            assert_eq!(as_u128(&work), w - q * d, "estimate {estimate}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_quotient_is_the_exact_quotient_correctly_rounded(
+            a in "-?[1-9][0-9]{0,40}(\\.[0-9]{0,30})?e-?[0-9]{1,2}",
+            b in "-?[1-9][0-9]{0,40}(\\.[0-9]{0,30})?e-?[0-9]{1,2}",
+        ) {
+            let (a, b) = (num(&a), num(&b));
+            let q = a.div(&b).expect("no overflow at these sizes");
+            assert_canonical(&q);
+            let Kind::Finite(f) = &q.0 else { panic!("finite quotient expected") };
+            // |a - q·b| ≤ |b| × half a unit in the last place, the tie only away from zero.
+            let half_ulp = num(&format!("5e-{}", i64::from(f.dscale) + 1));
+            let error = a.sub(&q.mul(&b).expect("fits")).expect("fits").abs();
+            let bound = b.abs().mul(&half_ulp).expect("fits");
+            proptest::prop_assert!(error <= bound, "{a:?} / {b:?} = {q:?}");
+            if error == bound {
+                proptest::prop_assert!(q.mul(&b).expect("fits").abs() > a.abs());
+            }
+        }
+    }
+
+    #[test]
+    fn float8_to_numeric_reads_the_15_digit_g_text() {
+        let cast = |v: f64| Numeric::from_f64(v).to_string();
+        assert_eq!(cast(0.1), "0.1");
+        assert_eq!(cast(1.0 / 3.0), "0.333333333333333");
+        assert_eq!(cast(1e20), "100000000000000000000");
+        assert_eq!(cast(123_456_789_012_345_678.0), "123456789012346000");
+        assert_eq!(cast(1.5e-5), "0.000015");
+        assert_eq!(cast(0.0001), "0.0001");
+        assert_eq!(cast(0.00001), "0.00001");
+        assert_eq!(cast(0.000_123_456_789_012_345_67), "0.000123456789012346");
+        assert_eq!(cast(0.300_000_000_000_000_04), "0.3");
+        assert_eq!(cast(-2.5), "-2.5");
+        assert_eq!(cast(2.675), "2.675");
+        assert_eq!(cast(100.0), "100");
+        assert_eq!(cast(1e15), "1000000000000000");
+        assert_eq!(cast(999_999_999_999_999.4), "999999999999999");
+        assert_eq!(cast(999_999_999_999_999.5), "1000000000000000");
+        assert_eq!(cast(12_345_678_901_234_567_890.0), "12345678901234600000");
+        assert_eq!(cast(-748_552.0), "-748552");
+        let max = cast(f64::MAX);
+        assert!(max.starts_with("179769313486232") && max.len() == 309);
+        let tiny = cast(5e-324);
+        assert!(tiny.starts_with("0.000") && tiny.ends_with("000494065645841247"));
+        assert_eq!(tiny.len(), 2 + 323 + 15);
+    }
+
+    #[test]
+    fn float_to_numeric_rounds_ties_to_even_like_glibc() {
+        assert_eq!(
+            Numeric::from_f64(1_234_567_890_123_455.0).to_string(),
+            "1234567890123460"
+        );
+        assert_eq!(
+            Numeric::from_f64(1_234_567_890_123_445.0).to_string(),
+            "1234567890123440"
+        );
+        assert_eq!(Numeric::from_f32(1_234_565.0).to_string(), "1234560");
+        assert_eq!(Numeric::from_f32(1_234_575.0).to_string(), "1234580");
+        assert_eq!(Numeric::from_f32(123_456.5).to_string(), "123456");
+        assert_eq!(Numeric::from_f32(123_457.5).to_string(), "123458");
+    }
+
+    #[test]
+    fn float_special_values_become_numeric_special_values() {
+        assert!(Numeric::from_f64(f64::NAN).is_nan());
+        assert_eq!(Numeric::from_f64(f64::INFINITY), Numeric::INFINITY);
+        assert_eq!(Numeric::from_f64(f64::NEG_INFINITY), Numeric::NEG_INFINITY);
+        assert!(Numeric::from_f32(f32::NAN).is_nan());
+        assert_eq!(Numeric::from_f32(f32::INFINITY), Numeric::INFINITY);
+        assert_eq!(Numeric::from_f32(f32::NEG_INFINITY), Numeric::NEG_INFINITY);
+    }
+
+    #[test]
+    fn negative_float_zero_becomes_the_canonical_zero() {
+        for zero in [
+            Numeric::from_f64(-0.0),
+            Numeric::from_f64(0.0),
+            Numeric::from_f32(-0.0),
+        ] {
+            assert_eq!(zero.to_string(), "0");
+            assert_canonical(&zero);
+            assert_eq!(zero, Numeric::from_i64(0));
+            assert_eq!(hash_of(&zero), hash_of(&Numeric::from_i64(0)));
+        }
+    }
+
+    #[test]
+    fn float4_to_numeric_reads_the_6_digit_g_text_of_the_widened_value() {
+        let cast = |v: f32| Numeric::from_f32(v).to_string();
+        assert_eq!(cast(0.1), "0.1");
+        assert_eq!(cast(0.3), "0.3");
+        assert_eq!(cast(1.0 / 3.0), "0.333333");
+        assert_eq!(cast(16_777_217.0), "16777200");
+        assert_eq!(cast(1.5e-5), "0.000015");
+        assert_eq!(cast(0.0001), "0.0001");
+        assert_eq!(cast(0.00001), "0.00001");
+        assert_eq!(cast(1e10), "10000000000");
+        assert_eq!(cast(9_999_995.0), "10000000");
+        assert_eq!(cast(999_999.5), "1000000");
+        assert_eq!(cast(f32::MAX), "340282000000000000000000000000000000000");
+        assert_eq!(
+            cast(f32::from_bits(1)),
+            "0.0000000000000000000000000000000000000000000014013"
+        );
+        assert_eq!(
+            cast(f32::MIN_POSITIVE),
+            "0.0000000000000000000000000000000000000117549"
+        );
+    }
+
+    #[test]
+    fn format_g_prints_like_glibc() {
+        let cases: [(f64, usize, &str); 21] = [
+            (1e20, 15, "1e+20"),
+            (1.5e-5, 15, "1.5e-05"),
+            (1e-5, 15, "1e-05"),
+            (-0.0, 15, "-0"),
+            (0.0, 15, "0"),
+            (0.5, 1, "0.5"),
+            (2.5, 1, "2"),
+            (0.125, 2, "0.12"),
+            (0.375, 2, "0.38"),
+            (123_456_789_012_345.5, 15, "123456789012346"),
+            (1e100, 15, "1e+100"),
+            (f64::MAX, 17, "1.7976931348623157e+308"),
+            (5e-324, 15, "4.94065645841247e-324"),
+            (0.0001, 15, "0.0001"),
+            (100.0, 15, "100"),
+            (1e15, 15, "1e+15"),
+            (1e14, 15, "100000000000000"),
+            (999_999_999_999_999.5, 15, "1e+15"),
+            (-123.456, 6, "-123.456"),
+            (9.999_999_6e-5, 6, "0.0001"),
+            (16_777_217.0, 6, "1.67772e+07"),
+        ];
+        for (value, precision, text) in cases {
+            assert_eq!(format_g(value, precision), text, "{value:e} %.{precision}g");
+        }
+        assert_eq!(format_g(0.1, 17), "0.10000000000000001");
     }
 }

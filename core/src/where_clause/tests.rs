@@ -630,3 +630,129 @@ fn an_array_constructor_under_a_cast_casts_each_element() {
         .unwrap()
         .matches(&row(&[])));
 }
+
+#[test]
+fn numeric_division_is_postgres_exact_division_at_its_result_scale() {
+    let third = compile("price / 3 = 0.33333333333333333333").unwrap();
+    assert!(third.matches(&row(&[(3, "1")])));
+    assert!(!third.matches(&row(&[(3, "1.0000000000000000000001")])));
+    assert!(third
+        .to_sql()
+        .contains("(\"price\" / '3'::pg_catalog.numeric)"));
+    assert!(compile("(10 / 2.0)::text = '5.0000000000000000'")
+        .unwrap()
+        .matches(&row(&[])));
+    assert_eq!(
+        compile("price / 0 > 1")
+            .unwrap()
+            .evaluate(&row(&[(3, "1")])),
+        Err(EvalError("division by zero".into()))
+    );
+    assert_eq!(error("price > 1 / 0.0"), "At location 10: division by zero");
+}
+
+#[test]
+fn floats_cast_to_numeric_through_their_fifteen_digit_text() {
+    assert!(compile("0.1::float8::numeric = 0.1")
+        .unwrap()
+        .matches(&row(&[])));
+    assert!(
+        compile("(1::float8 / 3)::numeric::text = '0.333333333333333'")
+            .unwrap()
+            .matches(&row(&[]))
+    );
+    assert!(compile("16777217::float4::numeric = 16777200")
+        .unwrap()
+        .matches(&row(&[])));
+}
+
+#[test]
+fn array_subscripts_and_slices_read_as_postgres_reads_them() {
+    let first = compile("tags[1] = 'a'").unwrap();
+    assert!(first.matches(&row(&[(4, "{a,b}")])));
+    assert!(first.matches(&row(&[(4, "[0:1]={z,a}")])));
+    assert!(
+        !first.matches(&row(&[(4, "{{a,b},{c,d}}")])),
+        "one subscript of two is NULL"
+    );
+    assert_eq!(
+        first.to_sql(),
+        "((\"tags\")['1'::pg_catalog.int4] = 'a'::pg_catalog.text)"
+    );
+    assert!(compile("tags[2][1] = 'c'")
+        .unwrap()
+        .matches(&row(&[(4, "{{a,b},{c,d}}")])));
+    assert!(compile("tags[n] IS NULL")
+        .unwrap()
+        .matches(&row(&[(1, "3"), (4, "{a,b}")])));
+    let slice = compile("tags[2:] = '{b,c}' AND tags[:1] = '{a}' AND tags[1][1:2] = '{}'");
+    assert!(slice.unwrap().matches(&row(&[(4, "{a,b,c}")])));
+    assert!(error("title[1] = 'a'").contains("cannot subscript type text"));
+    assert!(error("tags[true] = 'a'").contains("array subscript must have type integer"));
+    assert!(error("tags[1][1][1][1][1][1][1] = 'a'")
+        .contains("number of array dimensions (7) exceeds the maximum allowed (6)"));
+}
+
+#[test]
+fn arrays_concatenate_append_and_prepend_as_postgres_does() {
+    let appended = compile("array_append(tags, 'c') = '{a,b,c}'").unwrap();
+    assert!(appended.matches(&row(&[(4, "{a,b}")])));
+    assert!(appended.matches(&row(&[(4, "{a,b}")])));
+    assert!(
+        compile("array_append(tags, 'c') = '{c}'")
+            .unwrap()
+            .matches(&row(&[])),
+        "a NULL array appends to {{}}"
+    );
+    assert!(compile("(tags || title)::text = '{a,NULL}'")
+        .unwrap()
+        .matches(&row(&[(4, "{a}")])));
+    assert!(
+        compile("('x'::text || tags) @> '{x,a}' AND array_prepend('x', tags) = '{x,a}'")
+            .unwrap()
+            .matches(&row(&[(4, "{a}")]))
+    );
+    let cat = compile("(tags || '{b}')::text = '[0:1]={a,b}'").unwrap();
+    assert!(cat.matches(&row(&[(4, "[0:0]={a}")])));
+    assert_eq!(
+        compile("array_cat(tags, '{x}') IS NULL")
+            .unwrap()
+            .evaluate(&row(&[(4, "{{a,b}}")])),
+        Err(EvalError("cannot concatenate incompatible arrays".into()))
+    );
+    let e = error("tags || 'c' IS NULL");
+    assert!(e.contains("invalid syntax for type text[]: c"), "{e}");
+    assert!(error("array_cat('{a}', '{b}') IS NULL").contains("polymorphic type"));
+}
+
+#[test]
+fn at_time_zone_reads_and_shows_wall_clock_time_as_postgres_does() {
+    // 02:30 on 2018-03-11 does not exist in New York: read with the offset before the change.
+    let gap = compile("ts AT TIME ZONE 'America/New_York' = '2018-03-11 07:30:00+00'").unwrap();
+    assert!(gap.matches(&row(&[(11, "2018-03-11 02:30:00")])));
+    assert_eq!(
+        gap.to_sql(),
+        "(pg_catalog.timezone('America/New_York'::pg_catalog.text, \"ts\") = \
+         '2018-03-11 07:30:00+00'::pg_catalog.timestamptz)"
+    );
+    // 01:30 on 2018-11-04 happens twice: read with the offset after the change.
+    assert!(
+        compile("timezone('america/new_york', ts) = '2018-11-04 06:30:00+00'")
+            .unwrap()
+            .matches(&row(&[(11, "2018-11-04 01:30:00")]))
+    );
+    assert!(
+        compile("tz AT TIME ZONE 'Asia/Kolkata' = '2000-01-01 05:30:00'")
+            .unwrap()
+            .matches(&row(&[(12, "2000-01-01 00:00:00+00")]))
+    );
+    assert!(compile("tz AT TIME ZONE NULL IS NULL")
+        .unwrap()
+        .matches(&row(&[])));
+    assert!(error("tz AT TIME ZONE 'EST' IS NULL")
+        .contains("time zone \"EST\" is not supported by ampere"));
+    assert!(error("tz AT TIME ZONE 'Mars/Olympus' IS NULL")
+        .contains("time zone \"Mars/Olympus\" not recognized"));
+    assert!(error("tz AT TIME ZONE title IS NULL").contains("constant time zone only"));
+    assert!(error("tm AT TIME ZONE 'UTC' IS NULL").contains("Could not select a function overload"));
+}
