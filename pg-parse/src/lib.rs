@@ -11,6 +11,16 @@
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
+use std::thread;
+
+/// Stack of the thread that parses and deparses. Decoding the tree recurses once per nested
+/// message, some 50 KiB a level in a debug build; prost stops at 100 levels
+/// ([`TOO_DEEP`]), which this stack holds with room to spare, so a deeply nested statement is
+/// an error, never a stack overflow of the caller's thread.
+const PARSER_STACK_BYTES: usize = 16 << 20;
+
+/// The message for a statement nested deeper than the decoder reads.
+pub const TOO_DEEP: &str = "the expression nests too deeply (at most about 50 levels)";
 
 pub use pg_query::protobuf;
 pub use pg_query::{NodeEnum, NodeRef};
@@ -44,7 +54,28 @@ pub fn parse(sql: &str) -> Result<protobuf::ParseResult, ParseError> {
             cursor: None,
         });
     };
-    ffi::parse(&input)
+    on_parser_stack(|| ffi::parse(&input))
+}
+
+/// Runs `f` on a thread of its own with [`PARSER_STACK_BYTES`] of stack.
+fn on_parser_stack<T: Send>(
+    f: impl FnOnce() -> Result<T, ParseError> + Send,
+) -> Result<T, ParseError> {
+    thread::scope(|scope| {
+        let spawned = thread::Builder::new()
+            .name("pg-parse".to_owned())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, f);
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(ParseError {
+                message: format!("cannot start the parser's thread: {e}"),
+                cursor: None,
+            }),
+        }
+    })
 }
 
 /// Postgres's SQL text for `tree` (libpg_query's deparser): a canonical spelling, identical for
@@ -53,9 +84,11 @@ pub fn parse(sql: &str) -> Result<protobuf::ParseResult, ParseError> {
 /// # Errors
 /// [`ParseError`] when the deparser does not support a node of the tree.
 pub fn deparse(tree: &protobuf::ParseResult) -> Result<String, ParseError> {
-    pg_query::deparse(tree, pg_query::DeparseOptions::default()).map_err(|e| ParseError {
-        message: e.to_string(),
-        cursor: None,
+    on_parser_stack(|| {
+        pg_query::deparse(tree, pg_query::DeparseOptions::default()).map_err(|e| ParseError {
+            message: e.to_string(),
+            cursor: None,
+        })
     })
 }
 
@@ -142,7 +175,11 @@ mod ffi {
                     std::slice::from_raw_parts(tree.data.cast::<u8>(), tree.len)
                 };
                 super::protobuf::ParseResult::decode(bytes).map_err(|e| ParseError {
-                    message: format!("could not decode the parse tree: {e}"),
+                    message: if e.to_string().contains("recursion limit") {
+                        super::TOO_DEEP.to_owned()
+                    } else {
+                        format!("could not decode the parse tree: {e}")
+                    },
                     cursor: None,
                 })
             } else {

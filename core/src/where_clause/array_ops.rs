@@ -427,39 +427,6 @@ fn one_dimension<T>(array: Option<&PgArray<T>>) -> Result<Option<ArrayDim>, Arra
     }
 }
 
-/// `array_lower(a, n)`: dimension `n`'s lower bound (1-based `n`; NULL outside the array's
-/// dimensions, and for the empty array).
-pub fn array_lower<T>(a: &PgArray<T>, n: i32) -> Option<i32> {
-    dimension(a, n).map(|dim| dim.lower)
-}
-
-/// `array_upper(a, n)`: dimension `n`'s upper bound (NULL outside the array's dimensions).
-pub fn array_upper<T>(a: &PgArray<T>, n: i32) -> Option<i32> {
-    dimension(a, n).map(|dim| c_end(dim).wrapping_sub(1))
-}
-
-/// `array_length(a, n)`: dimension `n`'s length (NULL outside the array's dimensions, so
-/// NULL for the empty array).
-pub fn array_length<T>(a: &PgArray<T>, n: i32) -> Option<i32> {
-    dimension(a, n).map(c_len)
-}
-
-/// `cardinality(a)`: the number of elements (0 for the empty array).
-pub fn cardinality<T>(a: &PgArray<T>) -> i32 {
-    if a.dims.is_empty() {
-        return 0;
-    }
-    a.dims
-        .iter()
-        .try_fold(1i32, |n, &dim| n.checked_mul(c_len(dim)))
-        .unwrap_or(i32::MAX)
-}
-
-fn dimension<T>(a: &PgArray<T>, n: i32) -> Option<ArrayDim> {
-    let index = usize::try_from(n).ok()?.checked_sub(1)?;
-    a.dims.get(index).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::array_text::{format_array, parse_array};
@@ -967,31 +934,5 @@ mod tests {
             extend_one_dimension(1, 119_304_646, 119_304_647),
             Ok((1, 119_304_647))
         );
-    }
-
-    #[test]
-    fn dimension_helpers_answer_as_array_lower_upper_length_and_cardinality() {
-        let a = int4("[0:2][-1:1]={{1,2,3},{4,5,6},{7,8,9}}");
-        assert_eq!((array_lower(&a, 1), array_upper(&a, 1)), (Some(0), Some(2)));
-        assert_eq!(
-            (array_lower(&a, 2), array_upper(&a, 2)),
-            (Some(-1), Some(1))
-        );
-        assert_eq!(
-            (array_length(&a, 1), array_length(&a, 2)),
-            (Some(3), Some(3))
-        );
-        assert_eq!((array_lower(&a, 3), array_lower(&a, 0)), (None, None));
-        assert_eq!(cardinality(&a), 9);
-        let empty = int4("{}");
-        assert_eq!(array_lower(&empty, 1), None);
-        assert_eq!(array_upper(&empty, 1), None);
-        assert_eq!(array_length(&empty, 1), None);
-        assert_eq!(cardinality(&empty), 0);
-        let past = past_int4();
-        assert_eq!(array_upper(&past, 1), Some(i32::MAX));
-        assert_eq!((array_length(&past, 1), cardinality(&past)), (Some(2), 2));
-        let bottom = int4("[-2147483648:-2147483648]={1}");
-        assert_eq!(array_upper(&bottom, 1), Some(i32::MIN));
     }
 }

@@ -9,7 +9,7 @@ use ampere_pg_parse::protobuf::{self, a_const, AExprKind, BoolExprType, BoolTest
 use ampere_pg_parse::protobuf::{MinMaxOp, NullTestType};
 use ampere_pg_parse::NodeEnum;
 
-use super::array_text::MAX_DIMENSIONS;
+use super::array_ops;
 use super::eval;
 use super::expr::{ArithOp, ArrayConcat, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr};
 use super::expr::{IntervalFunc, MinMax, SliceBound, TextFunc, UnaryOp};
@@ -1012,15 +1012,10 @@ impl<'a> Binder<'a> {
                 }
             }
         }
-        if indices.len() > MAX_DIMENSIONS {
-            return fail(
-                location,
-                format!(
-                    "number of array dimensions ({}) exceeds the maximum allowed ({MAX_DIMENSIONS})",
-                    indices.len()
-                ),
-            );
-        }
+        array_ops::check_subscript_count(indices.len()).map_err(|e| BindError {
+            location,
+            message: e.to_string(),
+        })?;
         let arg = Box::new(arg.expr);
         if !indices.iter().any(|i| i.is_slice) {
             let mut subscripts = Vec::with_capacity(indices.len());

@@ -247,7 +247,7 @@ impl WhereTree {
 fn parse_where(text: &str) -> Result<WhereTree, WhereError> {
     let wrapped = format!("{WRAP}{text}");
     let tree = ampere_pg_parse::parse(&wrapped).map_err(|e| WhereError {
-        location: Some(e.cursor.map_or(0, |c| c.saturating_sub(1))),
+        location: e.cursor.map(|c| c.saturating_sub(1)),
         message: e.message,
     })?;
     let tokens = ampere_pg_parse::tokens(&wrapped).map_err(|e| WhereError::plain(e.message))?;

@@ -697,7 +697,13 @@ fn array_subscripts_and_slices_read_as_postgres_reads_them() {
 fn arrays_concatenate_append_and_prepend_as_postgres_does() {
     let appended = compile("array_append(tags, 'c') = '{a,b,c}'").unwrap();
     assert!(appended.matches(&row(&[(4, "{a,b}")])));
-    assert!(appended.matches(&row(&[(4, "{a,b}")])));
+    assert!(
+        !appended.matches(&row(&[(4, "[5:6]={a,b}")])),
+        "array equality compares lower bounds too"
+    );
+    assert!(compile("array_append(tags, 'c')::text = '[5:7]={a,b,c}'")
+        .unwrap()
+        .matches(&row(&[(4, "[5:6]={a,b}")])));
     assert!(
         compile("array_append(tags, 'c') = '{c}'")
             .unwrap()
@@ -755,4 +761,22 @@ fn at_time_zone_reads_and_shows_wall_clock_time_as_postgres_does() {
         .contains("time zone \"Mars/Olympus\" not recognized"));
     assert!(error("tz AT TIME ZONE title IS NULL").contains("constant time zone only"));
     assert!(error("tm AT TIME ZONE 'UTC' IS NULL").contains("Could not select a function overload"));
+}
+
+#[test]
+fn a_where_clause_nested_too_deeply_is_refused_not_a_stack_overflow() {
+    // Run on a test thread's 2 MiB stack, in a debug build: the depth limit must hold there.
+    let nested = |depth: usize| format!("{}true", "NOT ".repeat(depth));
+    assert!(compile(&nested(45)).unwrap().matches(&row(&[])) == (45 % 2 == 0));
+    for depth in [60, 1_000] {
+        assert_eq!(
+            error(&nested(depth)),
+            "the expression nests too deeply (at most about 50 levels)"
+        );
+    }
+    let chain = format!("n{} > 0", " + 1".repeat(2_000));
+    assert_eq!(
+        error(&chain),
+        "the expression nests too deeply (at most about 50 levels)"
+    );
 }

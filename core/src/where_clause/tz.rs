@@ -186,9 +186,11 @@ impl Zone {
         }
     }
 
-    /// The zone's canonical IANA name (`America/New_York` for `america/new_york`), to render SQL.
+    /// The zone's canonical IANA name (`America/New_York` for `america/new_york`). Rendered SQL
+    /// keeps the name as the clause gives it (Postgres resolves it alike); this one is for
+    /// messages. Every zone [`Zone::lookup`] returns comes from the database, so has one.
     pub fn name(&self) -> &str {
-        self.tz.iana_name().unwrap_or("UTC")
+        self.tz.iana_name().unwrap_or_default()
     }
 
     /// Postgres's `timezone(zone, timestamptz)` (`timestamptz AT TIME ZONE zone`): the wall clock
