@@ -11,7 +11,12 @@
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
+
+/// Work for the parser's threads.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Stack of the thread that parses and deparses. Decoding the tree recurses once per nested
 /// message, some 50 KiB a level in a debug build; prost stops at 100 levels
@@ -54,28 +59,71 @@ pub fn parse(sql: &str) -> Result<protobuf::ParseResult, ParseError> {
             cursor: None,
         });
     };
-    on_parser_stack(|| ffi::parse(&input))
+    on_parser_stack(move || ffi::parse(&input))
 }
 
-/// Runs `f` on a thread of its own with [`PARSER_STACK_BYTES`] of stack.
-fn on_parser_stack<T: Send>(
-    f: impl FnOnce() -> Result<T, ParseError> + Send,
+/// Runs `f` on one of the parser's threads ([`PARSER_STACK_BYTES`] of stack each, one per
+/// core, started on first use and kept: a request pays a channel round trip, not a thread).
+/// Should those threads be gone, `f` runs on a thread of its own.
+fn on_parser_stack<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ParseError> + Send + 'static,
 ) -> Result<T, ParseError> {
-    thread::scope(|scope| {
-        let spawned = thread::Builder::new()
-            .name("pg-parse".to_owned())
-            .stack_size(PARSER_STACK_BYTES)
-            .spawn_scoped(scope, f);
-        match spawned {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(e) => Err(ParseError {
-                message: format!("cannot start the parser's thread: {e}"),
-                cursor: None,
-            }),
+    let (reply, outcome) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = reply.send(f());
+    });
+    let unsent = match parser_threads() {
+        Some(jobs) => jobs.send(job).err().map(|mpsc::SendError(job)| job),
+        None => Some(job),
+    };
+    if let Some(job) = unsent {
+        spawn_parser_thread(job, "pg-parse-once")?
+            .join()
+            .map_err(|_| lost())?;
+    }
+    outcome.recv().map_err(|_| lost())?
+}
+
+/// The error when the parser's thread ended without an answer (libpg_query panicked).
+fn lost() -> ParseError {
+    ParseError {
+        message: "the parser failed on this statement".to_owned(),
+        cursor: None,
+    }
+}
+
+/// The queue of the parser's threads, started on first use; `None` if none would start.
+fn parser_threads() -> Option<&'static mpsc::Sender<Job>> {
+    static JOBS: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    JOBS.get_or_init(|| {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let threads = thread::available_parallelism().map_or(1, usize::from);
+        let mut started = 0;
+        for _ in 0..threads {
+            let queue = Arc::clone(&queue);
+            let worker: Job = Box::new(move || loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                let Ok(job) = next else { return };
+                // A panicking job drops its reply (its caller sees `lost`); the thread stays.
+                let _ = panic::catch_unwind(AssertUnwindSafe(job));
+            });
+            started += usize::from(spawn_parser_thread(worker, "pg-parse").is_ok());
         }
+        (started > 0).then_some(jobs)
     })
+    .as_ref()
+}
+
+fn spawn_parser_thread(body: Job, name: &str) -> Result<thread::JoinHandle<()>, ParseError> {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(PARSER_STACK_BYTES)
+        .spawn(body)
+        .map_err(|e| ParseError {
+            message: format!("cannot start the parser's thread: {e}"),
+            cursor: None,
+        })
 }
 
 /// Postgres's SQL text for `tree` (libpg_query's deparser): a canonical spelling, identical for
@@ -83,9 +131,9 @@ fn on_parser_stack<T: Send>(
 ///
 /// # Errors
 /// [`ParseError`] when the deparser does not support a node of the tree.
-pub fn deparse(tree: &protobuf::ParseResult) -> Result<String, ParseError> {
-    on_parser_stack(|| {
-        pg_query::deparse(tree, pg_query::DeparseOptions::default()).map_err(|e| ParseError {
+pub fn deparse(tree: protobuf::ParseResult) -> Result<String, ParseError> {
+    on_parser_stack(move || {
+        pg_query::deparse(&tree, pg_query::DeparseOptions::default()).map_err(|e| ParseError {
             message: e.to_string(),
             cursor: None,
         })
@@ -189,6 +237,12 @@ mod ffi {
                 } else {
                     CStr::from_ptr(error.message).to_string_lossy().into_owned()
                 };
+                // libpg_query's own depth limit, met before the decoder's.
+                let message = if message.contains("nested too deeply") {
+                    super::TOO_DEEP.to_owned()
+                } else {
+                    message
+                };
                 Err(ParseError {
                     message,
                     cursor: u32::try_from(error.cursorpos).ok().filter(|&c| c > 0),
@@ -226,8 +280,8 @@ mod tests {
 
     #[test]
     fn deparse_spells_layout_variants_the_same() {
-        let a = deparse(&parse("select 1 where A=1 and (b  in (1,2))").unwrap()).unwrap();
-        let b = deparse(&parse("SELECT 1 WHERE a = 1 AND b IN (1, 2)").unwrap()).unwrap();
+        let a = deparse(parse("select 1 where A=1 and (b  in (1,2))").unwrap()).unwrap();
+        let b = deparse(parse("SELECT 1 WHERE a = 1 AND b IN (1, 2)").unwrap()).unwrap();
         assert_eq!(a, b);
     }
 
@@ -244,5 +298,28 @@ mod tests {
     #[test]
     fn a_nul_byte_is_refused_without_reaching_the_parser() {
         assert!(parse("SELECT 1 WHERE a = '\0'").is_err());
+    }
+
+    #[test]
+    fn a_statement_nested_deeper_than_the_decoder_reads_is_an_error_not_an_overflow() {
+        for depth in [60, 5_000] {
+            let deep = format!("SELECT 1 WHERE {}true", "NOT ".repeat(depth));
+            assert_eq!(parse(&deep).unwrap_err().message, TOO_DEEP, "{depth}");
+        }
+    }
+
+    #[test]
+    fn many_callers_share_the_parser_threads() {
+        let callers: Vec<_> = (0..16)
+            .map(|i| {
+                thread::spawn(move || {
+                    let tree = parse(&format!("SELECT {i} WHERE x = {i}")).unwrap();
+                    deparse(tree).unwrap()
+                })
+            })
+            .collect();
+        for (i, caller) in callers.into_iter().enumerate() {
+            assert_eq!(caller.join().unwrap(), format!("SELECT {i} WHERE x = {i}"));
+        }
     }
 }

@@ -109,7 +109,7 @@ impl WhereClause {
         let substituted = substitute_params(text, params)?;
         let tree = parse_where(&substituted)?;
         let deparsed =
-            ampere_pg_parse::deparse(&tree.0).map_err(|e| WhereError::plain(e.message))?;
+            ampere_pg_parse::deparse(tree.0).map_err(|e| WhereError::plain(e.message))?;
         deparsed
             .strip_prefix(WRAP)
             .map(str::to_owned)
