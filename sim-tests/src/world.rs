@@ -709,7 +709,7 @@ impl World {
                         .get(&old_handle)
                         .is_some_and(|s| *s != server);
                 // Separate storage: while this server's instance was not streaming, another
-                // one consumed the slot past what this storage holds (SL-3 stale storage).
+                // one consumed the slot past what this storage holds (CT-1, B3: stale storage).
                 let overtaken = layout == StorageLayout::Separate
                     && self
                         .hosts
