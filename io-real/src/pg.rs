@@ -1,15 +1,18 @@
 //! [`RealPg`]: the core's [`PgPort`] over a real Postgres.
 //!
 //! Owns: parsing `DATABASE_URL` (its TLS parameters mean what [`crate::tls`] says; parameters
-//! ampere does not use are ignored with one warning naming them), one lazily connected admin
+//! ampere does not use are ignored with one warning naming them, except those asking for a
+//! protection it does not give, which stop startup), one lazily connected admin
 //! connection (catalog lookups, `CREATE PUBLICATION`, slot checks, the lock breaker's query,
 //! backend termination), a fresh connection per snapshot (snapshots run concurrently and each
 //! holds its own transaction), and the replication connection of deploy-semantics LK-1..LK-3,
 //! SL-1, SL-2 and SL-4 over [`crate::replication`]: [`RealSession`] takes the advisory lock on
 //! it, then streams.
 //!
-//! Every connection, the replication connection included, encrypts as `sslmode` says
-//! ([`crate::tls`]: libpq's modes, `prefer` by default; `docs/tls.md`).
+//! Every connection, the replication connection included, encrypts as `sslmode` says and binds
+//! SCRAM logins to the TLS session as `channel_binding` says ([`crate::tls`]: libpq's modes,
+//! `prefer` by default for both; `docs/tls.md`), and every connect is bounded by
+//! `connect_timeout` as a whole: TCP, TLS handshake and login.
 //!
 //! Never: retries, backs off or decides what a failure means for the instance. Every error
 //! classifies itself ([`PgError::kind`]: Transient or Fatal) and the core decides.
@@ -21,6 +24,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -49,7 +53,8 @@ use crate::replication::{
 };
 use crate::snapshot;
 use crate::tls::{
-    self, Encryption, MaybeTls, PgTls, RustlsStream, SslMode, TlsError, TlsOptions, TlsSettings,
+    self, ChannelBindingMode, Encryption, MaybeTls, PgTls, RustlsStream, SslMode, TlsError,
+    TlsOptions, TlsSettings,
 };
 
 /// Connect timeout of every connection (deploy-semantics RC-3), unless `DATABASE_URL` sets one.
@@ -64,7 +69,9 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE `object_in_use` (`pg_drop_replication_slot` of an active slot).
 const OBJECT_IN_USE: &str = "55006";
-/// Parameters tokio-postgres's `Config` parses, passed through to it; it refuses any other.
+/// Parameters passed through to tokio-postgres's `Config`, which parses them. It parses a few
+/// more (`sslmode`, `sslnegotiation`, `channel_binding`), which ampere reads itself or ignores,
+/// and refuses any other.
 const DRIVER_PARAMETERS: [&str; 16] = [
     "user",
     "password",
@@ -113,6 +120,8 @@ struct Inner {
     /// The shared admin connection: `None` until first use, replaced once closed. Only single
     /// statements run on it (never a transaction), so concurrent users may share it.
     admin: Mutex<Option<Arc<Client>>>,
+    /// `prefer` fell back to plaintext once already (warned about; later ones are debug).
+    has_downgraded: AtomicBool,
 }
 
 /// Where and as whom the replication connection logs in.
@@ -158,7 +167,7 @@ impl RealPg {
         database_url: &str,
         options: &TlsOptions,
     ) -> Result<Self, PgPortError> {
-        let parts = split_database_url(database_url);
+        let parts = split_database_url(database_url)?;
         if !parts.ignored.is_empty() {
             tracing::warn!(parameters = %parts.ignored.join(", "),
                 "DATABASE_URL parameters that ampere does not use are ignored");
@@ -170,7 +179,7 @@ impl RealPg {
 
     /// Uses a parsed config: its first host, port, user, password and dbname also serve the
     /// replication connection. Sets [`CONNECT_TIMEOUT`] and `application_name=ampere` unless
-    /// given, and the driver's sslmode from `tls`.
+    /// given, and the driver's sslmode and channel binding from `tls`.
     fn new(mut config: Config, tls: PgTls) -> Result<Self, PgPortError> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -195,13 +204,16 @@ impl RealPg {
             tls.first_attempt()
         };
         config.ssl_mode(encryption.driver_mode());
-        let replication = replication_endpoint(&config)?;
+        config.channel_binding(tls.channel_binding().driver_mode());
+        let mut replication = replication_endpoint(&config)?;
+        replication.config.channel_binding = tls.channel_binding();
         Ok(Self {
             inner: Arc::new(Inner {
                 sql: config,
                 replication,
                 tls,
                 admin: Mutex::new(None),
+                has_downgraded: AtomicBool::new(false),
             }),
         })
     }
@@ -237,13 +249,23 @@ impl RealPg {
         Ok(client)
     }
 
-    /// A new SQL connection of its own, its connection task spawned on the runtime.
+    /// A new SQL connection of its own, its connection task spawned on the runtime. Each
+    /// attempt (`allow` and `prefer` may make two) is bounded by `connect_timeout`, once per
+    /// host it may try.
     pub async fn connect_sql(&self, purpose: &'static str) -> Result<Client, PgPortError> {
+        let tls = &self.inner.tls;
         let (client, connection) = match self.connect_sql_with(&self.inner.sql).await {
-            // sslmode=allow: plaintext first, TLS once the server refuses plaintext
-            Err(e) if self.inner.tls.mode() == SslMode::Allow && e.is_plaintext_refused() => {
+            // sslmode=allow: plaintext first, TLS once the server refuses the plaintext login
+            Err(e) if tls.mode() == SslMode::Allow && e.is_login_refused() => {
                 let mut config = self.inner.sql.clone();
                 config.ssl_mode(Encryption::Required.driver_mode());
+                self.connect_sql_with(&config).await?
+            }
+            // sslmode=prefer with nothing to verify: plaintext after a failed handshake (libpq)
+            Err(e) if tls.may_downgrade() && e.is_tls_handshake_failure() => {
+                self.warn_downgrade(&e);
+                let mut config = self.inner.sql.clone();
+                config.ssl_mode(Encryption::Off.driver_mode());
                 self.connect_sql_with(&config).await?
             }
             connected => connected?,
@@ -256,14 +278,51 @@ impl RealPg {
         Ok(client)
     }
 
+    /// One connect attempt: TCP, the SSLRequest and handshake, and the login, bounded as a
+    /// whole (tokio-postgres's own `connect_timeout` covers only the TCP connect, so a server
+    /// that stalls the handshake would hang the caller, and `admin()` holds its lock meanwhile).
     async fn connect_sql_with(
         &self,
         config: &Config,
     ) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), PgPortError> {
-        config
-            .connect(self.inner.tls.connector())
-            .await
-            .map_err(|source| self.sql_connect_error(source))
+        let timeout = self.sql_connect_timeout();
+        match tokio::time::timeout(timeout, config.connect(self.inner.tls.connector())).await {
+            Ok(connected) => connected.map_err(|source| self.sql_connect_error(source)),
+            Err(_) => Err(PgPortError::ConnectTimeout {
+                during: "connecting to Postgres",
+                timeout,
+            }),
+        }
+    }
+
+    /// `connect_timeout` for each host tokio-postgres may try (libpq's `connect_timeout` is per
+    /// host too).
+    fn sql_connect_timeout(&self) -> Duration {
+        let hosts = u32::try_from(self.inner.sql.get_hosts().len()).unwrap_or(u32::MAX);
+        self.connect_timeout().saturating_mul(hosts.max(1))
+    }
+
+    /// `connect_timeout` from `DATABASE_URL`, else [`CONNECT_TIMEOUT`].
+    fn connect_timeout(&self) -> Duration {
+        self.inner
+            .sql
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT)
+    }
+
+    /// The one warning that `prefer` continues in plaintext (each connection tries TLS again,
+    /// as libpq's do: the later ones are logged at debug).
+    fn warn_downgrade(&self, error: &PgPortError) {
+        let host = &self.inner.replication.host;
+        let error = error_chain(error);
+        if self.inner.has_downgraded.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%host, error, "TLS to Postgres failed again; continuing without TLS");
+            return;
+        }
+        tracing::warn!(%host, error,
+            "TLS to Postgres failed, so sslmode=prefer continues without TLS, as libpq does: \
+             use sslmode=require to refuse plaintext, or sslmode=disable to skip TLS");
     }
 
     /// The TLS outcomes tokio-postgres reports in its own words, as [`TlsError`]s that name
@@ -280,14 +339,28 @@ impl RealPg {
                 .into();
             }
         }
-        // sslmode=require (or stronger) and the server answered the SSLRequest with 'N'
+        // tokio-postgres has no typed error for these two (its error kinds are private, and
+        // both come as a plain string cause), so its fixed English text is matched: the
+        // driver's, never the server's, which may be localised.
         let cause = std::error::Error::source(&source).map(ToString::to_string);
-        if cause.as_deref() == Some("server does not support TLS") {
-            return TlsError::Unsupported { host: host() }.into();
-        }
-        PgPortError::Sql {
-            during: "connecting to Postgres",
-            source,
+        match cause.as_deref() {
+            // sslmode=require (or stronger) and the server answered the SSLRequest with 'N'
+            Some("server does not support TLS") => TlsError::Unsupported { host: host() }.into(),
+            // channel_binding=require and the login did not use SCRAM-SHA-256-PLUS
+            Some("server did not use channel binding")
+                if self.inner.tls.channel_binding() == ChannelBindingMode::Require =>
+            {
+                TlsError::ChannelBindingNotUsed {
+                    host: host(),
+                    why: "it did not offer SCRAM-SHA-256-PLUS, or asked for another \
+                          authentication method",
+                }
+                .into()
+            }
+            _ => PgPortError::Sql {
+                during: "connecting to Postgres",
+                source,
+            },
         }
     }
 
@@ -412,27 +485,30 @@ impl RealPg {
     }
 
     /// A new replication connection (`replication=database`), encrypted as `sslmode` says,
-    /// bounded by the connect timeout (both attempts of `allow` together).
+    /// bounded by the connect timeout (both attempts of `allow` and `prefer` together).
     async fn open_replication(&self) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
-        let timeout = self
-            .inner
-            .sql
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(CONNECT_TIMEOUT);
+        let timeout = self.connect_timeout();
         let tls = &self.inner.tls;
         let connecting = async {
             match self.open_replication_with(tls.first_attempt()).await {
-                // sslmode=allow: plaintext first, TLS once the server refuses plaintext
-                Err(e) if tls.mode() == SslMode::Allow && e.is_plaintext_refused() => {
+                // sslmode=allow: plaintext first, TLS once the server refuses the plaintext login
+                Err(e) if tls.mode() == SslMode::Allow && e.is_login_refused() => {
                     self.open_replication_with(Encryption::Required).await
+                }
+                // sslmode=prefer with nothing to verify: plaintext after a failed handshake
+                Err(e) if tls.may_downgrade() && e.is_tls_handshake_failure() => {
+                    self.warn_downgrade(&e);
+                    self.open_replication_with(Encryption::Off).await
                 }
                 opened => opened,
             }
         };
         tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| PgPortError::ConnectTimeout { timeout })?
+            .map_err(|_| PgPortError::ConnectTimeout {
+                during: "connecting for replication",
+                timeout,
+            })?
     }
 
     async fn open_replication_with(
@@ -440,12 +516,17 @@ impl RealPg {
         encryption: Encryption,
     ) -> Result<ReplicationConnection<PgSocket>, PgPortError> {
         let endpoint = &self.inner.replication;
-        let socket = self.replication_socket(encryption).await?;
-        let connected = replication::connect(socket, &endpoint.config).await;
+        let (socket, end_point) = self.replication_socket(encryption).await?;
+        let connected = replication::connect_bound(socket, &endpoint.config, end_point).await;
         connected.map_err(|source| match source {
             ReplicationError::TlsRequired(e) => TlsError::RequiredByServer {
                 host: endpoint.host.to_string(),
                 message: e.message,
+            }
+            .into(),
+            ReplicationError::ChannelBindingNotUsed { why } => TlsError::ChannelBindingNotUsed {
+                host: endpoint.host.to_string(),
+                why,
             }
             .into(),
             // "must be superuser or replication role to start walsender". Not checked ahead in
@@ -463,8 +544,12 @@ impl RealPg {
     }
 
     /// The replication connection's socket, after the SSLRequest exchange and handshake that
-    /// `encryption` asks for (none on a unix socket, as libpq).
-    async fn replication_socket(&self, encryption: Encryption) -> Result<PgSocket, PgPortError> {
+    /// `encryption` asks for (none on a unix socket, as libpq), with the TLS session's
+    /// channel-binding data.
+    async fn replication_socket(
+        &self,
+        encryption: Encryption,
+    ) -> Result<(PgSocket, Option<Vec<u8>>), PgPortError> {
         let endpoint = &self.inner.replication;
         let failed = |e: io::Error| PgPortError::Replication {
             during: "connecting for replication",
@@ -482,15 +567,14 @@ impl RealPg {
                     .negotiate(stream, tls_name, encryption)
                     .await?;
                 Ok(match negotiated {
-                    MaybeTls::Plain(stream) => PgSocket::Tcp(stream),
-                    MaybeTls::Tls(stream) => PgSocket::Tls(stream),
+                    MaybeTls::Plain(stream) => (PgSocket::Tcp(stream), None),
+                    MaybeTls::Tls { stream, end_point } => (PgSocket::Tls(stream), end_point),
                 })
             }
             Endpoint::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", endpoint.port));
-                Ok(PgSocket::Unix(
-                    UnixStream::connect(path).await.map_err(failed)?,
-                ))
+                let stream = UnixStream::connect(path).await.map_err(failed)?;
+                Ok((PgSocket::Unix(stream), None))
             }
         }
     }
@@ -1047,57 +1131,83 @@ fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
 }
 
 /// `DATABASE_URL` split by who reads each parameter.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 struct UrlParts {
     /// For tokio-postgres: the URL (or `key=value` string) with only [`DRIVER_PARAMETERS`].
+    /// It holds the password: never logged, and [`fmt::Debug`] leaves it out.
     driver: String,
     /// [`tls::URL_PARAMETERS`], decoded, in order.
     tls: Vec<(String, String)>,
-    /// The names of the other parameters (`pgbouncer`, `sslcrl`…), in order, without repeats:
+    /// The names of the other parameters (`pgbouncer`, `sslsni`…), in order, without repeats:
     /// ignored rather than refused, so URLs written for libpq or a provider's console work.
     ignored: Vec<String>,
 }
 
+impl fmt::Debug for UrlParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlParts")
+            .field("driver", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("ignored", &self.ignored)
+            .finish()
+    }
+}
+
 impl UrlParts {
-    /// Files `key` under TLS or ignored; `true` when it is the driver's.
-    fn route(&mut self, key: &str, value: String) -> bool {
+    /// Files `key` under TLS or ignored; `Ok(true)` when it is the driver's. A parameter that
+    /// asks for a protection ampere does not give is an error ([`tls::refuse_unsupported`]).
+    fn route(&mut self, key: &str, value: String) -> Result<bool, TlsError> {
         if DRIVER_PARAMETERS.contains(&key) {
-            return true;
+            return Ok(true);
         }
         if tls::URL_PARAMETERS.contains(&key) {
             self.tls.push((key.to_owned(), value));
-        } else if !self.ignored.iter().any(|k| k == key) {
-            self.ignored.push(key.to_owned());
+        } else {
+            tls::refuse_unsupported(key, &value)?;
+            if !self.ignored.iter().any(|k| k == key) {
+                self.ignored.push(key.to_owned());
+            }
         }
-        false
+        Ok(false)
     }
 }
 
 /// Splits the parameters the way tokio-postgres's parser reads them. Text it would refuse is
-/// left to it, so its error is the one reported.
-fn split_database_url(url: &str) -> UrlParts {
+/// left to it, so its error is the one reported; `key=value` text it reads but ampere's
+/// tokenizer does not is an error, since its TLS parameters would go unread (a silent
+/// `sslmode=require` → `prefer`).
+fn split_database_url(url: &str) -> Result<UrlParts, PgPortError> {
     let rest = url
         .strip_prefix("postgresql://")
         .or_else(|| url.strip_prefix("postgres://"));
-    let parts = match rest {
-        Some(rest) => Some(split_uri(url, rest)),
-        None => split_key_values(url),
-    };
-    parts.unwrap_or_else(|| UrlParts {
-        driver: url.to_owned(),
-        ..UrlParts::default()
-    })
+    if let Some(rest) = rest {
+        return Ok(split_uri(url, rest)?);
+    }
+    match split_key_values(url)? {
+        Some(parts) => Ok(parts),
+        None if url.parse::<Config>().is_err() => Ok(UrlParts {
+            driver: url.to_owned(),
+            ..UrlParts::default()
+        }),
+        None => Err(PgPortError::Config {
+            what: "ampere cannot split its key=value form into parameters (a trailing \
+                   backslash?), so it cannot read sslmode and the other TLS parameters in it: \
+                   quote values with '…', escape ' and \\ inside them with a backslash, or \
+                   use a postgresql:// URL"
+                .to_owned(),
+        }),
+    }
 }
 
 /// The URI form: the query starts at the first `?` after the credentials, which end at the
 /// first `@` (so a password may hold a `?`), as in tokio-postgres.
-fn split_uri(url: &str, rest: &str) -> UrlParts {
+fn split_uri(url: &str, rest: &str) -> Result<UrlParts, TlsError> {
     let credentials_end = rest.find('@').map_or(0, |at| at + 1);
     let Some(query_at) = rest[credentials_end..].find('?') else {
-        return UrlParts {
+        return Ok(UrlParts {
             driver: url.to_owned(),
             ..UrlParts::default()
-        };
+        });
     };
     let base_len = url.len() - rest.len() + credentials_end + query_at;
     let mut parts = UrlParts::default();
@@ -1107,7 +1217,7 @@ fn split_uri(url: &str, rest: &str) -> UrlParts {
             kept.push(param);
             continue;
         };
-        if parts.route(&percent_decode(key), percent_decode(value)) {
+        if parts.route(&percent_decode(key), percent_decode(value))? {
             kept.push(param);
         }
     }
@@ -1116,14 +1226,32 @@ fn split_uri(url: &str, rest: &str) -> UrlParts {
         parts.driver.push('?');
         parts.driver.push_str(&kept.join("&"));
     }
-    parts
+    Ok(parts)
 }
 
-/// The `key=value` form (values bare or single-quoted, `\` escaping); `None` when it does not
-/// tokenize.
-fn split_key_values(text: &str) -> Option<UrlParts> {
+/// The `key=value` form (values bare or single-quoted, `\` escaping); `Ok(None)` when it does
+/// not tokenize.
+fn split_key_values(text: &str) -> Result<Option<UrlParts>, TlsError> {
+    let Some(pairs) = key_values(text) else {
+        return Ok(None);
+    };
     let mut parts = UrlParts::default();
     let mut kept = Vec::new();
+    for (key, value) in pairs {
+        if parts.route(&key, value.clone())? {
+            kept.push(format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+    }
+    parts.driver = kept.join(" ");
+    Ok(Some(parts))
+}
+
+/// The `key=value` pairs of `text`, unquoted and unescaped; `None` when it does not tokenize.
+fn key_values(text: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
     let mut chars = text.chars().peekable();
     let skip_space = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -1131,7 +1259,7 @@ fn split_key_values(text: &str) -> Option<UrlParts> {
     loop {
         skip_space(&mut chars);
         if chars.peek().is_none() {
-            break;
+            return Some(pairs);
         }
         let mut key = String::new();
         while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
@@ -1157,15 +1285,8 @@ fn split_key_values(text: &str) -> Option<UrlParts> {
         if !is_quoted && value.is_empty() {
             return None;
         }
-        if parts.route(&key, value.clone()) {
-            kept.push(format!(
-                "{key}='{}'",
-                value.replace('\\', "\\\\").replace('\'', "\\'")
-            ));
-        }
+        pairs.push((key, value));
     }
-    parts.driver = kept.join(" ");
-    Some(parts)
 }
 
 /// `%XX` decoded (a malformed escape stays as it is); invalid UTF-8 replaced.
@@ -1344,9 +1465,11 @@ pub enum PgPortError {
     /// TLS cannot be set up, or the server and `sslmode` disagree (the message names the fix).
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Connecting for replication took too long.
-    #[error("connecting for replication timed out after {timeout:?}")]
+    /// Connecting (TCP, TLS handshake and login) took longer than `connect_timeout`.
+    #[error("{during} timed out after {timeout:?} (connect_timeout)")]
     ConnectTimeout {
+        /// Which connection.
+        during: &'static str,
         /// The bound.
         timeout: Duration,
     },
@@ -1455,9 +1578,29 @@ impl PgError for PgPortError {
 }
 
 impl PgPortError {
-    /// The server refused a plaintext login (what `sslmode=allow` retries with TLS).
-    fn is_plaintext_refused(&self) -> bool {
-        matches!(self, Self::Tls(TlsError::RequiredByServer { .. }))
+    /// The server refused the login with SQLSTATE 28000 (what `sslmode=allow` retries with
+    /// TLS): `pg_hba.conf` has no line admitting it, for one none without TLS. The code, not the
+    /// message, which the server may have localised.
+    fn is_login_refused(&self) -> bool {
+        match self {
+            Self::Tls(TlsError::RequiredByServer { .. }) => true,
+            Self::Sql { source, .. } => sqlstate(source) == Some(tls::LOGIN_REFUSED),
+            Self::Replication { source, .. } => source.code() == Some(tls::LOGIN_REFUSED),
+            _ => false,
+        }
+    }
+
+    /// A TLS handshake that failed at the TLS level ([`TlsError::is_handshake_failure`]), on
+    /// either kind of connection: our connector's error comes inside the driver's.
+    fn is_tls_handshake_failure(&self) -> bool {
+        let tls = match self {
+            Self::Tls(e) => Some(e),
+            Self::Sql { source, .. } => {
+                std::error::Error::source(source).and_then(|e| e.downcast_ref::<TlsError>())
+            }
+            _ => None,
+        };
+        tls.is_some_and(TlsError::is_handshake_failure)
     }
 }
 
@@ -1637,8 +1780,10 @@ mod tests {
     fn tls_parameters_leave_the_url_and_unknown_ones_are_ignored() {
         let parts = split_database_url(
             "postgresql://u:p%3Fw@db:5432/app?sslmode=verify-full&pgbouncer=true\
-             &sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5&sslcrl=x&pgbouncer=1",
-        );
+             &sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5&sslsni=1&pgbouncer=1\
+             &gssencmode=prefer&sslcrl=",
+        )
+        .unwrap();
         assert_eq!(
             parts.driver,
             "postgresql://u:p%3Fw@db:5432/app?connect_timeout=5"
@@ -1649,24 +1794,121 @@ mod tests {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         assert_eq!(parts.tls, tls);
-        assert_eq!(parts.ignored, ["pgbouncer", "sslcrl"]);
+        assert_eq!(
+            parts.ignored,
+            ["pgbouncer", "sslsni", "gssencmode", "sslcrl"]
+        );
 
         // a `?` in the password is not the query
-        let parts = split_database_url("postgres://u:a?b@db/app?sslmode=require");
+        let parts = split_database_url("postgres://u:a?b@db/app?sslmode=require").unwrap();
         assert_eq!(parts.driver, "postgres://u:a?b@db/app");
         assert_eq!(parts.tls.len(), 1);
-        let parts = split_database_url("postgres://u:a?b@db/app");
+        let parts = split_database_url("postgres://u:a?b@db/app").unwrap();
         assert_eq!(parts.driver, "postgres://u:a?b@db/app");
         assert!(parts.tls.is_empty());
 
-        let parts = split_database_url(
-            r"host=db user=amp password='it\'s a \\ b' sslmode = require channel_binding=require",
-        );
-        assert_eq!(parts.ignored, ["channel_binding"]);
-        assert_eq!(parts.tls, [("sslmode".to_owned(), "require".to_owned())]);
+        let text = r"host=db user=amp password='it\'s a \\ b' sslmode = require pgbouncer=true";
+        let parts = split_database_url(&format!("{text} channel_binding=require")).unwrap();
+        assert_eq!(parts.ignored, ["pgbouncer"]);
+        let tls = [("sslmode", "require"), ("channel_binding", "require")];
+        let tls: Vec<_> = tls
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        assert_eq!(parts.tls, tls);
         let config: Config = parts.driver.parse().unwrap();
         assert_eq!(config.get_password(), Some(&br"it's a \ b"[..]));
         assert_eq!(config.get_user(), Some("amp"));
+    }
+
+    #[test]
+    fn url_parts_debug_hides_the_password() {
+        let parts = split_database_url("postgresql://u:hunter2@db/app?sslmode=require").unwrap();
+        let debug = format!("{parts:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("sslmode"), "{debug}");
+    }
+
+    #[test]
+    fn parameters_asking_for_protection_ampere_lacks_stop_startup() {
+        // Goal: revocation lists and GSSAPI encryption are not silently dropped; libpq's
+        // defaults (gssencmode=prefer, an empty sslcrl) still pass.
+        for (param, named) in [
+            ("sslcrl=%2Fetc%2Fcrl.pem", "sslcrl"),
+            ("sslcrldir=%2Fetc%2Fcrl", "sslcrldir"),
+            ("gssencmode=require", "gssencmode=require"),
+        ] {
+            let url = format!("postgresql://amp@db/app?sslmode=require&{param}");
+            let err = RealPg::from_url(&url).err().unwrap();
+            assert_eq!(err.kind(), DisconnectKind::Fatal, "{param}");
+            let message = err.to_string();
+            assert!(message.contains(named), "{param}: {message}");
+        }
+        let err = RealPg::from_url("host=db user=amp sslcrl=/etc/crl.pem")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("revocation lists"), "{err}");
+        for url in [
+            "postgresql://amp@db/app?gssencmode=prefer&gssencmode=disable",
+            "postgresql://amp@db/app?sslcrl=",
+        ] {
+            assert!(RealPg::from_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn channel_binding_reaches_both_connections() {
+        use tokio_postgres::config::ChannelBinding as Driver;
+        let pg = |url: &str| RealPg::from_url(url).unwrap();
+        let default = pg("postgresql://amp@db/app");
+        assert_eq!(default.inner.sql.get_channel_binding(), Driver::Prefer);
+        assert_eq!(
+            default.inner.replication.config.channel_binding,
+            ChannelBindingMode::Prefer
+        );
+        let required = pg("postgresql://amp@db/app?sslmode=require&channel_binding=require");
+        assert_eq!(required.inner.sql.get_channel_binding(), Driver::Require);
+        assert_eq!(
+            required.inner.replication.config.channel_binding,
+            ChannelBindingMode::Require
+        );
+        let disabled = pg("host=db user=amp channel_binding=disable");
+        assert_eq!(disabled.inner.sql.get_channel_binding(), Driver::Disable);
+        // require without TLS can never log in: a startup error naming both settings
+        let err =
+            RealPg::from_url("postgresql://amp@db/app?sslmode=disable&channel_binding=require")
+                .err()
+                .unwrap();
+        assert_eq!(err.kind(), DisconnectKind::Fatal);
+        let message = err.to_string();
+        assert!(
+            message.contains("channel_binding=require") && message.contains("sslmode=disable"),
+            "{message}"
+        );
+        let err = RealPg::from_url("postgresql://amp@db/app?channel_binding=yes")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("channel_binding=yes"), "{err}");
+    }
+
+    #[test]
+    fn key_value_text_only_the_driver_can_split_is_refused_not_downgraded() {
+        // Goal: a `key=value` DATABASE_URL whose sslmode=require ampere cannot read never
+        // connects with the default prefer. Method: a trailing backslash, which tokio-postgres
+        // drops and ampere's tokenizer refuses.
+        let url = r"host=db user=amp sslmode=require password=s3cret\";
+        assert!(url.parse::<Config>().is_ok(), "the driver reads it");
+        let err = RealPg::from_url(url).err().unwrap();
+        assert_eq!(err.kind(), DisconnectKind::Fatal);
+        let message = err.to_string();
+        assert!(
+            message.contains("key=value") && message.contains("sslmode"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+        // text the driver refuses too keeps the driver's error
+        let err = RealPg::from_url("host=db user='amp").err().unwrap();
+        assert!(matches!(err, PgPortError::ConfigParse(_)), "{err:?}");
     }
 
     #[test]
@@ -1686,21 +1928,37 @@ mod tests {
 
     /// What a fake server does with one connection.
     enum Fake {
-        /// Answers the SSLRequest with 'N' and closes.
+        /// Answers the SSLRequest with 'N'.
         RefuseSsl,
-        /// Answers the startup packet as `pg_hba.conf` does without a plaintext line.
-        RefusePlaintext,
+        /// Answers the SSLRequest with 'S', then sends what is not TLS.
+        BadTls,
+        /// Refuses the plaintext startup packet with SQLSTATE 28000 and this message.
+        RefuseLogin(&'static str),
+        /// Lets the plaintext startup packet in (trust).
+        AcceptLogin,
+        /// Accepts the connection and never answers.
+        Stall,
     }
 
-    /// A fake Postgres on a free port, serving one connection per step; its port.
+    /// What `pg_hba.conf` without a plaintext line makes PG >= 14 answer.
+    const NO_ENCRYPTION: &str =
+        "no pg_hba.conf entry for host \"127.0.0.1\", user \"amp\", database \"app\", no encryption";
+
+    /// A fake Postgres on a free port, serving one connection per step (and keeping each open
+    /// until the test ends); its port.
     async fn fake_postgres(steps: Vec<Fake>) -> u16 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const SSL_REQUEST_CODE: i32 = 80_877_103;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
+            let mut held = Vec::new();
             for step in steps {
                 let (mut socket, _) = listener.accept().await.unwrap();
+                if matches!(step, Fake::Stall) {
+                    held.push(socket);
+                    continue;
+                }
                 let mut head = [0_u8; 8];
                 socket.read_exact(&mut head).await.unwrap();
                 let is_ssl_request = head[4..] == SSL_REQUEST_CODE.to_be_bytes();
@@ -1709,21 +1967,46 @@ mod tests {
                         assert!(is_ssl_request, "expected an SSLRequest");
                         b"N".to_vec()
                     }
-                    Fake::RefusePlaintext => {
-                        assert!(!is_ssl_request, "expected a plaintext startup packet");
-                        let fields = b"SFATAL\0VFATAL\0C28000\0Mno pg_hba.conf entry for host \
-                            \"127.0.0.1\", user \"amp\", database \"app\", no encryption\0\0";
-                        let mut reply = vec![b'E'];
-                        let len = i32::try_from(fields.len() + 4).unwrap();
-                        reply.extend_from_slice(&len.to_be_bytes());
-                        reply.extend_from_slice(fields);
-                        reply
+                    Fake::BadTls => {
+                        assert!(is_ssl_request, "expected an SSLRequest");
+                        b"S-- this is not a TLS record --\r\n".to_vec()
                     }
+                    Fake::RefuseLogin(_) | Fake::AcceptLogin => {
+                        assert!(!is_ssl_request, "expected a plaintext startup packet");
+                        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+                        let mut rest = vec![0; usize::try_from(len).unwrap() - head.len()];
+                        socket.read_exact(&mut rest).await.unwrap();
+                        match step {
+                            Fake::RefuseLogin(message) => login_refused(message),
+                            _ => {
+                                [message(b'R', &0_i32.to_be_bytes()), message(b'Z', b"I")].concat()
+                            }
+                        }
+                    }
+                    Fake::Stall => unreachable!("handled above"),
                 };
                 socket.write_all(&reply).await.unwrap();
+                held.push(socket);
             }
+            std::future::pending::<()>().await;
         });
         port
+    }
+
+    /// One backend message.
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The ErrorResponse of a login `pg_hba.conf` refuses (SQLSTATE 28000).
+    fn login_refused(text: &str) -> Vec<u8> {
+        let mut fields = b"SFATAL\0VFATAL\0C28000\0M".to_vec();
+        fields.extend_from_slice(text.as_bytes());
+        fields.extend_from_slice(b"\0\0");
+        message(b'E', &fields)
     }
 
     #[tokio::test]
@@ -1742,7 +2025,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plaintext_replication_connection_refused_names_the_fix_and_allow_retries_with_tls() {
-        let port = fake_postgres(vec![Fake::RefusePlaintext]).await;
+        let port = fake_postgres(vec![Fake::RefuseLogin(NO_ENCRYPTION)]).await;
         let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=disable");
         let err = RealPg::from_url(&url).unwrap().open_replication().await;
         let err = err.err().unwrap();
@@ -1752,11 +2035,100 @@ mod tests {
         assert!(message.contains("use sslmode=require"), "{message}");
 
         // allow: the second attempt asks for TLS (refused here, so its error is the last word)
-        let port = fake_postgres(vec![Fake::RefusePlaintext, Fake::RefuseSsl]).await;
+        let port = fake_postgres(vec![Fake::RefuseLogin(NO_ENCRYPTION), Fake::RefuseSsl]).await;
         let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=allow");
         let err = RealPg::from_url(&url).unwrap().open_replication().await;
         let err = err.err().unwrap();
         assert!(err.to_string().contains("does not support SSL"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn allow_retries_with_tls_on_sqlstate_28000_in_any_language() {
+        // Goal: allow's TLS retry follows the SQLSTATE, not English text. Method: a server
+        // that refuses the plaintext login in German and answers the SSLRequest with 'N'
+        // (whose error shows that the retry asked for TLS), for both kinds of connection.
+        const GERMAN: &str = "kein pg_hba.conf-Eintrag für Host »127.0.0.1«, Benutzer »amp«, \
+                              Datenbank »app«, keine Verschlüsselung";
+        let steps = || vec![Fake::RefuseLogin(GERMAN), Fake::RefuseSsl];
+        let port = fake_postgres(steps()).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=allow");
+        let err = RealPg::from_url(&url).unwrap().admin().await.err().unwrap();
+        assert!(
+            err.to_string().contains("does not support SSL"),
+            "SQL: {err}"
+        );
+        let port = fake_postgres(steps()).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=allow");
+        let err = RealPg::from_url(&url).unwrap().open_replication().await;
+        let err = err.err().unwrap();
+        assert!(
+            err.to_string().contains("does not support SSL"),
+            "replication: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn prefer_without_roots_retries_in_plaintext_after_a_failed_handshake() {
+        // Goal: libpq's prefer: a server that says 'S' but whose TLS fails still gets a
+        // plaintext login, on both kinds of connection, when nothing was to be verified.
+        // Method: a fake that answers 'S' and then sends what is not TLS, then lets the
+        // plaintext login in.
+        let port = fake_postgres(vec![Fake::BadTls, Fake::AcceptLogin]).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app");
+        let pg = RealPg::from_url(&url).unwrap();
+        pg.connect_sql("test").await.expect("SQL in plaintext");
+        let port = fake_postgres(vec![Fake::BadTls, Fake::AcceptLogin]).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=prefer");
+        let pg = RealPg::from_url(&url).unwrap();
+        pg.open_replication()
+            .await
+            .expect("replication in plaintext");
+    }
+
+    #[tokio::test]
+    async fn prefer_with_roots_or_channel_binding_required_never_downgrades() {
+        // Goal: a root certificate asks for verification, and channel_binding=require for a
+        // TLS session: neither is given up for plaintext when the handshake fails.
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).unwrap();
+        let ca_file =
+            std::env::temp_dir().join(format!("ampere-pg-test-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+        let roots = format!("sslrootcert={}", ca_file.display());
+        for params in [roots.as_str(), "channel_binding=require"] {
+            let port = fake_postgres(vec![Fake::BadTls, Fake::BadTls]).await;
+            let url = format!("postgresql://amp@127.0.0.1:{port}/app?sslmode=prefer&{params}");
+            let pg = RealPg::from_url(&url).unwrap();
+            let err = pg.connect_sql("test").await.err().unwrap();
+            assert!(err.is_tls_handshake_failure(), "SQL, {params}: {err:?}");
+            let err = pg.open_replication().await.err().unwrap();
+            assert!(
+                err.is_tls_handshake_failure(),
+                "replication, {params}: {err:?}"
+            );
+            // a garbled TLS message may be a proxy's hiccup: retried, not fatal
+            assert_eq!(err.kind(), DisconnectKind::Transient, "{err:?}");
+        }
+        std::fs::remove_file(&ca_file).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_stalling_the_handshake_times_out_as_transient() {
+        // Goal: connect_timeout bounds the whole SQL connect, TLS and login included (the
+        // driver's bounds only the TCP connect), and the admin connection's lock with it.
+        let port = fake_postgres(vec![Fake::Stall, Fake::Stall]).await;
+        let url = format!("postgresql://amp@127.0.0.1:{port}/app?connect_timeout=1");
+        let pg = RealPg::from_url(&url).unwrap();
+        let started = std::time::Instant::now();
+        let err = pg.admin().await.err().unwrap();
+        assert!(matches!(err, PgPortError::ConnectTimeout { .. }), "{err:?}");
+        assert_eq!(err.kind(), DisconnectKind::Transient);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = pg.open_replication().await.err().unwrap();
+        assert!(matches!(err, PgPortError::ConnectTimeout { .. }), "{err:?}");
     }
 
     #[test]

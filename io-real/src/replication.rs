@@ -1,6 +1,8 @@
 //! A hand-rolled Postgres logical-replication connection (`replication=database`).
 //!
-//! Owns: the startup handshake (trust, cleartext, MD5 and SCRAM-SHA-256 authentication), the
+//! Owns: the startup handshake (trust, cleartext, MD5 and SCRAM-SHA-256 authentication, the
+//! latter bound to the TLS session as SCRAM-SHA-256-PLUS when the caller passes the session's
+//! `tls-server-end-point` and [`ReplicationConfig::channel_binding`] allows it), the
 //! replication commands ampere uses (`IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`,
 //! `START_REPLICATION`), plain SQL over the simple-query protocol, and the CopyBoth stream
 //! (`XLogData`, primary keepalive, standby status update).
@@ -8,8 +10,10 @@
 //! Never: decodes pgoutput (callers get the raw `XLogData` payload), retries, reconnects or reads
 //! the clock (standby status takes the client clock as an argument), or negotiates TLS: the
 //! caller runs the SSLRequest exchange and handshake first (`crate::tls`, as `RealPg` does) and
-//! passes the encrypted stream. A server refusing a plaintext stream is reported as
-//! [`ReplicationError::TlsRequired`].
+//! passes the encrypted stream with its channel-binding data ([`connect_bound`]). A server
+//! refusing a plaintext stream is reported as [`ReplicationError::TlsRequired`]; a login
+//! without channel binding under `channel_binding=require` as
+//! [`ReplicationError::ChannelBindingNotUsed`], before any password is sent.
 //!
 //! Asks of callers: the stream is any `AsyncRead + AsyncWrite + Unpin + Send`, so a simulation can
 //! plug in its own. [`ReplicationStream::recv`] is cancel-safe; the request/response methods of
@@ -28,13 +32,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::escape::escape_literal;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream};
 
 use ampere_core::lsn::Lsn;
+
+use crate::tls::ChannelBindingMode;
 
 /// Display settings sent as startup parameters (SL-3), so the walsender renders pgoutput values
 /// exactly as snapshot transactions do. Postgres applies unknown startup parameters as GUCs;
@@ -69,10 +77,13 @@ pub struct ReplicationConfig {
     pub application_name: String,
     /// Extra startup parameters (GUCs), sent after [`DISPLAY_SETTINGS`] (the last value wins).
     pub options: Vec<(String, String)>,
+    /// Whether SCRAM binds the login to the TLS session (`channel_binding`, libpq's meaning).
+    pub channel_binding: ChannelBindingMode,
 }
 
 impl ReplicationConfig {
-    /// A config with no password, application name `ampere` and no extra options.
+    /// A config with no password, application name `ampere`, no extra options and
+    /// `channel_binding=prefer`.
     pub fn new(user: impl Into<String>, database: impl Into<String>) -> Self {
         Self {
             user: user.into(),
@@ -80,6 +91,7 @@ impl ReplicationConfig {
             database: database.into(),
             application_name: "ampere".to_owned(),
             options: Vec::new(),
+            channel_binding: ChannelBindingMode::default(),
         }
     }
 
@@ -105,6 +117,7 @@ impl fmt::Debug for ReplicationConfig {
             .field("database", &self.database)
             .field("application_name", &self.application_name)
             .field("options", &self.options)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -132,10 +145,25 @@ pub async fn connect_tcp(
     connect(stream, cfg).await
 }
 
-/// Runs the startup handshake over `stream` and waits for the first ReadyForQuery.
+/// Runs the startup handshake over `stream`, which offers no channel binding (plaintext, or TLS
+/// whose binding data the caller does not pass), and waits for the first ReadyForQuery.
 pub async fn connect<S>(
     stream: S,
     cfg: &ReplicationConfig,
+) -> Result<ReplicationConnection<S>, ReplicationError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    connect_bound(stream, cfg, None).await
+}
+
+/// [`connect`] over a TLS stream whose `tls-server-end-point` (RFC 5929) is `end_point`, to
+/// which SCRAM binds the login as [`ReplicationConfig::channel_binding`] says (`None`: the
+/// stream offers no binding).
+pub async fn connect_bound<S>(
+    stream: S,
+    cfg: &ReplicationConfig,
+    end_point: Option<Vec<u8>>,
 ) -> Result<ReplicationConnection<S>, ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -144,7 +172,7 @@ where
     frontend::startup_message(cfg.startup_params(), &mut wire.write_buf)
         .map_err(ReplicationError::Encode)?;
     wire.flush().await?;
-    authenticate(&mut wire, cfg).await?;
+    authenticate(&mut wire, cfg, end_point).await?;
     let mut conn = ReplicationConnection {
         wire,
         backend_pid: 0,
@@ -634,6 +662,16 @@ pub enum ReplicationError {
     /// `pg_hba.conf` only admits encrypted connections, and the stream is plaintext.
     #[error("the server accepts only SSL connections here ({0}): use sslmode=require")]
     TlsRequired(Box<ServerError>),
+    /// `channel_binding=require`, and the server would authenticate without it; no password
+    /// was sent.
+    #[error(
+        "the server would authenticate without channel binding ({why}), which \
+         channel_binding=require refuses"
+    )]
+    ChannelBindingNotUsed {
+        /// What the server did instead.
+        why: &'static str,
+    },
     /// An ErrorResponse after login. (Boxed, like the other server errors, to keep results
     /// small.)
     #[error("server error: {0}")]
@@ -679,7 +717,8 @@ impl ReplicationError {
             | Self::PasswordMissing { .. }
             | Self::AuthMethodUnsupported { .. }
             | Self::Scram(_)
-            | Self::TlsRequired(_) => ReplicationErrorKind::Fatal,
+            | Self::TlsRequired(_)
+            | Self::ChannelBindingNotUsed { .. } => ReplicationErrorKind::Fatal,
             Self::Server(e) if is_configuration_error(e) => ReplicationErrorKind::Fatal,
             // A protocol violation may be a proxy or a bug: backoff and retry shows up in logs.
             Self::Io(_)
@@ -748,14 +787,18 @@ fn startup_error(e: ServerError) -> ReplicationError {
     }
 }
 
-/// Answers authentication requests until AuthenticationOk.
+/// Answers authentication requests until AuthenticationOk. Under `channel_binding=require`
+/// only SCRAM-SHA-256-PLUS may log in: anything else fails before a password goes out (libpq).
 async fn authenticate<S>(
     wire: &mut Wire<S>,
     cfg: &ReplicationConfig,
+    end_point: Option<Vec<u8>>,
 ) -> Result<(), ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let must_bind = cfg.channel_binding == ChannelBindingMode::Require;
+    let unbound = |why| ReplicationError::ChannelBindingNotUsed { why };
     loop {
         let frame = wire.read_frame().await?;
         match frame.tag {
@@ -778,16 +821,22 @@ where
                 .ok_or_else(missing)
         };
         match body.i32()? {
+            0 if must_bind => return Err(unbound("it let the role in without a password")),
             0 => return Ok(()),
+            3 if must_bind => return Err(unbound("it asked for a cleartext password")),
             3 => frontend::password_message(password()?, &mut wire.write_buf)
                 .map_err(ReplicationError::Encode)?,
+            5 if must_bind => return Err(unbound("it asked for an MD5 password")),
             5 => {
                 let salt = body.array::<4>()?;
                 let hash = md5_hash(cfg.user.as_bytes(), password()?, salt);
                 frontend::password_message(hash.as_bytes(), &mut wire.write_buf)
                     .map_err(ReplicationError::Encode)?;
             }
-            10 => return sasl_exchange(wire, body.rest(), password()?).await,
+            10 => {
+                let (mechanism, binding) = scram_mechanism(&body.rest(), cfg, end_point)?;
+                return sasl_exchange(wire, mechanism, binding, password()?).await;
+            }
             code => {
                 return Err(ReplicationError::AuthMethodUnsupported {
                     method: auth_method_name(code),
@@ -798,26 +847,54 @@ where
     }
 }
 
-/// SCRAM-SHA-256 without channel binding: AuthenticationSASL → SASLContinue → SASLFinal → Ok.
+/// The SASL mechanism and channel binding to use among the server's `mechanisms`, as libpq
+/// picks them: SCRAM-SHA-256-PLUS when offered and there is binding data (unless `disable`),
+/// else SCRAM-SHA-256, telling the server whether the client could have bound ('y': a server
+/// that offers no -PLUS over TLS may be a man in the middle who stripped it, which it then
+/// detects; 'n': no binding data). `require` refuses all but -PLUS.
+fn scram_mechanism(
+    mechanisms: &[u8],
+    cfg: &ReplicationConfig,
+    end_point: Option<Vec<u8>>,
+) -> Result<(&'static str, ChannelBinding), ReplicationError> {
+    let offered = |name: &str| mechanisms.split(|b| *b == 0).any(|m| m == name.as_bytes());
+    let end_point = end_point.filter(|_| cfg.channel_binding != ChannelBindingMode::Disable);
+    let chosen = match end_point {
+        Some(data) if offered(SCRAM_SHA_256_PLUS) => {
+            return Ok((
+                SCRAM_SHA_256_PLUS,
+                ChannelBinding::tls_server_end_point(data),
+            ))
+        }
+        Some(_) if offered(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+        None if offered(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+        _ => {
+            let list = String::from_utf8_lossy(mechanisms).replace('\0', " ");
+            return Err(ReplicationError::AuthMethodUnsupported {
+                method: list.trim().to_owned(),
+            });
+        }
+    };
+    if cfg.channel_binding == ChannelBindingMode::Require {
+        return Err(ReplicationError::ChannelBindingNotUsed {
+            why: "it did not offer SCRAM-SHA-256-PLUS, which needs a TLS connection",
+        });
+    }
+    Ok(chosen)
+}
+
+/// SCRAM-SHA-256(-PLUS): AuthenticationSASL → SASLContinue → SASLFinal → Ok.
 async fn sasl_exchange<S>(
     wire: &mut Wire<S>,
-    mechanisms: Bytes,
+    mechanism: &str,
+    binding: ChannelBinding,
     password: &[u8],
 ) -> Result<(), ReplicationError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let offered = mechanisms
-        .split(|b| *b == 0)
-        .any(|m| m == SCRAM_SHA_256.as_bytes());
-    if !offered {
-        let list = String::from_utf8_lossy(&mechanisms).replace('\0', " ");
-        return Err(ReplicationError::AuthMethodUnsupported {
-            method: list.trim().to_owned(),
-        });
-    }
-    let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
-    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut wire.write_buf)
+    let mut scram = ScramSha256::new(password, binding);
+    frontend::sasl_initial_response(mechanism, scram.message(), &mut wire.write_buf)
         .map_err(ReplicationError::Encode)?;
     wire.flush().await?;
     let data = expect_auth(wire, 11).await?;
@@ -1286,6 +1363,140 @@ mod tests {
             server("55006", "slot active").kind(),
             ReplicationErrorKind::Transient
         );
+    }
+
+    /// One backend message.
+    fn backend(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend(u32::try_from(body.len() + 4).expect("small").to_be_bytes());
+        out.extend(body);
+        out
+    }
+
+    /// Runs [`authenticate`] against a server that sends `request` (an Authentication
+    /// message's body); the client's first answer as (type byte, body), `None` when it logged
+    /// in without one, or its error when it sent nothing.
+    async fn first_answer(
+        request: Vec<u8>,
+        mode: ChannelBindingMode,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<Option<(u8, Vec<u8>)>, ReplicationError> {
+        let (mut server, client) = duplex(4096);
+        server
+            .write_all(&backend(b'R', &request))
+            .await
+            .expect("write");
+        let mut cfg = ReplicationConfig::new("amp", "app");
+        cfg.password = Some("secret".into());
+        cfg.channel_binding = mode;
+        let client = tokio::spawn(async move {
+            let mut wire = Wire::new(client);
+            authenticate(&mut wire, &cfg, end_point).await
+        });
+        let mut head = [0_u8; 5];
+        if server.read_exact(&mut head).await.is_err() {
+            // EOF: the client finished without answering
+            return client.await.expect("joins").map(|()| None);
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let mut body = vec![0; usize::try_from(len).expect("small") - 4];
+        server.read_exact(&mut body).await.expect("the answer");
+        drop(server);
+        let _closed = client.await.expect("joins");
+        Ok(Some((head[0], body)))
+    }
+
+    /// The SASL mechanism and GS2 channel-binding flag a client picks from `offered`.
+    async fn sasl_choice(
+        offered: &[&str],
+        mode: ChannelBindingMode,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(String, String), ReplicationError> {
+        let mut request = 10_i32.to_be_bytes().to_vec();
+        for mechanism in offered {
+            request.extend(mechanism.as_bytes());
+            request.push(0);
+        }
+        request.push(0);
+        let (tag, body) = first_answer(request, mode, end_point)
+            .await?
+            .expect("an answer");
+        assert_eq!(tag, b'p', "SASLInitialResponse");
+        let mut body = Reader::new(Bytes::from(body), "SASLInitialResponse");
+        let mechanism = body.cstr().expect("mechanism");
+        let _len = body.i32().expect("length");
+        let data = String::from_utf8(body.rest().to_vec()).expect("UTF-8");
+        let flag = data.split(',').next().expect("a GS2 header").to_owned();
+        Ok((mechanism, flag))
+    }
+
+    #[tokio::test]
+    async fn scram_binds_to_the_tls_session_as_channel_binding_says() {
+        // Goal: libpq's choice: -PLUS whenever offered with binding data (unless disable);
+        // else plain SCRAM flagged 'y' (could have bound: a stripped -PLUS is detected) or 'n'
+        // (no data); require accepts nothing but -PLUS.
+        use ChannelBindingMode::{Disable, Prefer, Require};
+        let both = [SCRAM_SHA_256_PLUS, SCRAM_SHA_256];
+        let data = || Some(vec![7_u8; 32]);
+        let choice = |mechanism: &str, flag: &str| (mechanism.to_owned(), flag.to_owned());
+        let cases = [
+            (
+                &both[..],
+                Prefer,
+                data(),
+                choice(SCRAM_SHA_256_PLUS, "p=tls-server-end-point"),
+            ),
+            (
+                &both[..],
+                Require,
+                data(),
+                choice(SCRAM_SHA_256_PLUS, "p=tls-server-end-point"),
+            ),
+            (&both[1..], Prefer, data(), choice(SCRAM_SHA_256, "y")),
+            (&both[..], Prefer, None, choice(SCRAM_SHA_256, "n")),
+            (&both[..], Disable, data(), choice(SCRAM_SHA_256, "n")),
+        ];
+        for (offered, mode, end_point, expected) in cases {
+            let got = sasl_choice(offered, mode, end_point).await;
+            assert_eq!(got.ok(), Some(expected), "{offered:?} {mode:?}");
+        }
+        for (offered, end_point) in [(&both[1..], data()), (&both[..], None)] {
+            let err = sasl_choice(offered, Require, end_point).await.unwrap_err();
+            assert!(
+                matches!(err, ReplicationError::ChannelBindingNotUsed { .. }),
+                "{err:?}"
+            );
+            assert_eq!(err.kind(), ReplicationErrorKind::Fatal);
+        }
+    }
+
+    #[tokio::test]
+    async fn channel_binding_require_sends_no_password_to_other_methods() {
+        // Goal: under require, trust, cleartext and MD5 fail before a password goes out (a man
+        // in the middle could ask for one). Method: the client must answer with nothing.
+        let requests = [
+            0_i32.to_be_bytes().to_vec(),
+            3_i32.to_be_bytes().to_vec(),
+            [5_i32.to_be_bytes(), *b"salt"].concat(),
+        ];
+        for request in requests {
+            let code = request[3];
+            let err = first_answer(
+                request.clone(),
+                ChannelBindingMode::Require,
+                Some(vec![1; 32]),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(err, ReplicationError::ChannelBindingNotUsed { .. }),
+                "{code}: {err:?}"
+            );
+            // prefer still answers them (trust: logs in without an answer)
+            let prefer = first_answer(request, ChannelBindingMode::Prefer, None).await;
+            let answer = prefer.expect("no error").map(|(tag, _)| tag);
+            assert_eq!(answer, (code != 0).then_some(b'p'), "{code}");
+        }
     }
 
     #[test]

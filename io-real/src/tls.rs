@@ -3,25 +3,36 @@
 //! [`PgTls::negotiate`], then the hand-rolled protocol of [`crate::replication`] over the
 //! encrypted stream).
 //!
-//! Owns: what `sslmode`, `sslrootcert`, `sslcert` and `sslkey` in `DATABASE_URL` and
-//! `ELECTRIC_DATABASE_CA_CERTIFICATE_FILE` ([`TlsOptions`]) mean ([`TlsSettings`]), the rustls
-//! configuration built from them once ([`PgTls`]), the SSLRequest exchange and the handshake,
-//! and errors that name the fix ([`TlsError`], each with its [`DisconnectKind`]).
+//! Owns: what `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `channel_binding` in
+//! `DATABASE_URL` and `ELECTRIC_DATABASE_CA_CERTIFICATE_FILE` ([`TlsOptions`]) mean
+//! ([`TlsSettings`]), the refusal of parameters that ask for a protection ampere does not give
+//! (`refuse_unsupported`: `sslcrl`, `sslcrldir`, `gssencmode=require`), the rustls
+//! configuration built from them once ([`PgTls`]), the SSLRequest exchange and the handshake, the
+//! channel-binding data of a session (`tls_server_end_point`), and errors that name the fix
+//! ([`TlsError`], each with its [`DisconnectKind`]).
 //!
 //! `sslmode` means what it means to libpq, whose default (`prefer`) is also ampere's and
 //! Electric's: `disable` never encrypts; `allow` connects in plaintext and encrypts only when the
-//! server refuses plaintext; `prefer` asks for TLS and falls back to plaintext only when the
-//! server answers the SSLRequest with 'N' (a failed handshake is an error, not a downgrade);
+//! server refuses the plaintext login (SQLSTATE 28000); `prefer` asks for TLS and falls back to
+//! plaintext when the server answers the SSLRequest with 'N', or when the handshake fails at the
+//! TLS level while nothing was to be verified (no root certificate; `PgTls::may_downgrade`);
 //! `require` encrypts without verifying the server unless a root certificate is given, which then
 //! verifies the chain (as `verify-ca`); `verify-ca` verifies the chain, not the host name;
 //! `verify-full` verifies both. The roots are `sslrootcert=<file>`, `sslrootcert=system` (the
 //! system's roots; forces `verify-full`, as libpq 16 does), or
 //! `ELECTRIC_DATABASE_CA_CERTIFICATE_FILE`, which as in Electric also turns verification fully on
-//! (`verify-full`, unless the URL says `verify-ca`). `verify-ca` and `verify-full` without any of
-//! them use the system's roots (libpq would read `~/.postgresql/root.crt`). Unix-socket
-//! connections never use TLS, as with libpq. The host name goes out as SNI (Neon routes by it).
-//! No channel binding: SCRAM runs without it, as with `channel_binding=prefer` against a client
-//! that has none.
+//! (`verify-full`, unless the URL says `verify-ca`). `verify-full` without any of them uses the
+//! system's roots (libpq would read `~/.postgresql/root.crt`); `verify-ca` without one is a
+//! configuration error, since the system's roots without the host name check accept any publicly
+//! trusted certificate. Unix-socket connections never use TLS, as with libpq. The host name goes
+//! out as SNI (Neon routes by it).
+//!
+//! `channel_binding` also has libpq's meaning: SCRAM-SHA-256-PLUS with RFC 5929's
+//! `tls-server-end-point` whenever the server offers it over TLS (`prefer`, the default), never
+//! (`disable`), or on every login (`require`: any other authentication fails, and with it a man
+//! in the middle, even under `sslmode=require`, which verifies no certificate). tokio-postgres
+//! runs it for the SQL connections from `RustlsStream`'s data, [`crate::replication`] for the
+//! replication connection from `MaybeTls::Tls`'s.
 //!
 //! Never: retries, or decides what a failure means beyond its [`TlsError::kind`].
 
@@ -49,7 +60,13 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use ampere_core::ports::DisconnectKind;
 
 /// The `DATABASE_URL` parameters this module reads.
-pub(crate) const URL_PARAMETERS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+pub(crate) const URL_PARAMETERS: [&str; 5] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "channel_binding",
+];
 
 /// Electric's variable for the CA file, named in messages.
 const CA_FILE_VARIABLE: &str = "ELECTRIC_DATABASE_CA_CERTIFICATE_FILE";
@@ -91,11 +108,6 @@ impl SslMode {
         })
     }
 
-    /// Whether the server's certificate must chain to a root.
-    fn verifies(self) -> bool {
-        matches!(self, Self::VerifyCa | Self::VerifyFull)
-    }
-
     /// How the first connection attempt encrypts.
     fn first_attempt(self) -> Encryption {
         match self {
@@ -116,6 +128,57 @@ impl fmt::Display for SslMode {
             Self::VerifyCa => "verify-ca",
             Self::VerifyFull => "verify-full",
         })
+    }
+}
+
+/// What `channel_binding` asks for, with libpq's meaning (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// SCRAM without channel binding, even when the server offers it.
+    Disable,
+    /// SCRAM-SHA-256-PLUS when the server offers it over TLS, else without (the default).
+    #[default]
+    Prefer,
+    /// Only SCRAM-SHA-256-PLUS logs in: plaintext connections, servers that do not offer it and
+    /// every other authentication method (trust, password, md5) fail.
+    Require,
+}
+
+impl ChannelBindingMode {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            _ => return None,
+        })
+    }
+
+    /// tokio-postgres's equivalent, for the SQL connections.
+    pub(crate) fn driver_mode(self) -> tokio_postgres::config::ChannelBinding {
+        match self {
+            Self::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            Self::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            Self::Require => tokio_postgres::config::ChannelBinding::Require,
+        }
+    }
+}
+
+/// Refuses `DATABASE_URL` parameters ampere ignores but must not ignore silently, because they
+/// ask for a protection it does not give: certificate revocation lists (`sslcrl`,
+/// `sslcrldir`; an empty value asks for none, as in libpq) and GSSAPI encryption
+/// (`gssencmode=require`; `disable` and `prefer` ask for nothing ampere must give).
+pub(crate) fn refuse_unsupported(key: &str, value: &str) -> Result<(), TlsError> {
+    match key {
+        "sslcrl" | "sslcrldir" if !value.is_empty() => Err(TlsError::Config(format!(
+            "ampere cannot check certificate revocation lists; remove {key} from DATABASE_URL"
+        ))),
+        "gssencmode" if value == "require" => Err(TlsError::Config(
+            "ampere cannot encrypt with GSSAPI; remove gssencmode=require from DATABASE_URL and \
+             use sslmode=verify-full (or require) for TLS"
+                .to_owned(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -158,6 +221,7 @@ pub(crate) struct TlsSettings {
     roots: Option<Roots>,
     /// `sslcert` and `sslkey`: presented when the server asks for a client certificate.
     client_identity: Option<(PathBuf, PathBuf)>,
+    channel_binding: ChannelBindingMode,
 }
 
 /// Where the root certificates come from.
@@ -201,48 +265,98 @@ impl TlsSettings {
                 ))
             })?),
         };
-        let (mode, roots) = match (last("sslrootcert"), &options.ca_certificate_file) {
-            (Some(url), Some(env)) => {
-                return Err(TlsError::Config(format!(
-                    "both sslrootcert={url} in DATABASE_URL and {CA_FILE_VARIABLE}={} name a CA: \
-                     keep one",
-                    env.display()
-                )))
-            }
-            (Some("system"), None) => system_roots_mode(explicit)?,
-            (Some(path), None) => (
-                explicit.unwrap_or(SslMode::DEFAULT),
-                Some(Roots::UrlFile(PathBuf::from(path))),
-            ),
-            (None, Some(env)) => (
-                env_file_mode(explicit, env)?,
-                Some(Roots::EnvFile(env.clone())),
-            ),
-            (None, None) => {
-                let mode = explicit.unwrap_or(SslMode::DEFAULT);
-                (mode, mode.verifies().then_some(Roots::System))
-            }
-        };
-        let client_identity = match (last("sslcert"), last("sslkey")) {
-            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
-            (None, None) => None,
-            (cert, _) => {
-                let (given, missing) = if cert.is_some() {
-                    ("sslcert", "sslkey")
-                } else {
-                    ("sslkey", "sslcert")
-                };
-                return Err(TlsError::Config(format!(
-                    "DATABASE_URL has {given} but no {missing}: a client certificate needs both"
-                )));
-            }
-        };
+        let (mode, roots) = mode_and_roots(explicit, last("sslrootcert"), options)?;
         Ok(Self {
             mode,
             roots,
-            client_identity,
+            client_identity: client_identity(last("sslcert"), last("sslkey"))?,
+            channel_binding: channel_binding(last("channel_binding"), mode)?,
         })
     }
+}
+
+/// The mode in force and what it verifies against, from the explicit `sslmode`, `sslrootcert`
+/// and Electric's variable.
+fn mode_and_roots(
+    explicit: Option<SslMode>,
+    url_roots: Option<&str>,
+    options: &TlsOptions,
+) -> Result<(SslMode, Option<Roots>), TlsError> {
+    Ok(match (url_roots, &options.ca_certificate_file) {
+        (Some(url), Some(env)) => {
+            return Err(TlsError::Config(format!(
+                "both sslrootcert={url} in DATABASE_URL and {CA_FILE_VARIABLE}={} name a CA: \
+                 keep one",
+                env.display()
+            )))
+        }
+        (Some("system"), None) => system_roots_mode(explicit)?,
+        (Some(path), None) => (
+            explicit.unwrap_or(SslMode::DEFAULT),
+            Some(Roots::UrlFile(PathBuf::from(path))),
+        ),
+        (None, Some(env)) => (
+            env_file_mode(explicit, env)?,
+            Some(Roots::EnvFile(env.clone())),
+        ),
+        // The system's roots trust every public CA: only with the host name checked do they
+        // say anything about the server (libpq refuses verify-ca without a root file, and weak
+        // modes with sslrootcert=system).
+        (None, None) => match explicit.unwrap_or(SslMode::DEFAULT) {
+            SslMode::VerifyCa => {
+                return Err(TlsError::Config(format!(
+                    "sslmode=verify-ca needs the CA to verify the server against: give it with \
+                     sslrootcert=<file> in DATABASE_URL or {CA_FILE_VARIABLE}, or use \
+                     sslmode=verify-full to verify against the system's root certificates (the \
+                     host name is then checked too)"
+                )))
+            }
+            SslMode::VerifyFull => (SslMode::VerifyFull, Some(Roots::System)),
+            mode => (mode, None),
+        },
+    })
+}
+
+/// `sslcert` and `sslkey`: both or neither.
+fn client_identity(
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Result<Option<(PathBuf, PathBuf)>, TlsError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((PathBuf::from(cert), PathBuf::from(key)))),
+        (None, None) => Ok(None),
+        (cert, _) => {
+            let (given, missing) = if cert.is_some() {
+                ("sslcert", "sslkey")
+            } else {
+                ("sslkey", "sslcert")
+            };
+            Err(TlsError::Config(format!(
+                "DATABASE_URL has {given} but no {missing}: a client certificate needs both"
+            )))
+        }
+    }
+}
+
+/// `channel_binding` (default `prefer`); `require` cannot work without TLS.
+fn channel_binding(text: Option<&str>, mode: SslMode) -> Result<ChannelBindingMode, TlsError> {
+    let Some(text) = text else {
+        return Ok(ChannelBindingMode::default());
+    };
+    let parsed = ChannelBindingMode::parse(text).ok_or_else(|| {
+        TlsError::Config(format!(
+            "DATABASE_URL has channel_binding={text}; use one of disable, prefer, require"
+        ))
+    })?;
+    if parsed == ChannelBindingMode::Require && mode == SslMode::Disable {
+        return Err(TlsError::Config(
+            "channel_binding=require binds the login to the TLS session, but DATABASE_URL has \
+             sslmode=disable: use sslmode=require (or verify-ca / verify-full), or remove \
+             channel_binding=require"
+                .to_owned(),
+        ));
+    }
+    Ok(parsed)
 }
 
 /// `sslrootcert=system` forces `verify-full`, and a weaker explicit mode is an error (libpq 16).
@@ -276,6 +390,7 @@ pub(crate) struct PgTls {
     config: Arc<ClientConfig>,
     /// What the certificate is verified against (`None`: not verified).
     roots: Option<Roots>,
+    channel_binding: ChannelBindingMode,
 }
 
 impl PgTls {
@@ -328,12 +443,29 @@ impl PgTls {
             mode: settings.mode,
             config: Arc::new(config),
             roots: roots.cloned(),
+            channel_binding: settings.channel_binding,
         })
     }
 
     /// The mode in force.
     pub(crate) fn mode(&self) -> SslMode {
         self.mode
+    }
+
+    /// `channel_binding` in force.
+    pub(crate) fn channel_binding(&self) -> ChannelBindingMode {
+        self.channel_binding
+    }
+
+    /// Whether a handshake that failed at the TLS level ([`TlsError::is_handshake_failure`])
+    /// may be retried in plaintext, as libpq's `prefer` does: only when nothing was to be
+    /// verified (no root certificate) and the login need not be bound to a TLS session. Then
+    /// TLS only guarded against eavesdroppers, and a server whose TLS rustls cannot speak
+    /// (1024-bit RSA keys, old ciphers) keeps working as it did in plaintext.
+    pub(crate) fn may_downgrade(&self) -> bool {
+        self.mode == SslMode::Prefer
+            && self.roots.is_none()
+            && self.channel_binding != ChannelBindingMode::Require
     }
 
     /// How the first attempt encrypts; `allow` retries with [`Encryption::Required`] after the
@@ -376,7 +508,13 @@ impl PgTls {
         let mut reply = [0_u8; 1];
         stream.read_exact(&mut reply).await.map_err(io_failed)?;
         match reply[0] {
-            b'S' => Ok(MaybeTls::Tls(Box::new(self.handshake(stream, host).await?))),
+            b'S' => {
+                let (stream, end_point) = self.handshake(stream, host).await?;
+                Ok(MaybeTls::Tls {
+                    stream: Box::new(stream),
+                    end_point,
+                })
+            }
             b'N' if is_required => Err(TlsError::Unsupported {
                 host: host.to_owned(),
             }),
@@ -388,12 +526,14 @@ impl PgTls {
         }
     }
 
-    /// The TLS handshake with `host` (SNI for a host name; verified as the mode says).
+    /// The TLS handshake with `host` (SNI for a host name; verified as the mode says), and the
+    /// session's `tls-server-end-point` for channel binding (`None` for `channel_binding=disable`
+    /// or when the certificate allows none, which `require` refuses here).
     async fn handshake<S>(
         &self,
         stream: S,
         host: &str,
-    ) -> Result<tokio_rustls::client::TlsStream<S>, TlsError>
+    ) -> Result<(tokio_rustls::client::TlsStream<S>, Option<Vec<u8>>), TlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -402,10 +542,30 @@ impl PgTls {
                 host: host.to_owned(),
                 source,
             })?;
-        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
             .connect(name, stream)
             .await
-            .map_err(|error| self.handshake_error(host, error))
+            .map_err(|error| self.handshake_error(host, error))?;
+        let end_point = match self.channel_binding {
+            ChannelBindingMode::Disable => None,
+            ChannelBindingMode::Prefer => match tls_server_end_point(stream.get_ref().1) {
+                Ok(end_point) => Some(end_point),
+                Err(why) => {
+                    tracing::debug!(host, why, "no channel binding for this TLS session");
+                    None
+                }
+            },
+            ChannelBindingMode::Require => {
+                let end_point = tls_server_end_point(stream.get_ref().1).map_err(|why| {
+                    TlsError::ChannelBindingUnavailable {
+                        host: host.to_owned(),
+                        why,
+                    }
+                })?;
+                Some(end_point)
+            }
+        };
+        Ok((stream, end_point))
     }
 
     /// A rejected certificate becomes [`TlsError::Certificate`], naming host and roots.
@@ -429,8 +589,116 @@ impl PgTls {
 pub(crate) enum MaybeTls<S> {
     /// The server answered 'N' (or no SSLRequest was sent).
     Plain(S),
-    /// Encrypted. (Boxed: rustls's connection state is large.)
-    Tls(Box<tokio_rustls::client::TlsStream<S>>),
+    /// Encrypted.
+    Tls {
+        /// Boxed: rustls's connection state is large.
+        stream: Box<tokio_rustls::client::TlsStream<S>>,
+        /// `tls-server-end-point` for SCRAM channel binding, when in use and available.
+        end_point: Option<Vec<u8>>,
+    },
+}
+
+/// RFC 5929's `tls-server-end-point` of an established session, the channel-binding data of
+/// SCRAM-SHA-256-PLUS: the server's certificate hashed with its signature algorithm's hash
+/// (SHA-256 for MD5 and SHA-1), as Postgres computes it. `Err` says why there is none.
+pub(crate) fn tls_server_end_point(session: &rustls::ClientConnection) -> Result<Vec<u8>, String> {
+    let certificate = session
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .ok_or_else(|| "the server presented no certificate".to_owned())?;
+    certificate_end_point(certificate)
+}
+
+/// [`tls_server_end_point`] of one DER certificate.
+fn certificate_end_point(certificate: &[u8]) -> Result<Vec<u8>, String> {
+    let oid = signature_algorithm(certificate)
+        .ok_or_else(|| "the server's certificate does not parse as X.509".to_owned())?;
+    match end_point_hash(oid) {
+        Ok(hash) => Ok(hash.digest(certificate)),
+        Err(algorithm) => Err(format!(
+            "the server's certificate is signed with {algorithm}, and ampere binds only to \
+             certificates signed with SHA-256, SHA-384, SHA-1 or MD5 (RSA or ECDSA)"
+        )),
+    }
+}
+
+/// The hash `tls-server-end-point` uses for a certificate signed with the algorithm of DER OID
+/// contents `oid` (RFC 5929 §4.1: the signature's own hash, SHA-256 for MD5 and SHA-1), or the
+/// algorithm's name when ampere cannot compute it (Postgres itself binds to none for RSASSA-PSS
+/// and EdDSA: OpenSSL names no digest for them).
+fn end_point_hash(oid: &[u8]) -> Result<EndPointHash, &'static str> {
+    use EndPointHash::{Sha256, Sha384};
+    match oid {
+        // 1.2.840.113549.1.1.{4,5,11}: md5-, sha1-, sha256WithRSAEncryption
+        [42, 134, 72, 134, 247, 13, 1, 1, 4 | 5 | 11] => Ok(Sha256),
+        [42, 134, 72, 134, 247, 13, 1, 1, 12] => Ok(Sha384),
+        [42, 134, 72, 134, 247, 13, 1, 1, 13] => Err("sha512WithRSAEncryption"),
+        [42, 134, 72, 134, 247, 13, 1, 1, 14] => Err("sha224WithRSAEncryption"),
+        [42, 134, 72, 134, 247, 13, 1, 1, 10] => Err("RSASSA-PSS"),
+        // 1.2.840.10045.4.1 and 1.2.840.10045.4.3.{1,2,3,4}: ecdsa-with-SHA1, -SHA224, …
+        [42, 134, 72, 206, 61, 4, 1] | [42, 134, 72, 206, 61, 4, 3, 2] => Ok(Sha256),
+        [42, 134, 72, 206, 61, 4, 3, 3] => Ok(Sha384),
+        [42, 134, 72, 206, 61, 4, 3, 1] => Err("ecdsa-with-SHA224"),
+        [42, 134, 72, 206, 61, 4, 3, 4] => Err("ecdsa-with-SHA512"),
+        // 1.3.101.112 and 113
+        [43, 101, 112] => Err("Ed25519"),
+        [43, 101, 113] => Err("Ed448"),
+        _ => Err("an algorithm ampere does not know"),
+    }
+}
+
+/// The hashes `tls-server-end-point` uses that rustls's ring provider exposes (through its
+/// TLS 1.3 cipher suites). SHA-512 and SHA-224 are not among them: certificates signed with
+/// those are rare enough not to add a hash crate for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndPointHash {
+    Sha256,
+    Sha384,
+}
+
+impl EndPointHash {
+    fn digest(self, data: &[u8]) -> Vec<u8> {
+        use rustls::crypto::ring::cipher_suite::{
+            TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384,
+        };
+        let suite = match self {
+            Self::Sha256 => TLS13_AES_128_GCM_SHA256,
+            Self::Sha384 => TLS13_AES_256_GCM_SHA384,
+        };
+        let suite = suite.tls13().expect("a TLS 1.3 cipher suite");
+        suite.common.hash_provider.hash(data).as_ref().to_vec()
+    }
+}
+
+/// The contents of a certificate's `signatureAlgorithm` OID (RFC 5280 §4.1.1.2: the
+/// `AlgorithmIdentifier` after `tbsCertificate` in the outer SEQUENCE).
+fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
+    const SEQUENCE: u8 = 0x30;
+    const OBJECT_IDENTIFIER: u8 = 0x06;
+    let (certificate, _) = der_element(certificate, SEQUENCE)?;
+    let (_tbs_certificate, rest) = der_element(certificate, SEQUENCE)?;
+    let (algorithm, _) = der_element(rest, SEQUENCE)?;
+    let (oid, _) = der_element(algorithm, OBJECT_IDENTIFIER)?;
+    Some(oid)
+}
+
+/// The DER element of type `tag` at the start of `input` (definite length, as DER has it):
+/// its contents and what follows it.
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&found, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if !(1..=4).contains(&count) || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let len = bytes.iter().fold(0, |len, b| len << 8 | usize::from(*b));
+        (len, rest)
+    };
+    (found == tag && rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// Every root certificate of `roots`; none is an error.
@@ -577,6 +845,31 @@ pub enum TlsError {
         #[source]
         source: io::Error,
     },
+    /// `channel_binding=require`, and the server's certificate allows no `tls-server-end-point`.
+    #[error(
+        "cannot bind the login to the TLS session with server {host}, which \
+         channel_binding=require demands: {why}; use channel_binding=prefer, or give the server a \
+         certificate signed with SHA-256 or SHA-384"
+    )]
+    ChannelBindingUnavailable {
+        /// The server.
+        host: String,
+        /// Why there is no channel-binding data.
+        why: String,
+    },
+    /// `channel_binding=require`, and the server would authenticate ampere without it.
+    #[error(
+        "server {host} would authenticate ampere without channel binding, which \
+         channel_binding=require demands ({why}): connect over TLS (sslmode=require or stronger, \
+         not a unix socket) to a server whose pg_hba.conf asks this role for scram-sha-256, with \
+         its password stored as SCRAM, or remove channel_binding=require"
+    )]
+    ChannelBindingNotUsed {
+        /// The server.
+        host: String,
+        /// What the server did instead.
+        why: &'static str,
+    },
     /// The server answered the SSLRequest with neither 'S' nor 'N'.
     #[error(
         "server {host} answered the SSL request with {reply:?} instead of 'S' or 'N': is it a \
@@ -600,12 +893,19 @@ impl TlsError {
         }
     }
 
-    /// Fatal for configuration (files, modes, certificates, a server without SSL or refusing
-    /// plaintext, a TLS-level handshake failure such as no common protocol version); Transient
-    /// when the connection itself failed mid-way.
+    /// Fatal for configuration (files, modes, certificates the roots reject, a server without
+    /// SSL or refusing plaintext, channel binding impossible, a TLS-level disagreement such as no
+    /// common protocol version); Transient when the connection failed mid-way and for what a
+    /// server-side certificate rotation or a proxy's hiccup heals: a certificate that expired or
+    /// is not valid yet, an alert from the server, a garbled TLS message.
     pub fn kind(&self) -> DisconnectKind {
         match self {
-            Self::Handshake { source, .. } if !is_tls_failure(source) => DisconnectKind::Transient,
+            Self::Handshake { source, .. } => match rustls_error(source) {
+                None => DisconnectKind::Transient,
+                Some(e) if is_passing(e) => DisconnectKind::Transient,
+                Some(_) => DisconnectKind::Fatal,
+            },
+            Self::Certificate { source, .. } if is_passing(source) => DisconnectKind::Transient,
             Self::Negotiation { .. } => DisconnectKind::Transient,
             Self::Config(_)
             | Self::File { .. }
@@ -616,19 +916,43 @@ impl TlsError {
             | Self::Unsupported { .. }
             | Self::RequiredByServer { .. }
             | Self::Certificate { .. }
-            | Self::Handshake { .. } => DisconnectKind::Fatal,
+            | Self::ChannelBindingUnavailable { .. }
+            | Self::ChannelBindingNotUsed { .. } => DisconnectKind::Fatal,
         }
+    }
+
+    /// A handshake that failed at the TLS level (rustls refused what the server sent or said),
+    /// not a connection lost mid-way: what `prefer` may retry in plaintext
+    /// ([`PgTls::may_downgrade`]). A certificate rejected against roots is not one: with roots,
+    /// there is no downgrade.
+    pub(crate) fn is_handshake_failure(&self) -> bool {
+        matches!(self, Self::Handshake { source, .. } if rustls_error(source).is_some())
     }
 }
 
 // Small enough for `PgPortError` to stay under clippy's `result_large_err` (128 bytes).
 const _: () = assert!(size_of::<TlsError>() <= 80);
 
-/// An i/o error that carries a rustls error: the peers disagree, retrying the same way fails.
-fn is_tls_failure(error: &io::Error) -> bool {
-    error
-        .get_ref()
-        .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some())
+/// The rustls error inside an i/o error: the peers disagree at the TLS level.
+fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// A TLS failure that may pass by itself: a server certificate outside its validity period
+/// (renewed on the server, or a clock put right), an alert the server sent or a message that
+/// did not decode (a proxy restarting, a server mid-rotation). Retrying the same way can work.
+fn is_passing(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::AlertReceived(_)
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::InvalidCertificate(
+                CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. }
+            )
+    )
 }
 
 /// What to change when a certificate is rejected (`sslmode=require` does not lift the
@@ -640,6 +964,10 @@ fn certificate_fix(error: &rustls::Error, roots: &Roots) -> &'static str {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
         )
     );
+    if is_passing(error) {
+        return "the certificate has expired or is not valid yet: renew it on the server, or \
+                correct this machine's clock (ampere keeps retrying)";
+    }
     match (is_name, roots) {
         (true, _) => {
             "the certificate does not name this host: connect with a host name it lists, or \
@@ -754,10 +1082,16 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// Whether a login error means `pg_hba.conf` admits this client only over TLS: class 28 naming
-/// the missing encryption (PG >= 14 says "no encryption", older versions "SSL off").
+/// SQLSTATE `invalid_authorization_specification`: `pg_hba.conf` has no line admitting this
+/// login (for one, none admitting it without TLS), or the role does not exist.
+pub(crate) const LOGIN_REFUSED: &str = "28000";
+
+/// Whether a login error says that `pg_hba.conf` admits this client only over TLS, for the
+/// error's hint: [`LOGIN_REFUSED`] naming the missing encryption in English (PG >= 14 says "no
+/// encryption", older versions "SSL off"). A localised message gets no hint; `allow` retries on
+/// the code alone.
 pub(crate) fn is_plaintext_refused(code: &str, message: &str) -> bool {
-    code.starts_with("28") && (message.contains("no encryption") || message.contains("SSL off"))
+    code == LOGIN_REFUSED && (message.contains("no encryption") || message.contains("SSL off"))
 }
 
 /// tokio-postgres's TLS hook over [`PgTls`]: one [`RustlsConnect`] per host it tries.
@@ -798,22 +1132,34 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let stream = self.tls.handshake(stream, &self.host).await?;
-            Ok(RustlsStream(Box::new(stream)))
+            let (stream, end_point) = self.tls.handshake(stream, &self.host).await?;
+            Ok(RustlsStream {
+                stream: Box::new(stream),
+                end_point,
+            })
         })
     }
 }
 
 /// An encrypted SQL connection's stream.
-pub(crate) struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+pub(crate) struct RustlsStream<S> {
+    stream: Box<tokio_rustls::client::TlsStream<S>>,
+    /// `tls-server-end-point`, computed after the handshake.
+    end_point: Option<Vec<u8>>,
+}
 
 impl<S> tokio_postgres::tls::TlsStream for RustlsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// None: SCRAM then runs without channel binding (`channel_binding=prefer` semantics).
+    /// What tokio-postgres binds SCRAM-SHA-256-PLUS to. None (`channel_binding=disable`, or a
+    /// certificate that allows none): SCRAM-SHA-256 without binding, which tokio-postgres then
+    /// refuses under `channel_binding=require`.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        match &self.end_point {
+            Some(end_point) => ChannelBinding::tls_server_end_point(end_point.clone()),
+            None => ChannelBinding::none(),
+        }
     }
 }
 
@@ -826,7 +1172,7 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut *self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
@@ -839,15 +1185,15 @@ where
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut *self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut *self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut *self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -891,7 +1237,8 @@ mod tests {
             SslMode::VerifyFull,
         ] {
             let text = mode.to_string();
-            assert_eq!(settings(&[("sslmode", &text)], None).unwrap().mode, mode);
+            let pairs = [("sslmode", text.as_str()), ("sslrootcert", "/ca.pem")];
+            assert_eq!(settings(&pairs, None).unwrap().mode, mode);
         }
         let later = settings(&[("sslmode", "disable"), ("sslmode", "require")], None);
         assert_eq!(later.unwrap().mode, SslMode::Require);
@@ -901,12 +1248,134 @@ mod tests {
     }
 
     #[test]
-    fn verifying_modes_without_a_ca_use_the_system_roots() {
-        for mode in ["verify-ca", "verify-full"] {
-            let (_, roots) = mode_and_roots(&[("sslmode", mode)], None);
-            assert_eq!(roots, Some(Roots::System), "{mode}");
-        }
+    fn verify_full_without_a_ca_uses_the_system_roots() {
+        let (mode, roots) = mode_and_roots(&[("sslmode", "verify-full")], None);
+        assert_eq!((mode, roots), (SslMode::VerifyFull, Some(Roots::System)));
         assert_eq!(mode_and_roots(&[("sslmode", "require")], None).1, None);
+    }
+
+    #[test]
+    fn verify_ca_without_a_ca_is_refused_naming_the_fixes() {
+        // Goal: the system's roots without the host name check would accept any publicly
+        // trusted certificate for any domain; libpq refuses this too.
+        let err = settings(&[("sslmode", "verify-ca")], None).unwrap_err();
+        assert_eq!(err.kind(), DisconnectKind::Fatal);
+        let text = err.to_string();
+        for fix in [
+            "sslrootcert=<file>",
+            CA_FILE_VARIABLE,
+            "sslmode=verify-full",
+        ] {
+            assert!(text.contains(fix), "{fix:?} missing from: {text}");
+        }
+        // with a CA, verify-ca stays what it asks for
+        let (mode, roots) =
+            mode_and_roots(&[("sslmode", "verify-ca"), ("sslrootcert", "/ca")], None);
+        assert_eq!(
+            (mode, roots),
+            (SslMode::VerifyCa, Some(Roots::UrlFile("/ca".into())))
+        );
+    }
+
+    #[test]
+    fn channel_binding_has_libpqs_values_and_require_needs_tls() {
+        assert_eq!(
+            settings(&[], None).unwrap().channel_binding,
+            ChannelBindingMode::Prefer
+        );
+        for (text, mode) in [
+            ("disable", ChannelBindingMode::Disable),
+            ("prefer", ChannelBindingMode::Prefer),
+            ("require", ChannelBindingMode::Require),
+        ] {
+            let got = settings(&[("sslmode", "require"), ("channel_binding", text)], None);
+            assert_eq!(got.unwrap().channel_binding, mode, "{text}");
+        }
+        let err = settings(&[("channel_binding", "always")], None).unwrap_err();
+        assert!(err.to_string().contains("channel_binding=always"), "{err}");
+        let err = settings(
+            &[("sslmode", "disable"), ("channel_binding", "require")],
+            None,
+        );
+        let text = err.unwrap_err().to_string();
+        assert!(text.contains("sslmode=require"), "{text}");
+    }
+
+    #[test]
+    fn only_prefer_without_roots_or_required_binding_may_downgrade() {
+        let may = |pairs: &[(&str, &str)]| {
+            PgTls::new(&settings(pairs, None).unwrap())
+                .unwrap()
+                .may_downgrade()
+        };
+        assert!(may(&[]));
+        assert!(may(&[("sslmode", "prefer"), ("channel_binding", "prefer")]));
+        assert!(!may(&[("sslmode", "require")]));
+        assert!(!may(&[("sslmode", "allow")]));
+        assert!(!may(&[("channel_binding", "require")]));
+        // a root file asks for verification, which plaintext would drop
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).unwrap();
+        let file =
+            std::env::temp_dir().join(format!("ampere-tls-test-ca-{}.pem", std::process::id()));
+        std::fs::write(&file, ca.cert.pem()).unwrap();
+        assert!(!may(&[("sslrootcert", file.to_str().unwrap())]));
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn end_points_hash_the_certificate_with_its_signature_hash() {
+        // Goal: RFC 5929's tls-server-end-point as Postgres computes it. Method: certificates
+        // signed with ECDSA P-256/SHA-256 and P-384/SHA-384 hash with SHA-256 and SHA-384 (both
+        // checked against FIPS 180 vectors); Ed25519 has no hash, and says so.
+        assert_eq!(
+            hex(&EndPointHash::Sha256.digest(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(&EndPointHash::Sha384.digest(b"abc")),
+            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed\
+             8086072ba1e7cc2358baeca134c825a7"
+        );
+        let certificate = |algorithm| {
+            let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["db".to_owned()]).unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let p256 = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let end_point = certificate_end_point(&p256).unwrap();
+        assert_eq!(end_point, EndPointHash::Sha256.digest(&p256));
+        let p384 = certificate(&rcgen::PKCS_ECDSA_P384_SHA384);
+        let end_point = certificate_end_point(&p384).unwrap();
+        assert_eq!(end_point, EndPointHash::Sha384.digest(&p384));
+        let ed25519 = certificate(&rcgen::PKCS_ED25519);
+        let why = certificate_end_point(&ed25519).unwrap_err();
+        assert!(why.contains("Ed25519"), "{why}");
+        // what is not a certificate, or only part of one, has no end point and no panic
+        for cut in [0, 1, 2, 4, 10, p256.len() / 2, p256.len() - 1] {
+            assert!(certificate_end_point(&p256[..cut]).is_err(), "{cut}");
+        }
+        assert!(certificate_end_point(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn md5_and_sha1_signatures_bind_with_sha256_as_rfc_5929_says() {
+        let rsa = |last: u8| [42, 134, 72, 134, 247, 13, 1, 1, last];
+        for (oid, expected) in [
+            (rsa(4), Ok(EndPointHash::Sha256)),
+            (rsa(5), Ok(EndPointHash::Sha256)),
+            (rsa(11), Ok(EndPointHash::Sha256)),
+            (rsa(12), Ok(EndPointHash::Sha384)),
+            (rsa(13), Err("sha512WithRSAEncryption")),
+        ] {
+            assert_eq!(end_point_hash(&oid), expected, "{oid:?}");
+        }
+        let ecdsa_with_sha1 = [42, 134, 72, 206, 61, 4, 1];
+        assert_eq!(end_point_hash(&ecdsa_with_sha1), Ok(EndPointHash::Sha256));
+        assert!(end_point_hash(&[1, 2, 3]).is_err());
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]
@@ -1001,12 +1470,59 @@ mod tests {
     }
 
     #[test]
+    fn what_a_rotation_or_a_proxy_heals_is_transient_and_a_disagreement_fatal() {
+        // Goal: an expired certificate (renewed on the server), an alert or a garbled message
+        // must not stop the instance for good; a certificate no CA vouches for, for another
+        // host or with a bad signature must.
+        let roots = Roots::UrlFile("/ca.pem".into());
+        let certificate =
+            |e| TlsError::certificate("db", &roots, rustls::Error::InvalidCertificate(e));
+        for passing in [CertificateError::Expired, CertificateError::NotValidYet] {
+            let err = certificate(passing.clone());
+            assert_eq!(err.kind(), DisconnectKind::Transient, "{passing:?}");
+            assert!(err.to_string().contains("renew"), "{err}");
+        }
+        for lasting in [
+            CertificateError::UnknownIssuer,
+            CertificateError::NotValidForName,
+            CertificateError::BadSignature,
+        ] {
+            assert_eq!(
+                certificate(lasting.clone()).kind(),
+                DisconnectKind::Fatal,
+                "{lasting:?}"
+            );
+        }
+        let handshake = |e: rustls::Error| TlsError::Handshake {
+            host: "db".into(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        };
+        let alert = handshake(rustls::Error::AlertReceived(
+            rustls::AlertDescription::InternalError,
+        ));
+        assert_eq!(alert.kind(), DisconnectKind::Transient);
+        assert!(alert.is_handshake_failure());
+        let garbled = handshake(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert_eq!(garbled.kind(), DisconnectKind::Transient);
+        let bad_signature = handshake(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ));
+        assert_eq!(bad_signature.kind(), DisconnectKind::Fatal);
+    }
+
+    #[test]
     fn a_connection_lost_mid_handshake_is_transient() {
         let reset = TlsError::Handshake {
             host: "db".into(),
             source: io::ErrorKind::ConnectionReset.into(),
         };
         assert_eq!(reset.kind(), DisconnectKind::Transient);
+        assert!(
+            !reset.is_handshake_failure(),
+            "not a TLS-level failure: no downgrade"
+        );
         let no_common_version = TlsError::Handshake {
             host: "db".into(),
             source: io::Error::new(

@@ -1,12 +1,15 @@
 //! TLS to a real PostgreSQL 15: every sslmode against a server that accepts only TLS, and
 //! `prefer`/`require` against one without SSL, through `RealPg` — the SQL connections and the
-//! replication connection, which streams a change end to end over TLS.
+//! replication connection, which streams a change end to end over TLS — and SCRAM channel
+//! binding (`channel_binding`).
 //!
 //! Method: one throwaway cluster for the binary, switched to TLS after start: a CA and a server
-//! certificate for `localhost` only (rcgen) go into the data directory, `pg_hba.conf` gets only
-//! `hostssl` lines (plus `cert` authentication for one role), `ssl = on` and a reload. Host
-//! `localhost` matches the certificate, `127.0.0.1` does not. The non-SSL server is the shared
-//! test cluster. Each test uses its own database or only reads, so they run in parallel.
+//! certificate for `localhost` only (rcgen) go into the data directory, `pg_hba.conf` gets
+//! `hostssl` lines only for every role but two: one logs in with a client certificate (`cert`),
+//! one with a SCRAM password (`scram-sha-256`, over TLS and, to show a login channel binding
+//! cannot bind, in plaintext too). Then `ssl = on` and a reload. Host `localhost` matches the
+//! certificate, `127.0.0.1` does not. The non-SSL server is the shared test cluster. Each test
+//! uses its own database or only reads, so they run in parallel.
 
 // Helpers outside `#[test]` fns panic on failure too: this whole file is test code.
 #![allow(clippy::unwrap_used)]
@@ -31,10 +34,14 @@ use ampere_io_real::embedded_pg::{
     shared_for_tests, sweep_stale, EmbeddedOptions, EmbeddedPostgres,
 };
 use ampere_io_real::pg::{PgPortError, RealPg};
-use ampere_io_real::tls::TlsOptions;
+use ampere_io_real::replication::{connect_tcp, ReplicationConfig, ReplicationError};
+use ampere_io_real::tls::{ChannelBindingMode, TlsOptions};
 
 /// The role that logs in with a client certificate (`cert` in `pg_hba.conf`).
 const CERT_USER: &str = "certuser";
+/// The role that logs in with a SCRAM-SHA-256 password, with TLS or without.
+const SCRAM_USER: &str = "scramuser";
+const SCRAM_PASSWORD: &str = "scram-secret";
 
 /// The TLS-only cluster and the client-side files.
 struct TlsCluster {
@@ -89,6 +96,8 @@ fn tls_cluster() -> &'static TlsCluster {
         let hba = format!(
             "local all all trust\n\
              hostssl all {CERT_USER} 127.0.0.1/32 cert\n\
+             hostssl all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
+             host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
              hostssl all all 127.0.0.1/32 trust\n"
         );
         for (name, text) in [
@@ -108,6 +117,14 @@ fn tls_cluster() -> &'static TlsCluster {
         pg.psql(
             "postgres",
             &format!("CREATE ROLE {CERT_USER} LOGIN REPLICATION"),
+        )
+        .unwrap();
+        pg.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'scram-sha-256'; \
+                 CREATE ROLE {SCRAM_USER} LOGIN REPLICATION PASSWORD '{SCRAM_PASSWORD}'"
+            ),
         )
         .unwrap();
         pg.psql("postgres", "SELECT pg_reload_conf()").unwrap();
@@ -404,6 +421,108 @@ async fn require_against_a_server_without_ssl_names_the_fix() {
         message.contains("does not support SSL; use sslmode=disable or enable ssl on the server"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn channel_binding_require_logs_in_with_scram_bound_to_tls() {
+    // Goal: channel_binding=require (Neon's URLs) logs both connections in with
+    // SCRAM-SHA-256-PLUS: under sslmode=require, which verifies no certificate, the binding is
+    // what stops a man in the middle. Method: a role whose pg_hba.conf line asks for
+    // scram-sha-256; require refuses every login it cannot bind, so logging in shows the
+    // binding held (the server checked our tls-server-end-point against its certificate).
+    let cluster = tls_cluster();
+    let user = format!("{SCRAM_USER}:{SCRAM_PASSWORD}");
+    let verify_full = format!(
+        "sslmode=verify-full&sslrootcert={}&channel_binding=require",
+        cluster.ca()
+    );
+    for (host, params) in [
+        ("127.0.0.1", "sslmode=require&channel_binding=require"),
+        ("localhost", verify_full.as_str()),
+        // prefer (the default) binds when it can; disable logs in unbound
+        ("127.0.0.1", ""),
+        ("127.0.0.1", "sslmode=require&channel_binding=disable"),
+    ] {
+        let url = cluster.url_as(&user, host, "postgres", params);
+        assert_connects(&url, &TlsOptions::default(), true).await;
+    }
+}
+
+#[tokio::test]
+async fn channel_binding_require_refuses_logins_it_cannot_bind() {
+    // Goal: require fails clearly, and for good, wherever the login cannot be bound: without
+    // TLS (sslmode=disable, at startup), a SCRAM login in plaintext (no SCRAM-SHA-256-PLUS
+    // there), and a trust login over TLS (no SCRAM at all).
+    let cluster = tls_cluster();
+    let user = format!("{SCRAM_USER}:{SCRAM_PASSWORD}");
+    let url = cluster.url_as(
+        &user,
+        "127.0.0.1",
+        "postgres",
+        "sslmode=disable&channel_binding=require",
+    );
+    let err = RealPg::from_url(&url).err().unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Fatal, "{err:?}");
+    let message = err.to_string();
+    for part in [
+        "channel_binding=require",
+        "sslmode=disable",
+        "sslmode=require",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    // allow: its first attempt is plaintext, which pg_hba.conf admits for this role
+    let plaintext = cluster.url_as(
+        &user,
+        "127.0.0.1",
+        "postgres",
+        "sslmode=allow&channel_binding=require",
+    );
+    let trust = cluster.url(
+        "127.0.0.1",
+        "postgres",
+        "sslmode=require&channel_binding=require",
+    );
+    for url in [plaintext, trust] {
+        let err = connect_error(&url, &TlsOptions::default()).await;
+        assert_eq!(err.kind(), DisconnectKind::Fatal, "{err:?}");
+        let message = ampere_core::error_chain(&err);
+        for part in ["without channel binding", "channel_binding=require"] {
+            assert!(message.contains(part), "{part:?} missing from: {message}");
+        }
+    }
+    // the replication connection's own SCRAM, over a plaintext stream
+    let mut config = ReplicationConfig::new(SCRAM_USER, "postgres");
+    config.password = Some(SCRAM_PASSWORD.to_owned());
+    config.channel_binding = ChannelBindingMode::Require;
+    let refused = connect_tcp("127.0.0.1", cluster.pg.port(), &config).await;
+    let err = refused.err().unwrap();
+    assert!(
+        matches!(err, ReplicationError::ChannelBindingNotUsed { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("SCRAM-SHA-256-PLUS"), "{err}");
+    config.channel_binding = ChannelBindingMode::Prefer;
+    let unbound = connect_tcp("127.0.0.1", cluster.pg.port(), &config).await;
+    unbound.expect("prefer logs in unbound where it cannot bind");
+}
+
+#[test]
+fn verify_ca_without_a_ca_is_refused_at_startup() {
+    // Goal: verify-ca against the system's roots, without the host name check, would accept
+    // any publicly trusted certificate: the error names the ways to mean something else.
+    let err = RealPg::from_url("postgresql://amp@db.example/app?sslmode=verify-ca")
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), DisconnectKind::Fatal);
+    let message = err.to_string();
+    for part in [
+        "sslrootcert=<file>",
+        "ELECTRIC_DATABASE_CA_CERTIFICATE_FILE",
+        "verify-full",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
 }
 
 #[test]
