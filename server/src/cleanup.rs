@@ -25,7 +25,15 @@ const OWNED_ENTRIES: &[&str] = &[
 pub async fn run(config: &Config, args: &CleanupArgs) -> anyhow::Result<()> {
     let slot = config.slot_name();
     let publication = config.publication_name();
-    let storage = owned_storage_entries(&config.storage_dir);
+    let mut storage = owned_storage_entries(&config.storage_dir);
+    if config.shape_db_dir() != config.storage_dir {
+        // ELECTRIC_SHAPE_DB_STORAGE_DIR holds only the metadata database.
+        let metadata = owned_storage_entries(config.shape_db_dir());
+        storage.extend(metadata.into_iter().filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("shapes.sqlite3"))
+        }));
+    }
     if !args.yes {
         println!("ampere cleanup would drop replication slot {slot} and publication {publication}");
         if args.storage {

@@ -1,7 +1,8 @@
 //! The `ampere` binary: configuration, storage recovery, the HTTP server and the driver loop
 //! over the real ports.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ampere_core::instance::Config as CoreConfig;
@@ -14,17 +15,16 @@ use ampere_io_real::standby_metadata::StandbyMetadata;
 use ampere_io_real::store::{probe_writable, FileStore};
 use ampere_server::app;
 use ampere_server::cleanup;
-use ampere_server::config::{Cli, Command, Config};
+use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
 use ampere_server::driver::Ports;
-use ampere_server::http::HttpConfig;
+use ampere_server::http::{ConnectionTimeouts, HttpConfig, TimeoutListener};
 use ampere_server::registry::Registry;
 use anyhow::Context as _;
-use clap::Parser as _;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, given) = Cli::parse_given();
     let is_serve = matches!(cli.command, None | Some(Command::Serve));
     if is_serve {
         if let Err(e) = cli.config.validate() {
@@ -32,14 +32,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(cli.config.log_colors.unwrap_or(is_terminal))
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AMPERE_LOG")
                 .unwrap_or_else(|_| cli.config.tracing_filter().into()),
         )
         .init();
+    if is_serve {
+        // One line per variable ampere does not honour (config::VARIABLES says which).
+        for warning in config::startup_warnings(&cli.config, &given) {
+            warn!(variable = %warning.variable, "{}", warning.message);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,15 +72,19 @@ fn main() -> ExitCode {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    // Absolute from here on: the embedded cluster's initdb runs as another user in another
-    // working directory, where the default `./persistent` would name a different place.
-    config.storage_dir = std::path::absolute(&config.storage_dir).with_context(|| {
-        format!(
-            "ELECTRIC_STORAGE_DIR={} cannot be made absolute; give an absolute path",
-            config.storage_dir.display()
-        )
-    })?;
+    config.storage_dir = absolute("ELECTRIC_STORAGE_DIR", &config.storage_dir)?;
+    if let Some(ShapeDbDir::Path(dir)) = &mut config.shape_db_storage_dir {
+        *dir = absolute("ELECTRIC_SHAPE_DB_STORAGE_DIR", dir)?;
+    }
     let (store, meta) = open_storage(&config)?;
+    if let Some(pooled) = &config.pooled_database_url {
+        // Not used yet (config::VARIABLES), but checked as DATABASE_URL is, so that an invalid
+        // value stops startup now rather than when it takes effect.
+        RealPg::from_url_with_tls(pooled, &config.tls_options()).context(
+            "ELECTRIC_POOLED_DATABASE_URL (or ELECTRIC_QUERY_DATABASE_URL) is not a usable \
+             PostgreSQL URL",
+        )?;
+    }
     let (embedded, database_url) = database(&config).await?;
     let pg = RealPg::from_url_with_tls(&database_url, &config.tls_options()).context(
         "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL",
@@ -91,11 +102,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
         ..HttpConfig::new(config.effective_secret())
     };
-    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on ELECTRIC_PORT={}", config.port))?;
-    info!(%addr, "HTTP API listening");
+    let listener = listen(&config).await?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -164,8 +171,43 @@ fn random_bytes() -> [u8; 16] {
     bytes
 }
 
-/// Probes `ELECTRIC_STORAGE_DIR` (before any Postgres connection), then opens the shape-log
-/// store and the metadata database inside it.
+/// `path` made absolute, naming `variable` if it cannot be. From here on paths are absolute:
+/// the embedded cluster's initdb runs as another user in another working directory, where the
+/// default `./persistent` would name a different place.
+fn absolute(variable: &str, path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| {
+        format!(
+            "{variable}={} cannot be made absolute; give an absolute path",
+            path.display()
+        )
+    })
+}
+
+/// Binds `ELECTRIC_PORT` on every IPv4 address, or with `ELECTRIC_LISTEN_ON_IPV6` on `[::]`
+/// (IPv6, and IPv4 too where the OS is dual-stack), applying Electric's socket timeouts.
+async fn listen(config: &Config) -> anyhow::Result<TimeoutListener> {
+    let addr = if config.listen_on_ipv6 {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port))
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} (ELECTRIC_PORT={}, ELECTRIC_LISTEN_ON_IPV6={})",
+            config.port, config.listen_on_ipv6
+        )
+    })?;
+    info!(%addr, "HTTP API listening");
+    let timeouts = ConnectionTimeouts {
+        read: config.tcp_read_timeout,
+        send: config.tcp_send_timeout,
+    };
+    Ok(TimeoutListener::new(listener, timeouts))
+}
+
+/// Probes `ELECTRIC_STORAGE_DIR` and `ELECTRIC_SHAPE_DB_STORAGE_DIR` (before any Postgres
+/// connection), then opens the shape-log store in the first and the metadata database in the
+/// second (the first, unless set).
 fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)> {
     let storage = &config.storage_dir;
     probe_writable(storage).with_context(|| {
@@ -175,6 +217,16 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)>
             storage.display()
         )
     })?;
+    let metadata_dir = config.shape_db_dir();
+    if metadata_dir != storage {
+        probe_writable(metadata_dir).with_context(|| {
+            format!(
+                "ELECTRIC_SHAPE_DB_STORAGE_DIR={} is not usable; make it a writable directory \
+                 for the user running ampere",
+                metadata_dir.display()
+            )
+        })?;
+    }
     let store = FileStore::open_follower(storage).context("opening shape storage")?;
     let mode = if config.shape_db_exclusive_mode {
         MetadataMode::Exclusive
@@ -183,16 +235,18 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)>
     };
     let options = MetadataOptions {
         mode,
+        synchronous: config.shape_db_synchronous,
+        cache_size_kib: config.shape_db_cache_kib(),
         ..MetadataOptions::default()
     };
     // Shape directories carry their own description, so the lock holder can rebuild lost or
     // corrupt metadata from them (MD-3).
-    let meta = StandbyMetadata::open_with_shape_dir(storage, options, storage)
+    let meta = StandbyMetadata::open_with_shape_dir(metadata_dir, options, storage)
         .context("opening shape metadata")?;
     Ok((store, meta))
 }
 
-/// Binds `ELECTRIC_PORT` and serves the API until `shutdown` flips.
+/// `DATABASE_URL`, or an embedded PostgreSQL started inside the storage directory.
 async fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, String)> {
     if let Some(url) = config.database_url.clone().filter(|u| !u.is_empty()) {
         return Ok((None, url));

@@ -9,17 +9,23 @@
 //! `/v1//shape/` and `/v1/%73hape` are the shape route, secret check included):
 //! `GET|HEAD /`, `GET|HEAD|POST|OPTIONS|DELETE /v1/shape`, `GET|HEAD /v1/health`; anything
 //! else is `404 Not found`.
+//!
+//! The `ampere` binary accepts connections through [`TimeoutListener`], which applies
+//! Electric's socket timeouts (`ELECTRIC_TCP_READ_TIMEOUT`, `ELECTRIC_TCP_SEND_TIMEOUT`).
 
 mod errors;
 mod headers;
 mod health;
 mod identifiers;
+mod listener;
 mod params;
 mod schema;
 mod shape;
 
 #[cfg(test)]
 mod fake;
+
+pub use listener::{ConnectionTimeouts, TimeoutListener, TimeoutStream};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

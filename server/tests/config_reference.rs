@@ -1,0 +1,429 @@
+//! The `ampere` binary given Electric's configuration: every variable of Electric's reference
+//! at once, and the storage variables against a real database.
+//!
+//! Method: as `startup.rs` — the real binary with `env_clear()` plus `PATH` and only the
+//! variables under test, fresh directories under `/tmp` (removed afterwards), HTTP ports picked
+//! by binding port 0, stderr captured, every wait bounded, the child killed by PID if a test
+//! ends early. The warnings are read from the log: ampere tags each configuration warning with
+//! `variable=<name>`, and the set of names must be exactly the variables that
+//! `config::VARIABLES` does not mark honoured, each once.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, sleep, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ampere_io_real::embedded_pg::shared_for_tests;
+use ampere_server::config::{Support, VARIABLES};
+
+const POLL: Duration = Duration::from_millis(100);
+/// Until `/v1/health` answers.
+const START: Duration = Duration::from_secs(20);
+/// From SIGTERM to exit.
+const STOP: Duration = Duration::from_secs(10);
+/// A PEM bundle ampere can read for `ELECTRIC_DATABASE_CA_CERTIFICATE_FILE` (Debian/Ubuntu's
+/// system roots, which Electric's docs suggest pointing it at).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[test]
+fn every_variable_of_electrics_reference_is_accepted_and_each_one_ampere_does_not_honour_warns_once(
+) {
+    // Goal: an Electric deployment's environment starts ampere, and the log says once for each
+    // variable that ampere does not honour what it does instead; unknown ELECTRIC_* names warn
+    // as typos. Method: every variable of config::VARIABLES set (its documented example, or a
+    // value this machine needs), plus two unknown names. The CA file turns verification on, as
+    // in Electric, so DATABASE_URL names a port nothing listens on: a database that is not
+    // there is retried (health 202), where a server without TLS would stop ampere.
+    let scratch = Scratch::new("every");
+    let port = free_port();
+    let ipv6 = can_bind_ipv6();
+    let vars = every_variable(&scratch, port, ipv6);
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    let health = wait_for_health(&mut ampere, v4, START);
+    assert_eq!(health.0, 202, "{health:?}");
+    if ipv6 {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let reply = http_get(v6, "/v1/health").expect("ELECTRIC_LISTEN_ON_IPV6: [::1] answers");
+        assert_eq!(reply.0, 202, "{reply:?}");
+    }
+    ampere.terminate();
+    let status = ampere.wait_exit(STOP);
+    let log = ampere.stderr();
+    assert!(status.success(), "SIGTERM: exited {status}:\n{log}");
+
+    let mut expected: Vec<&str> = VARIABLES
+        .iter()
+        .filter(|v| !matches!(v.support, Support::Honoured { .. } | Support::ClientSide))
+        .map(|v| v.name)
+        .chain(["ELECTRIC_FOO", "ELECTRIC_CACHE_MAX_AG"])
+        .collect();
+    expected.sort_unstable();
+    let warnings = variable_warnings(&log);
+    let mut warned: Vec<&str> = warnings.iter().map(|(name, _)| name.as_str()).collect();
+    warned.sort_unstable();
+    assert_eq!(warned, expected, "log:\n{log}");
+    let line = |name: &str| &warnings.iter().find(|(n, _)| n == name).expect("warned").1;
+    assert!(line("ELECTRIC_FOO").contains("a typo?"), "{log}");
+    let near = "Did you mean ELECTRIC_CACHE_MAX_AGE?";
+    assert!(line("ELECTRIC_CACHE_MAX_AG").contains(near), "{log}");
+    assert!(line("ELECTRIC_USAGE_REPORTING").contains("ampere sends no telemetry"));
+    assert!(line("STORAGE_DIR").contains("ELECTRIC_STORAGE_DIR is set too"));
+    assert!(line("ELECTRIC_PROMETHEUS_PORT").contains("not honoured yet"));
+    let old_storage = scratch.path("old-storage");
+    assert!(
+        !old_storage.exists(),
+        "STORAGE_DIR used although ELECTRIC_STORAGE_DIR is set"
+    );
+    assert!(
+        scratch.path("shape-db").is_dir(),
+        "ELECTRIC_SHAPE_DB_STORAGE_DIR not probed"
+    );
+}
+
+/// Every variable of `config::VARIABLES` with its example, except those this test must set
+/// (ports, directories, database URLs, files), plus two unknown `ELECTRIC_*` names.
+fn every_variable(scratch: &Scratch, port: u16, ipv6: bool) -> Vec<(&'static str, String)> {
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", free_port());
+    assert!(
+        Path::new(SYSTEM_ROOTS).is_file(),
+        "{SYSTEM_ROOTS} is missing"
+    );
+    let overrides: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", url.clone()),
+        ("ELECTRIC_POOLED_DATABASE_URL", url.clone()),
+        ("ELECTRIC_QUERY_DATABASE_URL", url),
+        (
+            "ELECTRIC_DATABASE_CA_CERTIFICATE_FILE",
+            SYSTEM_ROOTS.to_owned(),
+        ),
+        ("ELECTRIC_PORT", port.to_string()),
+        ("ELECTRIC_PROMETHEUS_PORT", free_port().to_string()),
+        ("ELECTRIC_LISTEN_ON_IPV6", ipv6.to_string()),
+        ("ELECTRIC_STORAGE_DIR", text(&scratch.path("storage"))),
+        ("STORAGE_DIR", text(&scratch.path("old-storage"))),
+        (
+            "ELECTRIC_SHAPE_DB_STORAGE_DIR",
+            text(&scratch.path("shape-db")),
+        ),
+        // Electric refuses a secret together with insecure mode.
+        ("ELECTRIC_INSECURE", "false".to_owned()),
+        (
+            "ELECTRIC_REPLICATION_STREAM_ID",
+            "config-reference".to_owned(),
+        ),
+        // Electric's `notice`, which stopped ampere before; warnings still show.
+        ("ELECTRIC_LOG_LEVEL", "notice".to_owned()),
+        ("ELECTRIC_LOG_COLORS", "false".to_owned()),
+    ];
+    let mut vars: Vec<(&str, String)> = VARIABLES
+        .iter()
+        .filter(|v| !overrides.iter().any(|(name, _)| *name == v.name))
+        .map(|v| (v.name, v.example.to_owned()))
+        .collect();
+    vars.extend(overrides);
+    vars.push(("ELECTRIC_FOO", "1".to_owned()));
+    vars.push(("ELECTRIC_CACHE_MAX_AG", "5".to_owned()));
+    vars
+}
+
+#[test]
+fn the_old_storage_dir_name_and_a_separate_shape_db_dir_put_logs_and_metadata_where_electric_would()
+{
+    // Goal: STORAGE_DIR (the name before Electric 1.0) still locates the shape logs, and
+    // ELECTRIC_SHAPE_DB_STORAGE_DIR moves the metadata database out of it; the other storage
+    // and socket variables take effect. Method: a real database, a shape created, then look at
+    // the directories; an idle connection is closed after ELECTRIC_TCP_READ_TIMEOUT.
+    let cluster = shared_for_tests().expect("shared test cluster starts");
+    cluster
+        .create_database("config_storage")
+        .expect("CREATE DATABASE");
+    cluster
+        .psql(
+            "config_storage",
+            "CREATE TABLE items (id int PRIMARY KEY, title text); \
+             INSERT INTO items VALUES (1, 'one')",
+        )
+        .expect("create items");
+    let scratch = Scratch::new("storage");
+    let port = free_port();
+    let storage = scratch.path("logs");
+    let shape_db = scratch.path("local-db");
+    let vars: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", cluster.url("postgres", "config_storage")),
+        ("ELECTRIC_INSECURE", "true".to_owned()),
+        ("ELECTRIC_PORT", port.to_string()),
+        (
+            "ELECTRIC_REPLICATION_STREAM_ID",
+            "config_storage".to_owned(),
+        ),
+        ("STORAGE_DIR", text(&storage)),
+        ("ELECTRIC_SHAPE_DB_STORAGE_DIR", text(&shape_db)),
+        ("ELECTRIC_SHAPE_DB_SYNCHRONOUS", "FULL".to_owned()),
+        ("ELECTRIC_SHAPE_DB_CACHE_SIZE", "8MiB".to_owned()),
+        ("ELECTRIC_TCP_READ_TIMEOUT", "2s".to_owned()),
+        ("ELECTRIC_TCP_SEND_TIMEOUT", "10s".to_owned()),
+        ("ELECTRIC_LOG_LEVEL", "notice".to_owned()),
+    ];
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let health = wait_for_health(&mut ampere, addr, START);
+    assert_eq!(health.0, 200, "{health:?}\n{}", ampere.stderr());
+    let shape = http_get(addr, "/v1/shape?table=items&offset=-1").expect("shape request");
+    assert_eq!(shape.0, 200, "{shape:?}\n{}", ampere.stderr());
+    assert!(shape.1.contains(r#""title":"one""#), "{shape:?}");
+
+    let started = Instant::now();
+    let idle = idle_connection_lifetime(addr);
+    assert!(
+        idle >= Duration::from_millis(1500) && idle < Duration::from_secs(6),
+        "an idle connection lived {idle:?} (ELECTRIC_TCP_READ_TIMEOUT=2s)"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    ampere.terminate();
+    let status = ampere.wait_exit(STOP);
+    let log = ampere.stderr();
+    assert!(status.success(), "SIGTERM: exited {status}:\n{log}");
+    assert!(
+        storage.join("shapes").is_dir(),
+        "shape logs not in STORAGE_DIR:\n{log}"
+    );
+    assert!(
+        shape_db.join("shapes.sqlite3").is_file(),
+        "metadata not moved:\n{log}"
+    );
+    assert!(
+        !storage.join("shapes.sqlite3").exists(),
+        "metadata left in the storage dir"
+    );
+    assert!(
+        !scratch.path("persistent").exists(),
+        "the default storage dir was used"
+    );
+    let warned: Vec<String> = variable_warnings(&log)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(warned, ["STORAGE_DIR"], "log:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// `(variable, line)` for every warning line tagged `variable=<name>`.
+fn variable_warnings(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter(|line| line.contains(" WARN "))
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(" variable=")?;
+            let name = rest.split_whitespace().next()?.trim_matches('"');
+            Some((name.to_owned(), line.to_owned()))
+        })
+        .collect()
+}
+
+/// How long ampere keeps a connection open on which nothing is sent (bounded at 15 s).
+fn idle_connection_lifetime(addr: SocketAddr) -> Duration {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    let opened = Instant::now();
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(0) => opened.elapsed(),
+        Ok(n) => panic!("ampere sent {n} bytes unasked"),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => opened.elapsed(),
+        Err(e) => panic!("the idle connection stayed open ({e})"),
+    }
+}
+
+/// Whether this machine can listen on IPv6 (`[::1]`).
+fn can_bind_ipv6() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn text(path: &Path) -> String {
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// `GET path` with `Connection: close`: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {raw:?}"));
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, body.to_owned()))
+}
+
+/// Polls `/v1/health` until it answers 200 or 202; panics if ampere exits or `within` passes.
+fn wait_for_health(ampere: &mut Ampere, addr: SocketAddr, within: Duration) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = ampere.try_status() {
+            panic!(
+                "ampere exited ({exit}) before answering:\n{}",
+                ampere.stderr()
+            );
+        }
+        let last = match http_get(addr, "/v1/health") {
+            Ok(reply) if matches!(reply.0, 200 | 202) => return reply,
+            Ok(reply) => format!("{reply:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "/v1/health did not answer within {within:?} (last: {last}); stderr:\n{}",
+            ampere.stderr()
+        );
+        sleep(POLL);
+    }
+}
+
+/// A fresh `/tmp` directory, removed on drop.
+struct Scratch {
+    root: PathBuf,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let root = PathBuf::from(format!(
+            "/tmp/ampere-config-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).expect("create scratch dir");
+        Self { root }
+    }
+
+    /// `name` inside the scratch dir, not created.
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A running `ampere`, stderr captured; SIGKILLed by PID on drop if still running.
+struct Ampere {
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Ampere {
+    /// Runs the binary in `scratch` with only `PATH` and `vars` set.
+    fn spawn(scratch: &Scratch, vars: &[(&str, String)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ampere"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(vars.iter().map(|(name, value)| (name, value)))
+            .current_dir(&scratch.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ampere");
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stderr);
+        let reader = thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        Self {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        let bytes = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on ampere")
+    }
+
+    /// Waits for the exit (panicking after `timeout`), then for the rest of stderr.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.try_status() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ampere still running after {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            sleep(POLL);
+        };
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < deadline {
+                sleep(POLL);
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        status
+    }
+
+    /// Sends SIGTERM to this child's PID.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s TERM failed: {status}");
+    }
+}
+
+impl Drop for Ampere {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Child::kill signals this child's PID (SIGKILL); it cannot have been reaped yet.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
