@@ -8,18 +8,18 @@
 //! `variable=<name>`, and the set of names must be exactly the variables that
 //! `config::VARIABLES` does not mark honoured, each once.
 
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, sleep, JoinHandle};
+use std::path::Path;
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use ampere_io_real::embedded_pg::shared_for_tests;
 use ampere_server::config::{Support, VARIABLES};
+
+mod common;
+
+use common::{free_port, Ampere, Scratch};
 
 const POLL: Duration = Duration::from_millis(100);
 /// Until `/v1/health` answers.
@@ -43,7 +43,7 @@ fn every_variable_of_electrics_reference_is_accepted_and_each_one_ampere_does_no
     let port = free_port();
     let ipv6 = can_bind_ipv6();
     let vars = every_variable(&scratch, port, ipv6);
-    let mut ampere = Ampere::spawn(&scratch, &vars);
+    let mut ampere = Ampere::spawn(&scratch, &as_strs(&vars));
     let v4 = SocketAddr::from(([127, 0, 0, 1], port));
     let health = wait_for_health(&mut ampere, v4, START);
     assert_eq!(health.0, 202, "{health:?}");
@@ -170,7 +170,7 @@ fn the_old_storage_dir_name_and_a_separate_shape_db_dir_put_logs_and_metadata_wh
         ("ELECTRIC_TCP_SEND_TIMEOUT", "10s".to_owned()),
         ("ELECTRIC_LOG_LEVEL", "notice".to_owned()),
     ];
-    let mut ampere = Ampere::spawn(&scratch, &vars);
+    let mut ampere = Ampere::spawn(&scratch, &as_strs(&vars));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let health = wait_for_health(&mut ampere, addr, START);
     assert_eq!(health.0, 200, "{health:?}\n{}", ampere.stderr());
@@ -249,12 +249,6 @@ fn can_bind_ipv6() -> bool {
     TcpListener::bind("[::1]:0").is_ok()
 }
 
-/// A port nothing listens on right now (bound, then released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 fn text(path: &Path) -> String {
     path.to_str().expect("utf-8 path").to_owned()
 }
@@ -305,125 +299,8 @@ fn wait_for_health(ampere: &mut Ampere, addr: SocketAddr, within: Duration) -> (
     }
 }
 
-/// A fresh `/tmp` directory, removed on drop.
-struct Scratch {
-    root: PathBuf,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let root = PathBuf::from(format!(
-            "/tmp/ampere-config-{}-{n}-{tag}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).expect("create scratch dir");
-        Self { root }
-    }
-
-    /// `name` inside the scratch dir, not created.
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-/// A running `ampere`, stderr captured; SIGKILLed by PID on drop if still running.
-struct Ampere {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Ampere {
-    /// Runs the binary in `scratch` with only `PATH` and `vars` set.
-    fn spawn(scratch: &Scratch, vars: &[(&str, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ampere"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(vars.iter().map(|(name, value)| (name, value)))
-            .current_dir(&scratch.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ampere");
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&stderr);
-        let reader = thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend_from_slice(&chunk[..n]);
-            }
-        });
-        Self {
-            child,
-            stderr,
-            reader: Some(reader),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        let bytes = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait on ampere")
-    }
-
-    /// Waits for the exit (panicking after `timeout`), then for the rest of stderr.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.try_status() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ampere still running after {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            sleep(POLL);
-        };
-        if let Some(reader) = self.reader.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !reader.is_finished() && Instant::now() < deadline {
-                sleep(POLL);
-            }
-            if reader.is_finished() {
-                let _ = reader.join();
-            }
-        }
-        status
-    }
-
-    /// Sends SIGTERM to this child's PID.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-s", "TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s TERM failed: {status}");
-    }
-}
-
-impl Drop for Ampere {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // Child::kill signals this child's PID (SIGKILL); it cannot have been reaped yet.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn as_strs<'a>(vars: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    vars.iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect()
 }
