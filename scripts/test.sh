@@ -22,6 +22,9 @@ fi
 step "docker engine + registry-free postgres image (container scenarios)"
 scripts/docker-up.sh
 scripts/build-pg-image.sh ampere-pg-local:15
+# ampere's own image is built by the container test from the binary cargo builds for it; this
+# installs what that needs (busybox-static, and docker-compose to run deploy/compose/*.yaml)
+scripts/build-ampere-image.sh --deps-only
 
 step "cargo test (unit, integration against real PostgreSQL, container scenarios, simulation seed list)"
 cargo test --workspace --locked

@@ -34,6 +34,8 @@ mod docker;
 mod faults;
 mod harness;
 mod http;
+mod image;
+mod recipe;
 mod util;
 
 use std::future::Future;
@@ -173,4 +175,28 @@ async fn i_stale_lock_holder_is_terminated_by_the_lock_breaker() {
         return;
     };
     bounded(150, deploy::stale_lock_holder_broken(ctx)).await;
+}
+
+/// j. The registry-free image has the Dockerfile's runtime layout (user, workdir, ports, env,
+/// entrypoint, HEALTHCHECK): the two are kept in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_image_has_the_dockerfile_runtime_layout() {
+    const NAME: &str = "j_image_has_the_dockerfile_runtime_layout";
+    if std::env::var("AMPERE_SKIP_CONTAINER_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("SUMMARY {NAME}: SKIPPED (AMPERE_SKIP_CONTAINER_TESTS=1)");
+        return;
+    }
+    bounded(400, image::layout_matches_dockerfile(NAME)).await;
+}
+
+/// k. Rolling upgrade with deploy/compose/shared-storage.yaml: two containers of the image on
+/// one volume hand over without a 409 or a lost row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_compose_rolling_upgrade_on_a_shared_volume_hands_over_without_refetch() {
+    let Some(ctx) =
+        setup("k_compose_rolling_upgrade_on_a_shared_volume_hands_over_without_refetch").await
+    else {
+        return;
+    };
+    bounded(400, recipe::compose_rolling_upgrade(ctx)).await;
 }
