@@ -391,6 +391,30 @@ impl RealPg {
         Ok(report)
     }
 
+    /// The named slot's WAL retention, from `pg_replication_slots` on the admin connection
+    /// (for metrics); `None` when no slot has that name. Fails on a server in recovery
+    /// (`pg_current_wal_lsn()` is not available there).
+    pub async fn slot_stats(&self, slot: &str) -> Result<Option<SlotStats>, PgPortError> {
+        const STATS: &str = "SELECT (pg_current_wal_lsn() - restart_lsn)::int8, \
+             (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, active, wal_status \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
+        let during = "reading replication slot statistics";
+        let admin = self.admin().await?;
+        let row = admin
+            .query_opt(STATS, &[&slot])
+            .await
+            .map_err(sql(during))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(SlotStats {
+            retained_wal_bytes: row.try_get(0).map_err(sql(during))?,
+            confirmed_flush_lag_bytes: row.try_get(1).map_err(sql(during))?,
+            active: row.try_get(2).map_err(sql(during))?,
+            wal_status: row.try_get(3).map_err(sql(during))?,
+        }))
+    }
+
     /// LK-3 up to the lock: checks `wal_level` (admin connection), opens the replication
     /// connection, runs `IDENTIFY_SYSTEM` and reads the server version, the backend pid and
     /// `wal_sender_timeout` on it. Mutates nothing.
@@ -806,6 +830,20 @@ impl SessionSettings {
             wal_sender_timeout: wal_sender_timeout.clone(),
         })
     }
+}
+
+/// A replication slot's row in `pg_replication_slots`, as [`RealPg::slot_stats`] reads it.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct SlotStats {
+    /// `pg_current_wal_lsn() - restart_lsn`: WAL bytes the slot keeps on the server's disk
+    /// (`None` when `restart_lsn` is null, e.g. the WAL was lost).
+    pub retained_wal_bytes: Option<i64>,
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn`: WAL bytes not yet acknowledged.
+    pub confirmed_flush_lag_bytes: Option<i64>,
+    /// A walsender streams from the slot.
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (`None` when `restart_lsn` is null).
+    pub wal_status: Option<String>,
 }
 
 /// What [`RealPg::drop_slot_and_publication`] found and did.

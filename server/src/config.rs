@@ -169,7 +169,7 @@ pub struct Config {
     #[arg(long, env = "ELECTRIC_DB_POOL_SIZE", default_value = "20", value_parser = positive_u32("ELECTRIC_DB_POOL_SIZE"))]
     pub db_pool_size: u32,
 
-    /// Not yet honoured: serve Prometheus metrics on this port.
+    /// Serve Prometheus metrics (`/metrics`, docs/metrics.md) on this port; off when unset.
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT", value_parser = port("ELECTRIC_PROMETHEUS_PORT"))]
     pub prometheus_port: Option<u16>,
 
@@ -662,7 +662,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_HNY_API_KEY", "unset", "your-api-key", G::Text, ignored(NO_TELEMETRY), Reference),
     var("ELECTRIC_HNY_DATASET", "unset", "your-dataset-name", G::Text, ignored(NO_TELEMETRY), Reference),
     var("ELECTRIC_PROMETHEUS_PORT", "unset", "9090", G::Port,
-        not_yet("ampere serves no /metrics yet"), Reference),
+        honoured("serves /metrics (Prometheus text, docs/metrics.md) on this port only"), Reference),
     var("ELECTRIC_STATSD_HOST", "unset", "https://example.com", G::Text, ignored(NO_TELEMETRY), Reference),
     var("SENTRY_DSN", "unset", "https://key@o0.ingest.sentry.io/0", G::Text,
         ignored("ampere reports errors to no one; they are in its log"), Reference),

@@ -219,6 +219,7 @@ where
             health: core.health().into(),
             durable_lsn: core.durable_lsn(),
         });
+        self.registry.set_acknowledged_lsn(core.acked_lsn());
         Ok(())
     }
 

@@ -6,5 +6,6 @@ pub mod cleanup;
 pub mod config;
 pub mod driver;
 pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod service;

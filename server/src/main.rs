@@ -18,6 +18,7 @@ use ampere_server::cleanup;
 use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
 use ampere_server::driver::Ports;
 use ampere_server::http::{ConnectionTimeouts, HttpConfig, TimeoutListener};
+use ampere_server::metrics::{self, Metrics};
 use ampere_server::registry::Registry;
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -95,14 +96,23 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         replication_target(&config),
         config.shape_chunk_bytes_threshold,
     );
+    let registry = Registry::new();
+    let metrics = config
+        .prometheus_port
+        .map(|_| Metrics::of_registry(registry.clone()));
     let http_config = HttpConfig {
         long_poll_timeout: config.long_poll_timeout,
         cache_max_age: config.cache_max_age,
         cache_stale_age: config.cache_stale_age,
         rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
+        metrics: metrics.clone(),
         ..HttpConfig::new(config.effective_secret())
     };
-    let listener = listen(&config).await?;
+    let listener = listen(&config).await?.with_metrics(metrics.clone());
+    let metrics_listener = match config.prometheus_port {
+        Some(port) => Some(listen_metrics(&config, port).await?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -110,6 +120,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
+    if let (Some(metrics), Some(listener)) = (metrics, metrics_listener) {
+        let slot = core_config.target.slot.clone();
+        spawn_metrics(metrics, listener, (pg.clone(), slot), &registry, &shutdown);
+    }
     let ports = Ports {
         pg,
         store,
@@ -121,7 +135,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         core_config,
         http_config,
         listener,
-        Registry::new(),
+        registry,
         shutdown,
     )
     .await;
@@ -203,6 +217,53 @@ async fn listen(config: &Config) -> anyhow::Result<TimeoutListener> {
         send: config.tcp_send_timeout,
     };
     Ok(TimeoutListener::new(listener, timeouts))
+}
+
+/// Serves `/metrics` on `listener` and polls the replication slot's statistics, until
+/// `shutdown` flips.
+fn spawn_metrics(
+    metrics: Metrics,
+    listener: tokio::net::TcpListener,
+    (pg, slot): (RealPg, String),
+    registry: &Registry,
+    shutdown: &watch::Receiver<bool>,
+) {
+    tokio::spawn(metrics::poll_slot(
+        metrics.clone(),
+        pg,
+        slot,
+        registry.clone(),
+        shutdown.clone(),
+    ));
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, metrics.router())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "the Prometheus metrics listener stopped");
+        }
+    });
+}
+
+/// Binds `ELECTRIC_PROMETHEUS_PORT` on the same addresses as the API (`ELECTRIC_LISTEN_ON_IPV6`).
+async fn listen_metrics(config: &Config, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = if config.listen_on_ipv6 {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} (ELECTRIC_PROMETHEUS_PORT={port}, \
+             ELECTRIC_LISTEN_ON_IPV6={})",
+            config.listen_on_ipv6
+        )
+    })?;
+    info!(%addr, "Prometheus metrics listening on /metrics");
+    Ok(listener)
 }
 
 /// Probes `ELECTRIC_STORAGE_DIR` and `ELECTRIC_SHAPE_DB_STORAGE_DIR` (before any Postgres

@@ -7,6 +7,7 @@
 //! lands while it checks (the watermark's loom-checked guarantees).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ampere_core::shape::{ShapeDefinition, ShapeHandle};
@@ -20,6 +21,9 @@ use crate::api::{Health, PurgeInfo, ShapeInfo};
 pub struct Registry {
     inner: Arc<RwLock<Shapes>>,
     state: Arc<Watermark<ReadState>>,
+    /// The `flush` position last acknowledged to Postgres (for metrics only: no one waits
+    /// on it, so it is not part of [`ReadState`]).
+    acknowledged_lsn: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +49,7 @@ impl Registry {
         Self {
             inner: Arc::default(),
             state: Arc::new(Watermark::new(ReadState::default())),
+            acknowledged_lsn: Arc::default(),
         }
     }
 
@@ -122,6 +127,16 @@ impl Registry {
             *state = next;
             changed
         });
+    }
+
+    /// Records the `flush` position last acknowledged to Postgres.
+    pub fn set_acknowledged_lsn(&self, lsn: Lsn) {
+        self.acknowledged_lsn.store(lsn.as_u64(), Ordering::Relaxed);
+    }
+
+    /// The `flush` position last acknowledged to Postgres (0 before the first).
+    pub fn acknowledged_lsn(&self) -> Lsn {
+        Lsn(self.acknowledged_lsn.load(Ordering::Relaxed))
     }
 
     /// The current readiness and progress, both from the same publish.

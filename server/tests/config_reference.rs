@@ -74,7 +74,7 @@ fn every_variable_of_electrics_reference_is_accepted_and_each_one_ampere_does_no
     assert!(line("ELECTRIC_CACHE_MAX_AG").contains(near), "{log}");
     assert!(line("ELECTRIC_USAGE_REPORTING").contains("ampere sends no telemetry"));
     assert!(line("STORAGE_DIR").contains("ELECTRIC_STORAGE_DIR is set too"));
-    assert!(line("ELECTRIC_PROMETHEUS_PORT").contains("not honoured yet"));
+    assert!(line("ELECTRIC_DB_POOL_SIZE").contains("not honoured yet"));
     let old_storage = scratch.path("old-storage");
     assert!(
         !old_storage.exists(),

@@ -10,14 +10,14 @@
 //! minimal HTTP/1.1 GET over `TcpStream` (no client dependency).
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
+use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
 /// A configuration error must stop the process about at once.
 const CONFIG_EXIT: Duration = Duration::from_secs(5);
@@ -26,7 +26,7 @@ const FATAL_EXIT: Duration = Duration::from_secs(15);
 
 mod common;
 
-use common::{free_port, Ampere, Scratch};
+use common::{free_port, http_get, parse_reply, shared_database, wait_for_health, Ampere, Scratch};
 
 /// Runs ampere, expecting a non-zero exit within `within`; returns its stderr.
 fn run_to_failure(scratch: &Scratch, vars: &[(&str, &str)], within: Duration) -> String {
@@ -42,123 +42,6 @@ fn run_to_failure(scratch: &Scratch, vars: &[(&str, &str)], within: Duration) ->
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` on `127.0.0.1:port` with `Connection: close`, read to the end.
-fn http_get(port: u16, path: &str) -> io::Result<Reply> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_reply(&raw).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad HTTP reply: {:?}", String::from_utf8_lossy(&raw)),
-        )
-    })
-}
-
-fn parse_reply(raw: &[u8]) -> Option<Reply> {
-    let split = find(raw, b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    Some(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = find(raw, b"\r\n") {
-        let size_line = String::from_utf8_lossy(&raw[..eol]).into_owned();
-        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            break;
-        };
-        raw = &raw[eol + 2..];
-        if size == 0 || raw.len() < size {
-            break;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = raw.get(size + 2..).unwrap_or_default();
-    }
-    out
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Polls `/v1/health` until it answers `status`; panics if ampere exits or `within` passes.
-fn wait_for_health(ampere: &mut Ampere, port: u16, status: u16, within: Duration) -> Reply {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(exit) = ampere.try_status() {
-            panic!(
-                "ampere exited ({exit}) before health said {status}:\n{}",
-                ampere.stderr()
-            );
-        }
-        let last = match http_get(port, "/v1/health") {
-            Ok(reply) if reply.status == status => return reply,
-            Ok(reply) => format!("{reply:?}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "/v1/health never answered {status} within {within:?} (last: {last}); stderr:\n{}",
-            ampere.stderr()
-        );
-        sleep(Duration::from_millis(100));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Postgres
-
-/// A fresh database on the shared cluster.
-fn shared_database(name: &str) -> &'static EmbeddedPostgres {
-    let cluster = shared_for_tests().expect("shared test cluster starts");
-    cluster.create_database(name).expect("CREATE DATABASE");
-    cluster
-}
 
 /// Asserts that nothing connected to `listener` (a stand-in for Postgres).
 fn assert_never_connected(listener: &TcpListener, context: &str) {

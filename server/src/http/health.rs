@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::headers::JSON;
-use crate::api::{Health, PurgeInfo, ShapeApi};
+use crate::api::{Health, PurgeInfo};
 
 /// `200 {"status":"active"}` when shapes can be served and created, `202 {"status":"waiting"}`
 /// for a read-only standby, else `202 {"status":"starting"}`; never cached. After a purge the
@@ -35,32 +35,6 @@ pub(crate) fn respond(health: Health, purge: Option<PurgeInfo>) -> Response {
         ),
     ];
     (status, headers, body).into_response()
-}
-
-/// `GET /metrics`: Prometheus text exposition of readiness, purges (CT-2) and progress.
-pub(crate) fn metrics<A: ShapeApi>(api: &A) -> Response {
-    let active = u8::from(api.health() == Health::Active);
-    let purges = api.last_purge().map_or(0, |p| p.count);
-    let lsn = api.last_seen_lsn().as_u64();
-    let body = format!(
-        "# HELP ampere_active Whether this instance holds the replication lock and streams.\n\
-         # TYPE ampere_active gauge\nampere_active {active}\n\
-         # HELP ampere_purges_total Purges of every shape after a continuity break, since start.\n\
-         # TYPE ampere_purges_total counter\nampere_purges_total {purges}\n\
-         # HELP ampere_durable_lsn Last commit LSN durable in every shape.\n\
-         # TYPE ampere_durable_lsn gauge\nampere_durable_lsn {lsn}\n"
-    );
-    let headers = [
-        (
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        ),
-        (
-            CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, no-store, must-revalidate"),
-        ),
-    ];
-    (StatusCode::OK, headers, body).into_response()
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::metrics::{Connection, Metrics};
+
 /// `ELECTRIC_TCP_READ_TIMEOUT` and `ELECTRIC_TCP_SEND_TIMEOUT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionTimeouts {
@@ -40,12 +42,25 @@ pub struct ConnectionTimeouts {
 pub struct TimeoutListener {
     inner: TcpListener,
     timeouts: ConnectionTimeouts,
+    /// Counts open connections, when metrics are on.
+    metrics: Option<Metrics>,
 }
 
 impl TimeoutListener {
     /// Wraps a bound listener.
     pub fn new(inner: TcpListener, timeouts: ConnectionTimeouts) -> Self {
-        Self { inner, timeouts }
+        Self {
+            inner,
+            timeouts,
+            metrics: None,
+        }
+    }
+
+    /// Counts the open connections in `metrics` (`ampere_http_connections`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -55,7 +70,9 @@ impl axum::serve::Listener for TimeoutListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (TimeoutStream::new(stream, self.timeouts), addr)
+        let mut stream = TimeoutStream::new(stream, self.timeouts);
+        stream.connection = self.metrics.as_ref().map(Metrics::connection);
+        (stream, addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -78,6 +95,8 @@ pub struct TimeoutStream<T> {
     is_write_blocked: bool,
     /// `timeouts.send` after the write became blocked.
     write_deadline: Pin<Box<Sleep>>,
+    /// Counted open while it lives, when metrics are on.
+    connection: Option<Connection>,
 }
 
 impl<T> TimeoutStream<T> {
@@ -91,6 +110,7 @@ impl<T> TimeoutStream<T> {
             read_deadline: Box::pin(sleep_until(now + timeouts.read)),
             is_write_blocked: false,
             write_deadline: Box::pin(sleep_until(now + timeouts.send)),
+            connection: None,
         }
     }
 

@@ -8,7 +8,9 @@
 //! Routes (matched on the percent-decoded path with empty, `.` and `..` segments removed, so
 //! `/v1//shape/` and `/v1/%73hape` are the shape route, secret check included):
 //! `GET|HEAD /`, `GET|HEAD|POST|OPTIONS|DELETE /v1/shape`, `GET|HEAD /v1/health`; anything
-//! else is `404 Not found`.
+//! else is `404 Not found` (`/metrics` included: metrics are served only on
+//! `ELECTRIC_PROMETHEUS_PORT`, by [`crate::metrics`]). With [`HttpConfig::metrics`] set, every
+//! request is counted and timed there.
 //!
 //! The `ampere` binary accepts connections through [`TimeoutListener`], which applies
 //! Electric's socket timeouts (`ELECTRIC_TCP_READ_TIMEOUT`, `ELECTRIC_TCP_SEND_TIMEOUT`).
@@ -36,10 +38,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::api::ShapeApi;
+use crate::metrics::Metrics;
 use errors::ApiError;
 use headers::{RouteKind, SURROGATE_CONTROL};
 use params::Query;
@@ -63,6 +67,8 @@ pub struct HttpConfig {
     pub rng_seed: u64,
     /// Wall-clock time, for `electric-cursor` and unique ETags.
     pub clock: WallClock,
+    /// Where requests are counted and timed (`ELECTRIC_PROMETHEUS_PORT` set), if anywhere.
+    pub metrics: Option<Metrics>,
 }
 
 impl HttpConfig {
@@ -76,6 +82,7 @@ impl HttpConfig {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             rng_seed: 0,
             clock: WallClock::system(),
+            metrics: None,
         }
     }
 }
@@ -89,6 +96,7 @@ impl fmt::Debug for HttpConfig {
             .field("cache_stale_age", &self.cache_stale_age)
             .field("server_version", &self.server_version)
             .field("rng_seed", &self.rng_seed)
+            .field("metrics", &self.metrics.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -120,13 +128,48 @@ impl WallClock {
 
 /// The router serving the whole API over `api`.
 pub fn router<A: ShapeApi>(api: A, config: HttpConfig) -> Router {
+    let metrics = config.metrics.clone();
     let state = Arc::new(AppState {
         api,
         rng: SplitMix64(AtomicU64::new(config.rng_seed)),
         unique_counter: AtomicU64::new(0),
         config,
     });
-    Router::new().fallback(dispatch::<A>).with_state(state)
+    let router = Router::new().fallback(dispatch::<A>).with_state(state);
+    match metrics {
+        Some(metrics) => router.layer(axum::middleware::from_fn_with_state(metrics, record)),
+        None => router,
+    }
+}
+
+/// Counts and times a request by [`route_label`] (until its response head), and counts it
+/// in flight meanwhile; a request abandoned by its client is only counted in flight.
+async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = route_label(request.uri());
+    let _in_flight = metrics.http().start(route);
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .http()
+        .finish(route, response.status(), started.elapsed());
+    response
+}
+
+/// The `route` label: `root`, `shape`, `shape_live` (long polls), `health` or `other`.
+fn route_label(uri: &axum::http::Uri) -> &'static str {
+    match Route::of(uri.path()) {
+        Route::Root => "root",
+        Route::Shape => {
+            let query = Query::parse(uri.query());
+            if params::is_truthy(query.get("live")) {
+                "shape_live"
+            } else {
+                "shape"
+            }
+        }
+        Route::Health => "health",
+        Route::Unknown => "other",
+    }
 }
 
 /// What every handler shares.
@@ -171,7 +214,6 @@ enum Route {
     Root,
     Shape,
     Health,
-    Metrics,
     Unknown,
 }
 
@@ -193,7 +235,6 @@ impl Route {
             [] => Self::Root,
             ["v1", "shape"] => Self::Shape,
             ["v1", "health"] => Self::Health,
-            ["metrics"] => Self::Metrics,
             _ => Self::Unknown,
         }
     }
@@ -214,11 +255,8 @@ async fn dispatch<A: ShapeApi>(
         Route::Health if is_read(method) => {
             health::respond(state.api.health(), state.api.last_purge())
         }
-        Route::Metrics if is_read(method) => health::metrics(&state.api),
         Route::Root if is_read(method) => StatusCode::OK.into_response(),
-        Route::Health | Route::Metrics | Route::Root | Route::Unknown => {
-            ApiError::NotFound.into_response()
-        }
+        Route::Health | Route::Root | Route::Unknown => ApiError::NotFound.into_response(),
     };
     let kind = if route == Route::Shape {
         RouteKind::Shape

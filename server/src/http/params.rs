@@ -221,7 +221,7 @@ fn handle(query: &Query, offset: RequestOffset) -> Result<Option<ShapeHandle>, A
 }
 
 /// Any value but the exact string `false` is true (Electric quirk).
-fn is_truthy(value: Option<&str>) -> bool {
+pub(crate) fn is_truthy(value: Option<&str>) -> bool {
     value.is_some_and(|v| v != "false")
 }
 

@@ -1,6 +1,7 @@
 //! Handler-level tests: the whole router over the in-memory [`FakeApi`], driven with
 //! `tower::ServiceExt::oneshot`. Tokio's clock is paused, so long-poll waits take no real time.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ampere_core::shape::ShapeHandle;
@@ -13,6 +14,8 @@ use tower::ServiceExt;
 
 use super::fake::{row, FakeApi, SNAPSHOT_END};
 use super::{router, HttpConfig, Route, WallClock};
+use crate::metrics::text_format::{self, MetricFamily};
+use crate::metrics::{Metrics, ServiceStats};
 
 /// 35 340 055 s after the cursor epoch: the 20 s bucket ends at 35 340 060.
 const NOW_SECS: u64 = 1_728_432_000 + 35_340_055;
@@ -674,6 +677,7 @@ fn routes_match_the_decoded_normalised_path() {
     assert_eq!(Route::of("/v1%2Fshape"), Route::Shape);
     assert_eq!(Route::of("/v1/health/"), Route::Health);
     assert_eq!(Route::of("/v1/Shape"), Route::Unknown);
+    assert_eq!(Route::of("/metrics"), Route::Unknown);
 }
 
 #[tokio::test(start_paused = true)]
@@ -700,21 +704,151 @@ async fn health_reports_active_then_starting() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn metrics_expose_readiness_purges_and_progress_in_prometheus_text() {
-    let h = Harness::new();
-    let reply = h.get("/metrics").await;
+/// The API with metrics recorded, and the router `ELECTRIC_PROMETHEUS_PORT` would serve.
+fn with_metrics() -> (Harness, Router) {
+    let api = FakeApi::with_items();
+    let source = api.clone();
+    let metrics = Metrics::new(move || ServiceStats::of_api(&source));
+    let app = router(
+        api.clone(),
+        HttpConfig {
+            metrics: Some(metrics.clone()),
+            ..config()
+        },
+    );
+    (Harness { api, app }, metrics.router())
+}
+
+/// Scrapes the metrics router and parses the exposition strictly.
+async fn scrape(metrics: &Router) -> BTreeMap<String, MetricFamily> {
+    let reply = Harness {
+        api: FakeApi::default(),
+        app: metrics.clone(),
+    }
+    .get("/metrics")
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    assert!(reply.body.contains("\nampere_active 1\n"), "{}", reply.body);
-    assert!(reply
-        .body
-        .contains("# TYPE ampere_purges_total counter\nampere_purges_total 0\n"));
+    text_format::parse(&reply.body).unwrap_or_else(|e| panic!("{e}:\n{}", reply.body))
+}
+
+fn requests(families: &BTreeMap<String, MetricFamily>, route: &str, status: &str) -> f64 {
+    families["ampere_http_requests_total"]
+        .value(
+            "ampere_http_requests_total",
+            &[("route", route), ("status", status)],
+        )
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_expose_readiness_purges_and_progress_in_prometheus_text() {
+    let (h, metrics) = with_metrics();
+    // Only on the Prometheus port: the API answers 404.
+    assert_eq!(h.get("/metrics").await.status, StatusCode::NOT_FOUND);
+    let families = scrape(&metrics).await;
+    for (name, kind) in [
+        ("ampere_active", "gauge"),
+        ("ampere_purges_total", "counter"),
+        ("ampere_durable_lsn", "gauge"),
+        ("ampere_http_requests_total", "counter"),
+        ("ampere_http_request_duration_seconds", "histogram"),
+        ("ampere_http_requests_in_flight", "gauge"),
+    ] {
+        let family = families
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(family.kind, kind, "{name}");
+        assert!(family.help.ends_with('.'), "{name}: {:?}", family.help);
+    }
+    assert_eq!(
+        families["ampere_active"].value("ampere_active", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        families["ampere_purges_total"].value("ampere_purges_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(requests(&families, "other", "404"), 1.0);
     h.api.set_starting(true);
-    assert!(h.get("/metrics").await.body.contains("\nampere_active 0\n"));
+    let families = scrape(&metrics).await;
+    assert_eq!(
+        families["ampere_active"].value("ampere_active", &[]),
+        Some(0.0)
+    );
+    // Another port's scrapes are not API requests.
+    assert_eq!(requests(&families, "other", "404"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_counters_latency_and_in_flight_move_with_requests() {
+    let (h, metrics) = with_metrics();
+    let handle = h.initial_sync().await;
+    assert_eq!(h.get("/v1/health").await.status, StatusCode::OK);
+    assert_eq!(h.get("/v1/health").await.status, StatusCode::OK);
+    let families = scrape(&metrics).await;
+    assert_eq!(requests(&families, "shape", "200"), 1.0);
+    assert_eq!(requests(&families, "health", "200"), 2.0);
+    let latency = &families["ampere_http_request_duration_seconds"];
+    assert_eq!(
+        latency.value(
+            "ampere_http_request_duration_seconds_count",
+            &[("route", "health")]
+        ),
+        Some(2.0)
+    );
+
+    // A long poll is in flight (route shape_live) until it times out after 20 s.
+    let live = format!("/v1/shape?table=items&handle={handle}&offset=0_inf&live=true");
+    let poll = tokio::spawn({
+        let app = h.app.clone();
+        let live = live.clone();
+        async move {
+            Harness {
+                api: FakeApi::default(),
+                app,
+            }
+            .get(&live)
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let in_flight = |families: &BTreeMap<String, MetricFamily>| {
+        families["ampere_http_requests_in_flight"]
+            .value("ampere_http_requests_in_flight", &[("route", "shape_live")])
+    };
+    assert_eq!(in_flight(&scrape(&metrics).await), Some(1.0));
+    let reply = poll.await.expect("poll task");
+    let families = scrape(&metrics).await;
+    assert_eq!(in_flight(&families), Some(0.0));
+    let status = reply.status.as_str().to_owned();
+    assert_eq!(requests(&families, "shape_live", &status), 1.0);
+    let latency = &families["ampere_http_request_duration_seconds"];
+    let long = latency
+        .value(
+            "ampere_http_request_duration_seconds_bucket",
+            &[("route", "shape_live"), ("le", "10")],
+        )
+        .unwrap_or_else(|| panic!("no bucket in {latency:?}"));
+    assert_eq!(long, 0.0, "a 20 s long poll is above the 10 s bucket");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_prometheus_router_serves_only_metrics() {
+    let (_, metrics) = with_metrics();
+    let h = Harness {
+        api: FakeApi::default(),
+        app: metrics,
+    };
+    assert_eq!(h.get("/").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(h.get("/v1/health").await.status, StatusCode::NOT_FOUND);
+    let post = h.send(Method::POST, "/metrics", &[], Body::empty()).await;
+    assert_eq!(post.status, StatusCode::NOT_FOUND);
+    let head = h.send(Method::HEAD, "/metrics", &[], Body::empty()).await;
+    assert_eq!((head.status, head.body.as_str()), (StatusCode::OK, ""));
 }
 
 #[tokio::test(start_paused = true)]
