@@ -34,7 +34,9 @@
 //!
 //! - Rollback journal (`journal_mode=DELETE`, exclusive mode): an ordinary read-only connection.
 //!   While an exclusive-mode writer lives it holds the file locked, so reads are busy (MD-2:
-//!   that mode serves one process).
+//!   that mode serves one process); a standby in that mode therefore reads the shape
+//!   directories instead ([`crate::standby_metadata`]), and a promotion waits briefly for the
+//!   previous holder to close the file (`WRITER_OPEN_ATTEMPTS`).
 //! - WAL with its `-wal` and `-shm` files present (a writer is running or crashed): an ordinary
 //!   read-only connection, kept open. Like every WAL reader it takes read marks in the `-shm`
 //!   shared-memory index (locking state, not data); while it is open a writer that closes
@@ -124,6 +126,14 @@ const SCHEMA_V2: &str = "
         purge_pending INTEGER NOT NULL
     ) STRICT;
 ";
+
+/// Attempts opening the file for writing makes while another process holds it locked, each
+/// waiting up to `busy_timeout`: a promoted instance whose predecessor (in exclusive mode, the
+/// holder of the file lock) is still closing it waits for it rather than fail the promotion.
+const WRITER_OPEN_ATTEMPTS: u32 = 3;
+
+/// Pause between those attempts.
+const WRITER_OPEN_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Attempts a standby read makes before reporting [`MetadataError::Transient`] (MD-4).
 const READ_ATTEMPTS: u32 = 4;
@@ -865,8 +875,30 @@ fn sqlite_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> 
     move |source| MetadataError::Sqlite { path, op, source }
 }
 
-/// Creates the directory, opens the file read-write, configures and migrates it.
+/// Creates the directory, opens the file read-write, configures and migrates it; while another
+/// process holds it locked, up to [`WRITER_OPEN_ATTEMPTS`] times.
 fn open_writer(
+    dir: &Path,
+    options: &MetadataOptions,
+) -> Result<(PathBuf, Connection), MetadataError> {
+    let mut attempt = 1;
+    loop {
+        match open_writer_once(dir, options) {
+            Err(err) if err.is_busy() && attempt < WRITER_OPEN_ATTEMPTS => {
+                tracing::info!(
+                    error = %err,
+                    attempt,
+                    "shape metadata is still locked by another process; waiting for it"
+                );
+                std::thread::sleep(WRITER_OPEN_RETRY_DELAY);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_writer_once(
     dir: &Path,
     options: &MetadataOptions,
 ) -> Result<(PathBuf, Connection), MetadataError> {
@@ -1279,6 +1311,22 @@ impl MetadataError {
     /// stop writing and wait for the lock again ([`MetadataError::Fenced`]).
     pub fn is_fenced(&self) -> bool {
         matches!(self, Self::Fenced { .. })
+    }
+
+    /// Whether a standby's read failed in a way a writer causes briefly (MD-4): retry later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    /// Whether SQLite found the file locked by another connection ("database is locked").
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Sqlite {
+                source: rusqlite::Error::SqliteFailure(err, _),
+                ..
+            } if matches!(err.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
     }
 
     /// Whether the database itself is damaged (not a database, "malformed", a row that does

@@ -10,6 +10,23 @@
 //! directory's stamp so no handle is issued twice. Shape directories are never removed or
 //! changed by this; one without `shape.json` is left alone (with a warning).
 //!
+//! **Exclusive mode** (MD-2, MD-4, LC-1). In [`MetadataMode::Exclusive`] the active instance's
+//! connection holds the file locked for as long as it lives, so a standby cannot read it at
+//! all. With a shape root a standby then never opens the file: it does not even try (a read
+//! attempt takes SQLite's shared lock, and on a network file system every lock is one more
+//! chance to stall the lock holder's next commit), and serves the shapes the shape directories
+//! describe instead (`shapes/<handle>/shape.json`, the row's own copy, MD-3; the lock holder
+//! writes it right after the row, and removes the directory before the row). Promotion opens
+//! the file exclusively, retrying briefly while the previous holder is still closing it
+//! ([`SqliteMetadata::promote`]). Electric likewise opens its shape database only once it holds
+//! the lock.
+//!
+//! In every other case a standby opens the file read-only. Failures a writer causes briefly
+//! (busy, locked: [`MetadataError::Transient`]) at startup are not fatal: the standby starts
+//! without the database and opens it again at a later read, waiting [`REOPEN_DELAY_MIN`],
+//! doubling to [`REOPEN_DELAY_MAX`], between attempts; a read meanwhile fails as transient
+//! without touching the file (the caller keeps what it read last).
+//!
 //! **Fencing** (deploy-semantics LK-6, §2 item 13; [`crate::lease`]). `promote` takes the
 //! storage lease of the shape root before its first write: it *adopts* the generation the shape
 //! store of this process acquired moments earlier (the driver promotes the store first) if the
@@ -27,7 +44,9 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{HandleStamp, ShapeHandle};
@@ -35,7 +54,7 @@ use ampere_core::shape::{HandleStamp, ShapeHandle};
 use crate::lease::StorageLease;
 use crate::metadata::{
     decode_stored_shape, encode_stored_shape, lease_error, move_aside_corrupt, MetadataError,
-    MetadataOptions, SqliteMetadata, METADATA_FILE,
+    MetadataMode, MetadataOptions, SqliteMetadata, METADATA_FILE,
 };
 use crate::store::description::{read_descriptions, write_description};
 
@@ -50,6 +69,25 @@ pub struct StandbyMetadata {
     /// The storage lease writes are fenced with: given ([`StandbyMetadata::with_lease`]) or
     /// resolved from the shape root at promotion.
     lease: Arc<Mutex<Option<Arc<StorageLease>>>>,
+    /// Set once a promotion opened the file for writing.
+    promoted: Arc<AtomicBool>,
+    /// When a standby may next try to open the file after a transient failure.
+    reopen: Arc<Mutex<Reopen>>,
+}
+
+/// Smallest pause between a standby's attempts to open a database it found busy.
+pub const REOPEN_DELAY_MIN: Duration = Duration::from_secs(1);
+
+/// Largest pause between those attempts.
+pub const REOPEN_DELAY_MAX: Duration = Duration::from_secs(30);
+
+const _: () = assert!(REOPEN_DELAY_MIN.as_millis() <= REOPEN_DELAY_MAX.as_millis());
+
+/// The standby's reopen backoff: nothing pending, or not before `at`, next pause `delay`.
+#[derive(Debug, Default)]
+struct Reopen {
+    at: Option<Instant>,
+    delay: Duration,
 }
 
 impl std::fmt::Debug for StandbyMetadata {
@@ -58,6 +96,7 @@ impl std::fmt::Debug for StandbyMetadata {
         f.debug_struct("StandbyMetadata")
             .field("dir", &self.dir)
             .field("is_open", &is_open)
+            .field("is_promoted", &self.is_promoted())
             .finish()
     }
 }
@@ -84,23 +123,38 @@ impl StandbyMetadata {
         options: MetadataOptions,
         shapes_root: Option<PathBuf>,
     ) -> Result<Self, MetadataError> {
-        let inner = match SqliteMetadata::open_read_only(&dir, &options) {
-            Ok(metadata) => Some(metadata),
-            Err(MetadataError::NotCreatedYet { .. }) => None,
-            // The lock holder moves it aside and rebuilds it when promoted (MD-3).
-            Err(e) if shapes_root.is_some() && e.is_corruption() => {
-                tracing::warn!(error = %e, "shape metadata is corrupt; the lock holder rebuilds it");
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(Self {
+        let this = Self {
             dir,
             options,
             shapes_root,
-            inner: Arc::new(Mutex::new(inner)),
+            inner: Arc::new(Mutex::new(None)),
             lease: Arc::new(Mutex::new(None)),
-        })
+            promoted: Arc::new(AtomicBool::new(false)),
+            reopen: Arc::new(Mutex::new(Reopen::default())),
+        };
+        if this.reads_descriptions() {
+            tracing::info!(
+                path = %this.dir.join(METADATA_FILE).display(),
+                "exclusive mode: until it holds the lock, this instance leaves the shape metadata \
+                 to the lock holder and serves the shapes its shape directories describe"
+            );
+            return Ok(this);
+        }
+        match SqliteMetadata::open_read_only(&this.dir, &this.options) {
+            Ok(metadata) => drop(this.install(metadata)),
+            Err(MetadataError::NotCreatedYet { .. }) => {}
+            // The lock holder moves it aside and rebuilds it when promoted (MD-3).
+            Err(e) if this.shapes_root.is_some() && e.is_corruption() => {
+                tracing::warn!(error = %e, "shape metadata is corrupt; the lock holder rebuilds it");
+            }
+            // A writer holds it (MD-4): start, and read it later (module docs).
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "shape metadata is busy; reading it later");
+                this.back_off();
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(this)
     }
 
     /// Fences writes with `lease` (module docs) instead of this process's handle on the shape
@@ -139,24 +193,115 @@ impl StandbyMetadata {
         lease.map_or(Ok(()), |lease| lease.check().map_err(lease_error))
     }
 
-    /// The open handle, opening it read-only first if the writer has created it since.
+    /// Whether this handle promoted (opened the file for writing).
+    pub fn is_promoted(&self) -> bool {
+        self.promoted.load(Ordering::Acquire)
+    }
+
+    /// Whether reads come from the shape directories' descriptions, not the database: a
+    /// standby in exclusive mode with a shape root (module docs).
+    fn reads_descriptions(&self) -> bool {
+        self.options.mode == MetadataMode::Exclusive
+            && self.shapes_root.is_some()
+            && !self.is_promoted()
+    }
+
+    /// The open handle, opening it read-only first if the writer has created it since (and no
+    /// reopen backoff is pending).
     fn handle(&self) -> impl Future<Output = Result<Option<SqliteMetadata>, MetadataError>> {
         let this = self.clone();
         async move {
             if let Some(metadata) = this.current() {
                 return Ok(Some(metadata));
             }
+            this.check_reopen()?;
             let (dir, options) = (this.dir.clone(), this.options.clone());
             let opened =
                 tokio::task::spawn_blocking(move || SqliteMetadata::open_read_only(&dir, &options))
                     .await
                     .map_err(|source| MetadataError::Worker { source })?;
             match opened {
-                Ok(metadata) => Ok(Some(this.install(metadata))),
+                Ok(metadata) => {
+                    this.reset_reopen();
+                    Ok(Some(this.install(metadata)))
+                }
                 Err(MetadataError::NotCreatedYet { .. }) => Ok(None),
-                Err(e) => Err(e),
+                Err(e) => {
+                    if e.is_transient() {
+                        this.back_off();
+                    }
+                    Err(e)
+                }
             }
         }
+    }
+
+    /// `Err(Transient)` without touching the file while a reopen backoff is pending.
+    fn check_reopen(&self) -> Result<(), MetadataError> {
+        let reopen = lock(&self.reopen);
+        match reopen.at {
+            Some(at) if Instant::now() < at => Err(MetadataError::Transient {
+                path: self.dir.join(METADATA_FILE),
+                attempts: 0,
+                reason: "busy at the last attempt; waiting before opening it again",
+                source: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Schedules the next reopen attempt: [`REOPEN_DELAY_MIN`], doubling to
+    /// [`REOPEN_DELAY_MAX`].
+    fn back_off(&self) {
+        let mut reopen = lock(&self.reopen);
+        let delay = reopen
+            .delay
+            .saturating_mul(2)
+            .clamp(REOPEN_DELAY_MIN, REOPEN_DELAY_MAX);
+        reopen.delay = delay;
+        reopen.at = Some(Instant::now() + delay);
+    }
+
+    fn reset_reopen(&self) {
+        *lock(&self.reopen) = Reopen::default();
+    }
+
+    /// The shapes the shape directories describe (MD-3), as a standby in exclusive mode
+    /// serves them: every directory with a readable `shape.json` naming it (others are
+    /// skipped, as the lock holder's rebuild skips them), sorted by handle, and the highest
+    /// stamp among the directories. Blocking work runs on the blocking pool; reads only.
+    async fn load_descriptions(
+        root: PathBuf,
+    ) -> Result<(Vec<StoredShape>, HandleStamp), MetadataError> {
+        let listing_root = root.clone();
+        let dirs = tokio::task::spawn_blocking(move || read_descriptions(&listing_root))
+            .await
+            .map_err(|source| MetadataError::Worker { source })?
+            .map_err(|source| MetadataError::Io {
+                path: root.join(crate::store::layout::SHAPES_DIR),
+                op: "list shape directories",
+                source,
+            })?;
+        let mut stamp = HandleStamp::default();
+        let mut shapes = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            if let Some(dir_stamp) = handle_stamp(&dir.handle) {
+                stamp = stamp.max(dir_stamp);
+            }
+            let Some(text) = dir.description else {
+                continue; // Not described yet (being created) or not by this version.
+            };
+            match decode_stored_shape(&text) {
+                Ok(shape) if shape.handle == dir.handle => shapes.push(shape),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(
+                    handle = %dir.handle,
+                    error = %e,
+                    "shape.json is unreadable: not served until the lock holder's rebuild"
+                ),
+            }
+        }
+        Ok((shapes, stamp))
     }
 
     fn current(&self) -> Option<SqliteMetadata> {
@@ -185,14 +330,18 @@ impl StandbyMetadata {
     /// Opens the file for writing (promoting the read-only handle if there is one).
     async fn open_writer(&self) -> Result<(), MetadataError> {
         if let Some(metadata) = self.current() {
-            return metadata.promote(&self.options).await;
+            metadata.promote(&self.options).await?;
+        } else {
+            let (dir, options) = (self.dir.clone(), self.options.clone());
+            let writer = tokio::task::spawn_blocking(move || SqliteMetadata::open(&dir, &options))
+                .await
+                .map_err(|source| MetadataError::Worker { source })??;
+            let installed = self.install(writer);
+            installed.promote(&self.options).await?;
         }
-        let (dir, options) = (self.dir.clone(), self.options.clone());
-        let writer = tokio::task::spawn_blocking(move || SqliteMetadata::open(&dir, &options))
-            .await
-            .map_err(|source| MetadataError::Worker { source })??;
-        let installed = self.install(writer);
-        installed.promote(&self.options).await
+        self.reset_reopen();
+        self.promoted.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Closes the corrupt database, renames its files aside and creates a fresh one (MD-3).
@@ -220,6 +369,7 @@ impl StandbyMetadata {
             "shape metadata is corrupt: moved it aside and rebuilding it from the shape directories"
         );
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+        self.promoted.store(true, Ordering::Release);
         self.arm();
         Ok(())
     }
@@ -363,8 +513,15 @@ impl MetadataStore for StandbyMetadata {
         &self,
     ) -> impl Future<Output = Result<(Vec<StoredShape>, HandleStamp), MetadataError>> + Send + 'static
     {
+        let descriptions = self
+            .shapes_root
+            .clone()
+            .filter(|_| self.reads_descriptions());
         let handle = self.handle();
         async move {
+            if let Some(root) = descriptions {
+                return Self::load_descriptions(root).await;
+            }
             match handle.await? {
                 Some(metadata) => metadata.load().await,
                 None => Ok((Vec::new(), HandleStamp::default())),
@@ -375,8 +532,14 @@ impl MetadataStore for StandbyMetadata {
     fn load_identity(
         &self,
     ) -> impl Future<Output = Result<Option<StorageIdentity>, MetadataError>> + Send + 'static {
+        // A standby in exclusive mode never opens the file (module docs); only the lock holder
+        // needs the identity.
+        let skip = self.reads_descriptions();
         let handle = self.handle();
         async move {
+            if skip {
+                return Ok(None);
+            }
             match handle.await? {
                 Some(metadata) => metadata.load_identity().await,
                 None => Ok(None),

@@ -35,53 +35,122 @@ const STORAGE_DIR: &str = "/var/lib/electric/data";
 const STOP_GRACE: &str = "30";
 const COMPOSE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// k. A rolling upgrade with `deploy/compose/shared-storage.yaml` on the container image. Blue
-/// serves a live client; green starts on the same volume → 202 `waiting`, serves the existing
-/// shape with blue's handle, 503 `Retry-After: 5` for a new shape, Docker's HEALTHCHECK calls
-/// it healthy; 500 writes, 20 ms apart, and after the 200th `stop ampere-blue` (SIGTERM) →
-/// blue exits 0, green reports 200 within 15 s; the client (moved to green once blue is gone,
-/// as a proxy would) sees no 409 and every write exactly once, in order, and ends equal to
-/// `SELECT`. Also: the image without DATABASE_URL exits with a clear message.
+/// k. A rolling upgrade with `deploy/compose/shared-storage.yaml` on the container image, run
+/// twice: with the shape metadata in its default WAL mode, then with
+/// `ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE=true` (what the Kubernetes and ECS recipes set for NFS/EFS),
+/// each on its own project, volume, replication stream and tables. Blue serves a live client;
+/// green starts on the same volume → 202 `waiting`, serves the existing shape with blue's handle
+/// (in exclusive mode from the shape directories' descriptions, MD-3: blue holds the metadata
+/// file locked), 503 `Retry-After: 5` for a new shape, Docker's HEALTHCHECK calls it healthy;
+/// 500 writes, 20 ms apart, and after the 200th `stop ampere-blue` (SIGTERM) → blue exits 0,
+/// green reports 200 within 15 s; the client (moved to green once blue is gone, as a proxy
+/// would) sees no 409 and every write exactly once, in order, and ends equal to `SELECT`.
+/// Also: the image without DATABASE_URL exits with a clear message.
 pub(crate) async fn compose_rolling_upgrade(mut ctx: Ctx) {
     ctx.stage("image (scripts/build-ampere-image.sh)");
     let t = Instant::now();
     let image = image_async().await.unwrap_or_else(|e| panic!("{e}"));
     ctx.note(format!("image {image} ready after {}", secs(t.elapsed())));
     without_database_url_exits_clearly(&mut ctx, image).await;
-    ctx.create_table("items").await;
-    ctx.create_table("other").await;
-    ctx.insert_range("items", 1, 100).await;
+    for mode in [ShapeDb::Wal, ShapeDb::Exclusive] {
+        rolling_upgrade(&mut ctx, image, mode).await;
+    }
+    ctx.pass();
+}
 
-    ctx.stage("shared-storage recipe: create the project, start blue");
-    let recipe = Recipe::create(&ctx, image).await;
+/// How the shape metadata is shared (`ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE`, MD-2), and the names
+/// that keep the two runs apart.
+#[derive(Clone, Copy, Debug)]
+enum ShapeDb {
+    Wal,
+    Exclusive,
+}
+
+impl ShapeDb {
+    fn exclusive_mode(self) -> &'static str {
+        match self {
+            Self::Wal => "false",
+            Self::Exclusive => "true",
+        }
+    }
+
+    /// `ELECTRIC_REPLICATION_STREAM_ID`: the first run keeps the recipe's default.
+    fn stream_id(self) -> &'static str {
+        match self {
+            Self::Wal => "default",
+            Self::Exclusive => "exclusive",
+        }
+    }
+
+    /// Suffix of the project, and the prefix of the run's notes.
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Wal => "wal",
+            Self::Exclusive => "exclusive",
+        }
+    }
+
+    /// The table the client follows, and the one green is asked to create a shape on.
+    fn tables(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Wal => ("items", "other"),
+            Self::Exclusive => ("items_x", "other_x"),
+        }
+    }
+}
+
+async fn rolling_upgrade(ctx: &mut Ctx, image: &'static str, mode: ShapeDb) {
+    let (items, other) = mode.tables();
+    ctx.create_table(items).await;
+    ctx.create_table(other).await;
+    ctx.insert_range(items, 1, 100).await;
+
+    ctx.stage(format!(
+        "{}: shared-storage recipe: create the project, start blue",
+        mode.tag()
+    ));
+    let recipe = Recipe::create(ctx, image, mode).await;
     ctx.note(recipe.describe());
     recipe.start(BLUE).await;
     let took = recipe
         .wait_health(BLUE, 200, None, ACTIVE_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    ctx.note(format!("blue active {} after start", secs(took)));
-    let mut client = ShapeClient::new("client", recipe.port(BLUE), "items");
-    converge(&mut ctx, &mut client).await;
+    ctx.note(format!(
+        "{}: blue active {} after start",
+        mode.tag(),
+        secs(took)
+    ));
+    let mut client = ShapeClient::new("client", recipe.port(BLUE), items);
+    converge(ctx, &mut client).await;
     let handle = client.handle.clone().unwrap_or_default();
     let switch = client.target();
     let bg = client.spawn();
 
-    ctx.stage("start green on the same volume");
+    ctx.stage(format!("{}: start green on the same volume", mode.tag()));
     recipe.start(GREEN).await;
     let green_health = HealthMonitor::spawn(recipe.port(GREEN));
     let offset = bg.progress().offset;
-    standby_serves_reads_only(&mut ctx, &recipe, &green_health, &handle, &offset).await;
-    docker_healthchecks_pass(&mut ctx, &recipe).await;
-    handover_under_writes(&mut ctx, &recipe, green_health, &switch).await;
+    standby_serves_reads_only(ctx, &recipe, &green_health, mode, &handle, &offset).await;
+    if let ShapeDb::Exclusive = mode {
+        // The scenario must take the path it is about: green never opened the file blue holds.
+        let logs = recipe.logs(GREEN, 500);
+        assert!(
+            logs.contains("shapes its shape directories describe"),
+            "green in exclusive mode must serve from the shape directories; its log:\n{logs}"
+        );
+    }
+    docker_healthchecks_pass(ctx, &recipe).await;
+    handover_under_writes(ctx, &recipe, green_health, mode, &switch).await;
 
-    let mut client = finish_background(&mut ctx, bg, 600).await;
-    converge(&mut ctx, &mut client).await;
-    assert_clean(&mut ctx, &client, 0);
+    let mut client = finish_background(ctx, bg, 600).await;
+    converge(ctx, &mut client).await;
+    assert_clean(ctx, &client, 0);
     assert_eq!(
         client.handles,
         vec![handle],
-        "one handle across the handover"
+        "{}: one handle across the handover",
+        mode.tag()
     );
     let ids: Vec<i64> = client
         .inserted_ids()
@@ -91,13 +160,17 @@ pub(crate) async fn compose_rolling_upgrade(mut ctx: Ctx) {
     let expected: Vec<i64> = (101..=600).collect();
     assert!(
         ids == expected,
-        "each of the 500 writes exactly once, in order: got {} ids, first mismatch at {:?}",
+        "{}: each of the 500 writes exactly once, in order: got {} ids, first mismatch at {:?}",
+        mode.tag(),
         ids.len(),
         ids.iter().zip(&expected).position(|(a, b)| a != b)
     );
-    ctx.stage("teardown (compose down -v)");
-    ctx.note(format!("teardown {}", secs(recipe.finish())));
-    ctx.pass();
+    ctx.stage(format!("{}: teardown (compose down -v)", mode.tag()));
+    ctx.note(format!(
+        "{}: teardown {}",
+        mode.tag(),
+        secs(recipe.finish())
+    ));
 }
 
 /// Green (same volume, same stream id) waits: health 202 `waiting`, the existing shape served
@@ -107,9 +180,11 @@ async fn standby_serves_reads_only(
     ctx: &mut Ctx,
     recipe: &Recipe,
     green_health: &HealthMonitor,
+    mode: ShapeDb,
     handle: &str,
     offset: &str,
 ) {
+    let (items, other) = mode.tables();
     ctx.stage("green: health 202 {\"status\":\"waiting\"}");
     let waited = recipe
         .wait_health(GREEN, 202, Some("\"waiting\""), Duration::from_secs(30))
@@ -124,7 +199,7 @@ async fn standby_serves_reads_only(
             .await
             .unwrap_or_else(|e| panic!("GET {url} on green: {e}"))
     };
-    let r = get("/v1/shape?offset=-1&table=items".to_owned()).await;
+    let r = get(format!("/v1/shape?offset=-1&table={items}")).await;
     assert_eq!(
         (r.status, r.header("electric-handle")),
         (200, Some(handle)),
@@ -132,7 +207,7 @@ async fn standby_serves_reads_only(
         r.body_text()
     );
     let url = format!(
-        "/v1/shape?handle={}&offset={}&table=items",
+        "/v1/shape?handle={}&offset={}&table={items}",
         http::encode(handle),
         http::encode(offset)
     );
@@ -141,7 +216,7 @@ async fn standby_serves_reads_only(
 
     ctx.stage("green: a new shape → 503 Retry-After 5 (within ~5 s)");
     let t = Instant::now();
-    let r = get("/v1/shape?offset=-1&table=other".to_owned()).await;
+    let r = get(format!("/v1/shape?offset=-1&table={other}")).await;
     assert_eq!(
         (r.status, r.header("retry-after")),
         (503, Some("5")),
@@ -180,8 +255,10 @@ async fn handover_under_writes(
     ctx: &mut Ctx,
     recipe: &Recipe,
     green_health: HealthMonitor,
+    mode: ShapeDb,
     switch: &AtomicU16,
 ) {
+    let (items, _) = mode.tables();
     ctx.stage("500 writes across the handover; stop blue after the 200th");
     let conn = ctx.pg.connect().await.unwrap_or_else(|e| panic!("{e}"));
     let (written_tx, mut written) = watch::channel(0i64);
@@ -190,7 +267,7 @@ async fn handover_under_writes(
             let id = 100 + i;
             query(
                 &conn,
-                &format!("INSERT INTO items VALUES ({id}, 'w{i}', {i})"),
+                &format!("INSERT INTO {items} VALUES ({id}, 'w{i}', {i})"),
             )
             .await?;
             let _ = written_tx.send(i);
@@ -261,9 +338,9 @@ pub(crate) struct Recipe {
 impl Recipe {
     /// Creates the project (network, volume; with compose also both containers, not started)
     /// and attaches the scenario's Postgres container to its network as `postgres`.
-    pub(crate) async fn create(ctx: &Ctx, image: &str) -> Self {
+    async fn create(ctx: &Ctx, image: &str, mode: ShapeDb) -> Self {
         sweep_stale_projects();
-        let project = format!("ampere-ct-{}-roll", std::process::id());
+        let project = format!("ampere-ct-{}-roll-{}", std::process::id(), mode.tag());
         let ports = BTreeMap::from([(BLUE, free_port()), (GREEN, free_port())]);
         let env = vec![
             (
@@ -272,8 +349,14 @@ impl Recipe {
             ),
             ("ELECTRIC_SECRET", String::new()),
             ("ELECTRIC_INSECURE", "true".to_owned()),
-            ("ELECTRIC_REPLICATION_STREAM_ID", "default".to_owned()),
-            ("ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE", "false".to_owned()),
+            (
+                "ELECTRIC_REPLICATION_STREAM_ID",
+                mode.stream_id().to_owned(),
+            ),
+            (
+                "ELECTRIC_SHAPE_DB_EXCLUSIVE_MODE",
+                mode.exclusive_mode().to_owned(),
+            ),
             ("AMPERE_BLUE_IMAGE", image.to_owned()),
             ("AMPERE_GREEN_IMAGE", image.to_owned()),
             ("AMPERE_BLUE_PORT", format!("127.0.0.1:{}", ports[BLUE])),
