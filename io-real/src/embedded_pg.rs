@@ -18,6 +18,14 @@
 //! The code is blocking std: call it at startup, from tests, or from `spawn_blocking`, never
 //! from an async task (a fast shutdown may wait for a checkpoint).
 //!
+//! **Binaries.** Both users take the server binaries from `$PG_BIN` when it is set (it is then
+//! authoritative: a directory without `initdb` and `postgres` is an error naming what is
+//! missing), else from the newest `/usr/lib/postgresql/*/bin`, else from `pg_config --bindir`.
+//! `psql` and `pg_isready` are taken from the same directory when there, else from `PATH`. Other
+//! major versions for the test matrix come from `scripts/pg-versions.sh`, which prints a
+//! `PG_BIN`; those binaries find their libraries through `RUNPATH $ORIGIN/../lib`, so no
+//! `LD_LIBRARY_PATH` is needed (docs/testing-pg-versions.md).
+//!
 //! **Root.** `postgres` and `initdb` refuse to run as root. When the effective uid is 0 the
 //! cluster directory is chowned to the `postgres` OS user and both run through
 //! `setpriv --reuid=postgres --regid=postgres --init-groups`, which execs in place, so the
@@ -60,6 +68,8 @@ const SOCKET_PATH_MAX: usize = 107;
 const SOCKET_FILE_NAME_MAX: &str = "/.s.PGSQL.65535";
 const LOG_TAIL_LINES: usize = 30;
 const DEFAULT_PORT_RANGE: (u16, u16) = (55400, 55499);
+/// What a directory must hold to count as PostgreSQL's server binaries.
+const SERVER_PROGRAMS: [&str; 2] = ["postgres", "initdb"];
 const _: () = assert!(START_ATTEMPTS >= 1);
 
 // ---------------------------------------------------------------------------------------------
@@ -122,7 +132,7 @@ impl PgBinaries {
             looked_in: search.describe(),
         };
         if let Some(dir) = &search.pg_bin {
-            return Self::at(dir).ok_or_else(not_found);
+            return Self::at_pg_bin(dir);
         }
         if let Some(found) = search.versions_dir.as_deref().and_then(newest_version_bin) {
             return Ok(found);
@@ -135,9 +145,22 @@ impl PgBinaries {
 
     /// `dir` if it holds `postgres` and `initdb`.
     pub fn at(dir: &Path) -> Option<Self> {
-        let has = |name: &str| dir.join(name).is_file();
-        (has("postgres") && has("initdb")).then(|| Self {
+        missing_programs(dir).is_empty().then(|| Self {
             dir: dir.to_path_buf(),
+        })
+    }
+
+    /// `$PG_BIN`, made absolute: every program runs with the current directory `/`, where a
+    /// relative path would name something else. Missing programs are an error that names them.
+    fn at_pg_bin(dir: &Path) -> Result<Self, EmbeddedPgError> {
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let missing = missing_programs(&absolute);
+        if missing.is_empty() {
+            return Ok(Self { dir: absolute });
+        }
+        Err(EmbeddedPgError::PgBinIncomplete {
+            dir: dir.to_path_buf(),
+            missing: missing.join(" and "),
         })
     }
 
@@ -161,7 +184,9 @@ impl PgBinaries {
     }
 
     /// The major version as `PG_VERSION` spells it (`15`, or `9.6` before 10), from
-    /// `postgres --version` (answered before postgres's refusal to run as root).
+    /// `postgres --version` (answered before postgres's refusal to run as root). A binary that
+    /// cannot start (a missing shared library) gives [`EmbeddedPgError::UnknownVersion`] with
+    /// its stderr.
     pub fn major_version(&self) -> Result<String, EmbeddedPgError> {
         let program = self.server("postgres");
         let out = Command::new(&program)
@@ -174,11 +199,26 @@ impl PgBinaries {
                 source,
             })?;
         let text = String::from_utf8_lossy(&out.stdout);
-        parse_major_version(&text).ok_or_else(|| EmbeddedPgError::UnknownVersion {
-            program,
-            output: text.trim().to_owned(),
+        parse_major_version(&text).ok_or_else(|| {
+            let mut output = text.trim().to_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !stderr.trim().is_empty() {
+                if !output.is_empty() {
+                    output.push('\n');
+                }
+                output.push_str(stderr.trim());
+            }
+            EmbeddedPgError::UnknownVersion { program, output }
         })
     }
+}
+
+/// The [`SERVER_PROGRAMS`] that `dir` lacks.
+fn missing_programs(dir: &Path) -> Vec<&'static str> {
+    SERVER_PROGRAMS
+        .into_iter()
+        .filter(|name| !dir.join(name).is_file())
+        .collect()
 }
 
 fn newest_version_bin(versions_dir: &Path) -> Option<PgBinaries> {
@@ -413,6 +453,16 @@ pub enum EmbeddedPgError {
          apt-get install postgresql)"
     )]
     BinariesNotFound { looked_in: String },
+
+    #[error(
+        "$PG_BIN={} is not a PostgreSQL bin directory: it has no {missing}. Point PG_BIN at \
+         the bin directory of a PostgreSQL 14 or later (the one holding initdb and postgres) \
+         or unset it to use the installed PostgreSQL; or set DATABASE_URL to an existing \
+         PostgreSQL with wal_level=logical, or install PostgreSQL (Debian/Ubuntu: apt-get \
+         install postgresql)",
+        dir.display()
+    )]
+    PgBinIncomplete { dir: PathBuf, missing: String },
 
     #[error(
         "running as root, but there is no `postgres` OS user to run the PostgreSQL server as \
@@ -1598,6 +1648,41 @@ mod tests {
         ));
         let on = [("synchronous_commit".to_owned(), "on".to_owned())];
         assert!(check_settings(&on).is_ok());
+    }
+
+    #[test]
+    fn a_pg_bin_without_the_server_names_what_is_missing_and_a_relative_one_is_made_absolute() {
+        let root = unique_dir("pgtest");
+        fs::create_dir_all(&root).unwrap();
+        File::create(root.join("initdb")).unwrap();
+        let search = BinarySearch {
+            pg_bin: Some(root.clone()),
+            versions_dir: None,
+            pg_config: None,
+        };
+        let text = PgBinaries::locate_with(&search).unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!(
+                "$PG_BIN={} is not a PostgreSQL bin directory: it has no postgres.",
+                root.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("DATABASE_URL"), "{text}");
+        assert!(text.contains("apt-get install postgresql"), "{text}");
+
+        File::create(root.join("postgres")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative: PathBuf = std::iter::repeat_n("..", cwd.components().count())
+            .collect::<PathBuf>()
+            .join(root.strip_prefix("/").unwrap());
+        let found = PgBinaries::locate_with(&BinarySearch {
+            pg_bin: Some(relative),
+            ..search
+        })
+        .map(|bins| (bins.dir().is_absolute(), fs::canonicalize(bins.dir()).ok()));
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found.unwrap(), (true, Some(root)));
     }
 
     #[test]
