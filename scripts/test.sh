@@ -38,4 +38,7 @@ scripts/loom.sh
 step "conformance: official @electric-sql/client against ampere"
 cargo build --locked -p ampere-server --bin ampere
 AMPERE_BIN="$CARGO_TARGET_DIR/debug/ampere" scripts/conformance.sh
+
+step "PostgreSQL versions: Postgres-facing tests and conformance against PG 14, 16, 17, 18"
+AMPERE_BIN="$CARGO_TARGET_DIR/debug/ampere" scripts/test-pg-versions.sh
 step "done"

@@ -53,7 +53,7 @@ impl CatalogError {
 /// `unnest(indkey) WITH ORDINALITY` numbers key columns from 1 whatever `int2vector`'s
 /// subscripts are.
 const TABLE_QUERY: &str = "\
-SELECT c.oid, a.attname::text, a.atttypid, a.attndims, a.attnotnull, a.atttypmod,
+SELECT c.oid, a.attname::text, a.atttypid, a.attndims::int4, a.attnotnull, a.atttypmod,
        a.attgenerated::text, t.typname::text, et.typname::text, pk.pk_index,
        t.typtype = 'e'
 FROM pg_catalog.pg_class c

@@ -61,6 +61,8 @@ use crate::tls::{
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// pgoutput protocol version asked for in `START_REPLICATION` (SL-4: v1, no streaming).
 const PGOUTPUT_PROTO_VERSION: u32 = 1;
+/// The oldest server ampere replicates from (`server_version_num` of PostgreSQL 14.0).
+const MIN_SERVER_VERSION_NUM: u32 = 140_000;
 /// SQLSTATE `duplicate_object` (publication or slot exists).
 const DUPLICATE_OBJECT: &str = "42710";
 /// SQLSTATE `insufficient_privilege`.
@@ -432,6 +434,11 @@ impl RealPg {
             .await
             .map_err(repl("reading the backend pid"))?;
         let settings = SessionSettings::parse(rows).map_err(repl("reading the backend pid"))?;
+        if settings.server_version_num < MIN_SERVER_VERSION_NUM {
+            return Err(PgPortError::ServerVersion {
+                server_version_num: settings.server_version_num,
+            });
+        }
         let database = identity
             .dbname
             .clone()
@@ -1531,6 +1538,17 @@ pub enum PgPortError {
         /// The role ampere logs in as.
         user: String,
     },
+    /// The server is older than PostgreSQL 14, which Electric and ampere need.
+    #[error(
+        "PostgreSQL {}.{} is not supported: ampere needs PostgreSQL 14 or later (upgrade the \
+         server, or point DATABASE_URL at one)",
+        server_version_num / 10_000,
+        server_version_num % 10_000
+    )]
+    ServerVersion {
+        /// `server_version_num` (`130023` for 13.23).
+        server_version_num: u32,
+    },
     /// The publication cannot be created and the existing one is unusable (SL-1).
     #[error("publication {publication:?} is unusable: {missing}")]
     Publication {
@@ -1595,6 +1613,7 @@ impl PgError for PgPortError {
             | Self::Config { .. }
             | Self::WalLevel { .. }
             | Self::ReplicationRole { .. }
+            | Self::ServerVersion { .. }
             | Self::Publication { .. }
             | Self::SlotInOtherDatabase { .. }
             | Self::InvalidSlotName { .. } => DisconnectKind::Fatal,
@@ -2201,6 +2220,19 @@ mod tests {
         assert_eq!(settings.backend_pid, 4242);
         assert!(SessionSettings::parse(row("17", "x")).is_err());
         assert!(SessionSettings::parse(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_server_older_than_14_is_refused_naming_its_version_and_fatal() {
+        let e = PgPortError::ServerVersion {
+            server_version_num: 130_023,
+        };
+        assert_eq!(
+            e.to_string(),
+            "PostgreSQL 13.23 is not supported: ampere needs PostgreSQL 14 or later (upgrade the \
+             server, or point DATABASE_URL at one)"
+        );
+        assert_eq!(e.kind(), DisconnectKind::Fatal);
     }
 
     #[test]
