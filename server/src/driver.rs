@@ -193,19 +193,24 @@ where
     M: MetadataStore,
     C: Clock,
 {
+    /// Writes `shapes` in one metadata transaction, awaited in place: metadata writes land in
+    /// the order the core issued them.
+    async fn persist_shapes(&mut self, shapes: Vec<StoredShape>) -> Result<(), DriverError> {
+        debug!(shapes = shapes.len(), "persisting shapes");
+        let result = self.ports.meta.put_shapes(shapes).await;
+        self.storage(result, "persisting shapes")
+    }
+
     /// Executes outputs until the core has none, feeding inputs produced meanwhile.
     async fn drain(&mut self, core: &mut Instance) -> Result<(), DriverError> {
         loop {
             while let Some(output) = core.poll_output() {
                 if let Output::PersistShape { shape } = output {
                     // A run of them (one per shape whose filtering ended, after a flush) is
-                    // one metadata transaction. Awaited in place: metadata writes land in the
-                    // order the core issued them.
+                    // one metadata transaction.
                     let mut shapes = vec![shape];
                     shapes.extend(std::iter::from_fn(|| core.poll_persist_shape()));
-                    debug!(shapes = shapes.len(), "persisting shapes");
-                    let result = self.ports.meta.put_shapes(shapes).await;
-                    self.storage(result, "persisting shapes")?;
+                    self.persist_shapes(shapes).await?;
                     continue;
                 }
                 self.execute(output).await?;
@@ -358,9 +363,7 @@ where
                     let _ = reply.send(Err(CreateShapeError::NotReady(reason.into())));
                 }
             }
-            Output::PersistShape { .. } => {
-                unreachable!("drain writes runs of PersistShape together")
-            }
+            Output::PersistShape { shape } => self.persist_shapes(vec![shape]).await?,
             Output::RemoveShape { handle, reason } => {
                 info!(%handle, reason, "removing shape");
                 self.registry.remove(&handle);
