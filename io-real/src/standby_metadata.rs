@@ -56,7 +56,7 @@ use crate::metadata::{
     decode_stored_shape, encode_stored_shape, lease_error, move_aside_corrupt, MetadataError,
     MetadataMode, MetadataOptions, SqliteMetadata, METADATA_FILE,
 };
-use crate::store::description::{read_descriptions, write_description};
+use crate::store::description::{read_descriptions, write_description, ShapeDirDescription};
 
 /// [`SqliteMetadata`] opened read-only, or not at all while the file does not exist yet.
 #[derive(Clone)]
@@ -273,15 +273,7 @@ impl StandbyMetadata {
     async fn load_descriptions(
         root: PathBuf,
     ) -> Result<(Vec<StoredShape>, HandleStamp), MetadataError> {
-        let listing_root = root.clone();
-        let dirs = tokio::task::spawn_blocking(move || read_descriptions(&listing_root))
-            .await
-            .map_err(|source| MetadataError::Worker { source })?
-            .map_err(|source| MetadataError::Io {
-                path: root.join(crate::store::layout::SHAPES_DIR),
-                op: "list shape directories",
-                source,
-            })?;
+        let dirs = list_descriptions(root).await?;
         let mut stamp = HandleStamp::default();
         let mut shapes = Vec::with_capacity(dirs.len());
         for dir in dirs {
@@ -383,15 +375,7 @@ impl StandbyMetadata {
             .iter()
             .map(|shape| shape.handle.as_str().to_owned())
             .collect();
-        let listing_root = root.clone();
-        let dirs = tokio::task::spawn_blocking(move || read_descriptions(&listing_root))
-            .await
-            .map_err(|source| MetadataError::Worker { source })?
-            .map_err(|source| MetadataError::Io {
-                path: root.join(crate::store::layout::SHAPES_DIR),
-                op: "list shape directories",
-                source,
-            })?;
+        let dirs = list_descriptions(root).await?;
         let mut min_stamp = HandleStamp::default();
         let mut missing = Vec::new();
         for dir in dirs {
@@ -605,4 +589,17 @@ impl MetadataStore for StandbyMetadata {
         let handle = handle.clone();
         async move { writer?.delete_shape(&handle).await }
     }
+}
+
+/// Every shape directory under `root` with its `shape.json`, read on the blocking pool.
+async fn list_descriptions(root: PathBuf) -> Result<Vec<ShapeDirDescription>, MetadataError> {
+    let listing_root = root.clone();
+    tokio::task::spawn_blocking(move || read_descriptions(&listing_root))
+        .await
+        .map_err(|source| MetadataError::Worker { source })?
+        .map_err(|source| MetadataError::Io {
+            path: root.join(crate::store::layout::SHAPES_DIR),
+            op: "list shape directories",
+            source,
+        })
 }
