@@ -22,20 +22,20 @@
 use std::fmt;
 use std::str::FromStr;
 
-const USECS_PER_SEC: i64 = 1_000_000;
+pub(super) const USECS_PER_SEC: i64 = 1_000_000;
 const USECS_PER_DAY: i64 = 86_400_000_000;
 /// Julian day number of 2000-01-01, Postgres's epoch.
 const POSTGRES_EPOCH_JDATE: i64 = 2_451_545;
 /// 1970-01-01 (`epoch`) as days since 2000-01-01.
-const UNIX_EPOCH_DAYS: i32 = -10_957;
+pub(super) const UNIX_EPOCH_DAYS: i32 = -10_957;
 /// First Julian day a `date` cannot hold (5874898-01-01).
 const DATE_END_JULIAN: i64 = 2_147_483_494;
 /// First Julian day a timestamp cannot hold (294277-01-01).
 const TIMESTAMP_END_JULIAN: i64 = 109_203_528;
 /// 4714-11-24 00:00:00 BC (Julian day 0) in microseconds since 2000-01-01.
-const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
+pub(super) const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
 /// 294277-01-01 00:00:00 in microseconds since 2000-01-01 (exclusive limit).
-const END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
+pub(super) const END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
 /// Largest hour of a numeric zone offset Postgres accepts.
 const MAX_TZDISP_HOUR: i64 = 15;
 

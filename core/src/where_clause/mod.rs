@@ -105,8 +105,15 @@ impl WhereClause {
     /// shape identity a where clause contributes. Needs no catalog; refuses syntax errors,
     /// statement splits, trailing clauses, comments and parameter mistakes.
     pub fn canonicalize(text: &str, params: &Params) -> Result<String, WhereError> {
-        parse_where(text)?;
-        let substituted = substitute_params(text, params)?;
+        // A syntax error names its position in the text as given, before values are inlined;
+        // without `$n` the text is parsed once.
+        let substituted = match substitute_params(text, params) {
+            Ok(substituted) if substituted == text => substituted,
+            outcome => {
+                parse_where(text)?;
+                outcome?
+            }
+        };
         let tree = parse_where(&substituted)?;
         let deparsed =
             ampere_pg_parse::deparse(tree.0).map_err(|e| WhereError::plain(e.message))?;

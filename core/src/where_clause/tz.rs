@@ -82,15 +82,11 @@ use std::fmt;
 use jiff::tz::{TimeZone, TimeZoneDatabase};
 
 use super::datetime::{Timestamp, Timestamptz};
+use super::datetime::{END_TIMESTAMP, MIN_TIMESTAMP, UNIX_EPOCH_DAYS, USECS_PER_SEC};
 
-const USECS_PER_SEC: i64 = 1_000_000;
 const SECS_PER_DAY: i64 = 86_400;
 /// 2000-01-01 00:00:00 UTC (Postgres's epoch) as Unix seconds.
-const POSTGRES_EPOCH_UNIX: i64 = 946_684_800;
-/// 4714-11-24 00:00:00 BC, Postgres's smallest timestamp, in microseconds since 2000-01-01.
-const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
-/// 294277-01-01 00:00:00 (exclusive limit) in microseconds since 2000-01-01.
-const END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
+const POSTGRES_EPOCH_UNIX: i64 = -(UNIX_EPOCH_DAYS as i64) * SECS_PER_DAY;
 /// A 400-year Gregorian cycle (146097 days) in seconds: the calendar, and so a POSIX rule,
 /// repeats after it.
 const CYCLE_SECS: i64 = 146_097 * SECS_PER_DAY;
