@@ -8,18 +8,17 @@
 //! `variable=<name>`, and the set of names must be exactly the variables that
 //! `config::VARIABLES` does not mark honoured, each once.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use ampere_io_real::embedded_pg::shared_for_tests;
 use ampere_server::config::{Support, VARIABLES};
 
 mod common;
 
-use common::{free_port, Ampere, Scratch};
+use common::{free_port, http_get_at, shared_database, Ampere, Scratch};
 
 const POLL: Duration = Duration::from_millis(100);
 /// Until `/v1/health` answers.
@@ -139,10 +138,7 @@ fn the_old_storage_dir_name_and_a_separate_shape_db_dir_put_logs_and_metadata_wh
     // ELECTRIC_SHAPE_DB_STORAGE_DIR moves the metadata database out of it; the other storage
     // and socket variables take effect. Method: a real database, a shape created, then look at
     // the directories; an idle connection is closed after ELECTRIC_TCP_READ_TIMEOUT.
-    let cluster = shared_for_tests().expect("shared test cluster starts");
-    cluster
-        .create_database("config_storage")
-        .expect("CREATE DATABASE");
+    let cluster = shared_database("config_storage");
     cluster
         .psql(
             "config_storage",
@@ -255,24 +251,7 @@ fn text(path: &Path) -> String {
 
 /// `GET path` with `Connection: close`: (status, body).
 fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {raw:?}"));
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((status, body.to_owned()))
+    http_get_at(addr, path).map(|reply| (reply.status, reply.body))
 }
 
 /// Polls `/v1/health` until it answers 200 or 202; panics if ampere exits or `within` passes.

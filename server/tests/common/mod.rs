@@ -181,13 +181,17 @@ impl Reply {
 
 /// `GET path` on `127.0.0.1:port` with `Connection: close`, read to the end.
 pub(crate) fn http_get(port: u16, path: &str) -> io::Result<Reply> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    http_get_at(SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// [`http_get`] to any address (`[::1]` too).
+pub(crate) fn http_get_at(addr: SocketAddr, path: &str) -> io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
