@@ -193,7 +193,11 @@ async fn handover_under_writes(
 }
 
 /// Waits until the background client holds `rows` rows and is up to date, then stops it.
-async fn finish_background(ctx: &mut Ctx, mut bg: Background, rows: usize) -> ShapeClient {
+pub(crate) async fn finish_background(
+    ctx: &mut Ctx,
+    mut bg: Background,
+    rows: usize,
+) -> ShapeClient {
     ctx.stage(format!("client catching up to {rows} rows"));
     let r = bg
         .wait_for(&format!("{rows} rows"), CONVERGE_TIMEOUT, |p| {

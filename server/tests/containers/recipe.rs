@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::ampere::{health, HealthMonitor};
-use crate::client::{Background, ShapeClient};
+use crate::client::ShapeClient;
+use crate::deploy::finish_background;
 use crate::docker::{docker, docker_sync, query, LABEL};
-use crate::faults::{assert_clean, converge, ACTIVE_TIMEOUT, CONVERGE_TIMEOUT};
+use crate::faults::{assert_clean, converge, ACTIVE_TIMEOUT};
 use crate::harness::Ctx;
 use crate::http;
 use crate::image::{image_async, repo_root, without_database_url_exits_clearly};
@@ -299,19 +300,6 @@ async fn handover_under_writes(
         .unwrap_or_else(|e| panic!("writer task: {e}"))
         .unwrap_or_else(|e| panic!("writer: {e}"));
     ctx.summary.writes += 500;
-}
-
-/// Waits until the background client holds `rows` rows and is up to date, then stops it.
-async fn finish_background(ctx: &mut Ctx, mut bg: Background, rows: usize) -> ShapeClient {
-    ctx.stage(format!("client catching up to {rows} rows"));
-    let r = bg
-        .wait_for(&format!("{rows} rows"), CONVERGE_TIMEOUT, |p| {
-            p.rows >= rows && p.up_to_date
-        })
-        .await;
-    let client = bg.stop().await;
-    r.unwrap_or_else(|e| panic!("{e}"));
-    client
 }
 
 enum Tool {
