@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on Debian 12 (bookworm), idempotently.
-#   scripts/install-deps.sh           as root: install what is missing (apt-get update only then)
-#   scripts/install-deps.sh --check   only report; exit 1 if something is missing
-# Needs: PostgreSQL server binaries (/usr/lib/postgresql/*/bin), psql + pg_isready, ss,
-# setpriv + runuser, busybox-static (for scripts/build-pg-image.sh), node + npm (>= 18), and a
-# C compiler with libclang (the pg_query crate builds Postgres's own parser, libpg_query).
+# Installs what ampere needs on Debian 12 (bookworm), idempotently.
+#   scripts/install-deps.sh           as root: what the test suite needs (apt-get update only
+#                                     when something is missing)
+#   scripts/install-deps.sh --run     as root: only what building and running ampere needs
+#                                     (scripts/run.sh)
+#   scripts/install-deps.sh --check   only report; exit 1 if something is missing (with --run:
+#                                     of the running set)
+# Running needs: PostgreSQL server binaries (/usr/lib/postgresql/*/bin) and pg_isready for the
+# embedded cluster, psql (to talk to it), setpriv (root runs the cluster as the postgres OS
+# user), and to build, a C compiler with libclang (the pg_query crate builds Postgres's own
+# parser, libpg_query). The test suite adds ss, runuser, busybox-static (for
+# scripts/build-pg-image.sh) and node + npm (>= 18). Docker is scripts/docker-up.sh's business.
 # Takes well under a second when everything is present. Not root and something missing:
-# prints the apt-get command and exits 1. Docker is scripts/docker-up.sh's business.
+# prints the apt-get command and exits 1.
 set -euo pipefail
 
 check_only=0
-case "${1:-}" in
-  --check) check_only=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+set_name=test
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=1 ;;
+    --run) set_name=run ;;
+    *) echo "usage: $0 [--run] [--check]" >&2; exit 2 ;;
+  esac
+done
 
 have() { command -v "$1" >/dev/null 2>&1; }
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
@@ -34,20 +43,22 @@ have_libclang() {
 missing() {
   have_pg_server || echo postgresql-server
   { have psql && have pg_isready; } || echo postgresql-client
-  have ss || echo iproute2
-  { have setpriv && have runuser; } || echo util-linux
-  installed busybox-static || echo busybox-static
+  have setpriv || echo util-linux
   have cc || echo gcc
   have_libclang || echo libclang-dev
+  if [ "$set_name" = run ]; then return 0; fi
+  have ss || echo iproute2
+  have runuser || echo util-linux
+  installed busybox-static || echo busybox-static
   have node || echo nodejs
   have npm || echo npm
 }
 
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 
-mapfile -t todo < <(missing)
+mapfile -t todo < <(missing | sort -u)
 if [ "${#todo[@]}" -eq 0 ]; then
-  if [ "$(node_major)" -lt 18 ]; then
+  if [ "$set_name" = test ] && [ "$(node_major)" -lt 18 ]; then
     echo "install-deps: node $(node --version) is too old: @electric-sql/client needs Node >= 18" >&2
     exit 1
   fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests (real throwaway PostgreSQL clusters,
-# container scenarios, the simulation's seed list), the mutation check, the loom models, then
+# container scenarios, the simulation's seed list), a fresh clone's first run (scripts/run.sh
+# as root and as a normal user), the mutation check, the loom models, then
 # the conformance suite with the official @electric-sql/client under Node.
 # Installs what it needs (idempotently). Usage: scripts/test.sh
 set -euo pipefail
@@ -28,6 +29,9 @@ scripts/build-ampere-image.sh --deps-only
 
 step "cargo test (unit, integration against real PostgreSQL, container scenarios, simulation seed list)"
 cargo test --workspace --locked
+
+step "first run: a fresh clone's scripts/run.sh, embedded PostgreSQL, as root and as a normal user"
+scripts/test-fresh-clone.sh
 
 step "mutation check: each deliberately wrong core is caught by the simulation's seed list"
 scripts/mutants.sh

@@ -4,7 +4,9 @@
 //! - **the product**: with `DATABASE_URL` unset, `ampere` runs a cluster in
 //!   `<storage>/embedded-postgres/` ([`EmbeddedOptions::product`]). The data directory is reused
 //!   across restarts of ampere and the server is stopped with a *fast* shutdown (SIGINT), so it
-//!   is consistent on disk when ampere starts again;
+//!   is consistent on disk when ampere starts again. Its superuser password is generated into
+//!   `superuser-password` (mode 0600) there and kept out of logs: print
+//!   [`EmbeddedPostgres::admin_url_without_password`] and [`EmbeddedPostgres::password_file`];
 //! - **integration tests**: a throwaway cluster under `/tmp` per test
 //!   ([`EmbeddedOptions::for_tests`], removed on drop, stopped with SIGQUIT), or one cluster per
 //!   test binary ([`shared_for_tests`]) with a database per test.
@@ -331,6 +333,16 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// A secret whose `Debug` is `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+struct Redacted(String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Whether the cluster's writes must survive an OS crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -497,8 +509,10 @@ pub enum EmbeddedPgError {
     },
 
     #[error(
-        "{} is not accessible to the postgres OS user (it needs search permission on every \
-         parent directory of the cluster); chmod o+x it or choose another storage directory",
+        "{} is not accessible to the postgres OS user, which runs the embedded cluster when \
+         ampere runs as root (it needs search permission on every parent directory of the \
+         cluster); chmod o+x it, set ELECTRIC_STORAGE_DIR outside it (e.g. /var/lib/ampere), \
+         or run ampere as a normal user",
         path.display()
     )]
     NotTraversable { path: PathBuf },
@@ -577,7 +591,8 @@ pub struct EmbeddedPostgres {
     opts: EmbeddedOptions,
     run_as: Option<RunAs>,
     layout: Layout,
-    password: Option<String>,
+    /// Redacted in `Debug`, so logging this value never shows the password.
+    password: Option<Redacted>,
     port: u16,
     /// `None` before the first successful launch and after a stop.
     child: Option<Child>,
@@ -615,7 +630,7 @@ impl EmbeddedPostgres {
             opts,
             run_as,
             layout,
-            password,
+            password: password.map(Redacted),
             port: 0,
             child: None,
             spawner,
@@ -634,13 +649,25 @@ impl EmbeddedPostgres {
     /// `postgresql://user[:password]@127.0.0.1:PORT/db`. The password is added for
     /// [`SUPERUSER`] only (the one password this cluster knows); percent-encoded.
     pub fn url(&self, user: &str, db: &str) -> String {
-        let password = self.password.as_deref().filter(|_| user == SUPERUSER);
+        let password = self.password().filter(|_| user == SUPERUSER);
         url_for(user, password, self.port, db)
     }
 
     /// The superuser's URL to the `postgres` database.
     pub fn admin_url(&self) -> String {
         self.url(SUPERUSER, "postgres")
+    }
+
+    /// [`Self::admin_url`] without the password, for logs and terminals: connect with it and
+    /// the password from [`Self::password_file`] (e.g. `PGPASSWORD`).
+    pub fn admin_url_without_password(&self) -> String {
+        url_for(SUPERUSER, None, self.port, "postgres")
+    }
+
+    /// The file holding the generated superuser password (mode 0600, owned by the user running
+    /// this process); `Some` with [`Auth::ScramGenerated`] only.
+    pub fn password_file(&self) -> Option<PathBuf> {
+        (self.opts.auth == Auth::ScramGenerated).then(|| password_path(&self.layout.root))
     }
 
     pub fn port(&self) -> u16 {
@@ -654,7 +681,7 @@ impl EmbeddedPostgres {
 
     /// The superuser's password, `None` with [`Auth::Trust`].
     pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+        self.password.as_ref().map(|p| p.0.as_str())
     }
 
     /// The cluster directory (holds `data/` and `server.log`).
@@ -1010,7 +1037,7 @@ fn superuser_password(auth: &Auth, root: &Path) -> Result<Option<String>, Embedd
         Auth::Trust => Ok(None),
         Auth::Scram { password } => Ok(Some(password.clone())),
         Auth::ScramGenerated => {
-            let path = root.join("superuser-password");
+            let path = password_path(root);
             match fs::read_to_string(&path) {
                 Ok(text) if !text.trim().is_empty() => return Ok(Some(text.trim().to_owned())),
                 Ok(_) => {}
@@ -1022,6 +1049,10 @@ fn superuser_password(auth: &Auth, root: &Path) -> Result<Option<String>, Embedd
             Ok(Some(password))
         }
     }
+}
+
+fn password_path(root: &Path) -> PathBuf {
+    root.join("superuser-password")
 }
 
 const URANDOM: &str = "/dev/urandom";
@@ -1069,6 +1100,14 @@ fn ensure_initialized(
         opts.initdb_template && password.is_none() && opts.durability == Durability::Throwaway;
     let copied = templated && copy_template(binaries, run_as, &staging);
     if !copied {
+        if let Location::Persistent(dir) = &opts.location {
+            // the one slow step of a first start: say so, so a pause is not taken for a hang
+            tracing::info!(
+                "initializing an embedded PostgreSQL cluster in {} (first run; takes a few \
+                 seconds)",
+                dir.display()
+            );
+        }
         run_initdb(
             binaries,
             &staging,
@@ -1637,6 +1676,61 @@ mod tests {
             "postgresql://postgres:p%40ss%20word%2F%3A@127.0.0.1:5432/db"
         );
         assert_eq!(url_for("u", None, 1, "d"), "postgresql://u@127.0.0.1:1/d");
+    }
+
+    #[test]
+    fn the_url_for_logs_has_no_password_and_the_password_file_completes_it() {
+        // Goal: what ampere prints lets a user connect, yet never shows the password.
+        // Method: a persistent cluster with a generated password; psql with the printed URL and
+        // PGPASSWORD read from the password file, then without it (refused).
+        let root = unique_dir("pgtest");
+        let opts = EmbeddedOptions {
+            location: Location::Persistent(root.join(PRODUCT_DIR_NAME)),
+            auth: Auth::ScramGenerated,
+            durability: Durability::Throwaway,
+            ..EmbeddedOptions::for_tests()
+        };
+        let pg = EmbeddedPostgres::start(opts).unwrap();
+        let password = pg.password().unwrap().to_owned();
+        let shown = pg.admin_url_without_password();
+        let file = pg.password_file().unwrap();
+        let psql = |pgpassword: Option<&str>| {
+            let mut cmd = Command::new(pg.binaries().client("psql"));
+            cmd.args(["-X", "-At", "-c", "SELECT 42", &shown])
+                .env_remove("PGPASSWORD")
+                .env("PGCONNECT_TIMEOUT", "10")
+                .stdin(Stdio::null());
+            if let Some(pw) = pgpassword {
+                cmd.env("PGPASSWORD", pw);
+            }
+            cmd.output().unwrap()
+        };
+        let debug = format!("{pg:?}");
+        let from_file = fs::read_to_string(&file).unwrap().trim().to_owned();
+        let with = psql(Some(&from_file));
+        let without = psql(None);
+        let mode = fs::metadata(&file).unwrap().mode() & 0o777;
+        drop(pg);
+        fs::remove_dir_all(&root).unwrap();
+
+        assert!(
+            shown.starts_with("postgresql://postgres@127.0.0.1:"),
+            "{shown}"
+        );
+        assert!(!shown.contains(&password), "{shown}");
+        assert!(!debug.contains(&password), "{debug}");
+        assert_eq!(file, root.join(PRODUCT_DIR_NAME).join("superuser-password"));
+        assert_eq!(mode, 0o600);
+        assert_eq!(from_file, password);
+        assert_eq!(
+            String::from_utf8_lossy(&with.stdout).trim(),
+            "42",
+            "{with:?}"
+        );
+        assert!(
+            !without.status.success(),
+            "no password, yet connected: {without:?}"
+        );
     }
 
     #[test]
