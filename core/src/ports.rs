@@ -422,8 +422,19 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         through: HandleStamp,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
 
-    /// Adds the table to the publication, then takes the snapshot in a `REPEATABLE READ`
-    /// transaction, writing its chunks through `writer`; returns `pg_current_snapshot()`.
+    /// Before a shape on `relation` is created: with `ELECTRIC_MANUAL_TABLE_PUBLISHING`, the
+    /// snapshot's first step alone ([`crate::snapshot_steps::check_published`]), so a table
+    /// the operator has not made replicable gets [`SnapshotError::NotPublished`] and no
+    /// shape; when ampere publishes tables itself, `Ok` without a query.
+    fn check_table_published(
+        &self,
+        relation: RelationName,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send + 'static;
+
+    /// Makes the table replicable as the adapter's [`crate::snapshot_steps::TablePublishing`]
+    /// says (adds it to the publication, or checks that the operator did), then takes the
+    /// snapshot in a `REPEATABLE READ` transaction, writing its chunks through `writer`;
+    /// returns `pg_current_snapshot()`.
     fn take_snapshot<W: SnapshotWriter>(
         &self,
         request: SnapshotRequest,
@@ -446,6 +457,13 @@ pub enum SnapshotError {
     #[error("table schema changed during the snapshot: {message}")]
     SchemaChanged {
         /// What changed.
+        message: String,
+    },
+    /// `ELECTRIC_MANUAL_TABLE_PUBLISHING`: the table is not in the publication or lacks
+    /// `REPLICA IDENTITY FULL`, and ampere may not change that (503 naming the SQL to run).
+    #[error("table not ready for replication: {message}")]
+    NotPublished {
+        /// What the table lacks and the SQL an administrator must run.
         message: String,
     },
     /// Writing the chunks failed.

@@ -4,7 +4,10 @@
 //!
 //! The order and why:
 //! 1. SL-5: the table joins the publication (with `REPLICA IDENTITY FULL`), so every change
-//!    committed from here on is decoded for it.
+//!    committed from here on is decoded for it. With `ELECTRIC_MANUAL_TABLE_PUBLISHING`
+//!    ([`TablePublishing::Manual`]) the operator does both: this step only checks that they
+//!    did, and fails with [`SnapshotError::NotPublished`] naming the SQL to run. The same
+//!    check runs alone before a shape is created ([`check_published`]).
 //! 2. SN-2: wait until every transaction in progress *at that moment* has ended; a writer
 //!    that began before the table joined may have changes pgoutput will not send.
 //! 3. SN-3, one `REPEATABLE READ READ ONLY` transaction: lock the table against DDL
@@ -17,15 +20,15 @@
 //!    commits, then the writer finishes.
 //!
 //! Never: retries (the caller decides), holds all rows (at most two chunks, see
-//! [`SnapshotChunks`]), or reads a clock (the adapter's `pause` waits; the wait is counted in
-//! polls).
+//! [`SnapshotChunks`]), reads a clock (the adapter's `pause` waits; the wait is counted in
+//! polls), or alters the publication or a table in [`TablePublishing::Manual`].
 
 use std::future::Future;
 use std::time::Duration;
 
 use crate::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
 use crate::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
-use crate::shape::{RelationName, TableSchema};
+use crate::shape::{quote_ident, RelationName, TableSchema};
 use crate::snapshot::PgSnapshot;
 
 /// How long SN-2 waits for the transactions in progress after the publication change.
@@ -35,6 +38,60 @@ pub const XIP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A row in the table's column order; columns the query did not fetch are `None`.
 pub type TextRow = Vec<Option<String>>;
+
+/// Who makes a shape's table replicable (`ELECTRIC_MANUAL_TABLE_PUBLISHING`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TablePublishing {
+    /// SL-5: ampere adds the table to the publication and sets `REPLICA IDENTITY FULL`.
+    #[default]
+    Automatic,
+    /// The operator does both; ampere alters neither the publication nor any table and
+    /// refuses a shape on a table that is not ready, naming the SQL to run.
+    Manual {
+        /// The publication ampere streams, for the check before a shape is created (the
+        /// snapshot checks [`SnapshotRequest::publication`], the same configured name).
+        publication: String,
+    },
+}
+
+/// A table's standing with a publication, as the catalog says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// The publication publishes the table (listed, `FOR ALL TABLES` or its schema).
+    pub is_published: bool,
+    /// The table's replica identity is `FULL` (`relreplident = 'f'`): updates and deletes
+    /// carry the whole old row, which shapes need (SL-7).
+    pub is_replica_identity_full: bool,
+}
+
+impl Membership {
+    /// `None` when the table is ready; otherwise what it lacks and the exact SQL, quoted, an
+    /// administrator must run (the text of [`SnapshotError::NotPublished`]).
+    pub fn not_ready_message(&self, publication: &str, relation: &RelationName) -> Option<String> {
+        let publication = quote_ident(publication);
+        let mut lacks = Vec::new();
+        let mut sql = Vec::new();
+        if !self.is_published {
+            lacks.push(format!("is missing from the publication {publication}"));
+            sql.push(format!(
+                "ALTER PUBLICATION {publication} ADD TABLE {relation};"
+            ));
+        }
+        if !self.is_replica_identity_full {
+            lacks.push("does not have its replica identity set to FULL".to_owned());
+            sql.push(format!("ALTER TABLE {relation} REPLICA IDENTITY FULL;"));
+        }
+        if sql.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "Database table {relation} {}, and ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps \
+             ampere from changing that. As the table's owner (or a superuser), run: {}",
+            lacks.join(" and "),
+            sql.join(" ")
+        ))
+    }
+}
 
 /// The steps of [`take`], on one adapter's connection (nobody else's: the steps run a
 /// transaction on it). Errors come as [`SnapshotError`]s: a vanished table or column is
@@ -47,6 +104,13 @@ pub trait SnapshotSteps: Send {
         publication: &str,
         relation: &RelationName,
     ) -> impl Future<Output = Result<(), SnapshotError>> + Send;
+    /// [`TablePublishing::Manual`]: the table's [`Membership`] in `publication` (a missing
+    /// publication publishes nothing); `None` when the table does not exist. Alters nothing.
+    fn membership(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> impl Future<Output = Result<Option<Membership>, SnapshotError>> + Send;
     /// SN-2: a snapshot whose `xip` lists every transaction in progress now, including one
     /// whose xid is above every completed one.
     fn in_progress(&mut self) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send;
@@ -88,18 +152,26 @@ pub trait SnapshotSteps: Send {
     fn commit(&mut self) -> impl Future<Output = Result<(), SnapshotError>> + Send;
 }
 
-/// Takes the snapshot of `request` with `steps`: chunks `0_0 … 0_N` go to `writer` as they
-/// fill, `writer.finish()` runs after the transaction committed. Returns the transaction's
-/// `pg_current_snapshot()`.
+/// Takes the snapshot of `request` with `steps`, the table made replicable as `publishing`
+/// says: chunks `0_0 … 0_N` go to `writer` as they fill, `writer.finish()` runs after the
+/// transaction committed. Returns the transaction's `pg_current_snapshot()`.
 pub async fn take<S: SnapshotSteps, W: SnapshotWriter>(
     steps: &mut S,
     request: &SnapshotRequest,
+    publishing: &TablePublishing,
     writer: W,
 ) -> Result<PgSnapshot, SnapshotError> {
     let relation = &request.schema.relation;
-    steps
-        .add_to_publication(&request.publication, relation)
-        .await?;
+    match publishing {
+        TablePublishing::Automatic => {
+            steps
+                .add_to_publication(&request.publication, relation)
+                .await?;
+        }
+        TablePublishing::Manual { .. } => {
+            check_published(steps, &request.publication, relation).await?;
+        }
+    }
     wait_for_in_progress(steps).await?;
     let columns = SnapshotColumns::new(&request.definition, &request.schema)?;
     steps.begin_read().await?;
@@ -123,6 +195,34 @@ pub async fn take<S: SnapshotSteps, W: SnapshotWriter>(
         message: crate::error_chain(&e),
     })?;
     Ok(snapshot)
+}
+
+/// Step 1 in [`TablePublishing::Manual`]: `Ok` when `publication` publishes the table and its
+/// replica identity is `FULL`; [`SnapshotError::NotPublished`] naming the SQL to run when not;
+/// [`SnapshotError::SchemaChanged`] when the table is gone.
+pub async fn check_published<S: SnapshotSteps>(
+    steps: &mut S,
+    publication: &str,
+    relation: &RelationName,
+) -> Result<(), SnapshotError> {
+    let membership = steps.membership(publication, relation).await?;
+    require_ready(membership, publication, relation)
+}
+
+/// [`check_published`]'s verdict on a [`SnapshotSteps::membership`] answer, for an adapter
+/// that reads membership on a connection of another kind.
+pub fn require_ready(
+    membership: Option<Membership>,
+    publication: &str,
+    relation: &RelationName,
+) -> Result<(), SnapshotError> {
+    let membership = membership.ok_or_else(|| SnapshotError::SchemaChanged {
+        message: format!("table {relation} no longer exists"),
+    })?;
+    match membership.not_ready_message(publication, relation) {
+        None => Ok(()),
+        Some(message) => Err(SnapshotError::NotPublished { message }),
+    }
 }
 
 /// SN-2: polls every [`XIP_POLL_INTERVAL`] until none of the transactions in progress now is

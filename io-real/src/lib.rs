@@ -3,14 +3,17 @@
 pub mod catalog;
 pub mod clock;
 pub mod embedded_pg;
+pub mod inspect;
 pub mod lease;
 pub mod metadata;
 mod parallel;
 pub mod pg;
+pub mod pool;
 pub mod replication;
 pub mod snapshot;
 pub mod standby_metadata;
 pub mod store;
+pub mod tcp;
 pub mod tls;
 pub mod watermark;
 

@@ -2,12 +2,25 @@
 //!
 //! Owns: parsing `DATABASE_URL` (its TLS parameters mean what [`crate::tls`] says; parameters
 //! ampere does not use are ignored with one warning naming them, except those asking for a
-//! protection it does not give, which stop startup), one lazily connected admin
-//! connection (catalog lookups, `CREATE PUBLICATION`, slot checks, the lock breaker's query,
-//! backend termination), a fresh connection per snapshot (snapshots run concurrently and each
-//! holds its own transaction), and the replication connection of deploy-semantics LK-1..LK-3,
-//! SL-1, SL-2 and SL-4 over [`crate::replication`]: [`RealSession`] takes the advisory lock on
-//! it, then streams.
+//! protection it does not give, which stop startup), the pool of SQL connections
+//! ([`crate::pool`], `ELECTRIC_DB_POOL_SIZE`, connecting to `ELECTRIC_POOLED_DATABASE_URL`
+//! when set) that serves every SQL statement — catalog lookups, `CREATE PUBLICATION`, slot
+//! checks and drops, the lock breaker's query, backend termination, stamp reservations and
+//! snapshots, each of which holds a connection of its own for its transaction — and the
+//! replication connection of deploy-semantics LK-1..LK-3, SL-1, SL-2 and SL-4 over
+//! [`crate::replication`], always to `DATABASE_URL`: [`RealSession`] takes the advisory lock on
+//! it (session state, so never on a pooled connection), creates the slot, then streams.
+//!
+//! Pooled connections carry no session state between uses: a statement leaves none, a
+//! transaction (snapshots, stamp reservations, `SET LOCAL`) ends before its connection is
+//! released, and a connection whose work failed or was cancelled is closed instead. Behind
+//! PgBouncer the pooled URL may use transaction pooling, with one requirement: tokio-postgres
+//! sends named prepared statements, which PgBouncer carries across server connections only
+//! from version 1.21 with `max_prepared_statements` above 0 (session pooling needs nothing).
+//!
+//! Every socket, replication included, gets TCP keepalive and `TCP_USER_TIMEOUT` as
+//! [`crate::tcp`] resolves them from `ELECTRIC_DATABASE_TCP_*` and the URL's libpq
+//! parameters.
 //!
 //! Every connection, the replication connection included, encrypts as `sslmode` says and binds
 //! SCRAM logins to the TLS session as `channel_binding` says ([`crate::tls`]: libpq's modes,
@@ -31,7 +44,6 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Mutex;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, Connection, GenericClient, Socket};
 
@@ -46,12 +58,16 @@ use ampere_core::shape::{quote_ident, HandleStamp, RelationName};
 use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
+use ampere_core::snapshot_steps::{self, TablePublishing};
+
 use crate::catalog::{self, CatalogError, CatalogTable};
+use crate::pool::{Pool, PoolSize, Pooled, Reusable};
 use crate::replication::{
     self, CreateSlotOutcome, ReplicationConfig, ReplicationConnection, ReplicationError,
     ReplicationErrorKind,
 };
-use crate::snapshot;
+use crate::snapshot::SnapshotConnection;
+use crate::tcp::{self, TcpOptions, TcpSettings, UrlTcp, UrlTcpError};
 use crate::tls::{
     self, ChannelBindingMode, Encryption, MaybeTls, PgTls, RustlsStream, SslMode, TlsError,
     TlsOptions, TlsSettings,
@@ -62,7 +78,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// pgoutput protocol version asked for in `START_REPLICATION` (SL-4: v1, no streaming).
 const PGOUTPUT_PROTO_VERSION: u32 = 1;
 /// The oldest server ampere replicates from (`server_version_num` of PostgreSQL 14.0).
-const MIN_SERVER_VERSION_NUM: u32 = 140_000;
+pub const MIN_SERVER_VERSION_NUM: u32 = 140_000;
 /// SQLSTATE `duplicate_object` (publication or slot exists).
 const DUPLICATE_OBJECT: &str = "42710";
 /// SQLSTATE `insufficient_privilege`.
@@ -72,9 +88,9 @@ const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE `object_in_use` (`pg_drop_replication_slot` of an active slot).
 const OBJECT_IN_USE: &str = "55006";
 /// Parameters passed through to tokio-postgres's `Config`, which parses them. It parses a few
-/// more (`sslmode`, `sslnegotiation`, `channel_binding`), which ampere reads itself or ignores,
-/// and refuses any other.
-const DRIVER_PARAMETERS: [&str; 16] = [
+/// more (`sslmode`, `sslnegotiation`, `channel_binding`, and the socket ones of
+/// [`tcp::URL_PARAMETERS`]), which ampere reads itself or ignores, and refuses any other.
+const DRIVER_PARAMETERS: [&str; 11] = [
     "user",
     "password",
     "dbname",
@@ -84,11 +100,6 @@ const DRIVER_PARAMETERS: [&str; 16] = [
     "hostaddr",
     "port",
     "connect_timeout",
-    "tcp_user_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_retries",
     "target_session_attrs",
     "load_balance_hosts",
 ];
@@ -106,24 +117,138 @@ const CLEANUP_SLOT_POLL: Duration = Duration::from_millis(50);
 
 /// Postgres for the driver: replication setup, catalog lookups and snapshots.
 ///
-/// Cheap to clone (an `Arc` inside); clones share the admin connection.
+/// Cheap to clone (an `Arc` inside); clones share the pool.
 #[derive(Clone)]
 pub struct RealPg {
     inner: Arc<Inner>,
 }
 
+/// How many of `pool_size` connections snapshots may hold at once: all but one, so that other
+/// SQL always finds one (a pool of one is shared).
+fn snapshot_slots(pool_size: PoolSize) -> usize {
+    let size = usize::try_from(pool_size.get()).unwrap_or(usize::MAX);
+    size.saturating_sub(1)
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+/// How to reach Postgres besides `DATABASE_URL` itself.
+#[derive(Clone, Default)]
+pub struct PgOptions {
+    /// Certificates from outside the URLs, for both.
+    pub tls: TlsOptions,
+    /// `ELECTRIC_POOLED_DATABASE_URL`: where the pool connects; `None`: `DATABASE_URL`. It
+    /// holds a password: never logged.
+    pub pooled_database_url: Option<String>,
+    /// `ELECTRIC_DB_POOL_SIZE`.
+    pub pool_size: PoolSize,
+    /// `ELECTRIC_DATABASE_TCP_*`, for every socket.
+    pub tcp: TcpOptions,
+    /// `ELECTRIC_MANUAL_TABLE_PUBLISHING`: who adds shapes' tables to the publication.
+    pub table_publishing: TablePublishing,
+}
+
 struct Inner {
-    /// For ordinary SQL connections (admin and snapshots).
+    /// `DATABASE_URL`'s, for SQL connections when there is no pooled URL.
     sql: Config,
     /// For the replication connection.
     replication: ReplicationEndpoint,
-    /// `sslmode` and certificates, for both kinds of connection.
+    /// `DATABASE_URL`'s `sslmode` and certificates, for the replication connection (and SQL
+    /// connections when there is no pooled URL).
     tls: PgTls,
-    /// The shared admin connection: `None` until first use, replaced once closed. Only single
-    /// statements run on it (never a transaction), so concurrent users may share it.
-    admin: Mutex<Option<Arc<Client>>>,
+    /// The replication socket's keepalive and `TCP_USER_TIMEOUT` (SQL sockets get theirs
+    /// through their `Config`).
+    tcp: TcpSettings,
+    /// `ELECTRIC_POOLED_DATABASE_URL`'s config and TLS, when set.
+    pooled: Option<SqlTarget>,
+    /// Every SQL connection but those [`RealPg::connect_sql`] hands out.
+    pool: Pool<Session>,
+    /// Snapshots may hold all of the pool's connections but one (all of a pool of one), so
+    /// catalog lookups, the lock breaker and slot statistics never queue behind slow
+    /// snapshots (each may wait up to SN-2's bound for in-progress transactions).
+    snapshot_slots: Arc<tokio::sync::Semaphore>,
     /// `prefer` fell back to plaintext once already (warned about; later ones are debug).
     has_downgraded: AtomicBool,
+    /// The publication's owner is another role, so ID-2's reservation is skipped (warned
+    /// about once).
+    has_warned_stamps: AtomicBool,
+    /// Who makes shapes' tables replicable (snapshot step 1, and the check before creation).
+    table_publishing: TablePublishing,
+}
+
+/// Where SQL connections go when not to `DATABASE_URL`.
+struct SqlTarget {
+    config: Config,
+    tls: PgTls,
+}
+
+/// A pooled connection, as its last user left it.
+struct Session {
+    kind: SessionKind,
+    /// Set when the connection task ended: the socket is closed.
+    ended: Arc<AtomicBool>,
+}
+
+enum SessionKind {
+    /// For statements and transactions of `RealPg`'s own.
+    Sql(Client),
+    /// Last used for a snapshot: `SnapshotConnection` keeps its client (and is reused as it
+    /// is by the next snapshot; a statement needing a plain client closes it and opens anew).
+    Snapshot(SnapshotConnection),
+}
+
+impl Session {
+    fn is_sql(&self) -> bool {
+        matches!(self.kind, SessionKind::Sql(_))
+    }
+
+    fn is_snapshot(&self) -> bool {
+        matches!(self.kind, SessionKind::Snapshot(_))
+    }
+}
+
+impl Reusable for Session {
+    fn is_alive(&self) -> bool {
+        !self.ended.load(Ordering::Relaxed)
+    }
+}
+
+/// A pooled SQL connection. [`Self::release`] it when done with no transaction open; dropping
+/// it closes the connection (what every error path does).
+pub struct PooledClient(Pooled<Session>);
+
+impl PooledClient {
+    /// Back to the pool for the next statement.
+    pub fn release(self) {
+        self.0.release();
+    }
+
+    /// `result`, releasing the connection when it is `Ok` and closing it otherwise.
+    fn finish<T, E>(self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_ok() {
+            self.release();
+        }
+        result
+    }
+}
+
+impl std::ops::Deref for PooledClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        match &self.0.kind {
+            SessionKind::Sql(client) => client,
+            SessionKind::Snapshot(_) => unreachable!("invariant: PooledClient holds Sql only"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for PooledClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        match &mut self.0.kind {
+            SessionKind::Sql(client) => client,
+            SessionKind::Snapshot(_) => unreachable!("invariant: PooledClient holds Sql only"),
+        }
+    }
 }
 
 /// Where and as whom the replication connection logs in.
@@ -161,52 +286,34 @@ impl RealPg {
         Self::from_url_with_tls(database_url, &TlsOptions::default())
     }
 
-    /// Parses `DATABASE_URL` (a `postgresql://` URL or a `key=value` string), its TLS
-    /// parameters together with `options`, and reads the certificate files they name.
-    /// Parameters ampere does not use are dropped with one warning naming them. Connects
-    /// nothing: connections open on first use.
+    /// [`Self::with_options`] with TLS options only: no pooled URL, Electric's pool size, the
+    /// URL's socket settings.
     pub fn from_url_with_tls(
         database_url: &str,
         options: &TlsOptions,
     ) -> Result<Self, PgPortError> {
-        let parts = split_database_url(database_url)?;
-        if !parts.ignored.is_empty() {
-            tracing::warn!(parameters = %parts.ignored.join(", "),
-                "DATABASE_URL parameters that ampere does not use are ignored");
-        }
-        let config: Config = parts.driver.parse().map_err(PgPortError::ConfigParse)?;
-        let tls = PgTls::new(&TlsSettings::new(&parts.tls, options)?)?;
-        Self::new(config, tls)
+        let options = PgOptions {
+            tls: options.clone(),
+            ..PgOptions::default()
+        };
+        Self::with_options(database_url, &options)
     }
 
-    /// Uses a parsed config: its first host, port, user, password and dbname also serve the
-    /// replication connection. Sets [`CONNECT_TIMEOUT`] and `application_name=ampere` unless
-    /// given, and the driver's sslmode and channel binding from `tls`.
-    fn new(mut config: Config, tls: PgTls) -> Result<Self, PgPortError> {
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("ampere");
-        }
-        if config.get_hosts().is_empty() {
-            // tokio-postgres verifies (and sends SNI for) `host`; with only `hostaddr` there is
-            // none, and it refuses TLS. libpq verifies against the address then: do the same.
-            for addr in config.get_hostaddrs().to_vec() {
-                config.host(addr.to_string());
+    /// Parses `DATABASE_URL` and the pooled URL (each a `postgresql://` URL or a `key=value`
+    /// string), their TLS parameters together with `options.tls`, and reads the certificate
+    /// files they name. Parameters ampere does not use are dropped with one warning naming
+    /// them. The first host, port, user, password and dbname of `DATABASE_URL` serve the
+    /// replication connection. Connects nothing: connections open on first use.
+    pub fn with_options(database_url: &str, options: &PgOptions) -> Result<Self, PgPortError> {
+        let (config, tls, tcp) = parse_target("DATABASE_URL", database_url, options)?;
+        let pooled = match &options.pooled_database_url {
+            Some(url) => {
+                let parsed = parse_target("ELECTRIC_POOLED_DATABASE_URL", url, options);
+                let (config, tls, _) = parsed.map_err(|e| PgPortError::PooledUrl(Box::new(e)))?;
+                Some(SqlTarget { config, tls })
             }
-        }
-        let hosts = config.get_hosts();
-        let is_unix_only = !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_)));
-        // Postgres answers 'N' on unix sockets, so `require` would fail there; libpq skips
-        // TLS on them. (A list mixing unix and TCP hosts keeps the mode for all.)
-        let encryption = if is_unix_only {
-            Encryption::Off
-        } else {
-            tls.first_attempt()
+            None => None,
         };
-        config.ssl_mode(encryption.driver_mode());
-        config.channel_binding(tls.channel_binding().driver_mode());
         let mut replication = replication_endpoint(&config)?;
         replication.config.channel_binding = tls.channel_binding();
         Ok(Self {
@@ -214,8 +321,15 @@ impl RealPg {
                 sql: config,
                 replication,
                 tls,
-                admin: Mutex::new(None),
+                tcp,
+                pooled,
+                pool: Pool::new(options.pool_size),
+                snapshot_slots: Arc::new(tokio::sync::Semaphore::new(snapshot_slots(
+                    options.pool_size,
+                ))),
                 has_downgraded: AtomicBool::new(false),
+                has_warned_stamps: AtomicBool::new(false),
+                table_publishing: options.table_publishing.clone(),
             }),
         })
     }
@@ -230,6 +344,11 @@ impl RealPg {
         &self.inner.replication.config.database
     }
 
+    /// Who makes shapes' tables replicable (`ELECTRIC_MANUAL_TABLE_PUBLISHING`).
+    pub fn table_publishing(&self) -> &TablePublishing {
+        &self.inner.table_publishing
+    }
+
     /// Looks `relation` up, including its generated columns (which
     /// [`PgPort::table_schema`] cannot report).
     pub async fn catalog_table(
@@ -237,59 +356,93 @@ impl RealPg {
         relation: &RelationName,
     ) -> Result<Option<CatalogTable>, PgPortError> {
         let admin = self.admin().await?;
-        Ok(catalog::table(&*admin, relation).await?)
+        let table = catalog::table(&*admin, relation).await;
+        Ok(admin.finish(table)?)
     }
 
-    /// The shared admin connection, connecting (again) when there is none or it closed.
-    pub async fn admin(&self) -> Result<Arc<Client>, PgPortError> {
-        let mut admin = self.inner.admin.lock().await;
-        if let Some(client) = admin.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(client));
-        }
-        let client = Arc::new(self.connect_sql("admin").await?);
-        *admin = Some(Arc::clone(&client));
-        Ok(client)
+    /// A pooled connection for statements, waiting for one while all
+    /// `ELECTRIC_DB_POOL_SIZE` are busy. Release it when done, or drop it to close it.
+    pub async fn admin(&self) -> Result<PooledClient, PgPortError> {
+        let (checkout, idle) = self.inner.pool.checkout(Session::is_sql).await;
+        let session = match idle {
+            Some(session) if session.is_sql() => session,
+            other => {
+                // a snapshot's connection cannot give its client back: close it first
+                drop(other);
+                self.open_session("sql").await?
+            }
+        };
+        Ok(PooledClient(checkout.hold(session)))
     }
 
-    /// A new SQL connection of its own, its connection task spawned on the runtime. Each
-    /// attempt (`allow` and `prefer` may make two) is bounded by `connect_timeout`, once per
-    /// host it may try.
+    /// A new SQL connection of its own, outside the pool, to where the pool connects; its
+    /// connection task spawned on the runtime. Each attempt (`allow` and `prefer` may make
+    /// two) is bounded by `connect_timeout`, once per host it may try.
     pub async fn connect_sql(&self, purpose: &'static str) -> Result<Client, PgPortError> {
-        let tls = &self.inner.tls;
-        let (client, connection) = match self.connect_sql_with(&self.inner.sql).await {
+        Ok(self.connect_tracked(purpose).await?.0)
+    }
+
+    /// A new connection for the pool.
+    async fn open_session(&self, purpose: &'static str) -> Result<Session, PgPortError> {
+        let (client, ended) = self.connect_tracked(purpose).await?;
+        Ok(Session {
+            kind: SessionKind::Sql(client),
+            ended,
+        })
+    }
+
+    /// [`Self::connect_sql`], with a flag the connection task sets when it ends.
+    async fn connect_tracked(
+        &self,
+        purpose: &'static str,
+    ) -> Result<(Client, Arc<AtomicBool>), PgPortError> {
+        let (config, tls) = self.sql_target();
+        let (client, connection) = match self.connect_sql_with(config).await {
             // sslmode=allow: plaintext first, TLS once the server refuses the plaintext login
             Err(e) if tls.mode() == SslMode::Allow && e.is_login_refused() => {
-                let mut config = self.inner.sql.clone();
+                let mut config = config.clone();
                 config.ssl_mode(Encryption::Required.driver_mode());
                 self.connect_sql_with(&config).await?
             }
             // sslmode=prefer with nothing to verify: plaintext after a failed handshake (libpq)
             Err(e) if tls.may_downgrade() && e.is_tls_handshake_failure() => {
-                self.warn_downgrade(&e);
-                let mut config = self.inner.sql.clone();
+                self.warn_downgrade(&host_name(config), &e);
+                let mut config = config.clone();
                 config.ssl_mode(Encryption::Off.driver_mode());
                 self.connect_sql_with(&config).await?
             }
             connected => connected?,
         };
+        let ended = Arc::new(AtomicBool::new(false));
+        let set_ended = Arc::clone(&ended);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(purpose, error = %error_chain(&error), "Postgres connection ended");
             }
+            set_ended.store(true, Ordering::Relaxed);
         });
-        Ok(client)
+        Ok((client, ended))
+    }
+
+    /// Where SQL connections go: the pooled URL's config and TLS, else `DATABASE_URL`'s.
+    fn sql_target(&self) -> (&Config, &PgTls) {
+        match &self.inner.pooled {
+            Some(target) => (&target.config, &target.tls),
+            None => (&self.inner.sql, &self.inner.tls),
+        }
     }
 
     /// One connect attempt: TCP, the SSLRequest and handshake, and the login, bounded as a
     /// whole (tokio-postgres's own `connect_timeout` covers only the TCP connect, so a server
-    /// that stalls the handshake would hang the caller, and `admin()` holds its lock meanwhile).
+    /// that stalls the handshake would hang the caller, holding a pool permit meanwhile).
     async fn connect_sql_with(
         &self,
         config: &Config,
     ) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), PgPortError> {
-        let timeout = self.sql_connect_timeout();
-        match tokio::time::timeout(timeout, config.connect(self.inner.tls.connector())).await {
-            Ok(connected) => connected.map_err(|source| self.sql_connect_error(source)),
+        let timeout = sql_connect_timeout(config);
+        let (_, tls) = self.sql_target();
+        match tokio::time::timeout(timeout, config.connect(tls.connector())).await {
+            Ok(connected) => connected.map_err(|source| self.sql_connect_error(config, source)),
             Err(_) => Err(PgPortError::ConnectTimeout {
                 during: "connecting to Postgres",
                 timeout,
@@ -299,24 +452,15 @@ impl RealPg {
 
     /// `connect_timeout` for each host tokio-postgres may try (libpq's `connect_timeout` is per
     /// host too).
-    fn sql_connect_timeout(&self) -> Duration {
-        let hosts = u32::try_from(self.inner.sql.get_hosts().len()).unwrap_or(u32::MAX);
-        self.connect_timeout().saturating_mul(hosts.max(1))
-    }
-
-    /// `connect_timeout` from `DATABASE_URL`, else [`CONNECT_TIMEOUT`].
+    /// `connect_timeout` from `DATABASE_URL`, else [`CONNECT_TIMEOUT`] (for the replication
+    /// connection).
     fn connect_timeout(&self) -> Duration {
-        self.inner
-            .sql
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(CONNECT_TIMEOUT)
+        connect_timeout(&self.inner.sql)
     }
 
     /// The one warning that `prefer` continues in plaintext (each connection tries TLS again,
     /// as libpq's do: the later ones are logged at debug).
-    fn warn_downgrade(&self, error: &PgPortError) {
-        let host = &self.inner.replication.host;
+    fn warn_downgrade(&self, host: &str, error: &PgPortError) {
         let error = error_chain(error);
         if self.inner.has_downgraded.swap(true, Ordering::Relaxed) {
             tracing::debug!(%host, error, "TLS to Postgres failed again; continuing without TLS");
@@ -329,8 +473,8 @@ impl RealPg {
 
     /// The TLS outcomes tokio-postgres reports in its own words, as [`TlsError`]s that name
     /// the fix.
-    fn sql_connect_error(&self, source: tokio_postgres::Error) -> PgPortError {
-        let host = || self.inner.replication.host.to_string();
+    fn sql_connect_error(&self, config: &Config, source: tokio_postgres::Error) -> PgPortError {
+        let host = || host_name(config);
         if let Some(db) = source.as_db_error() {
             if tls::is_plaintext_refused(db.code().code(), db.message()) {
                 let message = db.message().to_owned();
@@ -350,7 +494,7 @@ impl RealPg {
             Some("server does not support TLS") => TlsError::Unsupported { host: host() }.into(),
             // channel_binding=require and the login did not use SCRAM-SHA-256-PLUS
             Some("server did not use channel binding")
-                if self.inner.tls.channel_binding() == ChannelBindingMode::Require =>
+                if self.sql_target().1.channel_binding() == ChannelBindingMode::Require =>
             {
                 TlsError::ChannelBindingNotUsed {
                     host: host(),
@@ -374,26 +518,12 @@ impl RealPg {
         slot: &str,
         publication: &str,
     ) -> Result<CleanupReport, PgPortError> {
-        const EXISTS: &str = "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1";
         let admin = self.admin().await?;
-        let mut report = drop_slot_terminating(&admin, slot).await?;
-        let during = "dropping the publication";
-        let rows = admin
-            .query(EXISTS, &[&publication])
-            .await
-            .map_err(sql(during))?;
-        admin
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(publication)
-            ))
-            .await
-            .map_err(sql(during))?;
-        report.publication_dropped = !rows.is_empty();
-        Ok(report)
+        let report = drop_slot_and_publication(&admin, slot, publication).await;
+        admin.finish(report)
     }
 
-    /// The named slot's WAL retention, from `pg_replication_slots` on the admin connection
+    /// The named slot's WAL retention, from `pg_replication_slots` on a pooled connection
     /// (for metrics); `None` when no slot has that name. Fails on a server in recovery
     /// (`pg_current_wal_lsn()` is not available there).
     pub async fn slot_stats(&self, slot: &str) -> Result<Option<SlotStats>, PgPortError> {
@@ -402,11 +532,8 @@ impl RealPg {
              FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
         let during = "reading replication slot statistics";
         let admin = self.admin().await?;
-        let row = admin
-            .query_opt(STATS, &[&slot])
-            .await
-            .map_err(sql(during))?;
-        let Some(row) = row else {
+        let row = admin.query_opt(STATS, &[&slot]).await.map_err(sql(during));
+        let Some(row) = admin.finish(row)? else {
             return Ok(None);
         };
         Ok(Some(SlotStats {
@@ -417,13 +544,52 @@ impl RealPg {
         }))
     }
 
-    /// LK-3 up to the lock: checks `wal_level` (admin connection), opens the replication
+    /// A snapshot on a pooled connection, preferably one a snapshot used before; released
+    /// after a snapshot that committed, closed after any failure (its transaction may be
+    /// open) or cancellation.
+    async fn snapshot<W: SnapshotWriter>(
+        &self,
+        request: &SnapshotRequest,
+        writer: W,
+    ) -> Result<PgSnapshot, SnapshotError> {
+        let _slot = Arc::clone(&self.inner.snapshot_slots)
+            .acquire_owned()
+            .await
+            .expect("the snapshot semaphore is never closed");
+        let (checkout, idle) = self.inner.pool.checkout(Session::is_snapshot).await;
+        let session = match idle {
+            Some(session) => session,
+            None => self
+                .open_session("snapshot")
+                .await
+                .map_err(|e| SnapshotError::Postgres {
+                    message: error_chain(&e),
+                    kind: e.kind(),
+                })?,
+        };
+        let Session { kind, ended } = session;
+        let mut steps = match kind {
+            SessionKind::Sql(client) => SnapshotConnection::new(client),
+            SessionKind::Snapshot(steps) => steps,
+        };
+        let publishing = &self.inner.table_publishing;
+        let snapshot = snapshot_steps::take(&mut steps, request, publishing, writer).await?;
+        tracing::debug!(handle = %request.handle, relation = %request.schema.relation,
+            ?snapshot, "snapshot taken");
+        let kind = SessionKind::Snapshot(steps);
+        checkout.hold(Session { kind, ended }).release();
+        Ok(snapshot)
+    }
+
+    /// LK-3 up to the lock: checks `wal_level` (a pooled connection), opens the replication
     /// connection, runs `IDENTIFY_SYSTEM` and reads the server version, the backend pid and
     /// `wal_sender_timeout` on it. Mutates nothing.
     async fn connect_session(&self) -> Result<(RealSession, SystemIdentity), PgPortError> {
         // Before the replication connection: with wal_level = minimal, max_wal_senders is 0
         // and the connection would fail with a (transient) "too many connections" instead.
-        check_wal_level(&*self.admin().await?).await?;
+        let admin = self.admin().await?;
+        let checked = check_wal_level(&admin).await;
+        admin.finish(checked)?;
         let mut conn = self.open_replication().await?;
         let identity = conn
             .identify_system()
@@ -464,13 +630,13 @@ impl RealPg {
         Ok((session, system))
     }
 
-    /// LB-1's query without `pg_terminate_backend`, on the admin connection under a 5 s
+    /// LB-1's query without `pg_terminate_backend`, on a pooled connection under a 5 s
     /// statement timeout.
     async fn lock_holders(&self, slot: &str, own_pid: i32) -> Result<Vec<i32>, PgPortError> {
         let slot_literal = slot_literal(slot)?;
         // One simple-query message is one implicit transaction, so `SET LOCAL` bounds exactly
-        // this query, and the shared admin connection never sees an open transaction. The
-        // database is the admin connection's own, which is ours.
+        // this query, and the pooled connection is released with no transaction open. The
+        // database is the pooled connection's own, which is ours.
         let query = format!(
             "SET LOCAL statement_timeout = '{LOCK_BREAKER_STATEMENT_TIMEOUT}'; \
              WITH inactive_slot AS ( \
@@ -486,12 +652,9 @@ impl RealPg {
              ORDER BY l.pid"
         );
         let during = "looking for stale lock holders";
-        let messages = self
-            .admin()
-            .await?
-            .simple_query(&query)
-            .await
-            .map_err(sql(during))?;
+        let admin = self.admin().await?;
+        let messages = admin.simple_query(&query).await.map_err(sql(during));
+        let messages = admin.finish(messages)?;
         let mut pids = Vec::new();
         for message in messages {
             let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
@@ -510,9 +673,11 @@ impl RealPg {
         Ok(pids)
     }
 
-    /// `pg_terminate_backend(pid)` on the admin connection.
+    /// `pg_terminate_backend(pid)` on a pooled connection.
     async fn terminate(&self, pid: i32) -> Result<bool, PgPortError> {
-        terminate_backend(&*self.admin().await?, pid).await
+        let admin = self.admin().await?;
+        let terminated = terminate_backend(&admin, pid).await;
+        admin.finish(terminated)
     }
 
     /// A new replication connection (`replication=database`), encrypted as `sslmode` says,
@@ -528,7 +693,7 @@ impl RealPg {
                 }
                 // sslmode=prefer with nothing to verify: plaintext after a failed handshake
                 Err(e) if tls.may_downgrade() && e.is_tls_handshake_failure() => {
-                    self.warn_downgrade(&e);
+                    self.warn_downgrade(&self.inner.replication.host.to_string(), &e);
                     self.open_replication_with(Encryption::Off).await
                 }
                 opened => opened,
@@ -592,6 +757,7 @@ impl RealPg {
                     .await
                     .map_err(failed)?;
                 stream.set_nodelay(true).map_err(failed)?;
+                self.inner.tcp.apply(&stream).map_err(failed)?;
                 let negotiated = self
                     .inner
                     .tls
@@ -658,9 +824,27 @@ impl PgPort for RealPg {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let this = self.clone();
         async move {
-            let mut client = this.connect_sql("stamp reservation").await?;
-            reserve_stamps(&mut client, &publication, through).await
+            let mut client = this.admin().await?;
+            let reserved = reserve_stamps(&mut client, &publication, through).await;
+            if matches!(reserved, Ok(StampReservation::NotOwner))
+                && !this.inner.has_warned_stamps.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(%publication, role = this.user(),
+                    "the role does not own the publication, so handle stamps are not reserved \
+                     in Postgres: a restored older copy of the storage directory could reissue \
+                     a handle clients saw (ID-2); to close that gap run: ALTER PUBLICATION {} \
+                     OWNER TO {}", quote_ident(&publication), quote_ident(this.user()));
+            }
+            client.finish(reserved.map(drop))
         }
+    }
+
+    fn check_table_published(
+        &self,
+        relation: RelationName,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send + 'static {
+        let this = self.clone();
+        async move { crate::snapshot::check_table_published(&this, &relation).await }
     }
 
     fn take_snapshot<W: SnapshotWriter>(
@@ -669,23 +853,14 @@ impl PgPort for RealPg {
         writer: W,
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
         let this = self.clone();
-        async move {
-            let client =
-                this.connect_sql("snapshot")
-                    .await
-                    .map_err(|e| SnapshotError::Postgres {
-                        message: error_chain(&e),
-                        kind: e.kind(),
-                    })?;
-            snapshot::take_snapshot(client, &request, writer).await
-        }
+        async move { this.snapshot(&request, writer).await }
     }
 }
 
 /// A replication connection before streaming (LK-2): it may hold the advisory lock, which
 /// Postgres releases exactly when this connection's backend ends (drop it to release).
 pub struct RealSession {
-    /// For the admin connection (publication and slot drops).
+    /// For pooled connections (publication and slot drops).
     pg: RealPg,
     conn: ReplicationConnection<PgSocket>,
     /// `pg_backend_pid()` of this connection (LK-3).
@@ -744,10 +919,9 @@ impl RealSession {
         mut self,
         target: ReplicationTarget,
     ) -> Result<(RealReplicationStream, SlotStarted), PgPortError> {
-        let admin = self.pg.admin().await?;
         let started = slot_setup::prepare(&mut RealSlotSetup {
             conn: &mut self.conn,
-            admin: &admin,
+            pg: &self.pg,
             target: &target,
             database: &self.database,
             server_version_num: self.server_version_num,
@@ -926,6 +1100,17 @@ async fn stamps_reserved<C: GenericClient>(
     Ok(Some(HandleStamp::reserved_by(comment)))
 }
 
+/// Whether [`reserve_stamps`] could record the reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StampReservation {
+    /// The publication's comment holds at least the stamp asked for.
+    Recorded,
+    /// The role does not own the publication (an administrator created it: least privilege,
+    /// `ELECTRIC_MANUAL_TABLE_PUBLISHING`), so it may not comment on it: the storage
+    /// directory's high-water mark alone keeps stamps increasing.
+    NotOwner,
+}
+
 /// ID-2: raises the reservation to `through`, never lowers it. Read and write happen in one
 /// transaction under a transaction-level advisory lock, so a deposed writer racing its
 /// successor cannot put a lower reservation back.
@@ -933,7 +1118,7 @@ async fn reserve_stamps(
     client: &mut Client,
     publication: &str,
     through: HandleStamp,
-) -> Result<(), PgPortError> {
+) -> Result<StampReservation, PgPortError> {
     let during = "reserving handle stamps";
     let tx = client.transaction().await.map_err(sql(during))?;
     let key = format!("ampere handle stamps {publication}");
@@ -951,9 +1136,19 @@ async fn reserve_stamps(
             "COMMENT ON PUBLICATION {} IS '{comment}'",
             quote_ident(publication)
         );
-        tx.batch_execute(&set).await.map_err(sql(during))?;
+        match tx.batch_execute(&set).await {
+            Ok(()) => {}
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tx.rollback().await.map_err(sql(during))?;
+                return Ok(StampReservation::NotOwner);
+            }
+            Err(e) => return Err(sql(during)(e)),
+        }
     }
-    tx.commit().await.map_err(sql(during))
+    tx.commit().await.map_err(sql(during))?;
+    Ok(StampReservation::Recorded)
 }
 
 /// SL-1, without the privilege to create it: the publication must exist and publish inserts,
@@ -1007,10 +1202,12 @@ async fn drop_slot(admin: &Client, slot: &str, database: &str) -> Result<(), PgP
 }
 
 /// [`slot_setup::prepare`]'s steps on the replication connection (slot creation and
-/// reading) and the admin connection (publication, drops), in the connected database.
+/// reading) and pooled connections (publication, drops), in the connected database.
 struct RealSlotSetup<'a> {
     conn: &'a mut ReplicationConnection<PgSocket>,
-    admin: &'a Client,
+    /// Each step takes a pooled connection and releases it, so none is held while
+    /// `CREATE_REPLICATION_SLOT` waits for running transactions.
+    pg: &'a RealPg,
     target: &'a ReplicationTarget,
     database: &'a str,
     server_version_num: u32,
@@ -1020,16 +1217,16 @@ impl SlotSetup for RealSlotSetup<'_> {
     type Error = PgPortError;
 
     async fn ensure_publication(&mut self) -> Result<bool, PgPortError> {
-        ensure_publication(
-            self.admin,
-            &self.target.publication,
-            self.server_version_num,
-        )
-        .await
+        let admin = self.pg.admin().await?;
+        let created =
+            ensure_publication(&admin, &self.target.publication, self.server_version_num).await;
+        admin.finish(created)
     }
 
     async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, PgPortError> {
-        stamps_reserved(self.admin, &self.target.publication).await
+        let admin = self.pg.admin().await?;
+        let reserved = stamps_reserved(&*admin, &self.target.publication).await;
+        admin.finish(reserved)
     }
 
     async fn drop_slot(&mut self, why: SlotReset) -> Result<(), PgPortError> {
@@ -1041,7 +1238,9 @@ impl SlotSetup for RealSlotSetup<'_> {
             SlotReset::SlotLost => tracing::warn!(%slot,
                 "the slot is invalidated (wal_status = lost); recreating it"),
         }
-        drop_slot(self.admin, slot, self.database).await
+        let admin = self.pg.admin().await?;
+        let dropped = drop_slot(&admin, slot, self.database).await;
+        admin.finish(dropped)
     }
 
     async fn create_slot(&mut self) -> Result<Option<Lsn>, PgPortError> {
@@ -1096,6 +1295,30 @@ async fn create_slot(
     conn.create_logical_slot(slot, persistence)
         .await
         .map_err(repl("CREATE_REPLICATION_SLOT"))
+}
+
+/// `ampere cleanup`: the slot (see [`drop_slot_terminating`]), then the publication.
+async fn drop_slot_and_publication(
+    admin: &Client,
+    slot: &str,
+    publication: &str,
+) -> Result<CleanupReport, PgPortError> {
+    const EXISTS: &str = "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1";
+    let mut report = drop_slot_terminating(admin, slot).await?;
+    let during = "dropping the publication";
+    let rows = admin
+        .query(EXISTS, &[&publication])
+        .await
+        .map_err(sql(during))?;
+    admin
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(publication)
+        ))
+        .await
+        .map_err(sql(during))?;
+    report.publication_dropped = !rows.is_empty();
+    Ok(report)
 }
 
 /// `ampere cleanup`'s slot half: drops the slot of our database, first terminating whatever
@@ -1183,6 +1406,8 @@ struct UrlParts {
     driver: String,
     /// [`tls::URL_PARAMETERS`], decoded, in order.
     tls: Vec<(String, String)>,
+    /// [`tcp::URL_PARAMETERS`], read.
+    tcp: UrlTcp,
     /// The names of the other parameters (`pgbouncer`, `sslsni`…), in order, without repeats:
     /// ignored rather than refused, so URLs written for libpq or a provider's console work.
     ignored: Vec<String>,
@@ -1193,19 +1418,23 @@ impl fmt::Debug for UrlParts {
         f.debug_struct("UrlParts")
             .field("driver", &"<redacted>")
             .field("tls", &self.tls)
+            .field("tcp", &self.tcp)
             .field("ignored", &self.ignored)
             .finish()
     }
 }
 
 impl UrlParts {
-    /// Files `key` under TLS or ignored; `Ok(true)` when it is the driver's. A parameter that
-    /// asks for a protection ampere does not give is an error ([`tls::refuse_unsupported`]).
-    fn route(&mut self, key: &str, value: String) -> Result<bool, TlsError> {
+    /// Files `key` under TLS, TCP or ignored; `Ok(true)` when it is the driver's. A parameter
+    /// that asks for a protection ampere does not give is an error
+    /// ([`tls::refuse_unsupported`]), as is a socket setting that is not a number.
+    fn route(&mut self, key: &str, value: String) -> Result<bool, PgPortError> {
         if DRIVER_PARAMETERS.contains(&key) {
             return Ok(true);
         }
-        if tls::URL_PARAMETERS.contains(&key) {
+        if tcp::URL_PARAMETERS.contains(&key) {
+            self.tcp.set(key, &value)?;
+        } else if tls::URL_PARAMETERS.contains(&key) {
             self.tls.push((key.to_owned(), value));
         } else {
             tls::refuse_unsupported(key, &value)?;
@@ -1226,7 +1455,7 @@ fn split_database_url(url: &str) -> Result<UrlParts, PgPortError> {
         .strip_prefix("postgresql://")
         .or_else(|| url.strip_prefix("postgres://"));
     if let Some(rest) = rest {
-        return Ok(split_uri(url, rest)?);
+        return split_uri(url, rest);
     }
     match split_key_values(url)? {
         Some(parts) => Ok(parts),
@@ -1246,7 +1475,7 @@ fn split_database_url(url: &str) -> Result<UrlParts, PgPortError> {
 
 /// The URI form: the query starts at the first `?` after the credentials, which end at the
 /// first `@` (so a password may hold a `?`), as in tokio-postgres.
-fn split_uri(url: &str, rest: &str) -> Result<UrlParts, TlsError> {
+fn split_uri(url: &str, rest: &str) -> Result<UrlParts, PgPortError> {
     let credentials_end = rest.find('@').map_or(0, |at| at + 1);
     let Some(query_at) = rest[credentials_end..].find('?') else {
         return Ok(UrlParts {
@@ -1276,7 +1505,7 @@ fn split_uri(url: &str, rest: &str) -> Result<UrlParts, TlsError> {
 
 /// The `key=value` form (values bare or single-quoted, `\` escaping); `Ok(None)` when it does
 /// not tokenize.
-fn split_key_values(text: &str) -> Result<Option<UrlParts>, TlsError> {
+fn split_key_values(text: &str) -> Result<Option<UrlParts>, PgPortError> {
     let Some(pairs) = key_values(text) else {
         return Ok(None);
     };
@@ -1357,6 +1586,78 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// One URL (`name` is the variable it came from, for the warning) parsed for connecting: the
+/// driver's config with ampere's defaults, its TLS, and its sockets' settings.
+fn parse_target(
+    name: &'static str,
+    url: &str,
+    options: &PgOptions,
+) -> Result<(Config, PgTls, TcpSettings), PgPortError> {
+    let parts = split_database_url(url)?;
+    if !parts.ignored.is_empty() {
+        tracing::warn!(parameters = %parts.ignored.join(", "), url = name,
+            "database URL parameters that ampere does not use are ignored");
+    }
+    let mut config: Config = parts.driver.parse().map_err(PgPortError::ConfigParse)?;
+    let tls = PgTls::new(&TlsSettings::new(&parts.tls, &options.tls)?)?;
+    let tcp = TcpSettings::resolve(&mut config, &parts.tcp, &options.tcp);
+    complete_config(&mut config, &tls);
+    Ok((config, tls, tcp))
+}
+
+/// Sets [`CONNECT_TIMEOUT`] and `application_name=ampere` unless given, and the driver's
+/// sslmode and channel binding from `tls`.
+fn complete_config(config: &mut Config, tls: &PgTls) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("ampere");
+    }
+    if config.get_hosts().is_empty() {
+        // tokio-postgres verifies (and sends SNI for) `host`; with only `hostaddr` there is
+        // none, and it refuses TLS. libpq verifies against the address then: do the same.
+        for addr in config.get_hostaddrs().to_vec() {
+            config.host(addr.to_string());
+        }
+    }
+    let hosts = config.get_hosts();
+    let is_unix_only = !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_)));
+    // Postgres answers 'N' on unix sockets, so `require` would fail there; libpq skips
+    // TLS on them. (A list mixing unix and TCP hosts keeps the mode for all.)
+    let encryption = if is_unix_only {
+        Encryption::Off
+    } else {
+        tls.first_attempt()
+    };
+    config.ssl_mode(encryption.driver_mode());
+    config.channel_binding(tls.channel_binding().driver_mode());
+}
+
+/// `connect_timeout` from the URL, else [`CONNECT_TIMEOUT`].
+fn connect_timeout(config: &Config) -> Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT)
+}
+
+/// `connect_timeout` for each host tokio-postgres may try (libpq's `connect_timeout` is per
+/// host too).
+fn sql_connect_timeout(config: &Config) -> Duration {
+    let hosts = u32::try_from(config.get_hosts().len()).unwrap_or(u32::MAX);
+    connect_timeout(config).saturating_mul(hosts.max(1))
+}
+
+/// The first host, for messages.
+fn host_name(config: &Config) -> String {
+    match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        None => String::new(),
+    }
 }
 
 /// The replication connection's login, from the SQL config's first host.
@@ -1486,6 +1787,13 @@ pub enum PgPortError {
         /// What is wrong with it.
         what: String,
     },
+    /// A socket parameter of a database URL is not a number.
+    #[error(transparent)]
+    UrlTcp(#[from] UrlTcpError),
+    /// `ELECTRIC_POOLED_DATABASE_URL` (or `ELECTRIC_QUERY_DATABASE_URL`) cannot be used; the
+    /// source says why, in `DATABASE_URL`'s words.
+    #[error("unusable ELECTRIC_POOLED_DATABASE_URL (or ELECTRIC_QUERY_DATABASE_URL)")]
+    PooledUrl(#[source] Box<Self>),
     /// A query or an SQL connection failed.
     #[error("{during} failed")]
     Sql {
@@ -1609,8 +1917,10 @@ pub enum PgPortError {
 impl PgError for PgPortError {
     fn kind(&self) -> DisconnectKind {
         match self {
+            Self::PooledUrl(source) => source.kind(),
             Self::ConfigParse(_)
             | Self::Config { .. }
+            | Self::UrlTcp(_)
             | Self::WalLevel { .. }
             | Self::ReplicationRole { .. }
             | Self::ServerVersion { .. }
@@ -1776,6 +2086,14 @@ impl AsyncWrite for PgSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_leave_one_pooled_connection_for_other_sql_unless_the_pool_has_one() {
+        let slots = |n| snapshot_slots(PoolSize::new(n).unwrap());
+        assert_eq!(slots(1), 1);
+        assert_eq!(slots(2), 1);
+        assert_eq!(slots(20), 19);
+    }
 
     #[test]
     fn database_urls_give_the_replication_login() {
@@ -2171,7 +2489,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_stalling_the_handshake_times_out_as_transient() {
         // Goal: connect_timeout bounds the whole SQL connect, TLS and login included (the
-        // driver's bounds only the TCP connect), and the admin connection's lock with it.
+        // driver's bounds only the TCP connect), and the wait of a pool checkout with it.
         let port = fake_postgres(vec![Fake::Stall, Fake::Stall]).await;
         let url = format!("postgresql://amp@127.0.0.1:{port}/app?connect_timeout=1");
         let pg = RealPg::from_url(&url).unwrap();
@@ -2186,6 +2504,64 @@ mod tests {
         );
         let err = pg.open_replication().await.err().unwrap();
         assert!(matches!(err, PgPortError::ConnectTimeout { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_pooled_url_serves_sql_and_database_url_replication() {
+        let options = PgOptions {
+            pooled_database_url: Some("postgresql://pooler@bouncer.example:6432/app".into()),
+            ..PgOptions::default()
+        };
+        let pg = RealPg::with_options("postgresql://amp@db.example/app", &options).unwrap();
+        let (sql, _) = pg.sql_target();
+        assert!(matches!(sql.get_hosts(), [Host::Tcp(h)] if h == "bouncer.example"));
+        assert_eq!(
+            (sql.get_user(), sql.get_ports()),
+            (Some("pooler"), &[6432][..])
+        );
+        assert_eq!(sql.get_application_name(), Some("ampere"));
+        assert!(matches!(&pg.inner.replication.host,
+            Endpoint::Tcp { address, .. } if address == "db.example"));
+        assert_eq!(pg.user(), "amp");
+    }
+
+    #[test]
+    fn socket_parameters_leave_the_driver_url_and_bad_ones_name_themselves() {
+        let parts = split_database_url(
+            "postgresql://amp@db/app?keepalives_idle=30&tcp_user_timeout=1500&connect_timeout=5",
+        )
+        .unwrap();
+        assert_eq!(parts.driver, "postgresql://amp@db/app?connect_timeout=5");
+        // libpq's unit: milliseconds (tokio-postgres alone would read 1500 s)
+        let pg = RealPg::from_url("postgresql://amp@db/app?tcp_user_timeout=1500").unwrap();
+        assert_eq!(pg.inner.tcp.user_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            pg.inner.sql.get_tcp_user_timeout(),
+            Some(&Duration::from_millis(1500))
+        );
+        let err = RealPg::from_url("host=db user=amp keepalives_idle=abc")
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), DisconnectKind::Fatal);
+        assert!(err.to_string().contains("keepalives_idle=\"abc\""), "{err}");
+    }
+
+    #[test]
+    fn an_unusable_pooled_url_is_fatal_and_names_its_variable() {
+        let options = PgOptions {
+            pooled_database_url: Some("postgresql://amp@pooler/app?sslmode=sometimes".into()),
+            ..PgOptions::default()
+        };
+        let err = RealPg::with_options("postgresql://amp@db/app", &options)
+            .err()
+            .unwrap();
+        assert!(matches!(err, PgPortError::PooledUrl(_)), "{err:?}");
+        assert_eq!(err.kind(), DisconnectKind::Fatal);
+        let chain = error_chain(&err);
+        assert!(
+            chain.contains("ELECTRIC_POOLED_DATABASE_URL") && chain.contains("sslmode=sometimes"),
+            "{chain}"
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ impl fmt::Debug for ReplicationConfig {
 }
 
 /// Resolves `host`, opens a TCP connection (with `TCP_NODELAY`) and runs [`connect`] over it.
-/// No timeout of its own: bound it with `tokio::time::timeout` (RC-3: 30 s).
+/// No timeout of its own: bound it with `tokio::time::timeout` (RC-3: 30 s). For tools and
+/// tests: the socket keeps the OS's keepalive settings, where `RealPg` dials its own socket
+/// and applies `ELECTRIC_DATABASE_TCP_*` to it ([`crate::tcp`]).
 pub async fn connect_tcp(
     host: &str,
     port: u16,

@@ -1,9 +1,11 @@
 //! Initial snapshots of new shapes (deploy-semantics SL-5, SN-2, SN-3; protocol.md §6.2): the
 //! steps of [`ampere_core::snapshot_steps`] on a real Postgres connection, which
-//! [`take_snapshot`] runs in the core's order.
+//! [`take_snapshot`] runs in the core's order, and the publication check of
+//! `ELECTRIC_MANUAL_TABLE_PUBLISHING` before a shape is created.
 //!
 //! Never: builds JSON in SQL (values come back as Postgres text, JSON is encoded by the
-//! core's encoder), holds all rows in memory (the rows stream in), or retries.
+//! core's encoder), holds all rows in memory (the rows stream in), retries, or runs
+//! `ALTER PUBLICATION`/`ALTER TABLE` unless [`TablePublishing::Automatic`] asks for SL-5.
 //!
 //! Asks of callers: a connection nobody else uses (the steps run transactions on it, which a
 //! failure leaves open: drop the connection after an error).
@@ -16,15 +18,15 @@ use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, RowStream};
 
 use ampere_core::chunk::SnapshotColumns;
-use ampere_core::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
+use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
-use ampere_core::snapshot_steps::{self, SnapshotSteps, TextRow};
+use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
 
 use ampere_core::error_chain;
 
 use crate::catalog::{self, CatalogError};
-use crate::pg::sql_error_kind;
+use crate::pg::{sql_error_kind, RealPg};
 use crate::replication::DISPLAY_SETTINGS;
 
 /// SL-5's lock timeout for `ALTER PUBLICATION` / `ALTER TABLE`.
@@ -32,16 +34,18 @@ const MEMBERSHIP_LOCK_TIMEOUT: &str = "5s";
 /// SQLSTATE `duplicate_object`: the table is already in the publication.
 const DUPLICATE_OBJECT: &str = "42710";
 
-/// Takes the snapshot of `request` on `client` (a connection of its own, closed after). Chunks
+/// Takes the snapshot of `request` on `client` (a connection of its own, closed after), the
+/// table made replicable as `publishing` says. Chunks
 /// `0_0 … 0_N` go to `writer` as they fill; `writer.finish()` runs after the last one.
 /// Returns the transaction's `pg_current_snapshot()`.
 pub async fn take_snapshot<W: SnapshotWriter>(
     client: Client,
     request: &SnapshotRequest,
+    publishing: &TablePublishing,
     writer: W,
 ) -> Result<PgSnapshot, SnapshotError> {
-    let snapshot =
-        snapshot_steps::take(&mut SnapshotConnection::new(client), request, writer).await?;
+    let mut steps = SnapshotConnection::new(client);
+    let snapshot = snapshot_steps::take(&mut steps, request, publishing, writer).await?;
     tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
         "snapshot taken");
     Ok(snapshot)
@@ -74,6 +78,14 @@ impl SnapshotSteps for SnapshotConnection {
         relation: &RelationName,
     ) -> Result<(), SnapshotError> {
         add_to_publication(&mut self.client, publication, relation).await
+    }
+
+    async fn membership(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> Result<Option<Membership>, SnapshotError> {
+        membership(&self.client, publication, relation).await
     }
 
     async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {
@@ -220,6 +232,58 @@ pub async fn add_to_publication(
             .map_err(pg("ALTER TABLE … REPLICA IDENTITY FULL"))?;
     }
     tx.commit().await.map_err(pg("COMMIT"))
+}
+
+/// [`PgPort::check_table_published`](ampere_core::ports::PgPort::check_table_published) for
+/// `pg`: with [`TablePublishing::Manual`], the snapshot's first step on a pooled connection
+/// (read-only: one catalog query); otherwise nothing.
+pub(crate) async fn check_table_published(
+    pg: &RealPg,
+    relation: &RelationName,
+) -> Result<(), SnapshotError> {
+    let TablePublishing::Manual { publication } = pg.table_publishing() else {
+        return Ok(());
+    };
+    let admin = pg.admin().await.map_err(|e| SnapshotError::Postgres {
+        message: error_chain(&e),
+        kind: e.kind(),
+    })?;
+    let read = membership(&admin, publication, relation).await;
+    if read.is_ok() {
+        admin.release();
+    }
+    snapshot_steps::require_ready(read?, publication, relation)
+}
+
+/// The table's [`Membership`] in `publication`: `pg_publication_tables` covers tables listed,
+/// `FOR ALL TABLES` and `FOR TABLES IN SCHEMA` alike (and a missing publication lists none);
+/// `None` when the table does not exist. Catalog reads only: any role may run it.
+async fn membership(
+    client: &Client,
+    publication: &str,
+    relation: &RelationName,
+) -> Result<Option<Membership>, SnapshotError> {
+    const MEMBERSHIP: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p \
+             WHERE p.pubname = $1 AND p.schemaname = n.nspname AND p.tablename = c.relname), \
+             c.relreplident = 'f' \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $2 AND c.relname = $3";
+    let during = "reading the publication's tables";
+    let row = client
+        .query_opt(
+            MEMBERSHIP,
+            &[&publication, &relation.schema, &relation.table],
+        )
+        .await
+        .map_err(pg(during))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Membership {
+        is_published: row.try_get(0).map_err(pg(during))?,
+        is_replica_identity_full: row.try_get(1).map_err(pg(during))?,
+    }))
 }
 
 /// SN-2's snapshot of the transactions in progress now.

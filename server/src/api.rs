@@ -65,6 +65,12 @@ pub enum CreateShapeError {
         /// `retry-after` seconds.
         retry_after_secs: u32,
     },
+    /// `ELECTRIC_MANUAL_TABLE_PUBLISHING`: the table is not in the publication or lacks
+    /// `REPLICA IDENTITY FULL`; no shape was created. 503 Retry-After 10, a known error, as
+    /// Electric answers: clients retry until an administrator has run the SQL the message
+    /// names.
+    #[error("{0}")]
+    TableNotPublished(String),
 }
 
 /// Why a catalog lookup failed.

@@ -70,6 +70,7 @@ where
         registry.clone(),
         requests_tx,
     );
+    let metrics = http_config.metrics.clone();
     let app = router(service, http_config);
     let mut http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -79,7 +80,7 @@ where
             })
             .await
     });
-    let driven = driver::run(ports, core, requests, shutdown, registry).await;
+    let driven = driver::run(ports, core, requests, shutdown, registry, metrics).await;
     http.abort();
     Ok(driven?)
 }

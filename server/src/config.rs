@@ -3,9 +3,7 @@
 //! variable and the accepted form.
 //!
 //! [`VARIABLES`] is the one list of every variable Electric reads and what ampere does with
-//! it: honoured; accepted but not yet honoured (parsed into a typed [`Config`] field, so wiring
-//! it up later is one line); ignored, saying what ampere does instead; or an older name of
-//! another. [`startup_warnings`] turns that list into exactly one warning per variable that is
+//! it: honoured; ignored, saying what ampere does instead; or an older name of another. [`startup_warnings`] turns that list into exactly one warning per variable that is
 //! set and not honoured, plus one per unknown `ELECTRIC_*` name (a probable typo). An ignored
 //! variable never stops startup: its value is checked as Electric would, and a value Electric
 //! would refuse only makes its warning say so. `docs/config.md` is rendered from the list
@@ -45,6 +43,18 @@ pub enum Command {
     /// Drop this stream's replication slot and publication (an unused slot retains WAL
     /// forever), and with --storage the storage directory.
     Cleanup(CleanupArgs),
+    /// Show this stream's replication slot, publication, lock holder and storage (read-only).
+    Status(ReportArgs),
+    /// Check that DATABASE_URL is ready for ampere before deploying (read-only).
+    CheckDb(ReportArgs),
+}
+
+/// `ampere status` and `ampere check-db` options.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ampere cleanup` options.
@@ -133,7 +143,7 @@ pub struct Config {
     #[arg(long, env = "ELECTRIC_LOG_LEVEL", default_value = "info", value_parser = log_level)]
     pub log_level: LogLevel,
 
-    /// Colour the log (default: when stderr is a terminal).
+    /// Colour the log (default: when stdout, where it goes, is a terminal).
     #[arg(long, env = "ELECTRIC_LOG_COLORS", num_args = 0..=1, default_missing_value = "true", value_parser = boolean("ELECTRIC_LOG_COLORS"))]
     pub log_colors: Option<bool>,
 
@@ -159,13 +169,12 @@ pub struct Config {
     #[arg(long, env = "ELECTRIC_SHAPE_DB_CACHE_SIZE", default_value = "4096KiB", value_parser = size("ELECTRIC_SHAPE_DB_CACHE_SIZE"))]
     pub shape_db_cache_size: u64,
 
-    // Accepted and validated, not honoured yet (a startup warning says so when set): each is
-    // typed so that wiring it up is one line.
-    /// Not yet honoured: connection URL for everything but replication.
+    /// Connection URL for the pool (snapshots and every SQL query); replication and its
+    /// advisory lock use `DATABASE_URL`.
     #[arg(long, env = "ELECTRIC_POOLED_DATABASE_URL", hide_env_values = true, value_parser = postgres_url("ELECTRIC_POOLED_DATABASE_URL"))]
     pub pooled_database_url: Option<String>,
 
-    /// Not yet honoured: connections for snapshots and other queries.
+    /// SQL connections for snapshots and other queries, open at once at most.
     #[arg(long, env = "ELECTRIC_DB_POOL_SIZE", default_value = "20", value_parser = positive_u32("ELECTRIC_DB_POOL_SIZE"))]
     pub db_pool_size: u32,
 
@@ -173,23 +182,23 @@ pub struct Config {
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT", value_parser = port("ELECTRIC_PROMETHEUS_PORT"))]
     pub prometheus_port: Option<u16>,
 
-    /// Not yet honoured: leave the publication's table list to the operator.
+    /// Leave the publication's table list and replica identities to the operator.
     #[arg(long, env = "ELECTRIC_MANUAL_TABLE_PUBLISHING", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("ELECTRIC_MANUAL_TABLE_PUBLISHING"))]
     pub manual_table_publishing: bool,
 
-    /// Not yet honoured: TCP keepalive idle time on database connections.
+    /// TCP keepalive idle time on database connections.
     #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE", value_parser = time("ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE"))]
     pub database_tcp_keepalive_idle: Option<Duration>,
 
-    /// Not yet honoured: TCP keepalive probe interval on database connections.
+    /// TCP keepalive probe interval on database connections.
     #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_INTERVAL", value_parser = time("ELECTRIC_DATABASE_TCP_KEEPALIVE_INTERVAL"))]
     pub database_tcp_keepalive_interval: Option<Duration>,
 
-    /// Not yet honoured: unanswered TCP keepalive probes before a database connection drops.
+    /// Unanswered TCP keepalive probes before a database connection drops.
     #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT", value_parser = positive_u32("ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT"))]
     pub database_tcp_keepalive_count: Option<u32>,
 
-    /// Not yet honoured: TCP_USER_TIMEOUT on database connections.
+    /// TCP_USER_TIMEOUT on database connections.
     #[arg(long, env = "ELECTRIC_DATABASE_TCP_USER_TIMEOUT", value_parser = time("ELECTRIC_DATABASE_TCP_USER_TIMEOUT"))]
     pub database_tcp_user_timeout: Option<Duration>,
 }
@@ -445,11 +454,6 @@ pub enum Support {
         /// How ampere applies it, where that needs saying.
         how: &'static str,
     },
-    /// Parsed and validated into a typed [`Config`] field, not acted on yet; warned about.
-    NotYet {
-        /// What ampere does meanwhile.
-        meanwhile: &'static str,
-    },
     /// Accepted (its value checked as Electric would) and ignored; warned about.
     Ignored {
         /// What ampere does instead.
@@ -565,15 +569,15 @@ const fn var(
 const fn honoured(how: &'static str) -> Support {
     Support::Honoured { how }
 }
-const fn not_yet(meanwhile: &'static str) -> Support {
-    Support::NotYet { meanwhile }
-}
 const fn ignored(instead: &'static str) -> Support {
     Support::Ignored { instead }
 }
 const fn alias(of: &'static str) -> Support {
     Support::Alias { of }
 }
+
+/// How the `ELECTRIC_DATABASE_TCP_*` variables apply.
+const TCP_HOW: &str = "on every database socket, replication included; over libpq's keepalives_* and tcp_user_timeout in the URLs";
 
 /// Every variable Electric reads (its reference, then what only `runtime.exs` reads, then
 /// Electric 0.x's), and what ampere does with it. The one place that decides what ampere
@@ -584,13 +588,13 @@ pub const VARIABLES: &[Variable] = &[
     var("DATABASE_URL", "— (required)", "postgresql://user:password@example.com:54321/electric", G::PostgresUrl,
         honoured("unset: ampere starts an embedded PostgreSQL in the storage dir; libpq's sslmode and sslrootcert/sslcert/sslkey too (docs/tls.md)"), Reference),
     var("ELECTRIC_POOLED_DATABASE_URL", "DATABASE_URL", "postgresql://user:password@example-pooled.com:54321/electric", G::PostgresUrl,
-        not_yet("every connection uses DATABASE_URL"), Reference),
+        honoured("snapshots and every SQL query; replication (and its advisory lock) stays on DATABASE_URL. Behind PgBouncer's transaction pooling: version 1.21+ with max_prepared_statements > 0"), Reference),
     var("ELECTRIC_QUERY_DATABASE_URL", "DATABASE_URL", "postgresql://user:password@example-pooled.com:54321/electric", G::PostgresUrl,
         alias("ELECTRIC_POOLED_DATABASE_URL"), Reference),
     var("ELECTRIC_DATABASE_USE_IPV6", "false", "true", G::Boolean,
         ignored("ampere tries every address the database host resolves to, IPv6 and IPv4, in the resolver's order"), Reference),
     var("ELECTRIC_DB_POOL_SIZE", "20", "10", G::PositiveInteger,
-        not_yet("ampere opens a connection per snapshot instead of a pool"), Reference),
+        honoured("SQL connections open at once (snapshots wait for a free one); the replication connection is not counted"), Reference),
     var("ELECTRIC_DATABASE_CA_CERTIFICATE_FILE", "unset", "/root/.postgresql/root.crt", G::Path,
         honoured("turns verification on: verify-full, or verify-ca when DATABASE_URL says so (docs/tls.md)"), Reference),
     var("ELECTRIC_REPLICATION_STREAM_ID", "default", "my-app", G::StreamId,
@@ -600,15 +604,15 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_REPLICATION_IDLE_TIMEOUT", "0", "5min", G::TimeOrZero,
         ignored("ampere keeps its database connections open (no scale-to-zero)"), Reference),
     var("ELECTRIC_MANUAL_TABLE_PUBLISHING", "false", "true", G::Boolean,
-        not_yet("ampere adds each shape's table to the publication itself"), Reference),
+        honoured("ampere never alters the publication or a table; a shape on a table not in the publication or without REPLICA IDENTITY FULL gets 503 naming the SQL to run"), Reference),
     var("ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE", "OS default", "30s", G::Time,
-        not_yet("database connections keep the OS's keepalive settings"), Reference),
+        honoured(TCP_HOW), Reference),
     var("ELECTRIC_DATABASE_TCP_KEEPALIVE_INTERVAL", "OS default", "10s", G::Time,
-        not_yet("database connections keep the OS's keepalive settings"), Reference),
+        honoured(TCP_HOW), Reference),
     var("ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT", "OS default", "3", G::PositiveInteger,
-        not_yet("database connections keep the OS's keepalive settings"), Reference),
+        honoured(TCP_HOW), Reference),
     var("ELECTRIC_DATABASE_TCP_USER_TIMEOUT", "OS default", "60s", G::Time,
-        not_yet("database connections keep the OS's TCP_USER_TIMEOUT"), Reference),
+        honoured(TCP_HOW), Reference),
     // Electric
     var("ELECTRIC_SECRET", "— (required unless insecure)", "1U6ItbhoQb4kGUU5wXBLbxvNf", G::Text,
         honoured("also accepted as the legacy `api_secret` parameter"), Reference),
@@ -748,8 +752,7 @@ pub struct ConfigWarning {
     pub message: String,
 }
 
-/// Exactly one warning per variable that is set and not honoured (ignored, not yet honoured,
-/// an older name) and per unknown `ELECTRIC_*` variable (a probable typo, with the closest
+/// Exactly one warning per variable that is set and not honoured (ignored, an older name) and per unknown `ELECTRIC_*` variable (a probable typo, with the closest
 /// known name when it is near); none for an honoured variable, except for a value ampere
 /// cannot honour yet (`ELECTRIC_SHAPE_DB_STORAGE_DIR=:memory:`). In [`VARIABLES`] order,
 /// then unknown names in order.
@@ -786,9 +789,6 @@ fn warning_for(v: &Variable, config: &Config, given: &Given) -> Option<String> {
                 )
             })
         }
-        Support::NotYet { meanwhile } => Some(format!(
-            "{name} is accepted but not honoured yet: {meanwhile}"
-        )),
         Support::Ignored { instead } => {
             let refused = given
                 .value(name)
@@ -815,9 +815,6 @@ fn alias_message(name: &str, of: &str, given: &Given) -> String {
         Some(Support::Honoured { .. }) => {
             format!("{name} is the old name of {of}; ampere reads it as {of} (rename it)")
         }
-        Some(Support::NotYet { meanwhile }) => format!(
-            "{name} is the old name of {of}, which is accepted but not honoured yet: {meanwhile}"
-        ),
         Some(Support::Ignored { instead }) => {
             format!("{name} is the old name of {of}, which is ignored: {instead}")
         }
@@ -1204,22 +1201,20 @@ pub fn reference_markdown() -> String {
     out
 }
 
-/// "12 honoured, 3 not yet honoured, …" for `vars`.
+/// "12 honoured, 3 ignored, …" for `vars`.
 fn support_summary<'a>(vars: impl Iterator<Item = &'a Variable>) -> String {
-    let mut counts = [0usize; 5];
+    let mut counts = [0usize; 4];
     for v in vars {
         let slot = match v.support {
             Support::Honoured { .. } => 0,
-            Support::NotYet { .. } => 1,
-            Support::Ignored { .. } => 2,
-            Support::Alias { .. } => 3,
-            Support::ClientSide => 4,
+            Support::Ignored { .. } => 1,
+            Support::Alias { .. } => 2,
+            Support::ClientSide => 3,
         };
         counts[slot] += 1;
     }
     let labels = [
         "honoured",
-        "not yet honoured",
         "ignored",
         "older names",
         "not for the sync service",
@@ -1237,7 +1232,6 @@ fn support_text(support: Support) -> String {
     match support {
         Support::Honoured { how: "" } => "**honoured**".to_owned(),
         Support::Honoured { how } => format!("**honoured**; {how}"),
-        Support::NotYet { meanwhile } => format!("accepted, **not yet** honoured: {meanwhile}"),
         Support::Ignored { instead } => format!("accepted, **ignored**: {instead}"),
         Support::Alias { of } => format!("older name of `{of}` (which wins when both are set)"),
         Support::ClientSide => "not read by the sync service; no warning".to_owned(),
@@ -1546,7 +1540,9 @@ mod tests {
         assert_eq!(c.pooled_database_url.as_deref(), Some(url));
         let warnings = startup_warnings(&c, &given);
         assert!(
-            warnings[0].message.contains("not honoured yet"),
+            warnings[0]
+                .message
+                .contains("reads it as ELECTRIC_POOLED_DATABASE_URL (rename it)"),
             "{warnings:?}"
         );
         let env = Given::from_vars([("ELECTRIC_QUERY_DATABASE_URL", "http://x")]);
@@ -1575,7 +1571,9 @@ mod tests {
     fn a_flag_given_on_the_command_line_counts_as_set() {
         let (c, given) = parse_given(&["--insecure", "--db-pool-size=5", "--port=4000"], &[]);
         assert_eq!(c.db_pool_size, 5);
-        assert_eq!(warned(&c, &given), ["ELECTRIC_DB_POOL_SIZE"]);
+        assert!(given.is_set("ELECTRIC_DB_POOL_SIZE"));
+        assert!(given.is_set("ELECTRIC_PORT"));
+        assert!(!given.is_set("ELECTRIC_SECRET"));
     }
 
     #[test]
@@ -1652,7 +1650,7 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_reads_a_variable_the_table_marks_honoured_or_not_yet_and_its_example_parses() {
+    fn every_flag_reads_a_variable_the_table_marks_honoured_and_its_example_parses() {
         let command = Cli::command();
         let mut with_flags = BTreeSet::new();
         for arg in command.get_arguments() {
@@ -1661,7 +1659,7 @@ mod tests {
             };
             let v = variable(env).unwrap_or_else(|| panic!("{env} is not in VARIABLES"));
             assert!(
-                matches!(v.support, Support::Honoured { .. } | Support::NotYet { .. }),
+                matches!(v.support, Support::Honoured { .. }),
                 "{env} has a flag but is {:?}",
                 v.support
             );
@@ -1677,7 +1675,7 @@ mod tests {
             with_flags.insert(env);
         }
         for v in VARIABLES {
-            if matches!(v.support, Support::Honoured { .. } | Support::NotYet { .. }) {
+            if matches!(v.support, Support::Honoured { .. }) {
                 assert!(with_flags.contains(v.name), "{} has no flag", v.name);
             }
         }

@@ -1,6 +1,10 @@
 //! The driver: the one loop that feeds the core its inputs and executes its outputs through
 //! the ports. Production runs it over io-real ports. It holds no domain state: every `if`
 //! about Postgres or shapes lives in the core.
+//!
+//! With [`Metrics`] it times snapshots (shape requested → snapshot taken) and flushes
+//! (`FlushLogs` issued → flushed) with its clock port, the one time source it has, so the
+//! simulation measures in simulated time and the binary in the tokio clock's.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -16,6 +20,7 @@ use ampere_core::ports::{
 };
 use ampere_core::shape::{HandleStamp, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
+use ampere_core::time::Instant;
 use ampere_core::{error_chain, OpId};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -23,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{CreateShapeError, ShapeInfo};
+use crate::metrics::Metrics;
 use crate::registry::{ReadState, Registry};
 
 /// How long shutdown waits for in-flight flushes.
@@ -99,22 +105,35 @@ enum Completion<Se, St> {
     },
     Flushed {
         op: OpId,
+        /// When `FlushLogs` was issued.
+        issued: Instant,
         /// On failure: whether storage fenced us (another instance took the lease), and why.
         result: Result<(), (bool, String)>,
     },
     Snapshot {
         op: OpId,
+        /// When the shape was requested.
+        requested: Instant,
         result: Result<PgSnapshot, SnapshotError>,
     },
 }
 
-/// Runs the loop until `shutdown` flips to true or a fatal error.
+/// A shape-creation request waiting for its answer.
+struct PendingReply {
+    reply: oneshot::Sender<Result<ShapeInfo, CreateShapeError>>,
+    /// When the request reached the core (snapshot latency starts here).
+    requested: Instant,
+}
+
+/// Runs the loop until `shutdown` flips to true or a fatal error, recording snapshot and
+/// flush latencies into `metrics` if given.
 pub async fn run<P, S, M, C>(
     ports: Ports<P, S, M, C>,
     mut core: Instance,
     mut requests: mpsc::Receiver<Request>,
     mut shutdown: watch::Receiver<bool>,
     registry: Registry,
+    metrics: Option<Metrics>,
 ) -> Result<(), DriverError>
 where
     P: PgPort,
@@ -131,6 +150,7 @@ where
         next_request: 0,
         pending: VecDeque::new(),
         registry,
+        metrics,
     };
     loop {
         driver.drain(&mut core).await?;
@@ -179,11 +199,12 @@ struct Driver<P: PgPort, S, M, C> {
     session: Option<P::Session>,
     stream: Option<P::Stream>,
     in_flight: FuturesUnordered<Task<Completion<P::Session, P::Stream>>>,
-    replies: BTreeMap<OpId, oneshot::Sender<Result<ShapeInfo, CreateShapeError>>>,
+    replies: BTreeMap<OpId, PendingReply>,
     next_request: u64,
     /// Inputs produced while executing outputs, fed after the drain.
     pending: VecDeque<Input>,
     registry: Registry,
+    metrics: Option<Metrics>,
 }
 
 impl<P, S, M, C> Driver<P, S, M, C>
@@ -332,10 +353,11 @@ where
                 self.storage(result, "appending to a shape log")?;
             }
             Output::FlushLogs { op } => {
+                let issued = self.ports.clock.now();
                 let flush = self.ports.store.flush();
                 self.in_flight.push(Box::pin(async move {
                     let result = flush.await.map_err(|e| (e.is_fenced(), error_chain(&e)));
-                    Completion::Flushed { op, result }
+                    Completion::Flushed { op, issued, result }
                 }));
             }
             Output::CreateShape {
@@ -350,17 +372,19 @@ where
             }
             Output::ShapeExists { op, handle } => {
                 let info = self.registry.by_handle(&handle);
-                if let Some(reply) = self.replies.remove(&op) {
+                if let Some(pending) = self.replies.remove(&op) {
                     let answer = info.ok_or_else(|| CreateShapeError::Failed {
                         message: "Failed to create shape, please retry".into(),
                         retry_after_secs: 1,
                     });
-                    let _ = reply.send(answer);
+                    let _ = pending.reply.send(answer);
                 }
             }
             Output::ShapeRefused { op, reason } => {
-                if let Some(reply) = self.replies.remove(&op) {
-                    let _ = reply.send(Err(CreateShapeError::NotReady(reason.into())));
+                if let Some(pending) = self.replies.remove(&op) {
+                    let _ = pending
+                        .reply
+                        .send(Err(CreateShapeError::NotReady(reason.into())));
                 }
             }
             Output::PersistShape { shape } => self.persist_shapes(vec![shape]).await?,
@@ -390,6 +414,10 @@ where
         snapshot: ampere_core::ports::SnapshotRequest,
     ) {
         let handle = shape.handle.clone();
+        let requested = self
+            .replies
+            .get(&op)
+            .map_or_else(|| self.ports.clock.now(), |pending| pending.requested);
         let info = ShapeInfo {
             handle: handle.clone(),
             definition: shape.definition.clone(),
@@ -417,8 +445,8 @@ where
             if fenced {
                 self.fenced("creating a shape");
             }
-            if let Some(reply) = self.replies.remove(&op) {
-                let _ = reply.send(Err(CreateShapeError::Failed {
+            if let Some(pending) = self.replies.remove(&op) {
+                let _ = pending.reply.send(Err(CreateShapeError::Failed {
                     message: "Failed to create shape, please retry".into(),
                     retry_after_secs: 1,
                 }));
@@ -428,14 +456,15 @@ where
         }
         info!(%handle, table = %info.schema.relation, "created shape");
         self.registry.insert(info.clone());
-        if let Some(reply) = self.replies.remove(&op) {
-            let _ = reply.send(Ok(info));
+        if let Some(pending) = self.replies.remove(&op) {
+            let _ = pending.reply.send(Ok(info));
         }
         let writer = self.ports.store.snapshot_writer(&handle);
         let take = self.ports.pg.take_snapshot(snapshot, writer);
         self.in_flight.push(Box::pin(async move {
             Completion::Snapshot {
                 op,
+                requested,
                 result: take.await,
             }
         }));
@@ -593,10 +622,20 @@ where
                 warn!(error = %message, ?kind, "replication setup failed");
                 Input::ReplicationFailed { op, kind, message }
             }
-            Completion::Flushed { op, result: Ok(()) } => Input::LogsFlushed { op },
+            Completion::Flushed {
+                op,
+                issued,
+                result: Ok(()),
+            } => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe_flush(now.saturating_duration_since(issued));
+                }
+                Input::LogsFlushed { op }
+            }
             Completion::Flushed {
                 op,
                 result: Err((fenced, e)),
+                ..
             } => {
                 // Unflushed data was never acknowledged; the core replays it from the slot.
                 error!(error = %e, "flushing shape logs failed");
@@ -607,9 +646,17 @@ where
             }
             Completion::Snapshot {
                 op,
+                requested,
                 result: Ok(snapshot),
-            } => Input::SnapshotTaken { op, snapshot },
-            Completion::Snapshot { op, result: Err(e) } => {
+            } => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe_snapshot(now.saturating_duration_since(requested));
+                }
+                Input::SnapshotTaken { op, snapshot }
+            }
+            Completion::Snapshot {
+                op, result: Err(e), ..
+            } => {
                 warn!(error = %e, "snapshot failed");
                 Input::SnapshotFailed { op }
             }
@@ -652,9 +699,13 @@ where
         // Request ids live in the upper half so traces never confuse them with core ops.
         self.next_request += 1;
         let op = OpId((1 << 63) | self.next_request);
-        self.replies.insert(op, reply);
         let unix_micros = self.ports.clock.unix_micros();
         let now = self.ports.clock.now();
+        let pending = PendingReply {
+            reply,
+            requested: now,
+        };
+        self.replies.insert(op, pending);
         core.handle_input(
             now,
             Input::ShapeRequested {

@@ -6,6 +6,8 @@ pub mod cleanup;
 pub mod config;
 pub mod driver;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod ops;
 pub mod registry;
 pub mod service;

@@ -7,18 +7,23 @@ use std::process::ExitCode;
 
 use ampere_core::instance::Config as CoreConfig;
 use ampere_core::ports::{Clock, ReplicationTarget};
+use ampere_core::snapshot_steps::TablePublishing;
 use ampere_io_real::clock::TokioClock;
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use ampere_io_real::metadata::{MetadataMode, MetadataOptions};
-use ampere_io_real::pg::RealPg;
+use ampere_io_real::pg::{PgOptions, PgPortError, RealPg};
+use ampere_io_real::pool::PoolSize;
 use ampere_io_real::standby_metadata::StandbyMetadata;
 use ampere_io_real::store::{probe_writable, FileStore};
+use ampere_io_real::tcp::TcpOptions;
 use ampere_server::app;
 use ampere_server::cleanup;
 use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
 use ampere_server::driver::Ports;
 use ampere_server::http::{ConnectionTimeouts, HttpConfig, TimeoutListener};
+use ampere_server::logging::{self, LogFormat, LogStream};
 use ampere_server::metrics::{self, Metrics};
+use ampere_server::ops;
 use ampere_server::registry::Registry;
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -33,15 +38,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_ansi(cli.config.log_colors.unwrap_or(is_terminal))
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AMPERE_LOG")
-                .unwrap_or_else(|_| cli.config.tracing_filter().into()),
-        )
-        .init();
+    let log_format = match LogFormat::from_env() {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("ampere: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The service logs on stdout; the other commands report there, so they log on stderr.
+    let log_stream = if is_serve {
+        LogStream::Stdout
+    } else {
+        LogStream::Stderr
+    };
+    logging::init(
+        log_format,
+        cli.config.log_colors,
+        cli.config.tracing_filter(),
+        log_stream,
+    );
     if is_serve {
         // One line per variable ampere does not honour (config::VARIABLES says which).
         for warning in config::startup_warnings(&cli.config, &given) {
@@ -61,15 +76,46 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.config)),
         Command::Cleanup(args) => runtime.block_on(cleanup::run(&cli.config, &args)),
+        // Exit 0 healthy, 1 a check failed, 2 a configuration error (ops::Verdict).
+        Command::Status(args) => return runtime.block_on(ops::status::run(&cli.config, &args)),
+        Command::CheckDb(args) => return runtime.block_on(ops::check_db::run(&cli.config, &args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line on stderr (the log goes there too, so no `error!` as well).
+            // One line on stderr, where a terminal or supervisor shows it (the log is on
+            // stdout).
             eprintln!("ampere: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Postgres as the database variables say: the pool (ELECTRIC_DB_POOL_SIZE, on
+/// ELECTRIC_POOLED_DATABASE_URL when set), TLS, TCP keepalive and table publishing.
+fn real_pg(config: &Config, database_url: &str) -> anyhow::Result<RealPg> {
+    let pool_size = PoolSize::new(config.db_pool_size)
+        .context("ELECTRIC_DB_POOL_SIZE is 0: set it to 1 or more")?;
+    let pg_options = PgOptions {
+        tls: config.tls_options(),
+        pooled_database_url: config.pooled_database_url.clone(),
+        pool_size,
+        tcp: TcpOptions {
+            keepalive_idle: config.database_tcp_keepalive_idle,
+            keepalive_interval: config.database_tcp_keepalive_interval,
+            keepalive_count: config.database_tcp_keepalive_count,
+            user_timeout: config.database_tcp_user_timeout,
+        },
+        table_publishing: table_publishing(config),
+    };
+    RealPg::with_options(database_url, &pg_options).map_err(|e| match e {
+        // names ELECTRIC_POOLED_DATABASE_URL itself
+        PgPortError::PooledUrl(_) => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(
+            "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable \
+             PostgreSQL URL",
+        ),
+    })
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
@@ -78,18 +124,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         *dir = absolute("ELECTRIC_SHAPE_DB_STORAGE_DIR", dir)?;
     }
     let (store, meta) = open_storage(&config)?;
-    if let Some(pooled) = &config.pooled_database_url {
-        // Not used yet (config::VARIABLES), but checked as DATABASE_URL is, so that an invalid
-        // value stops startup now rather than when it takes effect.
-        RealPg::from_url_with_tls(pooled, &config.tls_options()).context(
-            "ELECTRIC_POOLED_DATABASE_URL (or ELECTRIC_QUERY_DATABASE_URL) is not a usable \
-             PostgreSQL URL",
-        )?;
-    }
     let (embedded, database_url) = database(&config).await?;
-    let pg = RealPg::from_url_with_tls(&database_url, &config.tls_options()).context(
-        "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL",
-    )?;
+    let pg = real_pg(&config, &database_url)?;
 
     let clock = TokioClock::new();
     let core_config = CoreConfig::new(
@@ -99,7 +135,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let metrics = config
         .prometheus_port
-        .map(|_| Metrics::of_registry(registry.clone()));
+        .map(|_| Metrics::of_service(registry.clone(), store.clone()));
     let http_config = HttpConfig {
         long_poll_timeout: config.long_poll_timeout,
         cache_max_age: config.cache_max_age,
@@ -143,6 +179,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
     served.context("replication")
+}
+
+/// `ELECTRIC_MANUAL_TABLE_PUBLISHING`: who makes shapes' tables replicable.
+fn table_publishing(config: &Config) -> TablePublishing {
+    if config.manual_table_publishing {
+        TablePublishing::Manual {
+            publication: config.publication_name(),
+        }
+    } else {
+        TablePublishing::Automatic
+    }
 }
 
 fn replication_target(config: &Config) -> ReplicationTarget {
@@ -317,9 +364,16 @@ async fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, 
         .await
         .context("starting the embedded PostgreSQL")?
         .context("DATABASE_URL is unset and the embedded PostgreSQL could not start")?;
+    // the password stays out of logs and terminals: say where it is instead
+    let shown = embedded.admin_url_without_password();
+    let password_note = embedded
+        .password_file()
+        .map(|p| format!(" (password in {})", p.display()))
+        .unwrap_or_default();
+    info!(url = %shown, "DATABASE_URL unset: started embedded PostgreSQL{password_note}");
+    // and once for the person at the terminal, on stderr so JSON logs on stdout stay JSON
+    eprintln!("ampere: embedded PostgreSQL at {shown}{password_note}");
     let url = embedded.admin_url();
-    info!(url = %url, "DATABASE_URL unset: started embedded PostgreSQL");
-    println!("ampere: embedded PostgreSQL at {url}");
     Ok((Some(embedded), url))
 }
 

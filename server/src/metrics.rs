@@ -2,10 +2,12 @@
 //! Electric does: never on the API port.
 //!
 //! One [`Metrics`] per process, no global state: the HTTP layer records requests into it
-//! ([`HttpConfig::metrics`](crate::http::HttpConfig::metrics)), the slot poller
-//! ([`poll_slot`]) stores the replication slot's statistics, and readiness and progress are
-//! read from the service at each scrape ([`ServiceStats`]). [`Metrics::router`] serves the
-//! Prometheus text format (0.0.4).
+//! ([`HttpConfig::metrics`](crate::http::HttpConfig::metrics)), the driver records snapshot
+//! and flush latencies ([`Metrics::observe_snapshot`], [`Metrics::observe_flush`], timed with
+//! its clock port so the simulation runs the same code), the slot poller ([`poll_slot`])
+//! stores the replication slot's statistics, and readiness, progress and the bytes of shape
+//! logs on disk are read from the service at each scrape ([`ServiceStats`]).
+//! [`Metrics::router`] serves the Prometheus text format (0.0.4).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use ampere_core::Lsn;
 use ampere_io_real::pg::{RealPg, SlotStats};
+use ampere_io_real::store::FileStore;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +44,18 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
 
+/// Snapshot-latency buckets, in seconds: a small table's snapshot takes milliseconds, a large
+/// one minutes.
+const SNAPSHOT_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Flush-latency buckets, in seconds: a group commit is one `fdatasync` per file written, from
+/// well under a millisecond on NVMe to seconds on a saturated network disk.
+const FLUSH_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Readiness and progress, read from the service at each scrape.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ServiceStats {
@@ -54,6 +69,8 @@ pub struct ServiceStats {
     pub acknowledged_lsn: Option<Lsn>,
     /// Live shapes, where known.
     pub shapes: Option<usize>,
+    /// Bytes of shape logs durable on disk, where known.
+    pub shape_bytes: Option<u64>,
 }
 
 impl ServiceStats {
@@ -66,6 +83,15 @@ impl ServiceStats {
             durable_lsn: state.durable_lsn,
             acknowledged_lsn: Some(registry.acknowledged_lsn()),
             shapes: Some(registry.len()),
+            shape_bytes: None,
+        }
+    }
+
+    /// What the driver's read model and the shape-log store say.
+    pub fn of_service(registry: &Registry, store: &FileStore) -> Self {
+        Self {
+            shape_bytes: Some(store.durable_bytes()),
+            ..Self::of_registry(registry)
         }
     }
 
@@ -77,6 +103,7 @@ impl ServiceStats {
             durable_lsn: api.last_seen_lsn(),
             acknowledged_lsn: None,
             shapes: None,
+            shape_bytes: None,
         }
     }
 }
@@ -90,6 +117,10 @@ pub struct Metrics {
 struct Inner {
     registry: prometheus_client::registry::Registry,
     http: HttpMetrics,
+    /// Shape creation request → snapshot taken.
+    snapshot_duration: Histogram,
+    /// `FlushLogs` issued → logs flushed.
+    flush_duration: Histogram,
 }
 
 impl fmt::Debug for Metrics {
@@ -154,14 +185,48 @@ impl Metrics {
             "Open TCP connections to the HTTP API port",
             http.connections.clone(),
         );
+        let snapshot_duration = Histogram::new(SNAPSHOT_BUCKETS);
+        registry.register(
+            "ampere_snapshot_duration_seconds",
+            "Shape creation request to its snapshot taken (every row durable), for snapshots \
+             that succeeded",
+            snapshot_duration.clone(),
+        );
+        let flush_duration = Histogram::new(FLUSH_BUCKETS);
+        registry.register(
+            "ampere_flush_duration_seconds",
+            "Shape-log group commits (write and fdatasync of every shape appended since the \
+             last), from issue to durable, for flushes that succeeded",
+            flush_duration.clone(),
+        );
         Self {
-            inner: Arc::new(Inner { registry, http }),
+            inner: Arc::new(Inner {
+                registry,
+                http,
+                snapshot_duration,
+                flush_duration,
+            }),
         }
     }
 
     /// Metrics over the driver's read model.
     pub fn of_registry(registry: Registry) -> Self {
         Self::new(move || ServiceStats::of_registry(&registry))
+    }
+
+    /// Metrics over the driver's read model and the shape-log store (the `ampere` binary).
+    pub fn of_service(registry: Registry, store: FileStore) -> Self {
+        Self::new(move || ServiceStats::of_service(&registry, &store))
+    }
+
+    /// Records a snapshot that succeeded, `elapsed` after its shape was requested.
+    pub fn observe_snapshot(&self, elapsed: Duration) {
+        self.inner.snapshot_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a flush that succeeded, `elapsed` after it was issued.
+    pub fn observe_flush(&self, elapsed: Duration) {
+        self.inner.flush_duration.observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -321,6 +386,15 @@ impl Collector for ServiceCollector {
                 u64::try_from(shapes).unwrap_or(u64::MAX),
             )?;
         }
+        if let Some(bytes) = stats.shape_bytes {
+            gauge(
+                &mut encoder,
+                "ampere_shape_storage_bytes",
+                "Bytes of shape logs durable on disk (log data, index and snapshot chunks), \
+                 over every shape this instance has open.",
+                bytes,
+            )?;
+        }
         // Only while active: a standby's poller stops, and its last values would be stale.
         let slot = if is_active {
             lock(&self.slot).clone()
@@ -461,6 +535,7 @@ mod tests {
             durable_lsn: Lsn(42),
             acknowledged_lsn: Some(Lsn(43)),
             shapes: Some(3),
+            shape_bytes: Some(4096),
         }));
         let source = Arc::clone(&stats);
         let metrics = Metrics::new(move || *lock(&source));
@@ -477,6 +552,7 @@ mod tests {
             "ampere_durable_lsn 42\n",
             "ampere_acknowledged_lsn 43\n",
             "ampere_shapes 3\n",
+            "ampere_shape_storage_bytes 4096\n",
             "ampere_slot_retained_wal_bytes 1024\n",
             "ampere_slot_confirmed_flush_lag_bytes 16\n",
             "ampere_slot_active 1\n",
@@ -488,6 +564,32 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("ampere_active 0\n"), "{text}");
         assert!(!text.contains("ampere_slot_"), "{text}");
+    }
+
+    #[test]
+    fn snapshot_and_flush_latencies_land_in_their_buckets() {
+        let metrics = Metrics::new(ServiceStats::default);
+        metrics.observe_snapshot(Duration::from_millis(300));
+        metrics.observe_flush(Duration::from_micros(700));
+        metrics.observe_flush(Duration::from_secs(20));
+        let families = text_format::parse(&metrics.render()).expect("valid exposition");
+        let snapshot = &families["ampere_snapshot_duration_seconds"];
+        assert_eq!(snapshot.kind, "histogram");
+        let count = "ampere_snapshot_duration_seconds_count";
+        assert_eq!(snapshot.value(count, &[]), Some(1.0));
+        let bucket = "ampere_snapshot_duration_seconds_bucket";
+        assert_eq!(snapshot.value(bucket, &[("le", "0.25")]), Some(0.0));
+        assert_eq!(snapshot.value(bucket, &[("le", "0.5")]), Some(1.0));
+        let flush = &families["ampere_flush_duration_seconds"];
+        let bucket = "ampere_flush_duration_seconds_bucket";
+        assert_eq!(flush.value(bucket, &[("le", "0.0005")]), Some(0.0));
+        assert_eq!(flush.value(bucket, &[("le", "0.001")]), Some(1.0));
+        assert_eq!(flush.value(bucket, &[("le", "10")]), Some(1.0));
+        assert_eq!(flush.value(bucket, &[("le", "+Inf")]), Some(2.0));
+        assert!(
+            !families.contains_key("ampere_shape_storage_bytes"),
+            "unknown bytes are not exported as 0"
+        );
     }
 }
 

@@ -1,9 +1,12 @@
 //! The production [`ShapeApi`]: the registry for lookups, the store for reads, Postgres for
-//! catalog lookups, and the driver (through a channel) for shape creation.
+//! catalog lookups and the manual-publishing check, and the driver (through a channel) for
+//! shape creation.
 
 use std::time::Duration;
 
-use ampere_core::ports::{CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore};
+use ampere_core::ports::{
+    CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore, SnapshotError,
+};
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::{LogOffset, Lsn};
 use tokio::sync::{mpsc, oneshot};
@@ -76,6 +79,13 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
                 "Timeout waiting for the replication stream to start".into(),
             ));
         }
+        // ELECTRIC_MANUAL_TABLE_PUBLISHING: the snapshot's first step, before any handle or
+        // storage exists (the snapshot checks again: the operator may undo it meanwhile).
+        let relation = schema.relation.clone();
+        self.pg
+            .check_table_published(relation)
+            .await
+            .map_err(not_published)?;
         let (reply, answer) = oneshot::channel();
         let request = Request::CreateShape {
             definition,
@@ -114,5 +124,19 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
 
     fn last_purge(&self) -> Option<PurgeInfo> {
         self.registry.last_purge()
+    }
+}
+
+/// A failed publication check: the operator's part is named, anything else is transient.
+fn not_published(error: SnapshotError) -> CreateShapeError {
+    match error {
+        SnapshotError::NotPublished { message } => CreateShapeError::TableNotPublished(message),
+        other => {
+            warn!(error = %error_chain(&other), "checking the publication failed");
+            CreateShapeError::Failed {
+                message: "Failed to create shape, please retry".into(),
+                retry_after_secs: 1,
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `ELECTRIC_PROMETHEUS_PORT` on the real binary: `/metrics` is served there only (the API
 //! port answers 404), its text is well-formed Prometheus exposition, request counters move,
-//! and while active the replication slot's statistics appear.
+//! while active the replication slot's statistics appear, and snapshots, flushes and the
+//! bytes of shape logs on disk are measured.
 //!
 //! Method as in `startup.rs` (whose harness this copies): the real binary as a child process
 //! with only the variables under test, ports picked by binding `127.0.0.1:0`, children killed
@@ -152,23 +153,95 @@ fn an_active_instance_exposes_progress_requests_and_its_slot_on_the_prometheus_p
     assert_slot_series(metrics_port);
     ampere.terminate();
     let status = ampere.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "SIGTERM: {status}:\n{}", ampere.stderr());
+    assert!(status.success(), "SIGTERM: {status}:\n{}", ampere.output());
 }
 
 /// Scrapes until `series` reads `value` (within 5 s).
 fn wait_for_sample(metrics_port: u16, series: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_for(metrics_port, series, |v| v == value);
+}
+
+/// Scrapes until `series` has a value `accept`s (within 10 s); returns that value.
+fn wait_for(metrics_port: u16, series: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (samples, _) = scrape(metrics_port);
-        if samples.get(series) == Some(&value) {
-            return;
+        if let Some(value) = samples.get(series).copied().filter(|v| accept(*v)) {
+            return value;
         }
         assert!(
             Instant::now() < deadline,
-            "{series} never {value}: {samples:?}"
+            "{series} never as expected: {samples:?}"
         );
         sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn snapshots_and_flushes_are_timed_and_shape_bytes_on_disk_grow_with_writes() {
+    let cluster = shared_database("metrics_storage");
+    cluster
+        .psql(
+            "metrics_storage",
+            "CREATE TABLE items (id int PRIMARY KEY, title text); \
+             INSERT INTO items VALUES (1, 'one')",
+        )
+        .expect("create items");
+    let scratch = Scratch::new("storage");
+    let storage = scratch.storage();
+    let (port, metrics_port) = (free_port(), free_port());
+    let (port_text, metrics_text) = (port.to_string(), metrics_port.to_string());
+    let url = cluster.url("postgres", "metrics_storage");
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        // Slots are per cluster, and other tests here stream from other databases.
+        ("ELECTRIC_REPLICATION_STREAM_ID", "metrics_storage"),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port_text.as_str()),
+        ("ELECTRIC_PROMETHEUS_PORT", metrics_text.as_str()),
+    ];
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    wait_for_health(&mut ampere, port, 200, Duration::from_secs(15));
+    let (_, types) = scrape(metrics_port);
+    for (name, kind) in [
+        ("ampere_shape_storage_bytes", "gauge"),
+        ("ampere_snapshot_duration_seconds", "histogram"),
+        ("ampere_flush_duration_seconds", "histogram"),
+    ] {
+        assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    assert_eq!(
+        scrape(metrics_port).0.get("ampere_shape_storage_bytes"),
+        Some(&0.0),
+        "no shape yet"
+    );
+
+    let shape = http_get(port, "/v1/shape?table=items&offset=-1").expect("shape request");
+    assert_eq!(shape.status, 200, "{shape:?}");
+    wait_for(
+        metrics_port,
+        "ampere_snapshot_duration_seconds_count",
+        |n| n >= 1.0,
+    );
+    let after_snapshot = wait_for(metrics_port, "ampere_shape_storage_bytes", |b| b > 0.0);
+
+    cluster
+        .psql(
+            "metrics_storage",
+            "INSERT INTO items SELECT i, 'row ' || i FROM generate_series(2, 50) AS i",
+        )
+        .expect("insert rows");
+    wait_for(metrics_port, "ampere_flush_duration_seconds_count", |n| {
+        n >= 1.0
+    });
+    wait_for(metrics_port, "ampere_shape_storage_bytes", |b| {
+        b > after_snapshot
+    });
+
+    ampere.terminate();
+    let status = ampere.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "SIGTERM: {status}:\n{}", ampere.output());
 }
 
 /// The slot poller reads `pg_replication_slots` as soon as the instance is active.

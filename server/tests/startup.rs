@@ -28,16 +28,17 @@ mod common;
 
 use common::{free_port, http_get, parse_reply, shared_database, wait_for_health, Ampere, Scratch};
 
-/// Runs ampere, expecting a non-zero exit within `within`; returns its stderr.
+/// Runs ampere, expecting a non-zero exit within `within`; returns its output (the log on
+/// stdout, then stderr).
 fn run_to_failure(scratch: &Scratch, vars: &[(&str, &str)], within: Duration) -> String {
     let mut ampere = Ampere::spawn(scratch, vars);
     let status = ampere.wait_exit(within);
-    let stderr = ampere.stderr();
+    let output = ampere.output();
     assert!(
         !status.success(),
-        "ampere exited with {status}; stderr:\n{stderr}"
+        "ampere exited with {status}; output:\n{output}"
     );
-    stderr
+    output
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -65,9 +66,9 @@ fn without_a_secret_or_insecure_mode_startup_fails_at_once_naming_both_variables
         ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
         ("ELECTRIC_PORT", port.as_str()),
     ];
-    let stderr = run_to_failure(&scratch, &vars, CONFIG_EXIT);
-    assert!(stderr.contains("ELECTRIC_SECRET"), "{stderr}");
-    assert!(stderr.contains("ELECTRIC_INSECURE"), "{stderr}");
+    let output = run_to_failure(&scratch, &vars, CONFIG_EXIT);
+    assert!(output.contains("ELECTRIC_SECRET"), "{output}");
+    assert!(output.contains("ELECTRIC_INSECURE"), "{output}");
     assert!(
         !storage.exists(),
         "storage dir created before config checks"
@@ -149,11 +150,11 @@ fn an_unusable_storage_dir_stops_startup_before_connecting_to_postgres() {
             ("ELECTRIC_PORT", port.as_str()),
             ("DATABASE_URL", database_url.as_str()),
         ];
-        let stderr = run_to_failure(&scratch, &vars, CONFIG_EXIT);
-        assert!(stderr.contains("ELECTRIC_STORAGE_DIR"), "{path}: {stderr}");
+        let output = run_to_failure(&scratch, &vars, CONFIG_EXIT);
+        assert!(output.contains("ELECTRIC_STORAGE_DIR"), "{path}: {output}");
         assert!(
-            stderr.contains(path),
-            "{path}: stderr does not name it:\n{stderr}"
+            output.contains(path),
+            "{path}: output does not name it:\n{output}"
         );
         assert_never_connected(&postgres, path);
     }
@@ -180,17 +181,17 @@ fn postgres_without_logical_wal_level_is_fatal_and_the_message_says_how_to_fix_i
         ("ELECTRIC_INSECURE", "true"),
         ("ELECTRIC_PORT", port.as_str()),
     ];
-    let stderr = run_to_failure(&scratch, &vars, FATAL_EXIT);
-    assert!(stderr.contains("wal_level"), "{stderr}");
+    let output = run_to_failure(&scratch, &vars, FATAL_EXIT);
+    assert!(output.contains("wal_level"), "{output}");
     assert!(
-        stderr.contains("\"replica\""),
-        "names the current value: {stderr}"
+        output.contains("\"replica\""),
+        "names the current value: {output}"
     );
     assert!(
-        stderr.contains("wal_level = logical"),
-        "names the fix: {stderr}"
+        output.contains("wal_level = logical"),
+        "names the fix: {output}"
     );
-    assert!(stderr.contains("restart PostgreSQL"), "{stderr}");
+    assert!(output.contains("restart PostgreSQL"), "{output}");
 }
 
 #[test]
@@ -214,11 +215,11 @@ fn a_role_without_replication_is_fatal_and_the_message_says_how_to_grant_it() {
         // the slot namespace is cluster-wide: stay clear of other tests' slots
         ("ELECTRIC_REPLICATION_STREAM_ID", "norep"),
     ];
-    let stderr = run_to_failure(&scratch, &vars, FATAL_EXIT);
-    assert!(stderr.contains("REPLICATION"), "{stderr}");
+    let output = run_to_failure(&scratch, &vars, FATAL_EXIT);
+    assert!(output.contains("REPLICATION"), "{output}");
     assert!(
-        stderr.contains("ALTER ROLE norep WITH REPLICATION"),
-        "names the fix: {stderr}"
+        output.contains("ALTER ROLE norep WITH REPLICATION"),
+        "names the fix: {output}"
     );
 }
 
@@ -252,7 +253,7 @@ fn an_unreachable_database_is_retried_while_health_says_waiting_and_shapes_get_5
         assert!(
             ampere.try_status().is_none(),
             "an unreachable database must not be fatal:\n{}",
-            ampere.stderr()
+            ampere.output()
         );
         let health = http_get(port, "/v1/health").expect("health");
         assert_eq!(
@@ -261,11 +262,11 @@ fn an_unreachable_database_is_retried_while_health_says_waiting_and_shapes_get_5
         );
         sleep(Duration::from_millis(500));
     }
-    let stderr = ampere.stderr();
-    let attempts = stderr.matches("replication setup failed").count();
-    assert!(attempts >= 2, "expected retries in the log:\n{stderr}");
-    assert!(stderr.contains("Connection refused"), "{stderr}");
-    assert!(ampere.try_status().is_none(), "exited:\n{stderr}");
+    let log = ampere.stdout();
+    let attempts = log.matches("replication setup failed").count();
+    assert!(attempts >= 2, "expected retries in the log:\n{log}");
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(ampere.try_status().is_none(), "exited:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ fn a_clean_start_serves_shapes_and_sigterm_exits_zero_leaving_an_inactive_slot()
     assert_eq!(health.body, r#"{"status":"active"}"#);
 
     let shape = http_get(port, "/v1/shape?table=items&offset=-1").expect("shape request");
-    assert_eq!(shape.status, 200, "{shape:?}\n{}", ampere.stderr());
+    assert_eq!(shape.status, 200, "{shape:?}\n{}", ampere.output());
     assert!(
         shape
             .header("electric-handle")
@@ -317,7 +318,7 @@ fn a_clean_start_serves_shapes_and_sigterm_exits_zero_leaving_an_inactive_slot()
     assert!(
         status.success(),
         "SIGTERM: exited {status}:\n{}",
-        ampere.stderr()
+        ampere.output()
     );
     assert_slot_inactive(cluster, "electric_slot_default", "startup_happy");
 }
@@ -358,13 +359,13 @@ fn without_database_url_or_postgres_binaries_startup_fails_saying_how_to_install
         ("ELECTRIC_INSECURE", "true"),
         ("ELECTRIC_PORT", port.as_str()),
     ];
-    let stderr = run_to_failure(&scratch, &vars, FATAL_EXIT);
-    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
-    assert!(stderr.contains("install PostgreSQL"), "{stderr}");
-    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+    let output = run_to_failure(&scratch, &vars, FATAL_EXIT);
+    assert!(output.contains("DATABASE_URL"), "{output}");
+    assert!(output.contains("install PostgreSQL"), "{output}");
+    assert!(output.contains("apt-get install postgresql"), "{output}");
     assert!(
-        stderr.contains(empty_bin.to_str().expect("utf-8")),
-        "names PG_BIN: {stderr}"
+        output.contains(empty_bin.to_str().expect("utf-8")),
+        "names PG_BIN: {output}"
     );
 }
 

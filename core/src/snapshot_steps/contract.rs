@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use super::{take, SnapshotSteps, TextRow};
+use super::{take, Membership, SnapshotSteps, TablePublishing, TextRow};
 use crate::chunk::SnapshotColumns;
 use crate::ports::{SnapshotError, SnapshotRequest, SnapshotWriter};
 use crate::shape::{
@@ -55,6 +55,8 @@ pub const CASES: &[&str] = &[
     "query_rows_gives_the_fetched_columns_of_the_rows_the_where_clause_admits",
     "take_writes_the_admitted_rows_then_snapshot_end",
     "take_of_a_table_changed_since_the_request_is_schema_changed",
+    "membership_reports_publication_and_alters_nothing",
+    "manual_take_refuses_an_unpublished_table_then_succeeds_once_published",
 ];
 
 /// One `#[test]` per case of [`CASES`], each calling `$runner(case_name)` (a plain
@@ -73,6 +75,8 @@ macro_rules! snapshot_contract_tests {
             query_rows_gives_the_fetched_columns_of_the_rows_the_where_clause_admits,
             take_writes_the_admitted_rows_then_snapshot_end,
             take_of_a_table_changed_since_the_request_is_schema_changed,
+            membership_reports_publication_and_alters_nothing,
+            manual_take_refuses_an_unpublished_table_then_succeeds_once_published,
         );
     };
     (@cases $runner:path; $($case:ident),* $(,)?) => {
@@ -122,6 +126,12 @@ pub async fn run<H: ContractHarness>(name: &str, harness: H) {
         }
         "take_of_a_table_changed_since_the_request_is_schema_changed" => {
             take_of_a_table_changed_since_the_request_is_schema_changed(harness).await;
+        }
+        "membership_reports_publication_and_alters_nothing" => {
+            membership_reports_publication_and_alters_nothing(harness).await;
+        }
+        "manual_take_refuses_an_unpublished_table_then_succeeds_once_published" => {
+            manual_take_refuses_an_unpublished_table_then_succeeds_once_published(harness).await;
         }
         other => panic!("no contract case {other:?}"),
     }
@@ -255,6 +265,7 @@ async fn take_writes_the_admitted_rows_then_snapshot_end<H: ContractHarness>(mut
     let taken = take(
         &mut h.steps().await,
         &request(schema, Some("title <> 'banana'")),
+        &TablePublishing::Automatic,
         writer.clone(),
     )
     .await
@@ -277,14 +288,110 @@ async fn take_of_a_table_changed_since_the_request_is_schema_changed<H: Contract
     let schema = h.schema().await;
     assert!(h.try_add_column("extra").await);
     let writer = MemWriter::default();
-    let error = take(&mut h.steps().await, &request(schema, None), writer.clone())
-        .await
-        .expect_err("the table changed");
+    let error = take(
+        &mut h.steps().await,
+        &request(schema, None),
+        &TablePublishing::Automatic,
+        writer.clone(),
+    )
+    .await
+    .expect_err("the table changed");
     assert!(
         matches!(error, SnapshotError::SchemaChanged { .. }),
         "{error:?}"
     );
     assert_eq!(writer.written(), (vec![], false));
+}
+
+async fn membership_reports_publication_and_alters_nothing<H: ContractHarness>(mut h: H) {
+    let relation = h.schema().await.relation;
+    let mut steps = h.steps().await;
+    let before = steps
+        .membership(PUBLICATION, &relation)
+        .await
+        .expect("membership")
+        .expect("the table exists");
+    assert!(!before.is_published, "{before:?}");
+    assert!(!h.is_published().await, "reading membership alters nothing");
+    let elsewhere = steps
+        .membership("contract_no_such_publication", &relation)
+        .await
+        .expect("membership");
+    assert!(elsewhere.is_some_and(|m| !m.is_published), "{elsewhere:?}");
+    steps
+        .add_to_publication(PUBLICATION, &relation)
+        .await
+        .expect("ALTER PUBLICATION … ADD TABLE");
+    let after = steps.membership(PUBLICATION, &relation).await;
+    let ready = Membership {
+        is_published: true,
+        is_replica_identity_full: true,
+    };
+    assert_eq!(after.expect("membership"), Some(ready));
+    let missing = RelationName {
+        schema: "public".into(),
+        table: "contract_missing".into(),
+    };
+    assert_eq!(
+        steps
+            .membership(PUBLICATION, &missing)
+            .await
+            .expect("membership"),
+        None
+    );
+}
+
+async fn manual_take_refuses_an_unpublished_table_then_succeeds_once_published<
+    H: ContractHarness,
+>(
+    mut h: H,
+) {
+    h.insert(1, Some("apple")).await;
+    let schema = h.schema().await;
+    let relation = schema.relation.clone();
+    let manual = TablePublishing::Manual {
+        publication: PUBLICATION.into(),
+    };
+    let writer = MemWriter::default();
+    let error = take(
+        &mut h.steps().await,
+        &request(schema.clone(), None),
+        &manual,
+        writer.clone(),
+    )
+    .await
+    .expect_err("not published");
+    let SnapshotError::NotPublished { message } = &error else {
+        panic!("{error:?}");
+    };
+    let sql = format!("ALTER PUBLICATION \"{PUBLICATION}\" ADD TABLE {relation};");
+    assert!(message.contains(&sql), "{message}");
+    assert_eq!(writer.written(), (vec![], false));
+    assert!(!h.is_published().await, "manual publishing alters nothing");
+
+    // The operator runs the SQL (here through the automatic step, which does just that).
+    let mut operator = h.steps().await;
+    operator
+        .add_to_publication(PUBLICATION, &relation)
+        .await
+        .expect("ALTER PUBLICATION … ADD TABLE");
+    let writer = MemWriter::default();
+    take(
+        &mut h.steps().await,
+        &request(schema, None),
+        &manual,
+        writer.clone(),
+    )
+    .await
+    .expect("published now");
+    let (chunks, finished) = writer.written();
+    assert!(finished);
+    assert!(
+        chunks
+            .iter()
+            .any(|(_, body)| body.contains(r#""title":"apple""#)),
+        "{chunks:?}"
+    );
 }
 
 async fn read_all<S: SnapshotSteps>(

@@ -20,6 +20,8 @@ struct Script {
     seen: Option<Option<TableSchema>>,
     rows: VecDeque<TextRow>,
     fail_commit: bool,
+    /// The table's membership for `membership` (published with `FULL` when `None`).
+    membership: Option<Option<Membership>>,
     log: Log,
 }
 
@@ -44,6 +46,18 @@ impl SnapshotSteps for Script {
         self.log
             .push(format!("publish {relation} in {publication}"));
         Ok(())
+    }
+    async fn membership(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> Result<Option<Membership>, SnapshotError> {
+        self.log
+            .push(format!("membership of {relation} in {publication}"));
+        Ok(self.membership.unwrap_or(Some(Membership {
+            is_published: true,
+            is_replica_identity_full: true,
+        })))
     }
     async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {
         self.log.push("in progress");
@@ -136,7 +150,22 @@ fn request(where_clause: Option<&str>) -> SnapshotRequest {
 
 fn run(script: &mut Script, request: &SnapshotRequest) -> Result<PgSnapshot, SnapshotError> {
     let writer = LogWriter(script.log.clone());
-    poll_once(take(script, request, writer))
+    poll_once(take(script, request, &TablePublishing::Automatic, writer))
+}
+
+fn run_manual(script: &mut Script, request: &SnapshotRequest) -> Result<PgSnapshot, SnapshotError> {
+    let writer = LogWriter(script.log.clone());
+    let manual = TablePublishing::Manual {
+        publication: request.publication.clone(),
+    };
+    poll_once(take(script, request, &manual, writer))
+}
+
+fn membership(is_published: bool, is_replica_identity_full: bool) -> Membership {
+    Membership {
+        is_published,
+        is_replica_identity_full,
+    }
 }
 
 fn row(id: &str, title: &str, n: &str) -> TextRow {
@@ -253,4 +282,94 @@ fn a_where_clause_that_no_longer_compiles_fails_before_the_read_begins() {
         "{error:?}"
     );
     assert!(!script.log.take().contains(&"begin".to_owned()));
+}
+
+#[test]
+fn manual_publishing_checks_the_table_instead_of_publishing_it_then_snapshots_alike() {
+    let mut script = Script::default();
+    run_manual(&mut script, &request(None)).expect("snapshot");
+    let log = script.log.take();
+    assert_eq!(
+        log[..3],
+        [
+            r#"membership of "public"."items" in pub"#,
+            "in progress",
+            "begin"
+        ]
+    );
+    assert!(
+        !log.iter().any(|step| step.starts_with("publish")),
+        "{log:?}"
+    );
+    assert_eq!(log.last().map(String::as_str), Some("finish"));
+}
+
+#[test]
+fn manual_publishing_refuses_a_table_not_ready_with_the_sql_to_run_and_stops_there() {
+    for (lacking, expected) in [
+        (
+            membership(false, true),
+            r#"is missing from the publication "pub", and ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps ampere from changing that. As the table's owner (or a superuser), run: ALTER PUBLICATION "pub" ADD TABLE "public"."items";"#,
+        ),
+        (
+            membership(true, false),
+            r#"does not have its replica identity set to FULL, and ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps ampere from changing that. As the table's owner (or a superuser), run: ALTER TABLE "public"."items" REPLICA IDENTITY FULL;"#,
+        ),
+        (
+            membership(false, false),
+            r#"is missing from the publication "pub" and does not have its replica identity set to FULL, and ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps ampere from changing that. As the table's owner (or a superuser), run: ALTER PUBLICATION "pub" ADD TABLE "public"."items"; ALTER TABLE "public"."items" REPLICA IDENTITY FULL;"#,
+        ),
+    ] {
+        let mut script = Script {
+            membership: Some(Some(lacking)),
+            ..Script::default()
+        };
+        let error = run_manual(&mut script, &request(None)).expect_err("not ready");
+        let SnapshotError::NotPublished { message } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(
+            message,
+            &format!(r#"Database table "public"."items" {expected}"#)
+        );
+        assert_eq!(
+            script.log.take(),
+            [r#"membership of "public"."items" in pub"#],
+            "nothing after the check: no wait, no read, no chunk"
+        );
+    }
+}
+
+#[test]
+fn manual_publishing_of_a_vanished_table_is_schema_changed() {
+    let mut script = Script {
+        membership: Some(None),
+        ..Script::default()
+    };
+    let error = run_manual(&mut script, &request(None)).expect_err("gone");
+    assert!(
+        matches!(error, SnapshotError::SchemaChanged { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn the_sql_to_run_quotes_odd_identifiers() {
+    let relation = RelationName {
+        schema: "My Schema".into(),
+        table: r#"it"ems"#.into(),
+    };
+    let message = membership(false, false)
+        .not_ready_message(r#"pub "x""#, &relation)
+        .expect("not ready");
+    assert!(
+        message.ends_with(
+            r#"run: ALTER PUBLICATION "pub ""x""" ADD TABLE "My Schema"."it""ems"; ALTER TABLE "My Schema"."it""ems" REPLICA IDENTITY FULL;"#
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        membership(true, true).not_ready_message("pub", &relation),
+        None
+    );
 }

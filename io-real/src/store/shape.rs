@@ -406,6 +406,15 @@ impl LogState {
         &self.durable[..self.readable]
     }
 
+    /// Bytes of the shape's durable files, from memory: `log.json` and `log.idx` up to the
+    /// last durable entry, and the durable snapshot chunks.
+    pub(super) fn durable_bytes(&self) -> u64 {
+        let data = self.durable.last().map_or(0, IndexRecord::end);
+        let index = self.durable.len() as u64 * RECORD_LEN as u64;
+        let snapshot: u64 = self.snapshot.chunks.iter().map(|c| c.bytes).sum();
+        data + index + snapshot
+    }
+
     /// The last offset readers see (`0_inf` with no replicated entries readable).
     pub(super) fn latest(&self) -> LogOffset {
         self.readable()

@@ -25,6 +25,7 @@ use ampere_core::ports::{
 use ampere_core::shape::{ColumnSchema, HandleStamp, RelationName, TableSchema};
 use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
+use ampere_core::snapshot_steps::{self, TablePublishing};
 
 use super::server::PG_PORT;
 use super::snapshot;
@@ -39,14 +40,24 @@ const SLOT_NAME_MAX: usize = 63;
 #[derive(Clone, Debug)]
 pub struct SimPg {
     host: Arc<str>,
+    /// Who makes shapes' tables replicable, as io-real's `PgOptions::table_publishing`.
+    table_publishing: Arc<TablePublishing>,
 }
 
 impl SimPg {
-    /// A port talking to the model served on `pg_host`.
+    /// A port talking to the model served on `pg_host`, adding shapes' tables to the
+    /// publication itself.
     pub fn new(pg_host: impl Into<String>) -> Self {
         Self {
             host: Arc::from(pg_host.into()),
+            table_publishing: Arc::new(TablePublishing::Automatic),
         }
+    }
+
+    /// The same port with `ELECTRIC_MANUAL_TABLE_PUBLISHING` as `publishing` says.
+    pub fn with_table_publishing(mut self, publishing: TablePublishing) -> Self {
+        self.table_publishing = Arc::new(publishing);
+        self
     }
 
     /// The host it connects to.
@@ -216,6 +227,7 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::SlotInfo { .. } => "reading the slot",
         ClientMessage::StartReplication { .. } => "START_REPLICATION",
         ClientMessage::AddTable { .. } => "ALTER PUBLICATION … ADD TABLE",
+        ClientMessage::PublicationMembership { .. } => "reading the publication's tables",
         ClientMessage::CurrentSnapshot => "pg_current_snapshot()",
         ClientMessage::XactsInProgress { .. } => "pg_xact_status",
         ClientMessage::SnapshotRows { .. } => "snapshot query",
@@ -337,15 +349,31 @@ impl PgPort for SimPg {
         }
     }
 
+    fn check_table_published(
+        &self,
+        relation: RelationName,
+    ) -> impl Future<Output = Result<(), SnapshotError>> + Send + 'static {
+        let host = self.host.clone();
+        let publishing = Arc::clone(&self.table_publishing);
+        async move {
+            let TablePublishing::Manual { publication } = &*publishing else {
+                return Ok(());
+            };
+            let mut steps = snapshot::SimSnapshotSteps::connect(&host).await?;
+            snapshot_steps::check_published(&mut steps, publication, &relation).await
+        }
+    }
+
     fn take_snapshot<W: SnapshotWriter>(
         &self,
         request: SnapshotRequest,
         writer: W,
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
         let host = self.host.clone();
+        let publishing = Arc::clone(&self.table_publishing);
         async move {
             let steps = snapshot::SimSnapshotSteps::connect(&host).await?;
-            snapshot::take_snapshot(steps, &request, writer).await
+            snapshot::take_snapshot(steps, &request, &publishing, writer).await
         }
     }
 }

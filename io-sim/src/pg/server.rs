@@ -456,7 +456,19 @@ fn reserve_stamps(
     Ok(ServerMessage::Done)
 }
 
+/// Whether `publication` publishes the table (`None`: no such table).
+fn membership(model: &PgModel, publication: &str, relation: WireRelation) -> ServerMessage {
+    let oid = model.table(&relation_name(relation)).map(|t| t.oid);
+    ServerMessage::Membership(oid.map(|oid| {
+        model
+            .publication(publication)
+            .is_some_and(|members| members.contains(&oid))
+    }))
+}
+
 /// Answers a request that needs nothing but the model.
+// One arm per message, each a call or two: splitting the match would only scatter it.
+#[allow(clippy::too_many_lines)]
 fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessage {
     let result = match request {
         ClientMessage::TryAdvisoryLock { slot } => Ok(ServerMessage::Bool(
@@ -497,6 +509,10 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
         } => model
             .add_table_to_publication(&publication, &relation_name(relation))
             .map(|()| ServerMessage::Done),
+        ClientMessage::PublicationMembership {
+            publication,
+            relation,
+        } => Ok(membership(model, &publication, relation)),
         ClientMessage::CurrentSnapshot => {
             let in_read = model.backend(pid).is_some_and(|b| b.read.is_some());
             let snapshot = if in_read {

@@ -16,7 +16,7 @@ use ampere_core::error_chain;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
-use ampere_core::snapshot_steps::{self, SnapshotSteps, TextRow};
+use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
 
 use super::port::{catalog_table, wire_relation, Client, SimPgError};
 use super::wire::{ClientMessage, ServerMessage};
@@ -25,9 +25,10 @@ use super::wire::{ClientMessage, ServerMessage};
 pub(crate) async fn take_snapshot<W: SnapshotWriter>(
     mut steps: SimSnapshotSteps,
     request: &SnapshotRequest,
+    publishing: &TablePublishing,
     writer: W,
 ) -> Result<PgSnapshot, SnapshotError> {
-    let snapshot = snapshot_steps::take(&mut steps, request, writer).await?;
+    let snapshot = snapshot_steps::take(&mut steps, request, publishing, writer).await?;
     tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
         "snapshot taken");
     Ok(snapshot)
@@ -100,6 +101,26 @@ impl SnapshotSteps for SimSnapshotSteps {
             relation: wire_relation(relation),
         };
         self.done("ALTER PUBLICATION … ADD TABLE", add).await
+    }
+
+    async fn membership(
+        &mut self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> Result<Option<Membership>, SnapshotError> {
+        const DURING: &str = "reading the publication's tables";
+        let read = ClientMessage::PublicationMembership {
+            publication: publication.to_owned(),
+            relation: wire_relation(relation),
+        };
+        match self.call(DURING, read).await? {
+            // The model has no replica identities: every old row is full.
+            ServerMessage::Membership(member) => Ok(member.map(|is_published| Membership {
+                is_published,
+                is_replica_identity_full: true,
+            })),
+            _ => Err(unexpected(DURING)),
+        }
     }
 
     async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {

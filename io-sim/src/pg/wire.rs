@@ -92,6 +92,12 @@ pub(crate) enum ClientMessage {
         publication: String,
         relation: WireRelation,
     },
+    /// io-real's membership query: is the table in `pg_publication_tables` of `publication`
+    /// (and its replica identity, which the model does not have: always `FULL`).
+    PublicationMembership {
+        publication: String,
+        relation: WireRelation,
+    },
     /// `pg_current_snapshot()`: the read transaction's inside one.
     CurrentSnapshot,
     /// How many of `xids` are in progress.
@@ -139,6 +145,8 @@ pub(crate) enum ServerMessage {
     Publication(Option<WirePublication>),
     /// A table, or none.
     Table(Option<WireTable>),
+    /// Whether a publication publishes a table; `None` when there is no such table.
+    Membership(Option<bool>),
     /// A slot was created.
     SlotCreated { consistent_point: u64 },
     /// A slot's row, or none.

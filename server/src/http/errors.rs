@@ -82,6 +82,16 @@ impl ApiError {
         }
     }
 
+    /// A 503 that clients retry after `retry_after_secs`, marked a known error (Electric's
+    /// `known_error`): the operator's to fix, not a bug.
+    pub(crate) fn known_unavailable(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            retry_after_secs,
+            is_known_error: true,
+        }
+    }
+
     /// The response status.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
@@ -230,10 +240,7 @@ mod tests {
 
     #[test]
     fn unavailable_carries_retry_after_and_no_store() {
-        let mut err = ApiError::unavailable("starting", 5);
-        if let ApiError::Unavailable { is_known_error, .. } = &mut err {
-            *is_known_error = true;
-        }
+        let err = ApiError::known_unavailable("starting", 5);
         assert_eq!(err.body(), r#"{"message":"starting"}"#);
         let response = err.into_response();
         let h = response.headers();

@@ -10,11 +10,13 @@
 //! `GET|HEAD /`, `GET|HEAD|POST|OPTIONS|DELETE /v1/shape`, `GET|HEAD /v1/health`; anything
 //! else is `404 Not found` (`/metrics` included: metrics are served only on
 //! `ELECTRIC_PROMETHEUS_PORT`, by [`crate::metrics`]). With [`HttpConfig::metrics`] set, every
-//! request is counted and timed there.
+//! request is counted and timed there. With `debug` logging, every request logs one line
+//! (`access_log`).
 //!
 //! The `ampere` binary accepts connections through [`TimeoutListener`], which applies
 //! Electric's socket timeouts (`ELECTRIC_TCP_READ_TIMEOUT`, `ELECTRIC_TCP_SEND_TIMEOUT`).
 
+mod access_log;
 mod errors;
 mod headers;
 mod health;
@@ -67,7 +69,9 @@ pub struct HttpConfig {
     pub rng_seed: u64,
     /// Wall-clock time, for `electric-cursor` and unique ETags.
     pub clock: WallClock,
-    /// Where requests are counted and timed (`ELECTRIC_PROMETHEUS_PORT` set), if anywhere.
+    /// Where requests are counted and timed (`ELECTRIC_PROMETHEUS_PORT` set), if anywhere;
+    /// [`app::serve`](crate::app::serve) hands it to the driver too, for snapshot and flush
+    /// latencies.
     pub metrics: Option<Metrics>,
 }
 
@@ -135,7 +139,10 @@ pub fn router<A: ShapeApi>(api: A, config: HttpConfig) -> Router {
         unique_counter: AtomicU64::new(0),
         config,
     });
-    let router = Router::new().fallback(dispatch::<A>).with_state(state);
+    let router = Router::new()
+        .fallback(dispatch::<A>)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(access_log::log_request));
     match metrics {
         Some(metrics) => router.layer(axum::middleware::from_fn_with_state(metrics, record)),
         None => router,

@@ -160,6 +160,9 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
                 message,
                 retry_after_secs,
             } => ApiError::unavailable(message, retry_after_secs),
+            CreateShapeError::TableNotPublished(message) => {
+                ApiError::known_unavailable(message, 10)
+            }
         })
 }
 

@@ -1,13 +1,14 @@
 //! What the tests that run the real `ampere` binary share: a scratch directory under `/tmp`,
-//! the child process with its stderr captured (killed by PID when a test ends early), and a
-//! free port. Each test binary uses part of it.
+//! the child process with its output captured (the log on stdout, errors that stop it on
+//! stderr; killed by PID when a test ends early), and a free port. Each test binary uses part
+//! of it.
 #![allow(dead_code)]
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, sleep, JoinHandle};
@@ -55,11 +56,13 @@ impl Drop for Scratch {
 // ---------------------------------------------------------------------------------------------
 // The binary
 
-/// A running `ampere`, stderr captured; SIGKILLed by PID on drop if still running.
+/// A running `ampere`, stdout (the log) and stderr captured; SIGKILLed by PID on drop if
+/// still running.
 pub(crate) struct Ampere {
     child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
-    reader: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Ampere {
@@ -71,29 +74,48 @@ impl Ampere {
             .envs(vars.iter().copied())
             .current_dir(&scratch.root)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ampere");
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let reader = Some(capture(pipe, Arc::clone(&stderr)));
+        let (stdout, stderr) = (Arc::default(), Arc::default());
+        let readers = vec![
+            capture(
+                child.stdout.take().expect("stdout is piped"),
+                Arc::clone(&stdout),
+            ),
+            capture(
+                child.stderr.take().expect("stderr is piped"),
+                Arc::clone(&stderr),
+            ),
+        ];
         Self {
             child,
+            stdout,
             stderr,
-            reader,
+            readers,
         }
     }
 
+    /// The log so far.
+    pub(crate) fn stdout(&self) -> String {
+        text(&self.stdout)
+    }
+
+    /// What ampere wrote on stderr so far: the error that stopped it, if any.
     pub(crate) fn stderr(&self) -> String {
-        let bytes = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
+        text(&self.stderr)
+    }
+
+    /// The log, then stderr.
+    pub(crate) fn output(&self) -> String {
+        format!("{}{}", self.stdout(), self.stderr())
     }
 
     pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait on ampere")
     }
 
-    /// Waits for the exit (panicking after `timeout`), then for the rest of stderr.
+    /// Waits for the exit (panicking after `timeout`), then for the rest of its output.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let status = loop {
@@ -102,13 +124,13 @@ impl Ampere {
             }
             assert!(
                 Instant::now() < deadline,
-                "ampere still running after {timeout:?}; stderr:\n{}",
-                self.stderr()
+                "ampere still running after {timeout:?}; output:\n{}",
+                self.output()
             );
             sleep(POLL);
         };
-        if let Some(reader) = self.reader.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for reader in std::mem::take(&mut self.readers) {
             while !reader.is_finished() && Instant::now() < deadline {
                 sleep(POLL);
             }
@@ -139,7 +161,16 @@ impl Drop for Ampere {
     }
 }
 
-pub(crate) fn capture(mut pipe: ChildStderr, sink: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+fn text(buffer: &Mutex<Vec<u8>>) -> String {
+    let bytes = buffer.lock().unwrap_or_else(PoisonError::into_inner);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Appends everything read from `pipe` to `sink`, on a thread, until end of file.
+pub(crate) fn capture(
+    mut pipe: impl Read + Send + 'static,
+    sink: Arc<Mutex<Vec<u8>>>,
+) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut chunk = [0u8; 8192];
         loop {
@@ -262,7 +293,7 @@ pub(crate) fn wait_for_health(
         if let Some(exit) = ampere.try_status() {
             panic!(
                 "ampere exited ({exit}) before health said {status}:\n{}",
-                ampere.stderr()
+                ampere.output()
             );
         }
         let last = match http_get(port, "/v1/health") {
@@ -272,8 +303,8 @@ pub(crate) fn wait_for_health(
         };
         assert!(
             Instant::now() < deadline,
-            "/v1/health never answered {status} within {within:?} (last: {last}); stderr:\n{}",
-            ampere.stderr()
+            "/v1/health never answered {status} within {within:?} (last: {last}); output:\n{}",
+            ampere.output()
         );
         sleep(Duration::from_millis(100));
     }
