@@ -45,7 +45,7 @@ pub async fn run(config: &Config, args: &CleanupArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (embedded, url) = database(config)?;
-    let pg = RealPg::from_url_with_tls(&url, &config.tls_options()).context(
+    let pg = RealPg::with_options(&url, &config.pg_options()).context(
         "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL",
     )?;
     let report = pg

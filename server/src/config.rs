@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ampere_core::ports::SlotPersistence;
+use ampere_core::snapshot_steps::TablePublishing;
 use ampere_io_real::metadata::Synchronous;
+use ampere_io_real::pg::PgOptions;
+use ampere_io_real::pool::PoolSize;
+use ampere_io_real::tcp::TcpOptions;
 use ampere_io_real::tls::TlsOptions;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -289,6 +293,31 @@ impl Config {
                 .database_ca_certificate_file
                 .clone()
                 .filter(|_| is_external),
+        }
+    }
+
+    /// How every command reaches Postgres besides `DATABASE_URL` itself: TLS, the pool
+    /// (`ELECTRIC_DB_POOL_SIZE`, on `ELECTRIC_POOLED_DATABASE_URL` when set), TCP keepalive and
+    /// `TCP_USER_TIMEOUT`, and who publishes shapes' tables.
+    pub fn pg_options(&self) -> PgOptions {
+        PgOptions {
+            tls: self.tls_options(),
+            pooled_database_url: self.pooled_database_url.clone(),
+            pool_size: PoolSize::new(self.db_pool_size)
+                .expect("ELECTRIC_DB_POOL_SIZE is parsed as a positive integer"),
+            tcp: TcpOptions {
+                keepalive_idle: self.database_tcp_keepalive_idle,
+                keepalive_interval: self.database_tcp_keepalive_interval,
+                keepalive_count: self.database_tcp_keepalive_count,
+                user_timeout: self.database_tcp_user_timeout,
+            },
+            table_publishing: if self.manual_table_publishing {
+                TablePublishing::Manual {
+                    publication: self.publication_name(),
+                }
+            } else {
+                TablePublishing::Automatic
+            },
         }
     }
 

@@ -7,15 +7,12 @@ use std::process::ExitCode;
 
 use ampere_core::instance::Config as CoreConfig;
 use ampere_core::ports::{Clock, ReplicationTarget};
-use ampere_core::snapshot_steps::TablePublishing;
 use ampere_io_real::clock::TokioClock;
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use ampere_io_real::metadata::{MetadataMode, MetadataOptions};
-use ampere_io_real::pg::{PgOptions, PgPortError, RealPg};
-use ampere_io_real::pool::PoolSize;
+use ampere_io_real::pg::{PgPortError, RealPg};
 use ampere_io_real::standby_metadata::StandbyMetadata;
 use ampere_io_real::store::{probe_writable, FileStore};
-use ampere_io_real::tcp::TcpOptions;
 use ampere_server::app;
 use ampere_server::cleanup;
 use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
@@ -91,24 +88,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Postgres as the database variables say: the pool (ELECTRIC_DB_POOL_SIZE, on
-/// ELECTRIC_POOLED_DATABASE_URL when set), TLS, TCP keepalive and table publishing.
+/// Postgres as the database variables say ([`Config::pg_options`]).
 fn real_pg(config: &Config, database_url: &str) -> anyhow::Result<RealPg> {
-    let pool_size = PoolSize::new(config.db_pool_size)
-        .context("ELECTRIC_DB_POOL_SIZE is 0: set it to 1 or more")?;
-    let pg_options = PgOptions {
-        tls: config.tls_options(),
-        pooled_database_url: config.pooled_database_url.clone(),
-        pool_size,
-        tcp: TcpOptions {
-            keepalive_idle: config.database_tcp_keepalive_idle,
-            keepalive_interval: config.database_tcp_keepalive_interval,
-            keepalive_count: config.database_tcp_keepalive_count,
-            user_timeout: config.database_tcp_user_timeout,
-        },
-        table_publishing: table_publishing(config),
-    };
-    RealPg::with_options(database_url, &pg_options).map_err(|e| match e {
+    RealPg::with_options(database_url, &config.pg_options()).map_err(|e| match e {
         // names ELECTRIC_POOLED_DATABASE_URL itself
         PgPortError::PooledUrl(_) => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(
@@ -179,17 +161,6 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
     served.context("replication")
-}
-
-/// `ELECTRIC_MANUAL_TABLE_PUBLISHING`: who makes shapes' tables replicable.
-fn table_publishing(config: &Config) -> TablePublishing {
-    if config.manual_table_publishing {
-        TablePublishing::Manual {
-            publication: config.publication_name(),
-        }
-    } else {
-        TablePublishing::Automatic
-    }
 }
 
 fn replication_target(config: &Config) -> ReplicationTarget {

@@ -90,13 +90,13 @@ impl Database {
         }
     }
 
-    /// `RealPg` for the URL, with `DATABASE_URL`'s TLS options. `Err` (a configuration error,
+    /// `RealPg` for the URL, with the options `serve` uses ([`Config::pg_options`]). `Err` (a configuration error,
     /// exit 2) when the URL is unusable.
     pub(crate) fn connect(&self, config: &Config) -> Result<Option<RealPg>, String> {
         let Some(url) = self.url() else {
             return Ok(None);
         };
-        RealPg::from_url_with_tls(url, &config.tls_options())
+        RealPg::with_options(url, &config.pg_options())
             .map(Some)
             .map_err(|e| {
                 format!(
