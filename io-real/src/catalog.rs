@@ -12,7 +12,7 @@ use tokio_postgres::GenericClient;
 
 use ampere_core::json::push_json_string;
 use ampere_core::pgoutput::Oid;
-use ampere_core::shape::{ColumnSchema, RelationName, TableSchema};
+use ampere_core::shape::{ColumnSchema, RelationName, ServerVersion, TableSchema};
 
 pub use ampere_core::ports::CatalogTable;
 
@@ -55,7 +55,7 @@ impl CatalogError {
 const TABLE_QUERY: &str = "\
 SELECT c.oid, a.attname::text, a.atttypid, a.attndims::int4, a.attnotnull, a.atttypmod,
        a.attgenerated::text, t.typname::text, et.typname::text, pk.pk_index,
-       t.typtype = 'e'
+       t.typtype = 'e', current_setting('server_version_num')::int4
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a
@@ -98,6 +98,11 @@ pub async fn table(
         what,
     };
     let oid: u32 = first.try_get(0).map_err(|_| malformed("oid"))?;
+    let server_version: i32 = first
+        .try_get(11)
+        .map_err(|_| malformed("server_version_num"))?;
+    let server_version =
+        ServerVersion(u32::try_from(server_version).map_err(|_| malformed("server_version_num"))?);
     let mut columns = Vec::with_capacity(rows.len());
     let mut generated = Vec::new();
     for row in &rows {
@@ -119,6 +124,7 @@ pub async fn table(
         oid: Oid(oid),
         relation: relation.clone(),
         columns,
+        server_version,
     };
     Ok(Some(CatalogTable { schema, generated }))
 }

@@ -73,6 +73,7 @@ fn full_shape() -> StoredShape {
             log: ampere_core::shape::LogMode::ChangesOnly,
         },
         schema: TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(u32::MAX),
             relation,
             columns: vec![id, tenant, title, tags, price],
@@ -102,6 +103,7 @@ fn plain_shape() -> StoredShape {
             log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(16_384),
             relation,
             columns: vec![column("id", 23, "int4")],

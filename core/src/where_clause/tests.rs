@@ -23,6 +23,7 @@ fn table() -> TableSchema {
     let mut id = column("id", 20, "int8");
     id.pk_index = Some(0);
     TableSchema {
+        server_version: crate::shape::ServerVersion::PG_15,
         oid: Oid(16_384),
         relation: RelationName {
             schema: "public".into(),
