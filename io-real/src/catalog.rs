@@ -1,5 +1,6 @@
 //! Table lookups in the Postgres catalog: columns, types, primary key, type modifiers
-//! (protocol.md §4.2) and generated columns (§3.3).
+//! (protocol.md §4.2) and generated columns (§3.3: part of the table from PostgreSQL 18, whose
+//! pgoutput sends stored ones; refused in shapes before).
 //!
 //! Owns: one parameterized catalog query and the decoding of `atttypmod` into the modifier
 //! members of `electric-schema`. Never: caches, retries or holds a connection of its own.
@@ -113,8 +114,8 @@ pub async fn table(
             continue; // the single NULL row of a table without columns
         };
         let column = decode_column(row, name).map_err(malformed)?;
-        let is_generated: String = row.try_get(6).map_err(|_| malformed("attgenerated"))?;
-        if is_generated.is_empty() {
+        let attgenerated: String = row.try_get(6).map_err(|_| malformed("attgenerated"))?;
+        if is_replicated(&attgenerated, server_version) {
             columns.push(column);
         } else {
             generated.push(column.name);
@@ -127,6 +128,18 @@ pub async fn table(
         server_version,
     };
     Ok(Some(CatalogTable { schema, generated }))
+}
+
+/// Whether pgoutput sends a column with this `attgenerated`: ordinary columns always; stored
+/// generated ones (`s`) from PostgreSQL 18, whose publications ampere makes (or alters to)
+/// `publish_generated_columns = stored` (`pg::ensure_publication`); virtual ones (`v`, 18)
+/// never. Electric decides the same way (`supports_generated_column_replication`).
+fn is_replicated(attgenerated: &str, server_version: ServerVersion) -> bool {
+    match attgenerated {
+        "" => true,
+        "s" => server_version >= ServerVersion::PG_18,
+        _ => false,
+    }
 }
 
 /// A column from one row of [`TABLE_QUERY`] (`name` already read).
