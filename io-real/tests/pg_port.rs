@@ -796,6 +796,40 @@ async fn sl1_a_new_publication_recreates_an_existing_slot() {
 }
 
 #[tokio::test]
+async fn sl1_an_existing_publication_is_made_to_publish_stored_generated_columns_from_18() {
+    // Goal: from PostgreSQL 18 the catalog puts stored generated columns in table schemas, so
+    // the publication must publish them, also one made before (by an older ampere or by hand).
+    // Method: create the publication without the option, start, read `pubgencols` back.
+    let url = database("replication_gencols");
+    let client = connect(&url).await;
+    let pg = RealPg::from_url(&url).unwrap();
+    let target = target("gencols");
+    client
+        .batch_execute(&format!("CREATE PUBLICATION {}", target.publication))
+        .await
+        .unwrap();
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (_stream, _, _) = start(&pg, &target).await;
+    if version < 180_000 {
+        println!("server_version_num {version}: publications have no publish_generated_columns");
+        return;
+    }
+    let gencols: String = client
+        .query_one(
+            "SELECT pubgencols::text FROM pg_publication WHERE pubname = $1",
+            &[&target.publication],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gencols, "s", "publish_generated_columns = stored");
+}
+
+#[tokio::test]
 async fn temporary_slot_vanishes_when_its_stream_is_dropped() {
     // §1.7 / SL-2: `TEMPORARY` slots live exactly as long as their walsender.
     let url = database("replication_temporary");
