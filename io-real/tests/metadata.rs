@@ -106,7 +106,7 @@ fn plain_shape() -> StoredShape {
             log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
-            server_version: ampere_core::shape::ServerVersion::PG_15,
+            server_version: ServerVersion::PG_15,
             oid: Oid(16_384),
             relation,
             columns: vec![column("id", 23, "int4")],
