@@ -276,6 +276,7 @@ mod tests {
             is_enum: false,
         };
         TableSchema {
+            server_version: crate::shape::ServerVersion::PG_15,
             oid: Oid(1),
             relation: RelationName {
                 schema: "public".into(),

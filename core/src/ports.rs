@@ -344,11 +344,12 @@ pub struct SnapshotRequest {
 /// A table as the catalog describes it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct CatalogTable {
-    /// The table without its generated columns: before PostgreSQL 18 pgoutput does not send
-    /// them, so tuples line up with exactly these columns.
+    /// The columns pgoutput sends, so tuples line up with exactly these: without generated
+    /// columns before PostgreSQL 18, with the stored ones from 18 (the publication publishes
+    /// them).
     pub schema: TableSchema,
-    /// Names of generated columns (`attgenerated <> ''`), in `attnum` order; shapes cannot
-    /// include them.
+    /// Names of the generated columns pgoutput does not send (all before 18, virtual ones
+    /// from 18), in `attnum` order; shapes cannot include them.
     pub generated: Vec<String>,
 }
 

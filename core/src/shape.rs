@@ -62,6 +62,34 @@ pub struct TableSchema {
     pub relation: RelationName,
     /// Non-dropped columns, in `attnum` order (the order of pgoutput tuples).
     pub columns: Vec<ColumnSchema>,
+    /// The version of the Postgres that holds the table: where clauses follow its semantics
+    /// where versions differ (infinite intervals since 17).
+    pub server_version: ServerVersion,
+}
+
+/// Postgres's `server_version_num`: `150004` for 15.4, `170002` for 17.2.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ServerVersion(pub u32);
+
+impl ServerVersion {
+    /// Postgres 15.0: the version a schema stored before ampere recorded one is read as (its
+    /// where clause was compiled with Postgres 15's semantics then, and still is).
+    pub const PG_15: Self = Self(150_000);
+    /// Postgres 17.0, the first with infinite intervals.
+    pub const PG_17: Self = Self(170_000);
+    /// Postgres 18.0, the first whose publications can publish stored generated columns.
+    pub const PG_18: Self = Self(180_000);
+
+    /// The major version (`15`, `17`).
+    pub const fn major(self) -> u32 {
+        self.0 / 10_000
+    }
+}
+
+impl fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major(), self.0 % 10_000)
+    }
 }
 
 impl TableSchema {
@@ -431,6 +459,7 @@ mod tests {
             is_enum: false,
         };
         let mut t = TableSchema {
+            server_version: ServerVersion::PG_15,
             oid: Oid(1),
             relation: RelationName {
                 schema: "public".into(),

@@ -1,5 +1,6 @@
 //! Table lookups in the Postgres catalog: columns, types, primary key, type modifiers
-//! (protocol.md §4.2) and generated columns (§3.3).
+//! (protocol.md §4.2) and generated columns (§3.3: part of the table from PostgreSQL 18, whose
+//! pgoutput sends stored ones; refused in shapes before).
 //!
 //! Owns: one parameterized catalog query and the decoding of `atttypmod` into the modifier
 //! members of `electric-schema`. Never: caches, retries or holds a connection of its own.
@@ -12,7 +13,7 @@ use tokio_postgres::GenericClient;
 
 use ampere_core::json::push_json_string;
 use ampere_core::pgoutput::Oid;
-use ampere_core::shape::{ColumnSchema, RelationName, TableSchema};
+use ampere_core::shape::{ColumnSchema, RelationName, ServerVersion, TableSchema};
 
 pub use ampere_core::ports::CatalogTable;
 
@@ -55,7 +56,7 @@ impl CatalogError {
 const TABLE_QUERY: &str = "\
 SELECT c.oid, a.attname::text, a.atttypid, a.attndims::int4, a.attnotnull, a.atttypmod,
        a.attgenerated::text, t.typname::text, et.typname::text, pk.pk_index,
-       t.typtype = 'e'
+       t.typtype = 'e', current_setting('server_version_num')::int4
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a
@@ -98,6 +99,11 @@ pub async fn table(
         what,
     };
     let oid: u32 = first.try_get(0).map_err(|_| malformed("oid"))?;
+    let server_version: i32 = first
+        .try_get(11)
+        .map_err(|_| malformed("server_version_num"))?;
+    let server_version =
+        ServerVersion(u32::try_from(server_version).map_err(|_| malformed("server_version_num"))?);
     let mut columns = Vec::with_capacity(rows.len());
     let mut generated = Vec::new();
     for row in &rows {
@@ -108,8 +114,8 @@ pub async fn table(
             continue; // the single NULL row of a table without columns
         };
         let column = decode_column(row, name).map_err(malformed)?;
-        let is_generated: String = row.try_get(6).map_err(|_| malformed("attgenerated"))?;
-        if is_generated.is_empty() {
+        let attgenerated: String = row.try_get(6).map_err(|_| malformed("attgenerated"))?;
+        if is_replicated(&attgenerated, server_version) {
             columns.push(column);
         } else {
             generated.push(column.name);
@@ -119,8 +125,21 @@ pub async fn table(
         oid: Oid(oid),
         relation: relation.clone(),
         columns,
+        server_version,
     };
     Ok(Some(CatalogTable { schema, generated }))
+}
+
+/// Whether pgoutput sends a column with this `attgenerated`: ordinary columns always; stored
+/// generated ones (`s`) from PostgreSQL 18, whose publications ampere makes (or alters to)
+/// `publish_generated_columns = stored` (`pg::ensure_publication`); virtual ones (`v`, 18)
+/// never. Electric decides the same way (`supports_generated_column_replication`).
+fn is_replicated(attgenerated: &str, server_version: ServerVersion) -> bool {
+    match attgenerated {
+        "" => true,
+        "s" => server_version >= ServerVersion::PG_18,
+        _ => false,
+    }
 }
 
 /// A column from one row of [`TABLE_QUERY`] (`name` already read).

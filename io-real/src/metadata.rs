@@ -76,8 +76,8 @@ use serde::{Deserialize, Serialize};
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{
-    ColumnSchema, HandleStamp, LogMode, RelationName, Replica, ShapeDefinition, ShapeHandle,
-    TableSchema,
+    ColumnSchema, HandleStamp, LogMode, RelationName, Replica, ServerVersion, ShapeDefinition,
+    ShapeHandle, TableSchema,
 };
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_core::Lsn;
@@ -1481,6 +1481,15 @@ struct TableSchemaDto {
     schema: String,
     table: String,
     columns: Vec<ColumnDto>,
+    /// `server_version_num`. Absent in rows and `shape.json` files written before ampere
+    /// recorded it: those shapes' where clauses were compiled with Postgres 15's semantics,
+    /// and keep them.
+    #[serde(default = "pg_15")]
+    server_version: u32,
+}
+
+fn pg_15() -> u32 {
+    ServerVersion::PG_15.0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1551,6 +1560,7 @@ impl From<&TableSchema> for TableSchemaDto {
             schema: t.relation.schema.clone(),
             table: t.relation.table.clone(),
             columns: t.columns.iter().map(ColumnDto::from).collect(),
+            server_version: t.server_version.0,
         }
     }
 }
@@ -1564,6 +1574,7 @@ impl From<TableSchemaDto> for TableSchema {
                 table: t.table,
             },
             columns: t.columns.into_iter().map(Into::into).collect(),
+            server_version: ServerVersion(t.server_version),
         }
     }
 }

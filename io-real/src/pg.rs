@@ -1068,9 +1068,17 @@ async fn ensure_publication(
         Err(error) => error,
     };
     match sqlstate(&error) {
-        Some(DUPLICATE_OBJECT) => Ok(false),
+        Some(DUPLICATE_OBJECT) => {
+            if server_version >= 180_000 {
+                publish_generated_columns(admin, publication).await?;
+            }
+            Ok(false)
+        }
         Some(INSUFFICIENT_PRIVILEGE) => {
             check_existing_publication(admin, publication).await?;
+            if server_version >= 180_000 {
+                publish_generated_columns(admin, publication).await?;
+            }
             Ok(false)
         }
         _ => Err(PgPortError::Sql {
@@ -1149,6 +1157,47 @@ async fn reserve_stamps(
     }
     tx.commit().await.map_err(sql(during))?;
     Ok(StampReservation::Recorded)
+}
+
+/// SL-1 on PostgreSQL 18+: the publication must publish stored generated columns
+/// (`pubgencols = 's'`), since the catalog includes them in table schemas there and
+/// pgoutput's tuples must line up with those. A publication from an older ampere (or made by
+/// hand) is altered; one the role may not alter is unusable.
+async fn publish_generated_columns(admin: &Client, publication: &str) -> Result<(), PgPortError> {
+    const SQL: &str = "SELECT pubgencols::text FROM pg_catalog.pg_publication WHERE pubname = $1";
+    let during = "reading the publication's publish_generated_columns";
+    let rows = admin
+        .query(SQL, &[&publication])
+        .await
+        .map_err(sql(during))?;
+    if rows
+        .first()
+        .map(|row| row.try_get::<_, String>(0))
+        .transpose()
+        .map_err(sql(during))?
+        .is_some_and(|gencols| gencols == "s")
+    {
+        return Ok(());
+    }
+    let alter = format!(
+        "ALTER PUBLICATION {} SET (publish_generated_columns = stored)",
+        quote_ident(publication)
+    );
+    match admin.batch_execute(&alter).await {
+        Ok(()) => Ok(()),
+        Err(error) if sqlstate(&error) == Some(INSUFFICIENT_PRIVILEGE) => {
+            Err(PgPortError::Publication {
+                publication: publication.to_owned(),
+                missing: "it does not publish stored generated columns \
+                          (publish_generated_columns = stored) and the role may not alter it"
+                    .to_owned(),
+            })
+        }
+        Err(source) => Err(PgPortError::Sql {
+            during: "setting the publication's publish_generated_columns",
+            source,
+        }),
+    }
 }
 
 /// SL-1, without the privilege to create it: the publication must exist and publish inserts,

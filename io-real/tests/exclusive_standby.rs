@@ -50,6 +50,7 @@ fn shape(stamp: u64, table: &str) -> StoredShape {
             log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(16_384),
             relation,
             columns: vec![ColumnSchema {

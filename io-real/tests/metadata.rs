@@ -13,12 +13,14 @@ use std::time::Duration;
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
 use ampere_core::shape::{
-    ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
+    ColumnSchema, HandleStamp, RelationName, Replica, ServerVersion, ShapeDefinition, ShapeHandle,
+    TableSchema,
 };
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_core::Lsn;
 use ampere_io_real::metadata::{
-    MetadataError, MetadataMode, MetadataOptions, SqliteMetadata, METADATA_FILE,
+    decode_stored_shape, encode_stored_shape, MetadataError, MetadataMode, MetadataOptions,
+    SqliteMetadata, METADATA_FILE,
 };
 
 mod common;
@@ -73,6 +75,8 @@ fn full_shape() -> StoredShape {
             log: ampere_core::shape::LogMode::ChangesOnly,
         },
         schema: TableSchema {
+            // Not the default a row without a version reads as: the round trips keep it.
+            server_version: ServerVersion(170_002),
             oid: Oid(u32::MAX),
             relation,
             columns: vec![id, tenant, title, tags, price],
@@ -102,6 +106,7 @@ fn plain_shape() -> StoredShape {
             log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
+            server_version: ServerVersion::PG_15,
             oid: Oid(16_384),
             relation,
             columns: vec![column("id", 23, "int4")],
@@ -641,4 +646,19 @@ async fn a_promoted_read_only_handle_writes_through_every_clone() {
         open(&dir).load_identity().await.expect("identity"),
         Some(identity(9))
     );
+}
+
+#[test]
+fn a_shape_description_written_before_server_versions_were_recorded_reads_as_postgres_15() {
+    // Goal: shape.json files and metadata rows from before ampere stored the server version
+    // stay readable, and their where clauses keep the semantics they were compiled with.
+    let shape = full_shape();
+    let text = encode_stored_shape(&shape);
+    assert!(text.contains(r#""server_version":170002"#), "{text}");
+    assert_eq!(decode_stored_shape(&text).expect("decode"), shape);
+    let old = text.replace(r#","server_version":170002"#, "");
+    assert_ne!(old, text);
+    let read = decode_stored_shape(&old).expect("an old description decodes");
+    assert_eq!(read.schema.server_version, ServerVersion::PG_15);
+    assert_eq!(read.schema.columns, shape.schema.columns);
 }

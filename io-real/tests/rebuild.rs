@@ -41,6 +41,7 @@ fn shape(handle: &str, table: &str, snapshot: bool) -> StoredShape {
             log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(16_384),
             relation,
             columns: vec![ColumnSchema {

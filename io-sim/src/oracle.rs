@@ -248,6 +248,7 @@ mod tests {
             is_enum: false,
         };
         TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: ampere_core::pgoutput::Oid(16384),
             relation: RelationName {
                 schema: "public".into(),

@@ -370,6 +370,7 @@ mod tests {
             is_enum: false,
         });
         let schema = TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: ampere_core::pgoutput::Oid(16_384),
             relation: items(),
             columns: columns.clone(),

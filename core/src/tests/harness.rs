@@ -88,6 +88,7 @@ pub(crate) fn table(oid: u32, name: &str, columns: &[(&str, u32, bool)]) -> Tabl
         table: name.to_owned(),
     };
     TableSchema {
+        server_version: crate::shape::ServerVersion::PG_15,
         oid: Oid(oid),
         relation,
         columns,

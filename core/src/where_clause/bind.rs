@@ -10,12 +10,14 @@ use ampere_pg_parse::protobuf::{MinMaxOp, NullTestType};
 use ampere_pg_parse::NodeEnum;
 
 use super::array_ops;
+use super::array_text;
 use super::eval;
 use super::expr::{ArithOp, ArrayConcat, ArrayOp, BoolTest, CmpOp, DateTimeOp, Expr};
 use super::expr::{IntervalFunc, MinMax, SliceBound, TextFunc, UnaryOp};
+use super::interval::Interval;
 use super::like::{LikeCase, LikeEscape, LikePattern};
 use super::numeric::Numeric;
-use super::types::{Scalar, Type};
+use super::types::{Dialect, Scalar, Type};
 use super::tz::Zone;
 use super::value::{parse_array, parse_scalar, Value};
 use crate::shape::TableSchema;
@@ -49,6 +51,8 @@ struct Bound {
 /// Binds one where clause.
 pub(crate) struct Binder<'a> {
     table: &'a TableSchema,
+    /// The semantics of the table's server.
+    dialect: Dialect,
     params: &'a BTreeMap<u32, String>,
     param_types: BTreeMap<u32, Type>,
 }
@@ -57,6 +61,7 @@ impl<'a> Binder<'a> {
     pub(crate) fn new(table: &'a TableSchema, params: &'a BTreeMap<u32, String>) -> Self {
         Self {
             table,
+            dialect: Dialect::of(table.server_version),
             params,
             param_types: BTreeMap::new(),
         }
@@ -264,6 +269,7 @@ impl<'a> Binder<'a> {
                 Expr::IntervalFunc {
                     func: IntervalFunc::Negate,
                     arg: Box::new(arg),
+                    dialect: self.dialect,
                 },
                 e.location,
             );
@@ -470,6 +476,7 @@ impl<'a> Binder<'a> {
                 op,
                 left: Box::new(left),
                 right: Box::new(right),
+                dialect: self.dialect,
             },
             location,
         )
@@ -1119,6 +1126,7 @@ impl<'a> Binder<'a> {
             Expr::IntervalFunc {
                 func,
                 arg: Box::new(arg),
+                dialect: self.dialect,
             },
             location,
         )
@@ -1287,7 +1295,7 @@ impl<'a> Binder<'a> {
                     }
                 }
             }
-            return typed_literal(bound.expr, target, bound.location);
+            return typed_literal(bound.expr, target, bound.location, self.dialect);
         }
         if implicit_cast(&ty, target) || is_time_to_interval(&ty, target) {
             return Ok(fold(
@@ -1315,7 +1323,7 @@ fn unknown(text: Option<String>) -> Expr {
 }
 
 /// An unknown literal read as `target`.
-fn typed_literal(expr: Expr, target: &Type, location: i32) -> Result<Expr> {
+fn typed_literal(expr: Expr, target: &Type, location: i32, dialect: Dialect) -> Result<Expr> {
     let Expr::Const { value, .. } = expr else {
         return fail(location, "internal: not a literal");
     };
@@ -1333,6 +1341,22 @@ fn typed_literal(expr: Expr, target: &Type, location: i32) -> Result<Expr> {
         location,
         message: format!("invalid syntax for type {target}: {text}"),
     };
+    // Column texts are read with Postgres 17's interval input (a server before 17 never sends
+    // `infinity`), but a constant before 17 must fail where that server's input fails.
+    let refused_before_17 = !dialect.has_infinite_intervals()
+        && match target {
+            Type::Scalar(Scalar::Interval) => Interval::parse_in(&text, dialect).is_err(),
+            Type::Array(Scalar::Interval) => {
+                array_text::parse_array(&text, |e| Interval::parse_in(e, dialect)).is_err()
+            }
+            _ => false,
+        };
+    if refused_before_17 {
+        return fail(
+            location,
+            format!("invalid syntax for type {target}: {text}"),
+        );
+    }
     let value = match target {
         Type::Scalar(s) => parse_scalar(Cow::Borrowed(text.as_ref()), *s)
             .map(Value::into_owned)

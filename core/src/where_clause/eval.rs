@@ -19,7 +19,7 @@ use super::expr::{
 use super::interval::{self as iv, Interval, IntervalError};
 use super::like::match_text;
 use super::numeric::{IntType, Numeric};
-use super::types::{Scalar, Type};
+use super::types::{Dialect, Scalar, Type};
 use super::value::{format_scalar, parse_array, parse_scalar, Value};
 
 /// Why an evaluation failed: Postgres's message for the same failure.
@@ -149,20 +149,29 @@ pub(crate) fn compile(expr: &Expr) -> Compiled {
                 Ok(Value::Text(Cow::Owned(out)))
             })
         }
-        Expr::DateTimeArith { op, left, right } => {
-            let (left, right, op) = (compile(left), compile(right), *op);
+        Expr::DateTimeArith {
+            op,
+            left,
+            right,
+            dialect,
+        } => {
+            let (left, right, op, dialect) = (compile(left), compile(right), *op, *dialect);
             Box::new(move |row| {
                 let (l, r) = (left(row)?, right(row)?);
                 if l.is_null() || r.is_null() {
                     return Ok(Value::Null);
                 }
-                datetime_arith(op, &l, &r).map_err(|e| EvalError(e.to_string()))
+                match dialect {
+                    Dialect::UpTo16 => datetime_arith(op, &l, &r),
+                    Dialect::From17 => datetime_arith_17(op, &l, &r),
+                }
+                .map_err(|e| EvalError(e.to_string()))
             })
         }
-        Expr::IntervalFunc { func, arg } => {
-            let (arg, func) = (compile(arg), *func);
+        Expr::IntervalFunc { func, arg, dialect } => {
+            let (arg, func, dialect) = (compile(arg), *func, *dialect);
             Box::new(move |row| match arg(row)? {
-                Value::Interval(i) => interval_func(func, i)
+                Value::Interval(i) => interval_func(func, i, dialect)
                     .map(Value::Interval)
                     .map_err(|e| EvalError(e.to_string())),
                 _ => Ok(Value::Null),
@@ -768,13 +777,75 @@ fn datetime_arith(
     })
 }
 
-/// Unary minus and the `justify_*` functions.
-fn interval_func(func: IntervalFunc, i: Interval) -> Result<Interval, IntervalError> {
-    match func {
-        IntervalFunc::Negate => i.checked_neg(),
-        IntervalFunc::JustifyDays => i.justify_days(),
-        IntervalFunc::JustifyHours => i.justify_hours(),
-        IntervalFunc::JustifyInterval => i.justify_interval(),
+/// Postgres 17's date/time operator functions ([`iv::pg17`]), where infinite intervals
+/// exist; the operators it left unchanged are 15's.
+fn datetime_arith_17(
+    op: DateTimeOp,
+    l: &Value<'_>,
+    r: &Value<'_>,
+) -> Result<Value<'static>, IntervalError> {
+    use iv::pg17;
+    use DateTimeOp as O;
+    use Value as V;
+    Ok(match (op, l, r) {
+        (O::DatePlInterval, V::Date(d), V::Interval(s))
+        | (O::IntervalPlDate, V::Interval(s), V::Date(d)) => {
+            V::Timestamp(pg17::date_pl_interval(*d, *s)?)
+        }
+        (O::DateMiInterval, V::Date(d), V::Interval(s)) => {
+            V::Timestamp(pg17::date_mi_interval(*d, *s)?)
+        }
+        (O::TimestampPlInterval, V::Timestamp(t), V::Interval(s))
+        | (O::IntervalPlTimestamp, V::Interval(s), V::Timestamp(t)) => {
+            V::Timestamp(pg17::timestamp_pl_interval(*t, *s)?)
+        }
+        (O::TimestampMiInterval, V::Timestamp(t), V::Interval(s)) => {
+            V::Timestamp(pg17::timestamp_mi_interval(*t, *s)?)
+        }
+        (O::TimestamptzPlInterval, V::Timestamptz(t), V::Interval(s))
+        | (O::IntervalPlTimestamptz, V::Interval(s), V::Timestamptz(t)) => {
+            V::Timestamptz(pg17::timestamptz_pl_interval(*t, *s)?)
+        }
+        (O::TimestamptzMiInterval, V::Timestamptz(t), V::Interval(s)) => {
+            V::Timestamptz(pg17::timestamptz_mi_interval(*t, *s)?)
+        }
+        (O::TimePlInterval, V::Time(t), V::Interval(s))
+        | (O::IntervalPlTime, V::Interval(s), V::Time(t)) => {
+            V::Time(pg17::time_pl_interval(*t, *s)?)
+        }
+        (O::TimeMiInterval, V::Time(t), V::Interval(s)) => V::Time(pg17::time_mi_interval(*t, *s)?),
+        (O::TimestampMi, V::Timestamp(a), V::Timestamp(b)) => {
+            V::Interval(pg17::timestamp_mi(*a, *b)?)
+        }
+        (O::TimestamptzMi, V::Timestamptz(a), V::Timestamptz(b)) => {
+            V::Interval(pg17::timestamptz_mi(*a, *b)?)
+        }
+        (O::IntervalPl, V::Interval(a), V::Interval(b)) => V::Interval(pg17::interval_pl(*a, *b)?),
+        (O::IntervalMi, V::Interval(a), V::Interval(b)) => V::Interval(pg17::interval_mi(*a, *b)?),
+        (O::IntervalMul, V::Interval(s), V::Float(f))
+        | (O::Float8MulInterval, V::Float(f), V::Interval(s)) => {
+            V::Interval(pg17::interval_mul(*s, *f)?)
+        }
+        (O::IntervalDiv, V::Interval(s), V::Float(f)) => V::Interval(pg17::interval_div(*s, *f)?),
+        _ => return datetime_arith(op, l, r),
+    })
+}
+
+/// Unary minus and the `justify_*` functions, as the Postgres of `dialect` computes them.
+fn interval_func(
+    func: IntervalFunc,
+    i: Interval,
+    dialect: Dialect,
+) -> Result<Interval, IntervalError> {
+    match (dialect, func) {
+        (Dialect::UpTo16, IntervalFunc::Negate) => i.checked_neg(),
+        (Dialect::UpTo16, IntervalFunc::JustifyDays) => i.justify_days(),
+        (Dialect::UpTo16, IntervalFunc::JustifyHours) => i.justify_hours(),
+        (Dialect::UpTo16, IntervalFunc::JustifyInterval) => i.justify_interval(),
+        (Dialect::From17, IntervalFunc::Negate) => iv::pg17::interval_um(i),
+        (Dialect::From17, IntervalFunc::JustifyDays) => iv::pg17::justify_days(i),
+        (Dialect::From17, IntervalFunc::JustifyHours) => iv::pg17::justify_hours(i),
+        (Dialect::From17, IntervalFunc::JustifyInterval) => iv::pg17::justify_interval(i),
     }
 }
 

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use super::like::{LikeCase, LikeEscape, LikePattern};
-use super::types::{Scalar, Type};
+use super::types::{Dialect, Scalar, Type};
 use super::tz::Zone;
 use super::value::{format_scalar, quote_literal, Value};
 use crate::shape::quote_ident;
@@ -402,6 +402,8 @@ pub enum Expr {
         left: Box<Self>,
         /// Right operand.
         right: Box<Self>,
+        /// Whose arithmetic: infinite intervals exist from Postgres 17.
+        dialect: Dialect,
     },
     /// A function of one interval (unary minus, `justify_*`).
     IntervalFunc {
@@ -409,6 +411,8 @@ pub enum Expr {
         func: IntervalFunc,
         /// The interval argument.
         arg: Box<Self>,
+        /// Whose semantics: infinite intervals exist from Postgres 17.
+        dialect: Dialect,
     },
     /// `text || text`.
     Concat {
@@ -714,10 +718,12 @@ impl Expr {
                 arg.render(out);
                 out.push(')');
             }
-            Self::DateTimeArith { op, left, right } => {
+            Self::DateTimeArith {
+                op, left, right, ..
+            } => {
                 render_binary(left, op.sql(), right, false, out);
             }
-            Self::IntervalFunc { func, arg } => {
+            Self::IntervalFunc { func, arg, .. } => {
                 out.push_str(match func {
                     IntervalFunc::Negate => "(- ",
                     IntervalFunc::JustifyDays => "justify_days(",

@@ -32,7 +32,7 @@ use ampere_pg_parse::NodeEnum;
 
 pub use eval::EvalError;
 pub use expr::{CmpOp, Expr};
-pub use types::{Scalar, Type};
+pub use types::{Dialect, Scalar, Type};
 pub use value::Value;
 
 use crate::shape::{ShapeDefinition, TableSchema};

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::pgoutput::Oid;
-use crate::shape::{ColumnSchema, RelationName};
+use crate::shape::{ColumnSchema, RelationName, ServerVersion};
 
 fn column(name: &str, type_oid: u32, typname: &str) -> ColumnSchema {
     ColumnSchema {
@@ -23,6 +23,7 @@ fn table() -> TableSchema {
     let mut id = column("id", 20, "int8");
     id.pk_index = Some(0);
     TableSchema {
+        server_version: ServerVersion::PG_15,
         oid: Oid(16_384),
         relation: RelationName {
             schema: "public".into(),
@@ -778,5 +779,340 @@ fn a_where_clause_nested_too_deeply_is_refused_not_a_stack_overflow() {
     assert_eq!(
         error(&chain),
         "the expression nests too deeply (at most about 50 levels)"
+    );
+}
+
+/// `table()` on a server of `version`.
+fn table_on(version: ServerVersion) -> TableSchema {
+    TableSchema {
+        server_version: version,
+        ..table()
+    }
+}
+
+/// `concat(<expr>)` on `row` of `table_on(version)`: the value's text as Postgres prints it
+/// (`IntervalStyle = iso_8601`), or the message of the error binding or evaluating it raised.
+fn concat_on(version: ServerVersion, expr: &str, values: &[(usize, &str)]) -> String {
+    // `title` (NULL, which concat skips) keeps the call from being folded, so a column-free
+    // expression is folded by the binder but printed by the evaluator.
+    let text = format!("concat({expr}, title) IS NULL");
+    let clause = match WhereClause::compile(&text, &Params::new(), &table_on(version)) {
+        Ok(clause) => clause,
+        Err(e) => return e.message,
+    };
+    let Expr::IsNull { arg, .. } = clause.expr() else {
+        panic!("{text} bound to {:?}", clause.expr());
+    };
+    let mut row = vec![None; table().columns.len()];
+    for (i, v) in values {
+        row[*i] = Some((*v).to_owned());
+    }
+    match eval::compile(arg)(&row) {
+        Ok(Value::Text(t)) => t.into_owned(),
+        Ok(other) => panic!("concat gave {other:?}"),
+        Err(e) => e.0,
+    }
+}
+
+/// Rows of (expression, column values by index, expected text or error).
+type Cases = &'static [(&'static str, &'static [(usize, &'static str)], &'static str)];
+
+fn assert_cases(version: ServerVersion, cases: Cases) {
+    for (expr, values, expected) in cases {
+        assert_eq!(
+            concat_on(version, expr, values),
+            *expected,
+            "{expr} on {values:?} ({version})"
+        );
+    }
+}
+
+/// Date/time operations on Postgres 17 (the test below says where the values come from).
+const PG_17_INTERVAL_CASES: Cases = &[
+    (
+        "d - ts",
+        &[(9, "2020-01-01"), (11, "-infinity")],
+        "infinity",
+    ),
+    (
+        "ts - d",
+        &[(9, "2020-01-01"), (11, "-infinity")],
+        "-infinity",
+    ),
+    ("ts - ts", &[(11, "infinity")], "interval out of range"),
+    ("tz - tz", &[(12, "-infinity")], "interval out of range"),
+    (
+        "ts - '2020-01-01'::timestamp",
+        &[(11, "infinity")],
+        "infinity",
+    ),
+    (
+        "'2020-01-01'::timestamp - ts",
+        &[(11, "infinity")],
+        "-infinity",
+    ),
+    (
+        "ts - '4713-11-24 00:00:00 BC'::timestamp",
+        &[(11, "294276-12-31 23:59:59")],
+        "interval out of range",
+    ),
+    ("iv", &[(13, "infinity")], "infinity"),
+    ("-iv", &[(13, "-infinity")], "infinity"),
+    ("-iv", &[(13, "infinity")], "-infinity"),
+    ("iv + iv", &[(13, "infinity")], "infinity"),
+    ("iv - iv", &[(13, "infinity")], "interval out of range"),
+    (
+        "iv + '-infinity'::interval",
+        &[(13, "infinity")],
+        "interval out of range",
+    ),
+    (
+        "iv - '-infinity'::interval",
+        &[(13, "infinity")],
+        "infinity",
+    ),
+    ("iv + '1 day'", &[(13, "-infinity")], "-infinity"),
+    ("'1 day' - iv", &[(13, "-infinity")], "infinity"),
+    ("'1 day' + iv", &[(13, "infinity")], "infinity"),
+    ("iv * 0", &[(13, "infinity")], "interval out of range"),
+    ("iv * -2.5", &[(13, "infinity")], "-infinity"),
+    (
+        "iv * 'NaN'::float8",
+        &[(13, "1 day")],
+        "interval out of range",
+    ),
+    ("iv * 'infinity'::float8", &[(13, "1 day")], "infinity"),
+    ("iv * 'infinity'::float8", &[(13, "-1 day")], "-infinity"),
+    ("iv * '-infinity'::float8", &[(13, "1 day")], "-infinity"),
+    (
+        "iv * 'infinity'::float8",
+        &[(13, "0")],
+        "interval out of range",
+    ),
+    ("iv * 'infinity'::float8", &[(13, "infinity")], "infinity"),
+    (
+        "iv / 'infinity'::float8",
+        &[(13, "infinity")],
+        "interval out of range",
+    ),
+    ("iv / 'infinity'::float8", &[(13, "1 day")], "PT0S"),
+    ("iv / -3", &[(13, "infinity")], "-infinity"),
+    ("iv / 0", &[(13, "infinity")], "division by zero"),
+    ("iv * 2147483647.5", &[(13, "1 mon")], "P178956970Y7M15D"),
+    ("iv * 0.5", &[(13, "1 mon 3 days 04:00:00")], "P16DT14H"),
+    (
+        "ts + iv",
+        &[(11, "2020-01-01 00:00:00"), (13, "infinity")],
+        "infinity",
+    ),
+    (
+        "ts - iv",
+        &[(11, "2020-01-01 00:00:00"), (13, "infinity")],
+        "-infinity",
+    ),
+    (
+        "ts + iv",
+        &[(11, "-infinity"), (13, "infinity")],
+        "timestamp out of range",
+    ),
+    (
+        "ts - iv",
+        &[(11, "infinity"), (13, "infinity")],
+        "timestamp out of range",
+    ),
+    ("ts + iv", &[(11, "infinity"), (13, "1 day")], "infinity"),
+    (
+        "ts - iv",
+        &[
+            (11, "2020-01-01 00:00:00"),
+            (13, "-178956970 years -8 months"),
+        ],
+        "interval out of range",
+    ),
+    (
+        "tz + iv",
+        &[(12, "2020-01-01 00:00:00+00"), (13, "-infinity")],
+        "-infinity",
+    ),
+    (
+        "tz - iv",
+        &[(12, "-infinity"), (13, "-infinity")],
+        "timestamp out of range",
+    ),
+    ("d + iv", &[(9, "2020-01-01"), (13, "infinity")], "infinity"),
+    (
+        "d - iv",
+        &[(9, "2020-01-01"), (13, "infinity")],
+        "-infinity",
+    ),
+    (
+        "iv + d",
+        &[(9, "infinity"), (13, "-infinity")],
+        "timestamp out of range",
+    ),
+    (
+        "tm + iv",
+        &[(10, "12:00:00"), (13, "infinity")],
+        "cannot add infinite interval to time",
+    ),
+    (
+        "tm - iv",
+        &[(10, "12:00:00"), (13, "-infinity")],
+        "cannot subtract infinite interval from time",
+    ),
+    ("iv + tm", &[(10, "12:00:00"), (13, "1 hour")], "13:00:00"),
+    ("justify_days(iv)", &[(13, "infinity")], "infinity"),
+    ("justify_hours(iv)", &[(13, "-infinity")], "-infinity"),
+    ("justify_interval(iv)", &[(13, "infinity")], "infinity"),
+    (
+        "justify_interval(iv)",
+        &[(13, "1 mon -1 day 25:00:00")],
+        "P1MT1H",
+    ),
+    ("iv < '178000000 years'", &[(13, "infinity")], "f"),
+    ("iv > '-178000000 years'", &[(13, "-infinity")], "f"),
+    ("iv = 'infinity'", &[(13, "infinity")], "t"),
+    ("greatest(iv, '1 day')", &[(13, "-infinity")], "P1D"),
+    ("iv::text", &[(13, "-infinity")], "-infinity"),
+    ("'infinity'::interval", &[], "infinity"),
+    ("' +Infinity '::interval", &[], "infinity"),
+    ("'@ -infinity'::interval", &[], "-infinity"),
+    (
+        "'infinity ago'::interval",
+        &[],
+        "invalid syntax for type interval: infinity ago",
+    ),
+    (
+        "'1 day infinity'::interval",
+        &[],
+        "invalid syntax for type interval: 1 day infinity",
+    ),
+    (
+        "'{infinity,-infinity,1 day}'::interval[]",
+        &[],
+        "{infinity,-infinity,P1D}",
+    ),
+];
+
+#[test]
+fn on_postgres_17_intervals_can_be_infinite_and_arithmetic_propagates_them() {
+    // Expected values: Postgres 17.10's `SELECT concat(<expr>)` on the same values
+    // (IntervalStyle iso_8601, TimeZone UTC); a constant's refusal is ampere's 400 wording.
+    // Columns: 9 d date, 10 tm time, 11 ts timestamp, 12 tz timestamptz, 13 iv interval.
+    assert_cases(ServerVersion::PG_17, PG_17_INTERVAL_CASES);
+}
+
+/// The same operations before Postgres 17 (the test below says where the values come from).
+const PG_15_INTERVAL_CASES: Cases = &[
+    (
+        "d - ts",
+        &[(9, "2020-01-01"), (11, "-infinity")],
+        "cannot subtract infinite timestamps",
+    ),
+    (
+        "ts - d",
+        &[(9, "2020-01-01"), (11, "-infinity")],
+        "cannot subtract infinite timestamps",
+    ),
+    (
+        "ts - ts",
+        &[(11, "infinity")],
+        "cannot subtract infinite timestamps",
+    ),
+    (
+        "tz - tz",
+        &[(12, "-infinity")],
+        "cannot subtract infinite timestamps",
+    ),
+    (
+        "ts - '2020-01-01'::timestamp",
+        &[(11, "infinity")],
+        "cannot subtract infinite timestamps",
+    ),
+    (
+        "'2020-01-01'::timestamp - ts",
+        &[(11, "infinity")],
+        "cannot subtract infinite timestamps",
+    ),
+    (
+        "ts - '4713-11-24 00:00:00 BC'::timestamp",
+        &[(11, "294276-12-31 23:59:59")],
+        "P-104300820DT-8H-1M-50.551616S",
+    ),
+    (
+        "iv * 'NaN'::float8",
+        &[(13, "1 day")],
+        "interval out of range",
+    ),
+    (
+        "iv * 'infinity'::float8",
+        &[(13, "1 day")],
+        "interval out of range",
+    ),
+    (
+        "iv * 'infinity'::float8",
+        &[(13, "-1 day")],
+        "interval out of range",
+    ),
+    (
+        "iv * '-infinity'::float8",
+        &[(13, "1 day")],
+        "interval out of range",
+    ),
+    (
+        "iv * 'infinity'::float8",
+        &[(13, "0")],
+        "interval out of range",
+    ),
+    ("iv / 'infinity'::float8", &[(13, "1 day")], "PT0S"),
+    ("iv * 2147483647.5", &[(13, "1 mon")], "P178956970Y7M15D"),
+    ("iv * 0.5", &[(13, "1 mon 3 days 04:00:00")], "P16DT14H"),
+    ("ts + iv", &[(11, "infinity"), (13, "1 day")], "infinity"),
+    (
+        "ts - iv",
+        &[
+            (11, "2020-01-01 00:00:00"),
+            (13, "-178956970 years -8 months"),
+        ],
+        "timestamp out of range",
+    ),
+    ("iv + tm", &[(10, "12:00:00"), (13, "1 hour")], "13:00:00"),
+    (
+        "justify_interval(iv)",
+        &[(13, "1 mon -1 day 25:00:00")],
+        "P1MT1H",
+    ),
+    (
+        "'infinity'::interval",
+        &[],
+        "invalid syntax for type interval: infinity",
+    ),
+    (
+        "'{1 day,-infinity}'::interval[]",
+        &[],
+        "invalid syntax for type interval[]: {1 day,-infinity}",
+    ),
+];
+
+#[test]
+fn before_postgres_17_intervals_stay_finite_and_infinite_timestamps_do_not_subtract() {
+    // Expected values: Postgres 15.x's `SELECT concat(<expr>)` on the same values.
+    assert_cases(ServerVersion::PG_15, PG_15_INTERVAL_CASES);
+}
+
+#[test]
+fn a_schema_of_postgres_16_still_follows_postgres_15() {
+    let pg16 = ServerVersion(160_004);
+    assert_eq!(
+        concat_on(pg16, "d - ts", &[(9, "2020-01-01"), (11, "-infinity")]),
+        "cannot subtract infinite timestamps"
+    );
+    assert_eq!(
+        concat_on(
+            ServerVersion(180_001),
+            "d - ts",
+            &[(9, "2020-01-01"), (11, "-infinity")]
+        ),
+        "infinity"
     );
 }

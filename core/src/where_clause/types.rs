@@ -2,7 +2,34 @@
 
 use std::fmt;
 
-use crate::shape::ColumnSchema;
+use crate::shape::{ColumnSchema, ServerVersion};
+
+/// Which Postgres's rules a where clause follows where Postgres versions differ: the version
+/// of the server that holds the table ([`crate::shape::TableSchema::server_version`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Dialect {
+    /// Postgres 14 to 16: every interval is finite (`'infinity'::interval` is a syntax error).
+    UpTo16,
+    /// Postgres 17 and later: `infinity` and `-infinity` intervals, which date/time
+    /// arithmetic propagates (`'-infinity'::timestamp - ts` is `-infinity`, not an error).
+    From17,
+}
+
+impl Dialect {
+    /// The dialect of a server of `version`.
+    pub const fn of(version: ServerVersion) -> Self {
+        if version.0 >= ServerVersion::PG_17.0 {
+            Self::From17
+        } else {
+            Self::UpTo16
+        }
+    }
+
+    /// Whether `infinity` and `-infinity` are intervals.
+    pub const fn has_infinite_intervals(self) -> bool {
+        matches!(self, Self::From17)
+    }
+}
 
 /// A scalar type ampere can evaluate exactly.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

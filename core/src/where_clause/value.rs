@@ -10,7 +10,7 @@ use super::array_text::{self, PgArray};
 use super::datetime::{Date, Time, Timestamp, Timestamptz};
 use super::interval::Interval;
 use super::numeric::Numeric;
-use super::types::Scalar;
+use super::types::{Dialect, Scalar};
 
 /// A value of a where-clause expression, borrowing text from the row it was read from.
 #[derive(Clone, Debug)]
@@ -213,7 +213,12 @@ pub fn parse_scalar<'r>(text: Cow<'r, str>, scalar: Scalar) -> Result<Value<'r>,
             Value::Timestamptz(Timestamptz::parse(&text).map_err(|e| InvalidInput(e.to_string()))?)
         }
         Scalar::Interval => {
-            Value::Interval(Interval::parse(&text).map_err(|e| InvalidInput(e.to_string()))?)
+            // Postgres 17's input: a server before 17 never sends `infinity`, and the binder
+            // refuses it in constants there.
+            Value::Interval(
+                Interval::parse_in(&text, Dialect::From17)
+                    .map_err(|e| InvalidInput(e.to_string()))?,
+            )
         }
     })
 }

@@ -402,6 +402,7 @@ pub(crate) fn catalog_table(relation: RelationName, table: super::wire::WireTabl
         .collect();
     CatalogTable {
         schema: TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(table.oid),
             relation,
             columns,

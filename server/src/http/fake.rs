@@ -83,6 +83,7 @@ impl FakeApi {
             })
             .collect();
         let schema = TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(1),
             relation: relation.clone(),
             columns,

@@ -82,6 +82,7 @@ mod tests {
 
     fn table(columns: Vec<ColumnSchema>) -> TableSchema {
         TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(1),
             relation: RelationName {
                 schema: "public".to_owned(),

@@ -521,6 +521,7 @@ mod tests {
 
     fn table(columns: &[(&str, Option<u32>)]) -> CatalogTable {
         let schema = TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(1),
             relation: RelationName {
                 schema: "public".to_owned(),

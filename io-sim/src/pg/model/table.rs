@@ -98,6 +98,8 @@ impl TableDef {
     /// The table as the catalog describes it.
     pub fn schema(&self) -> TableSchema {
         TableSchema {
+            // The model is Postgres 15: its where-clause semantics, no generated columns.
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(self.oid),
             relation: self.relation.clone(),
             columns: self.columns.iter().map(ModelColumn::schema).collect(),

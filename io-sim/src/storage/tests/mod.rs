@@ -143,6 +143,7 @@ fn stored_shape(h: &ShapeHandle) -> StoredShape {
             log: ampere_core::shape::LogMode::Full,
         },
         schema: TableSchema {
+            server_version: ampere_core::shape::ServerVersion::PG_15,
             oid: Oid(16_384),
             relation,
             columns: Vec::new(),
