@@ -1058,6 +1058,7 @@ async fn ensure_publication(
     admin: &Client,
     publication: &str,
     server_version: u32,
+    publishing: &TablePublishing,
 ) -> Result<bool, PgPortError> {
     let mut create = format!("CREATE PUBLICATION {}", quote_ident(publication));
     if server_version >= 180_000 {
@@ -1070,14 +1071,14 @@ async fn ensure_publication(
     match sqlstate(&error) {
         Some(DUPLICATE_OBJECT) => {
             if server_version >= 180_000 {
-                publish_generated_columns(admin, publication).await?;
+                publish_generated_columns(admin, publication, publishing).await?;
             }
             Ok(false)
         }
         Some(INSUFFICIENT_PRIVILEGE) => {
             check_existing_publication(admin, publication).await?;
             if server_version >= 180_000 {
-                publish_generated_columns(admin, publication).await?;
+                publish_generated_columns(admin, publication, publishing).await?;
             }
             Ok(false)
         }
@@ -1162,8 +1163,14 @@ async fn reserve_stamps(
 /// SL-1 on PostgreSQL 18+: the publication must publish stored generated columns
 /// (`pubgencols = 's'`), since the catalog includes them in table schemas there and
 /// pgoutput's tuples must line up with those. A publication from an older ampere (or made by
-/// hand) is altered; one the role may not alter is unusable.
-async fn publish_generated_columns(admin: &Client, publication: &str) -> Result<(), PgPortError> {
+/// hand) is altered, unless `ELECTRIC_MANUAL_TABLE_PUBLISHING` forbids it or the role may not:
+/// then one warning names the SQL, and shapes of tables with stored generated columns refetch
+/// on every change until an operator runs it (the catalog does not yet read `pubgencols`).
+async fn publish_generated_columns(
+    admin: &Client,
+    publication: &str,
+    publishing: &TablePublishing,
+) -> Result<(), PgPortError> {
     const SQL: &str = "SELECT pubgencols::text FROM pg_catalog.pg_publication WHERE pubname = $1";
     let during = "reading the publication's publish_generated_columns";
     let rows = admin
@@ -1183,15 +1190,22 @@ async fn publish_generated_columns(admin: &Client, publication: &str) -> Result<
         "ALTER PUBLICATION {} SET (publish_generated_columns = stored)",
         quote_ident(publication)
     );
+    // Only tables with stored generated columns need it: without it, the operator's
+    // publication still serves every other table, so this is a warning, never a refusal.
+    let unpublished = |why: &str| {
+        tracing::warn!(%publication,
+            "the publication does not publish stored generated columns and {why}: a shape of a \
+             table with one will be told to refetch on every change; run: {alter};");
+    };
+    if matches!(publishing, TablePublishing::Manual { .. }) {
+        unpublished("ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps ampere from altering it");
+        return Ok(());
+    }
     match admin.batch_execute(&alter).await {
         Ok(()) => Ok(()),
         Err(error) if sqlstate(&error) == Some(INSUFFICIENT_PRIVILEGE) => {
-            Err(PgPortError::Publication {
-                publication: publication.to_owned(),
-                missing: "it does not publish stored generated columns \
-                          (publish_generated_columns = stored) and the role may not alter it"
-                    .to_owned(),
-            })
+            unpublished("the role may not alter it");
+            Ok(())
         }
         Err(source) => Err(PgPortError::Sql {
             during: "setting the publication's publish_generated_columns",
@@ -1267,8 +1281,13 @@ impl SlotSetup for RealSlotSetup<'_> {
 
     async fn ensure_publication(&mut self) -> Result<bool, PgPortError> {
         let admin = self.pg.admin().await?;
-        let created =
-            ensure_publication(&admin, &self.target.publication, self.server_version_num).await;
+        let created = ensure_publication(
+            &admin,
+            &self.target.publication,
+            self.server_version_num,
+            self.pg.table_publishing(),
+        )
+        .await;
         admin.finish(created)
     }
 
