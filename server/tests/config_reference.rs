@@ -18,7 +18,7 @@ use ampere_server::config::{Support, VARIABLES};
 
 mod common;
 
-use common::{free_port, http_get_at, shared_database, Ampere, Scratch};
+use common::{free_port, http_get_at, items_database, Ampere, Scratch};
 
 const POLL: Duration = Duration::from_millis(100);
 /// Until `/v1/health` answers.
@@ -137,14 +137,7 @@ fn the_old_storage_dir_name_and_a_separate_shape_db_dir_put_logs_and_metadata_wh
     // ELECTRIC_SHAPE_DB_STORAGE_DIR moves the metadata database out of it; the other storage
     // and socket variables take effect. Method: a real database, a shape created, then look at
     // the directories; an idle connection is closed after ELECTRIC_TCP_READ_TIMEOUT.
-    let cluster = shared_database("config_storage");
-    cluster
-        .psql(
-            "config_storage",
-            "CREATE TABLE items (id int PRIMARY KEY, title text); \
-             INSERT INTO items VALUES (1, 'one')",
-        )
-        .expect("create items");
+    let cluster = items_database("config_storage");
     let scratch = Scratch::new("storage");
     let port = free_port();
     let storage = scratch.path("logs");

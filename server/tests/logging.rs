@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{free_port, http_get, shared_database, wait_for_health, Ampere, Scratch};
+use common::{free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
 
 /// A configuration error must stop the process about at once.
 const CONFIG_EXIT: Duration = Duration::from_secs(5);
@@ -32,14 +32,7 @@ fn json_lines(stdout: &str) -> Vec<Value> {
 
 #[test]
 fn with_json_logs_at_debug_a_shape_request_logs_exactly_one_json_line_with_its_fields() {
-    let cluster = shared_database("logging_json");
-    cluster
-        .psql(
-            "logging_json",
-            "CREATE TABLE items (id int PRIMARY KEY, title text); \
-             INSERT INTO items VALUES (1, 'one')",
-        )
-        .expect("create items");
+    let cluster = items_database("logging_json");
     let scratch = Scratch::new("json");
     let storage = scratch.storage();
     let port = free_port();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, http_get, shared_database, wait_for_health, Ampere, Scratch};
+use common::{free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
@@ -92,14 +92,7 @@ fn scrape(port: u16) -> Exposition {
 
 #[test]
 fn an_active_instance_exposes_progress_requests_and_its_slot_on_the_prometheus_port_only() {
-    let cluster = shared_database("metrics_active");
-    cluster
-        .psql(
-            "metrics_active",
-            "CREATE TABLE items (id int PRIMARY KEY, title text); \
-             INSERT INTO items VALUES (1, 'one')",
-        )
-        .expect("create items");
+    let cluster = items_database("metrics_active");
     let scratch = Scratch::new("active");
     let storage = scratch.storage();
     let (port, metrics_port) = (free_port(), free_port());
@@ -179,14 +172,7 @@ fn wait_for(metrics_port: u16, series: &str, accept: impl Fn(f64) -> bool) -> f6
 
 #[test]
 fn snapshots_and_flushes_are_timed_and_shape_bytes_on_disk_grow_with_writes() {
-    let cluster = shared_database("metrics_storage");
-    cluster
-        .psql(
-            "metrics_storage",
-            "CREATE TABLE items (id int PRIMARY KEY, title text); \
-             INSERT INTO items VALUES (1, 'one')",
-        )
-        .expect("create items");
+    let cluster = items_database("metrics_storage");
     let scratch = Scratch::new("storage");
     let storage = scratch.storage();
     let (port, metrics_port) = (free_port(), free_port());

@@ -17,7 +17,9 @@ use serde_json::Value;
 
 mod common;
 
-use common::{free_port, http_get, shared_database, wait_for_health, Ampere, Scratch};
+use common::{
+    free_port, http_get, items_database, shared_database, wait_for_health, Ampere, Scratch,
+};
 
 /// A subcommand run: bounded by the connect timeout's order of magnitude.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -240,14 +242,7 @@ fn a_bad_database_url_is_a_configuration_error_with_exit_status_2() {
 
 /// A fresh database `db` with a table `items` of one row; its URL.
 fn database_with_items(db: &str) -> String {
-    let cluster = shared_database(db);
-    cluster
-        .psql(
-            db,
-            "CREATE TABLE items (id int PRIMARY KEY, title text); \
-             INSERT INTO items VALUES (1, 'one')",
-        )
-        .expect("create items");
+    let cluster = items_database(db);
     cluster.url("postgres", db)
 }
 

@@ -26,7 +26,10 @@ const FATAL_EXIT: Duration = Duration::from_secs(15);
 
 mod common;
 
-use common::{free_port, http_get, parse_reply, shared_database, wait_for_health, Ampere, Scratch};
+use common::{
+    free_port, http_get, items_database, parse_reply, shared_database, wait_for_health, Ampere,
+    Scratch,
+};
 
 /// Runs ampere, expecting a non-zero exit within `within`; returns its output (the log on
 /// stdout, then stderr).
@@ -274,14 +277,7 @@ fn an_unreachable_database_is_retried_while_health_says_waiting_and_shapes_get_5
 
 #[test]
 fn a_clean_start_serves_shapes_and_sigterm_exits_zero_leaving_an_inactive_slot() {
-    let cluster = shared_database("startup_happy");
-    cluster
-        .psql(
-            "startup_happy",
-            "CREATE TABLE items (id int PRIMARY KEY, title text); \
-             INSERT INTO items VALUES (1, 'one')",
-        )
-        .expect("create items");
+    let cluster = items_database("startup_happy");
     let scratch = Scratch::new("happy");
     let storage = scratch.storage();
     let port = free_port();

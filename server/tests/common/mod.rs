@@ -319,3 +319,17 @@ pub(crate) fn shared_database(name: &str) -> &'static EmbeddedPostgres {
     cluster.create_database(name).expect("CREATE DATABASE");
     cluster
 }
+
+/// [`shared_database`] `name` with a table `items (id int PRIMARY KEY, title text)` holding
+/// the row `(1, 'one')`.
+pub(crate) fn items_database(name: &str) -> &'static EmbeddedPostgres {
+    let cluster = shared_database(name);
+    cluster
+        .psql(
+            name,
+            "CREATE TABLE items (id int PRIMARY KEY, title text); \
+             INSERT INTO items VALUES (1, 'one')",
+        )
+        .expect("create items");
+    cluster
+}
