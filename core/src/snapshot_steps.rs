@@ -67,7 +67,11 @@ pub struct Membership {
 impl Membership {
     /// `None` when the table is ready; otherwise what it lacks and the exact SQL, quoted, an
     /// administrator must run (the text of [`SnapshotError::NotPublished`]).
-    pub fn not_ready_message(&self, publication: &str, relation: &RelationName) -> Option<String> {
+    pub(crate) fn not_ready_message(
+        &self,
+        publication: &str,
+        relation: &RelationName,
+    ) -> Option<String> {
         let publication = quote_ident(publication);
         let mut lacks = Vec::new();
         let mut sql = Vec::new();

@@ -23,13 +23,13 @@ use std::fmt;
 use std::str::FromStr;
 
 pub(super) const USECS_PER_SEC: i64 = 1_000_000;
-const USECS_PER_DAY: i64 = 86_400_000_000;
+pub(super) const USECS_PER_DAY: i64 = 86_400_000_000;
 /// Julian day number of 2000-01-01, Postgres's epoch.
-const POSTGRES_EPOCH_JDATE: i64 = 2_451_545;
+pub(super) const POSTGRES_EPOCH_JDATE: i64 = 2_451_545;
 /// 1970-01-01 (`epoch`) as days since 2000-01-01.
 pub(super) const UNIX_EPOCH_DAYS: i32 = -10_957;
 /// First Julian day a `date` cannot hold (5874898-01-01).
-const DATE_END_JULIAN: i64 = 2_147_483_494;
+pub(super) const DATE_END_JULIAN: i64 = 2_147_483_494;
 /// First Julian day a timestamp cannot hold (294277-01-01).
 const TIMESTAMP_END_JULIAN: i64 = 109_203_528;
 /// 4714-11-24 00:00:00 BC (Julian day 0) in microseconds since 2000-01-01.

@@ -30,24 +30,16 @@ use std::str::FromStr;
 
 use super::datetime::{
     date2j, days_in_month, is_space, is_valid_julian, j2date, Date, Time, Timestamp, Timestamptz,
+    DATE_END_JULIAN, END_TIMESTAMP, MIN_TIMESTAMP, POSTGRES_EPOCH_JDATE, USECS_PER_DAY,
+    USECS_PER_SEC,
 };
 use super::types::Dialect;
 
-const USECS_PER_SEC: i64 = 1_000_000;
 const USECS_PER_MINUTE: i64 = 60_000_000;
 const USECS_PER_HOUR: i64 = 3_600_000_000;
-const USECS_PER_DAY: i64 = 86_400_000_000;
 const MONTHS_PER_YEAR: i32 = 12;
 const DAYS_PER_MONTH: i32 = 30;
 const SECS_PER_DAY: f64 = 86_400.0;
-/// Julian day number of 2000-01-01, Postgres's epoch.
-const POSTGRES_EPOCH_JDATE: i64 = 2_451_545;
-/// First Julian day a `date` cannot hold (5874898-01-01).
-const DATE_END_JULIAN: i64 = 2_147_483_494;
-/// 4714-11-24 00:00:00 BC (Julian day 0) in microseconds since 2000-01-01.
-const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
-/// 294277-01-01 00:00:00 in microseconds since 2000-01-01 (exclusive limit).
-const END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
 /// Size of `interval_in`'s field buffer (`workbuf`), terminators included.
 const WORKBUF_LEN: usize = 256;
 /// `MAXDATEFIELDS`: most fields `ParseDateTime` splits a text into.
@@ -1961,31 +1953,32 @@ pub mod pg17 {
         finite(Interval::new(months, days, micros_field(micros)?))
     }
 
-    /// `interval_justify_hours`: infinite intervals stay.
-    pub fn justify_hours(span: Interval) -> Result<Interval, IntervalError> {
+    /// `justify` (15's) on a finite interval; infinite intervals stay, as 17's
+    /// `interval_justify_*` keep them.
+    fn finite_only(
+        span: Interval,
+        justify: fn(Interval) -> Result<Interval, IntervalError>,
+    ) -> Result<Interval, IntervalError> {
         if span.is_finite() {
-            span.justify_hours()
+            justify(span)
         } else {
             Ok(span)
         }
+    }
+
+    /// `interval_justify_hours`: infinite intervals stay.
+    pub fn justify_hours(span: Interval) -> Result<Interval, IntervalError> {
+        finite_only(span, Interval::justify_hours)
     }
 
     /// `interval_justify_days`: infinite intervals stay.
     pub fn justify_days(span: Interval) -> Result<Interval, IntervalError> {
-        if span.is_finite() {
-            span.justify_days()
-        } else {
-            Ok(span)
-        }
+        finite_only(span, Interval::justify_days)
     }
 
     /// `interval_justify_interval`: infinite intervals stay.
     pub fn justify_interval(span: Interval) -> Result<Interval, IntervalError> {
-        if span.is_finite() {
-            span.justify_interval()
-        } else {
-            Ok(span)
-        }
+        finite_only(span, Interval::justify_interval)
     }
 
     /// `timestamp_pl_interval`: an infinite interval makes the timestamp that infinity
@@ -2069,13 +2062,12 @@ pub mod pg17 {
     /// (15 wrapped), then `justify_hours`.
     pub fn timestamp_mi(a: Timestamp, b: Timestamp) -> Result<Interval, IntervalError> {
         if !a.is_finite() || !b.is_finite() {
-            return match (a == Timestamp::NEG_INFINITY, a == Timestamp::INFINITY) {
-                (true, _) if b == Timestamp::NEG_INFINITY => Err(INTERVAL_RANGE),
-                (true, _) => Ok(Interval::NOBEGIN),
-                (_, true) if b == Timestamp::INFINITY => Err(INTERVAL_RANGE),
-                (_, true) => Ok(Interval::NOEND),
-                _ if b == Timestamp::NEG_INFINITY => Ok(Interval::NOEND),
-                _ => Ok(Interval::NOBEGIN),
+            return if a == b {
+                Err(INTERVAL_RANGE) // infinity - infinity
+            } else if a == Timestamp::NEG_INFINITY || b == Timestamp::INFINITY {
+                Ok(Interval::NOBEGIN)
+            } else {
+                Ok(Interval::NOEND)
             };
         }
         let micros = a.0.checked_sub(b.0).ok_or(INTERVAL_RANGE)?;
