@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ampere_pg_parse::protobuf::{self, a_const, AExprKind, BoolExprType, BoolTestType};
 use ampere_pg_parse::protobuf::{MinMaxOp, NullTestType};
@@ -1337,31 +1338,26 @@ fn typed_literal(expr: Expr, target: &Type, location: i32, dialect: Dialect) -> 
         Value::Text(t) => t,
         _ => return fail(location, "internal: not a text literal"),
     };
-    let invalid = |_| BindError {
+    let invalid = || BindError {
         location,
         message: format!("invalid syntax for type {target}: {text}"),
     };
-    // Column texts are read with Postgres 17's interval input (a server before 17 never sends
-    // `infinity`), but a constant before 17 must fail where that server's input fails.
-    let refused_before_17 = !dialect.has_infinite_intervals()
-        && match target {
-            Type::Scalar(Scalar::Interval) => Interval::parse_in(&text, dialect).is_err(),
-            Type::Array(Scalar::Interval) => {
-                array_text::parse_array(&text, |e| Interval::parse_in(e, dialect)).is_err()
-            }
-            _ => false,
-        };
-    if refused_before_17 {
-        return fail(
-            location,
-            format!("invalid syntax for type {target}: {text}"),
-        );
-    }
     let value = match target {
+        // The server's own interval input: before 17 it refuses `infinity` (column texts are
+        // read with 17's, since a server before 17 never sends one).
+        Type::Scalar(Scalar::Interval) => {
+            Value::Interval(Interval::parse_in(&text, dialect).map_err(|_| invalid())?)
+        }
+        Type::Array(Scalar::Interval) => Value::Array(Arc::new(
+            array_text::parse_array(&text, |e| {
+                Interval::parse_in(e, dialect).map(Value::Interval)
+            })
+            .map_err(|_| invalid())?,
+        )),
         Type::Scalar(s) => parse_scalar(Cow::Borrowed(text.as_ref()), *s)
             .map(Value::into_owned)
-            .map_err(invalid)?,
-        Type::Array(s) => parse_array(&text, *s).map_err(invalid)?,
+            .map_err(|_| invalid())?,
+        Type::Array(s) => parse_array(&text, *s).map_err(|_| invalid())?,
         Type::Unknown | Type::Enum(_) => Value::Text(text.clone()),
         Type::Opaque(name) => {
             return fail(
