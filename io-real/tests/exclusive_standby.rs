@@ -11,12 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ampere_core::pgoutput::Oid;
 use ampere_core::ports::StoredShape;
 use ampere_core::ports::{MetadataStore, ShapeLogStore, SnapshotWriter as _, StorageIdentity};
-use ampere_core::shape::{
-    ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
-};
+use ampere_core::shape::{HandleStamp, ShapeHandle};
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_core::Lsn;
 use ampere_io_real::lease::StorageLease;
@@ -36,40 +33,15 @@ fn exclusive() -> MetadataOptions {
 }
 
 fn shape(stamp: u64, table: &str) -> StoredShape {
-    let relation = RelationName {
-        schema: "public".to_owned(),
-        table: table.to_owned(),
-    };
+    let handle = ShapeHandle::from_string(format!("3833821-{stamp}"));
     StoredShape {
-        handle: ShapeHandle::from_string(format!("3833821-{stamp}")),
-        definition: ShapeDefinition {
-            relation: relation.clone(),
-            columns: None,
-            replica: Replica::Default,
-            where_clause: None,
-            log: ampere_core::shape::LogMode::Full,
-        },
-        schema: TableSchema {
-            server_version: ampere_core::shape::ServerVersion::PG_15,
-            oid: Oid(16_384),
-            relation,
-            columns: vec![ColumnSchema {
-                name: "id".to_owned(),
-                type_oid: 23,
-                typname: "int4".to_owned(),
-                dims: 0,
-                not_null: true,
-                pk_index: Some(0),
-                modifiers: vec![],
-                is_enum: false,
-            }],
-        },
         snapshot: Some(PgSnapshot {
             xmin: FullXid(10),
             xmax: FullXid(20),
             xip: vec![],
         }),
         snapshot_filter_done: true,
+        ..common::stored_shape(handle, table)
     }
 }
 

@@ -13,13 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
     LogEntry, MetadataStore, ShapeLogStore, SnapshotWriter, StorageIdentity, StoredShape,
 };
-use ampere_core::shape::{
-    ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
-};
+use ampere_core::shape::{HandleStamp, ShapeHandle};
 use ampere_core::Lsn;
 use ampere_io_real::lease::{self, Generation, StorageLease, LEASE_FILE};
 use ampere_io_real::metadata::MetadataOptions;
@@ -97,37 +94,7 @@ fn lease_text(root: &Path) -> String {
 }
 
 fn stored_shape(h: &ShapeHandle) -> StoredShape {
-    let relation = RelationName {
-        schema: "public".to_owned(),
-        table: "items".to_owned(),
-    };
-    StoredShape {
-        handle: h.clone(),
-        definition: ShapeDefinition {
-            relation: relation.clone(),
-            columns: None,
-            replica: Replica::Default,
-            where_clause: None,
-            log: ampere_core::shape::LogMode::Full,
-        },
-        schema: TableSchema {
-            server_version: ampere_core::shape::ServerVersion::PG_15,
-            oid: Oid(16_384),
-            relation,
-            columns: vec![ColumnSchema {
-                name: "id".to_owned(),
-                type_oid: 23,
-                typname: "int4".to_owned(),
-                dims: 0,
-                not_null: true,
-                pk_index: Some(0),
-                modifiers: Vec::new(),
-                is_enum: false,
-            }],
-        },
-        snapshot: None,
-        snapshot_filter_done: false,
-    }
+    common::stored_shape(h.clone(), "items")
 }
 
 fn identity(acked: u64) -> StorageIdentity {

@@ -9,11 +9,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{MetadataStore, ShapeLogStore, SnapshotWriter as _, StoredShape};
-use ampere_core::shape::{
-    ColumnSchema, HandleStamp, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
-};
+use ampere_core::shape::{HandleStamp, Replica, ShapeHandle};
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_io_real::metadata::{
     decode_stored_shape, encode_stored_shape, MetadataOptions, METADATA_FILE,
@@ -27,41 +24,17 @@ use common::TempDir;
 const MAX_STAMP: u64 = 1_721_812_114_261_123;
 
 fn shape(handle: &str, table: &str, snapshot: bool) -> StoredShape {
-    let relation = RelationName {
-        schema: "public".to_owned(),
-        table: table.to_owned(),
-    };
-    StoredShape {
-        handle: ShapeHandle::from_string(handle.to_owned()),
-        definition: ShapeDefinition {
-            relation: relation.clone(),
-            columns: Some(vec!["id".to_owned()]),
-            replica: Replica::Full,
-            where_clause: None,
-            log: ampere_core::shape::LogMode::Full,
-        },
-        schema: TableSchema {
-            server_version: ampere_core::shape::ServerVersion::PG_15,
-            oid: Oid(16_384),
-            relation,
-            columns: vec![ColumnSchema {
-                name: "id".to_owned(),
-                type_oid: 23,
-                typname: "int4".to_owned(),
-                dims: 0,
-                not_null: true,
-                pk_index: Some(0),
-                modifiers: vec![("k".to_owned(), "v".to_owned())],
-                is_enum: false,
-            }],
-        },
-        snapshot: snapshot.then(|| PgSnapshot {
-            xmin: FullXid(10),
-            xmax: FullXid(20),
-            xip: vec![FullXid(11)],
-        }),
-        snapshot_filter_done: snapshot,
-    }
+    let mut shape = common::stored_shape(ShapeHandle::from_string(handle.to_owned()), table);
+    shape.definition.columns = Some(vec!["id".to_owned()]);
+    shape.definition.replica = Replica::Full;
+    shape.schema.columns[0].modifiers = vec![("k".to_owned(), "v".to_owned())];
+    shape.snapshot = snapshot.then(|| PgSnapshot {
+        xmin: FullXid(10),
+        xmax: FullXid(20),
+        xip: vec![FullXid(11)],
+    });
+    shape.snapshot_filter_done = snapshot;
+    shape
 }
 
 fn shapes() -> Vec<StoredShape> {

@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome, ShapeLogStore};
-use ampere_core::shape::ShapeHandle;
+use ampere_core::pgoutput::Oid;
+use ampere_core::ports::{ChunkRead, LogEntry, ReadOutcome, ShapeLogStore, StoredShape};
+use ampere_core::shape::{
+    ColumnSchema, LogMode, RelationName, Replica, ServerVersion, ShapeDefinition, ShapeHandle,
+    TableSchema,
+};
 use ampere_core::LogOffset;
 use ampere_io_real::store::FileStore;
 
@@ -104,3 +108,39 @@ pub fn expected(offsets: &[&str], end: &str) -> (String, usize, String) {
 /// The `snapshot-end` entry the store tests write.
 pub const SNAPSHOT_END: &str =
     r#"{"headers":{"control":"snapshot-end","xip_list":[],"xmax":"9","xmin":"9"}}"#;
+
+/// A stored shape `handle` of all of `public.<table>` (one `int4` primary key `id`, on
+/// PostgreSQL 15), without a snapshot yet; tests set the fields they vary.
+pub fn stored_shape(handle: ShapeHandle, table: &str) -> StoredShape {
+    let relation = RelationName {
+        schema: "public".to_owned(),
+        table: table.to_owned(),
+    };
+    StoredShape {
+        handle,
+        definition: ShapeDefinition {
+            relation: relation.clone(),
+            columns: None,
+            replica: Replica::Default,
+            where_clause: None,
+            log: LogMode::Full,
+        },
+        schema: TableSchema {
+            server_version: ServerVersion::PG_15,
+            oid: Oid(16_384),
+            relation,
+            columns: vec![ColumnSchema {
+                name: "id".to_owned(),
+                type_oid: 23,
+                typname: "int4".to_owned(),
+                dims: 0,
+                not_null: true,
+                pk_index: Some(0),
+                modifiers: Vec::new(),
+                is_enum: false,
+            }],
+        },
+        snapshot: None,
+        snapshot_filter_done: false,
+    }
+}
