@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
-use ampere_io_real::pg::RealPg;
 use anyhow::Context as _;
 
 use crate::config::{CleanupArgs, Config};
@@ -45,9 +44,7 @@ pub async fn run(config: &Config, args: &CleanupArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (embedded, url) = database(config)?;
-    let pg = RealPg::with_options(&url, &config.pg_options()).context(
-        "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL",
-    )?;
+    let pg = config.real_pg(&url)?;
     let report = pg
         .drop_slot_and_publication(&slot, &publication)
         .await
@@ -77,8 +74,8 @@ pub async fn run(config: &Config, args: &CleanupArgs) -> anyhow::Result<()> {
 
 /// `DATABASE_URL`, or the embedded cluster inside the storage directory.
 fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, String)> {
-    if let Some(url) = config.database_url.clone().filter(|u| !u.is_empty()) {
-        return Ok((None, url));
+    if let Some(url) = config.external_database_url() {
+        return Ok((None, url.to_owned()));
     }
     let embedded = EmbeddedPostgres::start(EmbeddedOptions::product(&config.storage_dir))
         .context("DATABASE_URL is unset and the embedded PostgreSQL could not start")?;

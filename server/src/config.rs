@@ -18,7 +18,7 @@ use std::time::Duration;
 use ampere_core::ports::SlotPersistence;
 use ampere_core::snapshot_steps::TablePublishing;
 use ampere_io_real::metadata::Synchronous;
-use ampere_io_real::pg::PgOptions;
+use ampere_io_real::pg::{PgOptions, PgPortError, RealPg};
 use ampere_io_real::pool::PoolSize;
 use ampere_io_real::tcp::TcpOptions;
 use ampere_io_real::tls::TlsOptions;
@@ -248,6 +248,19 @@ pub enum ConfigError {
     NoSecret,
 }
 
+/// A Postgres URL [`Config::real_pg`] cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseUrlError {
+    /// `ELECTRIC_POOLED_DATABASE_URL` is unusable (the error names it itself).
+    #[error(transparent)]
+    Pooled(PgPortError),
+    /// `DATABASE_URL` is unusable.
+    #[error(
+        "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable PostgreSQL URL"
+    )]
+    Database(#[source] PgPortError),
+}
+
 impl Cli {
     /// Parses the command line and the environment as `Cli::parse` does (exiting with clap's
     /// message on an error), applies Electric's older variable names, and returns which of
@@ -284,10 +297,23 @@ impl Config {
         Ok(())
     }
 
+    /// `DATABASE_URL` when set and not empty; `None` means the embedded PostgreSQL.
+    pub fn external_database_url(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// Postgres at `database_url` as the database variables say ([`Config::pg_options`]).
+    pub fn real_pg(&self, database_url: &str) -> Result<RealPg, DatabaseUrlError> {
+        RealPg::with_options(database_url, &self.pg_options()).map_err(|e| match e {
+            PgPortError::PooledUrl(_) => DatabaseUrlError::Pooled(e),
+            e => DatabaseUrlError::Database(e),
+        })
+    }
+
     /// TLS settings for `DATABASE_URL` from outside it. None for the embedded PostgreSQL
     /// (no `DATABASE_URL`), which is local and has no certificate to verify.
     pub fn tls_options(&self) -> TlsOptions {
-        let is_external = self.database_url.as_deref().is_some_and(|u| !u.is_empty());
+        let is_external = self.external_database_url().is_some();
         TlsOptions {
             ca_certificate_file: self
                 .database_ca_certificate_file

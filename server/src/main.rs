@@ -10,7 +10,7 @@ use ampere_core::ports::{Clock, ReplicationTarget};
 use ampere_io_real::clock::TokioClock;
 use ampere_io_real::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use ampere_io_real::metadata::{MetadataMode, MetadataOptions};
-use ampere_io_real::pg::{PgPortError, RealPg};
+use ampere_io_real::pg::RealPg;
 use ampere_io_real::standby_metadata::StandbyMetadata;
 use ampere_io_real::store::{probe_writable, FileStore};
 use ampere_server::app;
@@ -23,6 +23,7 @@ use ampere_server::metrics::{self, Metrics};
 use ampere_server::ops;
 use ampere_server::registry::Registry;
 use anyhow::Context as _;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -88,18 +89,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Postgres as the database variables say ([`Config::pg_options`]).
-fn real_pg(config: &Config, database_url: &str) -> anyhow::Result<RealPg> {
-    RealPg::with_options(database_url, &config.pg_options()).map_err(|e| match e {
-        // names ELECTRIC_POOLED_DATABASE_URL itself
-        PgPortError::PooledUrl(_) => anyhow::Error::new(e),
-        e => anyhow::Error::new(e).context(
-            "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable \
-             PostgreSQL URL",
-        ),
-    })
-}
-
 async fn serve(mut config: Config) -> anyhow::Result<()> {
     config.storage_dir = absolute("ELECTRIC_STORAGE_DIR", &config.storage_dir)?;
     if let Some(ShapeDbDir::Path(dir)) = &mut config.shape_db_storage_dir {
@@ -107,7 +96,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     let (store, meta) = open_storage(&config)?;
     let (embedded, database_url) = database(&config).await?;
-    let pg = real_pg(&config, &database_url)?;
+    let pg = config.real_pg(&database_url)?;
 
     let clock = TokioClock::new();
     let core_config = CoreConfig::new(
@@ -218,18 +207,8 @@ fn absolute(variable: &str, path: &Path) -> anyhow::Result<PathBuf> {
 /// Binds `ELECTRIC_PORT` on every IPv4 address, or with `ELECTRIC_LISTEN_ON_IPV6` on `[::]`
 /// (IPv6, and IPv4 too where the OS is dual-stack), applying Electric's socket timeouts.
 async fn listen(config: &Config) -> anyhow::Result<TimeoutListener> {
-    let addr = if config.listen_on_ipv6 {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port))
-    } else {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port))
-    };
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "cannot listen on {addr} (ELECTRIC_PORT={}, ELECTRIC_LISTEN_ON_IPV6={})",
-            config.port, config.listen_on_ipv6
-        )
-    })?;
-    info!(%addr, "HTTP API listening");
+    let listener = bind(config.listen_on_ipv6, config.port, "ELECTRIC_PORT").await?;
+    info!(addr = %listener.local_addr()?, "HTTP API listening");
     let timeouts = ConnectionTimeouts {
         read: config.tcp_read_timeout,
         send: config.tcp_send_timeout,
@@ -237,11 +216,24 @@ async fn listen(config: &Config) -> anyhow::Result<TimeoutListener> {
     Ok(TimeoutListener::new(listener, timeouts))
 }
 
+/// Binds `port` on every IPv4 address, or with `ipv6` on `[::]`; an error names `variable`
+/// (the port's variable) and `ELECTRIC_LISTEN_ON_IPV6`.
+async fn bind(ipv6: bool, port: u16, variable: &str) -> anyhow::Result<TcpListener> {
+    let addr = if ipv6 {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+    };
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ({variable}={port}, ELECTRIC_LISTEN_ON_IPV6={ipv6})")
+    })
+}
+
 /// Serves `/metrics` on `listener` and polls the replication slot's statistics, until
 /// `shutdown` flips.
 fn spawn_metrics(
     metrics: Metrics,
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     (pg, slot): (RealPg, String),
     registry: &Registry,
     shutdown: &watch::Receiver<bool>,
@@ -267,20 +259,9 @@ fn spawn_metrics(
 }
 
 /// Binds `ELECTRIC_PROMETHEUS_PORT` on the same addresses as the API (`ELECTRIC_LISTEN_ON_IPV6`).
-async fn listen_metrics(config: &Config, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
-    let addr = if config.listen_on_ipv6 {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
-    } else {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
-    };
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "cannot listen on {addr} (ELECTRIC_PROMETHEUS_PORT={port}, \
-             ELECTRIC_LISTEN_ON_IPV6={})",
-            config.listen_on_ipv6
-        )
-    })?;
-    info!(%addr, "Prometheus metrics listening on /metrics");
+async fn listen_metrics(config: &Config, port: u16) -> anyhow::Result<TcpListener> {
+    let listener = bind(config.listen_on_ipv6, port, "ELECTRIC_PROMETHEUS_PORT").await?;
+    info!(addr = %listener.local_addr()?, "Prometheus metrics listening on /metrics");
     Ok(listener)
 }
 
@@ -327,8 +308,8 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)>
 
 /// `DATABASE_URL`, or an embedded PostgreSQL started inside the storage directory.
 async fn database(config: &Config) -> anyhow::Result<(Option<EmbeddedPostgres>, String)> {
-    if let Some(url) = config.database_url.clone().filter(|u| !u.is_empty()) {
-        return Ok((None, url));
+    if let Some(url) = config.external_database_url() {
+        return Ok((None, url.to_owned()));
     }
     let options = EmbeddedOptions::product(&config.storage_dir);
     let embedded = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))

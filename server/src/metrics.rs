@@ -29,7 +29,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::api::{Health, ShapeApi};
+use crate::api::Health;
 use crate::registry::Registry;
 
 /// How often [`poll_slot`] reads `pg_replication_slots`.
@@ -95,8 +95,9 @@ impl ServiceStats {
         }
     }
 
-    /// What a [`ShapeApi`] says (no acknowledged LSN or shape count).
-    pub fn of_api(api: &impl ShapeApi) -> Self {
+    /// What a [`ShapeApi`](crate::api::ShapeApi) says (no acknowledged LSN or shape count).
+    #[cfg(test)]
+    pub fn of_api(api: &impl crate::api::ShapeApi) -> Self {
         Self {
             health: api.health(),
             purges: api.last_purge().map_or(0, |p| p.count),
@@ -207,11 +208,6 @@ impl Metrics {
                 flush_duration,
             }),
         }
-    }
-
-    /// Metrics over the driver's read model.
-    pub fn of_registry(registry: Registry) -> Self {
-        Self::new(move || ServiceStats::of_registry(&registry))
     }
 
     /// Metrics over the driver's read model and the shape-log store (the `ampere` binary).

@@ -7,30 +7,35 @@
 //! `handle` (the request's `handle` parameter, else the `electric-handle` answered), `offset`
 //! and `live` (the request's parameters), `status`, and `duration_ms` until the response head
 //! (a body streamed after the head is not included). Time comes from `tokio::time`, which the
-//! simulation drives. With `debug` off for this target nothing is parsed or timed.
+//! simulation drives. The request is parsed and timed once, for the metrics too, by
+//! [`observe`](super::observe); with `debug` off for this target and no metrics, nothing is
+//! parsed or timed.
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName};
-use axum::middleware::Next;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::response::Response;
 use tracing::Level;
 
 use super::params::{self, Query};
-use super::{route_label, X_REQUEST_ID};
+use super::X_REQUEST_ID;
 
 const ELECTRIC_HANDLE: HeaderName = HeaderName::from_static("electric-handle");
 
-/// Logs `request` once answered (a request its client abandons logs nothing).
-pub(super) async fn log_request(request: Request, next: Next) -> Response {
-    if !tracing::enabled!(Level::DEBUG) {
-        return next.run(request).await;
-    }
-    let started = tokio::time::Instant::now();
-    let method = request.method().clone();
-    let route = route_label(request.uri());
-    let query = Query::parse(request.uri().query());
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
+/// Whether requests are logged: `debug` is on for this module's target.
+pub(super) fn enabled() -> bool {
+    tracing::enabled!(Level::DEBUG)
+}
+
+/// Logs a request once answered: its `method`, `route` label and parsed `query`, the
+/// `response` (its head) and the time until it, `elapsed`.
+pub(super) fn log(
+    method: &Method,
+    route: &'static str,
+    query: &Query,
+    response: &Response,
+    elapsed: Duration,
+) {
     let headers = response.headers();
     let handle = query
         .get("handle")
@@ -46,7 +51,6 @@ pub(super) async fn log_request(request: Request, next: Next) -> Response {
         duration_ms = milliseconds(elapsed),
         "request"
     );
-    response
 }
 
 /// A response header as text, if it is some.
@@ -55,6 +59,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
 }
 
 /// Milliseconds, rounded to the microsecond.
-fn milliseconds(elapsed: std::time::Duration) -> f64 {
+fn milliseconds(elapsed: Duration) -> f64 {
     (elapsed.as_secs_f64() * 1e6).round() / 1e3
 }

@@ -139,35 +139,43 @@ pub fn router<A: ShapeApi>(api: A, config: HttpConfig) -> Router {
         unique_counter: AtomicU64::new(0),
         config,
     });
-    let router = Router::new()
+    Router::new()
         .fallback(dispatch::<A>)
         .with_state(state)
-        .layer(axum::middleware::from_fn(access_log::log_request));
-    match metrics {
-        Some(metrics) => router.layer(axum::middleware::from_fn_with_state(metrics, record)),
-        None => router,
-    }
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
 }
 
-/// Counts and times a request by [`route_label`] (until its response head), and counts it
-/// in flight meanwhile; a request abandoned by its client is only counted in flight.
-async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let route = route_label(request.uri());
-    let _in_flight = metrics.http().start(route);
+/// Counts and times a request by [`route_label`] in `metrics` (when present; until its
+/// response head), counting it in flight meanwhile, and logs it (`access_log`, when enabled),
+/// from one parse of its route and query and one start instant. A request abandoned by its
+/// client is only counted in flight, and logs nothing.
+async fn observe(State(metrics): State<Option<Metrics>>, request: Request, next: Next) -> Response {
+    let log = access_log::enabled();
+    if metrics.is_none() && !log {
+        return next.run(request).await;
+    }
     let started = tokio::time::Instant::now();
+    let query = Query::parse(request.uri().query());
+    let route = route_label(request.uri(), &query);
+    let method = log.then(|| request.method().clone());
+    let _in_flight = metrics.as_ref().map(|metrics| metrics.http().start(route));
     let response = next.run(request).await;
-    metrics
-        .http()
-        .finish(route, response.status(), started.elapsed());
+    let elapsed = started.elapsed();
+    if let Some(method) = method {
+        access_log::log(&method, route, &query, &response, elapsed);
+    }
+    if let Some(metrics) = &metrics {
+        metrics.http().finish(route, response.status(), elapsed);
+    }
     response
 }
 
-/// The `route` label: `root`, `shape`, `shape_live` (long polls), `health` or `other`.
-fn route_label(uri: &axum::http::Uri) -> &'static str {
+/// The `route` label: `root`, `shape`, `shape_live` (long polls), `health` or `other`;
+/// `query` is `uri`'s, parsed.
+fn route_label(uri: &axum::http::Uri, query: &Query) -> &'static str {
     match Route::of(uri.path()) {
         Route::Root => "root",
         Route::Shape => {
-            let query = Query::parse(uri.query());
             if params::is_truthy(query.get("live")) {
                 "shape_live"
             } else {

@@ -61,8 +61,8 @@ pub(crate) enum Database {
 impl Database {
     /// `DATABASE_URL`, else the embedded cluster of `config`'s storage directory.
     pub(crate) fn of(config: &Config) -> Self {
-        match config.database_url.clone().filter(|u| !u.is_empty()) {
-            Some(url) => Self::Url(url),
+        match config.external_database_url() {
+            Some(url) => Self::Url(url.to_owned()),
             None => {
                 let dir = config.storage_dir.join(PRODUCT_DIR_NAME);
                 match running_embedded_url(&dir) {
@@ -90,21 +90,13 @@ impl Database {
         }
     }
 
-    /// `RealPg` for the URL, with the options `serve` uses ([`Config::pg_options`]). `Err` (a configuration error,
-    /// exit 2) when the URL is unusable.
+    /// `RealPg` for the URL, as `serve` makes it ([`Config::real_pg`]). `Err` (a configuration
+    /// error, exit 2) when the URL is unusable.
     pub(crate) fn connect(&self, config: &Config) -> Result<Option<RealPg>, String> {
         let Some(url) = self.url() else {
             return Ok(None);
         };
-        RealPg::with_options(url, &config.pg_options())
-            .map(Some)
-            .map_err(|e| {
-                format!(
-                    "DATABASE_URL (with ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) is not a usable \
-                     PostgreSQL URL: {}",
-                    error_chain(&e)
-                )
-            })
+        config.real_pg(url).map(Some).map_err(|e| error_chain(&e))
     }
 }
 

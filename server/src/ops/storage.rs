@@ -247,14 +247,15 @@ fn read_files(dir: &Path) -> Files {
         error = Some(format!("listing {}: {e}", dir.join(SHAPES_DIR).display()));
         Vec::new()
     });
+    let shape_bytes = bytes_under(&dir.join(SHAPES_DIR));
     Files {
         shape_dirs: descriptions.len(),
         described_shape_dirs: descriptions
             .iter()
             .filter(|d| d.description.is_some())
             .count(),
-        shape_bytes: bytes_under(&dir.join(SHAPES_DIR)),
-        total_bytes: bytes_under(dir),
+        shape_bytes,
+        total_bytes: bytes_under_counting(dir, SHAPES_DIR, shape_bytes),
         lease: read_lease(dir),
         error,
     }
@@ -276,23 +277,40 @@ fn read_lease(root: &Path) -> Result<Option<(Generation, String)>, String> {
 /// Bytes of the regular files under `dir`, symlinks not followed; unreadable entries count as
 /// nothing. Bounded by the depth of the tree ampere writes (and a hard cap on it).
 fn bytes_under(dir: &Path) -> u64 {
+    walk(dir, 0, None).unwrap_or(0)
+}
+
+/// [`bytes_under`] `root`, counting its subdirectory `name` as `name_bytes` (already summed)
+/// instead of walking it again.
+fn bytes_under_counting(root: &Path, name: &str, name_bytes: u64) -> u64 {
+    walk(root, 0, Some((name, name_bytes))).unwrap_or(0)
+}
+
+/// The walk behind [`bytes_under`]: `dir` at `depth`, with `summed` a subdirectory of `dir`
+/// (not of deeper directories) already counted.
+fn walk(dir: &Path, depth: usize, summed: Option<(&str, u64)>) -> io::Result<u64> {
     const MAX_DEPTH: usize = 16;
-    fn walk(dir: &Path, depth: usize) -> io::Result<u64> {
-        let mut total = 0u64;
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.is_file() {
-                total = total.saturating_add(meta.len());
-            } else if meta.is_dir() && depth < MAX_DEPTH {
-                total = total.saturating_add(walk(&entry.path(), depth + 1).unwrap_or(0));
+    let mut total = 0u64;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_file() {
+            total = total.saturating_add(meta.len());
+        } else if meta.is_dir() {
+            match summed {
+                Some((name, bytes)) if entry.file_name() == name => {
+                    total = total.saturating_add(bytes);
+                }
+                _ if depth < MAX_DEPTH => {
+                    total = total.saturating_add(walk(&entry.path(), depth + 1, None).unwrap_or(0));
+                }
+                _ => {}
             }
         }
-        Ok(total)
     }
-    walk(dir, 0).unwrap_or(0)
+    Ok(total)
 }
 
 #[cfg(test)]
