@@ -10,7 +10,7 @@
 
 use tokio_postgres::{Client, Row};
 
-use crate::pg::PgPortError;
+use crate::pg::{sql, PgPortError};
 
 /// One replication slot, from `pg_replication_slots`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,10 +334,6 @@ impl Getter<'_> {
     ) -> Result<T, PgPortError> {
         self.row.try_get(index).map_err(sql(self.during))
     }
-}
-
-fn sql(during: &'static str) -> impl Fn(tokio_postgres::Error) -> PgPortError {
-    move |source| PgPortError::Sql { during, source }
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ use ampere_core::ports::{
     ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
     SnapshotWriter, StandbyStatus, SystemIdentity,
 };
-use ampere_core::shape::{quote_ident, HandleStamp, RelationName};
+use ampere_core::shape::{quote_ident, HandleStamp, RelationName, ServerVersion};
 use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
@@ -126,9 +126,7 @@ pub struct RealPg {
 /// How many of `pool_size` connections snapshots may hold at once: all but one, so that other
 /// SQL always finds one (a pool of one is shared).
 fn snapshot_slots(pool_size: PoolSize) -> usize {
-    let size = usize::try_from(pool_size.get()).unwrap_or(usize::MAX);
-    size.saturating_sub(1)
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+    PoolSize::new(pool_size.get() - 1).map_or(1, PoolSize::permits)
 }
 
 /// How to reach Postgres besides `DATABASE_URL` itself.
@@ -183,27 +181,9 @@ struct SqlTarget {
 
 /// A pooled connection, as its last user left it.
 struct Session {
-    kind: SessionKind,
+    client: Client,
     /// Set when the connection task ended: the socket is closed.
     ended: Arc<AtomicBool>,
-}
-
-enum SessionKind {
-    /// For statements and transactions of `RealPg`'s own.
-    Sql(Client),
-    /// Last used for a snapshot: `SnapshotConnection` keeps its client (and is reused as it
-    /// is by the next snapshot; a statement needing a plain client closes it and opens anew).
-    Snapshot(SnapshotConnection),
-}
-
-impl Session {
-    fn is_sql(&self) -> bool {
-        matches!(self.kind, SessionKind::Sql(_))
-    }
-
-    fn is_snapshot(&self) -> bool {
-        matches!(self.kind, SessionKind::Snapshot(_))
-    }
 }
 
 impl Reusable for Session {
@@ -235,19 +215,13 @@ impl std::ops::Deref for PooledClient {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        match &self.0.kind {
-            SessionKind::Sql(client) => client,
-            SessionKind::Snapshot(_) => unreachable!("invariant: PooledClient holds Sql only"),
-        }
+        &self.0.client
     }
 }
 
 impl std::ops::DerefMut for PooledClient {
     fn deref_mut(&mut self) -> &mut Client {
-        match &mut self.0.kind {
-            SessionKind::Sql(client) => client,
-            SessionKind::Snapshot(_) => unreachable!("invariant: PooledClient holds Sql only"),
-        }
+        &mut self.0.client
     }
 }
 
@@ -363,14 +337,10 @@ impl RealPg {
     /// A pooled connection for statements, waiting for one while all
     /// `ELECTRIC_DB_POOL_SIZE` are busy. Release it when done, or drop it to close it.
     pub async fn admin(&self) -> Result<PooledClient, PgPortError> {
-        let (checkout, idle) = self.inner.pool.checkout(Session::is_sql).await;
+        let (checkout, idle) = self.inner.pool.checkout().await;
         let session = match idle {
-            Some(session) if session.is_sql() => session,
-            other => {
-                // a snapshot's connection cannot give its client back: close it first
-                drop(other);
-                self.open_session("sql").await?
-            }
+            Some(session) => session,
+            None => self.open_session("sql").await?,
         };
         Ok(PooledClient(checkout.hold(session)))
     }
@@ -385,10 +355,7 @@ impl RealPg {
     /// A new connection for the pool.
     async fn open_session(&self, purpose: &'static str) -> Result<Session, PgPortError> {
         let (client, ended) = self.connect_tracked(purpose).await?;
-        Ok(Session {
-            kind: SessionKind::Sql(client),
-            ended,
-        })
+        Ok(Session { client, ended })
     }
 
     /// [`Self::connect_sql`], with a flag the connection task sets when it ends.
@@ -544,7 +511,7 @@ impl RealPg {
         }))
     }
 
-    /// A snapshot on a pooled connection, preferably one a snapshot used before; released
+    /// A snapshot on a pooled connection (any idle one, a new one when none is); released
     /// after a snapshot that committed, closed after any failure (its transaction may be
     /// open) or cancellation.
     async fn snapshot<W: SnapshotWriter>(
@@ -556,7 +523,7 @@ impl RealPg {
             .acquire_owned()
             .await
             .expect("the snapshot semaphore is never closed");
-        let (checkout, idle) = self.inner.pool.checkout(Session::is_snapshot).await;
+        let (checkout, idle) = self.inner.pool.checkout().await;
         let session = match idle {
             Some(session) => session,
             None => self
@@ -567,17 +534,14 @@ impl RealPg {
                     kind: e.kind(),
                 })?,
         };
-        let Session { kind, ended } = session;
-        let mut steps = match kind {
-            SessionKind::Sql(client) => SnapshotConnection::new(client),
-            SessionKind::Snapshot(steps) => steps,
-        };
+        let Session { client, ended } = session;
+        let mut steps = SnapshotConnection::new(client);
         let publishing = &self.inner.table_publishing;
         let snapshot = snapshot_steps::take(&mut steps, request, publishing, writer).await?;
         tracing::debug!(handle = %request.handle, relation = %request.schema.relation,
             ?snapshot, "snapshot taken");
-        let kind = SessionKind::Snapshot(steps);
-        checkout.hold(Session { kind, ended }).release();
+        let client = steps.into_client();
+        checkout.hold(Session { client, ended }).release();
         Ok(snapshot)
     }
 
@@ -1060,8 +1024,9 @@ async fn ensure_publication(
     server_version: u32,
     publishing: &TablePublishing,
 ) -> Result<bool, PgPortError> {
+    let publishes_generated = ServerVersion(server_version) >= ServerVersion::PG_18;
     let mut create = format!("CREATE PUBLICATION {}", quote_ident(publication));
-    if server_version >= 180_000 {
+    if publishes_generated {
         create.push_str(" WITH (publish_generated_columns = stored)");
     }
     let error = match admin.batch_execute(&create).await {
@@ -1069,24 +1034,19 @@ async fn ensure_publication(
         Err(error) => error,
     };
     match sqlstate(&error) {
-        Some(DUPLICATE_OBJECT) => {
-            if server_version >= 180_000 {
-                publish_generated_columns(admin, publication, publishing).await?;
-            }
-            Ok(false)
+        Some(DUPLICATE_OBJECT) => {}
+        Some(INSUFFICIENT_PRIVILEGE) => check_existing_publication(admin, publication).await?,
+        _ => {
+            return Err(PgPortError::Sql {
+                during: "creating the publication",
+                source: error,
+            })
         }
-        Some(INSUFFICIENT_PRIVILEGE) => {
-            check_existing_publication(admin, publication).await?;
-            if server_version >= 180_000 {
-                publish_generated_columns(admin, publication, publishing).await?;
-            }
-            Ok(false)
-        }
-        _ => Err(PgPortError::Sql {
-            during: "creating the publication",
-            source: error,
-        }),
     }
+    if publishes_generated {
+        publish_generated_columns(admin, publication, publishing).await?;
+    }
+    Ok(false)
 }
 
 /// ID-2: the handle-stamp reservation the publication's comment records (zero for none, or
@@ -2076,7 +2036,8 @@ pub(crate) fn sql_error_kind(error: &tokio_postgres::Error) -> DisconnectKind {
     }
 }
 
-fn sql(during: &'static str) -> impl Fn(tokio_postgres::Error) -> PgPortError {
+/// Wraps a SQL error with what was being done.
+pub(crate) fn sql(during: &'static str) -> impl Fn(tokio_postgres::Error) -> PgPortError {
     move |source| PgPortError::Sql { during, source }
 }
 

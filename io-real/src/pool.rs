@@ -15,9 +15,7 @@
 //!
 //! Why our own and not deadpool-postgres: ampere's connect already does what a pool crate would
 //! have to be taught (TLS with libpq's `allow`/`prefer` fallbacks, `connect_timeout` over the
-//! whole connect, typed errors), and a snapshot's connection lives inside `SnapshotConnection`
-//! between snapshots, which a `Client`-only pool cannot hold. A semaphore and a `Vec` are the
-//! whole mechanism.
+//! whole connect, typed errors). A semaphore and a `Vec` are the whole mechanism.
 
 use std::num::NonZeroU32;
 use std::ops::{Deref, DerefMut};
@@ -42,6 +40,13 @@ impl PoolSize {
     pub fn get(self) -> u32 {
         self.0.get()
     }
+
+    /// The bound as semaphore permits (at most [`Semaphore::MAX_PERMITS`]).
+    pub fn permits(self) -> usize {
+        usize::try_from(self.get())
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS)
+    }
 }
 
 impl Default for PoolSize {
@@ -65,17 +70,16 @@ pub(crate) struct Pool<C> {
 
 impl<C: Reusable> Pool<C> {
     pub(crate) fn new(size: PoolSize) -> Self {
-        let permits = usize::try_from(size.get()).unwrap_or(Semaphore::MAX_PERMITS);
         Self {
-            permits: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
+            permits: Arc::new(Semaphore::new(size.permits())),
             idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
-    /// Waits for a permit, then takes the most recently used live idle connection for which
-    /// `prefer` holds, else any live one, else none (the caller opens one and
-    /// [`Checkout::hold`]s it). Cancel-safe: nothing is taken until the permit is.
-    pub(crate) async fn checkout(&self, prefer: impl Fn(&C) -> bool) -> (Checkout<C>, Option<C>) {
+    /// Waits for a permit, then takes the most recently used live idle connection, else none
+    /// (the caller opens one and [`Checkout::hold`]s it). Cancel-safe: nothing is taken until
+    /// the permit is.
+    pub(crate) async fn checkout(&self) -> (Checkout<C>, Option<C>) {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -83,8 +87,7 @@ impl<C: Reusable> Pool<C> {
         let conn = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             idle.retain(Reusable::is_alive);
-            let at = idle.iter().rposition(&prefer).or(idle.len().checked_sub(1));
-            at.map(|i| idle.remove(i))
+            idle.pop()
         };
         let checkout = Checkout {
             permit,
@@ -115,7 +118,7 @@ impl<C> Checkout<C> {
         Pooled {
             conn: Some(conn),
             idle: self.idle,
-            permit: Some(self.permit),
+            _permit: self.permit,
         }
     }
 }
@@ -127,8 +130,9 @@ pub struct Pooled<C> {
     conn: Option<C>,
     idle: Arc<Mutex<Vec<C>>>,
     /// Freed after `conn` is back in `idle` or closed, so a waiter woken by it finds the
-    /// connection, or room for a new one.
-    permit: Option<OwnedSemaphorePermit>,
+    /// connection, or room for a new one: fields drop after [`Drop::drop`]'s body, which
+    /// takes `conn` first.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl<C> Pooled<C> {
@@ -144,7 +148,7 @@ impl<C> Pooled<C> {
     }
 }
 
-const HELD: &str = "invariant: a Pooled holds its connection and permit until consumed";
+const HELD: &str = "invariant: a Pooled holds its connection until consumed";
 
 impl<C> Deref for Pooled<C> {
     type Target = C;
@@ -162,10 +166,9 @@ impl<C> DerefMut for Pooled<C> {
 
 impl<C> Drop for Pooled<C> {
     fn drop(&mut self) {
-        // Closed before the permit frees, so the next checkout's new connection does not
-        // overlap it on our side.
+        // Closed before the permit frees (the `_permit` field drops after this body), so the
+        // next checkout's new connection does not overlap it on our side.
         drop(self.conn.take());
-        drop(self.permit.take());
     }
 }
 
@@ -198,18 +201,14 @@ mod tests {
         }
     }
 
-    fn any(_: &Fake) -> bool {
-        true
-    }
-
     #[tokio::test]
     async fn a_released_connection_is_reused_and_a_dropped_one_is_not() {
         let pool = Pool::new(PoolSize::new(2).unwrap());
-        let (checkout, idle) = pool.checkout(any).await;
+        let (checkout, idle) = pool.checkout().await;
         assert!(idle.is_none(), "an empty pool has nothing idle");
         checkout.hold(Fake::new(1)).release();
         assert_eq!(pool.idle_count(), 1);
-        let (checkout, idle) = pool.checkout(any).await;
+        let (checkout, idle) = pool.checkout().await;
         let conn = checkout.hold(idle.expect("the released connection"));
         assert_eq!(conn.id, 1);
         drop(conn);
@@ -219,12 +218,12 @@ mod tests {
     #[tokio::test]
     async fn a_checkout_beyond_the_size_waits_for_a_release() {
         let pool = Arc::new(Pool::new(PoolSize::new(1).unwrap()));
-        let (checkout, _) = pool.checkout(any).await;
+        let (checkout, _) = pool.checkout().await;
         let held = checkout.hold(Fake::new(1));
         let waiter = {
             let pool = Arc::clone(&pool);
             tokio::spawn(async move {
-                let (checkout, idle) = pool.checkout(any).await;
+                let (checkout, idle) = pool.checkout().await;
                 checkout.hold(idle.expect("the released connection")).id
             })
         };
@@ -235,23 +234,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dead_idle_connections_are_dropped_and_preferred_ones_come_first() {
+    async fn dead_idle_connections_are_dropped() {
         let pool = Pool::new(PoolSize::new(3).unwrap());
         let mut held = Vec::new();
         for id in 1..=3 {
-            let (checkout, _) = pool.checkout(any).await;
+            let (checkout, _) = pool.checkout().await;
             held.push(checkout.hold(Fake::new(id)));
         }
         held[1].alive.store(false, Ordering::Relaxed);
         for conn in held {
             conn.release();
         }
-        let (checkout, idle) = pool.checkout(|c: &Fake| c.id == 1).await;
+        let (checkout, idle) = pool.checkout().await;
         let first = checkout.hold(idle.unwrap());
-        assert_eq!(first.id, 1, "the preferred one");
+        assert_eq!(first.id, 3, "the most recently released");
         assert_eq!(pool.idle_count(), 1, "the dead one is gone");
-        let (checkout, idle) = pool.checkout(|c: &Fake| c.id == 2).await;
-        assert_eq!(idle.unwrap().id, 3, "none preferred alive: any");
-        drop(checkout);
     }
 }

@@ -1,7 +1,6 @@
 //! Initial snapshots of new shapes (deploy-semantics SL-5, SN-2, SN-3; protocol.md §6.2): the
-//! steps of [`ampere_core::snapshot_steps`] on a real Postgres connection, which
-//! [`take_snapshot`] runs in the core's order, and the publication check of
-//! `ELECTRIC_MANUAL_TABLE_PUBLISHING` before a shape is created.
+//! steps of [`ampere_core::snapshot_steps`] on a real Postgres connection, and the
+//! publication check of `ELECTRIC_MANUAL_TABLE_PUBLISHING` before a shape is created.
 //!
 //! Never: builds JSON in SQL (values come back as Postgres text, JSON is encoded by the
 //! core's encoder), holds all rows in memory (the rows stream in), retries, or runs
@@ -18,7 +17,7 @@ use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, RowStream};
 
 use ampere_core::chunk::SnapshotColumns;
-use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
+use ampere_core::ports::{DisconnectKind, PgError, SnapshotError};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
@@ -33,23 +32,6 @@ use crate::replication::DISPLAY_SETTINGS;
 const MEMBERSHIP_LOCK_TIMEOUT: &str = "5s";
 /// SQLSTATE `duplicate_object`: the table is already in the publication.
 const DUPLICATE_OBJECT: &str = "42710";
-
-/// Takes the snapshot of `request` on `client` (a connection of its own, closed after), the
-/// table made replicable as `publishing` says. Chunks
-/// `0_0 … 0_N` go to `writer` as they fill; `writer.finish()` runs after the last one.
-/// Returns the transaction's `pg_current_snapshot()`.
-pub async fn take_snapshot<W: SnapshotWriter>(
-    client: Client,
-    request: &SnapshotRequest,
-    publishing: &TablePublishing,
-    writer: W,
-) -> Result<PgSnapshot, SnapshotError> {
-    let mut steps = SnapshotConnection::new(client);
-    let snapshot = snapshot_steps::take(&mut steps, request, publishing, writer).await?;
-    tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
-        "snapshot taken");
-    Ok(snapshot)
-}
 
 /// The snapshot steps on one connection.
 pub struct SnapshotConnection {
@@ -68,6 +50,12 @@ impl SnapshotConnection {
             rows: None,
             width: 0,
         }
+    }
+
+    /// The connection back, for other statements once the steps are done (nothing of the
+    /// steps outlives their transaction: the settings are `SET LOCAL`).
+    pub(crate) fn into_client(self) -> Client {
+        self.client
     }
 }
 
