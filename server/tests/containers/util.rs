@@ -1,18 +1,13 @@
 //! Small shared pieces: free ports, scratch directories, bounded waits.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on right now (racy by nature; callers retry where it matters).
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"))
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub(crate) use ports::free_port;
 
 /// `/tmp/ampere-ct-<pid>-<n>-<tag>`: storage dirs and process logs of one test. Removed on
 /// drop unless `AMPERE_TEST_KEEP=1`; left-overs of dead test processes are swept at creation.
