@@ -186,6 +186,7 @@ pub(crate) fn capture(
 }
 
 mod ports;
+#[allow(unused_imports)]
 pub(crate) use ports::free_port;
 
 // ---------------------------------------------------------------------------------------------
