@@ -68,7 +68,37 @@ pub(crate) struct Ampere {
 impl Ampere {
     /// Runs the binary in `scratch` with only `PATH` and `vars` set.
     pub(crate) fn spawn(scratch: &Scratch, vars: &[(&str, &str)]) -> Self {
+        Self::spawn_command(scratch, vars, Command::new(env!("CARGO_BIN_EXE_ampere")))
+    }
+
+    /// [`spawn`](Self::spawn) with the process's `RLIMIT_NOFILE` set to `limit`, soft and hard
+    /// alike (so ampere cannot raise it): the file-descriptor budget a small container has.
+    pub(crate) fn spawn_with_fd_limit(
+        scratch: &Scratch,
+        vars: &[(&str, &str)],
+        limit: u64,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ampere"));
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe; it allocates nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        Self::spawn_command(scratch, vars, cmd)
+    }
+
+    fn spawn_command(scratch: &Scratch, vars: &[(&str, &str)], mut cmd: Command) -> Self {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(vars.iter().copied())
@@ -94,6 +124,29 @@ impl Ampere {
             stderr,
             readers,
         }
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory (`VmRSS` of `/proc/<pid>/status`), in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Open file descriptors (entries of `/proc/<pid>/fd`).
+    pub(crate) fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/<pid>/fd")
+            .count()
     }
 
     /// The log so far.
