@@ -4,9 +4,19 @@
 //!
 //! Errors that stop the binary before or instead of the log (invalid configuration, a fatal
 //! error at exit) go to stderr, where a terminal or a supervisor shows them.
+//!
+//! Field values carry client-controlled text (a table name in a request, a Postgres error
+//! quoting it): in text lines every control character of a field is escaped
+//! ([`EscapedFields`]), so a `%0A` in a request cannot forge a log line nor an ESC colour a
+//! terminal. JSON lines are escaped by JSON itself.
 
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal as _;
 
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::EnvFilter;
 
 /// The variable choosing the log format.
@@ -93,14 +103,151 @@ pub fn init(format: LogFormat, colors: Option<bool>, level_filter: &str, stream:
         .with_writer(writer)
         .with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.with_ansi(colors.unwrap_or(is_terminal)).init(),
+        LogFormat::Text => builder
+            .fmt_fields(EscapedFields)
+            .with_ansi(colors.unwrap_or(is_terminal))
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
+}
+
+/// Text-format fields as `tracing`'s default writes them — the message first, then
+/// `name=value` pairs separated by spaces, strings quoted — with every control character
+/// escaped (`\n`, `\r`, `\t`, else `\u{..}`), so that one event is one line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    writer: Writer<'writer>,
+    empty: bool,
+    result: fmt::Result,
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        self.result = self.write_field(field, value);
+    }
+}
+
+impl EscapingVisitor<'_> {
+    fn write_field(&mut self, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
+        if !self.empty {
+            self.writer.write_char(' ')?;
+        }
+        self.empty = false;
+        if field.name() != "message" {
+            write!(self.writer, "{}=", field.name())?;
+        }
+        // `%` values reach here as `Debug` wrappers of their `Display`; strings as `Debug`.
+        write!(
+            Escaper {
+                inner: &mut self.writer
+            },
+            "{value:?}"
+        )
+    }
+}
+
+/// Writes through to `inner` with control characters escaped.
+struct Escaper<'a, 'writer> {
+    inner: &'a mut Writer<'writer>,
+}
+
+impl fmt::Write for Escaper<'_, '_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some(at) = rest.find(char::is_control) {
+            self.inner.write_str(&rest[..at])?;
+            let c = rest[at..]
+                .chars()
+                .next()
+                .expect("a control character at `at`");
+            match c {
+                '\n' => self.inner.write_str("\\n")?,
+                '\r' => self.inner.write_str("\\r")?,
+                '\t' => self.inner.write_str("\\t")?,
+                other => write!(self.inner, "\\u{{{:x}}}", u32::from(other))?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.inner.write_str(rest)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// The text lines a subscriber with [`EscapedFields`] writes for `emit`'s events.
+    fn text_log(emit: impl FnOnce()) -> String {
+        let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || SharedWriter(Arc::clone(&sink)))
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(EscapedFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = buffer.lock().expect("log buffer").clone();
+        String::from_utf8(bytes).expect("utf-8 log")
+    }
+
+    struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_newline_or_escape_in_a_field_cannot_forge_a_second_log_line() {
+        let table = "items\n2026-12-07T00:00:00Z  INFO ampere: forged\r\u{1b}[31m";
+        let log = text_log(|| {
+            tracing::warn!(table = %table, quoted = table, "catalog lookup failed: {table}");
+        });
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(
+                r"catalog lookup failed: items\n2026-12-07T00:00:00Z  INFO ampere: forged\r\u{1b}[31m"
+            ),
+            "{log}"
+        );
+        assert!(log.contains(r"table=items\n2026"), "{log}");
+        assert!(log.contains(r#"quoted="items\n2026"#), "{log}");
+    }
+
+    #[test]
+    fn plain_fields_are_written_as_tracing_writes_them() {
+        let log =
+            text_log(|| tracing::info!(slot = %"electric_slot_default", shapes = 3, "starting"));
+        assert!(
+            log.ends_with("starting slot=electric_slot_default shapes=3\n"),
+            "{log}"
+        );
+    }
 
     #[test]
     fn the_format_is_text_or_json_in_any_case_and_anything_else_names_the_variable() {
