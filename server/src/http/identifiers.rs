@@ -12,6 +12,8 @@ const IDENTIFIER_LEN_MAX: usize = 63;
 
 const ZERO_LENGTH: &str = "Invalid zero-length delimited identifier";
 
+const NUL_BYTE: &str = "Invalid identifier containing a NUL byte (Postgres names cannot hold one)";
+
 /// Parses `[schema.]table`; one part means schema `public`. The error is the wire message.
 pub(crate) fn parse_relation(text: &str) -> Result<RelationName, String> {
     let parts = split_relation(text);
@@ -72,6 +74,11 @@ fn parse_quoted(inner: &str) -> Result<String, String> {
     }
     if has_unescaped_quote(inner) {
         return Err(format!("Invalid identifier with unescaped quote: {inner}"));
+    }
+    if inner.contains('\0') {
+        // Postgres cannot hold one in a name (nor in any text): looking the table up would
+        // fail on every retry instead of telling the client its request is wrong.
+        return Err(NUL_BYTE.to_owned());
     }
     Ok(inner.replace("\"\"", "\""))
 }
@@ -220,6 +227,19 @@ mod tests {
             parse_relation("\"foo\".\"bar").unwrap_err(),
             "Invalid unquoted identifier contains special characters: \"bar"
         );
+    }
+
+    #[test]
+    fn a_nul_byte_in_a_quoted_or_unquoted_identifier_is_a_client_error() {
+        assert_eq!(parse_relation("\"ite\0ms\""), Err(NUL_BYTE.to_owned()));
+        assert_eq!(parse_columns("id,\"a\0\""), Err(NUL_BYTE.to_owned()));
+        assert_eq!(
+            parse_relation("ite\0ms"),
+            Err("Invalid unquoted identifier contains special characters: ite\0ms".to_owned())
+        );
+        // Line breaks are legal inside quotes in Postgres (the table may exist); the log
+        // escapes them (`logging::EscapedFields`).
+        assert_eq!(parse_identifier("\"a\nb\""), Ok("a\nb".to_owned()));
     }
 
     #[test]
