@@ -428,13 +428,18 @@ where
     /// parsed and returned only once complete, with no await after it leaves the buffer. A `recv`
     /// dropped mid-way (a losing `tokio::select!` arm) loses nothing; the next call continues.
     ///
-    /// CopyDone, an ErrorResponse and EOF end the stream as errors; notices are skipped.
+    /// CopyDone, CommandComplete (a server shutting down), an ErrorResponse and EOF end the
+    /// stream as errors; notices are skipped.
     pub async fn recv(&mut self) -> Result<ReplicationMessage, ReplicationError> {
         loop {
             let frame = self.wire.read_frame().await?;
             match frame.tag {
                 b'd' => return parse_copy_data(frame.body),
                 b'c' => return Err(ReplicationError::CopyDone),
+                // The walsender's last words at a clean shutdown (`WalSndDone`): once the
+                // client has confirmed everything it sent, it ends the COPY with
+                // CommandComplete and exits, without CopyDone.
+                b'C' => return Err(ReplicationError::ServerShuttingDown),
                 b'E' => {
                     return Err(ReplicationError::Server(Box::new(parse_error_fields(
                         frame.body,
@@ -681,6 +686,10 @@ pub enum ReplicationError {
     /// The server ended the replication stream with CopyDone.
     #[error("the server ended the replication stream (CopyDone)")]
     CopyDone,
+    /// The walsender ended the stream because Postgres is shutting down (smart or fast
+    /// shutdown, after everything sent was confirmed).
+    #[error("the server is shutting down and ended the replication stream")]
+    ServerShuttingDown,
     /// A message the protocol does not allow at this point.
     #[error("unexpected message {tag:?} during {during}")]
     UnexpectedMessage {
@@ -727,6 +736,7 @@ impl ReplicationError {
             | Self::Closed
             | Self::Server(_)
             | Self::CopyDone
+            | Self::ServerShuttingDown
             | Self::UnexpectedMessage { .. }
             | Self::Malformed { .. }
             | Self::UnexpectedResult { .. } => ReplicationErrorKind::Transient,

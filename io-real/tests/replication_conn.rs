@@ -446,6 +446,67 @@ async fn creating_a_slot_without_logical_wal_level_is_fatal() {
     assert_eq!(err.kind(), ReplicationErrorKind::Fatal, "{err}");
 }
 
+#[tokio::test]
+async fn a_fast_shutdown_of_postgres_ends_the_stream_as_a_shutdown_not_a_protocol_error() {
+    // The walsender of a caught-up, fully confirmed stream ends it with CommandComplete at a
+    // fast shutdown; that was reported as an unexpected message, logged like a protocol bug.
+    let pg = PgCluster::start(&[]);
+    let sql = sql_client(pg.port, "postgres").await;
+    sql.batch_execute("CREATE PUBLICATION \"ampere pub\" FOR ALL TABLES")
+        .await
+        .expect("publication");
+    let cfg = ReplicationConfig::new("postgres", "postgres");
+    let connect = || async {
+        timeout(STEP_TIMEOUT, connect_tcp("127.0.0.1", pg.port, &cfg))
+            .await
+            .expect("connect timed out")
+            .expect("connect")
+    };
+    let consistent_point = create_slot(&mut connect().await, "shutdown_slot").await;
+    let conn = connect().await;
+    let mut stream = conn
+        .start_replication("shutdown_slot", Lsn::ZERO, &["ampere pub"], 1)
+        .await
+        .expect("start_replication");
+    let confirmed = StandbyStatus {
+        write: consistent_point,
+        flush: consistent_point,
+        apply: consistent_point,
+        client_clock_micros: pg_clock_micros(SystemTime::now()),
+        reply_requested: false,
+    };
+    stream
+        .send_standby_status(confirmed)
+        .await
+        .expect("standby status");
+    drop(sql);
+
+    pg.fast_shutdown();
+    let ended = loop {
+        match timeout(STEP_TIMEOUT, stream.recv()).await {
+            Ok(Ok(ReplicationMessage::PrimaryKeepalive { wal_end, .. })) => {
+                // The shutdown checkpoint's WAL: confirm it, as ampere does when idle.
+                let status = StandbyStatus {
+                    write: wal_end,
+                    flush: wal_end,
+                    apply: wal_end,
+                    ..confirmed
+                };
+                stream.send_standby_status(status).await.expect("status");
+            }
+            Ok(Ok(other)) => panic!("unexpected {other:?}"),
+            Ok(Err(e)) => break e,
+            Err(_) => panic!("the stream did not end within {STEP_TIMEOUT:?}"),
+        }
+    };
+    eprintln!("the stream ended with: {ended:?}");
+    assert!(
+        matches!(ended, ReplicationError::ServerShuttingDown),
+        "{ended:?}"
+    );
+    assert_eq!(ended.kind(), ReplicationErrorKind::Transient, "{ended}");
+}
+
 /// Throwaway PostgreSQL cluster (testing.md §1.4), std only. To be replaced by the shared harness.
 mod pg {
     use std::fs::{self, File};
@@ -745,6 +806,18 @@ host  all all        127.0.0.1/32        trust
             sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    impl PgCluster {
+        /// Asks the postmaster for a fast shutdown (SIGINT) and returns at once.
+        pub(crate) fn fast_shutdown(&self) {
+            let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+            // SAFETY: kill(2) has no memory-safety preconditions; pid is our own unreaped
+            // child, so it cannot have been reused.
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
+        }
     }
 
     impl Drop for PgCluster {
