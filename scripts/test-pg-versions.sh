@@ -109,6 +109,7 @@ run_test_exe() {
   fi
   while read -r name; do failures+=" ${key#*:}::$name"; done \
     < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$out")
+  if [ "$rc" -ne 0 ]; then FAILED_LOGS+=("$out"); fi
   part_passed=$((part_passed + passed)) part_failed=$((part_failed + failed))
 }
 
@@ -142,6 +143,7 @@ run_version() {
     fi
     while read -r name; do failures+=" conformance::'$name'"; done \
       < <(sed -n 's/^not ok [0-9]* - \(.*\)$/\1/p' "$out")
+    if [ "$rc" -ne 0 ]; then FAILED_LOGS+=("$out"); fi
     line+=" conformance $passed passed $failed failed;"
     [ "$failed" -eq 0 ] || ok=0
   fi
@@ -153,6 +155,7 @@ run_version() {
 }
 
 SUMMARY=()
+FAILED_LOGS=()
 status=0
 MAJORS=("$@")
 for i in "${!MAJORS[@]}"; do
@@ -163,5 +166,14 @@ done
 echo
 echo "== PostgreSQL version matrix ($((SECONDS - start_all)) s; logs in $LOGS)"
 printf '%s\n' "${SUMMARY[@]}"
+# Why each failing test binary failed: its panic messages (the logs may not outlive the run).
+for out in "${FAILED_LOGS[@]}"; do
+  echo
+  echo "== ${out#"$LOGS"/}: failures"
+  # cargo test's "---- <test> stdout ----" sections, or node:test's "not ok" entries
+  awk '/^---- .* stdout ----$/ || /^not ok / { show = 1; lines = 0 }
+       /^(stack backtrace:|failures:$)/ || /^ok / { show = 0 }
+       show && lines++ < 25' "$out"
+done
 if [ "$status" = 0 ] && [ -z "${PG_MATRIX_LOGS:-}" ]; then rm -rf "$LOGS"; fi
 exit "$status"
