@@ -84,8 +84,7 @@ pub enum LogStream {
 /// a filter, and for text, colours when `colors` says so (unset: when `stream` is a terminal).
 /// JSON is never coloured. Call once, first thing.
 pub fn init(format: LogFormat, colors: Option<bool>, level_filter: &str, stream: LogStream) {
-    let filter =
-        EnvFilter::try_from_env(FILTER_VARIABLE).unwrap_or_else(|_| EnvFilter::new(level_filter));
+    let (filter, invalid) = filter_from_env(level_filter);
     let to_stdout = stream == LogStream::Stdout;
     let is_terminal = if to_stdout {
         std::io::stdout().is_terminal()
@@ -108,6 +107,42 @@ pub fn init(format: LogFormat, colors: Option<bool>, level_filter: &str, stream:
             .with_ansi(colors.unwrap_or(is_terminal))
             .init(),
         LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
+    if let Some(invalid) = invalid {
+        tracing::warn!(
+            "{FILTER_VARIABLE}={:?} is not a tracing filter ({}); logging at {level_filter:?} \
+             instead. Example: {FILTER_VARIABLE}=info,ampere_server::http::access_log=debug",
+            invalid.value,
+            invalid.error
+        );
+    }
+}
+
+/// An `AMPERE_LOG` that does not parse: ignored with a warning rather than silently, so an
+/// operator who asked for debug output learns why there is none.
+struct InvalidFilter {
+    value: String,
+    error: String,
+}
+
+/// `AMPERE_LOG`'s filter when it is set and valid, else `level_filter` (and why, when set).
+fn filter_from_env(level_filter: &str) -> (EnvFilter, Option<InvalidFilter>) {
+    let Some(value) = std::env::var_os(FILTER_VARIABLE) else {
+        return (EnvFilter::new(level_filter), None);
+    };
+    let value = value.to_string_lossy().into_owned();
+    if value.trim().is_empty() {
+        return (EnvFilter::new(level_filter), None);
+    }
+    match EnvFilter::builder().parse(&value) {
+        Ok(filter) => (filter, None),
+        Err(error) => (
+            EnvFilter::new(level_filter),
+            Some(InvalidFilter {
+                value,
+                error: error.to_string(),
+            }),
+        ),
     }
 }
 

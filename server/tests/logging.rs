@@ -138,3 +138,37 @@ fn an_unknown_log_format_stops_startup_with_exit_2_naming_the_variable_and_the_f
     assert!(stderr.contains("text or json"), "{stderr}");
     assert!(!storage.exists(), "storage touched");
 }
+
+#[test]
+fn an_invalid_ampere_log_filter_is_ignored_with_a_warning_naming_it() {
+    let scratch = Scratch::new("bad_filter");
+    let storage = scratch.storage();
+    let port = free_port().to_string();
+    // Nothing listens there: the process keeps retrying Postgres, and logs meanwhile.
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", free_port());
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port.as_str()),
+        ("AMPERE_LOG", "info,ampere_server=loud"),
+    ];
+    let ampere = Ampere::spawn(&scratch, &vars);
+    let deadline = Instant::now() + CONFIG_EXIT;
+    while !ampere.stdout().contains("HTTP API listening") {
+        assert!(Instant::now() < deadline, "{}", ampere.output());
+        sleep(Duration::from_millis(50));
+    }
+    let stdout = ampere.stdout();
+    let warning = stdout
+        .lines()
+        .find(|line| line.contains("AMPERE_LOG="))
+        .unwrap_or_else(|| panic!("no warning about AMPERE_LOG:\n{stdout}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("ampere_server=loud"), "{warning}");
+    assert!(
+        warning.contains(r#"logging at "info" instead"#),
+        "{warning}"
+    );
+    ampere.terminate();
+}
