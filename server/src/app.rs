@@ -1,5 +1,6 @@
-//! The assembled service: read model, core, HTTP API and driver loop over any ports and any
-//! listener. The `ampere` binary runs it over io-real ports and a TCP listener; the simulation
+//! The assembled service: read model, core, HTTP API (served by
+//! [`serve_connections`](crate::http::serve_connections), within its connection cap and
+//! header deadline) and driver loop over any ports and any listener. The `ampere` binary runs it over io-real ports and a TCP listener; the simulation
 //! runs the very same function over io-sim ports and a turmoil listener.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tracing::info;
 
 use crate::api::ShapeInfo;
 use crate::driver::{self, DriverError, Ports};
-use crate::http::{router, HttpConfig};
+use crate::http::{router, serve_connections, HttpConfig};
 use crate::registry::Registry;
 use crate::service::Service;
 
@@ -71,15 +72,15 @@ where
         requests_tx,
     );
     let metrics = http_config.metrics.clone();
+    let limits = http_config.connections;
     let app = router(service, http_config);
-    let mut http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let http = tokio::spawn(serve_connections(
+        listener,
+        app,
+        limits,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let driven = driver::run(ports, core, requests, shutdown, registry, metrics).await;
     http.abort();
     Ok(driven?)

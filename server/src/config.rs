@@ -97,7 +97,8 @@ pub struct Config {
     pub listen_on_ipv6: bool,
 
     /// An HTTP connection that waits this long for a request (before its first one, or after
-    /// a response: the keep-alive idle timeout) is closed.
+    /// a response: the keep-alive idle timeout), or for the rest of a request's headers, is
+    /// closed; a request body must arrive in full within it too (else 408).
     #[arg(long, env = "ELECTRIC_TCP_READ_TIMEOUT", default_value = "60s", value_parser = time("ELECTRIC_TCP_READ_TIMEOUT"))]
     pub tcp_read_timeout: Duration,
 
@@ -181,6 +182,12 @@ pub struct Config {
     /// SQL connections for snapshots and other queries, open at once at most.
     #[arg(long, env = "ELECTRIC_DB_POOL_SIZE", default_value = "20", value_parser = positive_u32("ELECTRIC_DB_POOL_SIZE"))]
     pub db_pool_size: u32,
+
+    /// Open HTTP API connections at most (ampere's own; default: half the file descriptors
+    /// left under RLIMIT_NOFILE after storage and Postgres, at most 65536). At the cap a new
+    /// connection closes the oldest one waiting for a request, or is closed itself.
+    #[arg(long, env = "AMPERE_MAX_CONNECTIONS", value_parser = positive_u32("AMPERE_MAX_CONNECTIONS"))]
+    pub max_connections: Option<u32>,
 
     /// Serve Prometheus metrics (`/metrics`, docs/metrics.md) on this port; off when unset.
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT", value_parser = port("ELECTRIC_PROMETHEUS_PORT"))]
@@ -681,7 +688,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_TCP_SEND_TIMEOUT", "30s", "60s", G::Time,
         honoured("a response write the client does not drain for this long closes the connection"), Reference),
     var("ELECTRIC_TCP_READ_TIMEOUT", "60s", "75s", G::Time,
-        honoured("closes a connection idle this long before its first request or after a response (the keep-alive idle timeout); never while a request is handled, and not a request whose headers stall"), Reference),
+        honoured("closes a connection idle this long before its first request or after a response (the keep-alive idle timeout), or whose request headers are not complete by then; a POST body must arrive in full within it too (else 408); never cuts a request being handled"), Reference),
     var("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", "10485760", "20971520", G::PositiveInteger, honoured(""), Reference),
     var("ELECTRIC_PORT", "3000", "8080", G::Port, honoured(""), Reference),
     var("ELECTRIC_SHAPE_SUSPEND_CONSUMER", "false", "true", G::Boolean, ignored(NOT_BEAM), Reference),
@@ -1623,6 +1630,21 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_cap_is_derived_unless_ampere_max_connections_sets_it() {
+        let (c, given) = parse_given(&["--insecure"], &[]);
+        assert_eq!(c.max_connections, None);
+        assert!(startup_warnings(&c, &given).is_empty());
+        let (c, given) = parse_given(&["--insecure", "--max-connections=500"], &[]);
+        assert_eq!(c.max_connections, Some(500));
+        assert!(startup_warnings(&c, &given).is_empty());
+        let zero = parse(&["--insecure", "--max-connections=0"]).expect_err("0 is refused");
+        assert!(
+            zero.to_string().contains("AMPERE_MAX_CONNECTIONS"),
+            "{zero}"
+        );
+    }
+
+    #[test]
     fn a_flag_given_on_the_command_line_counts_as_set() {
         let (c, given) = parse_given(&["--insecure", "--db-pool-size=5", "--port=4000"], &[]);
         assert_eq!(c.db_pool_size, 5);
@@ -1712,6 +1734,10 @@ mod tests {
             let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
                 continue;
             };
+            if env.starts_with("AMPERE_") {
+                // ampere's own, documented apart from Electric's (docs/config.md).
+                continue;
+            }
             let v = variable(env).unwrap_or_else(|| panic!("{env} is not in VARIABLES"));
             assert!(
                 matches!(v.support, Support::Honoured { .. }),

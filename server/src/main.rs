@@ -17,7 +17,10 @@ use ampere_server::app;
 use ampere_server::cleanup;
 use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
 use ampere_server::driver::Ports;
-use ampere_server::http::{ConnectionTimeouts, HttpConfig, TimeoutListener};
+use ampere_server::http::fd_limit;
+use ampere_server::http::{
+    BodyLimits, ConnectionLimits, ConnectionTimeouts, FdBudget, HttpConfig, TimeoutListener,
+};
 use ampere_server::logging::{self, LogFormat, LogStream};
 use ampere_server::metrics::{self, Metrics};
 use ampere_server::ops;
@@ -28,6 +31,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
+    // First, before any thread or file: every connection and shape log is a descriptor, and
+    // the soft limit (often 1024) is far below what the hard limit allows.
+    let fd_limit = fd_limit::raise_to_hard_limit();
     let (cli, given) = Cli::parse_given();
     let is_serve = matches!(cli.command, None | Some(Command::Serve));
     if is_serve {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
             warn!(variable = %warning.variable, "{}", warning.message);
         }
     }
+    let fd_limit = log_fd_limit(fd_limit, is_serve);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,7 +79,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::Serve => runtime.block_on(serve(cli.config, fd_limit.unwrap_or(1024))),
         Command::Cleanup(args) => runtime.block_on(cleanup::run(&cli.config, &args)),
         // Exit 0 healthy, 1 a check failed, 2 a configuration error (ops::Verdict).
         Command::Status(args) => return runtime.block_on(ops::status::run(&cli.config, &args)),
@@ -89,7 +96,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(mut config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config, fd_limit: u64) -> anyhow::Result<()> {
     config.storage_dir = absolute("ELECTRIC_STORAGE_DIR", &config.storage_dir)?;
     if let Some(ShapeDbDir::Path(dir)) = &mut config.shape_db_storage_dir {
         *dir = absolute("ELECTRIC_SHAPE_DB_STORAGE_DIR", dir)?;
@@ -113,6 +120,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         cache_stale_age: config.cache_stale_age,
         rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
         metrics: metrics.clone(),
+        connections: ConnectionLimits {
+            max_connections: max_connections(&config, fd_limit),
+            header_read_timeout: Some(config.tcp_read_timeout),
+        },
+        bodies: BodyLimits {
+            read_timeout: config.tcp_read_timeout,
+            ..BodyLimits::default()
+        },
         ..HttpConfig::new(config.effective_secret())
     };
     let listener = listen(&config).await?.with_metrics(metrics.clone());
@@ -150,6 +165,71 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
     served.context("replication")
+}
+
+/// Logs the outcome of raising `RLIMIT_NOFILE` (for the service: the other commands open
+/// few files) and returns the soft limit in force, if known.
+fn log_fd_limit(raised: std::io::Result<fd_limit::FdLimit>, is_serve: bool) -> Option<u64> {
+    match raised {
+        Ok(limit) => {
+            if is_serve {
+                info!(
+                    initial_soft = limit.initial_soft,
+                    soft = limit.soft,
+                    hard = limit.hard,
+                    "RLIMIT_NOFILE: raised the soft file-descriptor limit to the hard limit"
+                );
+            }
+            Some(limit.soft)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise RLIMIT_NOFILE; the connection cap assumes 1024");
+            None
+        }
+    }
+}
+
+/// A derived connection cap below this gets a startup warning.
+const LOW_CONNECTION_CAP: usize = 1024;
+
+/// `AMPERE_MAX_CONNECTIONS`, or the share of `fd_limit` storage and Postgres leave
+/// ([`FdBudget`]); warns when that share is small or the configured cap exceeds it.
+fn max_connections(config: &Config, fd_limit: u64) -> usize {
+    let budget = FdBudget {
+        fd_limit,
+        db_pool_size: config.db_pool_size,
+    };
+    let derived = budget.default_max_connections();
+    let cap = config
+        .max_connections
+        .map_or(derived, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    info!(
+        max_connections = cap,
+        fd_limit,
+        reserved_fds = budget.reserved(),
+        "HTTP connection cap (AMPERE_MAX_CONNECTIONS)"
+    );
+    if config.max_connections.is_some() && budget.is_low_for(cap) {
+        warn!(
+            max_connections = cap,
+            fd_limit,
+            reserved_fds = budget.reserved(),
+            "AMPERE_MAX_CONNECTIONS is high for the file-descriptor limit: connections at the \
+             cap leave too few descriptors for shape logs (two files per shape) and Postgres; \
+             lower it or raise RLIMIT_NOFILE's hard limit (ulimit -Hn, systemd LimitNOFILE=, \
+             docker --ulimit nofile=)"
+        );
+    } else if config.max_connections.is_none() && cap < LOW_CONNECTION_CAP {
+        warn!(
+            max_connections = cap,
+            fd_limit,
+            reserved_fds = budget.reserved(),
+            "the file-descriptor limit allows few API connections: connections, shape logs \
+             (two files per shape) and Postgres share RLIMIT_NOFILE; raise its hard limit \
+             (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=)"
+        );
+    }
+    cap
 }
 
 fn replication_target(config: &Config) -> ReplicationTarget {

@@ -137,7 +137,16 @@ pub(crate) struct HttpMetrics {
     duration: Family<RouteLabel, Histogram>,
     in_flight: Family<RouteLabel, Gauge>,
     connections: Gauge,
+    /// Connections closed to stay under the cap, by [`ShedLabel`].
+    connections_shed: Family<ShedLabel, Counter>,
     slot: Arc<Mutex<Option<SlotStats>>>,
+}
+
+/// How a connection was shed at the connection cap: `refused` (a new connection closed at
+/// once) or `evicted` (an older one waiting for a request, closed to make room).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabel {
+    action: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +169,7 @@ impl Metrics {
             duration: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
             in_flight: Family::default(),
             connections: Gauge::default(),
+            connections_shed: Family::default(),
             slot: Arc::default(),
         };
         registry.register_collector(Box::new(ServiceCollector {
@@ -185,6 +195,12 @@ impl Metrics {
             "ampere_http_connections",
             "Open TCP connections to the HTTP API port",
             http.connections.clone(),
+        );
+        registry.register(
+            "ampere_http_connections_shed",
+            "API connections closed at the connection cap (AMPERE_MAX_CONNECTIONS): refused \
+             new ones, and evicted ones that waited for a request",
+            http.connections_shed.clone(),
         );
         let snapshot_duration = Histogram::new(SNAPSHOT_BUCKETS);
         registry.register(
@@ -245,6 +261,17 @@ impl Metrics {
         Connection {
             _open: InFlight(gauge),
         }
+    }
+
+    /// Counts a connection shed at the connection cap: `evicted` (an older connection waiting
+    /// for a request, closed to make room) or else refused.
+    pub fn connection_shed(&self, evicted: bool) {
+        let action = if evicted { "evicted" } else { "refused" };
+        self.inner
+            .http
+            .connections_shed
+            .get_or_create(&ShedLabel { action })
+            .inc();
     }
 
     pub(crate) fn http(&self) -> &HttpMetrics {

@@ -9,8 +9,10 @@
 //!   the HTTP keep-alive idle timeout, which behind a pooling proxy must exceed the proxy's.
 //!   While a request is handled (its bytes were the last to move) hyper still reads, but only
 //!   to notice a disconnect; that read is not timed, so long polls and slow snapshots are
-//!   never cut, as in Electric. Unlike ThousandIsland, a request whose headers stall half-way
-//!   is not timed out (the socket cannot tell that from a request being handled).
+//!   never cut, as in Electric. A request whose headers stall half-way looks to the socket
+//!   like a request being handled; hyper's header-read timeout, which
+//!   [`serve_connections`](super::serve_connections) sets to the same duration, cuts it, and
+//!   a stalled request body is cut by [`BodyLimits`](super::BodyLimits).
 //!
 //! The timers live in the connection's own task: hyper polls reads and writes from one task, so
 //! the read timer armed by a write wakes the task that will poll the read.

@@ -15,13 +15,20 @@
 //!
 //! The `ampere` binary accepts connections through [`TimeoutListener`], which applies
 //! Electric's socket timeouts (`ELECTRIC_TCP_READ_TIMEOUT`, `ELECTRIC_TCP_SEND_TIMEOUT`).
+//! [`serve_connections`] serves the router on any listener within [`ConnectionLimits`] (a cap
+//! on open connections, a deadline for request headers); the router reads shape POST bodies
+//! within [`BodyLimits`] (a deadline, and a byte budget shared by all requests).
 
 mod access_log;
+mod body_limit;
+mod connections;
 mod errors;
+pub mod fd_limit;
 mod headers;
 mod health;
 mod identifiers;
 mod listener;
+mod memory;
 mod params;
 mod schema;
 mod shape;
@@ -29,6 +36,9 @@ mod shape;
 #[cfg(test)]
 mod fake;
 
+pub use body_limit::{BodyLimits, BODY_BYTES_MAX};
+pub use connections::{serve as serve_connections, ConnectionLimits, READ_BUFFER_MAX};
+pub use fd_limit::FdBudget;
 pub use listener::{ConnectionTimeouts, TimeoutListener, TimeoutStream};
 
 use std::fmt;
@@ -73,6 +83,11 @@ pub struct HttpConfig {
     /// [`app::serve`](crate::app::serve) hands it to the driver too, for snapshot and flush
     /// latencies.
     pub metrics: Option<Metrics>,
+    /// The connection cap and header deadline of [`serve_connections`], which
+    /// [`app::serve`](crate::app::serve) runs.
+    pub connections: ConnectionLimits,
+    /// The deadline and shared budget of shape POST bodies.
+    pub bodies: BodyLimits,
 }
 
 impl HttpConfig {
@@ -87,6 +102,8 @@ impl HttpConfig {
             rng_seed: 0,
             clock: WallClock::system(),
             metrics: None,
+            connections: ConnectionLimits::default(),
+            bodies: BodyLimits::default(),
         }
     }
 }
@@ -101,6 +118,8 @@ impl fmt::Debug for HttpConfig {
             .field("server_version", &self.server_version)
             .field("rng_seed", &self.rng_seed)
             .field("metrics", &self.metrics.is_some())
+            .field("connections", &self.connections)
+            .field("bodies", &self.bodies)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +152,7 @@ impl WallClock {
 /// The router serving the whole API over `api`.
 pub fn router<A: ShapeApi>(api: A, config: HttpConfig) -> Router {
     let metrics = config.metrics.clone();
+    let bodies = body_limit::BodyBudget::new(config.bodies);
     let state = Arc::new(AppState {
         api,
         rng: SplitMix64(AtomicU64::new(config.rng_seed)),
@@ -142,6 +162,10 @@ pub fn router<A: ShapeApi>(api: A, config: HttpConfig) -> Router {
     Router::new()
         .fallback(dispatch::<A>)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            bodies,
+            body_limit::limit_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(metrics, observe))
 }
 
