@@ -10,10 +10,11 @@ use crate::lease::Fenced;
 
 /// Why a shape-log store operation failed.
 ///
-/// File errors carry the operation, the path and the OS error (as the source). A failed write
-/// or `fdatasync` poisons that shape ([`StoreError::ShapeFailed`] afterwards): after a failed
-/// `fdatasync` the page cache can no longer be trusted, so the core must invalidate the shape
-/// (deploy-semantics RP-6) rather than retry.
+/// File errors carry the operation, the path and the OS error (as the source): `EMFILE` when
+/// the process is out of descriptors opening a log, `ENOSPC`, `EIO`. A failed write (or the
+/// `open` before it), `fdatasync` or `syncfs` poisons the shapes it concerned
+/// ([`StoreError::ShapeFailed`] afterwards): after a failed sync the page cache can no longer
+/// be trusted, so the core must invalidate the shape (deploy-semantics RP-6) rather than retry.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file system call failed.

@@ -25,13 +25,14 @@
 //! chunk `i` is served once chunk `i + 1` exists or the marker does (the marker's chunk list
 //! then replaces what was inferred). The last chunk thus waits for the marker.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::TryLockError;
 use std::time::{Duration, Instant};
 
+use super::cache::FileId;
 use super::fsutil::lock;
 use super::index::{self, Cursor, Stop, RECORD_LEN};
 use super::shape::{whole_transactions, Shape, SnapshotChunk};
@@ -40,8 +41,6 @@ use super::{layout, snapshot};
 /// How far a follower has read one shape's files.
 #[derive(Debug)]
 pub(super) struct Follow {
-    /// `(dev, ino)` of the `log.idx` opened: another file at that path is another shape.
-    index_id: (u64, u64),
     /// Bytes of `log.idx` accepted as complete, valid records.
     index_accepted: u64,
     /// Where the accepted records end.
@@ -65,21 +64,23 @@ pub(super) enum Refresh {
     Gone,
 }
 
-/// Opens a shape's data and index files read-only, with what a follower needs to know about
-/// them; `Ok(None)` if the shape has no files (never created, or removed).
-pub(super) fn open(dir: &Path) -> io::Result<Option<(File, File, Follow)>> {
-    let open = |name: &str| match File::open(dir.join(name)) {
-        Ok(file) => Ok(Some(file)),
+/// Identifies a shape's data and index files (another file at either path later is another
+/// shape: the view is gone), with what a follower needs to know about them; `Ok(None)` if the
+/// shape has no files (never created, or removed). Opens nothing: reads open the files
+/// read-only through the store's cache.
+pub(super) fn open(dir: &Path) -> io::Result<Option<(FileId, FileId, Follow)>> {
+    let identify = |name: &str| match fs::metadata(dir.join(name)) {
+        Ok(meta) => Ok(Some(FileId::of(&meta))),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err),
     };
-    let (Some(data), Some(index)) = (open(layout::LOG_DATA_FILE)?, open(layout::LOG_INDEX_FILE)?)
-    else {
+    let (Some(data), Some(index)) = (
+        identify(layout::LOG_DATA_FILE)?,
+        identify(layout::LOG_INDEX_FILE)?,
+    ) else {
         return Ok(None);
     };
-    let meta = index.metadata()?;
     let follow = Follow {
-        index_id: (meta.dev(), meta.ino()),
         index_accepted: 0,
         cursor: Cursor::START,
         corrupt_reported: false,
@@ -106,7 +107,7 @@ pub(super) fn refresh(shape: &Shape) -> Refresh {
             return Refresh::Unchanged;
         }
     };
-    if (meta.dev(), meta.ino()) != follow.index_id || meta.len() < follow.index_accepted {
+    if FileId::of(&meta) != shape.files.index_id || meta.len() < follow.index_accepted {
         // Not the file we read: nothing we accepted can be trusted to still be there.
         return Refresh::Gone;
     }
@@ -149,14 +150,24 @@ fn read_index_tail(shape: &Shape, follow: &mut Follow, len: u64) -> bool {
     if bytes.is_empty() {
         return false; // Only part of the next record so far.
     }
-    if let Err(err) = shape.index.read_exact_at(&mut bytes, follow.index_accepted) {
-        // Shrunk between the stat and the read (a new writer's recovery): the next refresh
-        // sees the new length.
+    let read = shape
+        .index()
+        .and_then(|index| index.read_exact_at(&mut bytes, follow.index_accepted));
+    if let Err(err) = read {
+        // Shrunk between the stat and the read (a new writer's recovery), or replaced: the
+        // next refresh sees the new length or file.
         tracing::debug!(handle = %shape.handle, error = %err, "followed index read short");
         return false;
     }
     // After the index: whatever the index names was written before it.
-    let data_len = match shape.data.metadata() {
+    let data = match shape.data() {
+        Ok(data) => data,
+        Err(err) => {
+            tracing::debug!(handle = %shape.handle, error = %err, "cannot open a followed log");
+            return false;
+        }
+    };
+    let data_len = match data.metadata() {
         Ok(meta) => meta.len(),
         Err(err) => {
             tracing::warn!(handle = %shape.handle, error = %err, "cannot stat a followed log");
@@ -176,7 +187,7 @@ fn read_index_tail(shape: &Shape, follow: &mut Follow, len: u64) -> bool {
     if tail.records.is_empty() {
         return false;
     }
-    let whole = match whole_transactions(&shape.data, &tail.records) {
+    let whole = match whole_transactions(&data, &tail.records) {
         Ok(whole) => whole,
         Err(err) => {
             tracing::warn!(handle = %shape.handle, error = %err, "cannot read a followed log");

@@ -1,5 +1,5 @@
-//! Shape logs on real files, with group-commit `fdatasync` (deploy-semantics RP-1, RP-7,
-//! ST-1; protocol.md §6.2).
+//! Shape logs on real files, with group commit (deploy-semantics RP-1, RP-7, ST-1; protocol.md
+//! §6.2).
 //!
 //! Owns everything under its root (`ELECTRIC_STORAGE_DIR`, or a stack's directory in it):
 //!
@@ -19,12 +19,22 @@
 //! serves, read with one `pread`.
 //!
 //! **Durability order.** [`ShapeLogStore::append`] only buffers in memory. [`FileStore::flush`]
-//! takes every shape's buffered batch, writes and `fdatasync`s each data file, then writes and
-//! `fdatasync`s each index file (the index never names data that is not durable), and only then
-//! publishes the batches to readers and wakes [`ShapeLogStore::changed`] futures, in one
-//! critical section per shape ([`crate::watermark`]: no torn read, no lost wake-up). Readers
-//! therefore never see an entry a crash could erase (RP-7). Flushes are serialised; recovery
-//! truncates whatever a crash left half-written.
+//! takes every shape's buffered batch, writes each data file and makes them all durable, then
+//! writes each index file and makes them all durable (the index never names data that is not
+//! durable), and only then publishes the batches to readers and wakes
+//! [`ShapeLogStore::changed`] futures, in one critical section per shape
+//! ([`crate::watermark`]: no torn read, no lost wake-up). A flush of a few shapes `fdatasync`s
+//! each file; one of many shapes syncs their file system once per phase (`syncfs`, `sync.rs`
+//! says when and why). Readers therefore never see an entry a crash could erase (RP-7).
+//! Flushes are serialised; recovery truncates whatever a crash left half-written.
+//!
+//! **Open files** (`cache.rs`): no shape keeps its files open. Reads, flushes and followers
+//! take a shape's data or index file from one bounded cache ([`OpenFileBudget`], derived from
+//! the fd limit at open), which reopens evicted files on demand; a file evicted while a read
+//! or flush uses it stays open until that use ends. Creating and recovering a shape leave
+//! nothing open, so descriptors grow with the logs in use, not with the shapes on disk (a
+//! restart with thousands of shapes opens them one at a time). Snapshot chunks are opened,
+//! read or written, and closed by each request.
 //!
 //! **Whole transactions** (RO-1). Readers (`read`, `status`) see the durable log up to its last
 //! entry that ends its transaction ([`LogEntry::ends_transaction`]). A writer's flushes hold
@@ -67,7 +77,7 @@
 //! lease anew. A promotion that finds its earlier generation taken over drops its stale
 //! shapes the same way before acquiring. Cost: one `open` + small `read` of the lease per check
 //! (three per non-empty flush, none for appends, reads or an empty flush), against at least
-//! two `fdatasync`s per flush. The lease is this process's handle on the root
+//! two syncs per flush. The lease is this process's handle on the root
 //! ([`StorageLease::for_root`], shared with the metadata) unless given at open
 //! ([`FileStore::open_follower_with_lease`]).
 //!
@@ -75,6 +85,7 @@
 //! the instance that writes (it truncates torn tails); a runtime for the async methods (their
 //! I/O runs in `spawn_blocking`).
 
+mod cache;
 pub mod description;
 mod error;
 mod follower;
@@ -82,6 +93,7 @@ mod fsutil;
 mod index;
 mod shape;
 mod snapshot;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -100,14 +112,17 @@ use ampere_core::ports::{
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
+pub use cache::OpenFileBudget;
 pub use error::StoreError;
 pub use snapshot::FileSnapshotWriter;
 
 use crate::lease::{Fenced, LeaseError, StorageLease};
+use cache::{FileCache, FileId};
 use follower::Refresh;
 use fsutil::{io_err, lock, parent, read, run_blocking, sync_dir, write};
 use index::RECORD_LEN;
-use shape::{whole_transactions, Batch, LogState, Plan, Shape};
+use shape::{whole_transactions, Batch, LogState, Plan, Shape, ShapeFiles};
+use sync::GroupSync;
 
 /// How often a follower's `changed()` re-checks the shape's files (RO-3 asks for ≤ 1 s).
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -155,6 +170,8 @@ pub struct FileStore {
 struct Inner {
     root: PathBuf,
     shapes: RwLock<BTreeMap<ShapeHandle, Arc<Shape>>>,
+    /// Every shape's open log files, bounded ([`OpenFileBudget`]).
+    files: Arc<FileCache>,
     /// Serialises flushes (and recovery, which rewrites files a flush writes, and promotion).
     flush_lock: Mutex<()>,
     /// Whether this store may write: set by `open` and `promote`, cleared by `demote` and when
@@ -206,7 +223,16 @@ impl FileStore {
     /// knows no shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`]
     /// names it.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let store = Self::follower(root.into(), None);
+        Self::open_with_budget(root, OpenFileBudget::from_fd_limit())
+    }
+
+    /// As [`FileStore::open`], keeping at most `budget` log files open (instead of the share
+    /// of the fd limit [`OpenFileBudget::from_fd_limit`] derives). Blocking.
+    pub fn open_with_budget(
+        root: impl Into<PathBuf>,
+        budget: OpenFileBudget,
+    ) -> Result<Self, StoreError> {
+        let store = Self::follower(root.into(), None, budget);
         store.inner.promote_blocking()?;
         Ok(store)
     }
@@ -216,7 +242,7 @@ impl FileStore {
     /// [`FileStore::promote`]. A missing `root` is fine (the writer creates it; until then
     /// every shape is unknown). Blocking.
     pub fn open_follower(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        Self::open_follower_inner(root.into(), None)
+        Self::open_follower_with_budget(root, None, OpenFileBudget::from_fd_limit())
     }
 
     /// As [`FileStore::open_follower`], writing under `lease` once promoted instead of this
@@ -226,13 +252,17 @@ impl FileStore {
         root: impl Into<PathBuf>,
         lease: Arc<StorageLease>,
     ) -> Result<Self, StoreError> {
-        Self::open_follower_inner(root.into(), Some(lease))
+        Self::open_follower_with_budget(root, Some(lease), OpenFileBudget::from_fd_limit())
     }
 
-    fn open_follower_inner(
-        root: PathBuf,
+    /// As [`FileStore::open_follower`] (or [`FileStore::open_follower_with_lease`] with a
+    /// `lease`), keeping at most `budget` log files open. Blocking.
+    pub fn open_follower_with_budget(
+        root: impl Into<PathBuf>,
         lease: Option<Arc<StorageLease>>,
+        budget: OpenFileBudget,
     ) -> Result<Self, StoreError> {
+        let root = root.into();
         match fs::metadata(&root) {
             Ok(meta) if !meta.is_dir() => {
                 let not_dir = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
@@ -242,15 +272,16 @@ impl FileStore {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err("stat", &root)(err)),
         }
-        Ok(Self::follower(root, lease))
+        Ok(Self::follower(root, lease, budget))
     }
 
     /// A store that writes nothing until promoted.
-    fn follower(root: PathBuf, lease: Option<Arc<StorageLease>>) -> Self {
+    fn follower(root: PathBuf, lease: Option<Arc<StorageLease>>, budget: OpenFileBudget) -> Self {
         Self {
             inner: Arc::new(Inner {
                 root,
                 shapes: RwLock::default(),
+                files: Arc::new(FileCache::new(budget)),
                 flush_lock: Mutex::new(()),
                 is_writer: AtomicBool::new(false),
                 lease: Mutex::new(lease),
@@ -321,6 +352,13 @@ impl FileStore {
     pub fn durable_bytes(&self) -> u64 {
         let shapes = read(&self.inner.shapes);
         shapes.values().map(|s| s.state().durable_bytes()).sum()
+    }
+
+    /// Shape-log files the store holds open now: at most its [`OpenFileBudget`], whatever
+    /// the number of shapes (a read or flush in progress may keep one more open until it
+    /// ends).
+    pub fn open_files(&self) -> usize {
+        self.inner.files.len()
     }
 
     /// The root directory.
@@ -657,7 +695,16 @@ impl Inner {
                 return None;
             }
         };
-        let shape = Arc::new(Shape::follower(handle.clone(), dir, data, index, follow));
+        let files = ShapeFiles::new(Arc::clone(&self.files), false, data, index);
+        let shape = Arc::new(Shape::follower(handle.clone(), dir, files, follow));
+        // Opened now (kept in the cache while used): a shape looked up is about to be read,
+        // and files replaced since the `stat` above are found here rather than mid-read.
+        if let Err(err) = shape.data().and_then(|_| shape.index()) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(%handle, error = %err, "cannot open a followed shape");
+            }
+            return None;
+        }
         if follower::refresh(&shape) == Refresh::Gone {
             return None;
         }
@@ -694,6 +741,7 @@ impl Inner {
                 }
                 // Stale whether or not it was still registered: nobody may wait on it.
                 shape.retire();
+                self.files.forget_under(&shape.dir);
                 false
             }
         }
@@ -776,8 +824,8 @@ impl Inner {
         self.check_lease()?;
         fs::rename(&tmp, &dir).map_err(io_err("rename into place", &dir))?;
         sync_dir(&shapes_dir)?;
-        let (data, index) = open_log_files(&dir)?;
-        let shape = Shape::new(handle.clone(), dir, data, index, LogState::default());
+        let files = self.writable_files(&dir)?;
+        let shape = Shape::new(handle.clone(), dir, files, LogState::default());
         self.register(Arc::new(shape));
         Ok(())
     }
@@ -796,14 +844,17 @@ impl Inner {
         }
         fs::rename(&dir, &trashed).map_err(io_err("move to trash", &dir))?;
         sync_dir(&parent(&dir))?;
+        self.files.forget_under(&dir);
         remove_all(&trashed)
     }
 
     /// One group commit: data files first, then index files, then publish. Within a phase the
-    /// shapes' writes and `fdatasync`s run in parallel (the device queues them together). A
-    /// shape whose write fails is poisoned and left out; the others still commit. Returns the
-    /// first error. The lease is re-read before each phase (module docs): fenced, the flush
-    /// stops there (the store drops its shapes and the taken batches with them).
+    /// shapes' writes run in parallel; each phase ends with its files durable, either each
+    /// `fdatasync`ed after its write or, for a flush of many shapes, all at once by one
+    /// `syncfs` ([`GroupSync`]). A shape whose write or sync fails is poisoned and left out;
+    /// the others still commit. Returns the first error. The lease is re-read before each
+    /// phase (module docs): fenced, the flush stops there (the store drops its shapes and the
+    /// taken batches with them).
     fn flush_blocking(&self) -> Result<(), StoreError> {
         let _serial = lock(&self.flush_lock);
         let shapes: Vec<Arc<Shape>> = read(&self.shapes).values().cloned().collect();
@@ -819,16 +870,39 @@ impl Inner {
         }
         let mut first_error = None;
         self.check_lease()?;
-        let results = run_phase(&batches, Shape::write_batch_data);
+        // Chosen before the first write: a `syncfs` reports write-back errors since then.
+        let group = GroupSync::for_flush(&self.root.join(layout::SHAPES_DIR), batches.len());
+        let results = run_phase(&batches, |shape, batch| {
+            shape.write_batch_data(batch, group.syncs_each(shape))
+        });
+        let batches = keep_written(batches, results, &mut first_error);
+        let results = group.sync_the_rest(&batches);
         let batches = keep_written(batches, results, &mut first_error);
         self.check_lease()?;
-        let results = run_phase(&batches, Shape::write_batch_index);
+        let results = run_phase(&batches, |shape, batch| {
+            shape.write_batch_index(batch, group.syncs_each(shape))
+        });
+        let batches = keep_written(batches, results, &mut first_error);
+        let results = group.sync_the_rest(&batches);
         let batches = keep_written(batches, results, &mut first_error);
         self.check_lease()?;
         for (shape, batch) in batches {
             shape.publish(|state| state.publish(batch));
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// A writer's view of the log files in `dir`, as they are now.
+    fn writable_files(&self, dir: &Path) -> Result<ShapeFiles, StoreError> {
+        let identify = |name: &str| {
+            let path = dir.join(name);
+            fs::metadata(&path)
+                .map(|meta| FileId::of(&meta))
+                .map_err(io_err("stat", &path))
+        };
+        let data = identify(layout::LOG_DATA_FILE)?;
+        let index = identify(layout::LOG_INDEX_FILE)?;
+        Ok(ShapeFiles::new(Arc::clone(&self.files), true, data, index))
     }
 
     fn recover_blocking(&self, handle: &ShapeHandle) -> Result<RecoveredLog, StoreError> {
@@ -868,13 +942,20 @@ impl Inner {
             latest: state.durable_latest(),
             open_chunk_bytes: state.open_chunk_bytes(),
         };
-        self.register(Arc::new(Shape::new(
-            handle.clone(),
-            dir,
-            data,
-            index,
-            state,
-        )));
+        let identify = |file: &File, path: &Path| {
+            file.metadata()
+                .map(|meta| FileId::of(&meta))
+                .map_err(io_err("stat", path))
+        };
+        let files = ShapeFiles::new(
+            Arc::clone(&self.files),
+            true,
+            identify(&data, &data_path)?,
+            identify(&index, &index_path)?,
+        );
+        // Closed now: a recovered shape opens its files when a flush or read needs them.
+        drop((data, index));
+        self.register(Arc::new(Shape::new(handle.clone(), dir, files, state)));
         Ok(recovered)
     }
 
@@ -895,7 +976,7 @@ const FLUSH_THREADS_MAX: usize = 8;
 /// results in batch order.
 fn run_phase(
     batches: &[(Arc<Shape>, Batch)],
-    write: fn(&Shape, &Batch) -> Result<(), StoreError>,
+    write: impl Fn(&Shape, &Batch) -> Result<(), StoreError> + Sync,
 ) -> Vec<Result<(), StoreError>> {
     crate::parallel::map(batches, FLUSH_THREADS_MAX, |(shape, batch)| {
         write(shape, batch)

@@ -1,16 +1,17 @@
-//! One shape's open files and in-memory log state: the durable index, the appended-but-not-yet
+//! One shape's files and in-memory log state: the durable index, the appended-but-not-yet
 //! durable batch, snapshot chunks, and read planning (protocol.md §6.2).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ampere_core::offset::OpIndex;
 use ampere_core::ports::{LogEntry, LogStatus};
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
+use super::cache::{FileCache, FileId};
 use super::follower::Follow;
 use super::fsutil::io_err;
 use super::index::{IndexRecord, RECORD_LEN};
@@ -21,38 +22,64 @@ use crate::watermark::{Changed, Subscription, Watermark, WatermarkGuard};
 ///
 /// `data` and `index` are only written by flushes, which the store serialises; readers use
 /// positioned reads (`pread`) of durable ranges, which never change once written, so neither
-/// file needs a lock.
+/// file needs a lock. Neither is held open: each use takes it from the store's
+/// [`FileCache`] (opening it again if it was evicted) and keeps it only for that use.
 ///
 /// `log` is the shape's durable state published to readers (`watermark`): a flush publishes a
 /// batch only after its data and index are durable, in one critical section with the version
 /// bump that wakes `changed()` waiters; a reader plans its read from one consistent state.
 ///
-/// A follower's view of another process's shape (`follow` is `Some`) has both files open
+/// A follower's view of another process's shape (`follow` is `Some`) opens both files
 /// read-only and learns its state from them (`follower::refresh`); it never has pending
 /// entries and is never flushed.
 pub(super) struct Shape {
     pub(super) handle: ShapeHandle,
     pub(super) dir: PathBuf,
-    pub(super) data: File,
-    pub(super) index: File,
+    pub(super) files: ShapeFiles,
     log: Watermark<LogState>,
     /// How far a follower has read the files; `None` for a shape this store writes.
     pub(super) follow: Option<Mutex<Follow>>,
+}
+
+/// Which files a shape's log is, and where to open them.
+pub(super) struct ShapeFiles {
+    cache: Arc<FileCache>,
+    /// Read-write for a shape this store writes, read-only for a followed one.
+    writable: bool,
+    /// `log.json` as it was when the shape was opened.
+    pub(super) data_id: FileId,
+    /// `log.idx` as it was when the shape was opened.
+    pub(super) index_id: FileId,
+}
+
+impl ShapeFiles {
+    /// The files of the shape in `dir`, as `data_id` and `index_id` name them.
+    pub(super) fn new(
+        cache: Arc<FileCache>,
+        writable: bool,
+        data_id: FileId,
+        index_id: FileId,
+    ) -> Self {
+        Self {
+            cache,
+            writable,
+            data_id,
+            index_id,
+        }
+    }
 }
 
 impl Shape {
     pub(super) fn new(
         handle: ShapeHandle,
         dir: PathBuf,
-        data: File,
-        index: File,
+        files: ShapeFiles,
         state: LogState,
     ) -> Self {
         Self {
             handle,
             dir,
-            data,
-            index,
+            files,
             log: Watermark::new(state),
             follow: None,
         }
@@ -62,14 +89,36 @@ impl Shape {
     pub(super) fn follower(
         handle: ShapeHandle,
         dir: PathBuf,
-        data: File,
-        index: File,
+        files: ShapeFiles,
         follow: Follow,
     ) -> Self {
         Self {
             follow: Some(Mutex::new(follow)),
-            ..Self::new(handle, dir, data, index, LogState::default())
+            ..Self::new(handle, dir, files, LogState::default())
         }
+    }
+
+    /// `log.json`, open for as long as the caller holds it. `NotFound` if the path holds
+    /// another file now. Blocking when it opens.
+    pub(super) fn data(&self) -> std::io::Result<Arc<File>> {
+        let path = self.dir.join(layout::LOG_DATA_FILE);
+        self.files
+            .cache
+            .get(&path, self.files.writable, self.files.data_id)
+    }
+
+    /// `log.idx`, as [`Shape::data`].
+    pub(super) fn index(&self) -> std::io::Result<Arc<File>> {
+        let path = self.dir.join(layout::LOG_INDEX_FILE);
+        self.files
+            .cache
+            .get(&path, self.files.writable, self.files.index_id)
+    }
+
+    /// The device both log files live on (`create_shape` and `recover` find them in one
+    /// directory).
+    pub(super) fn dev(&self) -> u64 {
+        self.files.data_id.dev
     }
 
     /// Whether this is a follower's read-only view (never appended to or flushed).
@@ -106,36 +155,48 @@ impl Shape {
         self.log.changed(subscription)
     }
 
-    /// Reads `len` durable bytes of `log.json` at `pos`.
+    /// Reads `len` durable bytes of `log.json` at `pos`. The file stays open for the read
+    /// even if the cache evicts it meanwhile.
     pub(super) fn read_log(&self, pos: u64, len: u64) -> std::io::Result<Vec<u8>> {
         let len = usize::try_from(len).map_err(std::io::Error::other)?;
         let mut buf = vec![0u8; len];
-        self.data.read_exact_at(&mut buf, pos)?;
+        self.data()?.read_exact_at(&mut buf, pos)?;
         Ok(buf)
     }
 
-    /// Writes a batch's bytes at the end of `log.json` and makes them durable.
-    pub(super) fn write_batch_data(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes a batch's bytes at the end of `log.json`, and makes them durable if `sync`
+    /// (else the flush syncs the whole file system after every shape's write). Write and
+    /// `fdatasync` use one descriptor: a write-back error is reported to the descriptors open
+    /// when it happens, so a file reopened in between could miss it.
+    pub(super) fn write_batch_data(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
         let path = self.dir.join(layout::LOG_DATA_FILE);
-        self.data
-            .write_all_at(&batch.bytes, batch.data_pos)
+        let data = self.data().map_err(io_err("open", &path))?;
+        data.write_all_at(&batch.bytes, batch.data_pos)
             .map_err(io_err("write", &path))?;
-        self.data.sync_data().map_err(io_err("fdatasync", &path))
+        if sync {
+            data.sync_data().map_err(io_err("fdatasync", &path))?;
+        }
+        Ok(())
     }
 
-    /// Writes a batch's index records and makes them durable (after its data: the index never
-    /// names bytes that are not durable).
-    pub(super) fn write_batch_index(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes a batch's index records, and makes them durable if `sync` (as
+    /// [`Shape::write_batch_data`]; after its data is durable: the index never names bytes
+    /// that are not).
+    pub(super) fn write_batch_index(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
         let path = self.dir.join(layout::LOG_INDEX_FILE);
         let mut buf = Vec::with_capacity(batch.records.len() * RECORD_LEN);
         for record in &batch.records {
             buf.extend_from_slice(&record.encode());
         }
         let at = batch.index_start * RECORD_LEN as u64;
-        self.index
+        let index = self.index().map_err(io_err("open", &path))?;
+        index
             .write_all_at(&buf, at)
             .map_err(io_err("write", &path))?;
-        self.index.sync_data().map_err(io_err("fdatasync", &path))
+        if sync {
+            index.sync_data().map_err(io_err("fdatasync", &path))?;
+        }
+        Ok(())
     }
 
     /// The path of snapshot chunk `index`.
