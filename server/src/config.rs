@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "ELECTRIC_LONG_POLL_TIMEOUT", default_value = "20000", value_parser = time("ELECTRIC_LONG_POLL_TIMEOUT"))]
     pub long_poll_timeout: Duration,
 
+    /// How long one live SSE response streams before it ends and the client reconnects
+    /// (Electric: 60 s, not configurable there).
+    #[arg(long, env = "AMPERE_SSE_TIMEOUT", default_value = "60s", value_parser = time("AMPERE_SSE_TIMEOUT"))]
+    pub sse_timeout: Duration,
+
     /// Snapshot and log chunk size, in bytes.
     #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value = "10485760", value_parser = positive_u64("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD"))]
     pub shape_chunk_bytes_threshold: u64,
@@ -253,6 +258,13 @@ pub enum ConfigError {
          without one (development only)"
     )]
     NoSecret,
+    /// A secret of only whitespace: almost surely a templating or quoting mistake, and one a
+    /// client can hardly send.
+    #[error(
+        "ELECTRIC_SECRET is only whitespace: set the secret clients must send, or unset it and \
+         set ELECTRIC_INSECURE=true to run without one (development only)"
+    )]
+    BlankSecret,
 }
 
 /// A Postgres URL [`Config::real_pg`] cannot use.
@@ -298,6 +310,11 @@ impl Cli {
 impl Config {
     /// Cross-field checks clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.secret {
+            if !secret.is_empty() && secret.trim().is_empty() {
+                return Err(ConfigError::BlankSecret);
+            }
+        }
         if self.secret.as_deref().is_none_or(str::is_empty) && !self.insecure {
             return Err(ConfigError::NoSecret);
         }
@@ -1346,6 +1363,23 @@ mod tests {
         assert_eq!(c.shape_db_dir(), Path::new("./persistent"));
         assert_eq!(c.db_pool_size, 20);
         assert_eq!(c.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn a_whitespace_secret_is_refused_even_when_insecure() {
+        for args in [&["--secret", "  "][..], &["--secret", "\t\n", "--insecure"]] {
+            let cli = parse(args).expect("parses");
+            let err = cli.config.validate().expect_err("must refuse");
+            assert!(matches!(err, ConfigError::BlankSecret), "{args:?}");
+            assert!(err
+                .to_string()
+                .starts_with("ELECTRIC_SECRET is only whitespace"));
+        }
+        let padded = parse(&["--secret", " s3cret "]).expect("parses");
+        assert!(
+            padded.config.validate().is_ok(),
+            "a secret with spaces around it is a secret"
+        );
     }
 
     #[test]

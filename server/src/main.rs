@@ -19,7 +19,8 @@ use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
 use ampere_server::driver::Ports;
 use ampere_server::http::fd_limit;
 use ampere_server::http::{
-    BodyLimits, ConnectionLimits, ConnectionTimeouts, FdBudget, HttpConfig, TimeoutListener,
+    BodyLimits, ConnectionLimits, ConnectionTimeouts, FdBudget, HttpConfig, SseTimings,
+    TimeoutListener,
 };
 use ampere_server::logging::{self, LogFormat, LogStream};
 use ampere_server::metrics::{self, Metrics};
@@ -114,22 +115,7 @@ async fn serve(mut config: Config, fd_limit: u64) -> anyhow::Result<()> {
     let metrics = config
         .prometheus_port
         .map(|_| Metrics::of_service(registry.clone(), store.clone()));
-    let http_config = HttpConfig {
-        long_poll_timeout: config.long_poll_timeout,
-        cache_max_age: config.cache_max_age,
-        cache_stale_age: config.cache_stale_age,
-        rng_seed: clock.unix_micros() ^ u64::from(std::process::id()),
-        metrics: metrics.clone(),
-        connections: ConnectionLimits {
-            max_connections: max_connections(&config, fd_limit),
-            header_read_timeout: Some(config.tcp_read_timeout),
-        },
-        bodies: BodyLimits {
-            read_timeout: config.tcp_read_timeout,
-            ..BodyLimits::default()
-        },
-        ..HttpConfig::new(config.effective_secret())
-    };
+    let http_config = http_config(&config, fd_limit, clock.unix_micros(), metrics.clone());
     let listener = listen(&config).await?.with_metrics(metrics.clone());
     let metrics_listener = match config.prometheus_port {
         Some(port) => Some(listen_metrics(&config, port).await?),
@@ -165,6 +151,31 @@ async fn serve(mut config: Config, fd_limit: u64) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
     served.context("replication")
+}
+
+/// The HTTP layer's settings from `config`: timeouts, caching, the connection cap for
+/// `fd_limit` and the body bounds; `seed` seeds request ids and cursor jitter.
+fn http_config(config: &Config, fd_limit: u64, seed: u64, metrics: Option<Metrics>) -> HttpConfig {
+    HttpConfig {
+        long_poll_timeout: config.long_poll_timeout,
+        sse: SseTimings {
+            stream: config.sse_timeout,
+            ..SseTimings::default()
+        },
+        cache_max_age: config.cache_max_age,
+        cache_stale_age: config.cache_stale_age,
+        rng_seed: seed ^ u64::from(std::process::id()),
+        metrics,
+        connections: ConnectionLimits {
+            max_connections: max_connections(config, fd_limit),
+            header_read_timeout: Some(config.tcp_read_timeout),
+        },
+        bodies: BodyLimits {
+            read_timeout: config.tcp_read_timeout,
+            ..BodyLimits::default()
+        },
+        ..HttpConfig::new(config.effective_secret())
+    }
 }
 
 /// Logs the outcome of raising `RLIMIT_NOFILE` (for the service: the other commands open

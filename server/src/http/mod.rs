@@ -32,6 +32,7 @@ mod memory;
 mod params;
 mod schema;
 mod shape;
+mod sse;
 
 #[cfg(test)]
 mod fake;
@@ -59,6 +60,7 @@ use crate::metrics::Metrics;
 use errors::ApiError;
 use headers::{RouteKind, SURROGATE_CONTROL};
 use params::Query;
+pub use sse::SseTimings;
 
 /// How the HTTP layer behaves.
 #[derive(Clone)]
@@ -69,6 +71,8 @@ pub struct HttpConfig {
     /// How long a live request waits for new data (Electric: 20 s). Also the cursor bucket,
     /// and half of it is the out-of-bounds grace.
     pub long_poll_timeout: Duration,
+    /// Keep-alive and duration of live SSE responses.
+    pub sse: SseTimings,
     /// Non-live `max-age` seconds (60).
     pub cache_max_age: u32,
     /// Non-live `stale-while-revalidate` seconds (300).
@@ -96,6 +100,7 @@ impl HttpConfig {
         Self {
             secret,
             long_poll_timeout: Duration::from_secs(20),
+            sse: SseTimings::default(),
             cache_max_age: 60,
             cache_stale_age: 300,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -113,6 +118,7 @@ impl fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("long_poll_timeout", &self.long_poll_timeout)
+            .field("sse", &self.sse)
             .field("cache_max_age", &self.cache_max_age)
             .field("cache_stale_age", &self.cache_stale_age)
             .field("server_version", &self.server_version)

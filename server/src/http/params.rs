@@ -63,8 +63,10 @@ pub(crate) struct ShapeParams {
     /// `expired_handle`: the handle a 409 retired for this client, which the official client
     /// sends while it holds one (protocol.md §7). Only a hint; nothing is refused for it.
     pub(crate) expired_handle: Option<ShapeHandle>,
-    /// Whether the request is a live long-poll.
+    /// Whether the request is live (a long-poll, or with `is_sse` an event stream).
     pub(crate) is_live: bool,
+    /// `live_sse` (or `experimental_live_sse`): live changes as server-sent events.
+    pub(crate) is_sse: bool,
     /// `cursor`, for the next `electric-cursor`.
     pub(crate) cursor: Option<String>,
     /// The shape the request names.
@@ -93,7 +95,7 @@ impl ShapeParams {
 pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<ShapeParams, ApiError> {
     let offset = offset(query)?;
     let handle = handle(query, offset)?;
-    let is_live = live(query, offset)?;
+    let (is_live, is_sse) = live(query, offset)?;
     let relation = table(query)?;
     let columns = columns(query)?;
     let params = params(query)?;
@@ -145,6 +147,7 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
             .non_blank("expired_handle")
             .map(|h| ShapeHandle::from_string(h.to_owned())),
         is_live,
+        is_sse,
         cursor: query.get("cursor").map(str::to_owned),
         definition,
         columns,
@@ -225,7 +228,8 @@ pub(crate) fn is_truthy(value: Option<&str>) -> bool {
     value.is_some_and(|v| v != "false")
 }
 
-fn live(query: &Query, offset: RequestOffset) -> Result<bool, ApiError> {
+/// `live`, and `live_sse` (which needs `live`).
+fn live(query: &Query, offset: RequestOffset) -> Result<(bool, bool), ApiError> {
     let is_live = is_truthy(query.get("live"));
     if is_live {
         match offset {
@@ -244,15 +248,14 @@ fn live(query: &Query, offset: RequestOffset) -> Result<bool, ApiError> {
     let sse = query
         .get("live_sse")
         .or_else(|| query.get("experimental_live_sse"));
-    if is_truthy(sse) {
-        let message = if is_live {
-            "server-sent events are not supported yet; use long polling"
-        } else {
-            "can't be true unless live is also true"
-        };
-        return Err(ApiError::invalid("live_sse", message));
+    let is_sse = is_truthy(sse);
+    if is_sse && !is_live {
+        return Err(ApiError::invalid(
+            "live_sse",
+            "can't be true unless live is also true",
+        ));
     }
-    Ok(is_live)
+    Ok((is_live, is_sse))
 }
 
 fn table(query: &Query) -> Result<ampere_core::shape::RelationName, ApiError> {
@@ -386,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn live_sse_needs_live_and_is_not_supported_yet() {
+    fn live_sse_needs_live_and_either_name_turns_it_on() {
         let base = "table=items&offset=0_0&handle=h";
         let message = "can't be true unless live is also true";
         rejects(&format!("{base}&live_sse=true"), "live_sse", message);
@@ -395,15 +398,17 @@ mod tests {
             "live_sse",
             message,
         );
-        assert!(parse(&format!("{base}&live_sse=false")).is_ok());
-        let err = parse(&format!("{base}&live=true&live_sse=true")).unwrap_err();
-        assert!(matches!(
-            err,
-            ApiError::Invalid {
-                field: "live_sse",
-                ..
-            }
-        ));
+        assert!(
+            !parse(&format!("{base}&live_sse=false"))
+                .expect("valid")
+                .is_sse
+        );
+        for sse in ["live_sse=true", "experimental_live_sse=true"] {
+            let params = parse(&format!("{base}&live=true&{sse}")).expect("valid");
+            assert!(params.is_live && params.is_sse, "{sse}");
+        }
+        let long_poll = parse(&format!("{base}&live=true")).expect("valid");
+        assert!(long_poll.is_live && !long_poll.is_sse);
     }
 
     #[test]

@@ -29,9 +29,9 @@ const BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// POST body keys that make a subset request (§3.6).
 const BODY_SUBSET_KEYS: [&str; 6] = ["where", "order_by", "limit", "offset", "params", "subset"];
 
-const ELECTRIC_OFFSET: HeaderName = HeaderName::from_static("electric-offset");
+pub(super) const ELECTRIC_OFFSET: HeaderName = HeaderName::from_static("electric-offset");
 const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
-const ELECTRIC_CURSOR: HeaderName = HeaderName::from_static("electric-cursor");
+pub(super) const ELECTRIC_CURSOR: HeaderName = HeaderName::from_static("electric-cursor");
 const ELECTRIC_UP_TO_DATE: HeaderName = HeaderName::from_static("electric-up-to-date");
 const ELECTRIC_HAS_DATA: HeaderName = HeaderName::from_static("electric-has-data");
 
@@ -47,6 +47,9 @@ pub(crate) async fn serve<A: ShapeApi>(
         let has_body_subset = *method == Method::POST && body_has_subset(body).await?;
         let params = params::shape_params(query, has_body_subset)?;
         let info = resolve(&state.api, &params).await?;
+        if params.is_sse {
+            return super::sse::serve(state, &params, &info).await;
+        }
         let answer = answer(state, &params, &info).await?;
         log_response(state, &params, &info, answer, request_headers)
     };
@@ -338,7 +341,7 @@ fn is_up_to_date(offset: LogOffset, status: &LogStatus, chunk: &ChunkRead) -> bo
 /// (the client may have talked to a server further ahead), then it is a 400 (§2). Only the
 /// active instance can tell: a standby's storage may be older than the slot (stale storage,
 /// §2 item 3), which the next lock holder turns into a purge and 409s, so it answers 503.
-async fn wait_in_bounds<A: ShapeApi>(
+pub(super) async fn wait_in_bounds<A: ShapeApi>(
     state: &AppState<A>,
     params: &ShapeParams,
     handle: &ShapeHandle,
@@ -377,7 +380,7 @@ fn read_chunk<A: ShapeApi>(
     }
 }
 
-fn status_or_refetch<A: ShapeApi>(
+pub(super) fn status_or_refetch<A: ShapeApi>(
     api: &A,
     params: &ShapeParams,
     handle: &ShapeHandle,

@@ -1100,3 +1100,177 @@ fn percent_encode_unsafe(query: &str) -> String {
         .add(b'^');
     percent_encoding::utf8_percent_encode(query, SET).to_string()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Live SSE (§6.5)
+
+/// `data: <json>\n\n` for each message.
+fn events(messages: &[&str]) -> String {
+    messages.iter().map(|m| format!("data: {m}\n\n")).collect()
+}
+
+const KEEPALIVE: &str = ": keep-alive\n\n";
+
+#[tokio::test(start_paused = true)]
+async fn sse_with_a_backlog_sends_it_at_once_framed_up_to_date_and_keeps_streaming() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.append(&handle, "10_0", r#"{"a":0}"#, true);
+    h.api.append(&handle, "10_2", r#"{"a":2}"#, false);
+    let (api, writer) = (h.api.clone(), handle.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        api.append(&writer, "11_0", r#"{"a":4}"#, false);
+    });
+    let started = tokio::time::Instant::now();
+    let request = Request::builder()
+        .uri(format!(
+            "/v1/shape?cursor=&experimental_live_sse=true&handle={handle}&live=true\
+             &live_sse=true&offset=0_inf&table=items"
+        ))
+        .body(Body::empty())
+        .expect("request");
+    let response = h.app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().expect("ascii"))
+    };
+    assert_eq!(header("content-type"), Some("text/event-stream"));
+    assert_eq!(header("cache-control"), Some("public, max-age=59"));
+    assert_eq!(header("connection"), Some("keep-alive"));
+    assert_eq!(header("electric-handle"), Some(handle.as_str()));
+    assert_eq!(header("electric-offset"), Some("0_inf"));
+    assert_eq!(header("electric-cursor"), Some("35340060"));
+    assert_eq!(header("electric-schema"), None);
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a frame").expect("no error");
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "a backlog is sent at once"
+    );
+    let mut text = String::from_utf8(first.into_data().expect("data").to_vec()).expect("utf-8");
+    let rest = body.collect().await.expect("body").to_bytes();
+    text.push_str(std::str::from_utf8(&rest).expect("utf-8"));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(60),
+        "then it streams live"
+    );
+    // Both chunks of the backlog, though the first ends before the latest offset (a batch
+    // without its up-to-date would be dropped by the client and re-requested forever), then
+    // the change at 5 s, then keep-alives at 26 s and 47 s.
+    let expected = [
+        events(&[r#"{"a":0}"#, r#"{"a":2}"#, &up_to_date(10)]),
+        events(&[r#"{"a":4}"#, &up_to_date(11)]),
+        KEEPALIVE.to_owned(),
+        KEEPALIVE.to_owned(),
+    ]
+    .concat();
+    assert_eq!(text, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sse_streams_each_batch_as_it_arrives_with_keep_alives_and_ends_after_60_s() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let (api, writer) = (h.api.clone(), handle.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        api.append(&writer, "20_0", r#"{"v":1}"#, false);
+        tokio::time::sleep(Duration::from_secs(27)).await;
+        api.append(&writer, "30_0", r#"{"v":2}"#, false);
+        api.append(&writer, "30_2", r#"{"v":3}"#, false);
+    });
+    let started = tokio::time::Instant::now();
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&live=true&live_sse=true&offset=0_inf&table=items"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // 3 s: the first batch; 24 s: 21 s of silence; 30 s: the second; 51 s; then the end.
+    let expected = [
+        events(&[r#"{"v":1}"#, &up_to_date(20)]),
+        KEEPALIVE.to_owned(),
+        events(&[r#"{"v":2}"#, r#"{"v":3}"#, &up_to_date(30)]),
+        KEEPALIVE.to_owned(),
+    ]
+    .concat();
+    assert_eq!(reply.body, expected);
+    assert_eq!(started.elapsed(), Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sse_resuming_at_lsn_0_does_not_resend_the_rest_of_that_transaction() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.append(&handle, "10_0", r#"{"t":"10.0"}"#, false);
+    h.api.append(&handle, "10_2", r#"{"t":"10.2"}"#, false);
+    h.api.append(&handle, "12_0", r#"{"t":"12.0"}"#, false);
+    // The client's resume offset after an up-to-date naming LSN 10.
+    let reply = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&live=true&live_sse=true&offset=10_0&table=items"
+        ))
+        .await;
+    assert_eq!(reply.header("electric-offset"), Some("10_0"));
+    let expected = [
+        events(&[r#"{"t":"12.0"}"#, &up_to_date(12)]),
+        KEEPALIVE.to_owned(),
+        KEEPALIVE.to_owned(),
+    ]
+    .concat();
+    assert_eq!(reply.body, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sse_ends_the_stream_when_the_shape_goes_away_and_the_reconnect_gets_409() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let (api, removed) = (h.api.clone(), handle.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        api.remove(&removed);
+    });
+    let uri = format!("/v1/shape?handle={handle}&live=true&live_sse=true&offset=0_inf&table=items");
+    let started = tokio::time::Instant::now();
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "", "no must-refetch event");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let again = h.get(&uri).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(
+        again.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sse_errors_before_streaming_are_ordinary_json_responses() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let out_of_bounds = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&live=true&live_sse=true&offset=99_0&table=items"
+        ))
+        .await;
+    assert_eq!(out_of_bounds.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        out_of_bounds.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let not_live = h
+        .get(&format!(
+            "/v1/shape?handle={handle}&live_sse=true&offset=0_inf&table=items"
+        ))
+        .await;
+    assert_eq!(not_live.status, StatusCode::BAD_REQUEST);
+    assert!(not_live
+        .body
+        .contains("can't be true unless live is also true"));
+}
