@@ -15,11 +15,11 @@ use crate::lsn::Lsn;
 use crate::offset::LogOffset;
 use crate::pgoutput::{Decoder, Oid, ProtoVersion};
 use crate::ports::{
-    DisconnectKind, LogEntry, RecoveredLog, ReplicationTarget, SlotStarted, SnapshotRequest,
-    StandbyStatus, StorageIdentity, StoredShape, SystemIdentity,
+    DisconnectKind, LogEntry, RecoveredLog, ReplicationTarget, SlotStarted, SnapshotRefusal,
+    SnapshotRequest, StandbyStatus, StorageIdentity, StoredShape, SystemIdentity,
 };
 use crate::routing::{invalidates, TableRoutes};
-use crate::shape::{HandleStamp, ShapeDefinition, ShapeHandle, TableSchema};
+use crate::shape::{HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use crate::shapes::{Invalidation, Shape, Stage};
 use crate::snapshot::PgSnapshot;
 use crate::time::Instant;
@@ -27,6 +27,9 @@ use crate::txn::{Transaction, TxnAssembler};
 use crate::OpId;
 
 mod lifecycle;
+mod relation_check;
+
+use relation_check::RelationCheck;
 
 /// How often a non-active instance re-reads the shapes the lock holder made (RO-1).
 const READ_MODEL_REFRESH: Duration = Duration::from_secs(1);
@@ -40,6 +43,11 @@ const LOCK_BREAKER_GRACE: Duration = Duration::from_secs(30);
 /// microseconds: a minute of wall time, so minting writes to Postgres about once a minute at
 /// most, and a restart moves stamps at most a minute ahead of the clock.
 const STAMP_RESERVATION_MICROS: u64 = 60_000_000;
+/// How long a table whose snapshot was refused (privileges, a relation Postgres will not
+/// publish) answers new shape requests with the refusal instead of trying again: long enough
+/// that a client retrying in a loop costs no `ALTER PUBLICATION` per request, short enough
+/// that an operator's fix (a grant, an owner change) is picked up without a restart.
+const REFUSAL_TTL: Duration = Duration::from_secs(10);
 
 /// Static configuration of an instance.
 #[derive(Clone, Debug)]
@@ -208,10 +216,20 @@ pub enum Input {
         /// `pg_current_snapshot()` of the snapshot transaction.
         snapshot: PgSnapshot,
     },
+    /// The catalog's current names of the tables [`Output::CheckRelations`] asked about.
+    RelationsChecked {
+        /// Echo of [`Output::CheckRelations`].
+        op: OpId,
+        /// `(pg_class.oid, name)` of each asked table that still exists; `None` if the query
+        /// failed (nothing is concluded: the next period asks again).
+        found: Option<Vec<(Oid, RelationName)>>,
+    },
     /// A snapshot failed.
     SnapshotFailed {
         /// Echo of [`Output::CreateShape`].
         op: OpId,
+        /// Set when it can never succeed as things stand (not a transient failure).
+        refusal: Option<SnapshotRefusal>,
     },
 }
 
@@ -321,10 +339,34 @@ pub enum Output {
         /// Why, for the 503 body.
         reason: &'static str,
     },
+    /// The request's table had its snapshot refused moments ago (see [`REFUSAL_TTL`]):
+    /// answer it with the refusal (4xx), creating nothing.
+    ShapeDenied {
+        /// The request.
+        op: OpId,
+        /// Why.
+        refusal: SnapshotRefusal,
+    },
+    /// The shape's snapshot was refused: from now on a reader that finds the shape gone
+    /// gets the refusal (4xx), not a 409. Issued before the shape's [`Output::RemoveShape`],
+    /// so a reader waiting for its snapshot wakes to the refusal.
+    RefuseShape {
+        /// The shape.
+        handle: ShapeHandle,
+        /// Why.
+        refusal: SnapshotRefusal,
+    },
     /// Rewrite a shape's metadata row (snapshot recorded, filtering ended).
     PersistShape {
         /// The row.
         shape: StoredShape,
+    },
+    /// Look up the current names of these tables (`pg_class.oid`); reply `RelationsChecked`.
+    CheckRelations {
+        /// Echoed in the reply.
+        op: OpId,
+        /// The tables the live shapes follow.
+        tables: Vec<Oid>,
     },
     /// Remove a shape's log and metadata; its clients get 409.
     RemoveShape {
@@ -404,6 +446,11 @@ pub struct Instance {
     next_refresh_at: Instant,
     /// While active: when the walsender was last heard from.
     last_received_at: Instant,
+    /// Tables whose snapshot was refused, with the refusal and when it stops being answered
+    /// from here (keyed by `pg_class.oid`: a table recreated under the same name is tried).
+    refused_tables: BTreeMap<Oid, (SnapshotRefusal, Instant)>,
+    /// The periodic check that the live shapes' tables still exist under their names.
+    relation_check: RelationCheck,
     /// Shapes whose filtering ended but whose `snapshot_filter_done` is not persisted yet
     /// (invariant `filter-end-durable`, see [`FilterEnd`]).
     filter_ends: BTreeMap<ShapeHandle, FilterEnd>,
@@ -531,6 +578,8 @@ impl Instance {
             breaker: LockBreaker::default(),
             next_refresh_at: now + READ_MODEL_REFRESH,
             last_received_at: now,
+            refused_tables: BTreeMap::new(),
+            relation_check: RelationCheck::new(now),
             filter_ends: BTreeMap::new(),
             #[cfg(feature = "mutants")]
             purged: BTreeMap::new(),
@@ -576,13 +625,8 @@ impl Instance {
                 self.on_shape_requested(op, definition, schema, unix_micros);
             }
             Input::SnapshotTaken { op, snapshot } => self.on_snapshot_taken(op, snapshot),
-            Input::SnapshotFailed { op } => {
-                // The reservation asked for may not have reached Postgres: ask again.
-                self.stamps_reserved = HandleStamp::default();
-                if let Some(handle) = self.snapshots.remove(&op) {
-                    self.remove_shape(&handle, "snapshot failed");
-                }
-            }
+            Input::RelationsChecked { op, found } => self.on_relations_checked(op, found),
+            Input::SnapshotFailed { op, refusal } => self.on_snapshot_failed(op, refusal),
         }
         self.check_invariants();
     }
@@ -609,6 +653,7 @@ impl Instance {
             _ => {}
         }
         self.run_lock_breaker_if_due();
+        self.check_relations_if_due();
         let failed = matches!(self.phase, Phase::Failed);
         if !self.is_active() && !failed && now >= self.next_refresh_at {
             self.next_refresh_at = now + READ_MODEL_REFRESH;
@@ -660,7 +705,11 @@ impl Instance {
             .breaker
             .next_at
             .filter(|_| self.breaker.query.is_none());
-        [phase, refresh, breaker].into_iter().flatten().min()
+        let relations = self.relation_check_due_at();
+        [phase, refresh, breaker, relations]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether this instance holds the lock and streams (shapes can be created).
@@ -856,6 +905,17 @@ impl Instance {
                 .collect();
             for handle in stale {
                 self.remove_shape(&handle, "table schema changed");
+            }
+            // A table now published under a shape's name with another OID: the shape's table
+            // was dropped or renamed and this one took its name.
+            let replaced: Vec<ShapeHandle> = self
+                .shapes
+                .values()
+                .filter(|s| s.schema.oid != relation.oid && s.names(relation))
+                .map(|s| s.handle.clone())
+                .collect();
+            for handle in replaced {
+                self.remove_shape(&handle, "table dropped or renamed and its name reused");
             }
         }
     }
@@ -1095,6 +1155,10 @@ impl Instance {
             self.outputs.push_back(Output::ShapeRefused { op, reason });
             return;
         }
+        if let Some(refusal) = self.recent_refusal(schema.oid) {
+            self.outputs.push_back(Output::ShapeDenied { op, refusal });
+            return;
+        }
         self.stamp = self.stamp.next(unix_micros);
         let reserve_stamps = (self.stamp > self.stamps_reserved).then(|| {
             self.stamps_reserved = self.stamp.plus(STAMP_RESERVATION_MICROS);
@@ -1127,6 +1191,7 @@ impl Instance {
             cutter,
         );
         let stored = stored_shape(&shape, None, false);
+        self.schedule_relation_check_for_first_shape();
         self.index(shape);
         self.snapshots.insert(op, handle.clone());
         let snapshot = SnapshotRequest {
@@ -1143,6 +1208,39 @@ impl Instance {
             reserve_stamps,
             snapshot,
         });
+    }
+
+    fn on_snapshot_failed(&mut self, op: OpId, refusal: Option<SnapshotRefusal>) {
+        // The reservation asked for may not have reached Postgres: ask again.
+        self.stamps_reserved = HandleStamp::default();
+        let Some(handle) = self.snapshots.remove(&op) else {
+            return;
+        };
+        let table = self.shapes.get(&handle).map(|s| s.schema.oid);
+        match (refusal, table) {
+            (Some(refusal), Some(oid)) => {
+                let now = self.now;
+                self.refused_tables.retain(|_, (_, until)| *until > now);
+                let until = now + REFUSAL_TTL;
+                self.refused_tables.insert(oid, (refusal.clone(), until));
+                self.outputs.push_back(Output::RefuseShape {
+                    handle: handle.clone(),
+                    refusal,
+                });
+                self.remove_shape(&handle, "snapshot refused");
+            }
+            _ => self.remove_shape(&handle, "snapshot failed"),
+        }
+    }
+
+    /// The refusal of `table`'s last snapshot, unless it is older than [`REFUSAL_TTL`].
+    fn recent_refusal(&mut self, table: Oid) -> Option<SnapshotRefusal> {
+        let (refusal, until) = self.refused_tables.get(&table)?;
+        if self.now < *until {
+            return Some(refusal.clone());
+        }
+        self.refused_tables.remove(&table);
+        None
     }
 
     fn on_snapshot_taken(&mut self, op: OpId, snapshot: PgSnapshot) {

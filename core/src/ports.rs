@@ -8,6 +8,7 @@ use std::future::Future;
 
 use crate::lsn::Lsn;
 use crate::offset::LogOffset;
+use crate::pgoutput::Oid;
 use crate::shape::{HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use crate::snapshot::PgSnapshot;
 
@@ -414,6 +415,14 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         relation: RelationName,
     ) -> impl Future<Output = Result<Option<CatalogTable>, Self::Error>> + Send + 'static;
 
+    /// The current name of each table among `tables` (`pg_class.oid`) that still exists;
+    /// the others were dropped. One catalog query however many tables (the core checks every
+    /// shape's table periodically: dropped, renamed and recreated tables rotate their shapes).
+    fn relation_names(
+        &self,
+        tables: Vec<Oid>,
+    ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static;
+
     /// Raises the publication's handle-stamp reservation to at least `through` (never lowers
     /// it), durably, before a handle stamped up to `through` is shown to anyone (ID-2: a
     /// restored storage directory rolls back its own stamp floor, Postgres does not).
@@ -473,6 +482,37 @@ pub enum SnapshotError {
         /// The error chain, rendered.
         message: String,
     },
+    /// The snapshot can never succeed as requested until an operator acts: retrying only
+    /// repeats the failure (and its `ALTER PUBLICATION`), so the shape's clients get a 4xx
+    /// naming the reason instead of a 409 that sends them round again.
+    #[error("snapshot refused: {0}")]
+    Refused(SnapshotRefusal),
+}
+
+/// Why a table's snapshot can never succeed as things stand.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SnapshotRefusal {
+    /// Whose move it is.
+    pub kind: RefusalKind,
+    /// Postgres's reason, for the client and the log.
+    pub message: String,
+}
+
+impl std::fmt::Display for SnapshotRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The two kinds of [`SnapshotRefusal`], answered differently.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RefusalKind {
+    /// SQLSTATE 42501: ampere's role may not publish or read the table (not its owner, no
+    /// `SELECT`). An administrator can fix it: 403.
+    Privilege,
+    /// Postgres will not publish this relation (a system catalog, a temporary or unlogged
+    /// table, another relation kind): the request itself cannot be served, 400 on `table`.
+    Unsupported,
 }
 
 /// Time, for the driver: the only source of [`crate::time::Instant`]s and wall-clock stamps.

@@ -84,6 +84,12 @@ impl Shape {
         self.filter.clause()
     }
 
+    /// Whether `relation` carries the name of the shape's table (whatever its OID).
+    pub(crate) fn names(&self, relation: &Relation) -> bool {
+        relation.namespace == self.schema.relation.schema
+            && relation.name == self.schema.relation.table
+    }
+
     /// Whether Postgres's description of the table still matches the shape's schema.
     pub(crate) fn relation_matches(&self, relation: &Relation) -> bool {
         let s = &self.schema;

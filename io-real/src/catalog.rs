@@ -71,6 +71,33 @@ LEFT JOIN LATERAL (
 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 ORDER BY a.attnum";
 
+/// The current name of each table among `tables` that still exists (a dropped table has no
+/// row): one query for every shape's table, however many (issue 12, "Relations").
+const RELATION_NAMES_QUERY: &str = "\
+SELECT c.oid, n.nspname::text, c.relname::text
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY($1)";
+
+/// `(pg_class.oid, name)` of the tables among `tables` that still exist, in no order.
+pub async fn relation_names(
+    client: &impl GenericClient,
+    tables: &[Oid],
+) -> Result<Vec<(Oid, RelationName)>, tokio_postgres::Error> {
+    let oids: Vec<u32> = tables.iter().map(|oid| oid.0).collect();
+    let rows = client.query(RELATION_NAMES_QUERY, &[&oids]).await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        let oid: u32 = row.try_get(0)?;
+        let relation = RelationName {
+            schema: row.try_get(1)?,
+            table: row.try_get(2)?,
+        };
+        found.push((Oid(oid), relation));
+    }
+    Ok(found)
+}
+
 /// Looks `relation` up: `None` unless it is an ordinary (`r`) or partitioned (`p`) table.
 pub async fn table_schema(
     client: &impl GenericClient,

@@ -49,6 +49,7 @@ use tokio_postgres::{Client, Config, Connection, GenericClient, Socket};
 
 use ampere_core::error_chain;
 use ampere_core::lsn::Lsn;
+use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
     DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationSession, ReplicationStream,
     ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
@@ -779,6 +780,21 @@ impl PgPort for RealPg {
     ) -> impl Future<Output = Result<Option<CatalogTable>, Self::Error>> + Send + 'static {
         let this = self.clone();
         async move { this.catalog_table(&relation).await }
+    }
+
+    fn relation_names(
+        &self,
+        tables: Vec<Oid>,
+    ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let admin = this.admin().await?;
+            let found = catalog::relation_names(&*admin, &tables).await;
+            admin.finish(found).map_err(|source| PgPortError::Sql {
+                during: "looking up the shapes' tables",
+                source,
+            })
+        }
     }
 
     fn reserve_stamps(

@@ -17,7 +17,7 @@ use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, RowStream};
 
 use ampere_core::chunk::SnapshotColumns;
-use ampere_core::ports::{DisconnectKind, PgError, SnapshotError};
+use ampere_core::ports::{DisconnectKind, PgError, RefusalKind, SnapshotError, SnapshotRefusal};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
@@ -32,6 +32,13 @@ use crate::replication::DISPLAY_SETTINGS;
 const MEMBERSHIP_LOCK_TIMEOUT: &str = "5s";
 /// SQLSTATE `duplicate_object`: the table is already in the publication.
 const DUPLICATE_OBJECT: &str = "42710";
+/// SQLSTATE `insufficient_privilege`: not the table's owner (`ALTER PUBLICATION … ADD TABLE`,
+/// `ALTER TABLE`), or no `SELECT` on it.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// SQLSTATEs with which `ALTER PUBLICATION … ADD TABLE` refuses a relation it will never
+/// publish: `invalid_parameter_value` (a system, temporary or unlogged table),
+/// `wrong_object_type` (not a table), `feature_not_supported`.
+const UNPUBLISHABLE: [&str; 3] = ["22023", "42809", "0A000"];
 
 /// The snapshot steps on one connection.
 pub struct SnapshotConnection {
@@ -203,7 +210,13 @@ pub async fn add_to_publication(
                 .await
                 .map_err(pg("ROLLBACK TO SAVEPOINT"))?;
         }
-        Err(e) => return Err(pg("ALTER PUBLICATION … ADD TABLE")(e)),
+        Err(e) => {
+            return Err(membership_error(
+                "ALTER PUBLICATION … ADD TABLE",
+                relation,
+                e,
+            ))
+        }
     }
     let row = tx
         .query_opt(REPLIDENT, &[&relation.schema, &relation.table])
@@ -217,7 +230,7 @@ pub async fn add_to_publication(
         let full = format!("ALTER TABLE {relation} REPLICA IDENTITY FULL");
         tx.batch_execute(&full)
             .await
-            .map_err(pg("ALTER TABLE … REPLICA IDENTITY FULL"))?;
+            .map_err(|e| membership_error("ALTER TABLE … REPLICA IDENTITY FULL", relation, e))?;
     }
     tx.commit().await.map_err(pg("COMMIT"))
 }
@@ -336,11 +349,55 @@ fn display_settings_sql() -> String {
         .collect()
 }
 
-/// Maps a driver error: a vanished table or column (42P01, 42703) means the schema changed.
+/// Maps a failure of SL-5's statements: on top of [`pg`]'s mapping, a relation Postgres will
+/// never publish is refused (400), and a missing privilege names the way out (403).
+fn membership_error(
+    during: &'static str,
+    relation: &RelationName,
+    error: tokio_postgres::Error,
+) -> SnapshotError {
+    let code = error.code().map(tokio_postgres::error::SqlState::code);
+    let Some(db) = error.as_db_error() else {
+        return pg(during)(error);
+    };
+    let reason = match db.detail() {
+        Some(detail) => format!("{} ({detail})", db.message()),
+        None => db.message().to_owned(),
+    };
+    match code {
+        Some(INSUFFICIENT_PRIVILEGE) => SnapshotError::Refused(SnapshotRefusal {
+            kind: RefusalKind::Privilege,
+            message: format!(
+                "Unable to create initial snapshot: {reason}. ampere's database role must own \
+                 {relation} to add it to the publication and set its replica identity to FULL \
+                 (or an administrator does both and runs ampere with \
+                 ELECTRIC_MANUAL_TABLE_PUBLISHING=true)"
+            ),
+        }),
+        Some(code) if UNPUBLISHABLE.contains(&code) => SnapshotError::Refused(SnapshotRefusal {
+            kind: RefusalKind::Unsupported,
+            message: format!("Unable to create initial snapshot: {reason}"),
+        }),
+        _ => pg(during)(error),
+    }
+}
+
+/// Maps a driver error: a vanished table or column (42P01, 42703) means the schema changed;
+/// a missing privilege (no `SELECT` on the table) is refused, as retrying cannot help.
 fn pg(during: &'static str) -> impl Fn(tokio_postgres::Error) -> SnapshotError {
     move |error| {
         let message = format!("{during}: {}", error_chain(&error));
-        match error.code().map(tokio_postgres::error::SqlState::code) {
+        let code = error.code().map(tokio_postgres::error::SqlState::code);
+        if code == Some(INSUFFICIENT_PRIVILEGE) {
+            let reason = error
+                .as_db_error()
+                .map_or_else(|| error_chain(&error), |db| db.message().to_owned());
+            return SnapshotError::Refused(SnapshotRefusal {
+                kind: RefusalKind::Privilege,
+                message: format!("Unable to create initial snapshot: {reason}"),
+            });
+        }
+        match code {
             Some("42P01" | "42703") => SnapshotError::SchemaChanged { message },
             _ => SnapshotError::Postgres {
                 message,

@@ -18,9 +18,9 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 use ampere_core::ports::{
-    DisconnectKind, PgError, PgPort, ReplicationMessage, ReplicationSession, ReplicationStream,
-    ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
-    SnapshotWriter, StandbyStatus, SystemIdentity,
+    DisconnectKind, PgError, PgPort, RefusalKind, ReplicationMessage, ReplicationSession,
+    ReplicationStream, ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError,
+    SnapshotRequest, SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{
     HandleStamp, RelationName, Replica, ServerVersion, ShapeDefinition, ShapeHandle, TableSchema,
@@ -982,4 +982,111 @@ async fn connection_refused_is_transient() {
         .stale_lock_holders("electric_slot_refused".into(), 0)
         .await;
     assert_eq!(err.err().unwrap().kind(), DisconnectKind::Transient);
+}
+
+#[tokio::test]
+async fn relation_names_follow_renames_and_omit_dropped_tables() {
+    // Goal: the relation check's one query: the current name of each asked table that still
+    // exists, by OID, whatever happened to its name; a dropped table has no row, and a new
+    // table under an old name is not the asked OID.
+    // Method: three tables; one renamed, one dropped and recreated under its name.
+    let url = database("relation_names");
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE kept (id int); CREATE TABLE moved (id int); CREATE TABLE gone (id int)",
+        )
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let oids = [
+        schema_of(&pg, "kept").await.oid,
+        schema_of(&pg, "moved").await.oid,
+        schema_of(&pg, "gone").await.oid,
+    ];
+    client
+        .batch_execute(
+            "ALTER TABLE moved RENAME TO moved_away; DROP TABLE gone; CREATE TABLE gone (id int)",
+        )
+        .await
+        .unwrap();
+    let mut found = pg.relation_names(oids.to_vec()).await.expect("query");
+    found.sort_by_key(|(oid, _)| *oid);
+    assert_eq!(
+        found,
+        [
+            (oids[0], relation("kept")),
+            (oids[1], relation("moved_away"))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn snapshot_of_a_table_the_role_does_not_own_is_refused_for_privileges() {
+    // Goal: `ALTER PUBLICATION … ADD TABLE` on a table ampere's role does not own can never
+    // succeed: a refusal (403 to clients, not retried), not a transient error.
+    // Method: a role owning the publication but not the table.
+    let url = database("snapshot_not_owner");
+    let client = connect(&url).await;
+    let role = "ampere_port_not_owner";
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; CREATE TABLE t (id int PRIMARY KEY); \
+             GRANT SELECT ON t TO {role}; CREATE PUBLICATION {PUBLICATION}; \
+             ALTER PUBLICATION {PUBLICATION} OWNER TO {role}"
+        ))
+        .await
+        .unwrap();
+    let cluster = shared_for_tests().expect("shared test cluster starts");
+    let pg = RealPg::from_url(&cluster.url(role, "snapshot_not_owner")).unwrap();
+    let schema = schema_of(&pg, "t").await;
+    let result = pg
+        .take_snapshot(request(schema, None, 1000), MemWriter::default())
+        .await;
+    let Err(SnapshotError::Refused(refusal)) = result else {
+        panic!("expected a refusal: {result:?}");
+    };
+    assert_eq!(refusal.kind, RefusalKind::Privilege);
+    assert!(
+        refusal
+            .message
+            .starts_with("Unable to create initial snapshot: must be owner of table t."),
+        "{}",
+        refusal.message
+    );
+}
+
+#[tokio::test]
+async fn snapshot_of_a_system_catalog_is_refused_as_unsupported() {
+    // Goal: Postgres never publishes a system catalog: a refusal (400), not a transient error.
+    // Method: a superuser snapshots pg_catalog.pg_am.
+    let url = database("snapshot_system_catalog");
+    let client = connect(&url).await;
+    client
+        .batch_execute(&format!("CREATE PUBLICATION {PUBLICATION}"))
+        .await
+        .unwrap();
+    let pg = RealPg::from_url(&url).unwrap();
+    let pg_am = RelationName {
+        schema: "pg_catalog".into(),
+        table: "pg_am".into(),
+    };
+    let schema = pg
+        .table_schema(pg_am)
+        .await
+        .expect("catalog lookup")
+        .expect("pg_am is an ordinary table")
+        .schema;
+    let result = pg
+        .take_snapshot(request(schema, None, 1000), MemWriter::default())
+        .await;
+    let Err(SnapshotError::Refused(refusal)) = result else {
+        panic!("expected a refusal: {result:?}");
+    };
+    assert_eq!(refusal.kind, RefusalKind::Unsupported);
+    assert!(
+        refusal.message.contains("system tables"),
+        "{}",
+        refusal.message
+    );
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ampere_core::ports::{CatalogTable, LogStatus, ReadOutcome};
+use ampere_core::ports::{CatalogTable, LogStatus, ReadOutcome, SnapshotRefusal};
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::{LogOffset, Lsn};
 
@@ -71,6 +71,10 @@ pub enum CreateShapeError {
     /// names.
     #[error("{0}")]
     TableNotPublished(String),
+    /// The table's snapshot was refused moments ago (privileges, a relation Postgres will
+    /// not publish): 403 or 400 with the reason, not retried on every request.
+    #[error("{0}")]
+    Refused(SnapshotRefusal),
 }
 
 /// Why a catalog lookup failed.
@@ -96,6 +100,12 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
         definition: ShapeDefinition,
         schema: TableSchema,
     ) -> impl Future<Output = Result<ShapeInfo, CreateShapeError>> + Send;
+    /// Why the shape with this handle went away, if its snapshot was refused (its readers
+    /// then answer with the refusal, not a 409 that would send the client round again).
+    fn refusal(&self, handle: &ShapeHandle) -> Option<SnapshotRefusal> {
+        let _ = handle;
+        None
+    }
     /// Reads after `after` up to the end of its chunk.
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome;
     /// The shape's durable state.

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use ampere_core::instance::{Input, Instance, Output};
 use ampere_core::instance::{LoadedShape, LoadedStorage};
+use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
     Clock, DisconnectKind, MetadataStore, PgError, PgPort, ReplicationMessage, ReplicationSession,
     ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StorageError, StoredShape,
     SystemIdentity,
 };
-use ampere_core::shape::{HandleStamp, ShapeDefinition, TableSchema};
+use ampere_core::shape::{HandleStamp, RelationName, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::time::Instant;
 use ampere_core::{error_chain, OpId};
@@ -94,6 +95,10 @@ enum Completion<Se, St> {
     LockHolders {
         op: OpId,
         result: Result<Vec<i32>, String>,
+    },
+    Relations {
+        op: OpId,
+        result: Result<Vec<(Oid, RelationName)>, String>,
     },
     Terminated {
         pid: i32,
@@ -387,6 +392,23 @@ where
                         .send(Err(CreateShapeError::NotReady(reason.into())));
                 }
             }
+            Output::ShapeDenied { op, refusal } => {
+                if let Some(pending) = self.replies.remove(&op) {
+                    let _ = pending.reply.send(Err(CreateShapeError::Refused(refusal)));
+                }
+            }
+            Output::RefuseShape { handle, refusal } => {
+                warn!(%handle, reason = %refusal, "snapshot refused: answered with the reason");
+                self.registry.refuse(&handle, refusal);
+            }
+            Output::CheckRelations { op, tables } => {
+                debug!(tables = tables.len(), "checking the shapes' tables");
+                let check = self.ports.pg.relation_names(tables);
+                self.in_flight.push(Box::pin(async move {
+                    let result = check.await.map_err(|e| error_chain(&e));
+                    Completion::Relations { op, result }
+                }));
+            }
             Output::PersistShape { shape } => self.persist_shapes(vec![shape]).await?,
             Output::RemoveShape { handle, reason } => {
                 info!(%handle, reason, "removing shape");
@@ -451,7 +473,9 @@ where
                     retry_after_secs: 1,
                 }));
             }
-            self.pending.push_back(Input::SnapshotFailed { op });
+            let refusal = None;
+            self.pending
+                .push_back(Input::SnapshotFailed { op, refusal });
             return;
         }
         info!(%handle, table = %info.schema.relation, "created shape");
@@ -587,6 +611,12 @@ where
                 });
                 Input::StaleLockHolders { op, pids }
             }
+            Completion::Relations { op, result } => {
+                let found = result
+                    .map_err(|e| warn!(error = %e, "looking up the shapes' tables failed"))
+                    .ok();
+                Input::RelationsChecked { op, found }
+            }
             Completion::Terminated { pid, result } => {
                 match result {
                     Ok(signalled) => info!(pid, signalled, "lock breaker terminated a backend"),
@@ -658,7 +688,11 @@ where
                 op, result: Err(e), ..
             } => {
                 warn!(error = %e, "snapshot failed");
-                Input::SnapshotFailed { op }
+                let refusal = match e {
+                    SnapshotError::Refused(refusal) => Some(refusal),
+                    _ => None,
+                };
+                Input::SnapshotFailed { op, refusal }
             }
         };
         core.handle_input(now, input);

@@ -6,10 +6,11 @@
 //! earlier or later publish), and [`Registry::wait_for`] cannot sleep through a publish that
 //! lands while it checks (the watermark's loom-checked guarantees).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use ampere_core::ports::SnapshotRefusal;
 use ampere_core::shape::{ShapeDefinition, ShapeHandle};
 use ampere_core::Lsn;
 use ampere_io_real::watermark::Watermark;
@@ -26,11 +27,20 @@ pub struct Registry {
     acknowledged_lsn: Arc<AtomicU64>,
 }
 
+/// Refused shapes remembered for their readers, at most (oldest forgotten first: a reader of
+/// a forgotten one gets the 409 it got before, and its re-request the refusal again).
+const REFUSED_MAX: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Shapes {
     by_handle: BTreeMap<ShapeHandle, ShapeInfo>,
     by_definition: BTreeMap<ShapeDefinition, ShapeHandle>,
     last_purge: Option<PurgeInfo>,
+    /// Shapes removed because their snapshot was refused, with why (handles are never
+    /// reused, so a handle's refusal never applies to another shape).
+    refused: BTreeMap<ShapeHandle, SnapshotRefusal>,
+    /// `refused` in the order it was filled, to bound it.
+    refused_order: VecDeque<ShapeHandle>,
 }
 
 /// Readiness and progress, read whole with [`Registry::state`], awaited with
@@ -73,6 +83,8 @@ impl Registry {
         }
         let mut current = self.write();
         fresh.last_purge = current.last_purge;
+        fresh.refused = std::mem::take(&mut current.refused);
+        fresh.refused_order = std::mem::take(&mut current.refused_order);
         *current = fresh;
     }
 
@@ -96,6 +108,25 @@ impl Registry {
                 shapes.by_definition.remove(&info.definition);
             }
         }
+    }
+
+    /// Records why a shape's snapshot was refused, before the shape is removed: its readers
+    /// answer with the refusal instead of a 409.
+    pub fn refuse(&self, handle: &ShapeHandle, refusal: SnapshotRefusal) {
+        let mut shapes = self.write();
+        if shapes.refused.insert(handle.clone(), refusal).is_none() {
+            shapes.refused_order.push_back(handle.clone());
+        }
+        while shapes.refused_order.len() > REFUSED_MAX {
+            if let Some(oldest) = shapes.refused_order.pop_front() {
+                shapes.refused.remove(&oldest);
+            }
+        }
+    }
+
+    /// Why the shape with this handle was removed, if its snapshot was refused.
+    pub fn refusal(&self, handle: &ShapeHandle) -> Option<SnapshotRefusal> {
+        self.read().refused.get(handle).cloned()
     }
 
     /// The live shape with this handle.
@@ -206,6 +237,29 @@ mod tests {
         let (state, ()) = tokio::join!(wait, publisher);
         assert_eq!(state, active_at(9));
         assert_eq!(registry.state(), active_at(9));
+    }
+
+    #[test]
+    fn refusals_are_kept_per_handle_survive_a_reload_and_the_oldest_are_forgotten_first() {
+        let registry = Registry::new();
+        let refusal = |n: usize| SnapshotRefusal {
+            kind: ampere_core::ports::RefusalKind::Privilege,
+            message: format!("refusal {n}"),
+        };
+        let handle = |n: usize| ShapeHandle::from_string(format!("{n}-1"));
+        registry.refuse(&handle(0), refusal(0));
+        registry.replace_all(Vec::new());
+        assert_eq!(registry.refusal(&handle(0)), Some(refusal(0)));
+        assert_eq!(registry.refusal(&handle(1)), None);
+        for n in 1..=REFUSED_MAX {
+            registry.refuse(&handle(n), refusal(n));
+        }
+        assert_eq!(registry.refusal(&handle(0)), None, "the oldest went first");
+        assert_eq!(registry.refusal(&handle(1)), Some(refusal(1)));
+        assert_eq!(
+            registry.refusal(&handle(REFUSED_MAX)),
+            Some(refusal(REFUSED_MAX))
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ampere_core::ports::{
-    CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore, SnapshotError,
+    CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore, SnapshotError, SnapshotRefusal,
 };
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::{LogOffset, Lsn};
@@ -98,6 +98,10 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
         };
         self.requests.send(request).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    fn refusal(&self, handle: &ShapeHandle) -> Option<SnapshotRefusal> {
+        self.registry.refusal(handle)
     }
 
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {

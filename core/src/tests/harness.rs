@@ -1066,7 +1066,7 @@ impl Harness {
                 self.trace
                     .push(format!("{:?} → {}", self.now, brief_input(&input)));
                 let done = match input {
-                    Input::SnapshotTaken { op, .. } | Input::SnapshotFailed { op } => Some(op),
+                    Input::SnapshotTaken { op, .. } | Input::SnapshotFailed { op, .. } => Some(op),
                     _ => None,
                 };
                 self.core.handle_input(self.now, input);
@@ -1103,6 +1103,7 @@ impl Harness {
             | Input::ReplicationLost { .. }
             | Input::ShapeRequested { .. }
             | Input::SnapshotTaken { .. }
+            | Input::RelationsChecked { .. }
             | Input::SnapshotFailed { .. } => {}
         }
     }
@@ -1174,7 +1175,10 @@ impl Harness {
             Output::TerminateBackend { .. }
             | Output::RefreshReadModel
             | Output::ShapeExists { .. }
-            | Output::ShapeRefused { .. } => {}
+            | Output::ShapeRefused { .. }
+            | Output::ShapeDenied { .. }
+            | Output::RefuseShape { .. }
+            | Output::CheckRelations { .. } => {}
         }
     }
 
@@ -1282,6 +1286,9 @@ pub(crate) fn kind(output: &Output) -> &'static str {
         Output::CreateShape { .. } => "CreateShape",
         Output::ShapeExists { .. } => "ShapeExists",
         Output::ShapeRefused { .. } => "ShapeRefused",
+        Output::ShapeDenied { .. } => "ShapeDenied",
+        Output::RefuseShape { .. } => "RefuseShape",
+        Output::CheckRelations { .. } => "CheckRelations",
         Output::PersistShape { .. } => "PersistShape",
         Output::RemoveShape { .. } => "RemoveShape",
         Output::Fatal { .. } => "Fatal",

@@ -16,6 +16,7 @@ mod durability;
 mod entries;
 mod lifecycle;
 mod recovery;
+mod relations;
 mod replication;
 mod shapes;
 mod snapshot;

@@ -191,7 +191,10 @@ fn stamps_are_reserved_in_postgres_a_block_at_a_time_and_again_after_a_failed_cr
     assert!(first > HandleStamp(3_000_000), "a block ahead: {first:?}");
     assert_eq!(reserved[1..], [None, None]);
 
-    h.input(Input::SnapshotFailed { op: ops[0] });
+    h.input(Input::SnapshotFailed {
+        op: ops[0],
+        refusal: None,
+    });
     h.take();
     let schema = table(10, "u", &[("id", 23, true)]);
     h.request_at(whole(&schema), &schema, 4_000_000);

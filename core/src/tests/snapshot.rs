@@ -176,7 +176,7 @@ fn a_failed_snapshot_releases_the_transactions_it_held() {
     let (handle, op) = h.create_shape(&items());
     h.take();
     h.commit(&insert(700, 0x2000, "1"));
-    h.input(Input::SnapshotFailed { op });
+    h.input(Input::SnapshotFailed { op, refusal: None });
     assert_eq!(removed(&h.take()), [handle]);
     h.keepalive(Lsn(0x2000 + COMMIT_RECORD), false);
     while h.pending_flush().is_some() {

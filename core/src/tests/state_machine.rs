@@ -1042,7 +1042,10 @@ impl Sut {
         if let Some(t) = self.shapes.get_mut(&r.handle) {
             t.doomed.get_or_insert("snapshot failed");
         }
-        self.h.input(Input::SnapshotFailed { op: r.op });
+        self.h.input(Input::SnapshotFailed {
+            op: r.op,
+            refusal: None,
+        });
         self.absorb(world);
     }
 
@@ -1118,7 +1121,10 @@ impl Sut {
                 | Output::StartStreaming { .. }
                 | Output::RefreshReadModel
                 | Output::ShapeExists { .. }
-                | Output::ShapeRefused { .. } => {}
+                | Output::ShapeRefused { .. }
+                | Output::ShapeDenied { .. }
+                | Output::RefuseShape { .. }
+                | Output::CheckRelations { .. } => {}
             }
         }
     }

@@ -219,6 +219,7 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::StaleLockHolders { .. } => "looking for stale lock holders",
         ClientMessage::TerminateBackend { .. } => "terminating a backend",
         ClientMessage::TableSchema { .. } => "catalog lookup",
+        ClientMessage::RelationNames { .. } => "looking up the shapes' tables",
         ClientMessage::CreatePublication { .. } => "creating the publication",
         ClientMessage::PublicationComment { .. } => "reading the publication",
         ClientMessage::ReserveStamps { .. } => "reserving handle stamps",
@@ -327,6 +328,31 @@ impl PgPort for SimPg {
                 return Err(SimPgError::unexpected("catalog lookup"));
             };
             Ok(table.map(|table| catalog_table(relation, table)))
+        }
+    }
+
+    fn relation_names(
+        &self,
+        tables: Vec<Oid>,
+    ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static {
+        let host = self.host.clone();
+        async move {
+            let mut admin = Client::connect(&host, false).await?;
+            let oids = tables.iter().map(|oid| oid.0).collect();
+            let request = ClientMessage::RelationNames { oids };
+            let ServerMessage::Relations(found) = admin.call(request).await? else {
+                return Err(SimPgError::unexpected("looking up the shapes' tables"));
+            };
+            Ok(found
+                .into_iter()
+                .map(|(oid, relation)| {
+                    let relation = RelationName {
+                        schema: relation.schema,
+                        table: relation.table,
+                    };
+                    (Oid(oid), relation)
+                })
+                .collect())
         }
     }
 

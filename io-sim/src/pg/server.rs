@@ -483,6 +483,13 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
         ClientMessage::TableSchema { relation } => Ok(ServerMessage::Table(
             model.table(&relation_name(relation)).map(wire_table),
         )),
+        ClientMessage::RelationNames { oids } => Ok(ServerMessage::Relations(
+            model
+                .tables()
+                .filter(|def| oids.contains(&def.oid))
+                .map(|def| (def.oid, super::port::wire_relation(&def.relation)))
+                .collect(),
+        )),
         ClientMessage::CreatePublication { publication } => {
             Ok(ServerMessage::Bool(model.create_publication(&publication)))
         }

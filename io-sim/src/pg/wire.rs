@@ -73,6 +73,8 @@ pub(crate) enum ClientMessage {
     TerminateBackend { pid: i32 },
     /// A catalog lookup.
     TableSchema { relation: WireRelation },
+    /// `SELECT oid, relnamespace, relname FROM pg_class WHERE oid = ANY(oids)`.
+    RelationNames { oids: Vec<u32> },
     /// `CREATE PUBLICATION`.
     CreatePublication { publication: String },
     /// `SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = …`.
@@ -145,6 +147,8 @@ pub(crate) enum ServerMessage {
     Publication(Option<WirePublication>),
     /// A table, or none.
     Table(Option<WireTable>),
+    /// The tables that exist among those asked about, with their names.
+    Relations(Vec<(u32, WireRelation)>),
     /// Whether a publication publishes a table; `None` when there is no such table.
     Membership(Option<bool>),
     /// A slot was created.

@@ -1,6 +1,7 @@
 //! Every error answer of the HTTP API, as one type (protocol.md §3.7, §6.8, §6.9).
 
 use ampere_core::json::push_json_string;
+use ampere_core::ports::{RefusalKind, SnapshotRefusal};
 use ampere_core::shape::ShapeHandle;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -25,6 +26,13 @@ pub(crate) enum ApiError {
     /// `401`: the secret is missing or wrong.
     #[error("invalid API secret")]
     Unauthorized,
+    /// `403 {"message":…}`: ampere's role may not publish or read the table; an
+    /// administrator must grant it (never retried as a 409 or 503 would be).
+    #[error("forbidden: {message}")]
+    Forbidden {
+        /// Postgres's reason.
+        message: String,
+    },
     /// `409` must-refetch, pointing to `handle` when known.
     #[error("must refetch (new handle: {handle:?})")]
     MustRefetch {
@@ -73,6 +81,17 @@ impl ApiError {
         }
     }
 
+    /// A snapshot that can never succeed as things stand: 403 when privileges are missing,
+    /// else 400 on `table` (Postgres will not publish that relation).
+    pub(crate) fn refused(refusal: SnapshotRefusal) -> Self {
+        match refusal.kind {
+            RefusalKind::Privilege => Self::Forbidden {
+                message: refusal.message,
+            },
+            RefusalKind::Unsupported => Self::invalid("table", refusal.message),
+        }
+    }
+
     /// A 503 that clients retry after `retry_after_secs`.
     pub(crate) fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Self {
         Self::Unavailable {
@@ -99,6 +118,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::MustRefetch { .. } => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeleteNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -120,6 +140,7 @@ impl ApiError {
                 body
             }
             Self::Unauthorized => message_body("Unauthorized - Invalid API secret"),
+            Self::Forbidden { message } => message_body(message),
             Self::MustRefetch { .. } => "[{\"headers\":{\"control\":\"must-refetch\"}}]".into(),
             Self::Unavailable { message, .. } => message_body(message),
             Self::DeleteNotAllowed => message_body("DELETE not allowed"),

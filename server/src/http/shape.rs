@@ -166,6 +166,7 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
             CreateShapeError::TableNotPublished(message) => {
                 ApiError::known_unavailable(message, 10)
             }
+            CreateShapeError::Refused(refusal) => ApiError::refused(refusal),
         })
 }
 
@@ -390,8 +391,12 @@ pub(super) fn status_or_refetch<A: ShapeApi>(
 }
 
 /// The shape went away under us: 409, pointing to the definition's current shape if there
-/// is another one.
+/// is another one; or, if its snapshot was refused, the refusal (a 409 would send the client
+/// round to the same refusal, forever).
 fn refetch<A: ShapeApi>(api: &A, params: &ShapeParams, gone: &ShapeHandle) -> ApiError {
+    if let Some(refusal) = api.refusal(gone) {
+        return ApiError::refused(refusal);
+    }
     let handle = api
         .shape_for_definition(&params.definition)
         .map(|info| info.handle)
