@@ -265,8 +265,11 @@ pub enum Output {
         pid: i32,
     },
     /// With the lock held: switch storage to writing and load it; reply `StorageLoaded`, or
-    /// `ReplicationFailed` if storage was fenced meanwhile (another instance took the lease,
-    /// so the lock is lost); any other failure is fatal (storage needs an operator).
+    /// `ReplicationFailed` (transient) if storage was fenced meanwhile (another instance took
+    /// the lease, so the lock is lost) or ran out of a resource that comes back (a full disk,
+    /// the descriptor limit, a device error: the instance stays read-only and retries after
+    /// its back-off); any other failure is fatal (a corrupt or foreign storage directory
+    /// needs an operator).
     LoadStorage {
         /// Echoed in the reply.
         op: OpId,

@@ -73,12 +73,69 @@ pub struct RecoveredLog {
     pub open_chunk_bytes: u64,
 }
 
-/// Errors from the storage ports carry the one fact the driver acts on.
+/// Errors from the storage ports carry the facts the driver acts on.
 pub trait StorageError: std::error::Error + Send + Sync + 'static {
     /// Another instance took the storage lease since this one promoted: this instance is
     /// deposed (it lost the advisory lock and may not know yet) and must stop writing and
     /// fall back to waiting (deploy-semantics §2 item 13).
     fn is_fenced(&self) -> bool;
+
+    /// The resource that ran out, when the failure is one that passes by itself or once an
+    /// operator frees it (a full disk, the file-descriptor limit, a device error): the
+    /// instance then degrades — stops writing and acknowledging, keeps serving what is
+    /// durable, retries — instead of stopping. `None` for everything else.
+    fn fault(&self) -> Option<StorageFault> {
+        None
+    }
+}
+
+/// Which resource a storage operation ran out of ([`StorageError::fault`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum StorageFaultKind {
+    /// No space left (`ENOSPC`, `EDQUOT`, SQLite's `SQLITE_FULL`).
+    Full,
+    /// Out of file descriptors (`EMFILE` for the process, `ENFILE` for the system).
+    FdLimit,
+    /// The device failed the operation (`EIO`, SQLite's I/O and open errors).
+    Io,
+}
+
+impl StorageFaultKind {
+    /// The metric label and health word: `full`, `fd_limit` or `io`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::FdLimit => "fd_limit",
+            Self::Io => "io",
+        }
+    }
+}
+
+/// A storage failure the instance degrades on instead of stopping ([`StorageError::fault`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StorageFault {
+    /// What ran out.
+    pub kind: StorageFaultKind,
+    /// The OS error's name (`ENOSPC`), or SQLite's code where SQLite hides the errno.
+    pub code: &'static str,
+    /// The file or directory the operation was on, when known.
+    pub path: Option<String>,
+}
+
+impl std::fmt::Display for StorageFault {
+    /// The cause first, for the log and the health body: "storage is full (ENOSPC) at /x".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            StorageFaultKind::Full => "storage is full",
+            StorageFaultKind::FdLimit => "out of file descriptors",
+            StorageFaultKind::Io => "storage I/O error",
+        };
+        write!(f, "{what} ({})", self.code)?;
+        if let Some(path) = &self.path {
+            write!(f, " at {path}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Storage for shape logs. Appends are buffered; [`ShapeLogStore::flush`] makes everything

@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use ampere_core::ports::{StorageFault, StorageFaultKind};
+
 /// The lease file's name in the storage root.
 pub const LEASE_FILE: &str = "lease";
 
@@ -98,6 +100,25 @@ impl LeaseError {
     pub fn is_fenced(&self) -> bool {
         matches!(self, Self::Fenced(_))
     }
+}
+
+/// Classifies an OS error on `path`: `ENOSPC`/`EDQUOT` (full), `EMFILE`/`ENFILE` (descriptor
+/// limit), `EIO` (device). Shared by the store and the metadata (whose lease
+/// failures carry the lease file's path).
+pub fn io_fault(error: &io::Error, path: &Path) -> Option<StorageFault> {
+    let (kind, code) = match error.raw_os_error()? {
+        libc::ENOSPC => (StorageFaultKind::Full, "ENOSPC"),
+        libc::EDQUOT => (StorageFaultKind::Full, "EDQUOT"),
+        libc::EMFILE => (StorageFaultKind::FdLimit, "EMFILE"),
+        libc::ENFILE => (StorageFaultKind::FdLimit, "ENFILE"),
+        libc::EIO => (StorageFaultKind::Io, "EIO"),
+        _ => return None,
+    };
+    Some(StorageFault {
+        kind,
+        code,
+        path: Some(path.display().to_string()),
+    })
 }
 
 /// What the lease file says.
@@ -356,6 +377,29 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_full_disk_the_descriptor_limit_and_a_device_error_are_faults_and_nothing_else_is() {
+        let path = Path::new("/s/lease");
+        let fault = |errno| io_fault(&io::Error::from_raw_os_error(errno), path);
+        for (errno, kind, code) in [
+            (libc::ENOSPC, StorageFaultKind::Full, "ENOSPC"),
+            (libc::EDQUOT, StorageFaultKind::Full, "EDQUOT"),
+            (libc::EMFILE, StorageFaultKind::FdLimit, "EMFILE"),
+            (libc::ENFILE, StorageFaultKind::FdLimit, "ENFILE"),
+            (libc::EIO, StorageFaultKind::Io, "EIO"),
+        ] {
+            let found = fault(errno).expect("a fault");
+            assert_eq!((found.kind, found.code), (kind, code));
+            assert_eq!(found.path.as_deref(), Some("/s/lease"));
+        }
+        for errno in [libc::EACCES, libc::ENOENT, libc::EROFS, libc::ENOTDIR] {
+            assert_eq!(fault(errno), None, "errno {errno}");
+        }
+        assert_eq!(io_fault(&io::Error::other("no errno"), path), None);
+        let full = fault(libc::ENOSPC).expect("full");
+        assert_eq!(full.to_string(), "storage is full (ENOSPC) at /s/lease");
     }
 
     #[test]

@@ -21,10 +21,18 @@ impl ampere_core::ports::StorageError for store::StoreError {
     fn is_fenced(&self) -> bool {
         Self::is_fenced(self)
     }
+
+    fn fault(&self) -> Option<ampere_core::ports::StorageFault> {
+        Self::fault(self)
+    }
 }
 
 impl ampere_core::ports::StorageError for metadata::MetadataError {
     fn is_fenced(&self) -> bool {
         Self::is_fenced(self)
+    }
+
+    fn fault(&self) -> Option<ampere_core::ports::StorageFault> {
+        Self::fault(self)
     }
 }

@@ -74,7 +74,9 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use serde::{Deserialize, Serialize};
 
 use ampere_core::pgoutput::Oid;
-use ampere_core::ports::{MetadataStore, StorageIdentity, StoredShape};
+use ampere_core::ports::{
+    MetadataStore, StorageFault, StorageFaultKind, StorageIdentity, StoredShape,
+};
 use ampere_core::shape::{
     ColumnSchema, HandleStamp, LogMode, RelationName, Replica, ServerVersion, ShapeDefinition,
     ShapeHandle, TableSchema,
@@ -82,7 +84,7 @@ use ampere_core::shape::{
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_core::Lsn;
 
-use crate::lease::{Fenced, LeaseError, StorageLease};
+use crate::lease::{io_fault, Fenced, LeaseError, StorageLease};
 
 /// The metadata file's name inside its directory.
 pub const METADATA_FILE: &str = "shapes.sqlite3";
@@ -1313,6 +1315,33 @@ impl MetadataError {
         matches!(self, Self::Fenced { .. })
     }
 
+    /// The resource a write ran out of (full disk, descriptor limit, device error): the
+    /// instance degrades on these instead of stopping. SQLite reports a full disk as
+    /// `SQLITE_FULL` and hides the errno of its other I/O failures, so those count as device
+    /// errors (`SQLITE_IOERR`, and `SQLITE_CANTOPEN`, which is how `EMFILE` reaches it).
+    pub fn fault(&self) -> Option<StorageFault> {
+        match self {
+            Self::Io { path, source, .. } | Self::CreateDir { path, source } => {
+                io_fault(source, path)
+            }
+            Self::Sqlite {
+                path,
+                source: rusqlite::Error::SqliteFailure(err, _),
+                ..
+            } => {
+                let (kind, code) = match err.code {
+                    ErrorCode::DiskFull => (StorageFaultKind::Full, "SQLITE_FULL"),
+                    ErrorCode::SystemIoFailure => (StorageFaultKind::Io, "SQLITE_IOERR"),
+                    ErrorCode::CannotOpen => (StorageFaultKind::Io, "SQLITE_CANTOPEN"),
+                    _ => return None,
+                };
+                let path = Some(path.display().to_string());
+                Some(StorageFault { kind, code, path })
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a standby's read failed in a way a writer causes briefly (MD-4): retry later.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. })
@@ -1626,5 +1655,39 @@ impl From<SnapshotDto> for PgSnapshot {
             xmax: FullXid(s.xmax),
             xip: s.xip.into_iter().map(FullXid).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> MetadataError {
+        MetadataError::Sqlite {
+            path: PathBuf::from("/s/shapes.sqlite3"),
+            op: "commit",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        }
+    }
+
+    #[test]
+    fn sqlite_reports_a_full_disk_and_io_failures_as_faults_and_corruption_as_none() {
+        let full = sqlite(rusqlite::ffi::SQLITE_FULL).fault().expect("a fault");
+        assert_eq!(
+            (full.kind, full.code),
+            (StorageFaultKind::Full, "SQLITE_FULL")
+        );
+        assert_eq!(full.path.as_deref(), Some("/s/shapes.sqlite3"));
+        let io = sqlite(rusqlite::ffi::SQLITE_IOERR)
+            .fault()
+            .expect("a fault");
+        assert_eq!(io.kind, StorageFaultKind::Io);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_CORRUPT).fault(), None);
+        let file = MetadataError::Io {
+            path: PathBuf::from("/s/shapes/h/shape.json"),
+            op: "write",
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(file.fault().map(|f| f.code), Some("ENOSPC"));
     }
 }

@@ -87,6 +87,8 @@ pub struct FaultProfile {
     pub fsync_max: Duration,
     /// Disk stalls (F9).
     pub disk_stall_rate: f64,
+    /// Full disks (F12): writes fail with `ENOSPC` for a while, then space is freed.
+    pub disk_full_rate: f64,
     /// Wall-clock steps (F10), forwards and backwards.
     pub clock_step_rate: f64,
     /// First full xid (F11): epoch > 0, sometimes a few xids below a 2³² boundary.
@@ -150,6 +152,8 @@ impl FaultProfile {
             long_txn_chance: on(0.7, rng, 0.02, 0.25),
             large_txn_chance: on(0.4, rng, 0.005, 0.05),
             max_latency: rng.duration(Duration::from_millis(1), Duration::from_millis(60)),
+            // Drawn last: the classes above keep the values earlier seeds gave them.
+            disk_full_rate: on(0.2, rng, 0.005, 0.03),
         }
     }
 
@@ -168,6 +172,7 @@ impl FaultProfile {
             ddl_rate: 0.0,
             fsync_max: Duration::from_millis(1),
             disk_stall_rate: 0.0,
+            disk_full_rate: 0.0,
             clock_step_rate: 0.0,
             first_xid: (1 << 32) + 1_000,
             txn_rate: 5.0,
@@ -188,8 +193,8 @@ impl fmt::Display for FaultProfile {
         write!(
             f,
             "{:?}×{} crash={:.3} pg-part={:.3} client-part={:.3} pg-restart={:.3} slot-loss={:.3} \
-             stale={} terminate={:.3} ddl={:.3} fsync≤{:?} stall={:.3} clock={:.3} xid0={:#x} \
-             txn/s={:.1} long={:.2} large={:.3} latency≤{:?}",
+             stale={} terminate={:.3} ddl={:.3} fsync≤{:?} stall={:.3} full={:.3} clock={:.3} \
+             xid0={:#x} txn/s={:.1} long={:.2} large={:.3} latency≤{:?}",
             self.layout,
             self.instances,
             self.crash_rate,
@@ -202,6 +207,7 @@ impl fmt::Display for FaultProfile {
             self.ddl_rate,
             self.fsync_max,
             self.disk_stall_rate,
+            self.disk_full_rate,
             self.clock_step_rate,
             self.first_xid,
             self.txn_rate,
@@ -233,6 +239,7 @@ mod tests {
         assert!(profiles.iter().any(|p| p.slot_loss_rate > 0.0));
         assert!(profiles.iter().any(|p| p.layout == StorageLayout::Separate));
         assert!(profiles.iter().any(|p| p.instances == 3));
+        assert!(profiles.iter().any(|p| p.disk_full_rate > 0.0));
         assert!(profiles
             .iter()
             .any(|p| p.first_xid % (1 << 32) > (1 << 32) - 30));

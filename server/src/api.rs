@@ -123,4 +123,8 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
     fn last_purge(&self) -> Option<PurgeInfo> {
         None
     }
+    /// Why storage writes fail, while they do.
+    fn storage_degraded(&self) -> Option<crate::registry::StorageDegraded> {
+        None
+    }
 }

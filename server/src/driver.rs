@@ -16,8 +16,8 @@ use ampere_core::instance::{LoadedShape, LoadedStorage};
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
     Clock, DisconnectKind, MetadataStore, PgError, PgPort, ReplicationMessage, ReplicationSession,
-    ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StorageError, StoredShape,
-    SystemIdentity,
+    ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StorageError, StorageFault,
+    StoredShape, SystemIdentity,
 };
 use ampere_core::shape::{HandleStamp, RelationName, ShapeDefinition, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{CreateShapeError, ShapeInfo};
 use crate::metrics::Metrics;
-use crate::registry::{ReadState, Registry};
+use crate::registry::{ReadState, Registry, StorageDegraded};
 
 /// How long shutdown waits for in-flight flushes.
 const SHUTDOWN_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -71,7 +71,9 @@ pub enum DriverError {
     /// The core asked for an operator (configuration, privileges).
     #[error("{0}")]
     Fatal(String),
-    /// Shape storage failed; continuing could lose acknowledged data.
+    /// Storage could not be loaded for a reason that does not pass by itself (a corrupt or
+    /// foreign storage directory, a refused permission): an operator must look. A full disk,
+    /// the descriptor limit or a device error degrade instead ([`StorageError::fault`]).
     #[error("shape storage failed: {0}")]
     Storage(String),
 }
@@ -80,6 +82,14 @@ type Task<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A failed Postgres step, in the core's words.
 type StepError = (DisconnectKind, String);
+
+/// A failed storage operation: whether storage fenced us, the resource that ran out (if
+/// that is why), and the error rendered.
+type StorageFailure = (bool, Option<StorageFault>, String);
+
+fn storage_failure<E: StorageError>(e: &E) -> StorageFailure {
+    (e.is_fenced(), e.fault(), error_chain(e))
+}
 
 /// Completed in-flight work, turned into an input by the loop.
 enum Completion<Se, St> {
@@ -113,7 +123,7 @@ enum Completion<Se, St> {
         /// When `FlushLogs` was issued.
         issued: Instant,
         /// On failure: whether storage fenced us (another instance took the lease), and why.
-        result: Result<(), (bool, String)>,
+        result: Result<(), StorageFailure>,
     },
     Snapshot {
         op: OpId,
@@ -224,7 +234,8 @@ where
     async fn persist_shapes(&mut self, shapes: Vec<StoredShape>) -> Result<(), DriverError> {
         debug!(shapes = shapes.len(), "persisting shapes");
         let result = self.ports.meta.put_shapes(shapes).await;
-        self.storage(result, "persisting shapes")
+        self.storage(result, "persisting shapes");
+        Ok(())
     }
 
     /// Executes outputs until the core has none, feeding inputs produced meanwhile.
@@ -302,16 +313,27 @@ where
                 }));
             }
             Output::LoadStorage { op } => match self.load_storage().await {
-                Ok(storage) => self.pending.push_back(Input::StorageLoaded { op, storage }),
+                Ok(storage) => {
+                    self.registry.storage_recovered();
+                    self.pending.push_back(Input::StorageLoaded { op, storage });
+                }
                 // Another instance promoted since this one took the lock, so it holds the
                 // lock now: a lost lock, not broken storage.
-                Err((true, message)) => {
+                Err((true, _, message)) => {
                     warn!(error = %message, "storage lease taken while loading: stepping down");
                     let kind = DisconnectKind::Transient;
                     let failed = Input::ReplicationFailed { op, kind, message };
                     self.pending.push_back(failed);
                 }
-                Err((false, message)) => return Err(DriverError::Storage(message)),
+                // A full disk (the lease write is the first to fail), the descriptor limit or
+                // a device error: stay read-only and try again after the core's back-off.
+                Err((false, Some(fault), message)) => {
+                    self.record_degraded("loading storage", Some(&fault), &message);
+                    let kind = DisconnectKind::Transient;
+                    let failed = Input::ReplicationFailed { op, kind, message };
+                    self.pending.push_back(failed);
+                }
+                Err((false, None, message)) => return Err(DriverError::Storage(message)),
             },
             Output::StartStreaming { op, target } => {
                 let session = self
@@ -332,7 +354,7 @@ where
             Output::PersistIdentity { identity } => {
                 let put = self.ports.meta.put_identity(identity);
                 let result = put.await;
-                self.storage(result, "persisting the replication identity")?;
+                self.storage(result, "persisting the replication identity");
             }
             Output::Purged { reason } => {
                 warn!(
@@ -355,13 +377,13 @@ where
                 // Fenced: a store that found the lease taken (a flush whose failure the core
                 // has not heard of yet) refuses appends until promoted again.
                 let result = self.ports.store.append(&handle, entries);
-                self.storage(result, "appending to a shape log")?;
+                self.storage(result, "appending to a shape log");
             }
             Output::FlushLogs { op } => {
                 let issued = self.ports.clock.now();
                 let flush = self.ports.store.flush();
                 self.in_flight.push(Box::pin(async move {
-                    let result = flush.await.map_err(|e| (e.is_fenced(), error_chain(&e)));
+                    let result = flush.await.map_err(|e| storage_failure(&e));
                     Completion::Flushed { op, issued, result }
                 }));
             }
@@ -415,10 +437,10 @@ where
                 self.registry.remove(&handle);
                 let remove = self.ports.store.remove_shape(&handle);
                 let result = remove.await;
-                self.storage(result, "removing a shape log")?;
+                self.storage(result, "removing a shape log");
                 let delete = self.ports.meta.delete_shape(&handle);
                 let result = delete.await;
-                self.storage(result, "deleting a shape row")?;
+                self.storage(result, "deleting a shape row");
             }
             Output::Fatal { message } => return Err(DriverError::Fatal(message)),
         }
@@ -496,20 +518,46 @@ where
 
     /// The outcome of a storage write: a fenced write means another instance took the
     /// storage lease, so this one lost the lock (and may not have heard yet): it steps down
-    /// instead of failing. Any other failure stops the driver (acked data could be at risk).
-    fn storage<E: StorageError>(
-        &mut self,
-        result: Result<(), E>,
-        what: &'static str,
-    ) -> Result<(), DriverError> {
+    /// instead of failing. Any other failure degrades ([`Driver::degrade`]).
+    fn storage<E: StorageError>(&mut self, result: Result<(), E>, what: &'static str) {
         match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_fenced() => {
-                self.fenced(what);
-                Ok(())
-            }
-            Err(e) => Err(DriverError::Storage(error_chain(&e))),
+            Ok(()) => {}
+            Err(e) if e.is_fenced() => self.fenced(what),
+            Err(e) => self.degrade(what, e.fault().as_ref(), &error_chain(&e)),
         }
+    }
+
+    /// A storage write failed (a full disk, the descriptor limit, a device error, or an
+    /// append refused because an earlier flush of the shape failed): what follows it may
+    /// depend on it — a standby status after the acked position it names (CT-5), a flush
+    /// after an append — so no status goes out any more (the stream is dropped here, before
+    /// any output queued behind the failed one runs) and the core is told the stream is
+    /// lost. It stops replication (the store follows again and serves what is durable),
+    /// backs off, and reloads storage once a promotion can write again; recovery truncates
+    /// what the failure left half-written and the slot re-sends everything unconfirmed.
+    /// Exiting instead stopped the reads too, and a restart on a full disk could not start.
+    fn degrade(&mut self, what: &'static str, fault: Option<&StorageFault>, error: &str) {
+        self.record_degraded(what, fault, error);
+        self.stream = None;
+        self.pending.push_back(Input::ReplicationLost {
+            kind: DisconnectKind::Transient,
+        });
+    }
+
+    /// Says why storage is degraded: a warning naming the cause first (errno and path), and
+    /// the reason `/v1/health` and the `ampere_storage_degraded` gauge show until a
+    /// promotion writes again.
+    fn record_degraded(&mut self, what: &'static str, fault: Option<&StorageFault>, error: &str) {
+        let (reason, message) = match fault {
+            Some(fault) => (fault.kind.label(), format!("{fault} while {what}")),
+            None => ("error", format!("storage write failed while {what}")),
+        };
+        warn!(
+            reason,
+            error, "{message}: acknowledging nothing, serving durable shapes read-only, retrying"
+        );
+        self.registry
+            .storage_degraded(StorageDegraded { reason, message });
     }
 
     /// Another instance took the storage lease (deploy-semantics §2 item 13): this one lost
@@ -541,9 +589,9 @@ where
     /// With the lock held: storage switches to writing, then shapes, logs and the replication
     /// identity are loaded for the core, which decides what to keep. On failure: whether
     /// storage fenced us (another instance took the lease meanwhile), and why.
-    async fn load_storage(&mut self) -> Result<LoadedStorage, (bool, String)> {
-        fn failed<E: StorageError>(e: E) -> (bool, String) {
-            (e.is_fenced(), error_chain(&e))
+    async fn load_storage(&mut self) -> Result<LoadedStorage, StorageFailure> {
+        fn failed<E: StorageError>(e: E) -> StorageFailure {
+            storage_failure(&e)
         }
         self.ports.store.promote().await.map_err(failed)?;
         self.ports.meta.promote().await.map_err(failed)?;
@@ -554,8 +602,10 @@ where
             let log = match shape.snapshot {
                 Some(_) => match self.ports.store.recover(&shape.handle).await {
                     Ok(log) => Some(log),
-                    // Not unreadable: the next lock holder must find it, not discard it.
-                    Err(e) if e.is_fenced() => return Err(failed(e)),
+                    // Not unreadable: the next lock holder must find it, not discard it. Nor
+                    // is a log that failed for want of space or descriptors: the load is
+                    // retried once they are back, instead of discarding the shape.
+                    Err(e) if e.is_fenced() || e.fault().is_some() => return Err(failed(e)),
                     Err(e) => {
                         error!(handle = %shape.handle, error = %error_chain(&e), "unreadable shape log");
                         None
@@ -664,13 +714,15 @@ where
             }
             Completion::Flushed {
                 op,
-                result: Err((fenced, e)),
+                result: Err((fenced, fault, e)),
                 ..
             } => {
                 // Unflushed data was never acknowledged; the core replays it from the slot.
-                error!(error = %e, "flushing shape logs failed");
                 if fenced {
+                    error!(error = %e, "flushing shape logs failed");
                     self.fenced("flushing shape logs");
+                } else {
+                    self.record_degraded("flushing shape logs", fault.as_ref(), &e);
                 }
                 Input::LogsFlushFailed { op }
             }

@@ -361,22 +361,10 @@ async fn listen_metrics(config: &Config, port: u16) -> anyhow::Result<TcpListene
 /// second (the first, unless set).
 fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)> {
     let storage = &config.storage_dir;
-    probe_writable(storage).with_context(|| {
-        format!(
-            "ELECTRIC_STORAGE_DIR={} is not usable; make it a writable directory for the user \
-             running ampere (check the owner of its parent directory)",
-            storage.display()
-        )
-    })?;
+    probe_storage_dir("ELECTRIC_STORAGE_DIR", storage)?;
     let metadata_dir = config.shape_db_dir();
     if metadata_dir != storage {
-        probe_writable(metadata_dir).with_context(|| {
-            format!(
-                "ELECTRIC_SHAPE_DB_STORAGE_DIR={} is not usable; make it a writable directory \
-                 for the user running ampere",
-                metadata_dir.display()
-            )
-        })?;
+        probe_storage_dir("ELECTRIC_SHAPE_DB_STORAGE_DIR", metadata_dir)?;
     }
     let store = FileStore::open_follower(storage).context("opening shape storage")?;
     let mode = if config.shape_db_exclusive_mode {
@@ -395,6 +383,25 @@ fn open_storage(config: &Config) -> anyhow::Result<(FileStore, StandbyMetadata)>
     let meta = StandbyMetadata::open_with_shape_dir(metadata_dir, options, storage)
         .context("opening shape metadata")?;
     Ok((store, meta))
+}
+
+/// Probes a storage directory (ST-1). A full disk, the descriptor limit or a device error
+/// does not stop startup: ampere starts read-only (existing shapes are served, creation is
+/// answered 503) and becomes active by itself once a write succeeds. Any other failure stops
+/// it, naming the cause before the fix.
+fn probe_storage_dir(variable: &str, dir: &Path) -> anyhow::Result<()> {
+    let Err(e) = probe_writable(dir) else {
+        return Ok(());
+    };
+    if let Some(fault) = e.fault() {
+        warn!(
+            "{variable}={}: {fault}: starting read-only; shapes become writable once storage \
+             accepts writes again",
+            dir.display()
+        );
+        return Ok(());
+    }
+    Err(e).with_context(|| format!("{variable}={} is not usable", dir.display()))
 }
 
 /// `DATABASE_URL`, or an embedded PostgreSQL started inside the storage directory.

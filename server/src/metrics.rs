@@ -71,6 +71,8 @@ pub struct ServiceStats {
     pub shapes: Option<usize>,
     /// Bytes of shape logs durable on disk, where known.
     pub shape_bytes: Option<u64>,
+    /// Why storage writes fail, while they do ([`crate::registry::StorageDegraded::reason`]).
+    pub storage_degraded: Option<&'static str>,
 }
 
 impl ServiceStats {
@@ -84,6 +86,7 @@ impl ServiceStats {
             acknowledged_lsn: Some(registry.acknowledged_lsn()),
             shapes: Some(registry.len()),
             shape_bytes: None,
+            storage_degraded: registry.degraded().map(|d| d.reason),
         }
     }
 
@@ -105,6 +108,7 @@ impl ServiceStats {
             acknowledged_lsn: None,
             shapes: None,
             shape_bytes: None,
+            storage_degraded: api.storage_degraded().map(|d| d.reason),
         }
     }
 }
@@ -418,6 +422,17 @@ impl Collector for ServiceCollector {
                 bytes,
             )?;
         }
+        let degraded = DegradedGauge {
+            current: stats.storage_degraded,
+        };
+        degraded.encode(encoder.encode_descriptor(
+            "ampere_storage_degraded",
+            "Whether storage writes fail (1) for this reason (full: ENOSPC; fd_limit: \
+             EMFILE/ENFILE; io: EIO or SQLite I/O; error: another write error) or not (0): \
+             replication is stopped, durable shapes are served read-only, writes are retried.",
+            None,
+            degraded.metric_type(),
+        )?)?;
         // Only while active: a standby's poller stops, and its last values would be stale.
         let slot = if is_active {
             lock(&self.slot).clone()
@@ -506,6 +521,40 @@ impl EncodeMetric for ConstFamily<'_> {
     }
 }
 
+/// `ampere_storage_degraded{reason}`: one sample per reason, 1 for the current one.
+#[derive(Debug)]
+struct DegradedGauge {
+    current: Option<&'static str>,
+}
+
+impl DegradedGauge {
+    /// Every reason the driver records, so each series exists (at 0) before it is needed.
+    const REASONS: [&'static str; 4] = ["full", "fd_limit", "io", "error"];
+}
+
+impl prometheus_client::metrics::TypedMetric for DegradedGauge {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Gauge;
+}
+
+impl EncodeMetric for DegradedGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), fmt::Error> {
+        for reason in Self::REASONS {
+            let value = i64::from(self.current == Some(reason));
+            let labels = [("reason", reason)];
+            ConstGauge::new(value).encode(encoder.encode_family(&labels.as_slice())?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
+}
+
 /// While this instance is active, reads the slot's statistics on the admin connection into
 /// `metrics` at once and then every [`SLOT_POLL_INTERVAL`], until `shutdown` flips. A failed
 /// query never touches replication: it is logged at debug and the slot series are dropped
@@ -559,6 +608,7 @@ mod tests {
             acknowledged_lsn: Some(Lsn(43)),
             shapes: Some(3),
             shape_bytes: Some(4096),
+            storage_degraded: None,
         }));
         let source = Arc::clone(&stats);
         let metrics = Metrics::new(move || *lock(&source));
@@ -583,9 +633,22 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
+        assert!(
+            text.contains("ampere_storage_degraded{reason=\"full\"} 0\n"),
+            "{text}"
+        );
         lock(&stats).health = Health::Waiting;
+        lock(&stats).storage_degraded = Some("full");
         let text = metrics.render();
         assert!(text.contains("ampere_active 0\n"), "{text}");
+        assert!(
+            text.contains("ampere_storage_degraded{reason=\"full\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ampere_storage_degraded{reason=\"fd_limit\"} 0\n"),
+            "{text}"
+        );
         assert!(!text.contains("ampere_slot_"), "{text}");
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ampere_core::ports::SnapshotRefusal;
 use ampere_core::shape::{ShapeDefinition, ShapeHandle};
@@ -25,6 +25,20 @@ pub struct Registry {
     /// The `flush` position last acknowledged to Postgres (for metrics only: no one waits
     /// on it, so it is not part of [`ReadState`]).
     acknowledged_lsn: Arc<AtomicU64>,
+    /// Why storage writes fail, while they do (for `/v1/health` and metrics).
+    degraded: Arc<Mutex<Option<StorageDegraded>>>,
+}
+
+/// Storage writes are failing for a reason that passes (a full disk, the descriptor limit, a
+/// device error, or another write error): the instance serves what is durable, acknowledges
+/// nothing, and retries until a write succeeds again.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StorageDegraded {
+    /// `full`, `fd_limit`, `io` ([`ampere_core::ports::StorageFaultKind::label`]), or
+    /// `error` for a write error of no known cause.
+    pub reason: &'static str,
+    /// What failed, cause first, for the health body.
+    pub message: String,
 }
 
 /// Refused shapes remembered for their readers, at most (oldest forgotten first: a reader of
@@ -60,7 +74,23 @@ impl Registry {
             inner: Arc::default(),
             state: Arc::new(Watermark::new(ReadState::default())),
             acknowledged_lsn: Arc::default(),
+            degraded: Arc::default(),
         }
+    }
+
+    /// Records why storage writes fail (until [`Registry::storage_recovered`]).
+    pub fn storage_degraded(&self, degraded: StorageDegraded) {
+        *lock(&self.degraded) = Some(degraded);
+    }
+
+    /// Storage accepted writes again.
+    pub fn storage_recovered(&self) {
+        *lock(&self.degraded) = None;
+    }
+
+    /// Why storage writes fail, while they do.
+    pub fn degraded(&self) -> Option<StorageDegraded> {
+        lock(&self.degraded).clone()
     }
 
     /// Adds a live shape.
@@ -201,6 +231,13 @@ impl Registry {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Only an `Option` of plain data behind it: a panic elsewhere leaves it consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Default for Registry {

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::api::{CatalogUnavailable, CreateShapeError, Health, PurgeInfo, ShapeApi, ShapeInfo};
 use crate::driver::Request;
-use crate::registry::{ReadState, Registry};
+use crate::registry::{ReadState, Registry, StorageDegraded};
 use ampere_core::error_chain;
 
 /// How long a shape creation waits for the service to become active (then 503).
@@ -128,6 +128,10 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
 
     fn last_purge(&self) -> Option<PurgeInfo> {
         self.registry.last_purge()
+    }
+
+    fn storage_degraded(&self) -> Option<StorageDegraded> {
+        self.registry.degraded()
     }
 }
 

@@ -581,6 +581,14 @@ impl World {
             self.hosts[i].disk.stall_until(now + len);
             self.count("disk stall (F9)");
         }
+        // Drawn only when the class is on: seeds without it keep their fault schedule.
+        if p.disk_full_rate > 0.0 && self.fault_rng.chance(p.disk_full_rate * dt) {
+            let rng = &mut self.fault_rng;
+            let i = usize::try_from(rng.below(self.hosts.len() as u64)).unwrap_or(0);
+            let len = rng.duration(Duration::from_millis(500), Duration::from_secs(20));
+            self.hosts[i].disk.fill_until(now + len);
+            self.count("disk full (F12)");
+        }
         let rng = &mut self.fault_rng;
         if rng.chance(p.clock_step_rate * dt) {
             let secs = i64::try_from(rng.below(7_200)).unwrap_or(0) - 3_600;
@@ -636,6 +644,7 @@ impl World {
                 sim.bounce(host.name.as_str());
             }
             host.disk.stall_until(Duration::ZERO);
+            host.disk.free();
         }
     }
 

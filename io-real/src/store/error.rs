@@ -1,12 +1,13 @@
 //! The store's error type.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use ampere_core::ports::StorageFault;
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
-use crate::lease::Fenced;
+use crate::lease::{io_fault, Fenced};
 
 /// Why a shape-log store operation failed.
 ///
@@ -102,9 +103,8 @@ pub enum StoreError {
     /// The storage directory probe failed (deploy-semantics ST-1). The message is meant for the
     /// operator: it names the path, the OS error and the usual fix.
     #[error(
-        "storage directory {root} is not usable: cannot {op} {path}: {error}. Make sure it is a \
-         writable directory and that the user running ampere owns it (or can create it in its \
-         parent directory)"
+        "storage directory {root} is not usable: cannot {op} {path}: {error}{}",
+        not_writable_hint(error)
     )]
     NotWritable {
         /// The storage directory.
@@ -154,5 +154,70 @@ impl StoreError {
     /// stop writing and wait for the lock again ([`StoreError::Fenced`]).
     pub fn is_fenced(&self) -> bool {
         matches!(self, Self::Fenced { .. })
+    }
+
+    /// The resource a file operation ran out of (full disk, descriptor limit, device error):
+    /// the instance degrades on these instead of stopping. `None` for every other error.
+    pub fn fault(&self) -> Option<StorageFault> {
+        match self {
+            Self::Io { path, source, .. } => io_fault(source, path),
+            Self::NotWritable { path, error, .. } => io_fault(error, path),
+            _ => None,
+        }
+    }
+}
+
+/// The fix for a storage directory that failed the startup probe, after its cause: none for
+/// a full disk, the descriptor limit or a device error (ownership is not the problem, and the
+/// server starts read-only anyway), the ownership hint for everything else.
+fn not_writable_hint(error: &io::Error) -> &'static str {
+    if io_fault(error, Path::new("")).is_some() {
+        return "";
+    }
+    ". Make sure it is a writable directory and that the user running ampere owns it (or can \
+     create it in its parent directory)"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_writable(errno: i32) -> StoreError {
+        StoreError::NotWritable {
+            root: PathBuf::from("/s"),
+            op: "write",
+            path: PathBuf::from("/s/.probe"),
+            error: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    #[test]
+    fn a_full_storage_directory_is_a_fault_named_before_any_ownership_hint() {
+        let full = not_writable(libc::ENOSPC);
+        let fault = full.fault().expect("a fault");
+        assert_eq!(fault.code, "ENOSPC");
+        assert_eq!(fault.path.as_deref(), Some("/s/.probe"));
+        let message = full.to_string();
+        assert!(message.contains("No space left on device"), "{message}");
+        assert!(!message.contains("owns it"), "{message}");
+
+        let denied = not_writable(libc::EACCES);
+        assert_eq!(denied.fault(), None);
+        let message = denied.to_string();
+        let cause = message.find("Permission denied").expect("the cause");
+        let hint = message.find("owns it").expect("the hint");
+        assert!(cause < hint, "{message}");
+    }
+
+    #[test]
+    fn only_file_errors_are_faults() {
+        let io = StoreError::Io {
+            op: "open",
+            path: PathBuf::from("/s/shapes/h/log.json"),
+            source: io::Error::from_raw_os_error(libc::EMFILE),
+        };
+        assert_eq!(io.fault().map(|f| f.code), Some("EMFILE"));
+        let handle = ShapeHandle::from_string("1-2".to_owned());
+        assert_eq!(StoreError::ShapeFailed { handle }.fault(), None);
     }
 }

@@ -41,6 +41,8 @@ struct DiskState {
     latency_max: Duration,
     /// Simulated time until which the disk is frozen (F9).
     stalled_until: Duration,
+    /// Simulated time until which the disk is full (F12): writes issued before then fail.
+    full_until: Duration,
     /// Readers waiting for a shape to change (`changed()`), across every host.
     watchers: BTreeMap<String, watch::Sender<u64>>,
     /// Every handle whose shape became durable, in order, repeats included.
@@ -65,6 +67,9 @@ pub(super) enum WriteError {
     /// A crash (or a restore of an older copy) ended it before it was durable.
     #[error("the disk lost the write before it was durable")]
     Lost,
+    /// The disk was full when it was issued (F12): nothing of it took effect.
+    #[error("no space left on the disk")]
+    Full,
     /// It was refused when it was to take effect.
     #[error("the write was refused: {0:?}")]
     Refused(Refused),
@@ -90,6 +95,7 @@ impl SimDisk {
                 latency_min: Duration::ZERO,
                 latency_max: Duration::ZERO,
                 stalled_until: Duration::ZERO,
+                full_until: Duration::ZERO,
                 watchers: BTreeMap::new(),
                 created: Vec::new(),
                 hook: None,
@@ -263,6 +269,24 @@ impl SimDisk {
         }
     }
 
+    /// Fills the disk until `until` (simulated time; F12): every write issued before then
+    /// fails as `ENOSPC` would, the storage lease's included; writes already in flight still
+    /// complete. [`SimDisk::free`] ends it earlier.
+    pub fn fill_until(&self, until: Duration) {
+        let mut state = self.state();
+        state.full_until = state.full_until.max(until);
+    }
+
+    /// Frees the space a [`SimDisk::fill_until`] took, now.
+    pub fn free(&self) {
+        self.state().full_until = Duration::ZERO;
+    }
+
+    /// Whether the disk is full now (F12).
+    pub fn is_full(&self) -> bool {
+        sim_now() < self.state().full_until
+    }
+
     /// Runs `read` on a durable shape, if it exists.
     pub(super) fn with_shape<R>(
         &self,
@@ -301,6 +325,9 @@ impl SimDisk {
         // take effect after a later promotion of the same writer.
         if !state.holds_lease(&writer) {
             return Err(WriteError::Refused(Refused::Fenced));
+        }
+        if sim_now() < state.full_until {
+            return Err(WriteError::Full);
         }
         let id = state.next_op;
         state.next_op += 1;

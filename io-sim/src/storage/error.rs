@@ -1,6 +1,7 @@
 //! The simulated stores' errors (io-real's `StoreError` and `MetadataError`, as far as a
 //! simulated disk can fail).
 
+use ampere_core::ports::{StorageFault, StorageFaultKind};
 use ampere_core::shape::ShapeHandle;
 use ampere_core::LogOffset;
 
@@ -82,6 +83,14 @@ pub enum SimStoreError {
         /// What was being written.
         op: &'static str,
     },
+    /// The disk was full (F12): nothing was written.
+    #[error("{op} by {writer} failed: no space left on the disk (ENOSPC)")]
+    Full {
+        /// The store's writer name.
+        writer: String,
+        /// What was being written.
+        op: &'static str,
+    },
     /// The task completing a write failed (runtime shutting down).
     #[error("storage worker task failed")]
     Worker {
@@ -103,6 +112,19 @@ impl ampere_core::ports::StorageError for SimStoreError {
     fn is_fenced(&self) -> bool {
         matches!(self, Self::Fenced { .. })
     }
+
+    fn fault(&self) -> Option<StorageFault> {
+        matches!(self, Self::Full { .. }).then(full)
+    }
+}
+
+/// What io-real reports for `ENOSPC` (the simulated disk has no paths).
+fn full() -> StorageFault {
+    StorageFault {
+        kind: StorageFaultKind::Full,
+        code: "ENOSPC",
+        path: None,
+    }
 }
 
 impl SimStoreError {
@@ -121,6 +143,10 @@ impl SimStoreError {
                 handle: handle.clone(),
             },
             (WriteError::Worker(source), _) => Self::Worker { source },
+            (WriteError::Full, _) => Self::Full {
+                writer: writer.to_owned(),
+                op,
+            },
             (WriteError::Refused(Refused::Fenced), _) => Self::Fenced {
                 writer: writer.to_owned(),
                 op,
@@ -150,6 +176,14 @@ pub enum SimMetadataError {
         /// What was being written.
         op: &'static str,
     },
+    /// The disk was full (F12): nothing was written.
+    #[error("{op} by {writer} failed: no space left on the disk (ENOSPC)")]
+    Full {
+        /// The metadata store's writer name.
+        writer: String,
+        /// What was being written.
+        op: &'static str,
+    },
     /// The task completing a write failed (runtime shutting down).
     #[error("metadata worker task failed")]
     Worker {
@@ -171,6 +205,10 @@ impl ampere_core::ports::StorageError for SimMetadataError {
     fn is_fenced(&self) -> bool {
         matches!(self, Self::Fenced { .. })
     }
+
+    fn fault(&self) -> Option<StorageFault> {
+        matches!(self, Self::Full { .. }).then(full)
+    }
 }
 
 impl SimMetadataError {
@@ -178,6 +216,10 @@ impl SimMetadataError {
     pub(super) fn from_write(err: WriteError, writer: &str, op: &'static str) -> Self {
         match err {
             WriteError::Worker(source) => Self::Worker { source },
+            WriteError::Full => Self::Full {
+                writer: writer.to_owned(),
+                op,
+            },
             WriteError::Refused(Refused::Fenced) => Self::Fenced {
                 writer: writer.to_owned(),
                 op,

@@ -167,6 +167,11 @@ impl MetadataStore for SimMetadata {
             // Adopt the lease the store of this process took (or take it if metadata is
             // promoted first): one generation per writer.
             if !inner.disk.holds_lease(&inner.writer) {
+                if inner.disk.is_full() {
+                    let writer = inner.writer.clone();
+                    let op = "take the storage lease";
+                    return Err(SimMetadataError::Full { writer, op });
+                }
                 inner.disk.acquire_lease(&inner.writer);
             }
             inner.is_writer.store(true, Ordering::SeqCst);

@@ -329,7 +329,12 @@ impl ShapeLogStore for SimStore {
         async move {
             let _serial = inner.serial.lock().await;
             // Every promotion (each time the lock is taken) takes the lease anew, fencing
-            // whoever wrote before.
+            // whoever wrote before: a write, which a full disk refuses (F12), as io-real's.
+            if inner.disk.is_full() {
+                let writer = inner.writer.clone();
+                let op = "take the storage lease";
+                return Err(SimStoreError::Full { writer, op });
+            }
             inner.disk.acquire_lease(&inner.writer);
             if inner.is_writer() {
                 return Ok(());

@@ -298,7 +298,8 @@ async fn dispatch<A: ShapeApi>(
     let mut response = match route {
         Route::Shape => shape_route(&state, method, parts.uri.query(), &parts.headers, body).await,
         Route::Health if is_read(method) => {
-            health::respond(state.api.health(), state.api.last_purge())
+            let degraded = state.api.storage_degraded();
+            health::respond(state.api.health(), state.api.last_purge(), degraded)
         }
         Route::Root if is_read(method) => StatusCode::OK.into_response(),
         Route::Health | Route::Root | Route::Unknown => ApiError::NotFound.into_response(),
