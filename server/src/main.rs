@@ -226,7 +226,7 @@ fn max_connections(config: &Config, fd_limit: u64) -> usize {
             fd_limit,
             reserved_fds = budget.reserved(),
             "AMPERE_MAX_CONNECTIONS is high for the file-descriptor limit: connections at the \
-             cap leave too few descriptors for shape logs (two files per shape) and Postgres; \
+             cap leave too few descriptors for shape logs and Postgres; \
              lower it or raise RLIMIT_NOFILE's hard limit (ulimit -Hn, systemd LimitNOFILE=, \
              docker --ulimit nofile=)"
         );
@@ -235,8 +235,8 @@ fn max_connections(config: &Config, fd_limit: u64) -> usize {
             max_connections = cap,
             fd_limit,
             reserved_fds = budget.reserved(),
-            "the file-descriptor limit allows few API connections: connections, shape logs \
-             (two files per shape) and Postgres share RLIMIT_NOFILE; raise its hard limit \
+            "the file-descriptor limit allows few API connections: connections, open shape \
+             logs and Postgres share RLIMIT_NOFILE; raise its hard limit \
              (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=)"
         );
     }

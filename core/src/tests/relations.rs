@@ -12,7 +12,10 @@ use crate::OpId;
 
 use super::harness::items;
 
-const PERIOD: Duration = Duration::from_secs(10);
+/// `relation_check::RELATION_CHECK_PERIOD`.
+const PERIOD: Duration = Duration::from_secs(5);
+/// How long a refused table is denied (`REFUSAL_TTL`).
+const REFUSAL_TTL: Duration = Duration::from_secs(10);
 
 fn refusal() -> SnapshotRefusal {
     SnapshotRefusal {
@@ -85,7 +88,7 @@ fn requests_on_a_refused_table_are_denied_without_a_new_snapshot_until_the_refus
     h.request(whole(&others()), &others());
     assert!(kinds(&h.take()).contains(&"CreateShape"));
 
-    h.advance(PERIOD + Duration::from_secs(1));
+    h.advance(REFUSAL_TTL + Duration::from_secs(1));
     h.take();
     h.request(whole(&items()), &items());
     assert!(kinds(&h.take()).contains(&"CreateShape"), "tried again");

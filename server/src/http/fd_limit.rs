@@ -1,14 +1,16 @@
 //! The process's file-descriptor limit, and the share of it API connections may take.
 //!
-//! Every accepted connection is a file descriptor, and so is every shape-log file ampere keeps
-//! open (a data and an index file per shape), the SQLite database and every Postgres
-//! connection.
+//! Every accepted connection is a file descriptor, and so is every shape-log file the store's
+//! cache keeps open (at most [`OpenFileBudget`], a quarter of the limit), the SQLite database
+//! and every Postgres connection.
 //! When connections took the last descriptor, the next storage call failed with `EMFILE` and
 //! ampere exited. So the `ampere` binary raises its soft `RLIMIT_NOFILE` to the hard limit
 //! first thing ([`raise_to_hard_limit`]), and caps API connections below what storage and
 //! Postgres need ([`FdBudget`]).
 
 use std::io;
+
+use ampere_io_real::store::OpenFileBudget;
 
 /// Open connections at most when the fd limit allows more: ThousandIsland's default for one
 /// acceptor is 16,384 and Electric runs 100; ampere stops at 65,536, where idle connections
@@ -96,13 +98,21 @@ pub struct FdBudget {
 }
 
 impl FdBudget {
-    /// Descriptors reserved before connections and shape logs share the rest.
+    /// Descriptors reserved before connections: the fixed ones, Postgres's, and the shape-log
+    /// files the store keeps open ([`OpenFileBudget::for_fd_limit`], which the store derives
+    /// from the same limit).
     pub fn reserved(&self) -> u64 {
-        FIXED_FDS + u64::from(self.db_pool_size) + POSTGRES_EXTRA_FDS
+        let shape_logs = OpenFileBudget::for_fd_limit(Some(self.fd_limit)).files();
+        FIXED_FDS
+            + u64::from(self.db_pool_size)
+            + POSTGRES_EXTRA_FDS
+            + u64::try_from(shape_logs).unwrap_or(u64::MAX)
     }
 
     /// The connection cap when `AMPERE_MAX_CONNECTIONS` is unset: half of what the reserve
-    /// leaves, between [`MAX_CONNECTIONS_FLOOR`] and [`MAX_CONNECTIONS_CEILING`].
+    /// leaves (the other half absorbs files opened for a moment beyond the fixed reserve:
+    /// snapshot chunks of many concurrent snapshots, `shape.json` writes), between
+    /// [`MAX_CONNECTIONS_FLOOR`] and [`MAX_CONNECTIONS_CEILING`].
     pub fn default_max_connections(&self) -> usize {
         let shared = self.fd_limit.saturating_sub(self.reserved()) / 2;
         usize::try_from(shared)
@@ -133,8 +143,8 @@ mod tests {
             fd_limit: 1024,
             db_pool_size: 20,
         };
-        assert_eq!(budget.reserved(), 64 + 20 + 4);
-        assert_eq!(budget.default_max_connections(), (1024 - 88) / 2);
+        assert_eq!(budget.reserved(), 64 + 20 + 4 + 256);
+        assert_eq!(budget.default_max_connections(), (1024 - 344) / 2);
         assert!(!budget.is_low_for(budget.default_max_connections()));
         assert!(budget.is_low_for(1000));
     }

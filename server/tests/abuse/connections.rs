@@ -254,6 +254,7 @@ fn settled_rss(pid: u32, within: Duration) -> u64 {
 #[test]
 fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by_the_read_timeout()
 {
+    let _exclusive = crate::exclusive();
     let mut target = Target::start("abuse_idle_connections");
     let pid = target.ampere.pid();
     let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
@@ -302,6 +303,7 @@ fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by
 
 #[test]
 fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_ampere_keeps_serving() {
+    let _exclusive = crate::exclusive();
     let mut target = Target::start("abuse_slowloris");
     let pid = target.ampere.pid();
     let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
@@ -373,6 +375,7 @@ fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_amper
 #[test]
 fn three_hundred_stalled_8_mib_posts_stay_within_the_body_budget_and_are_cut_by_the_body_deadline()
 {
+    let _exclusive = crate::exclusive();
     const POSTS: usize = 300;
     const ANNOUNCED: usize = 8 * 1024 * 1024;
     const SENT: usize = 2 * 1024 * 1024;

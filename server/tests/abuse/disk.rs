@@ -369,6 +369,7 @@ fn stop(mut ampere: Ampere) -> String {
 
 #[test]
 fn a_full_disk_degrades_to_read_only_and_replication_resumes_by_itself_once_space_is_freed() {
+    let _exclusive = crate::exclusive();
     let started = Instant::now();
     let cluster = items_database(DB);
     let scratch = Scratch::new("disk");

@@ -4,6 +4,8 @@
 //! Every probe is bounded in count and time and stays on loopback; each test asserts that the
 //! process stays up, that a normal client keeps being served, and that no data is lost.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -11,3 +13,11 @@ mod connections;
 mod disk;
 mod relations;
 mod shapes;
+
+/// Held by each test that loads the machine (thousands of connections or shapes, a full
+/// disk) for its whole run: run together they would measure each other — a latency bound, an
+/// RSS baseline, a flush time — instead of ampere. The light tests run alongside.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOAD: Mutex<()> = Mutex::new(());
+    LOAD.lock().unwrap_or_else(PoisonError::into_inner)
+}

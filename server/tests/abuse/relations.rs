@@ -3,7 +3,7 @@
 //!
 //! - A dropped table, a table dropped and created again under the same name, and a table
 //!   renamed with a new one created under its name: a client long-polling the shape at its
-//!   offset gets a 409 within the relation check's period (10 s), and its re-request converges
+//!   offset gets a 409 within the relation check's period (5 s), and its re-request converges
 //!   on the new table's rows (a new handle), or gets the protocol's 400 when no table has the
 //!   name any more (which a poll landing after the rotation gets at once). The same for a
 //!   table dropped while ampere was down: the check runs as soon as streaming starts.
@@ -28,7 +28,7 @@ use crate::common::{
 
 /// The relation check's period (`core::instance::relation_check`), plus slack for the query
 /// and a loaded machine: a client must see its 409 within this.
-const ROTATION_BOUND: Duration = Duration::from_secs(15);
+const ROTATION_BOUND: Duration = Duration::from_secs(10);
 /// Long polls end well within `http_get`'s 15 s read timeout.
 const LONG_POLL_MS: &str = "3000";
 

@@ -104,6 +104,7 @@ fn vars<'a>(
 
 #[test]
 fn five_thousand_shapes_under_a_1024_descriptor_limit_keep_the_process_up_and_survive_a_restart() {
+    let _exclusive = crate::exclusive();
     let started = Instant::now();
     let db = "abuse_shapes_fds";
     let cluster = items_database(db);
@@ -241,8 +242,9 @@ fn wait_caught_up(cluster: &EmbeddedPostgres, db: &str, slot: &str, within: Dura
 }
 
 #[test]
-fn a_hundred_row_update_touching_two_thousand_shapes_is_made_durable_by_one_group_commit_within_a_second(
+fn a_hundred_row_update_touching_two_thousand_shapes_is_flushed_by_one_group_commit_within_a_second(
 ) {
+    let _exclusive = crate::exclusive();
     let started = Instant::now();
     let db = "abuse_shapes_ack";
     let cluster = items_database(db);
