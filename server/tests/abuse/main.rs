@@ -11,6 +11,7 @@ mod common;
 
 mod connections;
 mod disk;
+mod identifiers;
 mod relations;
 mod shapes;
 
