@@ -499,11 +499,15 @@ async fn a_fast_shutdown_of_postgres_ends_the_stream_as_a_shutdown_not_a_protoco
             Err(_) => panic!("the stream did not end within {STEP_TIMEOUT:?}"),
         }
     };
-    eprintln!("the stream ended with: {ended:?}");
-    assert!(
-        matches!(ended, ReplicationError::ServerShuttingDown),
-        "{ended:?}"
-    );
+    // A walsender that has sent and seen confirmed everything ends the COPY (CommandComplete);
+    // one caught mid-way (a loaded machine) is terminated with 57P01 instead. Either names a
+    // shutdown; what must never come is an "unexpected message".
+    let is_shutdown = match &ended {
+        ReplicationError::ServerShuttingDown | ReplicationError::Closed => true,
+        ReplicationError::Server(e) => e.code == "57P01",
+        _ => false,
+    };
+    assert!(is_shutdown, "{ended:?}");
     assert_eq!(ended.kind(), ReplicationErrorKind::Transient, "{ended}");
 }
 

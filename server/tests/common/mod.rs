@@ -65,10 +65,16 @@ pub(crate) struct Ampere {
     readers: Vec<JoinHandle<()>>,
 }
 
+/// The binary under test: `AMPERE_TEST_BIN` when set (a release build, to measure what a
+/// deployment would see), else this package's build of `ampere`.
+fn ampere_bin() -> std::ffi::OsString {
+    std::env::var_os("AMPERE_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ampere").into())
+}
+
 impl Ampere {
     /// Runs the binary in `scratch` with only `PATH` and `vars` set.
     pub(crate) fn spawn(scratch: &Scratch, vars: &[(&str, &str)]) -> Self {
-        Self::spawn_command(scratch, vars, Command::new(env!("CARGO_BIN_EXE_ampere")))
+        Self::spawn_command(scratch, vars, Command::new(ampere_bin()))
     }
 
     /// [`spawn`](Self::spawn) with the process's `RLIMIT_NOFILE` set to `limit`, soft and hard
@@ -79,7 +85,7 @@ impl Ampere {
         limit: u64,
     ) -> Self {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ampere"));
+        let mut cmd = Command::new(ampere_bin());
         // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
         // which is async-signal-safe; it allocates nothing and touches no lock.
         unsafe {
