@@ -122,6 +122,19 @@ pub enum Health {
     Waiting,
 }
 
+/// What a deletion request did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Deletion {
+    /// The shape was removed: its handle is retired for good (handles are never reissued),
+    /// its clients get 409, and the definition's next request creates a new shape.
+    Removed,
+    /// No live shape has that handle (never existed, or already removed).
+    NotFound,
+    /// Not the active instance: only the lock holder writes storage, and a standby's read
+    /// model may name shapes the core does not hold; the client retries (503).
+    NotActive,
+}
+
 /// Facts the driver reports.
 #[derive(Debug)]
 pub enum Input {
@@ -230,6 +243,13 @@ pub enum Input {
         op: OpId,
         /// Set when it can never succeed as things stand (not a transient failure).
         refusal: Option<SnapshotRefusal>,
+    },
+    /// A client asked to delete a shape (`DELETE /v1/shape`, protocol.md §1.5).
+    ShapeDeletionRequested {
+        /// Echoed in [`Output::AnswerDeletion`].
+        op: OpId,
+        /// The shape.
+        handle: ShapeHandle,
     },
 }
 
@@ -377,6 +397,14 @@ pub enum Output {
         handle: ShapeHandle,
         /// Why, for the log.
         reason: &'static str,
+    },
+    /// Answer a deletion request. Issued after the shape's [`Output::RemoveShape`] when it
+    /// was removed, so the client hears of the deletion only once its log and row are gone.
+    AnswerDeletion {
+        /// The request.
+        op: OpId,
+        /// What became of the shape.
+        outcome: Deletion,
     },
     /// An operator must act; the process should exit non-zero with this message.
     Fatal {
@@ -630,6 +658,9 @@ impl Instance {
             Input::SnapshotTaken { op, snapshot } => self.on_snapshot_taken(op, snapshot),
             Input::RelationsChecked { op, found } => self.on_relations_checked(op, found),
             Input::SnapshotFailed { op, refusal } => self.on_snapshot_failed(op, refusal),
+            Input::ShapeDeletionRequested { op, handle } => {
+                self.on_deletion_requested(op, &handle);
+            }
         }
         self.check_invariants();
     }
@@ -1211,6 +1242,22 @@ impl Instance {
             reserve_stamps,
             snapshot,
         });
+    }
+
+    /// Removes the shape if this instance holds it and may write, then answers. A shape
+    /// still snapshotting is removed like one invalidated then: its snapshot's answer is
+    /// dropped and the transactions it held are released.
+    fn on_deletion_requested(&mut self, op: OpId, handle: &ShapeHandle) {
+        let outcome = if !self.is_active() {
+            Deletion::NotActive
+        } else if self.shapes.contains_key(handle) {
+            self.remove_shape(handle, "deleted by request");
+            Deletion::Removed
+        } else {
+            Deletion::NotFound
+        };
+        self.outputs
+            .push_back(Output::AnswerDeletion { op, outcome });
     }
 
     fn on_snapshot_failed(&mut self, op: OpId, refusal: Option<SnapshotRefusal>) {

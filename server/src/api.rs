@@ -77,6 +77,29 @@ pub enum CreateShapeError {
     Refused(SnapshotRefusal),
 }
 
+/// The service did not become active within the readiness wait (starting, a standby, or
+/// reconnecting): 503 Retry-After 5, as for shape creation (protocol.md §6.9).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct NotActive {
+    /// Text for the 503 body.
+    pub message: String,
+}
+
+/// Why a shape could not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteShapeError {
+    /// The service is not active (anymore): 503 Retry-After 5.
+    #[error(transparent)]
+    NotActive(#[from] NotActive),
+    /// No live shape has that handle: 404.
+    #[error("No existing shape found")]
+    NotFound,
+    /// Removing its log or row failed, or the driver stopped: 503 Retry-After 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Why a catalog lookup failed.
 #[derive(Debug, thiserror::Error)]
 #[error("Cannot connect to the database to verify the shape. Please try again later.")]
@@ -100,6 +123,15 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
         definition: ShapeDefinition,
         schema: TableSchema,
     ) -> impl Future<Output = Result<ShapeInfo, CreateShapeError>> + Send;
+    /// Resolves once the service is active (it may create and delete shapes), or fails
+    /// after a bounded wait (§6.9: 5 s).
+    fn until_active(&self) -> impl Future<Output = Result<(), NotActive>> + Send;
+    /// Deletes the live shape with this handle (`DELETE /v1/shape`, §1.5): resolves once its
+    /// log and row are gone and its handle retired for good.
+    fn delete_shape(
+        &self,
+        handle: ShapeHandle,
+    ) -> impl Future<Output = Result<(), DeleteShapeError>> + Send;
     /// Why the shape with this handle went away, if its snapshot was refused (its readers
     /// then answer with the refusal, not a 409 that would send the client round again).
     fn refusal(&self, handle: &ShapeHandle) -> Option<SnapshotRefusal> {

@@ -27,6 +27,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use Grammar as G;
 use Source::{Legacy, Reference, Runtime};
 
+use crate::http::AdmissionLimits;
+
 /// ampere: Postgres sync over Electric's HTTP shape protocol.
 #[derive(Parser, Debug)]
 #[command(name = "ampere", version, about, long_about = None)]
@@ -193,6 +195,17 @@ pub struct Config {
     /// connection closes the oldest one waiting for a request, or is closed itself.
     #[arg(long, env = "AMPERE_MAX_CONNECTIONS", value_parser = positive_u32("AMPERE_MAX_CONNECTIONS"))]
     pub max_connections: Option<u32>,
+
+    /// Shape requests handled at once at most, per kind, as Electric's JSON: "initial" ones
+    /// (no handle yet: offset=-1 or now) and "existing" ones (the rest, live long-polls
+    /// included). One more gets 503 with a random retry-after of 6 to 10 s.
+    #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial": 300, "existing": 10000}"#, value_parser = admission_limits)]
+    pub max_concurrent_requests: AdmissionLimits,
+
+    /// Let `DELETE /v1/shape` delete shapes (for test suites that reset state between cases);
+    /// otherwise it answers 405.
+    #[arg(long, env = "ELECTRIC_ENABLE_INTEGRATION_TESTING", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = boolean("ELECTRIC_ENABLE_INTEGRATION_TESTING"))]
+    pub enable_integration_testing: bool,
 
     /// Serve Prometheus metrics (`/metrics`, docs/metrics.md) on this port; off when unset.
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT", value_parser = port("ELECTRIC_PROMETHEUS_PORT"))]
@@ -721,7 +734,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_SHAPE_DB_ENABLE_MEMORY_STATS", "false", "true", G::Boolean,
         ignored("ampere collects no SQLite statistics"), Reference),
     var("ELECTRIC_MAX_CONCURRENT_REQUESTS", r#"{"initial": 300, "existing": 10000}"#, r#"{"initial": 500, "existing": 30000}"#, G::JsonObject,
-        ignored("ampere does not cap concurrent requests"), Reference),
+        honoured("\"initial\" counts shape requests without a handle to use (offset=-1 or now), \"existing\" the rest, live long-polls included, until their response head; a key left out keeps its default, an unknown key or a limit that is not a whole number above 0 stops startup"), Reference),
     var("ELECTRIC_MAX_SHAPES", "unlimited", "10000", G::PositiveInteger,
         ignored("ampere evicts no shapes: each stays until it is invalidated"), Reference),
     var("ELECTRIC_EXPERIMENTAL_MAX_SHAPES", "unlimited", "10000", G::PositiveInteger,
@@ -760,7 +773,7 @@ pub const VARIABLES: &[Variable] = &[
     // Read by Electric's runtime.exs, not in its reference
     var("ELECTRIC_LONG_POLL_TIMEOUT", "20000", "20s", G::Time, honoured(""), Runtime),
     var("ELECTRIC_ENABLE_INTEGRATION_TESTING", "false", "true", G::Boolean,
-        ignored("DELETE /v1/shape stays 405: ampere does not implement shape deletion"), Runtime),
+        honoured("enables DELETE /v1/shape (else 405), the only thing Electric uses it for: the shape's log and row are removed, its clients get 409 and its handle is never issued again"), Runtime),
     var("ELECTRIC_DATABASE_ID", "single_stack", "single_stack", G::Text,
         ignored("ampere keeps one stack per ELECTRIC_STORAGE_DIR and needs no id for it"), Runtime),
     var("ELECTRIC_EXPERIMENTAL_MAX_TXN_SIZE", "262144000", "262144000", G::PositiveInteger,
@@ -1079,6 +1092,17 @@ fn boolean(var: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone {
     })
 }
 
+/// `ELECTRIC_MAX_CONCURRENT_REQUESTS`: Electric's JSON object, refused with the reason.
+fn admission_limits(text: &str) -> Result<AdmissionLimits, String> {
+    AdmissionLimits::parse(text.trim()).map_err(|reason| {
+        format!(
+            "ELECTRIC_MAX_CONCURRENT_REQUESTS must be a JSON object such as \
+             {{\"initial\": 300, \"existing\": 10000}} (whole numbers above 0); {reason}: got \
+             {text:?}"
+        )
+    })
+}
+
 fn log_level(text: &str) -> Result<LogLevel, String> {
     parsed("ELECTRIC_LOG_LEVEL", Grammar::LogLevel, parse_log_level)(text)
 }
@@ -1363,6 +1387,21 @@ mod tests {
         assert_eq!(c.shape_db_dir(), Path::new("./persistent"));
         assert_eq!(c.db_pool_size, 20);
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.max_concurrent_requests, AdmissionLimits::default());
+        assert!(!c.enable_integration_testing);
+    }
+
+    #[test]
+    fn concurrency_limits_and_shape_deletion_are_read_from_electrics_variables() {
+        let cli = parse(&[
+            "--insecure",
+            r#"--max-concurrent-requests={"initial": 100, "existing": 20000}"#,
+            "--enable-integration-testing",
+        ])
+        .expect("parses");
+        let limits = cli.config.max_concurrent_requests;
+        assert_eq!((limits.initial, limits.existing), (100, 20_000));
+        assert!(cli.config.enable_integration_testing);
     }
 
     #[test]
@@ -1446,6 +1485,10 @@ mod tests {
         ("--pooled-database-url", "mysql://x", "ELECTRIC_POOLED_DATABASE_URL", "postgresql://"),
         ("--database-tcp-keepalive-count", "-3", "ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT", "above 0"),
         ("--database-tcp-user-timeout", "1y", "ELECTRIC_DATABASE_TCP_USER_TIMEOUT", "duration"),
+        ("--max-concurrent-requests", "300", "ELECTRIC_MAX_CONCURRENT_REQUESTS", "not a JSON object"),
+        ("--max-concurrent-requests", r#"{"initial":0}"#, "ELECTRIC_MAX_CONCURRENT_REQUESTS", "\"initial\" must be a whole number above 0"),
+        ("--max-concurrent-requests", r#"{"inital":5}"#, "ELECTRIC_MAX_CONCURRENT_REQUESTS", "\"inital\" is not a key"),
+        ("--enable-integration-testing", "perhaps", "ELECTRIC_ENABLE_INTEGRATION_TESTING", "true or false"),
     ];
 
     #[test]

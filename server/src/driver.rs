@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ampere_core::instance::{Input, Instance, Output};
+use ampere_core::instance::{Deletion, Input, Instance, Output};
 use ampere_core::instance::{LoadedShape, LoadedStorage};
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
@@ -19,7 +19,7 @@ use ampere_core::ports::{
     ReplicationStream, ShapeLogStore, SlotStarted, SnapshotError, StorageError, StorageFault,
     StoredShape, SystemIdentity,
 };
-use ampere_core::shape::{HandleStamp, RelationName, ShapeDefinition, TableSchema};
+use ampere_core::shape::{HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::time::Instant;
 use ampere_core::{error_chain, OpId};
@@ -28,7 +28,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::api::{CreateShapeError, ShapeInfo};
+use crate::api::{CreateShapeError, DeleteShapeError, NotActive, ShapeInfo};
 use crate::metrics::Metrics;
 use crate::registry::{ReadState, Registry, StorageDegraded};
 
@@ -62,6 +62,13 @@ pub enum Request {
         schema: TableSchema,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<ShapeInfo, CreateShapeError>>,
+    },
+    /// Delete the shape with this handle (`DELETE /v1/shape`).
+    DeleteShape {
+        /// The shape.
+        handle: ShapeHandle,
+        /// Where the answer goes, once the shape's log and row are gone.
+        reply: oneshot::Sender<Result<(), DeleteShapeError>>,
     },
 }
 
@@ -162,6 +169,8 @@ where
         stream: None,
         in_flight: FuturesUnordered::new(),
         replies: BTreeMap::new(),
+        deletions: BTreeMap::new(),
+        has_removal_failed: false,
         next_request: 0,
         pending: VecDeque::new(),
         registry,
@@ -215,6 +224,12 @@ struct Driver<P: PgPort, S, M, C> {
     stream: Option<P::Stream>,
     in_flight: FuturesUnordered<Task<Completion<P::Session, P::Stream>>>,
     replies: BTreeMap<OpId, PendingReply>,
+    /// Deletion requests waiting for the core's answer.
+    deletions: BTreeMap<OpId, oneshot::Sender<Result<(), DeleteShapeError>>>,
+    /// Whether the last shape removal failed to delete its log or row: a deletion answered
+    /// right after it must not report success, since a reload of storage would bring the
+    /// shape back (the degraded instance reloads, and the client's retry deletes it then).
+    has_removal_failed: bool,
     next_request: u64,
     /// Inputs produced while executing outputs, fed after the drain.
     pending: VecDeque<Input>,
@@ -436,15 +451,38 @@ where
                 info!(%handle, reason, "removing shape");
                 self.registry.remove(&handle);
                 let remove = self.ports.store.remove_shape(&handle);
-                let result = remove.await;
-                self.storage(result, "removing a shape log");
+                let removed = remove.await;
+                let is_log_removed = removed.is_ok();
+                self.storage(removed, "removing a shape log");
                 let delete = self.ports.meta.delete_shape(&handle);
-                let result = delete.await;
-                self.storage(result, "deleting a shape row");
+                let deleted = delete.await;
+                let is_row_deleted = deleted.is_ok();
+                self.storage(deleted, "deleting a shape row");
+                self.has_removal_failed = !(is_log_removed && is_row_deleted);
             }
+            Output::AnswerDeletion { op, outcome } => self.answer_deletion(op, outcome),
             Output::Fatal { message } => return Err(DriverError::Fatal(message)),
         }
         Ok(())
+    }
+
+    /// Answers a deletion request with the core's outcome, unless the removal it follows
+    /// failed to reach storage.
+    fn answer_deletion(&mut self, op: OpId, outcome: Deletion) {
+        let Some(reply) = self.deletions.remove(&op) else {
+            return;
+        };
+        let answer = match outcome {
+            Deletion::Removed if self.has_removal_failed => Err(DeleteShapeError::Failed(
+                "Failed to delete shape, please retry".into(),
+            )),
+            Deletion::Removed => Ok(()),
+            Deletion::NotFound => Err(DeleteShapeError::NotFound),
+            Deletion::NotActive => Err(DeleteShapeError::NotActive(NotActive {
+                message: "Timeout waiting for the replication stream to start".into(),
+            })),
+        };
+        let _ = reply.send(answer);
     }
 
     /// The stamp reservation in Postgres when asked (ID-2), then log directory, then
@@ -777,30 +815,36 @@ where
     }
 
     fn request(&mut self, core: &mut Instance, request: Request) {
-        let Request::CreateShape {
-            definition,
-            schema,
-            reply,
-        } = request;
         // Request ids live in the upper half so traces never confuse them with core ops.
         self.next_request += 1;
         let op = OpId((1 << 63) | self.next_request);
-        let unix_micros = self.ports.clock.unix_micros();
         let now = self.ports.clock.now();
-        let pending = PendingReply {
-            reply,
-            requested: now,
-        };
-        self.replies.insert(op, pending);
-        core.handle_input(
-            now,
-            Input::ShapeRequested {
-                op,
+        let input = match request {
+            Request::CreateShape {
                 definition,
                 schema,
-                unix_micros,
-            },
-        );
+                reply,
+            } => {
+                let pending = PendingReply {
+                    reply,
+                    requested: now,
+                };
+                self.replies.insert(op, pending);
+                Input::ShapeRequested {
+                    op,
+                    definition,
+                    schema,
+                    unix_micros: self.ports.clock.unix_micros(),
+                }
+            }
+            Request::DeleteShape { handle, reply } => {
+                self.deletions.insert(op, reply);
+                // Only the removal this request causes (in the drain that follows) counts.
+                self.has_removal_failed = false;
+                Input::ShapeDeletionRequested { op, handle }
+            }
+        };
+        core.handle_input(now, input);
     }
 
     /// Graceful stop: give in-flight flushes a bounded time to finish so their status can be

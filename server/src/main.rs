@@ -154,7 +154,8 @@ async fn serve(mut config: Config, fd_limit: u64) -> anyhow::Result<()> {
 }
 
 /// The HTTP layer's settings from `config`: timeouts, caching, the connection cap for
-/// `fd_limit` and the body bounds; `seed` seeds request ids and cursor jitter.
+/// `fd_limit`, the body bounds, the admission limits and whether shapes may be deleted;
+/// `seed` seeds request ids and cursor jitter.
 fn http_config(config: &Config, fd_limit: u64, seed: u64, metrics: Option<Metrics>) -> HttpConfig {
     HttpConfig {
         long_poll_timeout: config.long_poll_timeout,
@@ -174,6 +175,8 @@ fn http_config(config: &Config, fd_limit: u64, seed: u64, metrics: Option<Metric
             read_timeout: config.tcp_read_timeout,
             ..BodyLimits::default()
         },
+        admission: config.max_concurrent_requests,
+        is_shape_deletion_enabled: config.enable_integration_testing,
         ..HttpConfig::new(config.effective_secret())
     }
 }

@@ -1,6 +1,6 @@
 //! The production [`ShapeApi`]: the registry for lookups, the store for reads, Postgres for
 //! catalog lookups and the manual-publishing check, and the driver (through a channel) for
-//! shape creation.
+//! shape creation and deletion.
 
 use std::time::Duration;
 
@@ -12,12 +12,15 @@ use ampere_core::{LogOffset, Lsn};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::api::{CatalogUnavailable, CreateShapeError, Health, PurgeInfo, ShapeApi, ShapeInfo};
+use crate::api::{
+    CatalogUnavailable, CreateShapeError, DeleteShapeError, Health, NotActive, PurgeInfo, ShapeApi,
+    ShapeInfo,
+};
 use crate::driver::Request;
 use crate::registry::{ReadState, Registry, StorageDegraded};
 use ampere_core::error_chain;
 
-/// How long a shape creation waits for the service to become active (then 503).
+/// How long a shape creation or deletion waits for the service to become active (then 503).
 const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// The server's [`ShapeApi`].
@@ -96,6 +99,23 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
             message: "Failed to create shape, please retry".into(),
             retry_after_secs: 1,
         };
+        self.requests.send(request).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn until_active(&self) -> Result<(), NotActive> {
+        if self.wait_until_streaming().await {
+            return Ok(());
+        }
+        Err(NotActive {
+            message: "Timeout waiting for the replication stream to start".into(),
+        })
+    }
+
+    async fn delete_shape(&self, handle: ShapeHandle) -> Result<(), DeleteShapeError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || DeleteShapeError::Failed("Failed to delete shape, please retry".into());
+        let request = Request::DeleteShape { handle, reply };
         self.requests.send(request).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

@@ -1104,7 +1104,8 @@ impl Harness {
             | Input::ShapeRequested { .. }
             | Input::SnapshotTaken { .. }
             | Input::RelationsChecked { .. }
-            | Input::SnapshotFailed { .. } => {}
+            | Input::SnapshotFailed { .. }
+            | Input::ShapeDeletionRequested { .. } => {}
         }
     }
 
@@ -1178,6 +1179,7 @@ impl Harness {
             | Output::ShapeRefused { .. }
             | Output::ShapeDenied { .. }
             | Output::RefuseShape { .. }
+            | Output::AnswerDeletion { .. }
             | Output::CheckRelations { .. } => {}
         }
     }
@@ -1291,6 +1293,7 @@ pub(crate) fn kind(output: &Output) -> &'static str {
         Output::CheckRelations { .. } => "CheckRelations",
         Output::PersistShape { .. } => "PersistShape",
         Output::RemoveShape { .. } => "RemoveShape",
+        Output::AnswerDeletion { .. } => "AnswerDeletion",
         Output::Fatal { .. } => "Fatal",
     }
 }

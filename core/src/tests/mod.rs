@@ -12,6 +12,7 @@ pub(crate) fn poll_once<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+mod deletion;
 mod durability;
 mod entries;
 mod lifecycle;

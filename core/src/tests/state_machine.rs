@@ -1124,6 +1124,7 @@ impl Sut {
                 | Output::ShapeRefused { .. }
                 | Output::ShapeDenied { .. }
                 | Output::RefuseShape { .. }
+                | Output::AnswerDeletion { .. }
                 | Output::CheckRelations { .. } => {}
             }
         }

@@ -49,9 +49,26 @@ pub(crate) enum ApiError {
         /// Whether to send `electric-internal-known-error: true`.
         is_known_error: bool,
     },
+    /// `503` with a random `retry-after`: too many shape requests of this kind in flight
+    /// (`ELECTRIC_MAX_CONCURRENT_REQUESTS`).
+    #[error("concurrent {kind} request limit exceeded (limit: {limit})")]
+    Overloaded {
+        /// `initial` or `existing`.
+        kind: &'static str,
+        /// The limit of that kind.
+        limit: u32,
+        /// `retry-after` seconds (6 to 10, random, so rejected clients do not return at once).
+        retry_after_secs: u32,
+    },
     /// `405`: shape deletion is disabled.
     #[error("DELETE not allowed")]
     DeleteNotAllowed,
+    /// `404 {"message":"No existing shape found"}`: a DELETE names no live shape.
+    #[error("no existing shape found")]
+    ShapeNotFound,
+    /// `400`: a DELETE's `handle` is not the handle of its definition's shape.
+    #[error("shape definition and handle do not match")]
+    DefinitionHandleMismatch,
     /// `400`: a POST body that is JSON but not an object.
     #[error("request body must be a JSON object")]
     BodyNotObject,
@@ -114,17 +131,34 @@ impl ApiError {
     /// The response status.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid { .. } | Self::BodyNotObject | Self::BodyInvalidJson { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Invalid { .. }
+            | Self::BodyNotObject
+            | Self::BodyInvalidJson { .. }
+            | Self::DefinitionHandleMismatch => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::MustRefetch { .. } => StatusCode::CONFLICT,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeleteNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ShapeNotFound => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A 503's `retry-after` seconds and whether it is a known error.
+    fn retry_after(&self) -> Option<(u32, bool)> {
+        match self {
+            Self::Unavailable {
+                retry_after_secs,
+                is_known_error,
+                ..
+            } => Some((*retry_after_secs, *is_known_error)),
+            Self::Overloaded {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs, true)),
+            _ => None,
         }
     }
 
@@ -143,7 +177,23 @@ impl ApiError {
             Self::Forbidden { message } => message_body(message),
             Self::MustRefetch { .. } => "[{\"headers\":{\"control\":\"must-refetch\"}}]".into(),
             Self::Unavailable { message, .. } => message_body(message),
+            Self::Overloaded { kind, limit, .. } => {
+                let mut body = String::from("{\"code\":\"concurrent_request_limit_exceeded\",");
+                body.push_str("\"message\":");
+                let message = format!(
+                    "Concurrent {kind} request limit exceeded (limit: {limit}), please retry"
+                );
+                push_json_string(&mut body, &message);
+                body.push('}');
+                body
+            }
             Self::DeleteNotAllowed => message_body("DELETE not allowed"),
+            Self::ShapeNotFound => message_body("No existing shape found"),
+            Self::DefinitionHandleMismatch => message_body(
+                "The specified shape definition and handle do not match. Please ensure the \
+                 shape definition is correct or omit the shape handle from the request to \
+                 obtain a new one.",
+            ),
             Self::BodyNotObject => "{\"error\":\"Request body must be a JSON object\"}".into(),
             Self::BodyInvalidJson { details } => {
                 let mut body = String::from("{\"error\":\"Invalid JSON in request body\"");
@@ -193,14 +243,9 @@ impl IntoResponse for ApiError {
                 headers.insert(ETAG, value);
             }
         }
-        if let Self::Unavailable {
-            retry_after_secs,
-            is_known_error,
-            ..
-        } = &self
-        {
-            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            if *is_known_error {
+        if let Some((retry_after_secs, is_known_error)) = self.retry_after() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            if is_known_error {
                 headers.insert(KNOWN_ERROR, HeaderValue::from_static("true"));
             }
         }
@@ -271,6 +316,26 @@ mod tests {
         assert_eq!(h[SURROGATE_CONTROL], "no-store");
         assert_eq!(h[KNOWN_ERROR], "true");
         assert_eq!(h[CONTENT_TYPE], JSON);
+    }
+
+    #[test]
+    fn overload_is_a_known_503_with_electrics_code_and_its_retry_after() {
+        let err = ApiError::Overloaded {
+            kind: "initial",
+            limit: 300,
+            retry_after_secs: 7,
+        };
+        assert_eq!(
+            err.body(),
+            r#"{"code":"concurrent_request_limit_exceeded","message":"Concurrent initial request limit exceeded (limit: 300), please retry"}"#
+        );
+        let response = err.into_response();
+        let h = response.headers();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h[RETRY_AFTER], "7");
+        assert_eq!(h[KNOWN_ERROR], "true");
+        assert_eq!(h[CACHE_CONTROL], "no-store");
+        assert_eq!(h[SURROGATE_CONTROL], "no-store");
     }
 
     #[test]

@@ -13,7 +13,12 @@ use ampere_core::shape::{
 use ampere_core::{LogOffset, Lsn};
 use tokio::sync::Notify;
 
-use crate::api::{CatalogUnavailable, CreateShapeError, Health, ShapeApi, ShapeInfo};
+use crate::api::{
+    CatalogUnavailable, CreateShapeError, DeleteShapeError, Health, NotActive, ShapeApi, ShapeInfo,
+};
+
+/// How long [`FakeApi::until_active`] waits, as the service does.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The snapshot-end entry every fake snapshot closes with.
 pub(crate) const SNAPSHOT_END: &str =
@@ -135,8 +140,11 @@ impl FakeApi {
         self.lock().unseen.push(handle.clone());
     }
 
+    /// Starting (or a standby) while `is_starting`: shapes are served, not created or
+    /// deleted. Wakes waiters.
     pub(crate) fn set_starting(&self, is_starting: bool) {
         self.lock().is_starting = is_starting;
+        self.notify.notify_waiters();
     }
 
     pub(crate) fn set_catalog_down(&self, is_down: bool) {
@@ -253,6 +261,37 @@ impl ShapeApi for FakeApi {
         schema: TableSchema,
     ) -> impl Future<Output = Result<ShapeInfo, CreateShapeError>> + Send {
         std::future::ready(self.create_now(definition, schema))
+    }
+
+    async fn until_active(&self) -> Result<(), NotActive> {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            let changed = Arc::clone(&self.notify).notified_owned();
+            if !self.lock().is_starting {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(NotActive {
+                    message: "Timeout waiting for Postgres lock acquisition".to_owned(),
+                });
+            }
+        }
+    }
+
+    async fn delete_shape(&self, handle: ShapeHandle) -> Result<(), DeleteShapeError> {
+        {
+            let mut inner = self.lock();
+            if inner.is_starting {
+                return Err(DeleteShapeError::NotActive(NotActive {
+                    message: "Timeout waiting for Postgres lock acquisition".to_owned(),
+                }));
+            }
+            if inner.shapes.remove(&handle).is_none() {
+                return Err(DeleteShapeError::NotFound);
+            }
+        }
+        self.notify.notify_waiters();
+        Ok(())
     }
 
     fn read(&self, handle: &ShapeHandle, after: LogOffset) -> ReadOutcome {

@@ -17,11 +17,15 @@
 //! Electric's socket timeouts (`ELECTRIC_TCP_READ_TIMEOUT`, `ELECTRIC_TCP_SEND_TIMEOUT`).
 //! [`serve_connections`] serves the router on any listener within [`ConnectionLimits`] (a cap
 //! on open connections, a deadline for request headers); the router reads shape POST bodies
-//! within [`BodyLimits`] (a deadline, and a byte budget shared by all requests).
+//! within [`BodyLimits`] (a deadline, and a byte budget shared by all requests), and admits
+//! at most [`AdmissionLimits`] shape requests at once (`admission`). `DELETE /v1/shape`
+//! deletes a shape when [`HttpConfig::is_shape_deletion_enabled`] (`delete`).
 
 mod access_log;
+mod admission;
 mod body_limit;
 mod connections;
+mod delete;
 mod errors;
 pub mod fd_limit;
 mod headers;
@@ -37,6 +41,7 @@ mod sse;
 #[cfg(test)]
 mod fake;
 
+pub use admission::{AdmissionLimits, AdmissionLimitsError};
 pub use body_limit::{BodyLimits, BODY_BYTES_MAX};
 pub use connections::{serve as serve_connections, ConnectionLimits, READ_BUFFER_MAX};
 pub use fd_limit::FdBudget;
@@ -92,6 +97,10 @@ pub struct HttpConfig {
     pub connections: ConnectionLimits,
     /// The deadline and shared budget of shape POST bodies.
     pub bodies: BodyLimits,
+    /// Shape requests handled at once at most, per kind (`ELECTRIC_MAX_CONCURRENT_REQUESTS`).
+    pub admission: AdmissionLimits,
+    /// Whether `DELETE /v1/shape` deletes (`ELECTRIC_ENABLE_INTEGRATION_TESTING`); else 405.
+    pub is_shape_deletion_enabled: bool,
 }
 
 impl HttpConfig {
@@ -109,6 +118,8 @@ impl HttpConfig {
             metrics: None,
             connections: ConnectionLimits::default(),
             bodies: BodyLimits::default(),
+            admission: AdmissionLimits::default(),
+            is_shape_deletion_enabled: false,
         }
     }
 }
@@ -126,6 +137,8 @@ impl fmt::Debug for HttpConfig {
             .field("metrics", &self.metrics.is_some())
             .field("connections", &self.connections)
             .field("bodies", &self.bodies)
+            .field("admission", &self.admission)
+            .field("is_shape_deletion_enabled", &self.is_shape_deletion_enabled)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +174,7 @@ pub fn router<A: ShapeApi>(api: A, config: HttpConfig) -> Router {
     let bodies = body_limit::BodyBudget::new(config.bodies);
     let state = Arc::new(AppState {
         api,
+        admission: admission::Admission::new(config.admission),
         rng: SplitMix64(AtomicU64::new(config.rng_seed)),
         unique_counter: AtomicU64::new(0),
         config,
@@ -221,6 +235,8 @@ fn route_label(uri: &axum::http::Uri, query: &Query) -> &'static str {
 struct AppState<A> {
     api: A,
     config: HttpConfig,
+    /// Shape requests in flight, against `config.admission`.
+    admission: admission::Admission,
     rng: SplitMix64,
     /// Makes no-change ETags unique.
     unique_counter: AtomicU64,
@@ -327,7 +343,8 @@ fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// `/v1/shape`: preflight, secret check, then the log (or 405 for DELETE).
+/// `/v1/shape`: preflight, secret check, then the log within admission control, or a
+/// deletion.
 async fn shape_route<A: ShapeApi>(
     state: &AppState<A>,
     method: &Method,
@@ -345,9 +362,9 @@ async fn shape_route<A: ShapeApi>(
     let mut response = if !is_authorized(state.config.secret.as_deref(), query.secret()) {
         ApiError::Unauthorized.into_response()
     } else if method == Method::DELETE {
-        ApiError::DeleteNotAllowed.into_response()
+        delete::serve(state, &query).await
     } else {
-        shape::serve(state, method, &query, request_headers, body).await
+        admitted(state, method, &query, request_headers, body).await
     };
     if !headers::is_get_like(method) {
         // Cache-control rule 1 outranks every other rule.
@@ -356,6 +373,33 @@ async fn shape_route<A: ShapeApi>(
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response.headers_mut().remove(SURROGATE_CONTROL);
     }
+    response
+}
+
+/// A shape request if its kind is under its concurrency limit (counted until the handler
+/// returns), else the 503 Electric sends: a known error, retried after 6 to 10 s, spread so
+/// that the refused clients do not all come back in the same second.
+async fn admitted<A: ShapeApi>(
+    state: &AppState<A>,
+    method: &Method,
+    query: &Query,
+    request_headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let permit = match state.admission.try_admit(admission::RequestKind::of(query)) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let retry_after_secs = 6 + u32::try_from(state.rng.next() % 5).unwrap_or(0);
+            return ApiError::Overloaded {
+                kind: refused.kind.label(),
+                limit: refused.limit,
+                retry_after_secs,
+            }
+            .into_response();
+        }
+    };
+    let response = shape::serve(state, method, query, request_headers, body).await;
+    drop(permit);
     response
 }
 
@@ -391,3 +435,5 @@ fn request_id<A>(state: &AppState<A>, request: &HeaderMap) -> HeaderValue {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_delete;

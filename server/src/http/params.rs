@@ -51,6 +51,18 @@ impl Query {
     pub(crate) fn secret(&self) -> Option<&str> {
         self.get("secret").or_else(|| self.get("api_secret"))
     }
+
+    /// This query reduced to the shape it names, for `DELETE` (§1.5), which ignores `offset`
+    /// and `live`: `offset=-1` (so `handle` is ignored too) and no live flags, so that
+    /// [`shape_params`] checks exactly what a GET's definition must pass.
+    pub(crate) fn definition_only(&self) -> Self {
+        let mut values = self.values.clone();
+        for key in ["live", "live_sse", "experimental_live_sse"] {
+            values.remove(key);
+        }
+        values.insert("offset".to_owned(), "-1".to_owned());
+        Self { values }
+    }
 }
 
 /// A validated shape request, before the catalog is consulted.

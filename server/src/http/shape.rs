@@ -33,7 +33,7 @@ pub(super) const ELECTRIC_OFFSET: HeaderName = HeaderName::from_static("electric
 const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
 pub(super) const ELECTRIC_CURSOR: HeaderName = HeaderName::from_static("electric-cursor");
 const ELECTRIC_UP_TO_DATE: HeaderName = HeaderName::from_static("electric-up-to-date");
-const ELECTRIC_HAS_DATA: HeaderName = HeaderName::from_static("electric-has-data");
+pub(super) const ELECTRIC_HAS_DATA: HeaderName = HeaderName::from_static("electric-has-data");
 
 /// Answers a shape request whose secret has been checked.
 pub(crate) async fn serve<A: ShapeApi>(
@@ -136,6 +136,28 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
     if let Some(info) = api.shape_for_definition(&params.definition) {
         return Ok(info);
     }
+    let table = checked_table(api, params).await?;
+    api.create_shape(params.definition.clone(), table.schema)
+        .await
+        .map_err(|error| match error {
+            CreateShapeError::NotReady(message) => ApiError::unavailable(message, 5),
+            CreateShapeError::Failed {
+                message,
+                retry_after_secs,
+            } => ApiError::unavailable(message, retry_after_secs),
+            CreateShapeError::TableNotPublished(message) => {
+                ApiError::known_unavailable(message, 10)
+            }
+            CreateShapeError::Refused(refusal) => ApiError::refused(refusal),
+        })
+}
+
+/// The request's table from the catalog, checked as a new shape on it is (§3.3, §3.4): it
+/// exists, and the selected columns and the where clause fit it.
+pub(super) async fn checked_table<A: ShapeApi>(
+    api: &A,
+    params: &ShapeParams,
+) -> Result<CatalogTable, ApiError> {
     let relation = &params.definition.relation;
     let table = api
         .table_schema(relation.clone())
@@ -155,19 +177,7 @@ async fn find_or_create<A: ShapeApi>(api: &A, params: &ShapeParams) -> Result<Sh
         WhereClause::compile(text, &params.params, &table.schema)
             .map_err(|e| ApiError::invalid("where", e.to_string()))?;
     }
-    api.create_shape(params.definition.clone(), table.schema)
-        .await
-        .map_err(|error| match error {
-            CreateShapeError::NotReady(message) => ApiError::unavailable(message, 5),
-            CreateShapeError::Failed {
-                message,
-                retry_after_secs,
-            } => ApiError::unavailable(message, retry_after_secs),
-            CreateShapeError::TableNotPublished(message) => {
-                ApiError::known_unavailable(message, 10)
-            }
-            CreateShapeError::Refused(refusal) => ApiError::refused(refusal),
-        })
+    Ok(table)
 }
 
 /// Checks a `columns` selection against the table (§3.3), in Electric's order: missing key

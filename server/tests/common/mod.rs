@@ -251,7 +251,7 @@ pub(crate) use ports::free_port;
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
@@ -274,12 +274,22 @@ pub(crate) fn http_get(port: u16, path: &str) -> io::Result<Reply> {
 
 /// [`http_get`] to any address (`[::1]` too).
 pub(crate) fn http_get_at(addr: SocketAddr, path: &str) -> io::Result<Reply> {
+    http_request_at(addr, "GET", path)
+}
+
+/// `method path` (no body) on `127.0.0.1:port` with `Connection: close`, read to the end.
+pub(crate) fn http_request(port: u16, method: &str, path: &str) -> io::Result<Reply> {
+    http_request_at(SocketAddr::from(([127, 0, 0, 1], port)), method, path)
+}
+
+/// [`http_request`] to any address.
+pub(crate) fn http_request_at(addr: SocketAddr, method: &str, path: &str) -> io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
