@@ -55,9 +55,15 @@ export function describeRequests(log, last = 15) {
  * Applies the change messages to a Map keyed by message key, and records violations a correct
  * log never produces: an insert for a key already present (duplicate), an update or delete for
  * a key not present (a lost insert). `must-refetch` clears the map, as `Shape` does.
+ *
+ * With `changesOnly` (a `log=changes_only` stream) an update or delete of a key not present is
+ * expected — a row from before the shape's snapshot, which the client never got — so it is
+ * recorded in `unseen` ({op, key}) and not applied, as the client's `Shape` does.
  */
 export class Mirror {
-  constructor() {
+  constructor({ changesOnly = false } = {}) {
+    this.changesOnly = changesOnly
+    this.unseen = []
     this.rows = new Map()
     this.violations = []
     this.mustRefetch = 0
@@ -85,6 +91,10 @@ export class Mirror {
       this.messages += 1
       const op = m.headers?.operation
       const had = this.rows.has(m.key)
+      if (this.changesOnly && !had && (op === 'update' || op === 'delete')) {
+        this.unseen.push({ op, key: m.key })
+        continue
+      }
       if (op === 'insert') {
         if (had) this.violations.push(`duplicate insert for ${m.key}`)
         this.rows.set(m.key, { ...m.value })
@@ -163,7 +173,7 @@ export function fmtErr(e) {
 export function openStream(shapeUrl, table = 'items', extra = {}) {
   const { log, fetchClient } = recordingFetch()
   const controller = new AbortController()
-  const mirror = new Mirror()
+  const mirror = new Mirror({ changesOnly: extra.log === 'changes_only' })
   const stream = new ShapeStream({
     url: shapeUrl,
     params: { table },

@@ -137,14 +137,14 @@ impl Replica {
     }
 }
 
-/// `log` mode: whether the shape's log starts with the table's rows (protocol.md §3.4).
+/// `log` mode: whether the shape's log starts with the table's rows (protocol.md §3.2).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub enum LogMode {
     /// The initial snapshot's rows, then every change.
     #[default]
     Full,
-    /// Only the changes after the snapshot (whose rows are read, to know what to skip, and
-    /// not served).
+    /// Only the changes after the snapshot: its transaction runs, to know what to skip, but
+    /// reads no rows, and the log starts with `snapshot-end` alone.
     ChangesOnly,
 }
 

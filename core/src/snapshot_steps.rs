@@ -19,6 +19,12 @@
 //! 4. Chunks are written as rows arrive; the last ends with `snapshot-end`; the transaction
 //!    commits, then the writer finishes.
 //!
+//! A `log=changes_only` shape ([`LogMode::ChangesOnly`]) runs every step but the rows query:
+//! its log starts with a chunk `0_0` holding `snapshot-end` alone (as Electric's does), and
+//! the transaction still records the snapshot that replication is stitched to (transactions
+//! it saw are skipped, SN-4), so no change from before it is served and none after it is
+//! lost. Not reading the table keeps such a shape on a huge table as quick as on an empty one.
+//!
 //! Never: retries (the caller decides), holds all rows (at most two chunks, see
 //! [`SnapshotChunks`]), reads a clock (the adapter's `pause` waits; the wait is counted in
 //! polls), or alters the publication or a table in [`TablePublishing::Manual`].
@@ -28,7 +34,7 @@ use std::time::Duration;
 
 use crate::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
 use crate::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
-use crate::shape::{quote_ident, RelationName, TableSchema};
+use crate::shape::{quote_ident, LogMode, RelationName, TableSchema};
 use crate::snapshot::PgSnapshot;
 
 /// How long SN-2 waits for the transactions in progress after the publication change.
@@ -157,7 +163,8 @@ pub trait SnapshotSteps: Send {
 }
 
 /// Takes the snapshot of `request` with `steps`, the table made replicable as `publishing`
-/// says: chunks `0_0 … 0_N` go to `writer` as they fill, `writer.finish()` runs after the
+/// says: chunks `0_0 … 0_N` go to `writer` as they fill (for [`LogMode::ChangesOnly`], no rows
+/// query and one chunk `0_0` holding `snapshot-end` alone), `writer.finish()` runs after the
 /// transaction committed. Returns the transaction's `pg_current_snapshot()`.
 pub async fn take<S: SnapshotSteps, W: SnapshotWriter>(
     steps: &mut S,
@@ -183,15 +190,17 @@ pub async fn take<S: SnapshotSteps, W: SnapshotWriter>(
     let snapshot = steps.current_snapshot().await?;
     let seen = steps.table_schema(relation).await?;
     check_schema_unchanged(&request.schema, seen.as_ref())?;
-    steps.query_rows(&request.schema, &columns).await?;
     let mut chunks = SnapshotChunks::new(writer, request.chunk_bytes_threshold);
-    while let Some(row) = steps.next_row().await? {
-        assert_eq!(
-            row.len(),
-            request.schema.columns.len(),
-            "invariant: snapshot rows come in the table's column order"
-        );
-        chunks.push(columns.encoder.snapshot_row(&row)).await?;
+    if request.definition.log == LogMode::Full {
+        steps.query_rows(&request.schema, &columns).await?;
+        while let Some(row) = steps.next_row().await? {
+            assert_eq!(
+                row.len(),
+                request.schema.columns.len(),
+                "invariant: snapshot rows come in the table's column order"
+            );
+            chunks.push(columns.encoder.snapshot_row(&row)).await?;
+        }
     }
     let writer = chunks.finish(&snapshot.snapshot_end_json()).await?;
     steps.commit().await?;

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ampere_core::ports::{MetadataStore, ShapeLogStore, SnapshotWriter as _, StoredShape};
-use ampere_core::shape::{HandleStamp, Replica, ShapeHandle};
+use ampere_core::shape::{HandleStamp, LogMode, Replica, ShapeHandle};
 use ampere_core::snapshot::{FullXid, PgSnapshot};
 use ampere_io_real::metadata::{
     decode_stored_shape, encode_stored_shape, MetadataOptions, METADATA_FILE,
@@ -37,11 +37,11 @@ fn shape(handle: &str, table: &str, snapshot: bool) -> StoredShape {
     shape
 }
 
+/// Two shapes, the second `log=changes_only` (its log mode must survive every copy).
 fn shapes() -> Vec<StoredShape> {
-    vec![
-        shape("1-5", "a", false),
-        shape(&format!("3833821-{MAX_STAMP}"), "b", true),
-    ]
+    let mut changes_only = shape(&format!("3833821-{MAX_STAMP}"), "b", true);
+    changes_only.definition.log = LogMode::ChangesOnly;
+    vec![shape("1-5", "a", false), changes_only]
 }
 
 fn stamp_of(shape: &StoredShape) -> HandleStamp {
@@ -106,6 +106,12 @@ fn a_shape_description_round_trips_through_its_json_encoding() {
     for stored in shapes() {
         let text = encode_stored_shape(&stored);
         assert_eq!(decode_stored_shape(&text).expect("decode"), stored);
+        let is_changes_only = stored.definition.log == LogMode::ChangesOnly;
+        assert_eq!(
+            text.contains(r#""log":"changes_only""#),
+            is_changes_only,
+            "{text}"
+        );
     }
 }
 

@@ -5,12 +5,18 @@
 // Helpers outside `#[test]` fns panic on failure too: this whole file is test code.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use tokio_postgres::{Client, NoTls};
 
-use ampere_core::ports::PgPort;
-use ampere_core::shape::{RelationName, TableSchema};
+use ampere_core::ports::{PgPort, SnapshotRequest, SnapshotWriter};
+use ampere_core::shape::{
+    HandleStamp, LogMode, RelationName, Replica, ShapeDefinition, ShapeHandle, TableSchema,
+};
 use ampere_core::snapshot::FullXid;
 use ampere_core::snapshot_steps::contract::{self, ContractHarness, PUBLICATION};
+use ampere_core::snapshot_steps::{take, TablePublishing};
 use ampere_io_real::embedded_pg::shared_for_tests;
 use ampere_io_real::pg::RealPg;
 use ampere_io_real::snapshot::SnapshotConnection;
@@ -163,3 +169,159 @@ fn run_case(case: &'static str) {
 }
 
 ampere_core::snapshot_contract_tests!(run_case);
+
+/// Rows in the table of [`a_changes_only_snapshot_reads_none_of_the_tables_rows`].
+const MANY_ROWS: i64 = 20_000;
+
+#[test]
+fn a_changes_only_snapshot_reads_none_of_the_tables_rows() {
+    // Goal: a changes_only shape on a big table is as quick to create as on an empty one:
+    // its snapshot transaction runs (publication, wait, lock, pg_current_snapshot(), catalog
+    // check) but reads no row, while a full snapshot reads each row once.
+    // Method: MANY_ROWS rows; a changes_only take, then a full take, each on a connection of
+    // its own closed afterwards (a backend flushes its table statistics when it exits); then
+    // the table's tuples-read statistics (`seq_tup_read + idx_tup_fetch`) have grown by the
+    // full take's rows exactly.
+    let _one_at_a_time = ONE_CASE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut h = RealHarness::new("snapshot_changes_only_reads").await;
+        h.admin
+            .execute(
+                "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, $1::int8) g",
+                &[&MANY_ROWS],
+            )
+            .await
+            .unwrap();
+        let schema = h.schema().await;
+        let before = tuples_read(&h.admin).await;
+
+        let started = Instant::now();
+        let (chunks, taken) =
+            take_closed(&h, snapshot_request(&schema, LogMode::ChangesOnly)).await;
+        let changes_only_took = started.elapsed();
+        let sizes: Vec<(u64, usize)> = chunks.iter().map(|(i, body)| (*i, body.len())).collect();
+        assert!(
+            chunks == [(0, taken.snapshot_end_json())],
+            "chunk 0_0 must hold snapshot-end alone; chunks (index, bytes): {sizes:?}"
+        );
+
+        let started = Instant::now();
+        let (chunks, _) = take_closed(&h, snapshot_request(&schema, LogMode::Full)).await;
+        let full_took = started.elapsed();
+        let rows = chunks
+            .iter()
+            .map(|(_, body)| body.matches(r#""key":"#).count());
+        assert_eq!(rows.sum::<usize>(), MANY_ROWS as usize);
+
+        let full_reads = u64::try_from(MANY_ROWS).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tuples_read(&h.admin).await - before < full_reads && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            tuples_read(&h.admin).await - before,
+            full_reads,
+            "the full snapshot read every row once and the changes_only one none"
+        );
+        eprintln!(
+            "{MANY_ROWS} rows: changes_only snapshot {changes_only_took:?}, full {full_took:?}"
+        );
+    });
+}
+
+fn snapshot_request(schema: &TableSchema, log: LogMode) -> SnapshotRequest {
+    let definition = ShapeDefinition {
+        relation: schema.relation.clone(),
+        columns: None,
+        replica: Replica::Default,
+        where_clause: None,
+        log,
+    };
+    SnapshotRequest {
+        handle: ShapeHandle::mint(definition.identity(), HandleStamp(1)),
+        definition,
+        schema: schema.clone(),
+        publication: PUBLICATION.into(),
+        chunk_bytes_threshold: 1 << 20,
+    }
+}
+
+/// Takes `request`'s snapshot on a new connection, then closes it and waits until its backend
+/// has exited; returns the chunks written and the snapshot.
+async fn take_closed(
+    h: &RealHarness,
+    request: SnapshotRequest,
+) -> (Vec<(u64, String)>, ampere_core::snapshot::PgSnapshot) {
+    let client = connect(&h.url).await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut steps = SnapshotConnection::new(client);
+    let writer = ChunkList::default();
+    let taken = take(
+        &mut steps,
+        &request,
+        &TablePublishing::Automatic,
+        writer.clone(),
+    )
+    .await
+    .expect("snapshot");
+    drop(steps);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = h
+            .admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backend {pid} still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let chunks = writer.0.lock().unwrap().clone();
+    (chunks, taken)
+}
+
+/// Tuples read from `items` by scans so far, as the statistics system has them.
+async fn tuples_read(admin: &Client) -> u64 {
+    let row = admin
+        .query_one(
+            "SELECT (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int8 \
+             FROM pg_stat_user_tables WHERE relid = 'public.items'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    u64::try_from(row.get::<_, i64>(0)).unwrap()
+}
+
+/// Chunks in memory, in the order written.
+#[derive(Clone, Default)]
+struct ChunkList(Arc<std::sync::Mutex<Vec<(u64, String)>>>);
+
+impl SnapshotWriter for ChunkList {
+    type Error = std::convert::Infallible;
+
+    async fn write_chunk(&mut self, index: u64, body: String) -> Result<(), Self::Error> {
+        self.0.lock().unwrap().push((index, body));
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}

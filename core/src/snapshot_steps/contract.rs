@@ -54,6 +54,7 @@ pub const CASES: &[&str] = &[
     "table_schema_inside_the_read_is_the_catalogs",
     "query_rows_gives_the_fetched_columns_of_the_rows_the_where_clause_admits",
     "take_writes_the_admitted_rows_then_snapshot_end",
+    "take_of_a_changes_only_shape_writes_snapshot_end_alone",
     "take_of_a_table_changed_since_the_request_is_schema_changed",
     "membership_reports_publication_and_alters_nothing",
     "manual_take_refuses_an_unpublished_table_then_succeeds_once_published",
@@ -74,6 +75,7 @@ macro_rules! snapshot_contract_tests {
             table_schema_inside_the_read_is_the_catalogs,
             query_rows_gives_the_fetched_columns_of_the_rows_the_where_clause_admits,
             take_writes_the_admitted_rows_then_snapshot_end,
+            take_of_a_changes_only_shape_writes_snapshot_end_alone,
             take_of_a_table_changed_since_the_request_is_schema_changed,
             membership_reports_publication_and_alters_nothing,
             manual_take_refuses_an_unpublished_table_then_succeeds_once_published,
@@ -123,6 +125,9 @@ pub async fn run<H: ContractHarness>(name: &str, harness: H) {
         }
         "take_writes_the_admitted_rows_then_snapshot_end" => {
             take_writes_the_admitted_rows_then_snapshot_end(harness).await;
+        }
+        "take_of_a_changes_only_shape_writes_snapshot_end_alone" => {
+            take_of_a_changes_only_shape_writes_snapshot_end_alone(harness).await;
         }
         "take_of_a_table_changed_since_the_request_is_schema_changed" => {
             take_of_a_table_changed_since_the_request_is_schema_changed(harness).await;
@@ -282,6 +287,34 @@ async fn take_writes_the_admitted_rows_then_snapshot_end<H: ContractHarness>(mut
     assert!(!body.contains("banana"), "{body}");
     assert!(body.ends_with(&taken.snapshot_end_json()), "{body}");
     assert!(h.is_published().await);
+}
+
+async fn take_of_a_changes_only_shape_writes_snapshot_end_alone<H: ContractHarness>(mut h: H) {
+    h.insert(1, Some("apple")).await;
+    h.insert(2, Some("banana")).await;
+    let schema = h.schema().await;
+    let mut changes_only = request(schema, Some("title <> 'banana'"));
+    changes_only.definition.log = LogMode::ChangesOnly;
+    let writer = MemWriter::default();
+    let taken = take(
+        &mut h.steps().await,
+        &changes_only,
+        &TablePublishing::Automatic,
+        writer.clone(),
+    )
+    .await
+    .expect("snapshot");
+    assert_eq!(
+        writer.written(),
+        (vec![(0, taken.snapshot_end_json())], true),
+        "chunk 0_0 holds snapshot-end alone"
+    );
+    assert!(h.is_published().await, "the table joined the publication");
+    // The snapshot is the database's current one: a transaction that starts afterwards is
+    // not visible to it, so replication delivers its changes.
+    let late = h.begin_insert(3).await;
+    h.commit_insert().await;
+    assert!(late >= taken.xmax, "{late:?} began after {taken}");
 }
 
 async fn take_of_a_table_changed_since_the_request_is_schema_changed<H: ContractHarness>(mut h: H) {

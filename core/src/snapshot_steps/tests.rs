@@ -209,6 +209,73 @@ fn publication_then_wait_then_lock_snapshot_catalog_rows_then_commit_then_finish
 }
 
 #[test]
+fn a_changes_only_snapshot_runs_every_step_but_the_rows_query_and_logs_snapshot_end_alone() {
+    // Goal: `log=changes_only` keeps the publication step, the wait and the snapshot
+    // transaction (its pg_current_snapshot() is what replication is stitched to) but never
+    // asks for a row, so its log is chunk 0_0 = [snapshot-end], whatever the table holds.
+    // Method: a table with rows and a writer in progress; a where-filtered changes_only request.
+    let mut script = Script {
+        in_progress: Some(snapshot("7:9:7,8")),
+        running: [1].into(),
+        rows: [row("1", "a", "7"), row("2", "b", "7")].into(),
+        ..Script::default()
+    };
+    let mut changes_only = request(Some("n = '7'"));
+    changes_only.definition.log = LogMode::ChangesOnly;
+    let taken = run(&mut script, &changes_only).expect("snapshot");
+    assert_eq!(taken, snapshot("10:12:11"));
+    assert_eq!(
+        script.log.take(),
+        [
+            r#"publish "public"."items" in pub"#,
+            "in progress",
+            "still running",
+            "pause",
+            "still running",
+            "begin",
+            r#"lock "public"."items""#,
+            "snapshot",
+            "catalog",
+            r#"chunk 0: {"headers":{"control":"snapshot-end","xip_list":["11"],"xmax":"12","xmin":"10"}}"#,
+            "commit",
+            "finish",
+        ]
+    );
+    assert_eq!(script.rows.len(), 2, "no row was taken from the query");
+}
+
+#[test]
+fn a_changes_only_snapshot_still_fails_on_a_table_changed_since_the_request() {
+    // Goal: skipping the rows does not skip the schema check (SN-3): a column change the
+    // shape never heard of must still fail its snapshot (409), or nothing would invalidate it.
+    // Method: a changes_only request; the catalog inside the read has an extra column.
+    let mut changed = items();
+    changed.columns.push(ColumnSchema {
+        name: "extra".into(),
+        ..changed.columns[1].clone()
+    });
+    let mut script = Script {
+        seen: Some(Some(changed)),
+        ..Script::default()
+    };
+    let mut changes_only = request(None);
+    changes_only.definition.log = LogMode::ChangesOnly;
+    let error = run(&mut script, &changes_only).expect_err("schema changed");
+    assert!(
+        matches!(error, SnapshotError::SchemaChanged { .. }),
+        "{error:?}"
+    );
+    assert!(
+        !script
+            .log
+            .take()
+            .iter()
+            .any(|step| step.starts_with("chunk")),
+        "no chunk for a failed snapshot"
+    );
+}
+
+#[test]
 fn nothing_in_progress_is_not_polled() {
     let mut script = Script::default();
     run(&mut script, &request(None)).expect("snapshot");

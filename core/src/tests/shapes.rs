@@ -89,8 +89,8 @@ fn a_second_request_for_the_same_definition_gets_the_same_handle() {
 
 #[test]
 fn different_definitions_get_different_handles() {
-    // Goal: table, column selection and replica mode each make a different shape.
-    // Method: request four definitions.
+    // Goal: table, column selection, replica mode and log mode each make a different shape.
+    // Method: request five definitions.
     let mut h = Harness::active();
     let definitions = [
         whole(&items()),
@@ -99,6 +99,10 @@ fn different_definitions_get_different_handles() {
             replica: Replica::Full,
             where_clause: None,
             log: crate::shape::LogMode::Full,
+            ..whole(&items())
+        },
+        crate::shape::ShapeDefinition {
+            log: crate::shape::LogMode::ChangesOnly,
             ..whole(&items())
         },
         whole(&others()),
@@ -114,7 +118,7 @@ fn different_definitions_get_different_handles() {
         handles.push(created(&h.take()).0);
     }
     let distinct: std::collections::BTreeSet<_> = handles.iter().collect();
-    assert_eq!(distinct.len(), 4, "{handles:?}");
+    assert_eq!(distinct.len(), 5, "{handles:?}");
 }
 
 #[test]
@@ -377,12 +381,21 @@ fn a_schema_change_during_the_snapshot_removes_the_snapshotting_shape() {
 
 /// A live shape of `items` filtered by `where_clause`; outputs taken.
 fn live_where_shape(h: &mut Harness, where_clause: &str) -> ShapeHandle {
+    live_filtered_shape(h, where_clause, crate::shape::LogMode::Full)
+}
+
+/// A live shape of `items` filtered by `where_clause`, with log mode `log`; outputs taken.
+fn live_filtered_shape(
+    h: &mut Harness,
+    where_clause: &str,
+    log: crate::shape::LogMode,
+) -> ShapeHandle {
     let canonical =
         crate::where_clause::WhereClause::canonicalize(where_clause, &Default::default())
             .expect("valid where clause");
     let definition = crate::shape::ShapeDefinition {
         where_clause: Some(canonical),
-        log: crate::shape::LogMode::Full,
+        log,
         ..whole(&items())
     };
     let op = h.request(definition, &items());
@@ -474,4 +487,36 @@ fn a_key_change_inside_a_filtered_shape_is_a_delete_and_insert_pair() {
     assert_eq!(ops[2].0, "delete");
     assert!(ops[2].1.contains("10"), "{}", out[2].json);
     assert!(!out[2].json.contains("key_change"), "{}", out[2].json);
+}
+
+#[test]
+fn a_row_moving_into_a_filtered_changes_only_shape_arrives_as_an_insert_of_the_whole_row() {
+    // Goal: a changes_only shape logged no rows, so the client knows a row only from an
+    // insert. A row moving in (out→in) is an insert of the whole new row, as for full shapes
+    // and as Electric sends it; the client applies later updates and deletes to it. An update
+    // in→in of a row the log never inserted stays an update (Electric's log too): the
+    // client's `Shape` in changes_only mode applies updates and deletes only to keys it saw
+    // inserted, and the shape holds no per-key state to tell them apart.
+    // Method: a live changes_only `n = 7` shape; row 1 moves in, is updated and moves out;
+    // row 2 is updated in→in without ever being inserted.
+    let mut h = Harness::active();
+    let handle = live_filtered_shape(&mut h, "n = 7", crate::shape::LogMode::ChangesOnly);
+    let t = items();
+    h.commit(
+        &Txn::new(700, 0x2000)
+            .update(&t, &["1", "a", "1"], &["1", "a", "7"])
+            .update(&t, &["1", "a", "7"], &["1", "b", "7"])
+            .update(&t, &["1", "b", "7"], &["1", "b", "8"])
+            .update(&t, &["2", "c", "7"], &["2", "d", "7"]),
+    );
+    let out = entries(&h.take(), &handle);
+    let ops: Vec<String> = operations(&out).into_iter().map(|(op, _)| op).collect();
+    assert_eq!(ops, ["insert", "update", "delete", "update"]);
+    assert!(
+        out[0]
+            .json
+            .contains(r#""value":{"id":"1","title":"a","n":"7"}"#),
+        "the move-in carries the whole row: {}",
+        out[0].json
+    );
 }

@@ -282,3 +282,75 @@ fn a_truncate_the_snapshot_already_saw_keeps_the_shape() {
     h.commit(&insert(705, 0x3000, "1"));
     assert_eq!(offsets(&entries(&h.take(), &handle)), ["12288_0"]);
 }
+
+/// The `log=changes_only` shape of every column of `items`.
+fn changes_only_items() -> crate::shape::ShapeDefinition {
+    crate::shape::ShapeDefinition {
+        log: crate::shape::LogMode::ChangesOnly,
+        ..super::harness::whole(&items())
+    }
+}
+
+#[test]
+fn a_changes_only_shape_is_its_own_shape_and_asks_for_a_changes_only_snapshot() {
+    // Goal: ID-1: the log mode is part of a shape's identity: a changes_only request beside a
+    // full shape of the same table gets a shape (and handle) of its own, a second request for
+    // it gets that same handle, and its snapshot request says changes_only, so the adapter
+    // reads no rows (`snapshot_steps::take`).
+    // Method: a full shape of items, then the changes_only definition twice.
+    let mut h = Harness::active();
+    let (full, _) = h.create_shape(&items());
+    h.take();
+    let op = h.request(changes_only_items(), &items());
+    let out = h.take();
+    let [Output::CreateShape {
+        shape, snapshot, ..
+    }] = &out[..]
+    else {
+        panic!("expected one CreateShape: {:?}", kinds(&out));
+    };
+    assert_ne!(shape.handle, full);
+    assert_eq!(shape.definition, changes_only_items());
+    assert_eq!(snapshot.definition.log, crate::shape::LogMode::ChangesOnly);
+    let handle = created_for(&out, op);
+    h.request(changes_only_items(), &items());
+    assert!(
+        matches!(&h.take()[..], [Output::ShapeExists { handle: again, .. }] if *again == handle)
+    );
+}
+
+#[test]
+fn a_changes_only_shape_skips_what_its_snapshot_saw_and_logs_only_what_came_after() {
+    // Goal: SN-4 holds for changes_only as for full shapes: its snapshot logged no rows, so
+    // a transaction it saw must not reach the log either (it would hand the client a change
+    // from before the snapshot), and every one it did not see must (else it is lost).
+    // Method: a changes_only shape; buffer xids 700 (< xmin), 702 (in xip), 703 (in range,
+    // not in xip); the snapshot is 702:705:702; then 704 (seen: skipped) and 705 (after).
+    let mut h = Harness::active();
+    let op = h.request(changes_only_items(), &items());
+    let handle = created_for(&h.take(), op);
+    h.commit(&insert(700, 0x2000, "1"));
+    h.commit(&insert(702, 0x3000, "2"));
+    h.commit(&insert(703, 0x4000, "3"));
+    h.take();
+    h.snapshot_taken(op, snapshot("702:705:702"));
+    let out = h.take();
+    assert_eq!(
+        offsets(&entries(&out, &handle)),
+        ["12288_0"],
+        "only xid 702, which the snapshot did not see"
+    );
+    h.complete_flush();
+    h.take();
+    h.commit(&insert(704, 0x5000, "4"));
+    assert!(entries(&h.take(), &handle).is_empty(), "xid 704: seen");
+    h.commit(&Txn::new(705, 0x6000).update(&items(), &["1", "t", "1"], &["1", "u", "1"]));
+    let out = h.take();
+    let appended = entries(&out, &handle);
+    assert_eq!(offsets(&appended), ["24576_0"]);
+    assert!(
+        appended[0].json.contains(r#""operation":"update""#),
+        "{}",
+        appended[0].json
+    );
+}

@@ -298,10 +298,7 @@ fn replica(query: &Query) -> Result<Replica, ApiError> {
 fn log_mode(query: &Query) -> Result<LogMode, ApiError> {
     match query.non_blank("log") {
         None | Some("full") => Ok(LogMode::Full),
-        Some("changes_only") => Err(ApiError::invalid(
-            "log",
-            "changes_only is not supported yet",
-        )),
+        Some("changes_only") => Ok(LogMode::ChangesOnly),
         Some(_) => Err(ApiError::invalid("log", "is invalid")),
     }
 }
@@ -511,14 +508,36 @@ mod tests {
     }
 
     #[test]
-    fn log_accepts_full_and_rejects_changes_only_for_now() {
-        assert!(parse("offset=-1&table=items&log=full").is_ok());
-        rejects(
-            "offset=-1&table=items&log=changes_only",
-            "log",
-            "changes_only is not supported yet",
+    fn log_full_and_changes_only_name_different_shapes_and_anything_else_is_invalid() {
+        let log = |query: &str| parse(query).unwrap().definition.log;
+        assert_eq!(log("offset=-1&table=items"), LogMode::Full);
+        assert_eq!(log("offset=-1&table=items&log=full"), LogMode::Full);
+        assert_eq!(
+            log("offset=-1&table=items&log=changes_only"),
+            LogMode::ChangesOnly
+        );
+        assert_eq!(
+            log("offset=now&table=items&log=changes_only"),
+            LogMode::ChangesOnly
+        );
+        let full = parse("offset=-1&table=items&log=full").unwrap().definition;
+        let changes_only = parse("offset=-1&table=items&log=changes_only")
+            .unwrap()
+            .definition;
+        assert_ne!(full.identity(), changes_only.identity());
+        assert_eq!(
+            changes_only.identity(),
+            parse("offset=-1&table=items&log=changes_only&replica=default")
+                .unwrap()
+                .definition
+                .identity()
         );
         rejects("offset=-1&table=items&log=some", "log", "is invalid");
+        rejects(
+            "offset=-1&table=items&log=CHANGES_ONLY",
+            "log",
+            "is invalid",
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ampere_core::offset::RequestOffset;
 use ampere_core::ports::{CatalogTable, ChunkRead, LogStatus, ReadOutcome};
-use ampere_core::shape::ShapeHandle;
+use ampere_core::shape::{LogMode, ShapeHandle};
 use ampere_core::where_clause::WhereClause;
 use ampere_core::LogOffset;
 use axum::body::Body;
@@ -266,7 +266,7 @@ async fn answer<A: ShapeApi>(
     let api = &state.api;
     let offset = match params.offset {
         RequestOffset::Now => {
-            let status = status_or_refetch(api, params, &info.handle)?;
+            let status = now_status(api, params, &info.handle).await?;
             return Ok(nothing_new(api, status));
         }
         RequestOffset::Log(offset) => offset,
@@ -296,6 +296,32 @@ async fn answer<A: ShapeApi>(
         entries: chunk.body,
         up_to_date_lsn,
         has_data: true,
+    })
+}
+
+/// The status an `offset=now` answer reports (§6.4). Replication skips what a shape's
+/// snapshot saw, so a client answered before the snapshot misses a change committed between
+/// its answer and the snapshot. A changes_only shape's snapshot reads no rows and is quick, so
+/// it is waited for: every change committed after the answer then reaches the client. A full
+/// shape answers at once, as Electric's does: its snapshot may take minutes.
+async fn now_status<A: ShapeApi>(
+    api: &A,
+    params: &ShapeParams,
+    handle: &ShapeHandle,
+) -> Result<LogStatus, ApiError> {
+    if params.definition.log == LogMode::Full {
+        return status_or_refetch(api, params, handle);
+    }
+    let deadline = Instant::now() + SNAPSHOT_WAIT_MAX;
+    let taken = wait_for(api, handle, deadline, || {
+        let status = status_or_refetch(api, params, handle)?;
+        Ok(status.snapshot_complete.then_some(status))
+    })
+    .await?;
+    taken.ok_or_else(|| ApiError::Unavailable {
+        message: "Timed out waiting for the shape's snapshot, please retry".to_owned(),
+        retry_after_secs: 10,
+        is_known_error: true,
     })
 }
 

@@ -341,6 +341,51 @@ async fn offset_now_answers_the_latest_offset_without_data() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn offset_now_on_a_changes_only_shape_answers_once_its_snapshot_is_taken() {
+    // Goal: a changes_only client starting at offset=now gets every change committed after
+    // the answer: the answer waits for the shape's snapshot (which reads no rows), since a
+    // change committed before the snapshot is skipped as one it saw. A full shape does not
+    // wait (§6.4).
+    // Method: a changes_only shape whose snapshot stays pending for 3 s; then offset=now on
+    // the full shape of the same table while its snapshot is pending.
+    let h = Harness::new();
+    let first = h
+        .get("/v1/shape?table=items&offset=-1&log=changes_only")
+        .await;
+    let changes_only = first.handle();
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_ne!(
+        changes_only,
+        h.initial_sync().await,
+        "full is another shape"
+    );
+    h.api.set_snapshot(&changes_only, vec![], false);
+    let api = h.api.clone();
+    let writer = changes_only.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        api.set_snapshot(&writer, vec![SNAPSHOT_END.to_owned()], true);
+    });
+    let started = tokio::time::Instant::now();
+    let reply = h
+        .get("/v1/shape?table=items&offset=now&log=changes_only")
+        .await;
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.handle(), changes_only);
+    assert_eq!(reply.header("electric-offset"), Some("0_inf"));
+    assert_eq!(reply.header("electric-up-to-date"), Some(""));
+
+    let full = h.initial_sync().await;
+    h.api.set_snapshot(&full, vec![], false);
+    let started = tokio::time::Instant::now();
+    let reply = h.get("/v1/shape?table=items&offset=now").await;
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.handle(), full);
+}
+
+#[tokio::test(start_paused = true)]
 async fn offset_beyond_the_log_is_out_of_bounds_after_a_grace_wait() {
     let h = Harness::new();
     let handle = h.initial_sync().await;
