@@ -734,7 +734,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_SHAPE_DB_ENABLE_MEMORY_STATS", "false", "true", G::Boolean,
         ignored("ampere collects no SQLite statistics"), Reference),
     var("ELECTRIC_MAX_CONCURRENT_REQUESTS", r#"{"initial": 300, "existing": 10000}"#, r#"{"initial": 500, "existing": 30000}"#, G::JsonObject,
-        honoured("\"initial\" counts shape requests without a handle to use (offset=-1 or now), \"existing\" the rest, live long-polls included, until their response head; a key left out keeps its default, an unknown key or a limit that is not a whole number above 0 stops startup"), Reference),
+        honoured("\"initial\" counts shape requests without a handle to use (offset=-1 or now), \"existing\" the rest, live long-polls included, until their response head; a key left out keeps its default, other keys are ignored with a warning (as Electric ignores them), a limit that is not a whole number above 0 stops startup"), Reference),
     var("ELECTRIC_MAX_SHAPES", "unlimited", "10000", G::PositiveInteger,
         ignored("ampere evicts no shapes: each stays until it is invalidated"), Reference),
     var("ELECTRIC_EXPERIMENTAL_MAX_SHAPES", "unlimited", "10000", G::PositiveInteger,
@@ -871,6 +871,20 @@ pub fn startup_warnings(config: &Config, given: &Given) -> Vec<ConfigWarning> {
 fn warning_for(v: &Variable, config: &Config, given: &Given) -> Option<String> {
     let name = v.name;
     match v.support {
+        Support::Honoured { .. } if name == "ELECTRIC_MAX_CONCURRENT_REQUESTS" => {
+            let unknown = AdmissionLimits::unknown_keys(given.value(name).unwrap_or_default());
+            (!unknown.is_empty()).then(|| {
+                format!(
+                    "{name}: ignoring {} (it takes \"initial\" and \"existing\"; Electric \
+                     ignores other keys too)",
+                    unknown
+                        .iter()
+                        .map(|key| format!("{key:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        }
         Support::Honoured { .. } => {
             let is_memory = config.shape_db_storage_dir == Some(ShapeDbDir::Memory);
             (name == "ELECTRIC_SHAPE_DB_STORAGE_DIR" && is_memory).then(|| {
@@ -1487,7 +1501,6 @@ mod tests {
         ("--database-tcp-user-timeout", "1y", "ELECTRIC_DATABASE_TCP_USER_TIMEOUT", "duration"),
         ("--max-concurrent-requests", "300", "ELECTRIC_MAX_CONCURRENT_REQUESTS", "not a JSON object"),
         ("--max-concurrent-requests", r#"{"initial":0}"#, "ELECTRIC_MAX_CONCURRENT_REQUESTS", "\"initial\" must be a whole number above 0"),
-        ("--max-concurrent-requests", r#"{"inital":5}"#, "ELECTRIC_MAX_CONCURRENT_REQUESTS", "\"inital\" is not a key"),
         ("--enable-integration-testing", "perhaps", "ELECTRIC_ENABLE_INTEGRATION_TESTING", "true or false"),
     ];
 
@@ -1704,6 +1717,29 @@ mod tests {
         assert_eq!(warned(&c, &given), expected);
         let (c, given) = parse_given(&["--insecure"], &[]);
         assert!(startup_warnings(&c, &given).is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_of_max_concurrent_requests_are_ignored_with_a_warning_as_electric_runs_them() {
+        let value = r#"{"intial":5,"existing":7}"#;
+        // clap reads the variable from the process environment: the flag stands for it here.
+        let flag = format!("--max-concurrent-requests={value}");
+        let env = [("ELECTRIC_MAX_CONCURRENT_REQUESTS", value)];
+        let (c, given) = parse_given(&["--insecure", &flag], &env);
+        assert_eq!(
+            c.max_concurrent_requests,
+            AdmissionLimits {
+                initial: 300,
+                existing: 7
+            }
+        );
+        let warnings = startup_warnings(&c, &given);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].variable, "ELECTRIC_MAX_CONCURRENT_REQUESTS");
+        assert!(
+            warnings[0].message.contains(r#"ignoring "intial""#),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -43,13 +43,6 @@ pub enum AdmissionLimitsError {
     /// Not JSON, or JSON but not an object.
     #[error("it is not a JSON object")]
     NotAnObject,
-    /// A key other than `initial` and `existing`: a typo would otherwise silently keep the
-    /// default.
-    #[error("{key:?} is not a key it takes (only \"initial\" and \"existing\")")]
-    UnknownKey {
-        /// The key.
-        key: String,
-    },
     /// A limit that is not a whole number from 1 to 4294967295.
     #[error("\"{key}\" must be a whole number above 0")]
     NotPositive {
@@ -59,17 +52,13 @@ pub enum AdmissionLimitsError {
 }
 
 impl AdmissionLimits {
-    /// Parses Electric's JSON object; keys left out keep [`AdmissionLimits::default`].
+    /// Parses Electric's JSON object; keys left out keep [`AdmissionLimits::default`], and
+    /// other keys are ignored, as Electric ignores them (a value Electric runs with must not
+    /// stop ampere; [`AdmissionLimits::unknown_keys`] lets startup warn about them).
     pub fn parse(text: &str) -> Result<Self, AdmissionLimitsError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|_| AdmissionLimitsError::NotAnObject)?;
         let object = value.as_object().ok_or(AdmissionLimitsError::NotAnObject)?;
-        if let Some(key) = object
-            .keys()
-            .find(|key| !["initial", "existing"].contains(&key.as_str()))
-        {
-            return Err(AdmissionLimitsError::UnknownKey { key: key.clone() });
-        }
         let limit = |key: &'static str, default: u32| match object.get(key) {
             None => Ok(default),
             Some(value) => value
@@ -83,6 +72,21 @@ impl AdmissionLimits {
             initial: limit("initial", defaults.initial)?,
             existing: limit("existing", defaults.existing)?,
         })
+    }
+}
+
+impl AdmissionLimits {
+    /// The keys of `text` (an `ELECTRIC_MAX_CONCURRENT_REQUESTS` value) that are neither
+    /// `initial` nor `existing`: ignored, most likely misspelt.
+    pub fn unknown_keys(text: &str) -> Vec<String> {
+        let Ok(serde_json::Value::Object(object)) = serde_json::from_str(text.trim()) else {
+            return Vec::new();
+        };
+        object
+            .keys()
+            .filter(|key| !["initial", "existing"].contains(&key.as_str()))
+            .cloned()
+            .collect()
     }
 }
 
@@ -213,6 +217,20 @@ mod tests {
     }
 
     #[test]
+    fn other_keys_are_ignored_as_electric_ignores_them_and_reported_for_a_warning() {
+        let typo = r#"{"intial": 5, "existing": 7}"#;
+        assert_eq!(
+            AdmissionLimits::parse(typo),
+            Ok(AdmissionLimits {
+                initial: 300,
+                existing: 7
+            })
+        );
+        assert_eq!(AdmissionLimits::unknown_keys(typo), ["intial"]);
+        assert!(AdmissionLimits::unknown_keys(r#"{"initial":1}"#).is_empty());
+    }
+
+    #[test]
     fn anything_but_an_object_of_positive_limits_is_refused_with_the_reason() {
         for text in ["", "300", "[1]", "{", r#""{}""#] {
             assert_eq!(
@@ -221,12 +239,6 @@ mod tests {
                 "{text:?}"
             );
         }
-        assert_eq!(
-            AdmissionLimits::parse(r#"{"intial": 5}"#),
-            Err(AdmissionLimitsError::UnknownKey {
-                key: "intial".to_owned()
-            })
-        );
         for bad in ["0", "-1", "1.5", "\"5\"", "4294967296", "null"] {
             assert_eq!(
                 AdmissionLimits::parse(&format!(r#"{{"existing": {bad}}}"#)),
