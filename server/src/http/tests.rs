@@ -30,27 +30,60 @@ fn config() -> HttpConfig {
     config
 }
 
-struct Harness {
-    api: FakeApi,
-    app: Router,
+/// The router over an in-memory [`FakeApi`] holding `items` (shared with the handler tests of
+/// `DELETE` and admission control, `tests_delete`).
+pub(super) struct Harness {
+    pub(super) api: FakeApi,
+    pub(super) app: Router,
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(name)
             .map(|v| v.to_str().expect("ascii header"))
     }
 
-    fn handle(&self) -> ShapeHandle {
+    pub(super) fn handle(&self) -> ShapeHandle {
         ShapeHandle::from_string(self.header("electric-handle").expect("handle").to_owned())
+    }
+}
+
+/// Sends one request through `app` (owned, so a spawned task can send it too) and reads the
+/// whole answer.
+pub(super) async fn send(
+    app: Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(body).expect("request");
+    let response = app.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = String::from_utf8(bytes.to_vec()).expect("utf-8 body");
+    Reply {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -59,41 +92,26 @@ impl Harness {
         Self::with_config(config())
     }
 
-    fn with_config(config: HttpConfig) -> Self {
+    pub(super) fn with_config(config: HttpConfig) -> Self {
         let api = FakeApi::with_items();
         let app = router(api.clone(), config);
         Self { api, app }
     }
 
-    async fn get(&self, uri: &str) -> Reply {
+    pub(super) async fn get(&self, uri: &str) -> Reply {
         self.send(Method::GET, uri, &[], Body::empty()).await
     }
 
+    pub(super) async fn delete(&self, uri: &str) -> Reply {
+        self.send(Method::DELETE, uri, &[], Body::empty()).await
+    }
+
     async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> Reply {
-        let mut request = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(body).expect("request");
-        let response = self.app.clone().oneshot(request).await.expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let body = String::from_utf8(bytes.to_vec()).expect("utf-8 body");
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        send(self.app.clone(), method, uri, headers, body).await
     }
 
     /// `offset=-1` on `items`; returns the handle.
-    async fn initial_sync(&self) -> ShapeHandle {
+    pub(super) async fn initial_sync(&self) -> ShapeHandle {
         let reply = self.get("/v1/shape?table=items&offset=-1").await;
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
         reply.handle()

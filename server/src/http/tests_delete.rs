@@ -1,45 +1,19 @@
 //! Handler tests of `DELETE /v1/shape` (protocol.md §1.5) and of admission control
 //! (`ELECTRIC_MAX_CONCURRENT_REQUESTS`, §6.9): the whole router over the in-memory
-//! [`FakeApi`], tokio's clock paused so waits take no real time.
+//! `FakeApi` (the harness of `tests`), tokio's clock paused so waits take no real time.
 
 use std::time::Duration;
 
 use ampere_core::shape::ShapeHandle;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::{Method, StatusCode};
 
-use super::fake::{row, FakeApi, SNAPSHOT_END};
-use super::{router, AdmissionLimits, HttpConfig};
+use super::fake::{row, SNAPSHOT_END};
+use super::tests::{send, Harness, Reply};
+use super::{AdmissionLimits, HttpConfig};
 
 const JSON: &str = "application/json; charset=utf-8";
 const NOT_FOUND: &str = r#"{"message":"No existing shape found"}"#;
-
-struct Harness {
-    api: FakeApi,
-    app: Router,
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ascii header"))
-    }
-
-    fn handle(&self) -> ShapeHandle {
-        ShapeHandle::from_string(self.header("electric-handle").expect("handle").to_owned())
-    }
-}
 
 /// Electric's defaults, with shape deletion on.
 fn deleting() -> HttpConfig {
@@ -49,60 +23,11 @@ fn deleting() -> HttpConfig {
     }
 }
 
-impl Harness {
-    fn with_config(config: HttpConfig) -> Self {
-        let api = FakeApi::with_items();
-        let app = router(api.clone(), config);
-        Self { api, app }
-    }
-
-    async fn get(&self, uri: &str) -> Reply {
-        send(self.app.clone(), Method::GET, uri).await
-    }
-
-    async fn delete(&self, uri: &str) -> Reply {
-        send(self.app.clone(), Method::DELETE, uri).await
-    }
-
-    /// `offset=-1` on `items`; returns the handle.
-    async fn initial_sync(&self) -> ShapeHandle {
-        let reply = self.get("/v1/shape?table=items&offset=-1").await;
-        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-        reply.handle()
-    }
-
-    /// [`Harness::initial_sync`] with the secret `s3cret`.
-    async fn initial_sync_with_secret(&self) -> ShapeHandle {
-        let reply = self
-            .get("/v1/shape?table=items&offset=-1&secret=s3cret")
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-        reply.handle()
-    }
-}
-
-/// Sends one request through `app` (owned, so a spawned task can send it too).
-async fn send(app: Router, method: Method, uri: &str) -> Reply {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::empty())
-        .expect("request");
-    let response = app.oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let body = String::from_utf8(bytes.to_vec()).expect("utf-8 body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+/// `offset=-1` on `items` with the secret `s3cret`; returns the handle.
+async fn initial_sync_with_secret(h: &Harness) -> ShapeHandle {
+    let reply = h.get("/v1/shape?table=items&offset=-1&secret=s3cret").await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.handle()
 }
 
 /// A successful deletion, exactly as §1.5 has it.
@@ -201,7 +126,8 @@ async fn a_live_reader_of_a_deleted_shape_gets_409() {
     let handle = h.initial_sync().await;
     let app = h.app.clone();
     let uri = format!("/v1/shape?table=items&handle={handle}&offset=0_inf&live=true");
-    let reader = tokio::spawn(async move { send(app, Method::GET, &uri).await });
+    let reader =
+        tokio::spawn(async move { send(app, Method::GET, &uri, &[], Body::empty()).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_accepted(&h.delete("/v1/shape?table=items").await);
     let reply = reader.await.expect("reader");
@@ -387,9 +313,16 @@ async fn a_third_concurrent_initial_request_over_a_limit_of_two_gets_electrics_5
     let waiting: Vec<_> = (0..2)
         .map(|_| {
             let app = h.app.clone();
-            tokio::spawn(
-                async move { send(app, Method::GET, "/v1/shape?table=items&offset=-1").await },
-            )
+            tokio::spawn(async move {
+                send(
+                    app,
+                    Method::GET,
+                    "/v1/shape?table=items&offset=-1",
+                    &[],
+                    Body::empty(),
+                )
+                .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -424,7 +357,7 @@ async fn live_long_polls_count_against_the_existing_limit_while_they_wait() {
     let live = format!("/v1/shape?table=items&handle={handle}&offset=0_inf&live=true");
     let app = h.app.clone();
     let uri = live.clone();
-    let poll = tokio::spawn(async move { send(app, Method::GET, &uri).await });
+    let poll = tokio::spawn(async move { send(app, Method::GET, &uri, &[], Body::empty()).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     assert_overloaded(&h.get(&live).await, "existing", 1);
@@ -448,7 +381,7 @@ async fn the_secret_is_checked_before_the_limit_and_a_post_is_counted_too() {
         secret: Some("s3cret".to_owned()),
         ..limited(1, 10_000)
     });
-    let handle = h.initial_sync_with_secret().await;
+    let handle = initial_sync_with_secret(&h).await;
     h.api.set_snapshot(&handle, Vec::new(), false);
     let app = h.app.clone();
     let waiting = tokio::spawn(async move {
@@ -456,6 +389,8 @@ async fn the_secret_is_checked_before_the_limit_and_a_post_is_counted_too() {
             app,
             Method::POST,
             "/v1/shape?table=items&offset=-1&secret=s3cret",
+            &[],
+            Body::empty(),
         )
         .await
     });
