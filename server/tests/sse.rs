@@ -10,26 +10,13 @@ use std::time::{Duration, Instant};
 mod common;
 
 use ampere_io_real::embedded_pg::EmbeddedPostgres;
-use common::{find, free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
+use common::{
+    find, free_port, http_get, items_database, raise_own_fd_limit, wait_for_health, Ampere, Scratch,
+};
 
 const STREAMS: usize = 2_000;
 /// What one idle event stream may cost the server: its connection, task and response state.
 const BYTES_PER_STREAM_MAX: u64 = 64 * 1024;
-
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (the streams' client ends).
-fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write/read only the struct passed by reference.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    limit.rlim_cur
-}
 
 /// Opens an event stream at `offset` and reads its response head; panics unless it is a 200
 /// event stream.
@@ -102,7 +89,7 @@ fn ampere_with_a_caught_up_shape(
 
 #[test]
 fn two_thousand_concurrent_sse_streams_each_hold_little_memory_and_all_receive_a_change() {
-    let fd_limit = raise_fd_limit();
+    let fd_limit = raise_own_fd_limit();
     assert!(
         fd_limit > STREAMS as u64 + 100,
         "the test needs {STREAMS} sockets; RLIMIT_NOFILE hard limit is {fd_limit}"

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
+use crate::common::{self, free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
 
 /// The descriptor limit ampere runs under.
 const FD_LIMIT: u64 = 1024;
@@ -88,24 +88,13 @@ impl Target {
     }
 }
 
-/// Raises this test process's soft descriptor limit to its hard limit: it holds thousands of
-/// client sockets.
+/// Raises this test process's descriptor limit: it holds thousands of client sockets.
 fn raise_own_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write one `rlimit` through valid pointers.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
+    let limit = common::raise_own_fd_limit();
     assert!(
-        limit.rlim_cur >= 4 * FD_LIMIT + 256,
-        "this test needs a hard RLIMIT_NOFILE of at least {} (have {})",
+        limit >= 4 * FD_LIMIT + 256,
+        "this test needs a hard RLIMIT_NOFILE of at least {} (have {limit})",
         4 * FD_LIMIT + 256,
-        limit.rlim_cur
     );
 }
 

@@ -400,3 +400,19 @@ pub(crate) fn items_database(name: &str) -> &'static EmbeddedPostgres {
         .expect("create items");
     cluster
 }
+
+/// Raises this test process's soft `RLIMIT_NOFILE` to its hard limit (a test holding thousands
+/// of client sockets); returns the limit now in force.
+pub(crate) fn raise_own_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one `rlimit` through valid pointers.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    limit.rlim_cur
+}
