@@ -50,9 +50,15 @@ function unseenKeys(h) {
   return h.mirror.unseen.map((u) => u.key)
 }
 
+/** Every request of a stream: status, offset, handle and URL (to show where a 409 came from). */
+function everyRequest(log) {
+  return log.map((e) => `${e.status ?? e.error} offset=${e.offset} handle=${e.headers?.['electric-handle'] ?? ''} ` +
+    `-> ${e.headers?.['electric-offset'] ?? ''} ${e.url}`).join('\n')
+}
+
 function assertCleanStream(h, label) {
   assert.equal(h.mirror.errors.length, 0, `${label}: client errors: ${h.mirror.errors.map(fmtErr).join('; ')}`)
-  assert.equal(h.mirror.mustRefetch, 0, `${label}: no must-refetch`)
+  assert.equal(h.mirror.mustRefetch, 0, `${label}: no must-refetch\n${everyRequest(h.log)}`)
   assert.ok(!h.log.some((e) => e.status >= 400 && e.status < 500), `${label}: no 4xx (409 included)\n${h.diag()}`)
 }
 

@@ -62,7 +62,11 @@
 //! the same store (every clone) into the writer once the lock is held: it then does what
 //! [`FileStore::open`] does (directories, trash, half-created shapes), and each shape is
 //! written after [`ShapeLogStore::recover`] took it over (until then it stays a read-only
-//! view: appends fail with [`StoreError::NotRecovered`]).
+//! view: appends fail with [`StoreError::NotRecovered`]). The shapes on disk at the promotion
+//! are *awaiting recovery* until `recover` or `remove_shape` names them: meanwhile the writer
+//! still finds them as a follower would, so a restart never answers a read of a live shape
+//! with `UnknownShape` (a 409 the client would take for lost continuity) in the moment between
+//! taking the lease and recovering it.
 //!
 //! **Fencing** (deploy-semantics LK-6, §2 item 13; [`crate::lease`]): `open` and every
 //! `promote` acquire the storage lease (a new generation in `<root>/lease`). Every mutation
@@ -95,7 +99,7 @@ mod shape;
 mod snapshot;
 mod sync;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -170,6 +174,10 @@ pub struct FileStore {
 struct Inner {
     root: PathBuf,
     shapes: RwLock<BTreeMap<ShapeHandle, Arc<Shape>>>,
+    /// Shapes on disk when this store was promoted that neither `recover` nor `remove_shape`
+    /// has named since: a writer reads them as followed views until then. Changed only with
+    /// `shapes` write-locked (lock order: `shapes`, then this).
+    awaiting_recovery: Mutex<BTreeSet<ShapeHandle>>,
     /// Every shape's open log files, bounded ([`OpenFileBudget`]).
     files: Arc<FileCache>,
     /// Serialises flushes (and recovery, which rewrites files a flush writes, and promotion).
@@ -220,8 +228,8 @@ impl FileStore {
     /// Opens the store under `root` as the writer, as a promotion does: creates `shapes/` and
     /// `trash/` if missing, acquires the storage lease (this process's handle on `root`),
     /// empties the trash and clears half-created shapes. Blocking; call at startup. The store
-    /// knows no shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`]
-    /// names it.
+    /// writes no shape until [`ShapeLogStore::recover`] or [`ShapeLogStore::create_shape`]
+    /// names it; until then the shapes on disk are read as a follower reads them.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         Self::open_with_budget(root, OpenFileBudget::from_fd_limit())
     }
@@ -281,6 +289,7 @@ impl FileStore {
             inner: Arc::new(Inner {
                 root,
                 shapes: RwLock::default(),
+                awaiting_recovery: Mutex::default(),
                 files: Arc::new(FileCache::new(budget)),
                 flush_lock: Mutex::new(()),
                 is_writer: AtomicBool::new(false),
@@ -294,10 +303,11 @@ impl FileStore {
     /// lock: creates `shapes/` and `trash/` if missing, acquires the storage lease (a new
     /// generation: another instance's store or metadata writing under an older one is fenced
     /// from now on), empties the trash and clears half-created shapes, as [`FileStore::open`]
-    /// does. Shapes followed so far stay readable and become writable when
-    /// [`ShapeLogStore::recover`] takes them over (truncating torn tails). A writer acquires the
-    /// lease again and otherwise stays as it is, unless another instance took the lease since
-    /// its last promotion: it then drops its shapes and is promoted as a follower would be. If
+    /// does. Shapes followed so far stay readable, and so do the others on disk (found as a
+    /// follower finds them), until [`ShapeLogStore::recover`] takes them over (truncating
+    /// torn tails) or `remove_shape` removes them. A writer acquires the lease again and
+    /// otherwise stays as it is, unless another instance took the lease since its last
+    /// promotion: it then drops its shapes and is promoted as a follower would be. If
     /// preparing the directory fails, the store stays a follower.
     pub fn promote(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
@@ -370,19 +380,7 @@ impl FileStore {
     /// at boot (a directory without a metadata row is removed, a row without a directory
     /// dropped). Blocking.
     pub fn list_shape_dirs(&self) -> Result<Vec<ShapeHandle>, StoreError> {
-        let shapes_dir = self.inner.root.join(layout::SHAPES_DIR);
-        if !self.inner.is_writer() && !shapes_dir.exists() {
-            return Ok(Vec::new()); // A follower before the writer created the directory.
-        }
-        let mut handles: Vec<ShapeHandle> = read_dir(&shapes_dir)?
-            .iter()
-            .filter(|path| path.is_dir())
-            .filter_map(|path| path.file_name()?.to_str())
-            .filter(|name| is_valid_handle(name))
-            .map(|name| ShapeHandle::from_string(name.to_owned()))
-            .collect();
-        handles.sort();
-        Ok(handles)
+        self.inner.shape_dirs()
     }
 
     /// The directory of a shape (whether or not it exists).
@@ -487,7 +485,11 @@ impl ShapeLogStore for FileStore {
         // `changed()` waiters wake. A follower unregisters nothing and refuses.
         let allowed = self.inner.check_writer();
         if allowed.is_ok() {
-            let removed = write(&self.inner.shapes).remove(handle);
+            let removed = {
+                let mut shapes = write(&self.inner.shapes);
+                lock(&self.inner.awaiting_recovery).remove(handle);
+                shapes.remove(handle)
+            };
             if let Some(shape) = removed {
                 shape.retire();
             }
@@ -646,6 +648,7 @@ impl Inner {
                      writing nothing more until promoted again"
                 );
             }
+            lock(&self.awaiting_recovery).clear();
             std::mem::take(&mut *shapes)
         };
         for shape in dropped.into_values() {
@@ -661,6 +664,7 @@ impl Inner {
             if !self.is_writer.swap(false, Ordering::SeqCst) {
                 return;
             }
+            lock(&self.awaiting_recovery).clear();
             std::mem::take(&mut *shapes)
         };
         for shape in dropped.into_values() {
@@ -678,13 +682,14 @@ impl Inner {
         read(&self.shapes).get(handle).cloned()
     }
 
-    /// A registered shape, or for a follower one whose directory exists now (opened
-    /// read-only and read to its end). Blocking for a shape not seen before.
+    /// A registered shape, or for a follower (and a writer, for a shape awaiting recovery)
+    /// one whose directory exists now (opened read-only and read to its end). Blocking for a
+    /// shape not seen before.
     fn lookup(&self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
         if let Some(shape) = self.shape(handle) {
             return Some(shape);
         }
-        if self.is_writer() {
+        if !self.may_follow(handle) {
             return None;
         }
         let dir = self.shape_dir(handle).ok()?;
@@ -709,7 +714,34 @@ impl Inner {
             return None;
         }
         let mut shapes = write(&self.shapes);
+        if !self.may_follow(handle) {
+            // Recovered or removed while its files were opened: the writer's answer stands.
+            return shapes.get(handle).cloned();
+        }
         Some(Arc::clone(shapes.entry(handle.clone()).or_insert(shape)))
+    }
+
+    /// Whether `lookup` may open `handle` as a followed view: always on a follower; on a
+    /// writer only while it awaits recovery (a removed or unknown shape stays unknown).
+    fn may_follow(&self, handle: &ShapeHandle) -> bool {
+        !self.is_writer() || lock(&self.awaiting_recovery).contains(handle)
+    }
+
+    /// The handles of every shape directory on disk, sorted (`FileStore::list_shape_dirs`).
+    fn shape_dirs(&self) -> Result<Vec<ShapeHandle>, StoreError> {
+        let shapes_dir = self.root.join(layout::SHAPES_DIR);
+        if !self.is_writer() && !shapes_dir.exists() {
+            return Ok(Vec::new()); // A follower before the writer created the directory.
+        }
+        let mut handles: Vec<ShapeHandle> = read_dir(&shapes_dir)?
+            .iter()
+            .filter(|path| path.is_dir())
+            .filter_map(|path| path.file_name()?.to_str())
+            .filter(|name| is_valid_handle(name))
+            .map(|name| ShapeHandle::from_string(name.to_owned()))
+            .collect();
+        handles.sort();
+        Ok(handles)
     }
 
     /// The shape as its files are now: a followed one re-read first, and found afresh if its
@@ -782,8 +814,13 @@ impl Inner {
         // The same check every mutation makes (cleanup deletes files).
         lease.check().map_err(lease_error)?;
         clean_root(&self.root)?;
+        let on_disk = self.shape_dirs()?;
         *lock(&self.fenced) = None;
-        self.is_writer.store(true, Ordering::SeqCst);
+        {
+            let _shapes = write(&self.shapes);
+            *lock(&self.awaiting_recovery) = on_disk.into_iter().collect();
+            self.is_writer.store(true, Ordering::SeqCst);
+        }
         tracing::info!(root = %self.root.display(), "shape storage promoted to writer");
         Ok(())
     }
@@ -905,7 +942,25 @@ impl Inner {
         Ok(ShapeFiles::new(Arc::clone(&self.files), true, data, index))
     }
 
+    /// Recovers `handle` ([`Inner::recover_log`]); one that cannot be recovered is no longer
+    /// awaiting recovery, and a followed view of it is dropped: readers find it unknown.
     fn recover_blocking(&self, handle: &ShapeHandle) -> Result<RecoveredLog, StoreError> {
+        let recovered = self.recover_log(handle);
+        if recovered.is_err() {
+            let dropped = {
+                let mut shapes = write(&self.shapes);
+                lock(&self.awaiting_recovery).remove(handle);
+                let followed = shapes.get(handle).is_some_and(|shape| shape.is_follower());
+                followed.then(|| shapes.remove(handle)).flatten()
+            };
+            if let Some(shape) = dropped {
+                shape.retire();
+            }
+        }
+        recovered
+    }
+
+    fn recover_log(&self, handle: &ShapeHandle) -> Result<RecoveredLog, StoreError> {
         let _serial = lock(&self.flush_lock);
         let dir = self.shape_dir(handle)?;
         let (data, index) = open_log_files(&dir)?;
@@ -962,7 +1017,11 @@ impl Inner {
     /// Adds (or replaces) a shape; a replaced one is retired (after the new one is in
     /// place), so its waiters wake and look the shape up afresh.
     fn register(&self, shape: Arc<Shape>) {
-        let replaced = write(&self.shapes).insert(shape.handle.clone(), shape);
+        let replaced = {
+            let mut shapes = write(&self.shapes);
+            lock(&self.awaiting_recovery).remove(&shape.handle);
+            shapes.insert(shape.handle.clone(), shape)
+        };
         if let Some(old) = replaced {
             old.retire();
         }

@@ -2,7 +2,8 @@
 //! semantics (follower until promoted, group-commit flushes, reads of durable state only).
 //!
 //! **Views.** Like `FileStore`, a store knows a shape once it created or recovered it (a
-//! writer), or — for a follower — as soon as it is asked about a shape the disk holds. The
+//! writer), or — for a follower, and for a writer until it recovers or removes the shapes the
+//! disk held at its promotion — as soon as it is asked about a shape the disk holds. The
 //! view decides which snapshot chunks a reader sees: the store's own shapes every durable
 //! chunk; a shape recovered with an unfinished snapshot none (the snapshot cannot be resumed);
 //! a followed shape chunk `i` once chunk `i + 1` or the completion marker is durable (a
@@ -18,7 +19,7 @@
 //! leaves a prefix per shape (see [`SimDisk::crash`]). Dropping a flush future loses
 //! nothing: untaken batches go with the next flush, issued ones complete in their own task.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -53,6 +54,10 @@ pub(super) struct StoreInner {
 #[derive(Default)]
 struct StoreState {
     views: BTreeMap<String, View>,
+    /// Shapes on the disk when this store was promoted that neither `recover` nor
+    /// `remove_shape` has named since: the writer reads them as followed views until then,
+    /// as io-real's store does (a restart never answers a live shape with `UnknownShape`).
+    awaiting_recovery: BTreeSet<String>,
     /// Batches taken by `flush()` calls, not yet issued to the disk, by call order.
     queue: Vec<Job>,
     next_seq: u64,
@@ -265,8 +270,15 @@ impl ShapeLogStore for SimStore {
         // Unregistered now, before the future runs: readers get `UnknownShape` at once and
         // `changed()` waiters wake. A follower unregisters nothing and refuses.
         let allowed = self.inner.check_writer();
-        if allowed.is_ok() && self.inner.state().views.remove(handle.as_str()).is_some() {
-            self.inner.disk.notify(handle.as_str());
+        if allowed.is_ok() {
+            let removed = {
+                let mut state = self.inner.state();
+                state.awaiting_recovery.remove(handle.as_str());
+                state.views.remove(handle.as_str()).is_some()
+            };
+            if removed {
+                self.inner.disk.notify(handle.as_str());
+            }
         }
         let inner = Arc::clone(&self.inner);
         let handle = handle.clone();
@@ -349,7 +361,11 @@ impl ShapeLogStore for SimStore {
                     .await
                     .map_err(|e| inner.write_error(e, "clear half-done shapes", None))?;
             }
-            inner.is_writer.store(true, Ordering::SeqCst);
+            {
+                let mut state = inner.state();
+                state.awaiting_recovery = inner.disk.durable_shapes().into_iter().collect();
+                inner.is_writer.store(true, Ordering::SeqCst);
+            }
             tracing::info!(writer = %inner.writer, "simulated shape storage promoted to writer");
             Ok(())
         }
@@ -422,14 +438,15 @@ impl StoreInner {
         SimStoreError::from_write(err, &self.writer, op, handle)
     }
 
-    /// The view of a known shape; for a follower, a shape the disk holds is known from the
-    /// first question on (as `FileStore` finds a directory).
+    /// The view of a known shape; for a follower (and a writer, for a shape awaiting
+    /// recovery), a shape the disk holds is known from the first question on (as `FileStore`
+    /// finds a directory).
     fn lookup(&self, handle: &str) -> Option<ViewKind> {
         let mut state = self.state();
         if let Some(view) = state.views.get(handle) {
             return Some(view.kind);
         }
-        if self.is_writer() {
+        if self.is_writer() && !state.awaiting_recovery.contains(handle) {
             return None;
         }
         let view = self
@@ -446,6 +463,7 @@ impl StoreInner {
             if !self.is_writer.swap(false, Ordering::SeqCst) {
                 return;
             }
+            state.awaiting_recovery.clear();
             std::mem::take(&mut state.views)
         };
         for handle in dropped.keys() {
@@ -467,7 +485,11 @@ impl StoreInner {
 
     /// Adds (or replaces) a view; waiters on a replaced one wake.
     fn register(&self, handle: &str, view: View) {
-        let replaced = self.state().views.insert(handle.to_owned(), view);
+        let replaced = {
+            let mut state = self.state();
+            state.awaiting_recovery.remove(handle);
+            state.views.insert(handle.to_owned(), view)
+        };
         if replaced.is_some() {
             self.disk.notify(handle);
         }

@@ -241,3 +241,39 @@ fn a_writer_that_gave_up_the_lock_follows_the_shapes_the_next_writer_creates() {
         assert_eq!(read(&old, &created, "100_0"), expected(&["200_0"], "200_0"));
     });
 }
+
+#[test]
+fn a_promoted_store_serves_the_shapes_on_disk_before_recovering_them_and_never_a_removed_one() {
+    // Goal: a restart (a promotion) answers reads of a live shape between taking the lease and
+    // recovering it, instead of `UnknownShape` (which the HTTP layer turns into a 409 the
+    // client takes for lost continuity); a shape removed or never on disk stays unknown.
+    // Method: a writer leaves two shapes; a new store is promoted without reading either,
+    // reads both, removes one, recovers the other and writes it.
+    in_sim(async {
+        let disk = SimDisk::new(27);
+        let (kept, removed, never) = (handle(1), handle(2), handle(3));
+        let old = store_with_snapshot(&disk, &kept).await;
+        create_with_snapshot(&old, &removed).await;
+        append_and_flush(&old, &kept, vec![entry("100_0", false)]).await;
+        drop(old);
+
+        let next = SimStore::open(disk.clone(), "b");
+        next.promote().await.expect("promote");
+        assert_eq!(read(&next, &kept, "0_inf"), expected(&["100_0"], "100_0"));
+        assert_eq!(next.status(&kept).expect("status").latest, off("100_0"));
+        assert_eq!(read(&next, &removed, "0_inf"), expected(&[], "0_inf"));
+        assert_eq!(next.read(&never, off("-1")), ReadOutcome::UnknownShape);
+
+        next.remove_shape(&removed).await.expect("remove");
+        assert_eq!(next.read(&removed, off("0_inf")), ReadOutcome::UnknownShape);
+        assert_eq!(next.status(&removed), None);
+
+        let err = next
+            .append(&kept, vec![entry("200_0", false)])
+            .expect_err("not recovered");
+        assert!(matches!(err, SimStoreError::NotRecovered { .. }), "{err}");
+        next.recover(&kept).await.expect("recover");
+        append_and_flush(&next, &kept, vec![entry("200_0", false)]).await;
+        assert_eq!(read(&next, &kept, "100_0"), expected(&["200_0"], "200_0"));
+    });
+}
