@@ -480,6 +480,17 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         tables: Vec<Oid>,
     ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static;
 
+    /// The server's wall clock in time zone `zone` at each Unix second of `instants`, in
+    /// order, as Unix seconds read as if UTC: `extract(epoch FROM to_timestamp(s) AT TIME
+    /// ZONE zone)`; `None` if the server does not recognize the zone. Compared with ampere's
+    /// own zone data before a shape whose where clause names the zone is created
+    /// ([`crate::where_clause::zone_check`]).
+    fn time_zone_wall_clocks(
+        &self,
+        zone: String,
+        instants: Vec<i64>,
+    ) -> impl Future<Output = Result<Option<Vec<i64>>, Self::Error>> + Send + 'static;
+
     /// Raises the publication's handle-stamp reservation to at least `through` (never lowers
     /// it), durably, before a handle stamped up to `through` is shown to anyone (ID-2: a
     /// restored storage directory rolls back its own stamp floor, Postgres does not).
@@ -576,7 +587,8 @@ pub enum RefusalKind {
 pub trait Clock: Clone + Send + Sync + 'static {
     /// The current monotonic instant.
     fn now(&self) -> crate::time::Instant;
-    /// Wall-clock microseconds since the Unix epoch (handle stamps only; may step).
+    /// Wall-clock microseconds since the Unix epoch (handle stamps and the replication-lag
+    /// metric; may step).
     fn unix_micros(&self) -> u64;
     /// Resolves at or after `deadline`.
     fn sleep_until(

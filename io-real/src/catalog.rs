@@ -9,6 +9,7 @@
 //! `REPEATABLE READ` transaction it reads the catalog as of that transaction's snapshot, which
 //! is how a snapshot checks the table it read against its shape's schema (SN-3).
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
 use ampere_core::json::push_json_string;
@@ -96,6 +97,31 @@ pub async fn relation_names(
         found.push((Oid(oid), relation));
     }
     Ok(found)
+}
+
+/// The server's wall clock in `zone` at each Unix second, in order (`PgPort::time_zone_wall_clocks`).
+const TIME_ZONE_WALL_CLOCKS_QUERY: &str =
+    "SELECT extract(epoch FROM to_timestamp(s) AT TIME ZONE $2)::int8 \
+     FROM unnest($1::int8[]) WITH ORDINALITY AS probe(s, i) ORDER BY i";
+
+/// `PgPort::time_zone_wall_clocks`: `None` when the server does not recognize `zone`.
+pub async fn time_zone_wall_clocks(
+    client: &impl GenericClient,
+    zone: &str,
+    instants: &[i64],
+) -> Result<Option<Vec<i64>>, tokio_postgres::Error> {
+    match client
+        .query(TIME_ZONE_WALL_CLOCKS_QUERY, &[&instants, &zone])
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.try_get::<_, i64>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Err(e) if e.code() == Some(&SqlState::INVALID_PARAMETER_VALUE) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Looks `relation` up: `None` unless it is an ordinary (`r`) or partitioned (`p`) table.

@@ -797,6 +797,22 @@ impl PgPort for RealPg {
         }
     }
 
+    fn time_zone_wall_clocks(
+        &self,
+        zone: String,
+        instants: Vec<i64>,
+    ) -> impl Future<Output = Result<Option<Vec<i64>>, Self::Error>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let admin = this.admin().await?;
+            let found = catalog::time_zone_wall_clocks(&*admin, &zone, &instants).await;
+            admin.finish(found).map_err(|source| PgPortError::Sql {
+                during: "reading the server's time zone data",
+                source,
+            })
+        }
+    }
+
     fn reserve_stamps(
         &self,
         publication: String,

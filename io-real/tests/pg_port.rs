@@ -26,6 +26,7 @@ use ampere_core::shape::{
     HandleStamp, RelationName, Replica, ServerVersion, ShapeDefinition, ShapeHandle, TableSchema,
 };
 use ampere_core::snapshot::FullXid;
+use ampere_core::where_clause::tz::Zone;
 use ampere_core::Lsn;
 use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
 use ampere_io_real::pg::{CleanupReport, RealPg, RealReplicationStream};
@@ -1091,4 +1092,36 @@ async fn snapshot_of_a_system_catalog_is_refused_as_unsupported() {
         "{}",
         refusal.message
     );
+}
+
+#[tokio::test]
+async fn the_servers_time_zone_data_is_read_at_every_probe_and_compared_with_amperes() {
+    // Goal: the port reads the server's wall clock at each probed instant, in order, whatever
+    // the session's TimeZone; zones whose data the server shares with ampere agree; a zone
+    // the server does not know is `None`, not an error.
+    // Method: UTC and Asia/Tokyo (unchanged in tzdb for decades, and the same with Debian's
+    // backzone history) through the port; an invented zone name.
+    let url = database("time_zones");
+    let client = connect(&url).await;
+    client
+        .batch_execute("ALTER DATABASE time_zones SET TimeZone = 'America/New_York'")
+        .await
+        .expect("session time zone");
+    let pg = RealPg::from_url(&url).unwrap();
+    for name in ["UTC", "Asia/Tokyo"] {
+        let zone = Zone::lookup(name).expect("bundled");
+        let probes = zone.probe_instants();
+        let server = pg
+            .time_zone_wall_clocks(name.to_owned(), probes.clone())
+            .await
+            .expect("query")
+            .expect("the server knows the zone");
+        assert_eq!(server.len(), probes.len());
+        assert_eq!(zone.check_server(&probes, Some(&server)), Ok(()), "{name}");
+    }
+    let unknown = pg
+        .time_zone_wall_clocks("Mars/Olympus_Mons".to_owned(), vec![0, 1])
+        .await
+        .expect("not an error");
+    assert_eq!(unknown, None);
 }

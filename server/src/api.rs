@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use ampere_core::ports::{CatalogTable, LogStatus, ReadOutcome, SnapshotRefusal};
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::where_clause::tz::Zone;
+use ampere_core::where_clause::ZoneMismatch;
 use ampere_core::{LogOffset, Lsn};
 
 /// A live shape, as readers see it.
@@ -116,6 +118,12 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
         &self,
         relation: RelationName,
     ) -> impl Future<Output = Result<Option<CatalogTable>, CatalogUnavailable>> + Send;
+    /// Whether the database server reads time zone `zone` as ampere does (`zone_check`): a
+    /// where clause naming a zone it reads otherwise is refused. `Ok(None)` if it does.
+    fn check_time_zone(
+        &self,
+        zone: Zone,
+    ) -> impl Future<Output = Result<Option<ZoneMismatch>, CatalogUnavailable>> + Send;
     /// Returns the live shape for the definition, creating it (and starting its snapshot)
     /// if none exists. Resolves once the shape is registered, not when its snapshot ends.
     fn create_shape(

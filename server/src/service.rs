@@ -1,13 +1,17 @@
 //! The production [`ShapeApi`]: the registry for lookups, the store for reads, Postgres for
-//! catalog lookups and the manual-publishing check, and the driver (through a channel) for
-//! shape creation and deletion.
+//! catalog lookups, the manual-publishing check and time zone checks, and the driver (through
+//! a channel) for shape creation and deletion.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ampere_core::ports::{
     CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore, SnapshotError, SnapshotRefusal,
 };
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::where_clause::tz::Zone;
+use ampere_core::where_clause::ZoneMismatch;
 use ampere_core::{LogOffset, Lsn};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -30,6 +34,10 @@ pub struct Service<P, S> {
     store: S,
     registry: Registry,
     requests: mpsc::Sender<Request>,
+    /// Each time zone checked against the server so far, by canonical name: `None` if the
+    /// server reads it as ampere does. A server's zone data changes only with a restart of
+    /// Postgres after a tzdata upgrade, which this process does not see (docs/where.md).
+    zones: Arc<Mutex<HashMap<String, Option<ZoneMismatch>>>>,
 }
 
 impl<P: PgPort, S: ShapeLogStore> Service<P, S> {
@@ -40,6 +48,7 @@ impl<P: PgPort, S: ShapeLogStore> Service<P, S> {
             store,
             registry,
             requests,
+            zones: Arc::default(),
         }
     }
 
@@ -67,6 +76,32 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
             warn!(error = %error_chain(&e), "catalog lookup failed");
             CatalogUnavailable
         })
+    }
+
+    async fn check_time_zone(
+        &self,
+        zone: Zone,
+    ) -> Result<Option<ZoneMismatch>, CatalogUnavailable> {
+        let zones = || self.zones.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = zones().get(zone.name()).cloned();
+        if let Some(verdict) = cached {
+            return Ok(verdict);
+        }
+        let instants = zone.probe_instants();
+        let server = self
+            .pg
+            .time_zone_wall_clocks(zone.name().to_owned(), instants.clone())
+            .await
+            .map_err(|e| {
+                warn!(zone = zone.name(), error = %error_chain(&e), "reading the server's time zone data failed");
+                CatalogUnavailable
+            })?;
+        let verdict = zone.check_server(&instants, server.as_deref()).err();
+        if let Some(mismatch) = &verdict {
+            warn!(%mismatch, "a where clause names a time zone the server reads otherwise");
+        }
+        zones().insert(zone.name().to_owned(), verdict.clone());
+        Ok(verdict)
     }
 
     async fn create_shape(

@@ -56,6 +56,9 @@ pub(crate) struct Binder<'a> {
     dialect: Dialect,
     params: &'a BTreeMap<u32, String>,
     param_types: BTreeMap<u32, Type>,
+    /// Each named time zone the clause reads, once, with where it is first named (constant
+    /// folding may leave no node naming it).
+    zones: Vec<(Zone, i32)>,
 }
 
 impl<'a> Binder<'a> {
@@ -65,7 +68,13 @@ impl<'a> Binder<'a> {
             dialect: Dialect::of(table.server_version),
             params,
             param_types: BTreeMap::new(),
+            zones: Vec::new(),
         }
+    }
+
+    /// The named time zones the bound clause reads, each with where it is first named.
+    pub(crate) fn into_zones(self) -> Vec<(Zone, i32)> {
+        self.zones
     }
 
     /// Binds the where clause's root node; it must be boolean.
@@ -910,6 +919,9 @@ impl<'a> Binder<'a> {
             location: zone_location,
             message: e.to_string(),
         })?;
+        if !self.zones.iter().any(|(known, _)| *known == zone) {
+            self.zones.push((zone.clone(), zone_location));
+        }
         fold(
             Expr::TimeZone {
                 zone,

@@ -22,6 +22,7 @@ pub mod numeric;
 pub mod types;
 pub mod tz;
 pub mod value;
+pub mod zone_check;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +35,7 @@ pub use eval::EvalError;
 pub use expr::{CmpOp, Expr};
 pub use types::{Dialect, Scalar, Type};
 pub use value::Value;
+pub use zone_check::ZoneMismatch;
 
 use crate::shape::{ShapeDefinition, TableSchema};
 
@@ -89,6 +91,8 @@ pub struct WhereClause {
     expr: Arc<Expr>,
     compiled: Arc<eval::Compiled>,
     columns: Vec<usize>,
+    /// The named time zones it reads, with where each is first named (wrapped location).
+    zones: Arc<[(tz::Zone, i32)]>,
 }
 
 impl fmt::Debug for WhereClause {
@@ -128,10 +132,11 @@ impl WhereClause {
     pub fn compile(text: &str, params: &Params, table: &TableSchema) -> Result<Self, WhereError> {
         let canonical = Self::canonicalize(text, params)?;
         let tree = parse_where(text)?;
-        let expr = bind::Binder::new(table, params)
+        let mut binder = bind::Binder::new(table, params);
+        let expr = binder
             .bind_root(tree.where_node())
             .map_err(|e| WhereError::at_wrapped(e.location, e.message))?;
-        Ok(Self::from_expr(canonical, expr))
+        Ok(Self::from_expr(canonical, expr, binder.into_zones()))
     }
 
     /// Compiles a canonical text read back from storage against the shape's schema.
@@ -139,7 +144,7 @@ impl WhereClause {
         Self::compile(canonical, &Params::new(), table)
     }
 
-    fn from_expr(canonical: String, expr: Expr) -> Self {
+    fn from_expr(canonical: String, expr: Expr, zones: Vec<(tz::Zone, i32)>) -> Self {
         let mut columns = Vec::new();
         expr.visit(&mut |e| {
             if let Expr::Column { index, .. } = e {
@@ -154,7 +159,26 @@ impl WhereClause {
             expr: Arc::new(expr),
             compiled,
             columns,
+            zones: zones.into(),
         }
+    }
+
+    /// The named time zones the clause reads (`AT TIME ZONE`, `timezone()`), each once, even
+    /// where constant folding computed the result already. Before a shape with one is created,
+    /// the server must read each as ampere does (`zone_check`).
+    pub fn time_zones(&self) -> impl Iterator<Item = &tz::Zone> {
+        self.zones.iter().map(|(zone, _)| zone)
+    }
+
+    /// The refusal of this clause because the server reads `zone` otherwise, placed where the
+    /// clause first names it.
+    pub fn zone_refused(&self, zone: &tz::Zone, mismatch: &ZoneMismatch) -> WhereError {
+        let location = self
+            .zones
+            .iter()
+            .find(|(known, _)| known == zone)
+            .map_or(0, |(_, location)| *location);
+        WhereError::at_wrapped(location, mismatch.to_string())
     }
 
     /// The canonical text (params inlined).

@@ -212,6 +212,21 @@ impl Zone {
         in_range(ts.0 - offset * USECS_PER_SEC).map(Timestamptz)
     }
 
+    /// Seconds east of UTC in effect at Unix second `unix` (for `zone_check.rs`).
+    pub(super) fn utc_offset_at(&self, unix: i64) -> i64 {
+        self.offset_at(unix)
+    }
+
+    /// The Unix seconds at which this zone's transitions in `[start, end)` take effect.
+    pub(super) fn transitions_between(&self, start: i64, end: i64) -> Vec<i64> {
+        let from = jiff_timestamp(start - 1);
+        self.tz
+            .following(from)
+            .map(|transition| transition.timestamp().as_second())
+            .take_while(|&unix| unix < end)
+            .collect()
+    }
+
     /// Seconds east of UTC in effect at Unix second `unix` (`localsub`'s `tt_utoff`).
     fn offset_at(&self, unix: i64) -> i64 {
         let (shifted, _) = into_jiff_range(unix);
@@ -260,6 +275,12 @@ fn clip(name: &str, max: usize) -> &str {
 fn unix_seconds(usecs: i64) -> Result<i64, TimestampOutOfRange> {
     in_range(usecs)?;
     Ok(usecs.div_euclid(USECS_PER_SEC) + POSTGRES_EPOCH_UNIX)
+}
+
+/// Unix second `unix` as a `timestamp` (for messages), if Postgres's range holds it.
+pub(super) fn timestamp_of_unix(unix: i64) -> Option<Timestamp> {
+    let usecs = (unix - POSTGRES_EPOCH_UNIX).checked_mul(USECS_PER_SEC)?;
+    in_range(usecs).ok().map(Timestamp)
 }
 
 /// `IS_VALID_TIMESTAMP`.

@@ -220,6 +220,7 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::TerminateBackend { .. } => "terminating a backend",
         ClientMessage::TableSchema { .. } => "catalog lookup",
         ClientMessage::RelationNames { .. } => "looking up the shapes' tables",
+        ClientMessage::TimeZoneWallClocks { .. } => "reading the server's time zone data",
         ClientMessage::CreatePublication { .. } => "creating the publication",
         ClientMessage::PublicationComment { .. } => "reading the publication",
         ClientMessage::ReserveStamps { .. } => "reserving handle stamps",
@@ -353,6 +354,24 @@ impl PgPort for SimPg {
                     (Oid(oid), relation)
                 })
                 .collect())
+        }
+    }
+
+    fn time_zone_wall_clocks(
+        &self,
+        zone: String,
+        instants: Vec<i64>,
+    ) -> impl Future<Output = Result<Option<Vec<i64>>, Self::Error>> + Send + 'static {
+        let host = self.host.clone();
+        async move {
+            let mut admin = Client::connect(&host, false).await?;
+            let request = ClientMessage::TimeZoneWallClocks { zone, instants };
+            let ServerMessage::WallClocks(found) = admin.call(request).await? else {
+                return Err(SimPgError::unexpected(
+                    "reading the server's time zone data",
+                ));
+            };
+            Ok(found)
         }
     }
 

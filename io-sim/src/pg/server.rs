@@ -490,6 +490,17 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
                 .map(|def| (def.oid, super::port::wire_relation(&def.relation)))
                 .collect(),
         )),
+        ClientMessage::TimeZoneWallClocks { zone, instants } => {
+            // The model's server reads ampere's own bundled zone data, so it always agrees;
+            // the round trip still meets every network and server fault a real one does.
+            let zone = ampere_core::where_clause::tz::Zone::lookup(&zone).ok();
+            Ok(ServerMessage::WallClocks(zone.map(|zone| {
+                instants
+                    .iter()
+                    .map(|&unix| zone.wall_clock_at(unix))
+                    .collect()
+            })))
+        }
         ClientMessage::CreatePublication { publication } => {
             Ok(ServerMessage::Bool(model.create_publication(&publication)))
         }

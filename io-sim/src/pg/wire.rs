@@ -75,6 +75,9 @@ pub(crate) enum ClientMessage {
     TableSchema { relation: WireRelation },
     /// `SELECT oid, relnamespace, relname FROM pg_class WHERE oid = ANY(oids)`.
     RelationNames { oids: Vec<u32> },
+    /// io-real's time zone probe: `extract(epoch FROM to_timestamp(s) AT TIME ZONE zone)`
+    /// for each of `instants`.
+    TimeZoneWallClocks { zone: String, instants: Vec<i64> },
     /// `CREATE PUBLICATION`.
     CreatePublication { publication: String },
     /// `SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = …`.
@@ -149,6 +152,8 @@ pub(crate) enum ServerMessage {
     Table(Option<WireTable>),
     /// The tables that exist among those asked about, with their names.
     Relations(Vec<(u32, WireRelation)>),
+    /// Wall clocks read as Unix seconds; `None` for a zone the server does not recognize.
+    WallClocks(Option<Vec<i64>>),
     /// Whether a publication publishes a table; `None` when there is no such table.
     Membership(Option<bool>),
     /// A slot was created.

@@ -10,6 +10,8 @@ use ampere_core::ports::{CatalogTable, ChunkRead, LogEntry, LogStatus, ReadOutco
 use ampere_core::shape::{
     ColumnSchema, HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema,
 };
+use ampere_core::where_clause::tz::Zone;
+use ampere_core::where_clause::ZoneMismatch;
 use ampere_core::{LogOffset, Lsn};
 use tokio::sync::Notify;
 
@@ -43,6 +45,8 @@ struct Inner {
     is_starting: bool,
     is_catalog_down: bool,
     last_seen_lsn: Lsn,
+    /// Time zones the fake server reads otherwise than ampere, by canonical name.
+    zone_mismatches: BTreeMap<String, ZoneMismatch>,
 }
 
 struct FakeShape {
@@ -151,6 +155,13 @@ impl FakeApi {
         self.lock().is_catalog_down = is_down;
     }
 
+    /// Makes the fake server read `mismatch`'s zone otherwise than ampere does.
+    pub(crate) fn set_zone_mismatch(&self, zone: &str, mismatch: ZoneMismatch) {
+        self.lock()
+            .zone_mismatches
+            .insert(zone.to_owned(), mismatch);
+    }
+
     pub(crate) fn set_last_seen_lsn(&self, lsn: u64) {
         self.lock().last_seen_lsn = Lsn(lsn);
     }
@@ -237,6 +248,19 @@ impl ShapeApi for FakeApi {
             return None;
         }
         inner.shapes.get(handle).map(|s| s.info.clone())
+    }
+
+    fn check_time_zone(
+        &self,
+        zone: Zone,
+    ) -> impl Future<Output = Result<Option<ZoneMismatch>, CatalogUnavailable>> + Send {
+        let inner = self.lock();
+        let result = if inner.is_catalog_down {
+            Err(CatalogUnavailable)
+        } else {
+            Ok(inner.zone_mismatches.get(zone.name()).cloned())
+        };
+        std::future::ready(result)
     }
 
     fn table_schema(

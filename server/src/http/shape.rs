@@ -174,10 +174,27 @@ pub(super) async fn checked_table<A: ShapeApi>(
         })?;
     validate_columns(&table, params.columns.as_deref())?;
     if let Some(text) = &params.where_text {
-        WhereClause::compile(text, &params.params, &table.schema)
+        let clause = WhereClause::compile(text, &params.params, &table.schema)
             .map_err(|e| ApiError::invalid("where", e.to_string()))?;
+        check_time_zones(api, &clause).await?;
     }
     Ok(table)
+}
+
+/// Refuses a where clause naming a time zone the server reads otherwise than ampere
+/// (`zone_check`): the snapshot would follow the server's zone data and replication ampere's.
+async fn check_time_zones<A: ShapeApi>(api: &A, clause: &WhereClause) -> Result<(), ApiError> {
+    for zone in clause.time_zones() {
+        let verdict = api
+            .check_time_zone(zone.clone())
+            .await
+            .map_err(|unavailable| ApiError::unavailable(unavailable.to_string(), 1))?;
+        if let Some(mismatch) = verdict {
+            let refusal = clause.zone_refused(zone, &mismatch);
+            return Err(ApiError::invalid("where", refusal.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a `columns` selection against the table (§3.3), in Electric's order: missing key

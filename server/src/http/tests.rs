@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ampere_core::shape::ShapeHandle;
+use ampere_core::where_clause::ZoneMismatch;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
@@ -1336,4 +1337,38 @@ async fn sse_errors_before_streaming_are_ordinary_json_responses() {
     assert!(not_live
         .body
         .contains("can't be true unless live is also true"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_where_naming_a_time_zone_the_server_reads_otherwise_is_a_400_at_the_zone() {
+    let h = Harness::new();
+    let mismatch = ZoneMismatch::Differs {
+        zone: "America/Vancouver".into(),
+        unix: 1_794_132_000,
+        ampere: 1_794_132_000 - 7 * 3600,
+        server: Some(1_794_132_000 - 8 * 3600),
+    };
+    h.api
+        .set_zone_mismatch("America/Vancouver", mismatch.clone());
+    // Folded to a constant at bind time, yet still checked: the zone is named.
+    let clause = "('2026-11-08 10:00:00'::timestamp AT TIME ZONE 'america/vancouver') IS NOT NULL";
+    let uri = format!("/v1/shape?table=items&offset=-1&where={clause}");
+    let reply = h.get(&percent_encode_unsafe(&uri)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    let location = clause
+        .find("'america/vancouver'")
+        .expect("zone in the clause");
+    let expected = serde_json::json!({
+        "message": "Invalid request",
+        "errors": {"where": [format!("At location {location}: {mismatch}")]},
+    });
+    let body: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    assert_eq!(body, expected);
+    assert_eq!(h.api.shape_count(), 0, "no shape for a refused clause");
+
+    let agreed = "('2026-11-08 10:00:00'::timestamp AT TIME ZONE 'Europe/Paris') IS NOT NULL";
+    let uri = format!("/v1/shape?table=items&offset=-1&where={agreed}");
+    let reply = h.get(&percent_encode_unsafe(&uri)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(h.api.shape_count(), 1);
 }
