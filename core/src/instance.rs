@@ -447,6 +447,17 @@ enum Phase {
     Failed,
 }
 
+/// What the replication stream delivered while active, since start (metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Transactions taken from the stream (replays of durable ones not counted).
+    pub transactions: u64,
+    /// Their row changes (inserts, updates, deletes, truncates).
+    pub changes: u64,
+    /// The last one's commit time on the server: microseconds since 2000-01-01 UTC.
+    pub last_commit_time_micros: Option<i64>,
+}
+
 /// The core state machine. See the crate docs for the drain rule.
 #[derive(Debug)]
 pub struct Instance {
@@ -466,6 +477,8 @@ pub struct Instance {
     /// a handle is only minted at or below it (ID-2).
     stamps_reserved: HandleStamp,
     durability: Durability,
+    /// Transactions and changes taken from the stream while active, since start.
+    ingest: IngestStats,
     next_status_at: Instant,
     next_op: u64,
     outputs: VecDeque<Output>,
@@ -602,6 +615,7 @@ impl Instance {
             stamp: HandleStamp::default(),
             stamps_reserved: HandleStamp::default(),
             durability: Durability::default(),
+            ingest: IngestStats::default(),
             next_status_at: now,
             next_op: 0,
             outputs: VecDeque::new(),
@@ -765,6 +779,11 @@ impl Instance {
         Lsn(self.durability.confirmed.0.saturating_sub(1))
     }
 
+    /// Transactions and changes taken from the replication stream since start.
+    pub fn ingest_stats(&self) -> IngestStats {
+        self.ingest
+    }
+
     /// The `flush` position last acknowledged to Postgres.
     pub fn acked_lsn(&self) -> Lsn {
         self.durability.acked
@@ -867,6 +886,9 @@ impl Instance {
         if txn.commit_lsn < self.durability.confirmed {
             return; // replayed and already durable everywhere
         }
+        self.ingest.transactions += 1;
+        self.ingest.changes += txn.changes.len() as u64;
+        self.ingest.last_commit_time_micros = Some(txn.commit_time_micros);
         self.invalidate_changed_relations(&txn);
         let txn = Arc::new(txn);
         for (handle, changes) in self.reached_shapes(&txn) {

@@ -20,6 +20,9 @@ pub struct Transaction {
     pub commit_lsn: Lsn,
     /// The end of the commit record.
     pub end_lsn: Lsn,
+    /// When the transaction committed on the server: microseconds since 2000-01-01 UTC
+    /// (Postgres's epoch), by the server's clock.
+    pub commit_time_micros: i64,
     /// `Relation` messages received inside this transaction (schema announcements).
     pub relations: Vec<Relation>,
     /// The changes, in order; change `i` has op position `2 i`.
@@ -132,6 +135,7 @@ impl TxnAssembler {
                     xid: b.xid,
                     commit_lsn: b.final_lsn,
                     end_lsn: b.final_lsn,
+                    commit_time_micros: b.commit_time_micros,
                     relations: Vec::new(),
                     changes: Vec::new(),
                 });
@@ -144,6 +148,7 @@ impl TxnAssembler {
                     .ok_or(AssembleError::OutsideTransaction { what: "Commit" })?;
                 txn.commit_lsn = c.commit_lsn;
                 txn.end_lsn = c.end_lsn;
+                txn.commit_time_micros = c.commit_time_micros;
                 Ok(Some(txn))
             }
             PgOutputMessage::Relation(r) => {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ampere_core::instance::{Deletion, Input, Instance, Output};
+use ampere_core::instance::{Deletion, IngestStats, Input, Instance, Output};
 use ampere_core::instance::{LoadedShape, LoadedStorage};
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{CreateShapeError, DeleteShapeError, NotActive, ShapeInfo};
 use crate::metrics::Metrics;
-use crate::registry::{ReadState, Registry, StorageDegraded};
+use crate::registry::{Ingest, ReadState, Registry, StorageDegraded};
 
 /// How long shutdown waits for in-flight flushes.
 const SHUTDOWN_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -175,6 +175,7 @@ where
         pending: VecDeque::new(),
         registry,
         metrics,
+        ingested: IngestStats::default(),
     };
     loop {
         driver.drain(&mut core).await?;
@@ -235,7 +236,13 @@ struct Driver<P: PgPort, S, M, C> {
     pending: VecDeque<Input>,
     registry: Registry,
     metrics: Option<Metrics>,
+    /// The core's ingest counters as last published.
+    ingested: IngestStats,
 }
+
+/// 2000-01-01 00:00:00 UTC (Postgres's epoch, which commit times count from) in Unix
+/// microseconds.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 impl<P, S, M, C> Driver<P, S, M, C>
 where
@@ -277,7 +284,30 @@ where
             durable_lsn: core.durable_lsn(),
         });
         self.registry.set_acknowledged_lsn(core.acked_lsn());
+        self.publish_ingest(core.ingest_stats());
         Ok(())
+    }
+
+    /// Publishes the core's ingest counters; when a transaction was taken since the last
+    /// publish, the replication lag too: the last one's commit time on the server to now.
+    fn publish_ingest(&mut self, stats: IngestStats) {
+        if stats == self.ingested {
+            return;
+        }
+        let taken = stats.transactions != self.ingested.transactions;
+        let lag_micros = match stats.last_commit_time_micros {
+            Some(commit) if taken => {
+                let now = i64::try_from(self.ports.clock.unix_micros()).unwrap_or(i64::MAX);
+                Some(now.saturating_sub(commit.saturating_add(PG_EPOCH_UNIX_MICROS)))
+            }
+            _ => self.registry.ingest().lag_micros,
+        };
+        self.ingested = stats;
+        self.registry.set_ingest(Ingest {
+            transactions: stats.transactions,
+            changes: stats.changes,
+            lag_micros,
+        });
     }
 
     #[allow(clippy::too_many_lines)] // one arm per output; splitting hides the mapping

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::api::Health;
-use crate::registry::Registry;
+use crate::registry::{Ingest, Registry};
 
 /// How often [`poll_slot`] reads `pg_replication_slots`.
 pub const SLOT_POLL_INTERVAL: Duration = Duration::from_secs(10);
@@ -73,6 +73,8 @@ pub struct ServiceStats {
     pub shape_bytes: Option<u64>,
     /// Why storage writes fail, while they do ([`crate::registry::StorageDegraded::reason`]).
     pub storage_degraded: Option<&'static str>,
+    /// What replication delivered, where known.
+    pub ingest: Option<Ingest>,
 }
 
 impl ServiceStats {
@@ -87,6 +89,7 @@ impl ServiceStats {
             shapes: Some(registry.len()),
             shape_bytes: None,
             storage_degraded: registry.degraded().map(|d| d.reason),
+            ingest: Some(registry.ingest()),
         }
     }
 
@@ -109,6 +112,7 @@ impl ServiceStats {
             shapes: None,
             shape_bytes: None,
             storage_degraded: api.storage_degraded().map(|d| d.reason),
+            ingest: None,
         }
     }
 }
@@ -422,6 +426,9 @@ impl Collector for ServiceCollector {
                 bytes,
             )?;
         }
+        if let Some(ingest) = stats.ingest {
+            encode_ingest(&mut encoder, ingest)?;
+        }
         let degraded = DegradedGauge {
             current: stats.storage_degraded,
         };
@@ -444,6 +451,38 @@ impl Collector for ServiceCollector {
         }
         Ok(())
     }
+}
+
+fn encode_ingest(encoder: &mut DescriptorEncoder<'_>, ingest: Ingest) -> Result<(), fmt::Error> {
+    let transactions = ConstCounter::new(ingest.transactions);
+    transactions.encode(encoder.encode_descriptor(
+        "ampere_transactions",
+        "Transactions taken from the replication stream since start (replays of durable ones \
+         not counted).",
+        None,
+        transactions.metric_type(),
+    )?)?;
+    let changes = ConstCounter::new(ingest.changes);
+    changes.encode(encoder.encode_descriptor(
+        "ampere_changes",
+        "Row changes (inserts, updates, deletes, truncates) in those transactions.",
+        None,
+        changes.metric_type(),
+    )?)?;
+    if let Some(micros) = ingest.lag_micros {
+        #[allow(clippy::cast_precision_loss)] // microseconds: exact far beyond any real lag
+        let seconds = micros as f64 / 1e6;
+        let lag = ConstGauge::new(seconds);
+        lag.encode(encoder.encode_descriptor(
+            "ampere_replication_lag_seconds",
+            "Seconds from the last transaction's commit on the server to its processing here \
+             (the two hosts' clocks compared; the lag in bytes is the slot's confirmed-flush \
+             lag).",
+            None,
+            lag.metric_type(),
+        )?)?;
+    }
+    Ok(())
 }
 
 fn encode_slot(encoder: &mut DescriptorEncoder<'_>, slot: &SlotStats) -> Result<(), fmt::Error> {
@@ -609,6 +648,11 @@ mod tests {
             shapes: Some(3),
             shape_bytes: Some(4096),
             storage_degraded: None,
+            ingest: Some(Ingest {
+                transactions: 5,
+                changes: 12,
+                lag_micros: Some(1_250_000),
+            }),
         }));
         let source = Arc::clone(&stats);
         let metrics = Metrics::new(move || *lock(&source));
@@ -630,6 +674,9 @@ mod tests {
             "ampere_slot_confirmed_flush_lag_bytes 16\n",
             "ampere_slot_active 1\n",
             "ampere_slot_wal_status{wal_status=\"reserved\"} 1\n",
+            "ampere_transactions_total 5\n",
+            "ampere_changes_total 12\n",
+            "ampere_replication_lag_seconds 1.25\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }

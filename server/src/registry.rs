@@ -27,6 +27,21 @@ pub struct Registry {
     acknowledged_lsn: Arc<AtomicU64>,
     /// Why storage writes fail, while they do (for `/v1/health` and metrics).
     degraded: Arc<Mutex<Option<StorageDegraded>>>,
+    /// What replication delivered (for metrics only).
+    ingest: Arc<Mutex<Ingest>>,
+}
+
+/// Transactions and changes taken from the replication stream since start, and how far
+/// behind the server the last transaction was taken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Ingest {
+    /// Transactions taken from the stream.
+    pub transactions: u64,
+    /// Their row changes.
+    pub changes: u64,
+    /// The last transaction's commit on the server to its processing here, in microseconds
+    /// (the two hosts' clocks compared; `None` before the first transaction).
+    pub lag_micros: Option<i64>,
 }
 
 /// Storage writes are failing for a reason that passes (a full disk, the descriptor limit, a
@@ -75,6 +90,7 @@ impl Registry {
             state: Arc::new(Watermark::new(ReadState::default())),
             acknowledged_lsn: Arc::default(),
             degraded: Arc::default(),
+            ingest: Arc::default(),
         }
     }
 
@@ -193,6 +209,16 @@ impl Registry {
     /// Records the `flush` position last acknowledged to Postgres.
     pub fn set_acknowledged_lsn(&self, lsn: Lsn) {
         self.acknowledged_lsn.store(lsn.as_u64(), Ordering::Relaxed);
+    }
+
+    /// Records what replication delivered.
+    pub fn set_ingest(&self, ingest: Ingest) {
+        *lock(&self.ingest) = ingest;
+    }
+
+    /// What replication delivered since start.
+    pub fn ingest(&self) -> Ingest {
+        *lock(&self.ingest)
     }
 
     /// The `flush` position last acknowledged to Postgres (0 before the first).

@@ -189,11 +189,13 @@ fn snapshots_and_flushes_are_timed_and_shape_bytes_on_disk_grow_with_writes() {
     ];
     let mut ampere = Ampere::spawn(&scratch, &vars);
     wait_for_health(&mut ampere, port, 200, Duration::from_secs(15));
-    let (_, types) = scrape(metrics_port);
+    let (samples, types) = scrape(metrics_port);
     for (name, kind) in [
         ("ampere_shape_storage_bytes", "gauge"),
         ("ampere_snapshot_duration_seconds", "histogram"),
         ("ampere_flush_duration_seconds", "histogram"),
+        ("ampere_transactions_total", "counter"),
+        ("ampere_changes_total", "counter"),
     ] {
         assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
     }
@@ -202,6 +204,12 @@ fn snapshots_and_flushes_are_timed_and_shape_bytes_on_disk_grow_with_writes() {
         Some(&0.0),
         "no shape yet"
     );
+    assert!(
+        !samples.contains_key("ampere_replication_lag_seconds"),
+        "no lag before the first transaction: {samples:?}"
+    );
+    let transactions_before = samples["ampere_transactions_total"];
+    let changes_before = samples["ampere_changes_total"];
 
     let shape = http_get(port, "/v1/shape?table=items&offset=-1").expect("shape request");
     assert_eq!(shape.status, 200, "{shape:?}");
@@ -224,6 +232,18 @@ fn snapshots_and_flushes_are_timed_and_shape_bytes_on_disk_grow_with_writes() {
     wait_for(metrics_port, "ampere_shape_storage_bytes", |b| {
         b > after_snapshot
     });
+    // One transaction of 49 inserts (others may come from the shape's own setup).
+    wait_for(metrics_port, "ampere_transactions_total", |n| {
+        n >= transactions_before + 1.0
+    });
+    wait_for(metrics_port, "ampere_changes_total", |n| {
+        n >= changes_before + 49.0
+    });
+    // The same host's clock on both ends: the commit was processed within seconds.
+    let lag = wait_for(metrics_port, "ampere_replication_lag_seconds", |s| {
+        s > -1.0 && s < 10.0
+    });
+    assert!(lag.is_finite(), "{lag}");
 
     ampere.terminate();
     let status = ampere.wait_exit(Duration::from_secs(10));
