@@ -6,11 +6,11 @@
 #
 # For each MAJOR, with PG_BIN set to the binaries scripts/pg-versions.sh unpacks:
 #   io-real     the integration test binaries that start a real Postgres: embedded_pg, lock,
-#               pg_port (catalog, publication DDL, snapshots, slots), replication_conn (the
-#               replication protocol, pgoutput, slots, keepalives), snapshot_contract, tls.
-#               Not where_differential: it checks ampere's where-clause evaluator against
-#               PostgreSQL 15's semantics, which other versions change on purpose (PG 17's
-#               infinite intervals); not the tests that never start Postgres.
+#               pg_port (catalog, publication DDL, snapshots, slots, time zone data),
+#               replication_conn (the replication protocol, pgoutput, slots, keepalives),
+#               snapshot_contract, tls, and where_differential (the where-clause evaluator
+#               against that server's own filtering: PG 17's infinite intervals included);
+#               not the tests that never start Postgres.
 #   server      server/tests/{startup,metrics}.rs: the ampere binary with its embedded cluster
 #               (PG_BIN) and on the shared test cluster; metrics reads pg_replication_slots.
 #   conformance scripts/conformance.sh: the official client against ampere on that version.
@@ -38,7 +38,7 @@ TEST_TIMEOUT=${PG_MATRIX_TEST_TIMEOUT:-180}
 CONFORMANCE_TIMEOUT=${PG_MATRIX_CONFORMANCE_TIMEOUT:-240}
 # <crate folder>:<test target> of the Postgres-facing integration tests
 TESTS_IO_REAL="io-real:embedded_pg io-real:lock io-real:pg_port io-real:replication_conn \
-io-real:snapshot_contract io-real:tls"
+io-real:snapshot_contract io-real:tls io-real:where_differential"
 TESTS_SERVER="server:startup server:metrics server:generated_columns server:manual_publishing"
 
 log() { echo "test-pg-versions: $*" >&2; }
