@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ampere-target}"
 cargo test --locked -q -p ampere-sim-tests --features mutants --test sim --no-run
-for mutant in ack-before-fsync skip-xip-filter reuse-handle-after-purge; do
+for mutant in ack-before-fsync skip-xip-filter reuse-handle-after-purge forget-unrecovered-shapes; do
   printf '\n== mutant %s\n' "$mutant"
   AMPERE_MUTANT="$mutant" cargo test --locked -q -p ampere-sim-tests --features mutants \
     --test sim -- the_ci_seed_list_catches_this_mutant --exact --nocapture 2>&1 |

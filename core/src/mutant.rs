@@ -14,14 +14,18 @@ pub enum Mutant {
     SkipXipFilter = 2,
     /// Gives a purged definition its old handle back.
     ReuseHandleAfterPurge = 3,
+    /// A promoted store knows no shape until it recovers it (io-sim's store; the bug behind
+    /// a restart's 409 for a shape it kept).
+    ForgetUnrecoveredShapes = 4,
 }
 
 impl Mutant {
     /// Every variant, each with the name `scripts/mutants.sh` selects it by.
-    pub const ALL: [(Self, &'static str); 3] = [
+    pub const ALL: [(Self, &'static str); 4] = [
         (Self::AckBeforeFsync, "ack-before-fsync"),
         (Self::SkipXipFilter, "skip-xip-filter"),
         (Self::ReuseHandleAfterPurge, "reuse-handle-after-purge"),
+        (Self::ForgetUnrecoveredShapes, "forget-unrecovered-shapes"),
     ];
 
     /// The variant called `name`.
@@ -41,7 +45,7 @@ pub fn activate(mutant: Mutant) {
     ACTIVE.store(mutant as u8, Ordering::SeqCst);
 }
 
-/// Whether `mutant` is active.
-pub(crate) fn is_active(mutant: Mutant) -> bool {
+/// Whether `mutant` is active (the adapters' simulated twins read it too).
+pub fn is_active(mutant: Mutant) -> bool {
     ACTIVE.load(Ordering::Relaxed) == mutant as u8
 }

@@ -255,6 +255,16 @@ impl SimDisk {
         }
     }
 
+    /// A recovery's read of a whole shape log (io-real scans its index and data): a latency
+    /// drawn as a write's, so a restart spends time between taking the lease and recovering
+    /// each shape, and readers meet that window as they do in production.
+    pub(super) async fn read_latency(&self) {
+        let latency = self.state().pick_latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
     /// Waits while the disk is stalled.
     pub(super) async fn wait_stall(&self) {
         loop {

@@ -312,6 +312,7 @@ impl ShapeLogStore for SimStore {
             inner.check_writer()?;
             let _serial = inner.serial.lock().await;
             inner.disk.wait_stall().await;
+            inner.disk.read_latency().await;
             let recovered = inner.disk.with_shape(handle.as_str(), |shape| {
                 check_offsets(handle.as_str(), &shape.log);
                 let kind = if shape.complete {
@@ -446,7 +447,13 @@ impl StoreInner {
         if let Some(view) = state.views.get(handle) {
             return Some(view.kind);
         }
-        if self.is_writer() && !state.awaiting_recovery.contains(handle) {
+        let awaiting = state.awaiting_recovery.contains(handle);
+        #[cfg(feature = "mutants")]
+        let awaiting = awaiting
+            && !ampere_core::mutant::is_active(
+                ampere_core::mutant::Mutant::ForgetUnrecoveredShapes,
+            );
+        if self.is_writer() && !awaiting {
             return None;
         }
         let view = self
