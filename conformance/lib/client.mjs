@@ -42,10 +42,15 @@ export function recordingFetch() {
   return { log, fetchClient }
 }
 
-export function describeRequests(log, last = 15) {
+/**
+ * One line per request of `log` (the `last` ones): status, offsets, up-to-date; with `urls`,
+ * also the handle answered and the URL asked (to show where a 409 came from).
+ */
+export function describeRequests(log, last = 15, { urls = false } = {}) {
   return log.slice(-last).map((e) =>
     `${e.status ?? e.error} live=${e.live} offset=${e.offset} -> ${e.headers?.['electric-offset'] ?? ''} ` +
-    `${e.headers?.['electric-up-to-date'] !== undefined ? 'up-to-date' : ''}`).join('\n')
+    `${e.headers?.['electric-up-to-date'] !== undefined ? 'up-to-date' : ''}` +
+    (urls ? ` handle=${e.headers?.['electric-handle'] ?? ''} ${e.url}` : '')).join('\n')
 }
 
 // ---------------------------------------------------------------------------------------------

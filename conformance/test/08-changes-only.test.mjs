@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Shape } from '@electric-sql/client'
 import { withEnv } from '../lib/harness.mjs'
-import { openStream, expectedRows, diffRows, fmtErr } from '../lib/client.mjs'
+import { openStream, expectedRows, diffRows, fmtErr, describeRequests } from '../lib/client.mjs'
 import { ITEMS_DDL, itemsInsertRange } from '../lib/tables.mjs'
 
 const CHANGES_ONLY = { log: 'changes_only' }
@@ -50,15 +50,9 @@ function unseenKeys(h) {
   return h.mirror.unseen.map((u) => u.key)
 }
 
-/** Every request of a stream: status, offset, handle and URL (to show where a 409 came from). */
-function everyRequest(log) {
-  return log.map((e) => `${e.status ?? e.error} offset=${e.offset} handle=${e.headers?.['electric-handle'] ?? ''} ` +
-    `-> ${e.headers?.['electric-offset'] ?? ''} ${e.url}`).join('\n')
-}
-
 function assertCleanStream(h, label) {
   assert.equal(h.mirror.errors.length, 0, `${label}: client errors: ${h.mirror.errors.map(fmtErr).join('; ')}`)
-  assert.equal(h.mirror.mustRefetch, 0, `${label}: no must-refetch\n${everyRequest(h.log)}`)
+  assert.equal(h.mirror.mustRefetch, 0, `${label}: no must-refetch\n${describeRequests(h.log, Infinity, { urls: true })}`)
   assert.ok(!h.log.some((e) => e.status >= 400 && e.status < 500), `${label}: no 4xx (409 included)\n${h.diag()}`)
 }
 
