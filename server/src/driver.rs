@@ -175,7 +175,7 @@ where
         pending: VecDeque::new(),
         registry,
         metrics,
-        ingested: IngestStats::default(),
+        ingest: Ingest::default(),
     };
     loop {
         driver.drain(&mut core).await?;
@@ -236,8 +236,8 @@ struct Driver<P: PgPort, S, M, C> {
     pending: VecDeque<Input>,
     registry: Registry,
     metrics: Option<Metrics>,
-    /// The core's ingest counters as last published.
-    ingested: IngestStats,
+    /// What replication delivered, as last published.
+    ingest: Ingest,
 }
 
 /// 2000-01-01 00:00:00 UTC (Postgres's epoch, which commit times count from) in Unix
@@ -288,26 +288,22 @@ where
         Ok(())
     }
 
-    /// Publishes the core's ingest counters; when a transaction was taken since the last
-    /// publish, the replication lag too: the last one's commit time on the server to now.
+    /// Publishes the core's ingest counters once a transaction was taken since the last
+    /// publish, with the replication lag: the last one's commit time on the server to now.
     fn publish_ingest(&mut self, stats: IngestStats) {
-        if stats == self.ingested {
-            return;
+        if stats.transactions == self.ingest.transactions {
+            return; // Changes and the commit time move only with a transaction.
         }
-        let taken = stats.transactions != self.ingested.transactions;
-        let lag_micros = match stats.last_commit_time_micros {
-            Some(commit) if taken => {
-                let now = i64::try_from(self.ports.clock.unix_micros()).unwrap_or(i64::MAX);
-                Some(now.saturating_sub(commit.saturating_add(PG_EPOCH_UNIX_MICROS)))
-            }
-            _ => self.registry.ingest().lag_micros,
-        };
-        self.ingested = stats;
-        self.registry.set_ingest(Ingest {
+        let now = i64::try_from(self.ports.clock.unix_micros()).unwrap_or(i64::MAX);
+        let lag_micros = stats
+            .last_commit_time_micros
+            .map(|commit| now.saturating_sub(commit.saturating_add(PG_EPOCH_UNIX_MICROS)));
+        self.ingest = Ingest {
             transactions: stats.transactions,
             changes: stats.changes,
             lag_micros,
-        });
+        };
+        self.registry.set_ingest(self.ingest);
     }
 
     #[allow(clippy::too_many_lines)] // one arm per output; splitting hides the mapping
