@@ -113,6 +113,14 @@ impl EntryEncoder {
         out
     }
 
+    /// A subset snapshot row (protocol.md §5.7): an `insert` with `operation`, `relation`
+    /// and the read's `snapshot_mark`.
+    pub fn subset_row(&self, row: &Row, snapshot_mark: u32) -> String {
+        let mut out = self.open(&self.key(row), Some(row), None, Operation::Insert, |_| true);
+        let _ = write!(out, ",\"snapshot_mark\":{snapshot_mark}}}}}");
+        out
+    }
+
     /// A replicated insert.
     pub fn insert(
         &self,
@@ -306,6 +314,15 @@ mod tests {
         assert_eq!(
             e.snapshot_row(&row(&[Some("42"), Some("foo"), None])),
             r#"{"key":"\"public\".\"items\"/\"42\"","value":{"id":"42","title":"foo","n":null},"headers":{"operation":"insert","relation":["public","items"]}}"#
+        );
+    }
+
+    #[test]
+    fn subset_rows_carry_the_snapshot_mark() {
+        let e = EntryEncoder::new(&schema(true), &[0, 1], Replica::Default);
+        assert_eq!(
+            e.subset_row(&row(&[Some("7"), Some("b"), None]), 99),
+            r#"{"key":"\"public\".\"items\"/\"7\"","value":{"id":"7","title":"b"},"headers":{"operation":"insert","relation":["public","items"],"snapshot_mark":99}}"#
         );
     }
 

@@ -37,6 +37,7 @@ mod shapes;
 pub mod slot_setup;
 pub mod snapshot;
 pub mod snapshot_steps;
+pub mod subset;
 pub mod time;
 pub mod txn;
 pub mod where_clause;

@@ -11,6 +11,7 @@ use crate::offset::LogOffset;
 use crate::pgoutput::Oid;
 use crate::shape::{HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema};
 use crate::snapshot::PgSnapshot;
+use crate::subset::{SubsetQuery, SubsetRows};
 
 /// One entry of a shape log: its offset, its JSON text, and whether a chunk closes after it.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -518,6 +519,15 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         request: SnapshotRequest,
         writer: W,
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static;
+
+    /// A subset read (protocol.md §6.10) on the bounded pool: in one `REPEATABLE READ READ
+    /// ONLY` transaction, `pg_current_snapshot()`, the current WAL position, then the
+    /// shape's rows the subset selects (`WHERE (shape) AND (subset) ORDER BY … LIMIT …
+    /// OFFSET …`), encoded as inserts stamped with the query's snapshot mark. Alters nothing.
+    fn query_subset(
+        &self,
+        query: SubsetQuery,
+    ) -> impl Future<Output = Result<SubsetRows, SnapshotError>> + Send + 'static;
 }
 
 /// Why a snapshot failed.
@@ -555,6 +565,14 @@ pub enum SnapshotError {
     /// naming the reason instead of a 409 that sends them round again.
     #[error("snapshot refused: {0}")]
     Refused(SnapshotRefusal),
+    /// Postgres refused a subset read for what it computes (a data exception evaluating the
+    /// subset's where clause: a division by zero, a value that does not cast): the request is
+    /// at fault, so it is a 400 on `subset.where`, never retried.
+    #[error("the subset query failed: {message}")]
+    QueryRejected {
+        /// Postgres's message.
+        message: String,
+    },
 }
 
 /// Why a table's snapshot can never succeed as things stand.

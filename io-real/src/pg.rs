@@ -60,6 +60,7 @@ use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
 use ampere_core::snapshot_steps::{self, TablePublishing};
+use ampere_core::subset::{SubsetQuery, SubsetRows};
 
 use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::pool::{Pool, PoolSize, Pooled, Reusable};
@@ -546,6 +547,21 @@ impl RealPg {
         Ok(snapshot)
     }
 
+    /// A subset read on a pooled connection, counted with the snapshots (it is as heavy a
+    /// query), so one connection stays free for catalog lookups.
+    async fn subset(&self, query: &SubsetQuery) -> Result<SubsetRows, SnapshotError> {
+        let _slot = Arc::clone(&self.inner.snapshot_slots)
+            .acquire_owned()
+            .await
+            .expect("the snapshot semaphore is never closed");
+        let client = self.admin().await.map_err(|e| SnapshotError::Postgres {
+            message: error_chain(&e),
+            kind: e.kind(),
+        })?;
+        let read = crate::snapshot::query_subset(&client, query).await;
+        client.finish(read)
+    }
+
     /// LK-3 up to the lock: checks `wal_level` (a pooled connection), opens the replication
     /// connection, runs `IDENTIFY_SYSTEM` and reads the server version, the backend pid and
     /// `wal_sender_timeout` on it. Mutates nothing.
@@ -850,6 +866,14 @@ impl PgPort for RealPg {
     ) -> impl Future<Output = Result<PgSnapshot, SnapshotError>> + Send + 'static {
         let this = self.clone();
         async move { this.snapshot(&request, writer).await }
+    }
+
+    fn query_subset(
+        &self,
+        query: SubsetQuery,
+    ) -> impl Future<Output = Result<SubsetRows, SnapshotError>> + Send + 'static {
+        let this = self.clone();
+        async move { this.subset(&query).await }
     }
 }
 

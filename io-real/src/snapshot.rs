@@ -16,11 +16,13 @@ use futures::TryStreamExt;
 use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, RowStream};
 
-use ampere_core::chunk::SnapshotColumns;
+use ampere_core::chunk::{check_schema_unchanged, SnapshotColumns};
 use ampere_core::ports::{DisconnectKind, PgError, RefusalKind, SnapshotError, SnapshotRefusal};
 use ampere_core::shape::{quote_ident, ColumnSchema, RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
+use ampere_core::subset::{SubsetQuery, SubsetRows};
+use ampere_core::Lsn;
 
 use ampere_core::error_chain;
 
@@ -175,6 +177,105 @@ impl SnapshotSteps for SnapshotConnection {
             .batch_execute("COMMIT")
             .await
             .map_err(pg("COMMIT"))
+    }
+}
+
+/// A subset read (protocol.md §6.10) on `client`, which nobody else uses meanwhile: one
+/// `REPEATABLE READ READ ONLY` transaction that locks the table against DDL, records
+/// `pg_current_snapshot()` and the WAL position, checks the table is still the shape's, and
+/// streams the rows through the shape's and the subset's where clauses, ordered and limited.
+/// A failure leaves the transaction open: drop the connection after an error.
+pub(crate) async fn query_subset(
+    client: &Client,
+    query: &SubsetQuery,
+) -> Result<SubsetRows, SnapshotError> {
+    let columns = SnapshotColumns::new(&query.definition, &query.schema)?;
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
+        display_settings_sql()
+    );
+    client
+        .batch_execute(&begin)
+        .await
+        .map_err(pg("BEGIN REPEATABLE READ"))?;
+    let relation = &query.schema.relation;
+    client
+        .batch_execute(&format!("LOCK TABLE {relation} IN ACCESS SHARE MODE"))
+        .await
+        .map_err(pg("LOCK TABLE … IN ACCESS SHARE MODE"))?;
+    let snapshot = current_snapshot(client).await?;
+    // A standby (Postgres 16+ decodes on one) has no insert position: its replay position
+    // is the WAL its snapshot reflects.
+    const WAL_POSITION: &str = "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() \
+         THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END)::text";
+    let row = client
+        .query_one(WAL_POSITION, &[])
+        .await
+        .map_err(pg("pg_current_wal_lsn()"))?;
+    let text: String = row.try_get(0).map_err(pg("pg_current_wal_lsn()"))?;
+    let database_lsn: Lsn = text.parse().map_err(|_| SnapshotError::Postgres {
+        message: format!("pg_current_wal_lsn() returned {text:?}, not an LSN"),
+        kind: DisconnectKind::Transient,
+    })?;
+    let seen = catalog::table_schema(client, relation)
+        .await
+        .map_err(catalog_error)?;
+    check_schema_unchanged(&query.schema, seen.as_ref())?;
+    let sql = subset_sql(query, &columns);
+    let rows = client
+        .query_raw(sql.as_str(), std::iter::empty::<&str>())
+        .await
+        .map_err(subset_error)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut data = String::new();
+    let mut count = 0;
+    while let Some(row) = rows.try_next().await.map_err(subset_error)? {
+        let mut values = columns.empty_row();
+        for (position, &column) in columns.fetched.iter().enumerate() {
+            let value: Option<&str> = row.try_get(position).map_err(pg("decoding a subset row"))?;
+            values[column] = value.map(str::to_owned);
+        }
+        if count > 0 {
+            data.push(',');
+        }
+        data.push_str(&columns.encoder.subset_row(&values, query.snapshot_mark));
+        count += 1;
+    }
+    client.batch_execute("COMMIT").await.map_err(pg("COMMIT"))?;
+    Ok(SubsetRows {
+        snapshot,
+        database_lsn,
+        data,
+        rows: count,
+    })
+}
+
+/// `SELECT <text of each fetched column> FROM <relation> WHERE (shape) AND (subset) ORDER BY …
+/// LIMIT … OFFSET …`, every part rendered from typed trees.
+fn subset_sql(query: &SubsetQuery, columns: &SnapshotColumns) -> String {
+    let texts: Vec<String> = columns
+        .fetched
+        .iter()
+        .map(|&i| text_expression(&query.schema.columns[i]))
+        .collect();
+    format!(
+        "SELECT {} FROM {}{}",
+        texts.join(", "),
+        query.schema.relation,
+        query.subset.sql_tail(columns.filter.as_ref())
+    )
+}
+
+/// A failure of the subset's rows query: a data exception (SQLSTATE class 22: a division by
+/// zero, a value that does not cast) is the request's fault; the rest maps as any snapshot
+/// query's.
+fn subset_error(error: tokio_postgres::Error) -> SnapshotError {
+    let code = error.code().map(tokio_postgres::error::SqlState::code);
+    match (code, error.as_db_error()) {
+        (Some(code), Some(db)) if code.starts_with("22") => SnapshotError::QueryRejected {
+            message: db.message().to_owned(),
+        },
+        _ => pg("subset query")(error),
     }
 }
 

@@ -5,8 +5,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ampere_core::ports::{CatalogTable, LogStatus, ReadOutcome, SnapshotRefusal};
+use ampere_core::ports::{CatalogTable, LogStatus, ReadOutcome, SnapshotError, SnapshotRefusal};
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::subset::{SubsetQuery, SubsetRows};
 use ampere_core::where_clause::tz::Zone;
 use ampere_core::where_clause::ZoneMismatch;
 use ampere_core::{LogOffset, Lsn};
@@ -131,6 +132,11 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
         definition: ShapeDefinition,
         schema: TableSchema,
     ) -> impl Future<Output = Result<ShapeInfo, CreateShapeError>> + Send;
+    /// Reads a subset of a shape's rows (protocol.md §6.10) on the bounded pool.
+    fn query_subset(
+        &self,
+        query: SubsetQuery,
+    ) -> impl Future<Output = Result<SubsetRows, SnapshotError>> + Send;
     /// Resolves once the service is active (it may create and delete shapes), or fails
     /// after a bounded wait (§6.9: 5 s).
     fn until_active(&self) -> impl Future<Output = Result<(), NotActive>> + Send;

@@ -10,6 +10,7 @@ use ampere_core::ports::{
     CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore, SnapshotError, SnapshotRefusal,
 };
 use ampere_core::shape::{RelationName, ShapeDefinition, ShapeHandle, TableSchema};
+use ampere_core::subset::{SubsetQuery, SubsetRows};
 use ampere_core::where_clause::tz::Zone;
 use ampere_core::where_clause::ZoneMismatch;
 use ampere_core::{LogOffset, Lsn};
@@ -136,6 +137,13 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
         };
         self.requests.send(request).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    fn query_subset(
+        &self,
+        query: SubsetQuery,
+    ) -> impl std::future::Future<Output = Result<SubsetRows, SnapshotError>> + Send {
+        self.pg.query_subset(query)
     }
 
     async fn until_active(&self) -> Result<(), NotActive> {

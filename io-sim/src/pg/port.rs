@@ -26,6 +26,7 @@ use ampere_core::shape::{ColumnSchema, HandleStamp, RelationName, TableSchema};
 use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, TablePublishing};
+use ampere_core::subset::{SubsetQuery, SubsetRows};
 
 use super::server::PG_PORT;
 use super::snapshot;
@@ -231,6 +232,7 @@ fn request_name(request: &ClientMessage) -> &'static str {
         ClientMessage::AddTable { .. } => "ALTER PUBLICATION … ADD TABLE",
         ClientMessage::PublicationMembership { .. } => "reading the publication's tables",
         ClientMessage::CurrentSnapshot => "pg_current_snapshot()",
+        ClientMessage::CurrentWalLsn => "pg_current_wal_lsn()",
         ClientMessage::XactsInProgress { .. } => "pg_xact_status",
         ClientMessage::SnapshotRows { .. } => "snapshot query",
         ClientMessage::BeginRead => "BEGIN REPEATABLE READ",
@@ -419,6 +421,17 @@ impl PgPort for SimPg {
         async move {
             let steps = snapshot::SimSnapshotSteps::connect(&host).await?;
             snapshot::take_snapshot(steps, &request, &publishing, writer).await
+        }
+    }
+
+    fn query_subset(
+        &self,
+        query: SubsetQuery,
+    ) -> impl Future<Output = Result<SubsetRows, SnapshotError>> + Send + 'static {
+        let host = self.host.clone();
+        async move {
+            let steps = snapshot::SimSnapshotSteps::connect(&host).await?;
+            snapshot::query_subset(steps, &query).await
         }
     }
 }

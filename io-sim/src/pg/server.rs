@@ -540,6 +540,7 @@ fn answer(model: &mut PgModel, pid: i32, request: ClientMessage) -> ServerMessag
             };
             snapshot.map(|s| ServerMessage::Snapshot(s.to_string()))
         }
+        ClientMessage::CurrentWalLsn => Ok(ServerMessage::Lsn(model.wal_end().0)),
         ClientMessage::BeginRead => model.begin_read(pid).map(|()| ServerMessage::Done),
         ClientMessage::LockTable { relation } => model
             .lock_share(pid, &relation_name(relation))

@@ -11,12 +11,18 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ampere_core::chunk::SnapshotColumns;
+use std::cmp::Ordering;
+
+use ampere_core::chunk::{check_schema_unchanged, SnapshotColumns};
 use ampere_core::error_chain;
+use ampere_core::lsn::Lsn;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
+use ampere_core::subset::{OrderBy, SubsetQuery, SubsetRows};
+use ampere_core::where_clause::value::parse_scalar;
+use ampere_core::where_clause::Type;
 
 use super::port::{catalog_table, wire_relation, Client, SimPgError};
 use super::wire::{ClientMessage, ServerMessage};
@@ -32,6 +38,105 @@ pub(crate) async fn take_snapshot<W: SnapshotWriter>(
     tracing::debug!(handle = %request.handle, relation = %request.schema.relation, ?snapshot,
         "snapshot taken");
     Ok(snapshot)
+}
+
+/// A subset read over the model, as io-real runs it: a read transaction that locks the table,
+/// records its snapshot and the WAL end, checks the table is still the shape's, and reads the
+/// rows; the where clauses, the order and the limit are applied here (the model has no SQL).
+/// The order compares values as Postgres compares their types, text bytewise (the `C`
+/// collation); ties keep the model's row order, which Postgres leaves unspecified too.
+pub(crate) async fn query_subset(
+    mut steps: SimSnapshotSteps,
+    query: &SubsetQuery,
+) -> Result<SubsetRows, SnapshotError> {
+    let columns = SnapshotColumns::new(&query.definition, &query.schema)?;
+    let schema = &query.schema;
+    steps.begin_read().await?;
+    steps.lock_table(&schema.relation).await?;
+    let snapshot = steps.current_snapshot().await?;
+    const DURING: &str = "pg_current_wal_lsn()";
+    let ServerMessage::Lsn(database_lsn) = steps.call(DURING, ClientMessage::CurrentWalLsn).await?
+    else {
+        return Err(unexpected(DURING));
+    };
+    let seen = steps.table_schema(&schema.relation).await?;
+    check_schema_unchanged(schema, seen.as_ref())?;
+    let subset = &query.subset;
+    let mut extra: Vec<usize> = subset
+        .filter
+        .iter()
+        .flat_map(|f| f.columns().iter().copied())
+        .chain(
+            subset
+                .order_by
+                .iter()
+                .flat_map(|o| o.keys.iter().map(|k| k.column)),
+        )
+        .collect();
+    extra.sort_unstable();
+    let mut rows = steps.filtered_rows(schema, &columns, &extra).await?;
+    if let Some(filter) = &subset.filter {
+        rows.retain(|row| filter.matches(row));
+    }
+    if let Some(order_by) = &subset.order_by {
+        rows.sort_by(|a, b| compare_rows(schema, order_by, a, b));
+    }
+    let skip = usize::try_from(subset.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+    let take = subset
+        .limit
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let mut data = String::new();
+    let mut count = 0;
+    for mut row in rows.into_iter().skip(skip).take(take) {
+        steps.keep_fetched(&columns, &mut row);
+        if count > 0 {
+            data.push(',');
+        }
+        data.push_str(&columns.encoder.subset_row(&row, query.snapshot_mark));
+        count += 1;
+    }
+    steps.commit().await?;
+    Ok(SubsetRows {
+        snapshot,
+        database_lsn: Lsn(database_lsn),
+        data,
+        rows: count,
+    })
+}
+
+/// Postgres's order of two rows under `order_by`: each key's values compared as their type
+/// compares them, NULLs first or last as the key says.
+fn compare_rows(schema: &TableSchema, order_by: &OrderBy, a: &TextRow, b: &TextRow) -> Ordering {
+    for key in &order_by.keys {
+        let ordering = match (&a[key.column], &b[key.column]) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) if key.nulls_first() => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) if key.nulls_first() => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(x), Some(y)) => {
+                let values = match Type::of_column(&schema.columns[key.column]) {
+                    Type::Scalar(scalar) => parse_scalar(x.into(), scalar)
+                        .ok()
+                        .zip(parse_scalar(y.into(), scalar).ok()),
+                    _ => None,
+                };
+                let by_value = match values {
+                    Some((x, y)) => x.pg_cmp(&y),
+                    None => x.as_bytes().cmp(y.as_bytes()),
+                };
+                if key.descending {
+                    by_value.reverse()
+                } else {
+                    by_value
+                }
+            }
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    Ordering::Equal
 }
 
 /// The snapshot steps on one connection to the model.
@@ -87,6 +192,60 @@ impl SimSnapshotSteps {
             message: format!("pg_current_snapshot() returned {text:?}, not xmin:xmax:xip"),
             kind: DisconnectKind::Transient,
         })
+    }
+}
+
+impl SimSnapshotSteps {
+    /// The rows the read transaction sees that the shape's where clause admits, with the
+    /// fetched columns, the filter's and `extra` (sorted) filled in.
+    async fn filtered_rows(
+        &mut self,
+        schema: &TableSchema,
+        columns: &SnapshotColumns,
+        extra: &[usize],
+    ) -> Result<Vec<TextRow>, SnapshotError> {
+        const DURING: &str = "snapshot query";
+        let mut wanted = columns.fetched.clone();
+        wanted.extend_from_slice(extra);
+        if let Some(filter) = &columns.filter {
+            wanted.extend_from_slice(filter.columns());
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let query = ClientMessage::SnapshotRows {
+            relation: wire_relation(&schema.relation),
+            columns: wanted
+                .iter()
+                .map(|&i| schema.columns[i].name.clone())
+                .collect(),
+        };
+        let ServerMessage::Rows(rows) = self.call(DURING, query).await? else {
+            return Err(unexpected(DURING));
+        };
+        let mut admitted = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.len() != wanted.len() {
+                return Err(unexpected(DURING));
+            }
+            let mut values = columns.empty_row();
+            for (&column, value) in wanted.iter().zip(row) {
+                values[column] = value;
+            }
+            if columns.filter.as_ref().is_some_and(|f| !f.matches(&values)) {
+                continue;
+            }
+            admitted.push(values);
+        }
+        Ok(admitted)
+    }
+
+    /// Only the fetched columns leave the query, as io-real's SELECT list.
+    fn keep_fetched(&self, columns: &SnapshotColumns, row: &mut TextRow) {
+        for (column, value) in row.iter_mut().enumerate() {
+            if columns.fetched.binary_search(&column).is_err() {
+                *value = None;
+            }
+        }
     }
 }
 
@@ -180,43 +339,11 @@ impl SnapshotSteps for SimSnapshotSteps {
         schema: &TableSchema,
         columns: &SnapshotColumns,
     ) -> Result<(), SnapshotError> {
-        const DURING: &str = "snapshot query";
-        // The fetched columns and those the filter reads, in attnum order.
-        let mut wanted = columns.fetched.clone();
-        if let Some(filter) = &columns.filter {
-            wanted.extend_from_slice(filter.columns());
-            wanted.sort_unstable();
-            wanted.dedup();
-        }
-        let query = ClientMessage::SnapshotRows {
-            relation: wire_relation(&schema.relation),
-            columns: wanted
-                .iter()
-                .map(|&i| schema.columns[i].name.clone())
-                .collect(),
-        };
-        let ServerMessage::Rows(rows) = self.call(DURING, query).await? else {
-            return Err(unexpected(DURING));
-        };
+        let rows = self.filtered_rows(schema, columns, &[]).await?;
         self.rows.clear();
-        for row in rows {
-            if row.len() != wanted.len() {
-                return Err(unexpected(DURING));
-            }
-            let mut values = columns.empty_row();
-            for (&column, value) in wanted.iter().zip(row) {
-                values[column] = value;
-            }
-            if columns.filter.as_ref().is_some_and(|f| !f.matches(&values)) {
-                continue;
-            }
-            // Only the fetched columns leave the query, as io-real's SELECT list.
-            for (column, value) in values.iter_mut().enumerate() {
-                if columns.fetched.binary_search(&column).is_err() {
-                    *value = None;
-                }
-            }
-            self.rows.push_back(values);
+        for mut row in rows {
+            self.keep_fetched(columns, &mut row);
+            self.rows.push_back(row);
         }
         Ok(())
     }

@@ -105,6 +105,8 @@ pub(crate) enum ClientMessage {
     },
     /// `pg_current_snapshot()`: the read transaction's inside one.
     CurrentSnapshot,
+    /// `pg_current_wal_lsn()`: the end of WAL now.
+    CurrentWalLsn,
     /// How many of `xids` are in progress.
     XactsInProgress { xids: Vec<u64> },
     /// `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`.
@@ -164,6 +166,8 @@ pub(crate) enum ServerMessage {
     CopyBoth,
     /// `pg_current_snapshot()` as text.
     Snapshot(String),
+    /// A WAL position.
+    Lsn(u64),
     /// A snapshot's rows.
     Rows(Vec<Vec<Option<String>>>),
     /// `XLogData` (`data` in hex).

@@ -66,7 +66,7 @@ async fn target<A: ShapeApi>(api: &A, query: &Query) -> Result<ShapeHandle, ApiE
             None => Err(ApiError::ShapeNotFound),
         };
     }
-    let params = params::shape_params(&query.definition_only(), false)?;
+    let params = params::shape_params(&query.definition_only(), None)?;
     let Some(info) = api.shape_for_definition(&params.definition) else {
         // As for a GET, a table that does not exist, or columns or a where clause it refutes,
         // are 400s; only a valid definition with no shape is "not found".

@@ -23,6 +23,19 @@ pub(crate) enum ApiError {
         /// The exact wire message.
         message: String,
     },
+    /// `400` naming several fields, each with its messages, sorted by field (as Electric's
+    /// map is encoded).
+    #[error("invalid request: {0:?}")]
+    InvalidFields(Vec<(&'static str, String)>),
+    /// `400 {"message":"Invalid request","errors":{"subset":{"<field>":["<message>"]}}}`:
+    /// the subset's parameters, each failing one named.
+    #[error("invalid subset: {0:?}")]
+    InvalidSubset(Vec<(&'static str, String)>),
+    /// `400 {"message":"Invalid request","errors":{"subset":{"where":"<message>"}}}`:
+    /// Postgres refused the subset query for what it computes (a string, not a list, as
+    /// Electric answers errors raised while the query runs).
+    #[error("subset query refused: {0}")]
+    SubsetQueryRefused(String),
     /// `401`: the secret is missing or wrong.
     #[error("invalid API secret")]
     Unauthorized,
@@ -98,6 +111,28 @@ impl ApiError {
         }
     }
 
+    /// One 400 naming every field of `errors` (each an [`ApiError::Invalid`]; anything else
+    /// is kept as it is when alone, which callers never pass).
+    pub(crate) fn merge(errors: impl IntoIterator<Item = Self>) -> Self {
+        let mut fields = Vec::new();
+        let mut other = None;
+        for error in errors {
+            match error {
+                Self::Invalid { field, message } => fields.push((field, message)),
+                Self::InvalidFields(more) => fields.extend(more),
+                error => other = Some(error),
+            }
+        }
+        match (fields.len(), other) {
+            (0, Some(error)) => error,
+            (1, _) => {
+                let (field, message) = fields.remove(0);
+                Self::Invalid { field, message }
+            }
+            _ => Self::InvalidFields(fields),
+        }
+    }
+
     /// A snapshot that can never succeed as things stand: 403 when privileges are missing,
     /// else 400 on `table` (Postgres will not publish that relation).
     pub(crate) fn refused(refusal: SnapshotRefusal) -> Self {
@@ -132,6 +167,9 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Invalid { .. }
+            | Self::InvalidFields(_)
+            | Self::InvalidSubset(_)
+            | Self::SubsetQueryRefused(_)
             | Self::BodyNotObject
             | Self::BodyInvalidJson { .. }
             | Self::DefinitionHandleMismatch => StatusCode::BAD_REQUEST,
@@ -173,6 +211,27 @@ impl ApiError {
                 body.push_str("]}}");
                 body
             }
+            Self::InvalidFields(fields) => {
+                let mut body = String::from("{\"message\":\"Invalid request\",\"errors\":");
+                push_field_map(&mut body, fields);
+                body.push('}');
+                body
+            }
+            Self::InvalidSubset(fields) => {
+                let mut body =
+                    String::from("{\"message\":\"Invalid request\",\"errors\":{\"subset\":");
+                push_field_map(&mut body, fields);
+                body.push_str("}}");
+                body
+            }
+            Self::SubsetQueryRefused(message) => {
+                let mut body = String::from(
+                    "{\"message\":\"Invalid request\",\"errors\":{\"subset\":{\"where\":",
+                );
+                push_json_string(&mut body, message);
+                body.push_str("}}}");
+                body
+            }
             Self::Unauthorized => message_body("Unauthorized - Invalid API secret"),
             Self::Forbidden { message } => message_body(message),
             Self::MustRefetch { .. } => "[{\"headers\":{\"control\":\"must-refetch\"}}]".into(),
@@ -207,6 +266,30 @@ impl ApiError {
             Self::Internal(_) => "{\"error\":\"Internal server error\"}".into(),
         }
     }
+}
+
+/// `{"<field>":["<message>",…],…}`, fields sorted, each field's messages in order.
+fn push_field_map(out: &mut String, fields: &[(&'static str, String)]) {
+    let mut by_field: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (field, message) in fields {
+        by_field.entry(field).or_default().push(message);
+    }
+    out.push('{');
+    for (i, (field, messages)) in by_field.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(out, field);
+        out.push_str(":[");
+        for (j, message) in messages.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            push_json_string(out, message);
+        }
+        out.push(']');
+    }
+    out.push('}');
 }
 
 fn message_body(message: &str) -> String {

@@ -6,10 +6,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ampere_core::pgoutput::Oid;
+use ampere_core::ports::SnapshotError;
 use ampere_core::ports::{CatalogTable, ChunkRead, LogEntry, LogStatus, ReadOutcome};
 use ampere_core::shape::{
     ColumnSchema, HandleStamp, RelationName, ShapeDefinition, ShapeHandle, TableSchema,
 };
+use ampere_core::snapshot::{FullXid, PgSnapshot};
+use ampere_core::subset::{SubsetQuery, SubsetRows};
 use ampere_core::where_clause::tz::Zone;
 use ampere_core::where_clause::ZoneMismatch;
 use ampere_core::{LogOffset, Lsn};
@@ -47,6 +50,10 @@ struct Inner {
     last_seen_lsn: Lsn,
     /// Time zones the fake server reads otherwise than ampere, by canonical name.
     zone_mismatches: BTreeMap<String, ZoneMismatch>,
+    /// Every subset read asked for, in order.
+    subset_queries: Vec<SubsetQuery>,
+    /// What the next subset reads fail with (`None`: they return the table's rows).
+    subset_failure: Option<fn() -> SnapshotError>,
 }
 
 struct FakeShape {
@@ -82,7 +89,13 @@ impl FakeApi {
             .iter()
             .map(|(name, typname, pk_index)| ColumnSchema {
                 name: (*name).to_owned(),
-                type_oid: 0,
+                type_oid: match *typname {
+                    "bool" => 16,
+                    "int8" => 20,
+                    "int4" => 23,
+                    "text" => 25,
+                    _ => 0,
+                },
                 typname: (*typname).to_owned(),
                 dims: 0,
                 not_null: pk_index.is_some(),
@@ -180,6 +193,18 @@ pub(crate) fn row(id: u32, title: &str) -> String {
     format!(
         r#"{{"key":"\"public\".\"items\"/\"{id}\"","value":{{"id":"{id}","title":"{title}"}},"headers":{{"operation":"insert","relation":["public","items"]}}}}"#
     )
+}
+
+impl FakeApi {
+    /// The subset reads asked for so far.
+    pub(crate) fn subset_queries(&self) -> Vec<SubsetQuery> {
+        self.lock().subset_queries.clone()
+    }
+
+    /// Makes the next subset reads fail with what `failure` builds.
+    pub(crate) fn fail_subsets(&self, failure: fn() -> SnapshotError) {
+        self.lock().subset_failure = Some(failure);
+    }
 }
 
 impl FakeShape {
@@ -285,6 +310,36 @@ impl ShapeApi for FakeApi {
         schema: TableSchema,
     ) -> impl Future<Output = Result<ShapeInfo, CreateShapeError>> + Send {
         std::future::ready(self.create_now(definition, schema))
+    }
+
+    fn query_subset(
+        &self,
+        query: SubsetQuery,
+    ) -> impl Future<Output = Result<SubsetRows, SnapshotError>> + Send {
+        let mut inner = self.lock();
+        let relation = query.schema.relation.clone();
+        inner.subset_queries.push(query);
+        let result = match inner.subset_failure {
+            Some(failure) => Err(failure()),
+            None => {
+                let rows = inner
+                    .tables
+                    .get(&relation)
+                    .map(|(_, rows)| rows.clone())
+                    .unwrap_or_default();
+                Ok(SubsetRows {
+                    snapshot: PgSnapshot {
+                        xmin: FullXid(750),
+                        xmax: FullXid(752),
+                        xip: vec![FullXid(751)],
+                    },
+                    database_lsn: Lsn(4096),
+                    rows: rows.len(),
+                    data: rows.join(","),
+                })
+            }
+        };
+        std::future::ready(result)
     }
 
     async fn until_active(&self) -> Result<(), NotActive> {

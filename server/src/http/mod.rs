@@ -37,6 +37,7 @@ mod params;
 mod schema;
 mod shape;
 mod sse;
+mod subset;
 
 #[cfg(test)]
 mod fake;
@@ -437,3 +438,5 @@ fn request_id<A>(state: &AppState<A>, request: &HeaderMap) -> HeaderValue {
 mod tests;
 #[cfg(test)]
 mod tests_delete;
+#[cfg(test)]
+mod tests_subset;

@@ -52,6 +52,36 @@ impl Query {
         self.get("secret").or_else(|| self.get("api_secret"))
     }
 
+    /// This query with a POST body's keys in place of its own (§3.6): every key but the
+    /// subset's, whose value is a string, number or boolean (`offset` in a body is the
+    /// subset's row offset, never the log offset).
+    pub(crate) fn overridden_by(&self, body: &serde_json::Map<String, serde_json::Value>) -> Self {
+        const SUBSET_BODY_KEYS: [&str; 8] = [
+            "where",
+            "order_by",
+            "limit",
+            "offset",
+            "params",
+            "where_expr",
+            "order_by_expr",
+            "subset",
+        ];
+        let mut values = self.values.clone();
+        for (key, value) in body {
+            if SUBSET_BODY_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => continue,
+            };
+            values.insert(key.clone(), text);
+        }
+        Self { values }
+    }
+
     /// This query reduced to the shape it names, for `DELETE` (§1.5), which ignores `offset`
     /// and `live`: `offset=-1` (so `handle` is ignored too) and no live flags, so that
     /// [`shape_params`] checks exactly what a GET's definition must pass.
@@ -60,6 +90,7 @@ impl Query {
         for key in ["live", "live_sse", "experimental_live_sse"] {
             values.remove(key);
         }
+        values.retain(|key, _| !key.starts_with("subset__"));
         values.insert("offset".to_owned(), "-1".to_owned());
         Self { values }
     }
@@ -90,6 +121,198 @@ pub(crate) struct ShapeParams {
     pub(crate) where_text: Option<String>,
     /// `params[n]`.
     pub(crate) params: Params,
+    /// The subset to read instead of the log (§3.6), if any `subset__*` key or a POST body
+    /// asked for one.
+    pub(crate) subset: Option<SubsetParams>,
+}
+
+/// A subset request's parameters, checked for form (the where clause and `order_by` are bound
+/// to the shape's table once it is known).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub(crate) struct SubsetParams {
+    /// `where`.
+    pub(crate) where_text: Option<String>,
+    /// `params`: the subset where clause's own `$n`.
+    pub(crate) params: Params,
+    /// `order_by`.
+    pub(crate) order_by: Option<String>,
+    /// `limit` (> 0).
+    pub(crate) limit: Option<u64>,
+    /// `offset`: rows skipped (≥ 0), not a log offset.
+    pub(crate) offset: Option<u64>,
+}
+
+/// A subset's parameters as sent, before their form is checked: from `subset__*` query keys
+/// (strings) or a POST body (any JSON).
+#[derive(Clone, Default, Debug)]
+pub(crate) struct RawSubset {
+    values: BTreeMap<String, serde_json::Value>,
+}
+
+impl RawSubset {
+    /// The `subset__*` keys of `query` (`subset__params[1]` kept whole), if any of the five
+    /// that make a subset request is present (the client's `*_expr` keys alone do not).
+    fn from_query(query: &Query) -> Option<Self> {
+        if !SUBSET_KEYS.iter().any(|k| query.get(k).is_some())
+            && !query
+                .values
+                .keys()
+                .any(|k| k.starts_with("subset__params["))
+        {
+            return None;
+        }
+        let values = query
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("subset__")?;
+                Some((key.to_owned(), serde_json::Value::String(v.clone())))
+            })
+            .collect();
+        Some(Self { values })
+    }
+
+    /// A POST body's subset: its subset keys, and those of a nested `"subset":{…}` object
+    /// (which win).
+    pub(crate) fn from_body(body: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
+        const KEYS: [&str; 7] = [
+            "where",
+            "order_by",
+            "limit",
+            "offset",
+            "params",
+            "where_expr",
+            "order_by_expr",
+        ];
+        let mut values = BTreeMap::new();
+        let mut is_subset = false;
+        for key in KEYS {
+            if let Some(value) = body.get(key) {
+                is_subset = true;
+                values.insert(key.to_owned(), value.clone());
+            }
+        }
+        if let Some(nested) = body.get("subset") {
+            is_subset = true;
+            if let Some(nested) = nested.as_object() {
+                for (key, value) in nested {
+                    values.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        is_subset.then_some(Self { values })
+    }
+
+    /// Checks the parameters' form, naming every failing one (Electric's subset changeset).
+    fn check(&self) -> Result<SubsetParams, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        let text = |key: &'static str, errors: &mut Vec<(&'static str, String)>| match self
+            .values
+            .get(key)
+        {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.push((key, "is invalid".to_owned()));
+                None
+            }
+        };
+        let where_text = text("where", &mut errors);
+        let order_by = text("order_by", &mut errors);
+        let limit = self.integer("limit", &mut errors).and_then(|n| {
+            if n > 0 {
+                u64::try_from(n).ok()
+            } else {
+                errors.push(("limit", "must be greater than 0".to_owned()));
+                None
+            }
+        });
+        let offset = self.integer("offset", &mut errors).and_then(|n| {
+            if n >= 0 {
+                u64::try_from(n).ok()
+            } else {
+                errors.push(("offset", "must be greater than or equal to 0".to_owned()));
+                None
+            }
+        });
+        let limited = self.values.contains_key("limit") || self.values.contains_key("offset");
+        if limited && order_by.is_none() {
+            errors.push((
+                "order_by",
+                "order_by is required when limit or offset is present".to_owned(),
+            ));
+        }
+        let params = match self.params() {
+            Ok(params) => params,
+            Err(message) => {
+                errors.push(("params", message.to_owned()));
+                Params::new()
+            }
+        };
+        if errors.is_empty() {
+            Ok(SubsetParams {
+                where_text,
+                params,
+                order_by,
+                limit,
+                offset,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// An integer parameter: a JSON number or its decimal text.
+    fn integer(&self, key: &'static str, errors: &mut Vec<(&'static str, String)>) -> Option<i64> {
+        let parsed = match self.values.get(key)? {
+            serde_json::Value::Null => return None,
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        if parsed.is_none() {
+            errors.push((key, "is invalid".to_owned()));
+        }
+        parsed
+    }
+
+    /// `params`: a JSON object (or its text), or `params[n]` keys; values become strings.
+    fn params(&self) -> Result<Params, &'static str> {
+        let mut raw: Vec<(String, String)> = self
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let inner = k.strip_prefix("params[")?.strip_suffix(']')?;
+                Some((inner.to_owned(), json_text(v)))
+            })
+            .collect();
+        let object = match self.values.get("params") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(text)) if text.trim().is_empty() => None,
+            Some(serde_json::Value::String(text)) => {
+                match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(serde_json::Value::Object(object)) => Some(object),
+                    Ok(_) => return Err("params must be a JSON object"),
+                    Err(_) => return Err("params must be valid JSON"),
+                }
+            }
+            Some(serde_json::Value::Object(object)) => Some(object.clone()),
+            Some(_) => return Err("params must be a JSON object"),
+        };
+        for (key, value) in object.into_iter().flatten() {
+            raw.push((key, json_text(&value)));
+        }
+        number_params(raw)
+    }
+}
+
+/// A JSON value as a parameter's text: strings as they are, anything else as JSON.
+fn json_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 impl ShapeParams {
@@ -102,29 +325,34 @@ impl ShapeParams {
     }
 }
 
-/// Validates a shape request. `has_body_subset` tells whether a POST body carried subset
-/// parameters. The first failing check decides the 400.
-pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<ShapeParams, ApiError> {
-    let offset = offset(query)?;
+/// Validates a shape request; `body_subset` is a POST body's subset, which replaces any
+/// `subset__*` keys. Electric's order: the parameters that fail on their own form (a blank
+/// `offset`, `columns`, `replica`, `log`) are all named in one 400; after them the first
+/// failing check decides; the subset's parameters last, each failing one named.
+pub(crate) fn shape_params(
+    query: &Query,
+    body_subset: Option<RawSubset>,
+) -> Result<ShapeParams, ApiError> {
+    let offset_text = query
+        .non_blank("offset")
+        .ok_or_else(|| ApiError::invalid("offset", "can't be blank"));
+    let cast = (offset_text, columns(query), replica(query), log_mode(query));
+    let (offset, columns, replica, log) = match cast {
+        (Ok(offset), Ok(columns), Ok(replica), Ok(log)) => (offset, columns, replica, log),
+        (offset, columns, replica, log) => {
+            let errors = [offset.err(), columns.err(), replica.err(), log.err()];
+            return Err(ApiError::merge(errors.into_iter().flatten()));
+        }
+    };
+    let offset = offset
+        .parse()
+        .map_err(|_| ApiError::invalid("offset", "has invalid format"))?;
     let handle = handle(query, offset)?;
     let (is_live, is_sse) = live(query, offset)?;
     let relation = table(query)?;
-    let columns = columns(query)?;
     let params = params(query)?;
     let where_text = query.non_blank("where").map(str::to_owned);
-    let where_clause = match &where_text {
-        Some(text) => Some(
-            WhereClause::canonicalize(text, &params)
-                .map_err(|e| ApiError::invalid("where", e.to_string()))?,
-        ),
-        None if !params.is_empty() => {
-            return Err(ApiError::invalid(
-                "params",
-                "params were given without a where clause",
-            ))
-        }
-        None => None,
-    };
+    let where_clause = where_clause(where_text.as_deref(), &params)?;
     if query.get("queryable_columns").is_some() {
         // Never ignored: a proxy sets it to hide columns from subset filters.
         return Err(ApiError::invalid(
@@ -132,14 +360,7 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
             "queryable_columns is not supported yet",
         ));
     }
-    let replica = replica(query)?;
-    let log = log_mode(query)?;
-    if has_body_subset || SUBSET_KEYS.iter().any(|k| query.get(k).is_some()) {
-        return Err(ApiError::invalid(
-            "subset",
-            "subset snapshots are not supported yet",
-        ));
-    }
+    let subset = subset(query, body_subset, is_sse)?;
     let definition = ShapeDefinition {
         relation,
         columns: columns.as_ref().map(|c| {
@@ -165,7 +386,42 @@ pub(crate) fn shape_params(query: &Query, has_body_subset: bool) -> Result<Shape
         columns,
         where_text,
         params,
+        subset,
     })
+}
+
+/// The canonical where clause of the definition (`params` inlined).
+fn where_clause(where_text: Option<&str>, params: &Params) -> Result<Option<String>, ApiError> {
+    match where_text {
+        Some(text) => WhereClause::canonicalize(text, params)
+            .map(Some)
+            .map_err(|e| ApiError::invalid("where", e.to_string())),
+        None if !params.is_empty() => Err(ApiError::invalid(
+            "params",
+            "params were given without a where clause",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The subset of a POST body, else of `subset__*` keys, checked for form; not streamed.
+fn subset(
+    query: &Query,
+    body_subset: Option<RawSubset>,
+    is_sse: bool,
+) -> Result<Option<SubsetParams>, ApiError> {
+    let subset = body_subset
+        .or_else(|| RawSubset::from_query(query))
+        .map(|raw| raw.check())
+        .transpose()
+        .map_err(ApiError::InvalidSubset)?;
+    if subset.is_some() && is_sse {
+        return Err(ApiError::invalid(
+            "live_sse",
+            "can't be true for a subset request",
+        ));
+    }
+    Ok(subset)
 }
 
 /// `params[n]=v` keys, or `params` as a JSON object (`{"1":"a"}`): numbered from 1 with no gap.
@@ -190,13 +446,18 @@ fn params(query: &Query) -> Result<Params, ApiError> {
             raw.push((key, text));
         }
     }
+    number_params(raw).map_err(invalid)
+}
+
+/// `(key, value)` pairs as `$n` values: keys must be numbers from 1 without a gap.
+fn number_params(raw: Vec<(String, String)>) -> Result<Params, &'static str> {
     let mut params = Params::new();
     for (key, value) in raw {
         let number: u32 = key
             .parse()
             .ok()
             .filter(|_| key.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| invalid("Parameters can only use numbers as keys"))?;
+            .ok_or("Parameters can only use numbers as keys")?;
         params.insert(number, value);
     }
     let sequential = params
@@ -204,19 +465,9 @@ fn params(query: &Query) -> Result<Params, ApiError> {
         .copied()
         .eq(1..=u32::try_from(params.len()).unwrap_or(0));
     if !sequential {
-        return Err(invalid(
-            "Parameters must be numbered sequentially, starting from 1",
-        ));
+        return Err("Parameters must be numbered sequentially, starting from 1");
     }
     Ok(params)
-}
-
-fn offset(query: &Query) -> Result<RequestOffset, ApiError> {
-    let text = query
-        .non_blank("offset")
-        .ok_or_else(|| ApiError::invalid("offset", "can't be blank"))?;
-    text.parse()
-        .map_err(|_| ApiError::invalid("offset", "has invalid format"))
 }
 
 fn handle(query: &Query, offset: RequestOffset) -> Result<Option<ShapeHandle>, ApiError> {
@@ -310,7 +561,7 @@ mod tests {
     use super::*;
 
     fn parse(query: &str) -> Result<ShapeParams, ApiError> {
-        shape_params(&Query::parse(Some(query)), false)
+        shape_params(&Query::parse(Some(query)), None)
     }
 
     fn rejects(query: &str, field: &str, message: &str) {
@@ -582,20 +833,121 @@ mod tests {
         );
     }
 
+    fn subset_errors(query: &str) -> Vec<(&'static str, String)> {
+        match parse(query) {
+            Err(ApiError::InvalidSubset(errors)) => errors,
+            other => panic!("{query}: expected a subset 400, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn subset_requests_are_rejected_until_supported() {
-        let message = "subset snapshots are not supported yet";
-        rejects("offset=-1&table=items&subset__limit=1", "subset", message);
-        let q = Query::parse(Some("offset=-1&table=items"));
-        assert!(matches!(
-            shape_params(&q, true),
-            Err(ApiError::Invalid {
-                field: "subset",
-                ..
-            })
+    fn any_subset_key_makes_a_subset_request_and_its_values_are_checked() {
+        let base = "offset=-1&table=items";
+        let p = parse(&format!(
+            "{base}&subset__where=title%20%3D%20%241&subset__params=%7B%221%22%3A%22a%22%7D\
+             &subset__order_by=id%20DESC&subset__limit=10&subset__offset=0"
+        ))
+        .expect("valid");
+        let subset = p.subset.expect("a subset request");
+        assert_eq!(subset.where_text.as_deref(), Some("title = $1"));
+        assert_eq!(subset.params, Params::from([(1, "a".to_owned())]));
+        assert_eq!(subset.order_by.as_deref(), Some("id DESC"));
+        assert_eq!((subset.limit, subset.offset), (Some(10), Some(0)));
+        // Bracket params too; and the client's own expression keys alone do not make one.
+        let bracket = parse(&format!(
+            "{base}&subset__where=id%3D%241&subset__params[1]=5"
         ));
-        // The client's own expression keys alone do not make a subset request.
-        assert!(parse("offset=-1&table=items&subset__where_expr=x").is_ok());
+        let subset = bracket.expect("valid").subset.expect("a subset request");
+        assert_eq!(subset.params, Params::from([(1, "5".to_owned())]));
+        assert!(parse(&format!("{base}&subset__where_expr=x"))
+            .expect("valid")
+            .subset
+            .is_none());
+    }
+
+    #[test]
+    fn every_failing_subset_parameter_is_named() {
+        let base = "offset=-1&table=items";
+        assert_eq!(
+            subset_errors(&format!("{base}&subset__limit=0&subset__offset=-1")),
+            [
+                ("limit", "must be greater than 0".to_owned()),
+                ("offset", "must be greater than or equal to 0".to_owned()),
+                (
+                    "order_by",
+                    "order_by is required when limit or offset is present".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            subset_errors(&format!("{base}&subset__limit=x&subset__order_by=id")),
+            [("limit", "is invalid".to_owned())]
+        );
+        assert_eq!(
+            subset_errors(&format!("{base}&subset__params=%5B1%5D")),
+            [("params", "params must be a JSON object".to_owned())]
+        );
+        assert_eq!(
+            subset_errors(&format!("{base}&subset__params=%7B")),
+            [("params", "params must be valid JSON".to_owned())]
+        );
+        assert_eq!(
+            subset_errors(&format!("{base}&subset__params[2]=a")),
+            [(
+                "params",
+                "Parameters must be numbered sequentially, starting from 1".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_post_body_subset_replaces_the_query_and_its_offset_is_a_row_offset() {
+        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"where":"id > $1","params":{"1":5},"order_by":"id","limit":2,"offset":1,
+                "subset":{"limit":3},"table":"ignored_here"}"#,
+        )
+        .expect("json");
+        let query = Query::parse(Some("offset=-1&table=items&subset__limit=99"));
+        let overridden = query.overridden_by(&body);
+        assert_eq!(overridden.get("table"), Some("ignored_here"));
+        assert_eq!(overridden.get("offset"), Some("-1"), "the log offset stays");
+        let p = shape_params(&query, RawSubset::from_body(&body)).expect("valid");
+        let subset = p.subset.expect("a subset request");
+        assert_eq!(subset.where_text.as_deref(), Some("id > $1"));
+        assert_eq!(subset.params, Params::from([(1, "5".to_owned())]));
+        assert_eq!((subset.limit, subset.offset), (Some(3), Some(1)));
+        let empty = serde_json::Map::new();
+        assert!(RawSubset::from_body(&empty).is_none());
+    }
+
+    #[test]
+    fn a_subset_cannot_be_streamed_as_server_sent_events() {
+        rejects(
+            "offset=0_0&handle=h&table=items&live=true&live_sse=true&subset__where=id%3D1",
+            "live_sse",
+            "can't be true for a subset request",
+        );
+    }
+
+    #[test]
+    fn parameters_that_fail_on_their_own_are_all_named_in_one_400() {
+        match parse("table=items&replica=x&log=y&columns=a,") {
+            Err(ApiError::InvalidFields(fields)) => assert_eq!(
+                fields,
+                [
+                    ("offset", "can't be blank".to_owned()),
+                    (
+                        "columns",
+                        "Invalid zero-length delimited identifier".to_owned()
+                    ),
+                    ("replica", "is invalid".to_owned()),
+                    ("log", "is invalid".to_owned()),
+                ]
+            ),
+            other => panic!("expected every field named, got {other:?}"),
+        }
+        // Checks that need the others to pass still come one at a time.
+        rejects("offset=x&table=items", "offset", "has invalid format");
     }
 
     #[test]

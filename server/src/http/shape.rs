@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::errors::{ApiError, ELECTRIC_HANDLE};
 use super::headers::{self, CacheAges, Freshness, JSON, SURROGATE_CONTROL};
-use super::params::{self, Query, ShapeParams};
+use super::params::{self, Query, RawSubset, ShapeParams};
 use super::schema::electric_schema;
 use super::AppState;
 use crate::api::{CreateShapeError, Health, ShapeApi, ShapeInfo};
@@ -26,8 +26,6 @@ use crate::api::{CreateShapeError, Health, ShapeApi, ShapeInfo};
 const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(60);
 /// POST bodies above this are refused with 413.
 const BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// POST body keys that make a subset request (§3.6).
-const BODY_SUBSET_KEYS: [&str; 6] = ["where", "order_by", "limit", "offset", "params", "subset"];
 
 pub(super) const ELECTRIC_OFFSET: HeaderName = HeaderName::from_static("electric-offset");
 const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
@@ -44,9 +42,21 @@ pub(crate) async fn serve<A: ShapeApi>(
     body: Body,
 ) -> Response {
     let result = async {
-        let has_body_subset = *method == Method::POST && body_has_subset(body).await?;
-        let params = params::shape_params(query, has_body_subset)?;
+        let body = if *method == Method::POST {
+            read_body(body).await?
+        } else {
+            None
+        };
+        let query = match &body {
+            Some(object) => query.overridden_by(object),
+            None => query.clone(),
+        };
+        let body_subset = body.as_ref().and_then(RawSubset::from_body);
+        let params = params::shape_params(&query, body_subset)?;
         let info = resolve(&state.api, &params).await?;
+        if let Some(subset) = &params.subset {
+            return super::subset::serve(state, &params, &info, subset).await;
+        }
         if params.is_sse {
             return super::sse::serve(state, &params, &info).await;
         }
@@ -56,20 +66,24 @@ pub(crate) async fn serve<A: ShapeApi>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Reads a POST body: empty, or a JSON object whose subset keys are reported.
-async fn body_has_subset(body: Body) -> Result<bool, ApiError> {
+/// Reads a POST body: empty (`None`), or a JSON object.
+async fn read_body(
+    body: Body,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ApiError> {
     let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
         .await
         .map_err(|_| ApiError::BodyTooLarge)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(false);
+        return Ok(None);
     }
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::BodyInvalidJson {
             details: e.to_string(),
         })?;
-    let object = value.as_object().ok_or(ApiError::BodyNotObject)?;
-    Ok(BODY_SUBSET_KEYS.iter().any(|k| object.contains_key(*k)))
+    match value {
+        serde_json::Value::Object(object) => Ok(Some(object)),
+        _ => Err(ApiError::BodyNotObject),
+    }
 }
 
 /// The shape to serve (§6.8): the handle's shape if it has the requested definition;
@@ -460,7 +474,7 @@ fn refetch<A: ShapeApi>(api: &A, params: &ShapeParams, gone: &ShapeHandle) -> Ap
 /// Runs `check` until it yields a value, re-running it whenever the shape changes, until
 /// `deadline` (then one last time). `changed()` is called before each check, so a change
 /// between the check and the wait is not missed.
-async fn wait_for<A: ShapeApi, T>(
+pub(super) async fn wait_for<A: ShapeApi, T>(
     api: &A,
     handle: &ShapeHandle,
     deadline: Instant,

@@ -89,7 +89,7 @@ pub(super) async fn send(
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with_config(config())
     }
 
@@ -961,7 +961,7 @@ async fn delete_is_405_and_not_cached() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn post_serves_the_log_uncached_and_rejects_subset_bodies() {
+async fn post_serves_the_log_uncached_unless_its_body_asks_for_a_subset() {
     let h = Harness::new();
     let uri = "/v1/shape?table=items&offset=-1";
     for body in ["", "  ", "{}", r#"{"unrelated":1}"#] {
@@ -973,11 +973,8 @@ async fn post_serves_the_log_uncached_and_rejects_subset_bodies() {
     let subset = h
         .send(Method::POST, uri, &[], Body::from(r#"{"where":"id=1"}"#))
         .await;
-    assert_eq!(subset.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        subset.body,
-        r#"{"message":"Invalid request","errors":{"subset":["subset snapshots are not supported yet"]}}"#
-    );
+    assert_eq!(subset.status, StatusCode::OK);
+    assert_eq!(subset.header("electric-snapshot"), Some("true"));
     assert_eq!(subset.header("cache-control"), Some("no-cache"));
     let array = h.send(Method::POST, uri, &[], Body::from("[1]")).await;
     assert_eq!(
