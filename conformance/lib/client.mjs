@@ -20,6 +20,7 @@ export function recordingFetch() {
     const url = new URL(urlText)
     const entry = {
       url: urlText,
+      method: init?.method ?? 'GET',
       offset: url.searchParams.get('offset'),
       handle: url.searchParams.get('handle'),
       live: url.searchParams.has('live') && url.searchParams.get('live') !== 'false',

@@ -17,7 +17,7 @@ use ampere_pg_parse::protobuf::{self, SortByDir, SortByNulls};
 use ampere_pg_parse::NodeEnum;
 
 use crate::lsn::Lsn;
-use crate::shape::{quote_ident, ShapeDefinition, TableSchema};
+use crate::shape::{quote_ident, RelationName, ShapeDefinition, TableSchema};
 use crate::snapshot::PgSnapshot;
 use crate::where_clause::{Params, WhereClause};
 
@@ -102,9 +102,9 @@ impl Subset {
         }
     }
 
-    /// ` WHERE (<shape's>) AND (<subset's>) ORDER BY … LIMIT n OFFSET m`, each part only when
-    /// present; `shape_filter` is the shape's own clause.
-    pub fn sql_tail(&self, shape_filter: Option<&WhereClause>) -> String {
+    /// ` WHERE (<shape's>) AND (<subset's>) ORDER BY … LIMIT n OFFSET m` for a query on
+    /// `relation`, each part only when present; `shape_filter` is the shape's own clause.
+    pub fn sql_tail(&self, relation: &RelationName, shape_filter: Option<&WhereClause>) -> String {
         let conditions: Vec<String> = shape_filter
             .into_iter()
             .chain(&self.filter)
@@ -117,7 +117,7 @@ impl Subset {
         }
         if let Some(order_by) = &self.order_by {
             sql.push_str(" ORDER BY ");
-            sql.push_str(&order_by.to_sql());
+            sql.push_str(&order_by.to_sql(relation));
         }
         if let Some(limit) = self.limit {
             let _ = write!(sql, " LIMIT {limit}");
@@ -226,13 +226,16 @@ impl OrderBy {
         Ok(Self { keys })
     }
 
-    /// `"a" DESC NULLS LAST, "b"`: rendered from the keys, never the user's text.
-    pub fn to_sql(&self) -> String {
+    /// `"s"."t"."a" DESC NULLS LAST, "s"."t"."b"`: rendered from the keys, never the user's
+    /// text. Each column is qualified with its table: a bare name in `ORDER BY` means an
+    /// output column of that name first, and the select list outputs each column as text
+    /// (`"id"::text` is named `id`), which would order numbers as strings.
+    pub fn to_sql(&self, relation: &RelationName) -> String {
         let keys: Vec<String> = self
             .keys
             .iter()
             .map(|key| {
-                let mut sql = quote_ident(&key.name);
+                let mut sql = format!("{relation}.{}", quote_ident(&key.name));
                 if key.descending {
                     sql.push_str(" DESC");
                 }
@@ -345,7 +348,7 @@ impl SubsetRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shape::{ColumnSchema, RelationName, ServerVersion};
+    use crate::shape::{ColumnSchema, ServerVersion};
     use crate::snapshot::FullXid;
 
     fn table() -> TableSchema {
@@ -382,8 +385,8 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            order_by.to_sql(),
-            r#""title" DESC NULLS LAST, "Mixed Case", "id" NULLS FIRST"#
+            order_by.to_sql(&table().relation),
+            r#""public"."items"."title" DESC NULLS LAST, "public"."items"."Mixed Case", "public"."items"."id" NULLS FIRST"#
         );
         assert!(order_by.keys[0].descending && !order_by.keys[0].nulls_first());
         assert!(!order_by.keys[1].nulls_first());
@@ -438,11 +441,11 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            subset.sql_tail(Some(&shape)),
+            subset.sql_tail(&table.relation, Some(&shape)),
             " WHERE ((\"id\" > '1'::pg_catalog.int4)) AND ((\"title\" = 'a''b'::pg_catalog.text)) \
-             ORDER BY \"id\" DESC LIMIT 10 OFFSET 5"
+             ORDER BY \"public\".\"items\".\"id\" DESC LIMIT 10 OFFSET 5"
         );
-        assert_eq!(Subset::default().sql_tail(None), "");
+        assert_eq!(Subset::default().sql_tail(&table.relation, None), "");
     }
 
     #[test]

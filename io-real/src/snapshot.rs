@@ -262,7 +262,9 @@ fn subset_sql(query: &SubsetQuery, columns: &SnapshotColumns) -> String {
         "SELECT {} FROM {}{}",
         texts.join(", "),
         query.schema.relation,
-        query.subset.sql_tail(columns.filter.as_ref())
+        query
+            .subset
+            .sql_tail(&query.schema.relation, columns.filter.as_ref())
     )
 }
 

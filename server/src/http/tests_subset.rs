@@ -32,8 +32,8 @@ async fn a_subset_get_answers_the_rows_with_their_snapshot_and_no_caching() {
         )
     );
     assert_eq!(
-        query.subset.sql_tail(None),
-        " WHERE ((\"title\" = 'a'::pg_catalog.text)) ORDER BY \"id\" DESC LIMIT 10 OFFSET 1"
+        query.subset.sql_tail(&query.schema.relation, None),
+        " WHERE ((\"title\" = 'a'::pg_catalog.text)) ORDER BY \"public\".\"items\".\"id\" DESC LIMIT 10 OFFSET 1"
     );
     assert_eq!(
         reply.header("electric-handle"),
@@ -71,8 +71,8 @@ async fn a_subset_post_reads_the_body_and_keeps_the_log_offset_of_the_query() {
     assert_eq!(reply.header("electric-offset"), Some("0_0"));
     let [query] = h.api.subset_queries().try_into().expect("one subset read");
     assert_eq!(
-        query.subset.sql_tail(None),
-        " WHERE ((\"id\" > '1'::pg_catalog.int4)) ORDER BY \"title\" LIMIT 1 OFFSET 0"
+        query.subset.sql_tail(&query.schema.relation, None),
+        " WHERE ((\"id\" > '1'::pg_catalog.int4)) ORDER BY \"public\".\"items\".\"title\" LIMIT 1 OFFSET 0"
     );
 }
 
