@@ -47,6 +47,8 @@ struct Inner {
     last_seen_lsn: Lsn,
     /// Time zones the fake server reads otherwise than ampere, by canonical name.
     zone_mismatches: BTreeMap<String, ZoneMismatch>,
+    /// Every use recorded, in order.
+    uses: Vec<ShapeHandle>,
 }
 
 struct FakeShape {
@@ -166,6 +168,11 @@ impl FakeApi {
         self.lock().last_seen_lsn = Lsn(lsn);
     }
 
+    /// Every use recorded so far, in order.
+    pub(crate) fn uses(&self) -> Vec<ShapeHandle> {
+        self.lock().uses.clone()
+    }
+
     pub(crate) fn shape_count(&self) -> usize {
         self.lock().shapes.len()
     }
@@ -248,6 +255,10 @@ impl ShapeApi for FakeApi {
             return None;
         }
         inner.shapes.get(handle).map(|s| s.info.clone())
+    }
+
+    fn record_use(&self, handle: &ShapeHandle) {
+        self.lock().uses.push(handle.clone());
     }
 
     fn check_time_zone(

@@ -47,6 +47,7 @@ pub(crate) async fn serve<A: ShapeApi>(
         let has_body_subset = *method == Method::POST && body_has_subset(body).await?;
         let params = params::shape_params(query, has_body_subset)?;
         let info = resolve(&state.api, &params).await?;
+        state.api.record_use(&info.handle);
         if params.is_sse {
             return super::sse::serve(state, &params, &info).await;
         }
