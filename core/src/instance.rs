@@ -135,6 +135,26 @@ pub enum Deletion {
     NotActive,
 }
 
+/// Why a shape is deleted on request, for the log ([`Output::RemoveShape`]'s reason).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DeletionCause {
+    /// A client asked (`DELETE /v1/shape`).
+    Request,
+    /// More shapes are live than `ELECTRIC_MAX_SHAPES` allows and this one was among the
+    /// least recently used (the server picks them: it knows which shapes clients read).
+    Eviction,
+}
+
+impl DeletionCause {
+    /// The removal's reason, as [`Output::RemoveShape`] carries it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Request => "deleted by request",
+            Self::Eviction => "evicted: least recently used beyond the shape limit",
+        }
+    }
+}
+
 /// Facts the driver reports.
 #[derive(Debug)]
 pub enum Input {
@@ -244,12 +264,15 @@ pub enum Input {
         /// Set when it can never succeed as things stand (not a transient failure).
         refusal: Option<SnapshotRefusal>,
     },
-    /// A client asked to delete a shape (`DELETE /v1/shape`, protocol.md §1.5).
+    /// A client asked to delete a shape (`DELETE /v1/shape`, protocol.md §1.5), or the server
+    /// evicts it (`ELECTRIC_MAX_SHAPES`): either way it is removed as an invalidated one.
     ShapeDeletionRequested {
         /// Echoed in [`Output::AnswerDeletion`].
         op: OpId,
         /// The shape.
         handle: ShapeHandle,
+        /// Why, for the log.
+        cause: DeletionCause,
     },
 }
 
@@ -672,8 +695,8 @@ impl Instance {
             Input::SnapshotTaken { op, snapshot } => self.on_snapshot_taken(op, snapshot),
             Input::RelationsChecked { op, found } => self.on_relations_checked(op, found),
             Input::SnapshotFailed { op, refusal } => self.on_snapshot_failed(op, refusal),
-            Input::ShapeDeletionRequested { op, handle } => {
-                self.on_deletion_requested(op, &handle);
+            Input::ShapeDeletionRequested { op, handle, cause } => {
+                self.on_deletion_requested(op, &handle, cause);
             }
         }
         self.check_invariants();
@@ -1269,11 +1292,11 @@ impl Instance {
     /// Removes the shape if this instance holds it and may write, then answers. A shape
     /// still snapshotting is removed like one invalidated then: its snapshot's answer is
     /// dropped and the transactions it held are released.
-    fn on_deletion_requested(&mut self, op: OpId, handle: &ShapeHandle) {
+    fn on_deletion_requested(&mut self, op: OpId, handle: &ShapeHandle, cause: DeletionCause) {
         let outcome = if !self.is_active() {
             Deletion::NotActive
         } else if self.shapes.contains_key(handle) {
-            self.remove_shape(handle, "deleted by request");
+            self.remove_shape(handle, cause.reason());
             Deletion::Removed
         } else {
             Deletion::NotFound

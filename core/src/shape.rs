@@ -249,6 +249,12 @@ impl ShapeHandle {
         }
     }
 
+    /// The stamp of a handle this crate minted (`None` for another form). Within one storage
+    /// directory stamps strictly increase (ID-2), so they order shapes by creation.
+    pub fn stamp(&self) -> Option<HandleStamp> {
+        self.parts().map(|(_, stamp)| stamp)
+    }
+
     /// The digest text and the stamp of a handle this crate minted.
     fn parts(&self) -> Option<(&str, HandleStamp)> {
         let (digest, stamp) = self.0.split_once('-')?;
@@ -443,6 +449,16 @@ mod tests {
         for foreign in ["gone-1x", "gone", "-", "1-", "1-+5"] {
             let foreign = ShapeHandle::from_string(foreign.to_owned());
             assert!(!foreign.supersedes(&first) && !first.supersedes(&foreign));
+        }
+    }
+
+    #[test]
+    fn a_minted_handle_reads_back_its_stamp_and_a_foreign_one_has_none() {
+        let items = def("items", None, Replica::Default).identity();
+        let handle = ShapeHandle::mint(items, HandleStamp(1_721_812_114_261_123));
+        assert_eq!(handle.stamp(), Some(HandleStamp(1_721_812_114_261_123)));
+        for foreign in ["gone-1x", "gone", "-", "1-"] {
+            assert_eq!(ShapeHandle::from_string(foreign.to_owned()).stamp(), None);
         }
     }
 

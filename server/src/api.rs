@@ -114,6 +114,10 @@ pub trait ShapeApi: Clone + Send + Sync + 'static {
     fn shape_for_definition(&self, definition: &ShapeDefinition) -> Option<ShapeInfo>;
     /// The live shape with this handle, if any.
     fn shape(&self, handle: &ShapeHandle) -> Option<ShapeInfo>;
+    /// Records that a shape request is served for this shape (a log read, a long poll, an SSE
+    /// stream, a HEAD): its last use, by which shapes beyond `ELECTRIC_MAX_SHAPES` are evicted,
+    /// least recently used first. Cheap: called on every shape request.
+    fn record_use(&self, handle: &ShapeHandle);
     /// Looks the table up in the catalog; `Ok(None)` when it does not exist.
     fn table_schema(
         &self,

@@ -1,8 +1,11 @@
 //! The assembled service: read model, core, HTTP API (served by
 //! [`serve_connections`](crate::http::serve_connections), within its connection cap and
-//! header deadline) and driver loop over any ports and any listener. The `ampere` binary runs it over io-real ports and a TCP listener; the simulation
-//! runs the very same function over io-sim ports and a turmoil listener.
+//! header deadline), driver loop and, with a shape limit, eviction ([`crate::eviction`]) over
+//! any ports and any listener. The `ampere` binary runs it over io-real ports and a TCP
+//! listener; the simulation runs the very same function over io-sim ports and a turmoil
+//! listener.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use ampere_core::error_chain;
@@ -13,11 +16,12 @@ use tracing::info;
 
 use crate::api::ShapeInfo;
 use crate::driver::{self, DriverError, Ports};
+use crate::eviction::Eviction;
 use crate::http::{router, serve_connections, HttpConfig};
 use crate::registry::Registry;
 use crate::service::Service;
 
-/// Shape-creation requests queued for the driver at most.
+/// Shape-creation and deletion requests queued for the driver at most.
 const REQUEST_QUEUE: usize = 1024;
 
 /// Why the service stopped.
@@ -33,11 +37,14 @@ pub enum AppError {
 
 /// Runs the service until `shutdown` flips to true (or the driver fails): existing shapes are
 /// served from storage at once (read-only until the lock is held), then the driver takes over.
-/// `registry` is the read model; callers may keep a clone to observe health.
+/// `registry` is the read model; callers may keep a clone to observe health. With `max_shapes`
+/// (`ELECTRIC_MAX_SHAPES`), the active instance evicts the least recently used shapes beyond
+/// it; `None` keeps every shape until it is invalidated.
 pub async fn serve<P, S, M, C, L>(
     ports: Ports<P, S, M, C>,
     core_config: CoreConfig,
     http_config: HttpConfig,
+    max_shapes: Option<NonZeroUsize>,
     listener: L,
     registry: Registry,
     shutdown: watch::Receiver<bool>,
@@ -69,9 +76,19 @@ where
         ports.pg.clone(),
         ports.store.clone(),
         registry.clone(),
-        requests_tx,
+        requests_tx.clone(),
     );
     let metrics = http_config.metrics.clone();
+    let eviction = max_shapes.map(|max| {
+        let eviction = Eviction {
+            max,
+            registry: registry.clone(),
+            store: ports.store.clone(),
+            requests: requests_tx,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(eviction.run(shutdown.clone()))
+    });
     let limits = http_config.connections;
     let app = router(service, http_config);
     let http = tokio::spawn(serve_connections(
@@ -83,5 +100,8 @@ where
     ));
     let driven = driver::run(ports, core, requests, shutdown, registry, metrics).await;
     http.abort();
+    if let Some(eviction) = eviction {
+        eviction.abort();
+    }
     Ok(driven?)
 }

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -201,6 +202,12 @@ pub struct Config {
     /// included). One more gets 503 with a random retry-after of 6 to 10 s.
     #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial": 300, "existing": 10000}"#, value_parser = admission_limits)]
     pub max_concurrent_requests: AdmissionLimits,
+
+    /// Live shapes at most (default: unlimited). Beyond it, the active instance removes the
+    /// least recently used ones (by their last request, or creation) as `DELETE /v1/shape`
+    /// does: their clients get 409 and sync again with a new handle.
+    #[arg(long, env = "ELECTRIC_MAX_SHAPES", value_parser = positive_usize("ELECTRIC_MAX_SHAPES"))]
+    pub max_shapes: Option<NonZeroUsize>,
 
     /// Let `DELETE /v1/shape` delete shapes (for test suites that reset state between cases);
     /// otherwise it answers 405.
@@ -448,8 +455,10 @@ impl Config {
 
     /// Reads the names Electric used before: `STORAGE_DIR` (before 1.0) when
     /// `ELECTRIC_STORAGE_DIR` is not given, `ELECTRIC_QUERY_DATABASE_URL` (deprecated) when
-    /// `ELECTRIC_POOLED_DATABASE_URL` is not.
+    /// `ELECTRIC_POOLED_DATABASE_URL` is not, `ELECTRIC_EXPERIMENTAL_MAX_SHAPES` when
+    /// `ELECTRIC_MAX_SHAPES` is not.
     fn apply_older_names(&mut self, given: &Given) -> Result<(), clap::Error> {
+        let invalid = |e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e);
         if !given.is_set("ELECTRIC_STORAGE_DIR") {
             if let Some(dir) = given.value("STORAGE_DIR").filter(|d| !d.is_empty()) {
                 self.storage_dir = PathBuf::from(dir);
@@ -458,9 +467,13 @@ impl Config {
         if !given.is_set("ELECTRIC_POOLED_DATABASE_URL") {
             if let Some(url) = given.value("ELECTRIC_QUERY_DATABASE_URL") {
                 let parse = postgres_url("ELECTRIC_QUERY_DATABASE_URL");
-                let url = parse(url)
-                    .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e))?;
-                self.pooled_database_url = Some(url);
+                self.pooled_database_url = Some(parse(url).map_err(invalid)?);
+            }
+        }
+        if !given.is_set("ELECTRIC_MAX_SHAPES") {
+            let old = "ELECTRIC_EXPERIMENTAL_MAX_SHAPES";
+            if let Some(max) = given.value(old).filter(|m| !m.trim().is_empty()) {
+                self.max_shapes = Some(positive_usize(old)(max).map_err(invalid)?);
             }
         }
         Ok(())
@@ -736,7 +749,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_MAX_CONCURRENT_REQUESTS", r#"{"initial": 300, "existing": 10000}"#, r#"{"initial": 500, "existing": 30000}"#, G::JsonObject,
         honoured("\"initial\" counts shape requests without a handle to use (offset=-1 or now), \"existing\" the rest, live long-polls included, until their response head; a key left out keeps its default, other keys are ignored with a warning (as Electric ignores them), a limit that is not a whole number above 0 stops startup"), Reference),
     var("ELECTRIC_MAX_SHAPES", "unlimited", "10000", G::PositiveInteger,
-        ignored("ampere evicts no shapes: each stays until it is invalidated"), Reference),
+        honoured("beyond it, right after each creation and every 5 s, the active instance removes the least recently used shapes (by last request or creation; those still snapshotting last) as DELETE /v1/shape does: their clients get 409 and sync again"), Reference),
     var("ELECTRIC_EXPERIMENTAL_MAX_SHAPES", "unlimited", "10000", G::PositiveInteger,
         alias("ELECTRIC_MAX_SHAPES"), Reference),
     var("ELECTRIC_CONSUMER_PARTITIONS", "CPU cores", "128", G::PositiveInteger, ignored(NOT_BEAM), Reference),
@@ -1083,6 +1096,14 @@ fn positive_u64(var: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clo
     parsed(var, Grammar::PositiveInteger, parse_positive_u64)
 }
 
+fn positive_usize(var: &'static str) -> impl Fn(&str) -> Result<NonZeroUsize, String> + Clone {
+    parsed(var, Grammar::PositiveInteger, |t| {
+        parse_positive_u64(t)
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(NonZeroUsize::new)
+    })
+}
+
 fn positive_u32(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
     parsed(var, Grammar::PositiveInteger, |t| {
         parse_positive_u64(t).and_then(|n| u32::try_from(n).ok())
@@ -1402,6 +1423,7 @@ mod tests {
         assert_eq!(c.db_pool_size, 20);
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.max_concurrent_requests, AdmissionLimits::default());
+        assert_eq!(c.max_shapes, None, "unlimited");
         assert!(!c.enable_integration_testing);
     }
 
@@ -1495,6 +1517,8 @@ mod tests {
         ("--shape-db-synchronous", "SOMETIMES", "ELECTRIC_SHAPE_DB_SYNCHRONOUS", "NORMAL"),
         ("--shape-db-cache-size", "8 MiBs", "ELECTRIC_SHAPE_DB_CACHE_SIZE", "KiB"),
         ("--db-pool-size", "0", "ELECTRIC_DB_POOL_SIZE", "above 0"),
+        ("--max-shapes", "0", "ELECTRIC_MAX_SHAPES", "above 0"),
+        ("--max-shapes", "lots", "ELECTRIC_MAX_SHAPES", "whole number"),
         ("--prometheus-port", "metrics", "ELECTRIC_PROMETHEUS_PORT", "port"),
         ("--pooled-database-url", "mysql://x", "ELECTRIC_POOLED_DATABASE_URL", "postgresql://"),
         ("--database-tcp-keepalive-count", "-3", "ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT", "above 0"),
@@ -1703,6 +1727,36 @@ mod tests {
             err.to_string().contains("ELECTRIC_QUERY_DATABASE_URL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn max_shapes_is_read_from_its_experimental_name_too_and_must_be_a_positive_integer() {
+        let (c, given) = parse_given(&["--insecure", "--max-shapes=3"], &[]);
+        assert_eq!(c.max_shapes.map(NonZeroUsize::get), Some(3));
+        assert!(startup_warnings(&c, &given).is_empty());
+
+        let old = "ELECTRIC_EXPERIMENTAL_MAX_SHAPES";
+        let (c, given) = parse_given(&["--insecure"], &[(old, "7")]);
+        assert_eq!(c.max_shapes.map(NonZeroUsize::get), Some(7));
+        let warnings = startup_warnings(&c, &given);
+        assert_eq!(warned(&c, &given), [old]);
+        assert!(
+            warnings[0]
+                .message
+                .contains("reads it as ELECTRIC_MAX_SHAPES (rename it)"),
+            "{warnings:?}"
+        );
+        // The current name wins.
+        let (c, _) = parse_given(&["--insecure", "--max-shapes=2"], &[(old, "7")]);
+        assert_eq!(c.max_shapes.map(NonZeroUsize::get), Some(2));
+
+        for bad in ["0", "-1", "2.5", "many"] {
+            let env = Given::from_vars([(old, bad)]);
+            let err = Cli::try_parse_given(["ampere", "--insecure"], env).expect_err(bad);
+            let err = err.to_string();
+            assert!(err.contains(old), "{bad}: {err}");
+            assert!(err.contains("a whole number above 0"), "{bad}: {err}");
+        }
     }
 
     #[test]

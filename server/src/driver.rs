@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ampere_core::instance::{Deletion, IngestStats, Input, Instance, Output};
+use ampere_core::instance::{Deletion, DeletionCause, IngestStats, Input, Instance, Output};
 use ampere_core::instance::{LoadedShape, LoadedStorage};
 use ampere_core::pgoutput::Oid;
 use ampere_core::ports::{
@@ -63,10 +63,13 @@ pub enum Request {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<ShapeInfo, CreateShapeError>>,
     },
-    /// Delete the shape with this handle (`DELETE /v1/shape`).
+    /// Delete the shape with this handle (`DELETE /v1/shape`, or an eviction beyond
+    /// `ELECTRIC_MAX_SHAPES`).
     DeleteShape {
         /// The shape.
         handle: ShapeHandle,
+        /// Why, for the log.
+        cause: DeletionCause,
         /// Where the answer goes, once the shape's log and row are gone.
         reply: oneshot::Sender<Result<(), DeleteShapeError>>,
     },
@@ -863,11 +866,15 @@ where
                     unix_micros: self.ports.clock.unix_micros(),
                 }
             }
-            Request::DeleteShape { handle, reply } => {
+            Request::DeleteShape {
+                handle,
+                cause,
+                reply,
+            } => {
                 self.deletions.insert(op, reply);
                 // Only the removal this request causes (in the drain that follows) counts.
                 self.has_removal_failed = false;
-                Input::ShapeDeletionRequested { op, handle }
+                Input::ShapeDeletionRequested { op, handle, cause }
             }
         };
         core.handle_input(now, input);

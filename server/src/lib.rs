@@ -5,6 +5,7 @@ pub mod app;
 pub mod cleanup;
 pub mod config;
 pub mod driver;
+pub mod eviction;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -142,6 +142,7 @@ async fn serve(mut config: Config, fd_limit: u64) -> anyhow::Result<()> {
         ports,
         core_config,
         http_config,
+        config.max_shapes,
         listener,
         registry,
         shutdown,

@@ -4,7 +4,8 @@
 //! One [`Metrics`] per process, no global state: the HTTP layer records requests into it
 //! ([`HttpConfig::metrics`](crate::http::HttpConfig::metrics)), the driver records snapshot
 //! and flush latencies ([`Metrics::observe_snapshot`], [`Metrics::observe_flush`], timed with
-//! its clock port so the simulation runs the same code), the slot poller ([`poll_slot`])
+//! its clock port so the simulation runs the same code), eviction counts the shapes it removes
+//! ([`Metrics::shape_evicted`]), the slot poller ([`poll_slot`])
 //! stores the replication slot's statistics, and readiness, progress and the bytes of shape
 //! logs on disk are read from the service at each scrape ([`ServiceStats`]).
 //! [`Metrics::router`] serves the Prometheus text format (0.0.4).
@@ -130,6 +131,8 @@ struct Inner {
     snapshot_duration: Histogram,
     /// `FlushLogs` issued → logs flushed.
     flush_duration: Histogram,
+    /// Shapes removed beyond `ELECTRIC_MAX_SHAPES`.
+    shapes_evicted: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -224,12 +227,20 @@ impl Metrics {
              last), from issue to durable, for flushes that succeeded",
             flush_duration.clone(),
         );
+        let shapes_evicted = Counter::default();
+        registry.register(
+            "ampere_shapes_evicted",
+            "Shapes removed as least recently used beyond ELECTRIC_MAX_SHAPES (their clients \
+             get 409 and sync again), since start",
+            shapes_evicted.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
                 http,
                 snapshot_duration,
                 flush_duration,
+                shapes_evicted,
             }),
         }
     }
@@ -247,6 +258,11 @@ impl Metrics {
     /// Records a flush that succeeded, `elapsed` after it was issued.
     pub fn observe_flush(&self, elapsed: Duration) {
         self.inner.flush_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a shape removed as least recently used beyond `ELECTRIC_MAX_SHAPES`.
+    pub fn shape_evicted(&self) {
+        self.inner.shapes_evicted.inc();
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -697,6 +713,21 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ampere_slot_"), "{text}");
+    }
+
+    #[test]
+    fn evicted_shapes_are_counted_from_zero() {
+        let metrics = Metrics::new(ServiceStats::default);
+        let evicted = |metrics: &Metrics| {
+            let families = text_format::parse(&metrics.render()).expect("valid exposition");
+            let family = &families["ampere_shapes_evicted_total"];
+            assert_eq!(family.kind, "counter");
+            family.value("ampere_shapes_evicted_total", &[])
+        };
+        assert_eq!(evicted(&metrics), Some(0.0));
+        metrics.shape_evicted();
+        metrics.shape_evicted();
+        assert_eq!(evicted(&metrics), Some(2.0));
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! [`Registry::state`] gets both from the same publish (never `active` with the LSN of an
 //! earlier or later publish), and [`Registry::wait_for`] cannot sleep through a publish that
 //! lands while it checks (the watermark's loom-checked guarantees).
+//!
+//! Each live shape also carries when it was last used, as a [`UseTick`]: its creation and
+//! every shape request served for it ([`Registry::record_use`], called by the HTTP layer)
+//! take the next tick of one process-wide counter, so ticks order uses without a clock. A
+//! use costs the read lock lookups take anyway and two relaxed atomic operations. Eviction
+//! beyond `ELECTRIC_MAX_SHAPES` ([`crate::eviction`]) reads them ([`Registry::uses`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +20,7 @@ use ampere_core::ports::SnapshotRefusal;
 use ampere_core::shape::{ShapeDefinition, ShapeHandle};
 use ampere_core::Lsn;
 use ampere_io_real::watermark::Watermark;
+use tokio::sync::Notify;
 
 use crate::api::{Health, PurgeInfo, ShapeInfo};
 
@@ -21,6 +28,10 @@ use crate::api::{Health, PurgeInfo, ShapeInfo};
 #[derive(Clone, Debug)]
 pub struct Registry {
     inner: Arc<RwLock<Shapes>>,
+    /// The last [`UseTick`] handed out.
+    use_clock: Arc<AtomicU64>,
+    /// Woken when a shape is created ([`Registry::insert`]), for eviction.
+    created: Arc<Notify>,
     state: Arc<Watermark<ReadState>>,
     /// The `flush` position last acknowledged to Postgres (for metrics only: no one waits
     /// on it, so it is not part of [`ReadState`]).
@@ -56,13 +67,24 @@ pub struct StorageDegraded {
     pub message: String,
 }
 
+/// When a shape was last used, in the order of the uses this process saw: a larger tick is
+/// a later use. `UseTick::NEVER` (0) is a shape loaded from storage and not used since this
+/// process started.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct UseTick(pub u64);
+
+impl UseTick {
+    /// Not used since this process started.
+    pub const NEVER: Self = Self(0);
+}
+
 /// Refused shapes remembered for their readers, at most (oldest forgotten first: a reader of
 /// a forgotten one gets the 409 it got before, and its re-request the refusal again).
 const REFUSED_MAX: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Shapes {
-    by_handle: BTreeMap<ShapeHandle, ShapeInfo>,
+    by_handle: BTreeMap<ShapeHandle, Entry>,
     by_definition: BTreeMap<ShapeDefinition, ShapeHandle>,
     last_purge: Option<PurgeInfo>,
     /// Shapes removed because their snapshot was refused, with why (handles are never
@@ -70,6 +92,27 @@ struct Shapes {
     refused: BTreeMap<ShapeHandle, SnapshotRefusal>,
     /// `refused` in the order it was filled, to bound it.
     refused_order: VecDeque<ShapeHandle>,
+}
+
+/// A live shape and its last use.
+#[derive(Debug)]
+struct Entry {
+    info: ShapeInfo,
+    /// A [`UseTick`]; only raised (`fetch_max`), under the read lock.
+    last_used: AtomicU64,
+}
+
+impl Entry {
+    fn new(info: ShapeInfo, last_used: UseTick) -> Self {
+        Self {
+            info,
+            last_used: AtomicU64::new(last_used.0),
+        }
+    }
+
+    fn last_used(&self) -> UseTick {
+        UseTick(self.last_used.load(Ordering::Relaxed))
+    }
 }
 
 /// Readiness and progress, read whole with [`Registry::state`], awaited with
@@ -87,6 +130,8 @@ impl Registry {
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
+            use_clock: Arc::default(),
+            created: Arc::default(),
             state: Arc::new(Watermark::new(ReadState::default())),
             acknowledged_lsn: Arc::default(),
             degraded: Arc::default(),
@@ -109,25 +154,42 @@ impl Registry {
         lock(&self.degraded).clone()
     }
 
-    /// Adds a live shape.
+    /// Adds a live shape just created: its creation is its first use. Wakes
+    /// [`Registry::created`].
     pub fn insert(&self, info: ShapeInfo) {
-        let mut shapes = self.write();
-        shapes
-            .by_definition
-            .insert(info.definition.clone(), info.handle.clone());
-        shapes.by_handle.insert(info.handle.clone(), info);
+        {
+            let mut shapes = self.write();
+            let used = self.next_tick();
+            shapes
+                .by_definition
+                .insert(info.definition.clone(), info.handle.clone());
+            shapes
+                .by_handle
+                .insert(info.handle.clone(), Entry::new(info, used));
+        }
+        self.created.notify_one();
     }
 
-    /// Replaces every shape (a standby's refresh, or storage loaded by the lock holder).
+    /// Replaces every shape (a standby's refresh, or storage loaded by the lock holder). A
+    /// shape already known keeps its last use; the others were not used by this process
+    /// ([`UseTick::NEVER`]).
     pub fn replace_all(&self, shapes: impl IntoIterator<Item = ShapeInfo>) {
         let mut fresh = Shapes::default();
         for info in shapes {
             fresh
                 .by_definition
                 .insert(info.definition.clone(), info.handle.clone());
-            fresh.by_handle.insert(info.handle.clone(), info);
+            let handle = info.handle.clone();
+            fresh
+                .by_handle
+                .insert(handle, Entry::new(info, UseTick::NEVER));
         }
         let mut current = self.write();
+        for (handle, entry) in &mut fresh.by_handle {
+            if let Some(known) = current.by_handle.get(handle) {
+                *entry.last_used.get_mut() = known.last_used().0;
+            }
+        }
         fresh.last_purge = current.last_purge;
         fresh.refused = std::mem::take(&mut current.refused);
         fresh.refused_order = std::mem::take(&mut current.refused_order);
@@ -149,11 +211,39 @@ impl Registry {
     /// Removes a shape (its clients get 409 from now on).
     pub fn remove(&self, handle: &ShapeHandle) {
         let mut shapes = self.write();
-        if let Some(info) = shapes.by_handle.remove(handle) {
-            if shapes.by_definition.get(&info.definition) == Some(handle) {
-                shapes.by_definition.remove(&info.definition);
+        if let Some(entry) = shapes.by_handle.remove(handle) {
+            let definition = &entry.info.definition;
+            if shapes.by_definition.get(definition) == Some(handle) {
+                shapes.by_definition.remove(definition);
             }
         }
+    }
+
+    /// Records a use of the live shape with this handle (a shape request served for it); a
+    /// handle no live shape has is ignored.
+    pub fn record_use(&self, handle: &ShapeHandle) {
+        let shapes = self.read();
+        if let Some(entry) = shapes.by_handle.get(handle) {
+            // `fetch_max`: of two requests racing here, the later tick wins whatever the order.
+            entry
+                .last_used
+                .fetch_max(self.next_tick().0, Ordering::Relaxed);
+        }
+    }
+
+    /// Every live shape with its last use, in handle order.
+    pub fn uses(&self) -> Vec<(ShapeHandle, UseTick)> {
+        self.read()
+            .by_handle
+            .iter()
+            .map(|(handle, entry)| (handle.clone(), entry.last_used()))
+            .collect()
+    }
+
+    /// Resolves after a shape was created: at once if one was created since the last call
+    /// returned (one waiter: eviction).
+    pub async fn created(&self) {
+        self.created.notified().await;
     }
 
     /// Records why a shape's snapshot was refused, before the shape is removed: its readers
@@ -177,14 +267,15 @@ impl Registry {
 
     /// The live shape with this handle.
     pub fn by_handle(&self, handle: &ShapeHandle) -> Option<ShapeInfo> {
-        self.read().by_handle.get(handle).cloned()
+        let shapes = self.read();
+        shapes.by_handle.get(handle).map(|entry| entry.info.clone())
     }
 
     /// The live shape for a definition.
     pub fn by_definition(&self, definition: &ShapeDefinition) -> Option<ShapeInfo> {
         let shapes = self.read();
         let handle = shapes.by_definition.get(definition)?;
-        shapes.by_handle.get(handle).cloned()
+        shapes.by_handle.get(handle).map(|entry| entry.info.clone())
     }
 
     /// Number of live shapes.
@@ -244,6 +335,11 @@ impl Registry {
         }
     }
 
+    /// The tick of a use happening now: above every tick handed out before.
+    fn next_tick(&self) -> UseTick {
+        UseTick(self.use_clock.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Shapes> {
         // A poisoned lock means a writer panicked mid-update; the maps are still coherent
         // (each update is a pair of inserts/removes), so keep serving.
@@ -274,6 +370,8 @@ impl Default for Registry {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn active_at(lsn: u64) -> ReadState {
@@ -323,6 +421,78 @@ mod tests {
             registry.refusal(&handle(REFUSED_MAX)),
             Some(refusal(REFUSED_MAX))
         );
+    }
+
+    fn info(n: u64) -> ShapeInfo {
+        use ampere_core::pgoutput::Oid;
+        use ampere_core::shape::{LogMode, RelationName, ServerVersion, TableSchema};
+        let relation = RelationName {
+            schema: "public".to_owned(),
+            table: format!("t{n}"),
+        };
+        ShapeInfo {
+            handle: ShapeHandle::from_string(format!("{n}-{n}")),
+            definition: ShapeDefinition {
+                relation: relation.clone(),
+                columns: None,
+                replica: Default::default(),
+                where_clause: None,
+                log: LogMode::Full,
+            },
+            schema: Arc::new(TableSchema {
+                server_version: ServerVersion::PG_15,
+                oid: Oid(1),
+                relation,
+                columns: Vec::new(),
+            }),
+        }
+    }
+
+    fn last_use(registry: &Registry, n: u64) -> UseTick {
+        let handle = info(n).handle;
+        let uses = registry.uses();
+        let found = uses.iter().find(|(h, _)| *h == handle);
+        found.map(|(_, tick)| *tick).expect("a live shape")
+    }
+
+    #[test]
+    fn creation_and_each_use_make_a_shape_the_most_recently_used() {
+        let registry = Registry::new();
+        registry.insert(info(1));
+        registry.insert(info(2));
+        assert!(last_use(&registry, 1) < last_use(&registry, 2));
+        registry.record_use(&info(1).handle);
+        assert!(last_use(&registry, 1) > last_use(&registry, 2));
+        registry.record_use(&info(9).handle); // no such shape: nothing happens
+        assert_eq!(registry.uses().len(), 2);
+        registry.remove(&info(1).handle);
+        registry.record_use(&info(1).handle);
+        let handles: Vec<ShapeHandle> = registry.uses().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(handles, [info(2).handle]);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_last_use_of_known_shapes_and_new_ones_count_as_never_used() {
+        let registry = Registry::new();
+        registry.insert(info(1));
+        registry.record_use(&info(1).handle);
+        let used = last_use(&registry, 1);
+        registry.replace_all([info(1), info(2)]);
+        assert_eq!(last_use(&registry, 1), used);
+        assert_eq!(last_use(&registry, 2), UseTick::NEVER);
+        assert!(registry.by_definition(&info(2).definition).is_some());
+    }
+
+    #[tokio::test]
+    async fn created_resolves_once_a_shape_is_created_even_if_created_before_the_wait() {
+        let registry = Registry::new();
+        registry.replace_all([info(1)]);
+        let reload = tokio::time::timeout(Duration::from_millis(10), registry.created()).await;
+        assert!(reload.is_err(), "a reload creates nothing");
+        registry.insert(info(2));
+        tokio::time::timeout(Duration::from_secs(5), registry.created())
+            .await
+            .expect("the creation before the wait is seen");
     }
 
     #[tokio::test]

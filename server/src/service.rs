@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ampere_core::instance::DeletionCause;
 use ampere_core::ports::{
     CatalogTable, LogStatus, PgPort, ReadOutcome, ShapeLogStore, SnapshotError, SnapshotRefusal,
 };
@@ -67,6 +68,10 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
 
     fn shape(&self, handle: &ShapeHandle) -> Option<ShapeInfo> {
         self.registry.by_handle(handle)
+    }
+
+    fn record_use(&self, handle: &ShapeHandle) {
+        self.registry.record_use(handle);
     }
 
     async fn table_schema(
@@ -158,7 +163,11 @@ impl<P: PgPort, S: ShapeLogStore> ShapeApi for Service<P, S> {
     async fn delete_shape(&self, handle: ShapeHandle) -> Result<(), DeleteShapeError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || DeleteShapeError::Failed("Failed to delete shape, please retry".into());
-        let request = Request::DeleteShape { handle, reply };
+        let request = Request::DeleteShape {
+            handle,
+            cause: DeletionCause::Request,
+            reply,
+        };
         self.requests.send(request).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

@@ -14,48 +14,9 @@ mod common;
 
 use ampere_io_real::embedded_pg::EmbeddedPostgres;
 use common::{
-    free_port, http_get, http_request, items_database, parse_reply, wait_for_health, Ampere, Reply,
-    Scratch,
+    free_port, handle_of, http_get, http_request, items_database, parse_reply, spawn_active, stamp,
+    Reply, Scratch,
 };
-
-/// Runs ampere on `database` of `cluster` (its own replication stream), with `extra`
-/// variables, and waits until it is active.
-fn spawn(
-    cluster: &EmbeddedPostgres,
-    scratch: &Scratch,
-    database: &str,
-    port: u16,
-    extra: &[(&str, &str)],
-) -> Ampere {
-    let url = cluster.url("postgres", database);
-    let storage = scratch.storage();
-    let port_text = port.to_string();
-    let mut vars = vec![
-        ("DATABASE_URL", url.as_str()),
-        // Slots are per cluster, and other tests stream from other databases.
-        ("ELECTRIC_REPLICATION_STREAM_ID", database),
-        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
-        ("ELECTRIC_INSECURE", "true"),
-        ("ELECTRIC_PORT", port_text.as_str()),
-    ];
-    vars.extend_from_slice(extra);
-    let mut ampere = Ampere::spawn(scratch, &vars);
-    wait_for_health(&mut ampere, port, 200, Duration::from_secs(30));
-    ampere
-}
-
-fn handle_of(reply: &Reply) -> String {
-    reply
-        .header("electric-handle")
-        .unwrap_or_else(|| panic!("no handle: {reply:?}"))
-        .to_owned()
-}
-
-/// The stamp of a handle (`<digest>-<stamp>`), which only increases (ID-2).
-fn stamp(handle: &str) -> u64 {
-    let (_, stamp) = handle.rsplit_once('-').expect("<digest>-<stamp>");
-    stamp.parse().expect("a decimal stamp")
-}
 
 #[test]
 fn a_deleted_shape_gets_409_to_a_new_handle_and_stays_retired_across_a_restart() {
@@ -67,7 +28,7 @@ fn a_deleted_shape_gets_409_to_a_new_handle_and_stays_retired_across_a_restart()
     let scratch = Scratch::new("delete");
     let port = free_port();
     let deleting = [("ELECTRIC_ENABLE_INTEGRATION_TESTING", "true")];
-    let mut ampere = spawn(cluster, &scratch, "shape_delete", port, &deleting);
+    let mut ampere = spawn_active(cluster, &scratch, "shape_delete", port, &deleting);
 
     let initial = http_get(port, "/v1/shape?table=items&offset=-1").expect("initial sync");
     assert_eq!(initial.status, 200, "{initial:?}");
@@ -103,7 +64,7 @@ fn a_deleted_shape_gets_409_to_a_new_handle_and_stays_retired_across_a_restart()
     assert!(ampere.wait_exit(Duration::from_secs(20)).success());
     let log = ampere.stdout();
     assert!(log.contains("deleted by request"), "{log}");
-    let mut ampere = spawn(cluster, &scratch, "shape_delete", port, &deleting);
+    let mut ampere = spawn_active(cluster, &scratch, "shape_delete", port, &deleting);
     let stale = http_get(port, &stale_path).expect("old handle after the restart");
     assert_eq!(stale.status, 409, "{stale:?}\n{}", ampere.output());
     // `new` itself, or a later shape if the restart came before its snapshot was recorded
@@ -246,7 +207,7 @@ fn a_burst_of_initial_requests_over_the_limit_is_shed_with_503_and_every_retryin
     let scratch = Scratch::new("admission");
     let port = free_port();
     let limits = r#"{"initial":100,"existing":10000}"#;
-    let mut ampere = spawn(
+    let mut ampere = spawn_active(
         cluster,
         &scratch,
         "admission",

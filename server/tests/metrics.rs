@@ -121,6 +121,7 @@ fn an_active_instance_exposes_progress_requests_and_its_slot_on_the_prometheus_p
         ("ampere_durable_lsn", "gauge"),
         ("ampere_acknowledged_lsn", "gauge"),
         ("ampere_shapes", "gauge"),
+        ("ampere_shapes_evicted_total", "counter"),
         ("ampere_http_requests_total", "counter"),
         ("ampere_http_request_duration_seconds", "histogram"),
         ("ampere_http_requests_in_flight", "gauge"),
@@ -130,6 +131,11 @@ fn an_active_instance_exposes_progress_requests_and_its_slot_on_the_prometheus_p
     }
     assert_eq!(samples.get("ampere_active"), Some(&1.0));
     assert_eq!(samples.get("ampere_shapes"), Some(&1.0));
+    assert_eq!(
+        samples.get("ampere_shapes_evicted_total"),
+        Some(&0.0),
+        "no limit, no eviction"
+    );
     assert!(samples.contains_key("ampere_http_connections"));
     let shape_ok = r#"ampere_http_requests_total{route="shape",status="200"}"#;
     assert_eq!(samples.get(shape_ok), Some(&1.0), "{samples:?}");

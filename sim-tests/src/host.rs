@@ -77,10 +77,12 @@ impl AmpereHost {
             meta,
             clock,
         };
+        // No shape limit (ELECTRIC_MAX_SHAPES unset), as in a default deployment.
         app::serve(
             ports,
             core_config,
             http_config,
+            None,
             listener,
             registry,
             shutdown,

@@ -1,19 +1,26 @@
-//! Shape deletion (`DELETE /v1/shape`, protocol.md §1.5): the shape is removed through the
-//! same `RemoveShape` as an invalidated one, and the answer follows the removal.
+//! Shape deletion (`DELETE /v1/shape`, protocol.md §1.5, and eviction beyond
+//! `ELECTRIC_MAX_SHAPES`): the shape is removed through the same `RemoveShape` as an
+//! invalidated one, and the answer follows the removal.
 
 use super::harness::{early_snapshot, items, kinds, removed, whole, Harness, Txn};
-use crate::instance::{Deletion, Input, Output};
+use crate::instance::{Deletion, DeletionCause, Input, Output};
 use crate::shape::ShapeHandle;
 use crate::OpId;
 
 /// Deletion requests carry ops of their own; the core only echoes them.
 const DELETE_OP: OpId = OpId(1 << 40);
 
-/// Asks the core to delete `handle`; returns the outputs.
+/// Asks the core to delete `handle`, as `DELETE /v1/shape` does; returns the outputs.
 fn delete(h: &mut Harness, handle: &ShapeHandle) -> Vec<Output> {
+    delete_for(h, handle, DeletionCause::Request)
+}
+
+/// Asks the core to delete `handle` for `cause`; returns the outputs.
+fn delete_for(h: &mut Harness, handle: &ShapeHandle, cause: DeletionCause) -> Vec<Output> {
     h.input(Input::ShapeDeletionRequested {
         op: DELETE_OP,
         handle: handle.clone(),
+        cause,
     });
     h.take()
 }
@@ -114,4 +121,28 @@ fn deleting_a_shape_during_its_snapshot_drops_the_snapshots_late_answer() {
         .take()
         .iter()
         .any(|o| matches!(o, Output::CreateShape { op, .. } if *op == again)));
+}
+
+#[test]
+fn an_evicted_shape_is_removed_as_a_deleted_one_and_the_log_says_it_was_evicted() {
+    // Goal: eviction takes the deletion path (removal before the answer, handle retired for
+    // good) and the removal names its cause. Method: evict a live shape, then request its
+    // definition again.
+    let mut h = Harness::active();
+    let handle = h.live_shape(&items());
+    let out = delete_for(&mut h, &handle, DeletionCause::Eviction);
+    assert_eq!(removed(&out), std::slice::from_ref(&handle));
+    let reasons: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::RemoveShape { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [DeletionCause::Eviction.reason()]);
+    assert!(reasons[0].starts_with("evicted"), "{reasons:?}");
+    assert_eq!(answer(&out), Deletion::Removed);
+    assert!(!h.stored_handles().contains(&handle));
+    let (again, _) = h.create_shape(&items());
+    assert!(again.supersedes(&handle), "{again} after {handle}");
 }

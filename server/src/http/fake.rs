@@ -54,6 +54,8 @@ struct Inner {
     subset_queries: Vec<SubsetQuery>,
     /// What the next subset reads fail with (`None`: they return the table's rows).
     subset_failure: Option<fn() -> SnapshotError>,
+    /// Every use recorded, in order.
+    uses: Vec<ShapeHandle>,
 }
 
 struct FakeShape {
@@ -179,6 +181,11 @@ impl FakeApi {
         self.lock().last_seen_lsn = Lsn(lsn);
     }
 
+    /// Every use recorded so far, in order.
+    pub(crate) fn uses(&self) -> Vec<ShapeHandle> {
+        self.lock().uses.clone()
+    }
+
     pub(crate) fn shape_count(&self) -> usize {
         self.lock().shapes.len()
     }
@@ -273,6 +280,10 @@ impl ShapeApi for FakeApi {
             return None;
         }
         inner.shapes.get(handle).map(|s| s.info.clone())
+    }
+
+    fn record_use(&self, handle: &ShapeHandle) {
+        self.lock().uses.push(handle.clone());
     }
 
     fn check_time_zone(

@@ -54,6 +54,7 @@ pub(crate) async fn serve<A: ShapeApi>(
         let body_subset = body.as_ref().and_then(RawSubset::from_body);
         let params = params::shape_params(&query, body_subset)?;
         let info = resolve(&state.api, &params).await?;
+        state.api.record_use(&info.handle);
         if let Some(subset) = &params.subset {
             return super::subset::serve(state, &params, &info, subset).await;
         }

@@ -942,6 +942,29 @@ async fn head_is_get_without_the_body() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn every_shape_request_served_counts_as_a_use_of_its_shape_and_a_409_does_not() {
+    // Goal: the last use that eviction beyond ELECTRIC_MAX_SHAPES ranks shapes by sees every
+    // kind of request served for a shape. Method: an initial sync, a catch-up read, a HEAD, a
+    // long poll that times out and an SSE stream that ends, each recorded once; then a
+    // request with an unknown handle, answered 409, which records nothing.
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    let read = format!("/v1/shape?table=items&handle={handle}&offset=0_0");
+    assert_eq!(h.get(&read).await.status, StatusCode::OK);
+    let head = h.send(Method::HEAD, &read, &[], Body::empty()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    let live = format!("/v1/shape?table=items&handle={handle}&offset=0_inf&live=true");
+    assert_eq!(h.get(&live).await.status, StatusCode::OK);
+    let sse = format!("{live}&live_sse=true");
+    assert_eq!(h.get(&sse).await.status, StatusCode::OK);
+    assert_eq!(h.api.uses(), vec![handle.clone(); 5]);
+
+    let unknown = h.get("/v1/shape?table=items&handle=1-1&offset=0_0").await;
+    assert_eq!(unknown.status, StatusCode::CONFLICT);
+    assert_eq!(h.api.uses().len(), 5, "a 409 serves no shape");
+}
+
+#[tokio::test(start_paused = true)]
 async fn delete_is_405_and_not_cached() {
     let h = Harness::new();
     let reply = h

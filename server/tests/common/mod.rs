@@ -348,6 +348,20 @@ pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The `electric-handle` of a shape response.
+pub(crate) fn handle_of(reply: &Reply) -> String {
+    reply
+        .header("electric-handle")
+        .unwrap_or_else(|| panic!("no handle: {reply:?}"))
+        .to_owned()
+}
+
+/// The stamp of a handle (`<digest>-<stamp>`), which only increases (ID-2).
+pub(crate) fn stamp(handle: &str) -> u64 {
+    let (_, stamp) = handle.rsplit_once('-').expect("<digest>-<stamp>");
+    stamp.parse().expect("a decimal stamp")
+}
+
 /// Polls `/v1/health` until it answers `status`; panics if ampere exits or `within` passes.
 pub(crate) fn wait_for_health(
     ampere: &mut Ampere,
@@ -375,6 +389,32 @@ pub(crate) fn wait_for_health(
         );
         sleep(Duration::from_millis(100));
     }
+}
+
+/// Runs ampere on `database` of `cluster` (its own replication stream, so tests streaming from
+/// other databases of the cluster do not share a slot), in insecure mode with its storage in
+/// `scratch`, with `extra` variables, and waits until it is active.
+pub(crate) fn spawn_active(
+    cluster: &EmbeddedPostgres,
+    scratch: &Scratch,
+    database: &str,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> Ampere {
+    let url = cluster.url("postgres", database);
+    let storage = scratch.storage();
+    let port_text = port.to_string();
+    let mut vars = vec![
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_REPLICATION_STREAM_ID", database),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port_text.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    let mut ampere = Ampere::spawn(scratch, &vars);
+    wait_for_health(&mut ampere, port, 200, Duration::from_secs(30));
+    ampere
 }
 
 // ---------------------------------------------------------------------------------------------
