@@ -18,6 +18,8 @@ use ampere_core::{LogOffset, Lsn};
 use serde_json::{Map, Value};
 
 use crate::http::{self, HttpResponse};
+use crate::sse;
+use crate::subset::{self, SubsetRead};
 
 /// One row: column name → text value or null.
 pub type Row = BTreeMap<String, Option<String>>;
@@ -34,6 +36,10 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 
 /// Cap of the retry delay without `retry-after`.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Timeout of a live SSE request: the server ends each stream after its stream duration (20 s
+/// in the simulation), so only a stuck stream or a partition reaches it.
+pub const SSE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What the client is and where it looks.
 #[derive(Clone, Debug)]
@@ -56,6 +62,11 @@ pub struct ClientConfig {
     pub live_timeout: Duration,
     /// Seeds backoff jitter and cache-busters.
     pub seed: u64,
+    /// Live mode streams server-sent events (`live_sse=true`) instead of long-polling.
+    pub live_sse: bool,
+    /// Once live, some steps read a subset of the shape (protocol.md §6.10) instead; the
+    /// world checks each against the oracle.
+    pub subset_reads: bool,
     /// Server → the storage it serves. Handles are unique per storage only (separate storage
     /// gives one definition a handle per instance, deploy-semantics ID-3), so a 409 expires a
     /// handle for its server's storage only. Servers not listed share one storage.
@@ -101,6 +112,22 @@ pub enum ClientEvent {
         status: Option<u16>,
         /// `retry-after` in seconds, if sent as an integer.
         retry_after: Option<u64>,
+    },
+    /// A subset read answered: its rows in the order served, and the snapshot they were read
+    /// at.
+    Subset {
+        /// Simulated time.
+        at: Duration,
+        /// The server that answered.
+        server: String,
+        /// The shape's handle.
+        handle: String,
+        /// What was asked.
+        read: SubsetRead,
+        /// The read's snapshot (`metadata`).
+        snapshot: PgSnapshot,
+        /// The rows, in order.
+        rows: Vec<(String, Row)>,
     },
     /// The server broke the protocol. The client stops after recording this.
     Violation {
@@ -195,6 +222,8 @@ struct Request {
     handle: Option<String>,
     live: bool,
     cursor: Option<String>,
+    /// The subset read this request is, if it is one.
+    subset: Option<SubsetRead>,
 }
 
 /// What a 200 batch asks for after it was applied.
@@ -251,7 +280,17 @@ impl Client {
     /// One request and its handling.
     async fn step(&mut self) -> Next {
         let server = self.server_name();
-        let request = self.request();
+        if self.config.subset_reads
+            && self.stream.live
+            && self.stream.handle.is_some()
+            && self.rng.below(4) == 0
+        {
+            return self.subset_step(server).await;
+        }
+        let request = self.request(None);
+        if request.live && self.config.live_sse {
+            return self.sse_step(server, request).await;
+        }
         let timeout = if request.live {
             self.config.live_timeout
         } else {
@@ -271,9 +310,21 @@ impl Client {
                 return Next::Retry { retry_after: None };
             }
         };
+        self.on_response(server, &request, &response, Self::on_ok)
+    }
+
+    /// Handles an answer by status: `ok` for a 200, a 409 as a must-refetch, a 429/503 by
+    /// retrying, anything else as a violation.
+    fn on_response(
+        &mut self,
+        server: String,
+        request: &Request,
+        response: &HttpResponse,
+        ok: fn(&mut Self, &str, &Request, &HttpResponse) -> Result<(), String>,
+    ) -> Next {
         let outcome = match response.status {
-            200 => self.on_ok(&server, &request, &response),
-            409 => self.on_conflict(&server, &request, &response),
+            200 => ok(self, &server, request, response),
+            409 => self.on_conflict(&server, request, response),
             429 | 503 => {
                 let retry_after = response
                     .header("retry-after")
@@ -328,10 +379,196 @@ impl Client {
         self.server = (self.server + 1) % self.config.servers.len();
     }
 
-    /// The next request, with its parameters sorted like the official client's.
-    fn request(&mut self) -> Request {
+    /// A subset read of the shape at the stream's position (not live); the answer leaves the
+    /// stream as it is.
+    async fn subset_step(&mut self, server: String) -> Next {
+        let read = SubsetRead {
+            max_id: i64::try_from(self.rng.below(60)).unwrap_or(0),
+            limit: 1 + self.rng.below(8),
+            offset: self.rng.below(3),
+        };
+        let request = self.request(Some(&read));
+        let timeout = self.config.live_timeout.max(NON_LIVE_TIMEOUT_MIN);
+        let response = match http::get(&server, self.config.port, &request.url, timeout).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(client = %self.config.name, %server, %error, "subset read failed");
+                self.event(ClientEvent::Unavailable {
+                    at: now(),
+                    server,
+                    status: None,
+                    retry_after: None,
+                });
+                return Next::Retry { retry_after: None };
+            }
+        };
+        let on_ok =
+            |client: &mut Self, server: &str, request: &Request, response: &HttpResponse| {
+                client.on_subset(server, request, response)
+            };
+        self.on_response(server, &request, &response, on_ok)
+    }
+
+    /// A subset answer (§6.10): the stream's handle, its offset echoed, `electric-snapshot`,
+    /// and a body whose rows carry the read's mark. Recorded for the oracle.
+    fn on_subset(
+        &mut self,
+        server: &str,
+        request: &Request,
+        response: &HttpResponse,
+    ) -> Result<(), String> {
+        if response.header("electric-snapshot") != Some("true") {
+            return Err("subset answer without electric-snapshot: true".to_owned());
+        }
+        let handle = response.header("electric-handle").unwrap_or_default();
+        if request.handle.as_deref() != Some(handle) {
+            return Err(format!(
+                "subset answer for handle {:?} carries handle {handle:?}",
+                request.handle
+            ));
+        }
+        let offset = response.header("electric-offset").unwrap_or_default();
+        if offset != request.offset.to_string() {
+            return Err(format!(
+                "subset answer's electric-offset {offset:?} is not the request's {}",
+                request.offset
+            ));
+        }
+        let (snapshot, rows) = subset::parse_answer(&response.body)?;
+        let read = request.subset.ok_or("a subset answer to a log request")?;
+        self.event(ClientEvent::Subset {
+            at: now(),
+            server: server.to_owned(),
+            handle: handle.to_owned(),
+            read,
+            snapshot,
+            rows,
+        });
+        Ok(())
+    }
+
+    /// A live request as server-sent events: every complete batch (up to its `up-to-date`)
+    /// that arrived is applied, even when the stream then breaks, as the official client
+    /// applies them; it resumes from the last batch's `<lsn>_0`.
+    async fn sse_step(&mut self, server: String, request: Request) -> Next {
+        tracing::trace!(client = %self.config.name, %server, url = %request.url, "event stream request");
+        let (received, outcome) =
+            http::get_streamed(&server, self.config.port, &request.url, SSE_TIMEOUT).await;
+        tracing::trace!(client = %self.config.name, %server, status = ?received.head.as_ref().map(|h| h.0),
+            bytes = received.body.len(), ?outcome, "event stream ended");
+        let Some((status, headers)) = received.head.clone() else {
+            self.event(ClientEvent::Unavailable {
+                at: now(),
+                server,
+                status: None,
+                retry_after: None,
+            });
+            return Next::Retry { retry_after: None };
+        };
+        if status != 200 || outcome.is_err() && received.body.is_empty() {
+            if outcome.is_err() {
+                self.event(ClientEvent::Unavailable {
+                    at: now(),
+                    server,
+                    status: None,
+                    retry_after: None,
+                });
+                return Next::Retry { retry_after: None };
+            }
+            let response = HttpResponse {
+                status,
+                headers,
+                body: received.body.into(),
+            };
+            return self.on_response(server, &request, &response, Self::on_ok);
+        }
+        let head = HttpResponse {
+            status,
+            headers,
+            body: bytes::Bytes::new(),
+        };
+        if let Err(what) = self.on_events(&server, &request, &head, &received.body) {
+            self.event(ClientEvent::Violation {
+                at: now(),
+                server,
+                what: format!("{what} (GET {})", request.url),
+            });
+            return Next::Stop;
+        }
+        match outcome {
+            Ok(()) => {
+                self.failures = 0;
+                Next::Continue
+            }
+            Err(error) => {
+                tracing::debug!(client = %self.config.name, %server, %error, "event stream broke");
+                self.event(ClientEvent::Unavailable {
+                    at: now(),
+                    server,
+                    status: None,
+                    retry_after: None,
+                });
+                Next::Retry { retry_after: None }
+            }
+        }
+    }
+
+    /// Applies the complete batches of an event stream's `body` (protocol.md §6.5).
+    fn on_events(
+        &mut self,
+        server: &str,
+        request: &Request,
+        head: &HttpResponse,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let content_type = head.header("content-type").unwrap_or_default();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(format!(
+                "live_sse answered with content-type {content_type:?}"
+            ));
+        }
+        let handle = head.header("electric-handle").unwrap_or_default();
+        if request.handle.as_deref() != Some(handle) {
+            return Err(format!(
+                "event stream for handle {:?} carries handle {handle:?}",
+                request.handle
+            ));
+        }
+        check_cursor(request, head)?;
+        for batch in sse::batches(body)? {
+            let current = self.stream.offset();
+            let resume = LogOffset::change(Lsn(batch.lsn), 0);
+            if resume.tx() < current.tx() {
+                return Err(format!(
+                    "up-to-date at lsn {} is behind the client's offset {current}",
+                    batch.lsn
+                ));
+            }
+            let ctx = BatchContext {
+                request_offset: current,
+                response_offset: LogOffset::change(Lsn(batch.lsn), u64::MAX),
+            };
+            match self.stream.apply(&batch.messages, &ctx)? {
+                Applied::MustRefetch => {
+                    self.must_refetch(server, None);
+                    return Ok(());
+                }
+                Applied::Done { up_to_date } => debug_assert!(up_to_date),
+            }
+            self.stream.offset = Some(resume);
+            self.record_up_to_date(server, handle, resume);
+        }
+        if let Some(cursor) = head.header("electric-cursor") {
+            self.stream.cursor = Some(cursor.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The next request (a subset read when `subset` is given), with its parameters sorted
+    /// like the official client's.
+    fn request(&mut self, subset: Option<&SubsetRead>) -> Request {
         let offset = self.stream.offset();
-        let live = self.stream.live;
+        let live = self.stream.live && subset.is_none();
         let mut params: Vec<(&str, String)> = Vec::new();
         if let Some(buster) = &self.cache_buster {
             params.push(("cache-buster", buster.clone()));
@@ -354,6 +591,9 @@ impl Client {
         }
         if live {
             params.push(("live", "true".to_owned()));
+            if self.config.live_sse {
+                params.push(("live_sse", "true".to_owned()));
+            }
         }
         params.push(("log", "full".to_owned()));
         params.push(("offset", offset.to_string()));
@@ -366,10 +606,14 @@ impl Client {
         for (k, v) in &numbered {
             params.push((k.as_str(), v.clone()));
         }
+        if let Some(read) = subset {
+            params.extend(read.query_params());
+        }
         params.push(("table", self.config.table.clone()));
         if let Some(clause) = &self.config.where_clause {
             params.push(("where", clause.clone()));
         }
+        debug_assert!(params.windows(2).all(|w| w[0].0 <= w[1].0), "sorted");
         let query: Vec<String> = params
             .iter()
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
@@ -380,6 +624,7 @@ impl Client {
             handle: self.stream.handle.clone(),
             live,
             cursor: self.stream.cursor.clone(),
+            subset: subset.copied(),
         }
     }
 
@@ -1006,6 +1251,8 @@ mod tests {
             params: BTreeMap::new(),
             live_timeout: Duration::from_secs(30),
             seed: 7,
+            live_sse: false,
+            subset_reads: false,
             storage: BTreeMap::new(),
         }
     }
@@ -1017,7 +1264,7 @@ mod tests {
         config.params = BTreeMap::from([(1, "7".to_owned())]);
         let mut client = Client::new(config, Arc::default());
         assert_eq!(
-            client.request().url,
+            client.request(None).url,
             "/v1/shape?log=full&offset=-1&params%5B1%5D=7&table=items\
              &where=n%20%3D%20%241%20OR%20value%20LIKE%20%27a%25%27"
         );
@@ -1099,6 +1346,7 @@ mod tests {
             .map(|mut e| {
                 match &mut e {
                     ClientEvent::UpToDate { at, .. }
+                    | ClientEvent::Subset { at, .. }
                     | ClientEvent::MustRefetch { at, .. }
                     | ClientEvent::Unavailable { at, .. }
                     | ClientEvent::Violation { at, .. } => *at = Duration::ZERO,

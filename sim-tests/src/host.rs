@@ -12,7 +12,7 @@ use ampere_io_sim::pg::SimPg;
 use ampere_io_sim::storage::{SimDisk, SimMetadata, SimStore};
 use ampere_server::app;
 use ampere_server::driver::Ports;
-use ampere_server::http::{HttpConfig, WallClock};
+use ampere_server::http::{HttpConfig, SseTimings, WallClock};
 use ampere_server::registry::Registry;
 use tokio::sync::watch;
 
@@ -61,6 +61,12 @@ impl AmpereHost {
         let http_config = HttpConfig {
             rng_seed: self.seed,
             clock: WallClock::from_fn(move || wall_clock(&wall)),
+            // Shorter than Electric's 21 s and 60 s, so a run sees many streams end and
+            // resume (the client's SSE timeout is longer than a stream).
+            sse: SseTimings {
+                keepalive: Duration::from_secs(7),
+                stream: Duration::from_secs(20),
+            },
             ..HttpConfig::new(None)
         };
         let listener =

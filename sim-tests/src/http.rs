@@ -90,16 +90,61 @@ pub async fn get(
     path_and_query: &str,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
-    tokio::time::timeout(timeout, get_unbounded(host, port, path_and_query))
-        .await
-        .unwrap_or(Err(HttpError::Timeout))
+    let mut received = Received::default();
+    let outcome = tokio::time::timeout(
+        timeout,
+        get_unbounded(host, port, path_and_query, &mut received),
+    )
+    .await
+    .unwrap_or(Err(HttpError::Timeout));
+    outcome.map(|()| received.into_response())
+}
+
+/// What a streamed response delivered: its head, and the body up to where it ended, broke or
+/// timed out.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// The status and headers, once the head arrived.
+    pub head: Option<(u16, Vec<(String, String)>)>,
+    /// The body bytes received so far.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    fn into_response(self) -> HttpResponse {
+        let (status, headers) = self.head.unwrap_or_default();
+        HttpResponse {
+            status,
+            headers,
+            body: Bytes::from(self.body),
+        }
+    }
+}
+
+/// [`get`] for a long response (server-sent events): what arrived before the body ended, broke
+/// or `timeout` passed is kept, with why it stopped (`Ok` when the server ended it).
+pub async fn get_streamed(
+    host: &str,
+    port: u16,
+    path_and_query: &str,
+    timeout: Duration,
+) -> (Received, Result<(), HttpError>) {
+    let mut received = Received::default();
+    let outcome = tokio::time::timeout(
+        timeout,
+        get_unbounded(host, port, path_and_query, &mut received),
+    )
+    .await
+    .unwrap_or(Err(HttpError::Timeout));
+    (received, outcome)
 }
 
 async fn get_unbounded(
     host: &str,
     port: u16,
     path_and_query: &str,
-) -> Result<HttpResponse, HttpError> {
+    received: &mut Received,
+) -> Result<(), HttpError> {
     let request = Request::get(path_and_query)
         .header(HOST, format!("{host}:{port}"))
         .body(Empty::<Bytes>::new())
@@ -125,8 +170,7 @@ async fn get_unbounded(
             .send_request(request)
             .await
             .map_err(HttpError::Request)?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(HttpError::Body)?.to_bytes();
+        let (parts, mut body) = response.into_parts();
         let headers = parts
             .headers
             .iter()
@@ -137,11 +181,14 @@ async fn get_unbounded(
                 )
             })
             .collect();
-        Ok(HttpResponse {
-            status: parts.status.as_u16(),
-            headers,
-            body,
-        })
+        received.head = Some((parts.status.as_u16(), headers));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(HttpError::Body)?;
+            if let Some(data) = frame.data_ref() {
+                received.body.extend_from_slice(data);
+            }
+        }
+        Ok(())
     };
     tokio::pin!(exchange);
     tokio::pin!(conn);

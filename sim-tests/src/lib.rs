@@ -11,6 +11,8 @@ pub mod checks;
 pub mod client;
 pub mod host;
 pub mod http;
+pub mod sse;
+pub mod subset;
 pub mod workload;
 pub mod world;
 

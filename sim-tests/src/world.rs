@@ -96,6 +96,8 @@ struct Client {
     seen: usize,
     /// Handle → the server that first served it (separate storage: moving means 409).
     handle_server: BTreeMap<String, String>,
+    /// Whether it follows live changes as server-sent events.
+    live_sse: bool,
 }
 
 /// The profile `seed` runs with.
@@ -194,7 +196,19 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
         let (where_columns_5, where_5) = where_spec(&mut where_rng);
         client_specs.push(("client-5", &tables[0], where_columns_5, where_5));
     }
+    // Which clients stream server-sent events and which read subsets: an RNG of its own, so
+    // the rest of the run draws what it drew before they existed. One client of each table
+    // streams on every seed, the others on half of them; two clients read subsets.
+    let mut mode_rng = SimRng::new(seed ^ 0x5353_4553_5542_5345);
+    let sse_first = mode_rng.chance(0.5);
     for (i, (name, table, columns, where_clause)) in client_specs.into_iter().enumerate() {
+        let live_sse = match name {
+            "client-1" => sse_first,
+            "client-2" => !sse_first,
+            "client-3" => true,
+            _ => mode_rng.chance(0.5),
+        };
+        let subset_reads = matches!(name, "client-2" | "client-4");
         let (where_text, params) = where_clause.unzip();
         let params: Params = params.unwrap_or_default();
         let filter = where_text.as_ref().map(|text| {
@@ -215,6 +229,8 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
             params,
             live_timeout: Duration::from_secs(30),
             seed: rng.next_u64(),
+            live_sse,
+            subset_reads,
             storage: hosts.iter().map(|h| (h.name.clone(), h.disk_id)).collect(),
         };
         let client_log = Arc::clone(&log);
@@ -231,6 +247,7 @@ pub fn run(seed: u64, options: &RunOptions) -> Report {
             log,
             seen: 0,
             handle_server: BTreeMap::new(),
+            live_sse,
         });
     }
 
@@ -740,6 +757,14 @@ impl World {
                     self.fail(what);
                 }
             }
+            ClientEvent::Subset {
+                server,
+                handle,
+                read,
+                snapshot,
+                rows,
+                at,
+            } => self.subset_read(c, &server, &handle, read, &snapshot, &rows, at),
             ClientEvent::Violation { server, what, at } => {
                 let what = format!(
                     "correctness: protocol: {} from {server} at {at:?}: {what}",
@@ -748,6 +773,55 @@ impl World {
                 self.fail(what);
             }
             ClientEvent::Unavailable { .. } => {}
+        }
+    }
+
+    /// Invariant 3 for subset reads: the rows a subset read returned are the oracle's rows of
+    /// the shape as of the read's snapshot, filtered, ordered and limited as asked.
+    #[allow(clippy::too_many_arguments)] // the event's fields, unpacked
+    fn subset_read(
+        &mut self,
+        c: usize,
+        server: &str,
+        handle: &str,
+        read: crate::subset::SubsetRead,
+        snapshot: &ampere_core::snapshot::PgSnapshot,
+        rows: &[(String, client::Row)],
+        at: Duration,
+    ) {
+        let client = &self.clients[c];
+        let Some(history) = self.histories.table(&client.table) else {
+            return;
+        };
+        let shape_rows = history.rows_where(
+            snapshot,
+            ampere_core::offset::LogOffset::BEFORE_ALL,
+            client.columns.as_deref(),
+            client.filter.as_ref(),
+        );
+        let expected = read.expected(&shape_rows);
+        self.ledger
+            .lock()
+            .expect("ledger")
+            .checked("subset-oracle-equality");
+        if expected != rows {
+            let keys = |rows: &[(String, client::Row)]| -> Vec<String> {
+                rows.iter().map(|(k, _)| k.clone()).collect()
+            };
+            let what = format!(
+                "correctness: invariant 3 (subset read): {} on {handle} (from {server}, \
+                 t={at:?}) asked {read:?} at snapshot {snapshot:?}: got {:?}, the oracle says \
+                 {:?}{}",
+                client.name,
+                keys(rows),
+                keys(&expected),
+                if keys(rows) == keys(&expected) {
+                    " (values differ)"
+                } else {
+                    ""
+                },
+            );
+            self.fail(what);
         }
     }
 
@@ -786,6 +860,12 @@ impl World {
             client.filter.as_ref(),
         );
         self.comparisons += 1;
+        if client.live_sse {
+            self.ledger
+                .lock()
+                .expect("ledger")
+                .checked("sse-oracle-equality");
+        }
         if client.filter.is_some() {
             client.where_handles.insert(handle.to_owned());
             self.where_comparisons += 1;

@@ -6,6 +6,9 @@
 //!   since the client hands messages to subscribers only at `up-to-date`. Its
 //!   `global_last_seen_lsn` is the commit LSN of the batch's last entry, never a global LSN
 //!   beyond the shape's log: the client resumes from `<lsn>_0`.
+//! - On an instance that is not streaming (a standby, or reconnecting), a request that finds
+//!   no backlog waits for changes as a long-poll would, then gets the long-poll's 503, so the
+//!   client moves to a server that is (a standby with storage of its own never gets more).
 //! - A backlog found when the request arrives is sent at once, up to the shape's latest offset.
 //!   Then the stream waits for changes, sends `: keep-alive` after [`SseTimings::keepalive`] of
 //!   silence, and ends after [`SseTimings::stream`], or when the shape goes away (the reconnect
@@ -40,7 +43,7 @@ use tokio::time::Instant;
 use super::errors::{ApiError, ELECTRIC_HANDLE};
 use super::params::ShapeParams;
 use super::AppState;
-use crate::api::{ShapeApi, ShapeInfo};
+use crate::api::{Health, ShapeApi, ShapeInfo};
 
 /// How long a stream may stay silent and how long it lasts (Electric: 21 s and 60 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +94,39 @@ pub(super) async fn serve<A: ShapeApi>(
         mode: Mode::Live,
         pending: None,
     };
-    if let Some(events) = stream.read_batch() {
+    let mut first = stream.read_batch();
+    if first.is_none() && state.api.health() != Health::Active {
+        // As a long-poll on an instance that is not streaming: wait for changes up to the
+        // long-poll timeout, else 503 so the client tries another server. An event stream
+        // would only keep it here, on storage nothing may ever write to again (a standby with
+        // storage of its own), sending keep-alives.
+        let deadline = Instant::now() + state.config.long_poll_timeout;
+        let (api, handle) = (&state.api, &info.handle);
+        first = super::shape::wait_for(api, handle, deadline, || {
+            match read_batch(api, handle, &mut stream.after) {
+                Read::Events(events) => Ok(Some(events)),
+                Read::Nothing => Ok(None),
+                // Never waited on: a store wakes every waiter on a shape it does not hold
+                // at once. The long-poll path's answer (409), else a 503.
+                Read::Gone => Err(super::shape::status_or_refetch(api, params, handle)
+                    .err()
+                    .unwrap_or_else(|| {
+                        ApiError::unavailable(
+                            "The service is not ready: replication is not streaming",
+                            10,
+                        )
+                    })),
+            }
+        })
+        .await?;
+        if first.is_none() {
+            return Err(ApiError::unavailable(
+                "The service is not ready: replication is not streaming",
+                10,
+            ));
+        }
+    }
+    if let Some(events) = first {
         stream.mode = Mode::Backlog;
         stream.pending = Some(events);
     }
@@ -196,9 +231,16 @@ impl<A: ShapeApi> Stream<A> {
                 self.mode = Mode::Done;
                 return None;
             }
-            if let Some(events) = read_batch(&self.api, &self.handle, &mut self.after) {
-                self.last_output = Instant::now();
-                return Some(events);
+            match read_batch(&self.api, &self.handle, &mut self.after) {
+                Read::Events(events) => {
+                    self.last_output = Instant::now();
+                    return Some(events);
+                }
+                Read::Gone => {
+                    self.mode = Mode::Done;
+                    return None;
+                }
+                Read::Nothing => {}
             }
             let keepalive_at = self.last_output + self.timings.keepalive;
             let wake = keepalive_at.min(end);
@@ -216,8 +258,13 @@ impl<A: ShapeApi> Stream<A> {
         }
     }
 
+    /// The next batch of the backlog, if there is one (a shape gone ends the backlog; the live
+    /// loop then ends the stream).
     fn read_batch(&mut self) -> Option<Bytes> {
-        read_batch(&self.api, &self.handle, &mut self.after)
+        match read_batch(&self.api, &self.handle, &mut self.after) {
+            Read::Events(events) => Some(events),
+            Read::Nothing | Read::Gone => None,
+        }
     }
 
     fn sent(&mut self, bytes: Bytes) -> Bytes {
@@ -226,20 +273,32 @@ impl<A: ShapeApi> Stream<A> {
     }
 }
 
+/// What one read of the log found for the stream.
+enum Read {
+    /// Events to send.
+    Events(Bytes),
+    /// Nothing after the stream's offset yet.
+    Nothing,
+    /// The store no longer has the shape (removed, rotated, or not readable here any more):
+    /// the stream ends and the reconnect gets the long-poll path's answer (a 409). Waiting
+    /// instead would spin: a store wakes every waiter on a shape it does not hold at once.
+    Gone,
+}
+
 /// The events of the entries after `after`, up to the end of their chunk, and an `up-to-date`
-/// event when that reaches the shape's latest offset; advances `after`. `None` when there is
-/// nothing new (or the shape is gone).
-fn read_batch<A: ShapeApi>(api: &A, handle: &ShapeHandle, after: &mut LogOffset) -> Option<Bytes> {
-    let status = api.status(handle)?;
+/// event when that reaches the shape's latest offset; advances `after`.
+fn read_batch<A: ShapeApi>(api: &A, handle: &ShapeHandle, after: &mut LogOffset) -> Read {
+    let Some(status) = api.status(handle) else {
+        return Read::Gone;
+    };
     let chunk = match api.read(handle, *after) {
         ReadOutcome::Chunk(chunk) if chunk.entries > 0 => chunk,
-        ReadOutcome::Chunk(_) | ReadOutcome::SnapshotPending | ReadOutcome::UnknownShape => {
-            return None
-        }
+        ReadOutcome::Chunk(_) | ReadOutcome::SnapshotPending => return Read::Nothing,
+        ReadOutcome::UnknownShape => return Read::Gone,
     };
     *after = chunk.end;
     let is_up_to_date = chunk.end >= status.latest;
-    Some(render_events(&chunk, is_up_to_date))
+    Read::Events(render_events(&chunk, is_up_to_date))
 }
 
 /// `data: <entry>\n\n` per entry of `chunk`, then the `up-to-date` event if `is_up_to_date`.

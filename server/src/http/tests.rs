@@ -546,6 +546,37 @@ async fn long_poll_timeout_while_degraded_is_503_retry_after_10() {
     assert_eq!(reply.header("retry-after"), Some("10"));
 }
 
+// Found by sim: seed 0x68 (an SSE client on a standby with storage of its own heard only
+// keep-alives, reconnecting to it forever).
+#[tokio::test(start_paused = true)]
+async fn an_event_stream_on_an_instance_not_streaming_is_a_503_after_the_long_poll_wait() {
+    let h = Harness::new();
+    let handle = h.initial_sync().await;
+    h.api.set_starting(true);
+    let uri = format!("/v1/shape?handle={handle}&live&live_sse=true&offset=0_inf&table=items");
+    let reply = h.get(&uri).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("retry-after"), Some("10"));
+    // A change arriving within the wait is streamed.
+    let app = h.app.clone();
+    let waiting =
+        tokio::spawn(async move { send(app, Method::GET, &uri, &[], Body::empty()).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.api.append(
+        &handle,
+        "10_0",
+        &row(3, "c").replace(
+            "\"insert\"",
+            "\"insert\",\"lsn\":\"10\",\"op_position\":0,\"txids\":[1],\"last\":true",
+        ),
+        false,
+    );
+    let reply = waiting.await.expect("request");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert!(reply.body.contains("\"id\":\"3\""), "{}", reply.body);
+}
+
 // Found by sim: seed 0x55
 #[tokio::test(start_paused = true)]
 async fn a_handle_the_read_model_has_not_seen_yet_is_served_once_creation_finds_its_shape() {
