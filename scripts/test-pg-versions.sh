@@ -39,7 +39,8 @@ CONFORMANCE_TIMEOUT=${PG_MATRIX_CONFORMANCE_TIMEOUT:-240}
 # <crate folder>:<test target> of the Postgres-facing integration tests
 TESTS_IO_REAL="io-real:embedded_pg io-real:lock io-real:pg_port io-real:replication_conn \
 io-real:snapshot_contract io-real:tls io-real:where_differential"
-TESTS_SERVER="server:startup server:metrics server:generated_columns server:manual_publishing"
+TESTS_SERVER="server:startup server:metrics server:generated_columns server:manual_publishing \
+server:partitioned"
 
 log() { echo "test-pg-versions: $*" >&2; }
 has_part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }

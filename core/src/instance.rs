@@ -253,7 +253,8 @@ pub enum Input {
     RelationsChecked {
         /// Echo of [`Output::CheckRelations`].
         op: OpId,
-        /// `(pg_class.oid, name)` of each asked table that still exists; `None` if the query
+        /// `(pg_class.oid, name)` of each asked table that still exists and whose changes
+        /// the publication publishes under it (`PgPort::relation_names`); `None` if the query
         /// failed (nothing is concluded: the next period asks again).
         found: Option<Vec<(Oid, RelationName)>>,
     },
@@ -407,12 +408,15 @@ pub enum Output {
         /// The row.
         shape: StoredShape,
     },
-    /// Look up the current names of these tables (`pg_class.oid`); reply `RelationsChecked`.
+    /// Look up the current names of these tables (`pg_class.oid`) whose changes the
+    /// publication still publishes under them; reply `RelationsChecked`.
     CheckRelations {
         /// Echoed in the reply.
         op: OpId,
         /// The tables the live shapes follow.
         tables: Vec<Oid>,
+        /// The publication ampere streams.
+        publication: String,
     },
     /// Remove a shape's log and metadata; its clients get 409.
     RemoveShape {

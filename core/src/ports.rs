@@ -473,12 +473,16 @@ pub trait PgPort: Clone + Send + Sync + 'static {
         relation: RelationName,
     ) -> impl Future<Output = Result<Option<CatalogTable>, Self::Error>> + Send + 'static;
 
-    /// The current name of each table among `tables` (`pg_class.oid`) that still exists;
-    /// the others were dropped. One catalog query however many tables (the core checks every
-    /// shape's table periodically: dropped, renamed and recreated tables rotate their shapes).
+    /// The current name of each table among `tables` (`pg_class.oid`) that still exists and
+    /// whose changes `publication` publishes under it; the others were dropped, or are
+    /// partitions whose changes `publication` now publishes under a partitioned table it
+    /// holds (`publish_via_partition_root`). One catalog query however many tables (the core
+    /// checks every shape's table periodically: dropped, renamed and recreated tables, and
+    /// partitions published under another, rotate their shapes).
     fn relation_names(
         &self,
         tables: Vec<Oid>,
+        publication: String,
     ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static;
 
     /// The server's wall clock in time zone `zone` at each Unix second of `instants`, in

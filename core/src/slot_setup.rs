@@ -14,6 +14,11 @@ pub enum SlotReset {
     /// SL-1: the publication is missing (and created next), so the slot's history is
     /// unusable.
     PublicationCreated,
+    /// SL-1: the publication is about to be altered so that changes of tables it already
+    /// publishes arrive under other relations (a partitioned table's, once
+    /// `publish_via_partition_root` is on): the slot's unconsumed history would still be
+    /// decoded the old way, and the shapes built from it missed those changes.
+    PublicationRerouted,
     /// CT-1: `wal_status = 'lost'`, the slot cannot stream (continuity is broken).
     SlotLost,
 }
@@ -27,18 +32,29 @@ pub struct ExistingSlot {
     pub is_lost: bool,
 }
 
+/// The publication as [`SlotSetup::existing_publication`] found it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ExistingPublication {
+    /// The handle-stamp reservation its comment records (ID-2; zero for none).
+    pub stamps_reserved: HandleStamp,
+    /// [`SlotSetup::ensure_publication`] will alter it so that changes of tables it already
+    /// publishes arrive under other relations ([`SlotReset::PublicationRerouted`]).
+    pub is_rerouting: bool,
+}
+
 /// The steps of [`prepare`], on one adapter's connections, for one slot and publication.
 pub trait SlotSetup: Send {
     /// The adapter's error.
     type Error;
 
-    /// `CREATE PUBLICATION` unless it exists; whether it was created now.
+    /// `CREATE PUBLICATION` unless it exists (then brings its options to what ampere needs,
+    /// where it may); whether it was created now.
     fn ensure_publication(&mut self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
-    /// The publication's handle-stamp reservation (ID-2; zero when its comment records
-    /// none), or `None` when there is no publication.
+    /// The publication before [`Self::ensure_publication`] runs, or `None` when there is no
+    /// publication.
     fn existing_publication(
         &mut self,
-    ) -> impl Future<Output = Result<Option<HandleStamp>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Option<ExistingPublication>, Self::Error>> + Send;
     /// Drops the slot if it exists and is inactive (a missing one is fine).
     fn drop_slot(&mut self, why: SlotReset)
         -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -58,10 +74,16 @@ pub trait SlotSetup: Send {
 /// publication cannot decode (the walsender fails with 42704 on the first change), and had the
 /// drop come after the creation, a failure in between (a connection lost, an active slot) would
 /// leave a publication that exists and a slot that predates it, retried forever (found by sim
-/// seed 0x4f5).
+/// seed 0x4f5). A publication about to be rerouted drops the slot before it is altered, for
+/// the same reason.
 pub async fn prepare<S: SlotSetup>(setup: &mut S) -> Result<SlotStarted, S::Error> {
     let stamps_reserved = match setup.existing_publication().await? {
-        Some(reserved) => reserved,
+        Some(existing) => {
+            if existing.is_rerouting {
+                setup.drop_slot(SlotReset::PublicationRerouted).await?;
+            }
+            existing.stamps_reserved
+        }
         None => {
             setup.drop_slot(SlotReset::PublicationCreated).await?;
             HandleStamp::default()
@@ -111,6 +133,7 @@ mod tests {
     #[derive(Default)]
     struct Script {
         publication_missing: bool,
+        is_rerouting: bool,
         creates: VecDeque<Option<Lsn>>,
         existing: Option<ExistingSlot>,
         reserved: HandleStamp,
@@ -123,11 +146,15 @@ mod tests {
 
         async fn ensure_publication(&mut self) -> Result<bool, String> {
             self.steps.push("publication".into());
+            self.is_rerouting = false;
             Ok(std::mem::take(&mut self.publication_missing))
         }
-        async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, String> {
+        async fn existing_publication(&mut self) -> Result<Option<ExistingPublication>, String> {
             self.steps.push("read publication".into());
-            Ok((!self.publication_missing).then_some(self.reserved))
+            Ok((!self.publication_missing).then_some(ExistingPublication {
+                stamps_reserved: self.reserved,
+                is_rerouting: self.is_rerouting,
+            }))
         }
         async fn drop_slot(&mut self, why: SlotReset) -> Result<(), String> {
             self.steps.push(format!("drop {why:?}"));
@@ -267,6 +294,49 @@ mod tests {
             run(&mut script).expect("existing").stamps_reserved,
             reserved
         );
+    }
+
+    #[test]
+    fn a_publication_about_to_be_rerouted_drops_the_slot_before_it_is_altered() {
+        // Goal: an old publication that publishes a partitioned table without
+        // publish_via_partition_root: its slot's history and the shapes built from it missed
+        // the table's changes, so the slot is made afresh (and storage purged, CT-1).
+        let mut script = Script {
+            is_rerouting: true,
+            creates: [Some(Lsn(0x100))].into(),
+            ..Script::default()
+        };
+        let started = run(&mut script).expect("started");
+        assert!(started.slot_created);
+        assert_eq!(
+            script.steps,
+            [
+                "read publication",
+                "drop PublicationRerouted",
+                "publication",
+                "create"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reroute_that_failed_before_the_alter_drops_again_on_the_retry() {
+        // The drop comes first: a failure after it leaves the publication unaltered, so the
+        // next attempt sees it rerouting and drops the (recreated or missing) slot again.
+        let mut script = Script {
+            is_rerouting: true,
+            failing_drops: 1,
+            creates: [Some(Lsn(0x100))].into(),
+            ..Script::default()
+        };
+        assert_eq!(run(&mut script), Err("connection lost".into()));
+        assert_eq!(
+            script.steps,
+            ["read publication", "drop PublicationRerouted"]
+        );
+        script.steps.clear();
+        assert!(run(&mut script).expect("started").slot_created);
+        assert_eq!(script.steps[1], "drop PublicationRerouted");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! [`take`] runs them, so the simulation checks the order production runs.
 //!
 //! The order and why:
-//! 1. SL-5: the table joins the publication (with `REPLICA IDENTITY FULL`), so every change
-//!    committed from here on is decoded for it. With `ELECTRIC_MANUAL_TABLE_PUBLISHING`
-//!    ([`TablePublishing::Manual`]) the operator does both: this step only checks that they
-//!    did, and fails with [`SnapshotError::NotPublished`] naming the SQL to run. The same
-//!    check runs alone before a shape is created ([`check_published`]).
+//! 1. SL-5: the table joins the publication (with `REPLICA IDENTITY FULL`, on every table of
+//!    its partition tree for a partitioned table), so every change committed from here on is
+//!    decoded for it, under its own relation ([`PublishedAs`]). With
+//!    `ELECTRIC_MANUAL_TABLE_PUBLISHING` ([`TablePublishing::Manual`]) the operator does both:
+//!    this step only checks that they did, and fails with [`SnapshotError::NotPublished`]
+//!    naming the SQL to run. The same check runs alone before a shape is created
+//!    ([`check_published`]).
 //! 2. SN-2: wait until every transaction in progress *at that moment* has ended; a writer
 //!    that began before the table joined may have changes pgoutput will not send.
 //! 3. SN-3, one `REPEATABLE READ READ ONLY` transaction: lock the table against DDL
@@ -33,7 +35,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::chunk::{check_schema_unchanged, SnapshotChunks, SnapshotColumns};
-use crate::ports::{DisconnectKind, SnapshotError, SnapshotRequest, SnapshotWriter};
+use crate::ports::{
+    DisconnectKind, RefusalKind, SnapshotError, SnapshotRefusal, SnapshotRequest, SnapshotWriter,
+};
 use crate::shape::{quote_ident, LogMode, RelationName, TableSchema};
 use crate::snapshot::PgSnapshot;
 
@@ -61,35 +65,77 @@ pub enum TablePublishing {
 }
 
 /// A table's standing with a publication, as the catalog says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
     /// The publication publishes the table (listed, `FOR ALL TABLES` or its schema).
     pub is_published: bool,
-    /// The table's replica identity is `FULL` (`relreplident = 'f'`): updates and deletes
-    /// carry the whole old row, which shapes need (SL-7).
-    pub is_replica_identity_full: bool,
+    /// The tables whose replica identity is not `FULL` (`relreplident <> 'f'`): the table
+    /// itself, and for a partitioned table each table of its partition tree (Postgres writes
+    /// a partition's old rows by the partition's own setting, which its parent's does not
+    /// change). Empty when updates and deletes carry whole old rows, which shapes need (SL-7).
+    pub replica_identity_not_full: Vec<RelationName>,
+    /// Under which relation the publication publishes the table's changes.
+    pub published_as: PublishedAs,
+}
+
+/// Under which relation a publication publishes a table's changes: its own, unless
+/// partitioning intervenes. pgoutput names one relation per change, so a shape sees a table's
+/// changes only when they come under that table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishedAs {
+    /// The table's own: every table but the two cases below.
+    Itself,
+    /// A partitioned table whose publication does not publish via partition root
+    /// (`publish_via_partition_root` off): its partitions' changes come under their own
+    /// names, none under the partitioned table's.
+    Partitions,
+    /// A partition whose changes come under this partitioned table (an ancestor the
+    /// publication publishes, with `publish_via_partition_root` on).
+    Ancestor(RelationName),
 }
 
 impl Membership {
     /// `None` when the table is ready; otherwise what it lacks and the exact SQL, quoted, an
-    /// administrator must run (the text of [`SnapshotError::NotPublished`]).
+    /// administrator must run (the text of [`SnapshotError::NotPublished`]). A partition
+    /// published under its ancestor is not for an administrator to fix: see
+    /// [`require_published_as_itself`].
     pub(crate) fn not_ready_message(
         &self,
         publication: &str,
         relation: &RelationName,
     ) -> Option<String> {
-        let publication = quote_ident(publication);
+        let quoted = quote_ident(publication);
         let mut lacks = Vec::new();
         let mut sql = Vec::new();
         if !self.is_published {
-            lacks.push(format!("is missing from the publication {publication}"));
-            sql.push(format!(
-                "ALTER PUBLICATION {publication} ADD TABLE {relation};"
-            ));
+            lacks.push(format!("is missing from the publication {quoted}"));
+            sql.push(format!("ALTER PUBLICATION {quoted} ADD TABLE {relation};"));
         }
-        if !self.is_replica_identity_full {
-            lacks.push("does not have its replica identity set to FULL".to_owned());
-            sql.push(format!("ALTER TABLE {relation} REPLICA IDENTITY FULL;"));
+        if self.published_as == PublishedAs::Partitions {
+            lacks.push(format!(
+                "is partitioned, and the publication {quoted} publishes its partitions' \
+                 changes under their own names (publish_via_partition_root is off)"
+            ));
+            sql.push(via_partition_root_sql(publication));
+        }
+        if !self.replica_identity_not_full.is_empty() {
+            let is_own = self.replica_identity_not_full == [relation.clone()];
+            lacks.push(if is_own {
+                "does not have its replica identity set to FULL".to_owned()
+            } else {
+                let tables: Vec<String> = self
+                    .replica_identity_not_full
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                format!(
+                    "has tables in its partition tree without replica identity FULL ({})",
+                    tables.join(", ")
+                )
+            });
+            for table in &self.replica_identity_not_full {
+                sql.push(format!("ALTER TABLE {table} REPLICA IDENTITY FULL;"));
+            }
         }
         if sql.is_empty() {
             return None;
@@ -103,12 +149,71 @@ impl Membership {
     }
 }
 
+/// `ALTER PUBLICATION … SET (publish_via_partition_root = true);` for `publication`.
+fn via_partition_root_sql(publication: &str) -> String {
+    format!(
+        "ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
+        quote_ident(publication)
+    )
+}
+
+/// Whether a shape on `relation` would see the changes `publication` publishes for it (see
+/// [`PublishedAs`]), for [`TablePublishing::Automatic`], where ampere added the table itself
+/// and would have turned `publish_via_partition_root` on at startup had it been allowed to.
+///
+/// Both are refusals ([`SnapshotError::Refused`]: retrying cannot help, so the shape's
+/// clients get the reason, not a 409 that sends them round again).
+/// [`PublishedAs::Partitions`] is [`RefusalKind::Privilege`] naming the SQL an administrator
+/// must run (403: ampere's role may not alter the publication, or someone turned the option
+/// off since startup); [`PublishedAs::Ancestor`] is [`RefusalKind::Unsupported`] (400 on
+/// `table`): Postgres cannot publish a partition's changes under both relations, and shapes
+/// on the partitioned table have them.
+pub fn require_published_as_itself(
+    published_as: &PublishedAs,
+    publication: &str,
+    relation: &RelationName,
+) -> Result<(), SnapshotError> {
+    match published_as {
+        PublishedAs::Itself => Ok(()),
+        PublishedAs::Partitions => Err(SnapshotError::Refused(SnapshotRefusal {
+            kind: RefusalKind::Privilege,
+            message: format!(
+                "Database table {relation} is partitioned, and the publication {} publishes \
+                 its partitions' changes under their own names (publish_via_partition_root \
+                 is off), so a shape on it would miss them. ampere turns it on at startup \
+                 only where its role owns the publication; as the publication's owner (or a \
+                 superuser), run: {}",
+                quote_ident(publication),
+                via_partition_root_sql(publication)
+            ),
+        })),
+        PublishedAs::Ancestor(ancestor) => Err(partition_published_under(relation, ancestor)),
+    }
+}
+
+/// The refusal of a shape on `relation`, a partition whose changes the publication publishes
+/// under its partitioned table `ancestor`.
+fn partition_published_under(relation: &RelationName, ancestor: &RelationName) -> SnapshotError {
+    SnapshotError::Refused(SnapshotRefusal {
+        kind: RefusalKind::Unsupported,
+        message: format!(
+            "Database table {relation} is a partition of {ancestor}, which is in the \
+             publication: Postgres publishes changes to {relation} as changes to {ancestor} \
+             (publish_via_partition_root), so a shape on {relation} would miss them. Request \
+             a shape on {ancestor}, with a where clause selecting this partition's rows"
+        ),
+    })
+}
+
 /// The steps of [`take`], on one adapter's connection (nobody else's: the steps run a
 /// transaction on it). Errors come as [`SnapshotError`]s: a vanished table or column is
 /// [`SnapshotError::SchemaChanged`].
 pub trait SnapshotSteps: Send {
     /// SL-5, in one transaction under a short lock timeout: `ALTER PUBLICATION … ADD TABLE`
-    /// (already a member is fine), then `REPLICA IDENTITY FULL` unless the table has it.
+    /// (already a member is fine), then `REPLICA IDENTITY FULL` on the table and, for a
+    /// partitioned table, on every table of its partition tree, each unless it has it. First
+    /// fails as [`require_published_as_itself`] says when the publication would not publish
+    /// the table's changes under it ([`PublishedAs`]), altering nothing.
     fn add_to_publication(
         &mut self,
         publication: &str,
@@ -210,8 +315,10 @@ pub async fn take<S: SnapshotSteps, W: SnapshotWriter>(
     Ok(snapshot)
 }
 
-/// Step 1 in [`TablePublishing::Manual`]: `Ok` when `publication` publishes the table and its
-/// replica identity is `FULL`; [`SnapshotError::NotPublished`] naming the SQL to run when not;
+/// Step 1 in [`TablePublishing::Manual`]: `Ok` when `publication` publishes the table's
+/// changes under it and every replica identity it needs is `FULL`;
+/// [`SnapshotError::NotPublished`] naming the SQL to run when not; a refusal (400) for a
+/// partition published under its partitioned table ([`PublishedAs::Ancestor`]);
 /// [`SnapshotError::SchemaChanged`] when the table is gone.
 pub async fn check_published<S: SnapshotSteps>(
     steps: &mut S,
@@ -232,6 +339,9 @@ pub fn require_ready(
     let membership = membership.ok_or_else(|| SnapshotError::SchemaChanged {
         message: format!("table {relation} no longer exists"),
     })?;
+    if let PublishedAs::Ancestor(ancestor) = &membership.published_as {
+        return Err(partition_published_under(relation, ancestor));
+    }
     match membership.not_ready_message(publication, relation) {
         None => Ok(()),
         Some(message) => Err(SnapshotError::NotPublished { message }),

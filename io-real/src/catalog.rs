@@ -72,21 +72,38 @@ LEFT JOIN LATERAL (
 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 ORDER BY a.attnum";
 
-/// The current name of each table among `tables` that still exists (a dropped table has no
-/// row): one query for every shape's table, however many (issue 12, "Relations").
+/// The current name of each table among `$1` that still exists (a dropped table has no
+/// row) and whose changes publication `$2` publishes under it: not a partition with an
+/// ancestor the publication lists while publishing via partition root, whose changes come
+/// under that ancestor. One query for every shape's table, however many (issue 12,
+/// "Relations"); the publication's tables are listed only for partitions.
 const RELATION_NAMES_QUERY: &str = "\
 SELECT c.oid, n.nspname::text, c.relname::text
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = ANY($1)";
+WHERE c.oid = ANY($1)
+  AND NOT (c.relispartition AND EXISTS (
+      SELECT 1
+      FROM pg_catalog.pg_publication p,
+           pg_catalog.pg_partition_ancestors(c.oid) AS t(relid)
+      JOIN pg_catalog.pg_class ac ON ac.oid = t.relid
+      JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+      WHERE p.pubname = $2 AND p.pubviaroot AND t.relid <> c.oid
+        AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
+                    WHERE pt.pubname = $2 AND pt.schemaname = an.nspname
+                      AND pt.tablename = ac.relname)))";
 
-/// `(pg_class.oid, name)` of the tables among `tables` that still exist, in no order.
+/// `(pg_class.oid, name)` of the tables among `tables` that still exist and whose changes
+/// `publication` publishes under them ([`RELATION_NAMES_QUERY`]), in no order.
 pub async fn relation_names(
     client: &impl GenericClient,
     tables: &[Oid],
+    publication: &str,
 ) -> Result<Vec<(Oid, RelationName)>, tokio_postgres::Error> {
     let oids: Vec<u32> = tables.iter().map(|oid| oid.0).collect();
-    let rows = client.query(RELATION_NAMES_QUERY, &[&oids]).await?;
+    let rows = client
+        .query(RELATION_NAMES_QUERY, &[&oids, &publication])
+        .await?;
     let mut found = Vec::with_capacity(rows.len());
     for row in rows {
         let oid: u32 = row.try_get(0)?;
@@ -185,7 +202,7 @@ pub async fn table(
 
 /// Whether pgoutput sends a column with this `attgenerated`: ordinary columns always; stored
 /// generated ones (`s`) from PostgreSQL 18, whose publications ampere makes (or alters to)
-/// `publish_generated_columns = stored` (`pg::ensure_publication`); virtual ones (`v`, 18)
+/// `publish_generated_columns = stored` (`publication::ensure`); virtual ones (`v`, 18)
 /// never. Electric decides the same way (`supports_generated_column_replication`).
 fn is_replicated(attgenerated: &str, server_version: ServerVersion) -> bool {
     match attgenerated {

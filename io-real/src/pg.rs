@@ -55,8 +55,8 @@ use ampere_core::ports::{
     ReplicationTarget, SlotPersistence, SlotStarted, SnapshotError, SnapshotRequest,
     SnapshotWriter, StandbyStatus, SystemIdentity,
 };
-use ampere_core::shape::{quote_ident, HandleStamp, RelationName, ServerVersion};
-use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
+use ampere_core::shape::{quote_ident, HandleStamp, RelationName};
+use ampere_core::slot_setup::{self, ExistingPublication, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 
 use ampere_core::snapshot_steps::{self, TablePublishing};
@@ -64,6 +64,7 @@ use ampere_core::subset::{SubsetQuery, SubsetRows};
 
 use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::pool::{Pool, PoolSize, Pooled, Reusable};
+use crate::publication;
 use crate::replication::{
     self, CreateSlotOutcome, ReplicationConfig, ReplicationConnection, ReplicationError,
     ReplicationErrorKind,
@@ -81,8 +82,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const PGOUTPUT_PROTO_VERSION: u32 = 1;
 /// The oldest server ampere replicates from (`server_version_num` of PostgreSQL 14.0).
 pub const MIN_SERVER_VERSION_NUM: u32 = 140_000;
-/// SQLSTATE `duplicate_object` (publication or slot exists).
-const DUPLICATE_OBJECT: &str = "42710";
 /// SQLSTATE `insufficient_privilege`.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `undefined_object` (`pg_drop_replication_slot` of a missing slot).
@@ -801,11 +800,12 @@ impl PgPort for RealPg {
     fn relation_names(
         &self,
         tables: Vec<Oid>,
+        publication: String,
     ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static {
         let this = self.clone();
         async move {
             let admin = this.admin().await?;
-            let found = catalog::relation_names(&*admin, &tables).await;
+            let found = catalog::relation_names(&*admin, &tables, &publication).await;
             admin.finish(found).map_err(|source| PgPortError::Sql {
                 during: "looking up the shapes' tables",
                 source,
@@ -1073,38 +1073,6 @@ async fn check_wal_level(admin: &Client) -> Result<(), PgPortError> {
     Err(PgPortError::WalLevel { wal_level })
 }
 
-/// SL-1: `CREATE PUBLICATION`; `true` when it was created now.
-async fn ensure_publication(
-    admin: &Client,
-    publication: &str,
-    server_version: u32,
-    publishing: &TablePublishing,
-) -> Result<bool, PgPortError> {
-    let publishes_generated = ServerVersion(server_version) >= ServerVersion::PG_18;
-    let mut create = format!("CREATE PUBLICATION {}", quote_ident(publication));
-    if publishes_generated {
-        create.push_str(" WITH (publish_generated_columns = stored)");
-    }
-    let error = match admin.batch_execute(&create).await {
-        Ok(()) => return Ok(true),
-        Err(error) => error,
-    };
-    match sqlstate(&error) {
-        Some(DUPLICATE_OBJECT) => {}
-        Some(INSUFFICIENT_PRIVILEGE) => check_existing_publication(admin, publication).await?,
-        _ => {
-            return Err(PgPortError::Sql {
-                during: "creating the publication",
-                source: error,
-            })
-        }
-    }
-    if publishes_generated {
-        publish_generated_columns(admin, publication, publishing).await?;
-    }
-    Ok(false)
-}
-
 /// ID-2: the handle-stamp reservation the publication's comment records (zero for none, or
 /// for a comment ampere did not write); `None` when there is no publication.
 async fn stamps_reserved<C: GenericClient>(
@@ -1176,94 +1144,6 @@ async fn reserve_stamps(
     Ok(StampReservation::Recorded)
 }
 
-/// SL-1 on PostgreSQL 18+: the publication must publish stored generated columns
-/// (`pubgencols = 's'`), since the catalog includes them in table schemas there and
-/// pgoutput's tuples must line up with those. A publication from an older ampere (or made by
-/// hand) is altered, unless `ELECTRIC_MANUAL_TABLE_PUBLISHING` forbids it or the role may not:
-/// then one warning names the SQL, and shapes of tables with stored generated columns refetch
-/// on every change until an operator runs it (the catalog does not yet read `pubgencols`).
-async fn publish_generated_columns(
-    admin: &Client,
-    publication: &str,
-    publishing: &TablePublishing,
-) -> Result<(), PgPortError> {
-    const SQL: &str = "SELECT pubgencols::text FROM pg_catalog.pg_publication WHERE pubname = $1";
-    let during = "reading the publication's publish_generated_columns";
-    let rows = admin
-        .query(SQL, &[&publication])
-        .await
-        .map_err(sql(during))?;
-    if rows
-        .first()
-        .map(|row| row.try_get::<_, String>(0))
-        .transpose()
-        .map_err(sql(during))?
-        .is_some_and(|gencols| gencols == "s")
-    {
-        return Ok(());
-    }
-    let alter = format!(
-        "ALTER PUBLICATION {} SET (publish_generated_columns = stored)",
-        quote_ident(publication)
-    );
-    // Only tables with stored generated columns need it: without it, the operator's
-    // publication still serves every other table, so this is a warning, never a refusal.
-    let unpublished = |why: &str| {
-        tracing::warn!(%publication,
-            "the publication does not publish stored generated columns and {why}: a shape of a \
-             table with one will be told to refetch on every change; run: {alter};");
-    };
-    if matches!(publishing, TablePublishing::Manual { .. }) {
-        unpublished("ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps ampere from altering it");
-        return Ok(());
-    }
-    match admin.batch_execute(&alter).await {
-        Ok(()) => Ok(()),
-        Err(error) if sqlstate(&error) == Some(INSUFFICIENT_PRIVILEGE) => {
-            unpublished("the role may not alter it");
-            Ok(())
-        }
-        Err(source) => Err(PgPortError::Sql {
-            during: "setting the publication's publish_generated_columns",
-            source,
-        }),
-    }
-}
-
-/// SL-1, without the privilege to create it: the publication must exist and publish inserts,
-/// updates, deletes and truncates.
-async fn check_existing_publication(admin: &Client, publication: &str) -> Result<(), PgPortError> {
-    const SQL: &str = "SELECT pubinsert, pubupdate, pubdelete, pubtruncate \
-                       FROM pg_catalog.pg_publication WHERE pubname = $1";
-    let during = "reading the publication";
-    let rows = admin
-        .query(SQL, &[&publication])
-        .await
-        .map_err(sql(during))?;
-    let Some(row) = rows.first() else {
-        return Err(PgPortError::Publication {
-            publication: publication.to_owned(),
-            missing: "the publication does not exist and the role may not create it".to_owned(),
-        });
-    };
-    let mut missing = Vec::new();
-    for (i, operation) in ["insert", "update", "delete", "truncate"]
-        .into_iter()
-        .enumerate()
-    {
-        if !row.try_get::<_, bool>(i).map_err(sql(during))? {
-            missing.push(operation);
-        }
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(PgPortError::Publication {
-        publication: publication.to_owned(),
-        missing: format!("it does not publish {}", missing.join(", ")),
-    })
-}
-
 /// Drops the slot if it exists in `database` (a concurrent drop, 42704, is fine). Another
 /// database's slot of the same name is left alone: reading it then fails fatally.
 async fn drop_slot(admin: &Client, slot: &str, database: &str) -> Result<(), PgPortError> {
@@ -1297,7 +1177,7 @@ impl SlotSetup for RealSlotSetup<'_> {
 
     async fn ensure_publication(&mut self) -> Result<bool, PgPortError> {
         let admin = self.pg.admin().await?;
-        let created = ensure_publication(
+        let created = publication::ensure(
             &admin,
             &self.target.publication,
             self.server_version_num,
@@ -1307,10 +1187,11 @@ impl SlotSetup for RealSlotSetup<'_> {
         admin.finish(created)
     }
 
-    async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, PgPortError> {
+    async fn existing_publication(&mut self) -> Result<Option<ExistingPublication>, PgPortError> {
         let admin = self.pg.admin().await?;
-        let reserved = stamps_reserved(&*admin, &self.target.publication).await;
-        admin.finish(reserved)
+        let publishing = self.pg.table_publishing();
+        let existing = publication::existing(&admin, &self.target.publication, publishing).await;
+        admin.finish(existing)
     }
 
     async fn drop_slot(&mut self, why: SlotReset) -> Result<(), PgPortError> {
@@ -1321,6 +1202,12 @@ impl SlotSetup for RealSlotSetup<'_> {
                 "the publication is missing: dropping the slot before creating it"),
             SlotReset::SlotLost => tracing::warn!(%slot,
                 "the slot is invalidated (wal_status = lost); recreating it"),
+            SlotReset::PublicationRerouted => tracing::warn!(%slot,
+                publication = %self.target.publication,
+                "the publication holds a partitioned table but lacks \
+                 publish_via_partition_root, so shapes on that table missed its partitions' \
+                 changes: dropping the slot before setting it (stored shapes are purged \
+                 once, and their clients refetch)"),
         }
         let admin = self.pg.admin().await?;
         let dropped = drop_slot(&admin, slot, self.database).await;

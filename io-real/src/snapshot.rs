@@ -27,6 +27,7 @@ use ampere_core::Lsn;
 use ampere_core::error_chain;
 
 use crate::catalog::{self, CatalogError};
+use crate::membership;
 use crate::pg::{sql_error_kind, RealPg};
 use crate::replication::DISPLAY_SETTINGS;
 
@@ -281,22 +282,33 @@ fn subset_error(error: tokio_postgres::Error) -> SnapshotError {
     }
 }
 
-/// SL-5, one transaction under a 5 s lock timeout: `ALTER PUBLICATION … ADD TABLE` (already a
-/// member is fine), then `REPLICA IDENTITY FULL` unless the table has it. A failure of the
-/// latter fails the whole step: without full old rows updates cannot be served (SL-7).
+/// SL-5, one transaction under a 5 s lock timeout: first the publication's standing
+/// ([`membership::standing`]): a table whose changes it would not publish under the table
+/// itself fails as [`snapshot_steps::require_published_as_itself`] says, altering nothing;
+/// then `ALTER PUBLICATION … ADD TABLE` (already a member is fine), then `REPLICA IDENTITY
+/// FULL` on each of the table and, for a partitioned table, the tables of its partition tree
+/// that lack it (Postgres writes a partition's old rows by the partition's own setting). A
+/// failure of the latter fails the whole step: without full old rows updates cannot be
+/// served (SL-7).
+///
+/// A partition attached after this ran has the replica identity it came with: its first
+/// update or delete without a whole old row rotates the partitioned table's shapes (SL-7),
+/// and their re-request runs this again, which sets it.
 pub async fn add_to_publication(
     client: &mut Client,
     publication: &str,
     relation: &RelationName,
 ) -> Result<(), SnapshotError> {
-    const REPLIDENT: &str = "SELECT c.relreplident::text FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2";
     let mut tx = client.transaction().await.map_err(pg("BEGIN"))?;
     let lock_timeout = format!("SET LOCAL lock_timeout = '{MEMBERSHIP_LOCK_TIMEOUT}'");
     tx.batch_execute(&lock_timeout)
         .await
         .map_err(pg("SET lock_timeout"))?;
+    let (_, published_as) = membership::standing(&tx, publication, relation)
+        .await
+        .map_err(pg("reading the publication's tables"))?
+        .ok_or_else(|| gone(relation))?;
+    snapshot_steps::require_published_as_itself(&published_as, publication, relation)?;
     let add = format!(
         "ALTER PUBLICATION {} ADD TABLE {relation}",
         quote_ident(publication)
@@ -321,21 +333,23 @@ pub async fn add_to_publication(
             ))
         }
     }
-    let row = tx
-        .query_opt(REPLIDENT, &[&relation.schema, &relation.table])
+    let not_full = membership::replica_identity_not_full(&tx, relation)
         .await
-        .map_err(pg("reading relreplident"))?
-        .ok_or_else(|| SnapshotError::SchemaChanged {
-            message: format!("table {relation} no longer exists"),
-        })?;
-    let replident: String = row.try_get(0).map_err(pg("reading relreplident"))?;
-    if replident != "f" {
-        let full = format!("ALTER TABLE {relation} REPLICA IDENTITY FULL");
+        .map_err(pg("reading relreplident"))?;
+    for table in &not_full {
+        let full = format!("ALTER TABLE {table} REPLICA IDENTITY FULL");
         tx.batch_execute(&full)
             .await
-            .map_err(|e| membership_error("ALTER TABLE … REPLICA IDENTITY FULL", relation, e))?;
+            .map_err(|e| membership_error("ALTER TABLE … REPLICA IDENTITY FULL", table, e))?;
     }
     tx.commit().await.map_err(pg("COMMIT"))
+}
+
+/// The error for a table that vanished since the shape was requested.
+fn gone(relation: &RelationName) -> SnapshotError {
+    SnapshotError::SchemaChanged {
+        message: format!("table {relation} no longer exists"),
+    }
 }
 
 /// [`PgPort::check_table_published`](ampere_core::ports::PgPort::check_table_published) for
@@ -359,35 +373,15 @@ pub(crate) async fn check_table_published(
     snapshot_steps::require_ready(read?, publication, relation)
 }
 
-/// The table's [`Membership`] in `publication`: `pg_publication_tables` covers tables listed,
-/// `FOR ALL TABLES` and `FOR TABLES IN SCHEMA` alike (and a missing publication lists none);
-/// `None` when the table does not exist. Catalog reads only: any role may run it.
+/// [`membership::membership`], its failure mapped as any snapshot query's.
 async fn membership(
     client: &Client,
     publication: &str,
     relation: &RelationName,
 ) -> Result<Option<Membership>, SnapshotError> {
-    const MEMBERSHIP: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p \
-             WHERE p.pubname = $1 AND p.schemaname = n.nspname AND p.tablename = c.relname), \
-             c.relreplident = 'f' \
-         FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $2 AND c.relname = $3";
-    let during = "reading the publication's tables";
-    let row = client
-        .query_opt(
-            MEMBERSHIP,
-            &[&publication, &relation.schema, &relation.table],
-        )
+    membership::membership(client, publication, relation)
         .await
-        .map_err(pg(during))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Membership {
-        is_published: row.try_get(0).map_err(pg(during))?,
-        is_replica_identity_full: row.try_get(1).map_err(pg(during))?,
-    }))
+        .map_err(pg("reading the publication's tables"))
 }
 
 /// SN-2's snapshot of the transactions in progress now.

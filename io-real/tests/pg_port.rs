@@ -26,10 +26,11 @@ use ampere_core::shape::{
     HandleStamp, RelationName, Replica, ServerVersion, ShapeDefinition, ShapeHandle, TableSchema,
 };
 use ampere_core::snapshot::FullXid;
+use ampere_core::snapshot_steps::TablePublishing;
 use ampere_core::where_clause::tz::Zone;
 use ampere_core::Lsn;
 use ampere_io_real::embedded_pg::{shared_for_tests, EmbeddedOptions, EmbeddedPostgres};
-use ampere_io_real::pg::{CleanupReport, RealPg, RealReplicationStream};
+use ampere_io_real::pg::{CleanupReport, PgOptions, RealPg, RealReplicationStream};
 
 const PUBLICATION: &str = "electric_publication_test";
 
@@ -1011,7 +1012,10 @@ async fn relation_names_follow_renames_and_omit_dropped_tables() {
         )
         .await
         .unwrap();
-    let mut found = pg.relation_names(oids.to_vec()).await.expect("query");
+    let mut found = pg
+        .relation_names(oids.to_vec(), PUBLICATION.to_owned())
+        .await
+        .expect("query");
     found.sort_by_key(|(oid, _)| *oid);
     assert_eq!(
         found,
@@ -1124,4 +1128,283 @@ async fn the_servers_time_zone_data_is_read_at_every_probe_and_compared_with_amp
         .await
         .expect("not an error");
     assert_eq!(unknown, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partitioned tables
+
+/// `m`, partitioned by region: `m_eu`, and `m_us`, itself partitioned by id into `m_us_low` and
+/// `m_us_high`; one row in each leaf.
+const PARTITIONED_DDL: &str = "
+CREATE TABLE m (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us') PARTITION BY RANGE (id);
+CREATE TABLE m_us_low PARTITION OF m_us FOR VALUES FROM (MINVALUE) TO (100);
+CREATE TABLE m_us_high PARTITION OF m_us FOR VALUES FROM (100) TO (MAXVALUE);
+INSERT INTO m VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (200, 'us', 'c');
+";
+
+/// A fresh database holding [`PARTITIONED_DDL`], and a publication `PUBLICATION` created with
+/// `options` (an empty string for none).
+async fn partitioned_db(name: &str, options: &str) -> (RealPg, Client) {
+    let url = database(name);
+    let client = connect(&url).await;
+    client.batch_execute(PARTITIONED_DDL).await.expect("DDL");
+    client
+        .batch_execute(&format!("CREATE PUBLICATION {PUBLICATION} {options}"))
+        .await
+        .expect("publication");
+    (RealPg::from_url(&url).unwrap(), client)
+}
+
+/// `relreplident` of each table named `m%`, as `name=code` in name order.
+async fn replica_identities(client: &Client) -> String {
+    let rows = client
+        .query(
+            "SELECT relname::text || '=' || relreplident::text FROM pg_class \
+             WHERE relname LIKE 'm%' AND relkind IN ('r', 'p') ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pairs: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    pairs.join(" ")
+}
+
+/// The tables `publication` publishes, as `pg_publication_tables` names them.
+async fn published_tables(client: &Client, publication: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            &[&publication],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `pubviaroot` of `publication`.
+async fn is_via_root(client: &Client, publication: &str) -> bool {
+    client
+        .query_one(
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn snapshot_of_a_partitioned_table_publishes_it_with_replica_identity_full_on_every_partition(
+) {
+    // Goal: a shape on a partitioned table reads every partition's rows, its table joins the
+    // publication (changes then come under it), and every table of its partition tree gets
+    // REPLICA IDENTITY FULL: Postgres writes a partition's old rows by the partition's own
+    // setting, which ALTER TABLE on the parent does not change.
+    // Method: a two-level partition tree, a publication publishing via partition root.
+    let (pg, client) = partitioned_db(
+        "partitioned_snapshot",
+        "WITH (publish_via_partition_root = true)",
+    )
+    .await;
+    let schema = schema_of(&pg, "m").await;
+    let writer = MemWriter::default();
+    pg.take_snapshot(request(schema, None, 1_000_000), writer.clone())
+        .await
+        .expect("snapshot");
+    let keys: Vec<String> = writer.rows().into_keys().collect();
+    assert_eq!(
+        keys,
+        [
+            r#""public"."m"/"1"/"eu""#,
+            r#""public"."m"/"2"/"us""#,
+            r#""public"."m"/"200"/"us""#
+        ]
+    );
+    assert_eq!(
+        replica_identities(&client).await,
+        "m=f m_eu=f m_us=f m_us_high=f m_us_low=f"
+    );
+    assert_eq!(published_tables(&client, PUBLICATION).await, ["m"]);
+}
+
+#[tokio::test]
+async fn a_partition_is_served_until_its_partitioned_table_joins_the_publication_then_refused() {
+    // Goal: with publish_via_partition_root Postgres publishes a partition's changes under
+    // the partitioned table once that is published, so a shape on the partition would see
+    // none: its snapshot is refused (400, naming the table to ask for), and the relation
+    // check leaves the partition out (its shapes rotate). Before that, it is a table as any.
+    // Method: snapshot m_eu, check relation_names; snapshot m; again both.
+    let (pg, client) = partitioned_db(
+        "partition_then_parent",
+        "WITH (publish_via_partition_root = true)",
+    )
+    .await;
+    let leaf = schema_of(&pg, "m_eu").await;
+    let parent = schema_of(&pg, "m").await;
+    let oids = vec![leaf.oid, parent.oid];
+    let names = || pg.relation_names(oids.clone(), PUBLICATION.to_owned());
+    pg.take_snapshot(request(leaf.clone(), None, 1000), MemWriter::default())
+        .await
+        .expect("a partition on its own is a table as any");
+    assert_eq!(names().await.expect("query").len(), 2);
+
+    pg.take_snapshot(request(parent.clone(), None, 1000), MemWriter::default())
+        .await
+        .expect("snapshot of the partitioned table");
+    let found = names().await.expect("query");
+    assert_eq!(
+        found,
+        [(parent.oid, relation("m"))],
+        "m_eu is published as m"
+    );
+    let result = pg
+        .take_snapshot(request(leaf, None, 1000), MemWriter::default())
+        .await;
+    let Err(SnapshotError::Refused(refusal)) = result else {
+        panic!("expected a refusal: {result:?}");
+    };
+    assert_eq!(refusal.kind, RefusalKind::Unsupported);
+    assert!(
+        refusal.message.starts_with(
+            r#"Database table "public"."m_eu" is a partition of "public"."m", which is in the publication"#
+        ),
+        "{}",
+        refusal.message
+    );
+    // Another publication does not publish m: there m_eu's changes still come under it.
+    let elsewhere = pg
+        .relation_names(oids.clone(), "electric_publication_other".to_owned())
+        .await
+        .expect("query");
+    assert_eq!(elsewhere.len(), 2);
+    drop(client);
+}
+
+#[tokio::test]
+async fn snapshot_of_a_partitioned_table_without_publish_via_partition_root_names_the_alter() {
+    // Goal: a publication ampere may not alter (its role does not own it) that publishes
+    // partitions under their own names: a shape on the partitioned table would see no change,
+    // so its snapshot is refused (403, not retried) naming the SQL, and alters nothing.
+    // Method: a publication without the option; the snapshot as its owner would take it.
+    let (pg, client) = partitioned_db("partitioned_without_via_root", "").await;
+    let schema = schema_of(&pg, "m").await;
+    let result = pg
+        .take_snapshot(request(schema, None, 1000), MemWriter::default())
+        .await;
+    let Err(SnapshotError::Refused(refusal)) = result else {
+        panic!("expected a refusal: {result:?}");
+    };
+    assert_eq!(refusal.kind, RefusalKind::Privilege);
+    assert!(
+        refusal.message.ends_with(&format!(
+            r#"run: ALTER PUBLICATION "{PUBLICATION}" SET (publish_via_partition_root = true);"#
+        )),
+        "{}",
+        refusal.message
+    );
+    assert!(published_tables(&client, PUBLICATION).await.is_empty());
+    assert_eq!(
+        replica_identities(&client).await,
+        "m=d m_eu=d m_us=d m_us_high=d m_us_low=d"
+    );
+}
+
+#[tokio::test]
+async fn sl1_publications_publish_via_partition_root_and_an_old_one_holding_a_partitioned_table_recreates_the_slot(
+) {
+    // Goal: a new publication publishes via partition root; an older one without it is
+    // altered, in place when it holds no partitioned table, and after dropping the slot when
+    // it does (its history, and shapes built from it, missed the partitions' changes).
+    // Method: three targets in one database: no publication; an old empty publication and
+    // its slot; an old publication of `m` and its slot.
+    let url = database("replication_via_root");
+    let client = connect(&url).await;
+    client.batch_execute(PARTITIONED_DDL).await.expect("DDL");
+    let pg = RealPg::from_url(&url).unwrap();
+    let fresh = target("via_root_new");
+    let (_fresh_stream, started, _) = start(&pg, &fresh).await;
+    assert!(started.slot_created);
+    assert!(is_via_root(&client, &fresh.publication).await);
+
+    for (target, tables, is_recreated) in [
+        (target("via_root_old_empty"), "", false),
+        (target("via_root_old_parted"), "FOR TABLE m", true),
+    ] {
+        let old = format!("CREATE PUBLICATION {} {tables}", target.publication);
+        client.batch_execute(&old).await.unwrap();
+        client
+            .query_one(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&target.slot],
+            )
+            .await
+            .unwrap();
+        assert!(!is_via_root(&client, &target.publication).await);
+        let (_stream, started, _) = start(&pg, &target).await;
+        assert_eq!(started.slot_created, is_recreated, "{}", target.publication);
+        assert!(is_via_root(&client, &target.publication).await);
+    }
+}
+
+#[tokio::test]
+async fn with_manual_publishing_an_old_publication_is_left_alone_and_a_partitioned_table_names_the_sql(
+) {
+    // Goal: ELECTRIC_MANUAL_TABLE_PUBLISHING: ampere alters neither the publication nor its
+    // slot's history; a shape on a partitioned table is refused with every statement the
+    // operator must run (publish_via_partition_root, then each table's replica identity).
+    let url = database("manual_via_root");
+    let client = connect(&url).await;
+    client.batch_execute(PARTITIONED_DDL).await.expect("DDL");
+    let target = target("manual_via_root");
+    let manual = PgOptions {
+        table_publishing: TablePublishing::Manual {
+            publication: target.publication.clone(),
+        },
+        ..PgOptions::default()
+    };
+    let pg = RealPg::with_options(&url, &manual).unwrap();
+    let old = format!("CREATE PUBLICATION {} FOR TABLE m", target.publication);
+    client.batch_execute(&old).await.unwrap();
+    client
+        .query_one(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&target.slot],
+        )
+        .await
+        .unwrap();
+    let (_stream, started, _) = start(&pg, &target).await;
+    assert!(!started.slot_created, "the slot is kept");
+    assert!(!is_via_root(&client, &target.publication).await);
+
+    let error = pg
+        .check_table_published(relation("m"))
+        .await
+        .expect_err("not ready");
+    let SnapshotError::NotPublished { message } = &error else {
+        panic!("{error:?}");
+    };
+    let publication = &target.publication;
+    assert!(
+        message.ends_with(&format!(
+            "run: ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true); \
+             ALTER TABLE \"public\".\"m\" REPLICA IDENTITY FULL; \
+             ALTER TABLE \"public\".\"m_eu\" REPLICA IDENTITY FULL; \
+             ALTER TABLE \"public\".\"m_us\" REPLICA IDENTITY FULL; \
+             ALTER TABLE \"public\".\"m_us_high\" REPLICA IDENTITY FULL; \
+             ALTER TABLE \"public\".\"m_us_low\" REPLICA IDENTITY FULL;"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("ADD TABLE"), "m is listed: {message}");
+
+    // The operator runs it: ready.
+    let sql = message.split("run: ").nth(1).expect("the SQL");
+    client.batch_execute(sql).await.expect("the operator's SQL");
+    pg.check_table_published(relation("m"))
+        .await
+        .expect("ready once the operator ran it");
 }

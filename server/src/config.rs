@@ -709,7 +709,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ELECTRIC_REPLICATION_IDLE_TIMEOUT", "0", "5min", G::TimeOrZero,
         ignored("ampere keeps its database connections open (no scale-to-zero)"), Reference),
     var("ELECTRIC_MANUAL_TABLE_PUBLISHING", "false", "true", G::Boolean,
-        honoured("ampere never alters the publication or a table; a shape on a table not in the publication or without REPLICA IDENTITY FULL gets 503 naming the SQL to run"), Reference),
+        honoured("ampere never alters the publication or a table; a shape on a table not in the publication or without REPLICA IDENTITY FULL (for a partitioned table: on each partition, and the publication needs `publish_via_partition_root = true`) gets 503 naming the SQL to run"), Reference),
     var("ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE", "OS default", "30s", G::Time,
         honoured(TCP_HOW), Reference),
     var("ELECTRIC_DATABASE_TCP_KEEPALIVE_INTERVAL", "OS default", "10s", G::Time,

@@ -467,9 +467,13 @@ where
                 warn!(%handle, reason = %refusal, "snapshot refused: answered with the reason");
                 self.registry.refuse(&handle, refusal);
             }
-            Output::CheckRelations { op, tables } => {
+            Output::CheckRelations {
+                op,
+                tables,
+                publication,
+            } => {
                 debug!(tables = tables.len(), "checking the shapes' tables");
-                let check = self.ports.pg.relation_names(tables);
+                let check = self.ports.pg.relation_names(tables, publication);
                 self.in_flight.push(Box::pin(async move {
                     let result = check.await.map_err(|e| error_chain(&e));
                     Completion::Relations { op, result }

@@ -19,8 +19,8 @@ use ampere_server::config::{self, Cli, Command, Config, ShapeDbDir};
 use ampere_server::driver::Ports;
 use ampere_server::http::fd_limit;
 use ampere_server::http::{
-    BodyLimits, ConnectionLimits, ConnectionTimeouts, FdBudget, HttpConfig, SseTimings,
-    TimeoutListener,
+    serve_connections, BodyLimits, ConnectionLimits, ConnectionTimeouts, FdBudget, HttpConfig,
+    ServedPort, SseTimings, TimeoutListener,
 };
 use ampere_server::logging::{self, LogFormat, LogStream};
 use ampere_server::metrics::{self, Metrics};
@@ -130,7 +130,14 @@ async fn serve(mut config: Config, fd_limit: u64) -> anyhow::Result<()> {
     });
     if let (Some(metrics), Some(listener)) = (metrics, metrics_listener) {
         let slot = core_config.target.slot.clone();
-        spawn_metrics(metrics, listener, (pg.clone(), slot), &registry, &shutdown);
+        let limits = metrics_limits(&config);
+        spawn_metrics(
+            metrics,
+            (listener, limits),
+            (pg.clone(), slot),
+            &registry,
+            &shutdown,
+        );
     }
     let ports = Ports {
         pg,
@@ -171,6 +178,7 @@ fn http_config(config: &Config, fd_limit: u64, seed: u64, metrics: Option<Metric
         connections: ConnectionLimits {
             max_connections: max_connections(config, fd_limit),
             header_read_timeout: Some(config.tcp_read_timeout),
+            port: ServedPort::Api,
         },
         bodies: BodyLimits {
             read_timeout: config.tcp_read_timeout,
@@ -213,6 +221,9 @@ fn max_connections(config: &Config, fd_limit: u64) -> usize {
     let budget = FdBudget {
         fd_limit,
         db_pool_size: config.db_pool_size,
+        metrics_connections: config
+            .prometheus_port
+            .map_or(0, |_| metrics::MAX_CONNECTIONS),
     };
     let derived = budget.default_max_connections();
     let cap = config
@@ -304,11 +315,15 @@ fn absolute(variable: &str, path: &Path) -> anyhow::Result<PathBuf> {
 async fn listen(config: &Config) -> anyhow::Result<TimeoutListener> {
     let listener = bind(config.listen_on_ipv6, config.port, "ELECTRIC_PORT").await?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let timeouts = ConnectionTimeouts {
+    Ok(TimeoutListener::new(listener, connection_timeouts(config)))
+}
+
+/// `ELECTRIC_TCP_READ_TIMEOUT` and `ELECTRIC_TCP_SEND_TIMEOUT`, for every accepted connection.
+fn connection_timeouts(config: &Config) -> ConnectionTimeouts {
+    ConnectionTimeouts {
         read: config.tcp_read_timeout,
         send: config.tcp_send_timeout,
-    };
-    Ok(TimeoutListener::new(listener, timeouts))
+    }
 }
 
 /// Binds `port` on every IPv4 address, or with `ipv6` on `[::]`; an error names `variable`
@@ -324,11 +339,11 @@ async fn bind(ipv6: bool, port: u16, variable: &str) -> anyhow::Result<TcpListen
     })
 }
 
-/// Serves `/metrics` on `listener` and polls the replication slot's statistics, until
-/// `shutdown` flips.
+/// Serves `/metrics` on `listener` within `limits` and polls the replication slot's
+/// statistics, until `shutdown` flips.
 fn spawn_metrics(
     metrics: Metrics,
-    listener: TcpListener,
+    (listener, limits): (TimeoutListener, ConnectionLimits),
     (pg, slot): (RealPg, String),
     registry: &Registry,
     shutdown: &watch::Receiver<bool>,
@@ -340,24 +355,33 @@ fn spawn_metrics(
         registry.clone(),
         shutdown.clone(),
     ));
-    let mut stop = shutdown.clone();
-    tokio::spawn(async move {
-        let served = axum::serve(listener, metrics.router())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "the Prometheus metrics listener stopped");
-        }
-    });
+    // Shed connections are not counted: `ampere_http_connections_shed` is the API's.
+    let router = metrics.router();
+    tokio::spawn(serve_connections(
+        listener,
+        router,
+        limits,
+        None,
+        shutdown.clone(),
+    ));
 }
 
-/// Binds `ELECTRIC_PROMETHEUS_PORT` on the same addresses as the API (`ELECTRIC_LISTEN_ON_IPV6`).
-async fn listen_metrics(config: &Config, port: u16) -> anyhow::Result<TcpListener> {
+/// Binds `ELECTRIC_PROMETHEUS_PORT` on the same addresses as the API (`ELECTRIC_LISTEN_ON_IPV6`),
+/// applying the API's socket timeouts (its connections are not counted as the API's).
+async fn listen_metrics(config: &Config, port: u16) -> anyhow::Result<TimeoutListener> {
     let listener = bind(config.listen_on_ipv6, port, "ELECTRIC_PROMETHEUS_PORT").await?;
     info!(addr = %listener.local_addr()?, "Prometheus metrics listening on /metrics");
-    Ok(listener)
+    Ok(TimeoutListener::new(listener, connection_timeouts(config)))
+}
+
+/// The metrics port's bounds: [`metrics::MAX_CONNECTIONS`] connections, the API's header-read
+/// timeout (`ELECTRIC_TCP_READ_TIMEOUT`).
+fn metrics_limits(config: &Config) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: metrics::MAX_CONNECTIONS,
+        header_read_timeout: Some(config.tcp_read_timeout),
+        port: ServedPort::Metrics,
+    }
 }
 
 /// Probes `ELECTRIC_STORAGE_DIR` and `ELECTRIC_SHAPE_DB_STORAGE_DIR` (before any Postgres

@@ -8,7 +8,10 @@
 //! ([`Metrics::shape_evicted`]), the slot poller ([`poll_slot`])
 //! stores the replication slot's statistics, and readiness, progress and the bytes of shape
 //! logs on disk are read from the service at each scrape ([`ServiceStats`]).
-//! [`Metrics::router`] serves the Prometheus text format (0.0.4).
+//! [`Metrics::router`] serves the Prometheus text format (0.0.4), on the API's connection loop
+//! ([`serve_connections`](crate::http::serve_connections)) with the API's header-read and
+//! idle timeouts and at most [`MAX_CONNECTIONS`] connections, counted in the descriptor budget
+//! ([`FdBudget`](crate::http::FdBudget)).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +35,11 @@ use tracing::debug;
 
 use crate::api::Health;
 use crate::registry::{Ingest, Registry};
+
+/// Connections the metrics port holds open at most (`ELECTRIC_PROMETHEUS_PORT`): a scraper
+/// or two need one each; at the cap a new connection closes the oldest one waiting for a
+/// request, or is closed unread while every one is handling a request.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// How often [`poll_slot`] reads `pg_replication_slots`.
 pub const SLOT_POLL_INTERVAL: Duration = Duration::from_secs(10);

@@ -1,7 +1,8 @@
 //! `ELECTRIC_PROMETHEUS_PORT` on the real binary: `/metrics` is served there only (the API
 //! port answers 404), its text is well-formed Prometheus exposition, request counters move,
 //! while active the replication slot's statistics appear, and snapshots, flushes and the
-//! bytes of shape logs on disk are measured.
+//! bytes of shape logs on disk are measured; the port holds at most 16 connections and closes
+//! idle ones after `ELECTRIC_TCP_READ_TIMEOUT`, as the API port does.
 //!
 //! Method as in `startup.rs` (whose harness this copies): the real binary as a child process
 //! with only the variables under test, ports picked by binding `127.0.0.1:0`, children killed
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::sockets::{closed_by_server, connect_many, wait_all_closed};
 use common::{free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
 
 // ---------------------------------------------------------------------------------------------
@@ -318,4 +320,87 @@ fn a_waiting_instance_reports_inactive_without_slot_series_and_metrics_are_off_b
         404
     );
     assert!(http_get(metrics_port, "/metrics").is_err());
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_are_capped_and_closed_by_the_read_timeout() {
+    // Goal: the metrics port is no unbounded side door: of many idle connections it keeps at
+    // most 16 open (the rest are closed unread, or close older idle ones), closes those within
+    // ELECTRIC_TCP_READ_TIMEOUT, and meanwhile ampere stays up, the API port answers, and a
+    // fresh scrape works once they are gone.
+    // Method: 200 idle connections to the metrics port with a 2 s read timeout; after half a
+    // second count those the server still holds and ampere's descriptors; then wait for all
+    // to close, ask the API for its health and scrape.
+    const DB: &str = "metrics_idle";
+    const IDLE: usize = 200;
+    const CAP: usize = 16;
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    let cluster = items_database(DB);
+    let scratch = Scratch::new("idle");
+    let storage = scratch.storage();
+    let (port, metrics_port) = (free_port(), free_port());
+    let (port_text, metrics_text) = (port.to_string(), metrics_port.to_string());
+    let url = cluster.url("postgres", DB);
+    let read_timeout = format!("{}ms", READ_TIMEOUT.as_millis());
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("ELECTRIC_REPLICATION_STREAM_ID", DB),
+        ("ELECTRIC_STORAGE_DIR", storage.to_str().expect("utf-8")),
+        ("ELECTRIC_INSECURE", "true"),
+        ("ELECTRIC_PORT", port_text.as_str()),
+        ("ELECTRIC_PROMETHEUS_PORT", metrics_text.as_str()),
+        ("ELECTRIC_TCP_READ_TIMEOUT", read_timeout.as_str()),
+    ];
+    let mut ampere = Ampere::spawn(&scratch, &vars);
+    wait_for_health(&mut ampere, port, 200, Duration::from_secs(15));
+    scrape(metrics_port);
+    let fds_before = ampere.open_fds();
+
+    let started = Instant::now();
+    let (mut idle, failed) = connect_many(SocketAddr::from(([127, 0, 0, 1], metrics_port)), IDLE);
+    assert!(idle.len() >= IDLE / 2, "{failed} of {IDLE} connects failed");
+    sleep(Duration::from_millis(500));
+    let held = idle
+        .iter_mut()
+        .map(|stream| closed_by_server(stream).0)
+        .filter(|is_closed| !is_closed)
+        .count();
+    let fds_during = ampere.open_fds();
+    assert!(held <= CAP, "the metrics port holds {held} connections");
+    assert!(
+        fds_during <= fds_before + CAP + 4,
+        "ampere's descriptors went from {fds_before} to {fds_during}"
+    );
+    assert!(
+        ampere.try_status().is_none(),
+        "ampere exited:\n{}",
+        ampere.output()
+    );
+    let health = http_get(port, "/v1/health").expect("the API answers meanwhile");
+    assert_eq!(health.status, 200, "{health:?}");
+
+    let (open, _) = wait_all_closed(&mut idle, READ_TIMEOUT + Duration::from_secs(3));
+    assert_eq!(
+        open,
+        0,
+        "idle connections still open {:?} after the first connect",
+        started.elapsed()
+    );
+    drop(idle);
+    let (samples, _) = scrape(metrics_port);
+    assert_eq!(samples.get("ampere_active"), Some(&1.0));
+    assert_eq!(http_get(port, "/v1/health").expect("health").status, 200);
+    assert!(
+        ampere.stdout().contains("metrics connection cap reached"),
+        "{}",
+        ampere.output()
+    );
+    println!(
+        "metrics port: {} idle connections ({failed} connects failed), {held} held after 0.5 s, \
+         descriptors {fds_before} -> {fds_during}",
+        IDLE - failed
+    );
+    ampere.terminate();
+    let status = ampere.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "SIGTERM: {status}:\n{}", ampere.output());
 }

@@ -10,6 +10,12 @@
 //! every [`RELATION_CHECK_PERIOD`] after, and rotates the shapes whose table is gone or
 //! renamed: their clients get 409, and a re-request resolves the name afresh (a new shape on
 //! the new table, or the protocol's 400 when no table has that name).
+//!
+//! A partition whose partitioned table joined the publication since its shapes were created
+//! counts as gone too: with `publish_via_partition_root` Postgres publishes its changes under
+//! that table from then on, so its shapes would silently miss every one. They are rotated
+//! like a dropped table's, and the re-request is refused with the reason (a 400 naming the
+//! partitioned table to ask for instead).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -76,6 +82,7 @@ impl Instance {
         self.outputs.push_back(Output::CheckRelations {
             op,
             tables: tables.into_iter().collect(),
+            publication: self.config.target.publication.clone(),
         });
     }
 
@@ -105,7 +112,10 @@ impl Instance {
                 continue;
             }
             match found.get(&oid) {
-                None => rotated.push((shape.handle.clone(), "table dropped")),
+                None => rotated.push((
+                    shape.handle.clone(),
+                    "table dropped, or its changes now published under its partitioned table",
+                )),
                 Some(name) if *name != shape.schema.relation => {
                     rotated.push((shape.handle.clone(), "table renamed"));
                 }

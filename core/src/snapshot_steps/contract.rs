@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use super::{take, Membership, SnapshotSteps, TablePublishing, TextRow};
+use super::{take, Membership, PublishedAs, SnapshotSteps, TablePublishing, TextRow};
 use crate::chunk::SnapshotColumns;
 use crate::ports::{SnapshotError, SnapshotRequest, SnapshotWriter};
 use crate::shape::{
@@ -350,7 +350,10 @@ async fn membership_reports_publication_and_alters_nothing<H: ContractHarness>(m
         .membership("contract_no_such_publication", &relation)
         .await
         .expect("membership");
-    assert!(elsewhere.is_some_and(|m| !m.is_published), "{elsewhere:?}");
+    assert!(
+        elsewhere.as_ref().is_some_and(|m| !m.is_published),
+        "{elsewhere:?}"
+    );
     steps
         .add_to_publication(PUBLICATION, &relation)
         .await
@@ -358,7 +361,8 @@ async fn membership_reports_publication_and_alters_nothing<H: ContractHarness>(m
     let after = steps.membership(PUBLICATION, &relation).await;
     let ready = Membership {
         is_published: true,
-        is_replica_identity_full: true,
+        replica_identity_not_full: vec![],
+        published_as: PublishedAs::Itself,
     };
     assert_eq!(after.expect("membership"), Some(ready));
     let missing = RelationName {

@@ -54,9 +54,10 @@ impl SnapshotSteps for Script {
     ) -> Result<Option<Membership>, SnapshotError> {
         self.log
             .push(format!("membership of {relation} in {publication}"));
-        Ok(self.membership.unwrap_or(Some(Membership {
+        Ok(self.membership.clone().unwrap_or(Some(Membership {
             is_published: true,
-            is_replica_identity_full: true,
+            replica_identity_not_full: vec![],
+            published_as: PublishedAs::Itself,
         })))
     }
     async fn in_progress(&mut self) -> Result<PgSnapshot, SnapshotError> {
@@ -161,10 +162,31 @@ fn run_manual(script: &mut Script, request: &SnapshotRequest) -> Result<PgSnapsh
     poll_once(take(script, request, &manual, writer))
 }
 
+/// The membership of `items` (published or not, `FULL` or not).
 fn membership(is_published: bool, is_replica_identity_full: bool) -> Membership {
+    membership_of(&items().relation, is_published, is_replica_identity_full)
+}
+
+fn membership_of(
+    relation: &RelationName,
+    is_published: bool,
+    is_replica_identity_full: bool,
+) -> Membership {
     Membership {
         is_published,
-        is_replica_identity_full,
+        replica_identity_not_full: if is_replica_identity_full {
+            vec![]
+        } else {
+            vec![relation.clone()]
+        },
+        published_as: PublishedAs::Itself,
+    }
+}
+
+fn public(table: &str) -> RelationName {
+    RelationName {
+        schema: "public".into(),
+        table: table.into(),
     }
 }
 
@@ -426,7 +448,7 @@ fn the_sql_to_run_quotes_odd_identifiers() {
         schema: "My Schema".into(),
         table: r#"it"ems"#.into(),
     };
-    let message = membership(false, false)
+    let message = membership_of(&relation, false, false)
         .not_ready_message(r#"pub "x""#, &relation)
         .expect("not ready");
     assert!(
@@ -436,7 +458,81 @@ fn the_sql_to_run_quotes_odd_identifiers() {
         "{message}"
     );
     assert_eq!(
-        membership(true, true).not_ready_message("pub", &relation),
+        membership_of(&relation, true, true).not_ready_message("pub", &relation),
         None
+    );
+}
+
+#[test]
+fn manual_publishing_of_a_partitioned_table_names_publish_via_partition_root_and_each_partition() {
+    // Goal: a partitioned table needs its partitions' changes published under it and every
+    // partition's replica identity FULL (ALTER TABLE on the parent does not reach them); the
+    // message names each statement. Method: a published partitioned table, option off, two
+    // partitions without FULL.
+    let relation = public("m");
+    let lacking = Membership {
+        is_published: true,
+        replica_identity_not_full: vec![public("m_a"), public("m_b")],
+        published_as: PublishedAs::Partitions,
+    };
+    let message = lacking
+        .not_ready_message("pub", &relation)
+        .expect("not ready");
+    assert_eq!(
+        message,
+        r#"Database table "public"."m" is partitioned, and the publication "pub" publishes its partitions' changes under their own names (publish_via_partition_root is off) and has tables in its partition tree without replica identity FULL ("public"."m_a", "public"."m_b"), and ELECTRIC_MANUAL_TABLE_PUBLISHING=true keeps ampere from changing that. As the table's owner (or a superuser), run: ALTER PUBLICATION "pub" SET (publish_via_partition_root = true); ALTER TABLE "public"."m_a" REPLICA IDENTITY FULL; ALTER TABLE "public"."m_b" REPLICA IDENTITY FULL;"#
+    );
+}
+
+#[test]
+fn a_partition_published_under_its_partitioned_table_is_refused_in_both_modes() {
+    // Goal: Postgres publishes a partition's changes under one relation only; once its
+    // partitioned table is published (via partition root) a shape on the partition would
+    // see none, so it is refused (400), naming the table to ask for instead.
+    let ancestor = PublishedAs::Ancestor(public("m"));
+    let error = require_published_as_itself(&ancestor, "pub", &public("m_a"))
+        .expect_err("automatic: refused");
+    let SnapshotError::Refused(refusal) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(refusal.kind, RefusalKind::Unsupported);
+    assert!(
+        refusal.message.starts_with(
+            r#"Database table "public"."m_a" is a partition of "public"."m", which is in the publication"#
+        ),
+        "{}",
+        refusal.message
+    );
+    let manual = Membership {
+        is_published: true,
+        replica_identity_not_full: vec![],
+        published_as: ancestor,
+    };
+    let error = require_ready(Some(manual), "pub", &public("m_a")).expect_err("manual: refused");
+    assert!(matches!(error, SnapshotError::Refused(_)), "{error:?}");
+}
+
+#[test]
+fn a_partitioned_table_without_publish_via_partition_root_names_the_alter_in_automatic_mode() {
+    let error = require_published_as_itself(&PublishedAs::Partitions, "pub", &public("m"))
+        .expect_err("not published as itself");
+    let SnapshotError::Refused(refusal) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        refusal.kind,
+        RefusalKind::Privilege,
+        "403: an administrator's to fix"
+    );
+    let message = &refusal.message;
+    assert!(
+        message
+            .ends_with(r#"run: ALTER PUBLICATION "pub" SET (publish_via_partition_root = true);"#),
+        "{message}"
+    );
+    assert_eq!(
+        require_published_as_itself(&PublishedAs::Itself, "pub", &public("m"))
+            .map_err(|e| e.to_string()),
+        Ok(())
     );
 }

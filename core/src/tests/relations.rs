@@ -27,7 +27,14 @@ fn refusal() -> SnapshotRefusal {
 /// The `CheckRelations` among `out`: its op and the tables it asks about.
 fn check(out: &[Output]) -> Option<(OpId, Vec<Oid>)> {
     out.iter().find_map(|o| match o {
-        Output::CheckRelations { op, tables } => Some((*op, tables.clone())),
+        Output::CheckRelations {
+            op,
+            tables,
+            publication,
+        } => {
+            assert!(!publication.is_empty(), "the check names the publication");
+            Some((*op, tables.clone()))
+        }
         _ => None,
     })
 }

@@ -23,7 +23,7 @@ use ampere_core::ports::{
     SnapshotRequest, SnapshotWriter, StandbyStatus, SystemIdentity,
 };
 use ampere_core::shape::{ColumnSchema, HandleStamp, RelationName, TableSchema};
-use ampere_core::slot_setup::{self, ExistingSlot, SlotReset, SlotSetup};
+use ampere_core::slot_setup::{self, ExistingPublication, ExistingSlot, SlotReset, SlotSetup};
 use ampere_core::snapshot::PgSnapshot;
 use ampere_core::snapshot_steps::{self, TablePublishing};
 use ampere_core::subset::{SubsetQuery, SubsetRows};
@@ -334,9 +334,12 @@ impl PgPort for SimPg {
         }
     }
 
+    /// The model has no partitions, so every table's changes come under it: the publication
+    /// changes nothing here.
     fn relation_names(
         &self,
         tables: Vec<Oid>,
+        _publication: String,
     ) -> impl Future<Output = Result<Vec<(Oid, RelationName)>, Self::Error>> + Send + 'static {
         let host = self.host.clone();
         async move {
@@ -552,14 +555,19 @@ impl SlotSetup for SimSlotSetup<'_> {
         self.admin.call_bool(create).await
     }
 
-    async fn existing_publication(&mut self) -> Result<Option<HandleStamp>, SimPgError> {
+    /// The model has no partitioned tables and no publication options: nothing it publishes
+    /// is ever rerouted.
+    async fn existing_publication(&mut self) -> Result<Option<ExistingPublication>, SimPgError> {
         let request = ClientMessage::PublicationComment {
             publication: self.target.publication.clone(),
         };
         let ServerMessage::Publication(publication) = self.admin.call(request).await? else {
             return Err(SimPgError::unexpected("reading the publication"));
         };
-        Ok(publication.map(|p| HandleStamp::reserved_by(p.comment.as_deref())))
+        Ok(publication.map(|p| ExistingPublication {
+            stamps_reserved: HandleStamp::reserved_by(p.comment.as_deref()),
+            is_rerouting: false,
+        }))
     }
 
     /// Drops the slot if it exists and is inactive (none is fine; an active one is 55006).

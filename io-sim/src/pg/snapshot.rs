@@ -19,7 +19,9 @@ use ampere_core::lsn::Lsn;
 use ampere_core::ports::{DisconnectKind, PgError, SnapshotError, SnapshotRequest, SnapshotWriter};
 use ampere_core::shape::{RelationName, TableSchema};
 use ampere_core::snapshot::PgSnapshot;
-use ampere_core::snapshot_steps::{self, Membership, SnapshotSteps, TablePublishing, TextRow};
+use ampere_core::snapshot_steps::{
+    self, Membership, PublishedAs, SnapshotSteps, TablePublishing, TextRow,
+};
 use ampere_core::subset::{OrderBy, SubsetQuery, SubsetRows};
 use ampere_core::where_clause::value::parse_scalar;
 use ampere_core::where_clause::Type;
@@ -273,10 +275,12 @@ impl SnapshotSteps for SimSnapshotSteps {
             relation: wire_relation(relation),
         };
         match self.call(DURING, read).await? {
-            // The model has no replica identities: every old row is full.
+            // The model has no replica identities (every old row is full) and no partitions
+            // (every table's changes come under it).
             ServerMessage::Membership(member) => Ok(member.map(|is_published| Membership {
                 is_published,
-                is_replica_identity_full: true,
+                replica_identity_not_full: vec![],
+                published_as: PublishedAs::Itself,
             })),
             _ => Err(unexpected(DURING)),
         }

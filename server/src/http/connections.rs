@@ -17,6 +17,10 @@
 //!
 //! hyper's read buffer stops at [`READ_BUFFER_MAX`] (hyper's default is 400 KiB): headers
 //! larger than that are refused, and an idle or slow connection holds little memory.
+//!
+//! The same loop serves the Prometheus port ([`ServedPort::Metrics`]), with a small fixed cap
+//! ([`metrics::MAX_CONNECTIONS`](crate::metrics::MAX_CONNECTIONS)) and the API's header-read
+//! and idle timeouts, so that port is no unbounded side door into the descriptor budget.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -57,13 +61,16 @@ const TRIM_AFTER_CONNECTIONS: usize = 64;
 /// The bounds of [`serve`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Open connections at most (`AMPERE_MAX_CONNECTIONS`; by default derived from the fd
-    /// limit, [`FdBudget`](super::FdBudget)).
+    /// Open connections at most (the API: `AMPERE_MAX_CONNECTIONS`, by default derived from
+    /// the fd limit, [`FdBudget`](super::FdBudget); the metrics port: a fixed
+    /// [`metrics::MAX_CONNECTIONS`](crate::metrics::MAX_CONNECTIONS)).
     pub max_connections: usize,
     /// How long a connection may wait for a request's headers to be complete, from when it
     /// starts waiting for a request (the binary: `ELECTRIC_TCP_READ_TIMEOUT`); `None`: as
     /// long as it takes.
     pub header_read_timeout: Option<Duration>,
+    /// Which port's connections these are, for the warning at the cap.
+    pub port: ServedPort,
 }
 
 impl Default for ConnectionLimits {
@@ -73,8 +80,19 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: MAX_CONNECTIONS_CEILING,
             header_read_timeout: None,
+            port: ServedPort::Api,
         }
     }
+}
+
+/// The port a [`serve`] loop accepts on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServedPort {
+    /// `ELECTRIC_PORT`: the shape API.
+    #[default]
+    Api,
+    /// `ELECTRIC_PROMETHEUS_PORT`: `/metrics` alone.
+    Metrics,
 }
 
 /// Serves `router` on connections from `listener` within `limits` until `shutdown` flips (or
@@ -101,7 +119,7 @@ pub async fn serve<L>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(READ_BUFFER_MAX);
-    let mut shed_log = ShedLog::new(limits.max_connections);
+    let mut shed_log = ShedLog::new(limits.max_connections, limits.port);
     loop {
         let (io, addr) = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -306,15 +324,17 @@ impl Tracker {
 /// [`SHED_LOG_INTERVAL`] at most.
 struct ShedLog {
     max_connections: usize,
+    port: ServedPort,
     evicted: u64,
     refused: u64,
     last_warning: Option<Instant>,
 }
 
 impl ShedLog {
-    fn new(max_connections: usize) -> Self {
+    fn new(max_connections: usize, port: ServedPort) -> Self {
         Self {
             max_connections,
+            port,
             evicted: 0,
             refused: 0,
             last_warning: None,
@@ -331,14 +351,26 @@ impl ShedLog {
             .last_warning
             .is_none_or(|at| at.elapsed() >= SHED_LOG_INTERVAL);
         if is_due {
-            warn!(
-                max_connections = self.max_connections,
-                evicted = self.evicted,
-                refused = self.refused,
-                "HTTP connection cap reached (AMPERE_MAX_CONNECTIONS): closed the oldest \
-                 connections waiting for a request, and refused new ones while every \
-                 connection was handling one"
-            );
+            let (max_connections, evicted, refused) =
+                (self.max_connections, self.evicted, self.refused);
+            match self.port {
+                ServedPort::Api => warn!(
+                    max_connections,
+                    evicted,
+                    refused,
+                    "HTTP connection cap reached (AMPERE_MAX_CONNECTIONS): closed the oldest \
+                     connections waiting for a request, and refused new ones while every \
+                     connection was handling one"
+                ),
+                ServedPort::Metrics => warn!(
+                    max_connections,
+                    evicted,
+                    refused,
+                    "metrics connection cap reached (ELECTRIC_PROMETHEUS_PORT): closed the \
+                     oldest connections waiting for a request, and refused new ones while \
+                     every connection was handling one"
+                ),
+            }
             self.evicted = 0;
             self.refused = 0;
             self.last_warning = Some(Instant::now());
@@ -370,6 +402,7 @@ mod tests {
         let limits = ConnectionLimits {
             max_connections: 2,
             header_read_timeout: Some(Duration::from_secs(30)),
+            port: ServedPort::Api,
         };
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(serve(listener, router, limits, None, shutdown));

@@ -1,6 +1,7 @@
 //! The process's file-descriptor limit, and the share of it API connections may take.
 //!
-//! Every accepted connection is a file descriptor, and so is every shape-log file the store's
+//! Every accepted connection is a file descriptor (the metrics port's too, at most
+//! [`crate::metrics::MAX_CONNECTIONS`]), and so is every shape-log file the store's
 //! cache keeps open (at most [`OpenFileBudget`], a quarter of the limit), the SQLite database
 //! and every Postgres connection.
 //! When connections took the last descriptor, the next storage call failed with `EMFILE` and
@@ -23,7 +24,7 @@ const MAX_CONNECTIONS_FLOOR: usize = 16;
 
 /// Descriptors kept for everything that is neither a connection, a shape log nor a Postgres
 /// socket: stdin/stdout/stderr, tokio's epoll, eventfd and signal pipe, the API and metrics
-/// listeners and metrics scrapes, `/dev/urandom`, the storage lease, SQLite (database, `-wal`,
+/// listeners, `/dev/urandom`, the storage lease, SQLite (database, `-wal`,
 /// `-shm`, journal, the standby's reader), the files opened for a moment (`shape.json` writes,
 /// directory fsyncs, snapshot chunks), the embedded PostgreSQL's pipes, and the descriptor a
 /// refused connection holds between its accept and its close.
@@ -83,8 +84,9 @@ pub fn raise_to_hard_limit() -> io::Result<FdLimit> {
     })
 }
 
-/// How the file descriptors under the limit are shared: a fixed reserve and the Postgres
-/// sockets first, then half of the rest for API connections and half for shape-log files
+/// How the file descriptors under the limit are shared: a fixed reserve, the Postgres
+/// sockets and the metrics port's connections first, then half of the rest for API
+/// connections and half for shape-log files
 /// (a data and an index file per shape being read or written). The store bounds its own open
 /// files (io-real's open-file cache takes a quarter of the soft limit), which the half left
 /// here covers; shapes are not counted up front, so connections at their cap still leave room
@@ -95,18 +97,23 @@ pub struct FdBudget {
     pub fd_limit: u64,
     /// `ELECTRIC_DB_POOL_SIZE`.
     pub db_pool_size: u32,
+    /// The metrics port's connection cap ([`crate::metrics::MAX_CONNECTIONS`]), 0 without
+    /// `ELECTRIC_PROMETHEUS_PORT`.
+    pub metrics_connections: usize,
 }
 
 impl FdBudget {
-    /// Descriptors reserved before connections: the fixed ones, Postgres's, and the shape-log
-    /// files the store keeps open ([`OpenFileBudget::for_fd_limit`], which the store derives
-    /// from the same limit).
+    /// Descriptors reserved before API connections: the fixed ones, Postgres's, the metrics
+    /// port's connections, and the shape-log files the store keeps open
+    /// ([`OpenFileBudget::for_fd_limit`], which the store derives from the same limit).
     pub fn reserved(&self) -> u64 {
         let shape_logs = OpenFileBudget::for_fd_limit(Some(self.fd_limit)).files();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         FIXED_FDS
             + u64::from(self.db_pool_size)
             + POSTGRES_EXTRA_FDS
-            + u64::try_from(shape_logs).unwrap_or(u64::MAX)
+            + count(self.metrics_connections)
+            + count(shape_logs)
     }
 
     /// The connection cap when `AMPERE_MAX_CONNECTIONS` is unset: half of what the reserve
@@ -142,6 +149,7 @@ mod tests {
         let budget = FdBudget {
             fd_limit: 1024,
             db_pool_size: 20,
+            metrics_connections: 0,
         };
         assert_eq!(budget.reserved(), 64 + 20 + 4 + 256);
         assert_eq!(budget.default_max_connections(), (1024 - 344) / 2);
@@ -150,15 +158,36 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_port_s_connections_are_reserved_before_api_connections() {
+        let without = FdBudget {
+            fd_limit: 1024,
+            db_pool_size: 20,
+            metrics_connections: 0,
+        };
+        let with = FdBudget {
+            metrics_connections: crate::metrics::MAX_CONNECTIONS,
+            ..without
+        };
+        assert_eq!(with.reserved(), without.reserved() + 16);
+        assert_eq!(
+            with.default_max_connections(),
+            (1024 - 344 - 16) / 2,
+            "the API gets half of what the metrics port leaves"
+        );
+    }
+
+    #[test]
     fn the_default_cap_stays_between_the_floor_and_the_ceiling() {
         let tiny = FdBudget {
             fd_limit: 50,
             db_pool_size: 20,
+            metrics_connections: 0,
         };
         assert_eq!(tiny.default_max_connections(), MAX_CONNECTIONS_FLOOR);
         let huge = FdBudget {
             fd_limit: 1 << 20,
             db_pool_size: 20,
+            metrics_connections: crate::metrics::MAX_CONNECTIONS,
         };
         assert_eq!(huge.default_max_connections(), MAX_CONNECTIONS_CEILING);
         assert!(!huge.is_low_for(MAX_CONNECTIONS_CEILING));
@@ -169,6 +198,7 @@ mod tests {
         let budget = FdBudget {
             fd_limit: 4096,
             db_pool_size: 20,
+            metrics_connections: 0,
         };
         assert!(!budget.is_low_for(1000));
         assert!(budget.is_low_for(3000));

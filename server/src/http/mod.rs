@@ -44,7 +44,7 @@ mod fake;
 
 pub use admission::{AdmissionLimits, AdmissionLimitsError};
 pub use body_limit::{BodyLimits, BODY_BYTES_MAX};
-pub use connections::{serve as serve_connections, ConnectionLimits, READ_BUFFER_MAX};
+pub use connections::{serve as serve_connections, ConnectionLimits, ServedPort, READ_BUFFER_MAX};
 pub use fd_limit::FdBudget;
 pub use listener::{ConnectionTimeouts, TimeoutListener, TimeoutStream};
 

@@ -5,13 +5,14 @@
 //! descriptors, closes the abusive connections within `ELECTRIC_TCP_READ_TIMEOUT` (2 s here),
 //! and keeps its memory bounded; it prints the figures (descriptors, RSS, p99) for the record.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::common::sockets::{connect_many, wait_all_closed};
 use crate::common::{self, free_port, http_get, items_database, wait_for_health, Ampere, Scratch};
 
 /// The descriptor limit ampere runs under.
@@ -157,76 +158,6 @@ fn p99_of_health(port: u16, n: usize) -> Duration {
         .collect();
     latencies.sort();
     latencies[(n * 99).div_ceil(100) - 1]
-}
-
-/// Opens `n` connections to `addr` from 8 threads; returns them and how many connects failed.
-/// A connect whose client port last served a connection the server closed (in TIME_WAIT
-/// there) waits a SYN retransmission (1 s): the threads keep those from adding up.
-fn connect_many(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
-    const THREADS: usize = 8;
-    let connectors: Vec<JoinHandle<(Vec<TcpStream>, usize)>> = (0..THREADS)
-        .map(|t| {
-            let count = n / THREADS + usize::from(t < n % THREADS);
-            thread::spawn(move || {
-                let mut streams = Vec::with_capacity(count);
-                let mut failed = 0;
-                for _ in 0..count {
-                    match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-                        Ok(stream) => streams.push(stream),
-                        Err(_) => failed += 1,
-                    }
-                }
-                (streams, failed)
-            })
-        })
-        .collect();
-    let mut streams = Vec::with_capacity(n);
-    let mut failed = 0;
-    for connector in connectors {
-        let (mut opened, lost) = connector.join().expect("connector");
-        streams.append(&mut opened);
-        failed += lost;
-    }
-    (streams, failed)
-}
-
-/// Whether the server has closed `stream` (end of stream, reset, or anything but "no data
-/// yet"); whatever it sent before is read and returned.
-fn closed_by_server(stream: &mut TcpStream) -> (bool, Vec<u8>) {
-    stream.set_nonblocking(true).expect("nonblocking");
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return (true, received),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return (false, received),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return (true, received),
-        }
-    }
-}
-
-/// Polls until the server has closed every stream, or `within` passes; returns how many are
-/// still open, and what the closed ones received.
-fn wait_all_closed(streams: &mut [TcpStream], within: Duration) -> (usize, Vec<Vec<u8>>) {
-    let deadline = Instant::now() + within;
-    let mut replies = vec![Vec::new(); streams.len()];
-    let mut closed = vec![false; streams.len()];
-    loop {
-        for (i, stream) in streams.iter_mut().enumerate() {
-            if !closed[i] {
-                let (is_closed, bytes) = closed_by_server(stream);
-                replies[i].extend_from_slice(&bytes);
-                closed[i] = is_closed;
-            }
-        }
-        let open = closed.iter().filter(|c| !**c).count();
-        if open == 0 || Instant::now() >= deadline {
-            return (open, replies);
-        }
-        sleep(Duration::from_millis(100));
-    }
 }
 
 /// RSS after the abuse ended, once it settles: the lowest of a few samples over `within`.

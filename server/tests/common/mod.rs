@@ -247,6 +247,7 @@ pub(crate) fn capture(
 mod ports;
 #[allow(unused_imports)]
 pub(crate) use ports::free_port;
+pub(crate) mod sockets;
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
