@@ -41,7 +41,7 @@ impl SubsetRead {
                 (id <= self.max_id).then(|| (id, key.clone(), row.clone()))
             })
             .collect();
-        selected.sort_by(|a, b| b.0.cmp(&a.0));
+        selected.sort_by_key(|s| std::cmp::Reverse(s.0));
         let skip = usize::try_from(self.offset).unwrap_or(usize::MAX);
         let take = usize::try_from(self.limit).unwrap_or(usize::MAX);
         selected

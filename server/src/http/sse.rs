@@ -94,38 +94,7 @@ pub(super) async fn serve<A: ShapeApi>(
         mode: Mode::Live,
         pending: None,
     };
-    let mut first = stream.read_batch();
-    if first.is_none() && state.api.health() != Health::Active {
-        // As a long-poll on an instance that is not streaming: wait for changes up to the
-        // long-poll timeout, else 503 so the client tries another server. An event stream
-        // would only keep it here, on storage nothing may ever write to again (a standby with
-        // storage of its own), sending keep-alives.
-        let deadline = Instant::now() + state.config.long_poll_timeout;
-        let (api, handle) = (&state.api, &info.handle);
-        first = super::shape::wait_for(api, handle, deadline, || {
-            match read_batch(api, handle, &mut stream.after) {
-                Read::Events(events) => Ok(Some(events)),
-                Read::Nothing => Ok(None),
-                // Never waited on: a store wakes every waiter on a shape it does not hold
-                // at once. The long-poll path's answer (409), else a 503.
-                Read::Gone => Err(super::shape::status_or_refetch(api, params, handle)
-                    .err()
-                    .unwrap_or_else(|| {
-                        ApiError::unavailable(
-                            "The service is not ready: replication is not streaming",
-                            10,
-                        )
-                    })),
-            }
-        })
-        .await?;
-        if first.is_none() {
-            return Err(ApiError::unavailable(
-                "The service is not ready: replication is not streaming",
-                10,
-            ));
-        }
-    }
+    let first = first_batch(state, params, info, &mut stream).await?;
     if let Some(events) = first {
         stream.mode = Mode::Backlog;
         stream.pending = Some(events);
@@ -159,6 +128,44 @@ pub(super) async fn serve<A: ShapeApi>(
     );
     headers.insert(super::shape::ELECTRIC_CURSOR, HeaderValue::from(cursor));
     Ok((headers, Body::from_stream(body)).into_response())
+}
+
+/// The backlog's first batch, if any. On an instance that is not streaming, as a long-poll
+/// there: wait for changes up to the long-poll timeout, else 503 so the client tries another
+/// server. An event stream would only keep it here, on storage nothing may ever write to again
+/// (a standby with storage of its own), sending keep-alives.
+async fn first_batch<A: ShapeApi>(
+    state: &AppState<A>,
+    params: &ShapeParams,
+    info: &ShapeInfo,
+    stream: &mut Stream<A>,
+) -> Result<Option<Bytes>, ApiError> {
+    let first = stream.read_batch();
+    if first.is_some() || state.api.health() == Health::Active {
+        return Ok(first);
+    }
+    let deadline = Instant::now() + state.config.long_poll_timeout;
+    let (api, handle) = (&state.api, &info.handle);
+    let first = super::shape::wait_for(api, handle, deadline, || {
+        match read_batch(api, handle, &mut stream.after) {
+            Read::Events(events) => Ok(Some(events)),
+            Read::Nothing => Ok(None),
+            // Never waited on: a store wakes every waiter on a shape it does not hold at
+            // once. The long-poll path's answer (409), else a 503.
+            Read::Gone => Err(super::shape::status_or_refetch(api, params, handle)
+                .err()
+                .unwrap_or_else(|| {
+                    ApiError::unavailable(
+                        "The service is not ready: replication is not streaming",
+                        10,
+                    )
+                })),
+        }
+    })
+    .await?;
+    first.map(Some).ok_or_else(|| {
+        ApiError::unavailable("The service is not ready: replication is not streaming", 10)
+    })
 }
 
 /// Where reading resumes for a request at `offset`: after the whole transaction for
