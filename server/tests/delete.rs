@@ -85,7 +85,12 @@ fn a_deleted_shape_gets_409_to_a_new_handle_and_stays_retired_across_a_restart()
 }
 
 /// Simultaneous first requests, each on its own connection.
-const CLIENTS: usize = 400;
+const CLIENTS: usize = 2_000;
+/// Each client thread's stack: it only parses a small reply.
+const CLIENT_STACK: usize = 256 * 1024;
+/// How much ampere's resident memory may grow over the burst: every connection and every
+/// waiting request is held at once, and nothing may grow with the requests shed.
+const RSS_GROWTH_MAX_KIB: u64 = 192 * 1024;
 /// `ELECTRIC_MAX_CONCURRENT_REQUESTS`'s `initial` limit under test.
 const INITIAL_LIMIT: usize = 100;
 /// How long the shape's snapshot is held up by a transaction in progress (SN-2 waits for it):
@@ -167,7 +172,10 @@ fn burst(cluster: &'static EmbeddedPostgres, port: u16) -> (Vec<Client>, Duratio
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let start = Arc::clone(&start);
-            thread::spawn(move || client(port, &start, deadline))
+            thread::Builder::new()
+                .stack_size(CLIENT_STACK)
+                .spawn(move || client(port, &start, deadline))
+                .expect("spawn a client thread")
         })
         .collect();
     let clients = clients
@@ -200,8 +208,9 @@ fn a_burst_of_initial_requests_over_the_limit_is_shed_with_503_and_every_retryin
 {
     // Goal: beyond the initial limit, requests are shed at once with Electric's 503 (not
     // queued), the admitted ones are served correctly, and clients retrying after
-    // `retry-after` all get the shape. Method: hold the shape's first snapshot up with an
-    // open transaction while 400 clients send their first request at once; then let each
+    // `retry-after` all get the shape, with memory bounded. Method: hold the shape's first
+    // snapshot up with an open transaction while 2,000 clients send their first request at
+    // once, sampling ampere's resident memory throughout; then let each
     // shed client retry as the official client does.
     let cluster = items_database("admission");
     let scratch = Scratch::new("admission");
@@ -215,7 +224,19 @@ fn a_burst_of_initial_requests_over_the_limit_is_shed_with_503_and_every_retryin
         &[("ELECTRIC_MAX_CONCURRENT_REQUESTS", limits)],
     );
 
+    let rss_before = ampere.rss_kib();
+    let (peak_tx, peak_rx) = std::sync::mpsc::channel::<()>();
+    let pid = ampere.pid();
+    let sampler = thread::spawn(move || {
+        let mut peak = 0;
+        while peak_rx.recv_timeout(Duration::from_millis(50)).is_err() {
+            peak = peak.max(common::rss_kib_of(pid));
+        }
+        peak
+    });
     let (clients, elapsed) = burst(cluster, port);
+    peak_tx.send(()).expect("stop the sampler");
+    let rss_peak = sampler.join().expect("sampler").max(rss_before);
 
     let admitted = clients.iter().filter(|c| c.first.status == 200).count();
     let shed: Vec<&Reply> = clients
@@ -228,6 +249,15 @@ fn a_burst_of_initial_requests_over_the_limit_is_shed_with_503_and_every_retryin
         "{CLIENTS} simultaneous initial requests, limit {INITIAL_LIMIT}: {admitted} admitted, \
          {} shed; {attempts} requests in all; every client served after {elapsed:?}",
         shed.len()
+    );
+    eprintln!(
+        "ampere RSS {} MiB before the burst, {} MiB at its peak",
+        rss_before / 1024,
+        rss_peak / 1024
+    );
+    assert!(
+        rss_peak - rss_before < RSS_GROWTH_MAX_KIB,
+        "RSS grew from {rss_before} KiB to {rss_peak} KiB"
     );
     assert_eq!(admitted + shed.len(), CLIENTS, "only 200s and 503s");
     assert!(

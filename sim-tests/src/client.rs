@@ -301,16 +301,22 @@ impl Client {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(client = %self.config.name, %server, %error, "request failed");
-                self.event(ClientEvent::Unavailable {
-                    at: now(),
-                    server,
-                    status: None,
-                    retry_after: None,
-                });
-                return Next::Retry { retry_after: None };
+                return self.unreachable(server);
             }
         };
         self.on_response(server, &request, &response, Self::on_ok)
+    }
+
+    /// No answer from `server` (connection failed, broke or timed out): recorded, and retried
+    /// after a backoff on the next server.
+    fn unreachable(&mut self, server: String) -> Next {
+        self.event(ClientEvent::Unavailable {
+            at: now(),
+            server,
+            status: None,
+            retry_after: None,
+        });
+        Next::Retry { retry_after: None }
     }
 
     /// Handles an answer by status: `ok` for a 200, a 409 as a must-refetch, a 429/503 by
@@ -393,13 +399,7 @@ impl Client {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(client = %self.config.name, %server, %error, "subset read failed");
-                self.event(ClientEvent::Unavailable {
-                    at: now(),
-                    server,
-                    status: None,
-                    retry_after: None,
-                });
-                return Next::Retry { retry_after: None };
+                return self.unreachable(server);
             }
         };
         let on_ok =
@@ -457,23 +457,11 @@ impl Client {
         tracing::trace!(client = %self.config.name, %server, status = ?received.head.as_ref().map(|h| h.0),
             bytes = received.body.len(), ?outcome, "event stream ended");
         let Some((status, headers)) = received.head.clone() else {
-            self.event(ClientEvent::Unavailable {
-                at: now(),
-                server,
-                status: None,
-                retry_after: None,
-            });
-            return Next::Retry { retry_after: None };
+            return self.unreachable(server);
         };
         if status != 200 || outcome.is_err() && received.body.is_empty() {
             if outcome.is_err() {
-                self.event(ClientEvent::Unavailable {
-                    at: now(),
-                    server,
-                    status: None,
-                    retry_after: None,
-                });
-                return Next::Retry { retry_after: None };
+                return self.unreachable(server);
             }
             let response = HttpResponse {
                 status,
@@ -502,13 +490,7 @@ impl Client {
             }
             Err(error) => {
                 tracing::debug!(client = %self.config.name, %server, %error, "event stream broke");
-                self.event(ClientEvent::Unavailable {
-                    at: now(),
-                    server,
-                    status: None,
-                    retry_after: None,
-                });
-                Next::Retry { retry_after: None }
+                self.unreachable(server)
             }
         }
     }

@@ -90,13 +90,7 @@ pub async fn get(
     path_and_query: &str,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
-    let mut received = Received::default();
-    let outcome = tokio::time::timeout(
-        timeout,
-        get_unbounded(host, port, path_and_query, &mut received),
-    )
-    .await
-    .unwrap_or(Err(HttpError::Timeout));
+    let (received, outcome) = get_streamed(host, port, path_and_query, timeout).await;
     outcome.map(|()| received.into_response())
 }
 

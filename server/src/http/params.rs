@@ -20,6 +20,18 @@ const SUBSET_KEYS: [&str; 5] = [
     "subset__order_by",
 ];
 
+/// POST body keys that belong to the subset (§3.6), besides a nested `"subset"` object. A
+/// body's `offset` is the subset's row offset, never the log offset.
+const BODY_SUBSET_KEYS: [&str; 7] = [
+    "where",
+    "order_by",
+    "limit",
+    "offset",
+    "params",
+    "where_expr",
+    "order_by_expr",
+];
+
 /// A decoded query string: standard form decoding, last value wins, bracketed keys kept whole
 /// (`params[1]`).
 #[derive(Clone, Default, Debug)]
@@ -56,19 +68,9 @@ impl Query {
     /// subset's, whose value is a string, number or boolean (`offset` in a body is the
     /// subset's row offset, never the log offset).
     pub(crate) fn overridden_by(&self, body: &serde_json::Map<String, serde_json::Value>) -> Self {
-        const SUBSET_BODY_KEYS: [&str; 8] = [
-            "where",
-            "order_by",
-            "limit",
-            "offset",
-            "params",
-            "where_expr",
-            "order_by_expr",
-            "subset",
-        ];
         let mut values = self.values.clone();
         for (key, value) in body {
-            if SUBSET_BODY_KEYS.contains(&key.as_str()) {
+            if key == "subset" || BODY_SUBSET_KEYS.contains(&key.as_str()) {
                 continue;
             }
             let text = match value {
@@ -175,18 +177,9 @@ impl RawSubset {
     /// A POST body's subset: its subset keys, and those of a nested `"subset":{…}` object
     /// (which win).
     pub(crate) fn from_body(body: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
-        const KEYS: [&str; 7] = [
-            "where",
-            "order_by",
-            "limit",
-            "offset",
-            "params",
-            "where_expr",
-            "order_by_expr",
-        ];
         let mut values = BTreeMap::new();
         let mut is_subset = false;
-        for key in KEYS {
+        for key in BODY_SUBSET_KEYS {
             if let Some(value) = body.get(key) {
                 is_subset = true;
                 values.insert(key.to_owned(), value.clone());

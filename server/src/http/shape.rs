@@ -315,11 +315,7 @@ async fn answer<A: ShapeApi>(
     })
     .await?;
     let Some((status, chunk)) = read else {
-        return Err(ApiError::Unavailable {
-            message: "Timed out waiting for the shape's snapshot, please retry".to_owned(),
-            retry_after_secs: 10,
-            is_known_error: true,
-        });
+        return Err(ApiError::snapshot_wait_timed_out());
     };
     let up_to_date_lsn = is_up_to_date(offset, &status, &chunk)
         .then(|| api.last_seen_lsn().as_u64().max(chunk.end.tx()));
@@ -350,11 +346,7 @@ async fn now_status<A: ShapeApi>(
         Ok(status.snapshot_complete.then_some(status))
     })
     .await?;
-    taken.ok_or_else(|| ApiError::Unavailable {
-        message: "Timed out waiting for the shape's snapshot, please retry".to_owned(),
-        retry_after_secs: 10,
-        is_known_error: true,
-    })
+    taken.ok_or_else(ApiError::snapshot_wait_timed_out)
 }
 
 /// A live request: answers at once if entries follow `offset`, else waits up to the

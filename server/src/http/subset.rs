@@ -92,11 +92,7 @@ async fn response_offset<A: ShapeApi>(
         Ok((!must_wait || status.snapshot_complete).then_some(status))
     })
     .await?
-    .ok_or_else(|| ApiError::Unavailable {
-        message: "Timed out waiting for the shape's snapshot, please retry".to_owned(),
-        retry_after_secs: 10,
-        is_known_error: true,
-    })?;
+    .ok_or_else(ApiError::snapshot_wait_timed_out)?;
     Ok(match params.offset {
         RequestOffset::Log(offset) => offset.to_string(),
         RequestOffset::Now if status.latest == LogOffset::BEFORE_ALL => "-1".to_owned(),

@@ -112,7 +112,7 @@ impl Sampler {
         let thread = thread::spawn(move || {
             let (mut rss, mut fds) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
-                rss = rss.max(rss_kib(pid));
+                rss = rss.max(common::rss_kib_of(pid));
                 fds = fds.max(open_fds(pid));
                 sleep(Duration::from_millis(20));
             }
@@ -126,18 +126,6 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("sampler")
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -163,10 +151,10 @@ fn p99_of_health(port: u16, n: usize) -> Duration {
 /// RSS after the abuse ended, once it settles: the lowest of a few samples over `within`.
 fn settled_rss(pid: u32, within: Duration) -> u64 {
     let deadline = Instant::now() + within;
-    let mut lowest = rss_kib(pid);
+    let mut lowest = common::rss_kib_of(pid);
     while Instant::now() < deadline {
         sleep(Duration::from_millis(250));
-        lowest = lowest.min(rss_kib(pid));
+        lowest = lowest.min(common::rss_kib_of(pid));
     }
     lowest
 }
@@ -177,7 +165,7 @@ fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by
     let _exclusive = crate::exclusive();
     let mut target = Target::start("abuse_idle_connections");
     let pid = target.ampere.pid();
-    let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
+    let (rss_before, fds_before) = (common::rss_kib_of(pid), open_fds(pid));
     let sampler = Sampler::start(pid);
     let started = Instant::now();
 
@@ -226,7 +214,7 @@ fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_amper
     let _exclusive = crate::exclusive();
     let mut target = Target::start("abuse_slowloris");
     let pid = target.ampere.pid();
-    let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
+    let (rss_before, fds_before) = (common::rss_kib_of(pid), open_fds(pid));
     let sampler = Sampler::start(pid);
     let started = Instant::now();
 
@@ -301,7 +289,7 @@ fn three_hundred_stalled_8_mib_posts_stay_within_the_body_budget_and_are_cut_by_
     const SENT: usize = 2 * 1024 * 1024;
     let mut target = Target::start("abuse_stalled_posts");
     let pid = target.ampere.pid();
-    let rss_before = rss_kib(pid);
+    let rss_before = common::rss_kib_of(pid);
     let sampler = Sampler::start(pid);
     let started = Instant::now();
 

@@ -139,13 +139,7 @@ impl Ampere {
 
     /// Resident memory (`VmRSS` of `/proc/<pid>/status`), in KiB.
     pub(crate) fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/<pid>/status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
+        rss_kib_of(self.pid())
     }
 
     /// Open file descriptors (entries of `/proc/<pid>/fd`).
@@ -456,4 +450,18 @@ pub(crate) fn raise_own_fd_limit() -> u64 {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
     limit.rlim_cur
+}
+
+/// Resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), in KiB; 0 once the
+/// process is gone.
+pub(crate) fn rss_kib_of(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
