@@ -187,6 +187,22 @@ fn burst(cluster: &'static EmbeddedPostgres, port: u16) -> (Vec<Client>, Duratio
     (clients, elapsed)
 }
 
+/// Runs `work`, sampling the resident memory of process `pid` every 50 ms meanwhile; returns
+/// its result and the highest sample (KiB).
+fn peak_rss<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let sampler = thread::spawn(move || {
+        let mut peak = 0;
+        while stopped.recv_timeout(Duration::from_millis(50)).is_err() {
+            peak = peak.max(common::rss_kib_of(pid));
+        }
+        peak
+    });
+    let result = work();
+    stop.send(()).expect("stop the sampler");
+    (result, sampler.join().expect("sampler"))
+}
+
 /// Electric's 503 for the initial limit, retried after 6 to 10 s.
 fn assert_shed(reply: &Reply) {
     assert_eq!(
@@ -225,18 +241,8 @@ fn a_burst_of_initial_requests_over_the_limit_is_shed_with_503_and_every_retryin
     );
 
     let rss_before = ampere.rss_kib();
-    let (peak_tx, peak_rx) = std::sync::mpsc::channel::<()>();
-    let pid = ampere.pid();
-    let sampler = thread::spawn(move || {
-        let mut peak = 0;
-        while peak_rx.recv_timeout(Duration::from_millis(50)).is_err() {
-            peak = peak.max(common::rss_kib_of(pid));
-        }
-        peak
-    });
-    let (clients, elapsed) = burst(cluster, port);
-    peak_tx.send(()).expect("stop the sampler");
-    let rss_peak = sampler.join().expect("sampler").max(rss_before);
+    let ((clients, elapsed), rss_peak) = peak_rss(ampere.pid(), || burst(cluster, port));
+    let rss_peak = rss_peak.max(rss_before);
 
     let admitted = clients.iter().filter(|c| c.first.status == 200).count();
     let shed: Vec<&Reply> = clients

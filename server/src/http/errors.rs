@@ -166,7 +166,10 @@ impl ApiError {
     /// The shape's snapshot did not become readable within the wait (§6.2): a known 503,
     /// retried after 10 s.
     pub(crate) fn snapshot_wait_timed_out() -> Self {
-        Self::known_unavailable("Timed out waiting for the shape's snapshot, please retry", 10)
+        Self::known_unavailable(
+            "Timed out waiting for the shape's snapshot, please retry",
+            10,
+        )
     }
 
     /// The response status.
