@@ -28,7 +28,7 @@ const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(60);
 const BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 pub(super) const ELECTRIC_OFFSET: HeaderName = HeaderName::from_static("electric-offset");
-const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
+pub(super) const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
 pub(super) const ELECTRIC_CURSOR: HeaderName = HeaderName::from_static("electric-cursor");
 const ELECTRIC_UP_TO_DATE: HeaderName = HeaderName::from_static("electric-up-to-date");
 pub(super) const ELECTRIC_HAS_DATA: HeaderName = HeaderName::from_static("electric-has-data");

@@ -2,11 +2,11 @@
 //! parameters or a POST body answers one read of some of the shape's rows, with the snapshot
 //! it was read at, instead of the log.
 
+use ampere_core::error_chain;
 use ampere_core::offset::RequestOffset;
 use ampere_core::ports::SnapshotError;
 use ampere_core::shape::LogMode;
 use ampere_core::subset::{Subset, SubsetQuery};
-use ampere_core::{error_chain, LogOffset};
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -17,12 +17,11 @@ use super::errors::{ApiError, ELECTRIC_HANDLE};
 use super::headers::JSON;
 use super::params::{ShapeParams, SubsetParams};
 use super::schema::electric_schema;
-use super::shape::{status_or_refetch, wait_for, ELECTRIC_OFFSET};
+use super::shape::{status_or_refetch, wait_for, ELECTRIC_OFFSET, ELECTRIC_SCHEMA};
 use super::AppState;
 use crate::api::{ShapeApi, ShapeInfo};
 
 const ELECTRIC_SNAPSHOT: HeaderName = HeaderName::from_static("electric-snapshot");
-const ELECTRIC_SCHEMA: HeaderName = HeaderName::from_static("electric-schema");
 
 /// How long a subset request on a changes_only shape waits for the shape's own snapshot.
 const SNAPSHOT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
@@ -94,10 +93,10 @@ async fn response_offset<A: ShapeApi>(
     .await?
     .ok_or_else(ApiError::snapshot_wait_timed_out)?;
     Ok(match params.offset {
-        RequestOffset::Log(offset) => offset.to_string(),
-        RequestOffset::Now if status.latest == LogOffset::BEFORE_ALL => "-1".to_owned(),
-        RequestOffset::Now => status.latest.to_string(),
-    })
+        RequestOffset::Log(offset) => offset,
+        RequestOffset::Now => status.latest,
+    }
+    .to_string())
 }
 
 /// A failed subset read: the request's fault (400), a refusal (403/400), or transient (503).
