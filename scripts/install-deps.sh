@@ -35,8 +35,15 @@ have_pg_server() {
   return 1
 }
 
+# bindgen loads libclang.so or libclang-<version>.so; libclang-cpp (which other packages pull
+# in) is a different library and does not count.
 have_libclang() {
-  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || compgen -G '/usr/lib/*/libclang*.so*' >/dev/null
+  local g
+  for g in '/usr/lib/llvm-*/lib/libclang.so*' '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' \
+    '/usr/lib/*/libclang.so*' '/usr/lib/*/libclang-[0-9]*.so*'; do
+    compgen -G "$g" >/dev/null && return 0
+  done
+  return 1
 }
 
 # Debian package names of what is missing ("postgresql-server" is resolved below)
