@@ -11,8 +11,10 @@ use crate::shape::{Replica, TableSchema};
 /// A row as text values in the table's column order (`None` is SQL `NULL`).
 pub type Row = [Option<String>];
 
-/// Encodes one shape's entries: knows the relation, the selected columns and the key.
-#[derive(Clone, Debug)]
+/// Encodes one shape's entries: knows the relation, the selected columns and the key. Its
+/// output is a function of its fields and the arguments, so shapes whose encoders are equal
+/// share one (`shapes::Encoders`) and a change is encoded once for all of them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EntryEncoder {
     relation_json: String,
     key_prefix: String,
@@ -37,9 +39,19 @@ pub struct ChangeHeaders {
 pub(crate) const LAST_SUFFIX: &str = ",\"last\":true}}";
 
 /// An encoded change whose `last` flag is not known yet: call [`PartialEntry::finish`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct PartialEntry {
     json: String,
+}
+
+impl Clone for PartialEntry {
+    /// A copy with room for the longest ending, so that `finish` does not reallocate (one
+    /// entry is copied to every shape sharing its encoder).
+    fn clone(&self) -> Self {
+        let mut json = String::with_capacity(self.json.len() + LAST_SUFFIX.len());
+        json.push_str(&self.json);
+        Self { json }
+    }
 }
 
 impl PartialEntry {

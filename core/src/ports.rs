@@ -345,7 +345,8 @@ pub enum ReplicationMessage {
 /// A standby status update (`'r'`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct StandbyStatus {
-    /// Received up to.
+    /// Written up to: ampere reports its durable position (= flush), so that a caught-up
+    /// walsender sends the keepalive that confirms the WAL after the last commit.
     pub write: Lsn,
     /// Durable up to: Postgres may recycle WAL before this.
     pub flush: Lsn,

@@ -1,9 +1,11 @@
 //! Live shapes: routing committed transactions into per-shape log entries.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 
 use crate::chunk::ChunkCutter;
 use crate::json::{ChangeHeaders, EntryEncoder, PartialEntry};
+use crate::lsn::Lsn;
 use crate::offset::LogOffset;
 use crate::pgoutput::Relation;
 use crate::ports::LogEntry;
@@ -49,7 +51,8 @@ pub(crate) struct Shape {
     pub(crate) stage: Stage,
     /// The last offset appended (durable or not); replayed entries at or below it are dropped.
     pub(crate) latest: LogOffset,
-    encoder: EntryEncoder,
+    /// Shared with every shape whose encoder is equal ([`Encoders`]).
+    encoder: Arc<EntryEncoder>,
     cutter: ChunkCutter,
     /// The row filter; a broken one invalidates the shape at its next change.
     filter: RowFilter,
@@ -65,7 +68,7 @@ impl Shape {
         cutter: ChunkCutter,
     ) -> Self {
         let selected = selected_columns(&definition, &schema);
-        let encoder = EntryEncoder::new(&schema, &selected, definition.replica);
+        let encoder = Arc::new(EntryEncoder::new(&schema, &selected, definition.replica));
         let filter = RowFilter::of(&definition, &schema);
         Self {
             handle,
@@ -77,6 +80,11 @@ impl Shape {
             cutter,
             filter,
         }
+    }
+
+    /// Takes the encoder equal to its own from `encoders` (or lends its own to them).
+    pub(crate) fn share_encoder(&mut self, encoders: &mut Encoders) {
+        self.encoder = encoders.share(&self.encoder);
     }
 
     /// The compiled where clause, if the shape has one that compiles.
@@ -109,8 +117,9 @@ impl Shape {
         &mut self,
         txn: &Transaction,
         only: Option<&[usize]>,
+        memo: &mut EntryMemo,
     ) -> Result<Vec<LogEntry>, Invalidation> {
-        let parts = self.encode(txn, only)?;
+        let parts = self.encode(txn, only, memo)?;
         let fresh: Vec<_> = parts
             .into_iter()
             .filter(|(offset, _)| *offset > self.latest)
@@ -142,6 +151,7 @@ impl Shape {
         &self,
         txn: &Transaction,
         only: Option<&[usize]>,
+        memo: &mut EntryMemo,
     ) -> Result<Vec<(LogOffset, PartialEntry)>, Invalidation> {
         if matches!(self.filter, RowFilter::Broken) {
             return Err(Invalidation::WhereClause);
@@ -150,12 +160,12 @@ impl Shape {
         match only {
             Some(indices) => {
                 for &i in indices {
-                    self.encode_change(txn, i, &mut parts)?;
+                    self.encode_change(txn, i, memo, &mut parts)?;
                 }
             }
             None => {
                 for i in 0..txn.changes.len() {
-                    self.encode_change(txn, i, &mut parts)?;
+                    self.encode_change(txn, i, memo, &mut parts)?;
                 }
             }
         }
@@ -163,11 +173,13 @@ impl Shape {
     }
 
     /// Adds the entries of `txn.changes[i]` to `parts`, if it is on this table and passes the
-    /// filter (protocol.md §5.5).
+    /// filter (protocol.md §5.5). Each entry is encoded once per encoder and transaction
+    /// (`memo`): the filter decides per shape which entries it gets, never what they say.
     fn encode_change(
         &self,
         txn: &Transaction,
         i: usize,
+        memo: &mut EntryMemo,
         parts: &mut Vec<(LogOffset, PartialEntry)>,
     ) -> Result<(), Invalidation> {
         let change = &txn.changes[i];
@@ -184,11 +196,17 @@ impl Shape {
             };
             (LogOffset::change(txn.commit_lsn, op), h)
         };
+        let mut push =
+            |part: Part, op: u64, encode: &dyn Fn(ChangeHeaders) -> Option<PartialEntry>| {
+                let (offset, h) = at(op);
+                if let Some(entry) = memo.entry(enc, (txn.commit_lsn, i, part), || encode(h)) {
+                    parts.push((offset, entry));
+                }
+            };
         match change {
             Change::Insert { new, .. } => {
                 if self.filter.admits(new) {
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.insert(new, h, None)));
+                    push(Part::Insert, op, &|h| Some(enc.insert(new, h, None)));
                 }
             }
             Change::Update {
@@ -197,32 +215,23 @@ impl Shape {
                 ..
             } => match (self.filter.admits(old), self.filter.admits(new)) {
                 (true, true) if enc.key_changed(old, new) => {
-                    let (old_key, new_key) = (enc.key(old), enc.key(new));
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.delete(old, h, Some(&new_key))));
-                    let (offset, h) = at(op + 1);
-                    parts.push((offset, enc.insert(new, h, Some(&old_key))));
+                    push(Part::KeyChangeDelete, op, &|h| {
+                        Some(enc.delete(old, h, Some(&enc.key(new))))
+                    });
+                    push(Part::KeyChangeInsert, op + 1, &|h| {
+                        Some(enc.insert(new, h, Some(&enc.key(old))))
+                    });
                 }
-                (true, true) => {
-                    let (offset, h) = at(op);
-                    parts.extend(enc.update(old, new, h).map(|e| (offset, e)));
-                }
+                (true, true) => push(Part::Update, op, &|h| enc.update(old, new, h)),
                 // Moved out of the shape: a delete of the old row.
-                (true, false) => {
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.delete(old, h, None)));
-                }
+                (true, false) => push(Part::Delete, op, &|h| Some(enc.delete(old, h, None))),
                 // Moved in: an insert of the whole new row.
-                (false, true) => {
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.insert(new, h, None)));
-                }
+                (false, true) => push(Part::Insert, op, &|h| Some(enc.insert(new, h, None))),
                 (false, false) => {}
             },
             Change::Delete { old: Some(old), .. } => {
                 if self.filter.admits(old) {
-                    let (offset, h) = at(op);
-                    parts.push((offset, enc.delete(old, h, None)));
+                    push(Part::Delete, op, &|h| Some(enc.delete(old, h, None)));
                 }
             }
             Change::Update { old: None, .. } | Change::Delete { old: None, .. } => {
@@ -236,6 +245,85 @@ impl Shape {
             }
         }
         Ok(())
+    }
+}
+
+/// Which entry of a change: a change gives one entry, or two for a key change.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Part {
+    /// The whole new row (an insert, or an update moving the row into the shape).
+    Insert,
+    /// The old row (a delete, or an update moving the row out of the shape).
+    Delete,
+    /// The changed columns (`None`: no selected column changed).
+    Update,
+    /// A key change's delete of the old key, then its insert of the new one.
+    KeyChangeDelete,
+    KeyChangeInsert,
+}
+
+/// The shapes' encoders, one per distinct value: shapes on one table selecting the same
+/// columns in the same replica mode hold the same `Arc`, whatever their where clauses.
+#[derive(Debug, Default)]
+pub(crate) struct Encoders {
+    by_value: BTreeMap<EntryEncoder, Weak<EntryEncoder>>,
+    /// Size of `by_value` after its last sweep of encoders no shape holds any more.
+    swept_len: usize,
+}
+
+impl Encoders {
+    /// The shared encoder equal to `encoder`.
+    fn share(&mut self, encoder: &Arc<EntryEncoder>) -> Arc<EntryEncoder> {
+        if let Some(shared) = self.by_value.get(&**encoder).and_then(Weak::upgrade) {
+            return shared;
+        }
+        if self.by_value.len() >= 2 * self.swept_len.max(32) {
+            self.by_value.retain(|_, held| held.strong_count() > 0);
+            self.swept_len = self.by_value.len();
+        }
+        self.by_value
+            .insert((**encoder).clone(), Arc::downgrade(encoder));
+        Arc::clone(encoder)
+    }
+}
+
+/// Entries encoded once per shared encoder and reused by every shape that gets them: with
+/// 2,000 shapes on one table a change was encoded 2,000 times. Cleared after each
+/// transaction is routed.
+#[derive(Debug, Default)]
+pub(crate) struct EntryMemo {
+    /// `(encoder address, commit LSN, change index, part)` → the entry, and the encoder,
+    /// held so that its address names it until the memo is cleared. Only encoders that more
+    /// than one shape holds are memoised.
+    entries: BTreeMap<MemoKey, (Arc<EntryEncoder>, Option<PartialEntry>)>,
+}
+
+/// `(encoder address, commit LSN, change index, part)`.
+type MemoKey = (usize, Lsn, usize, Part);
+
+impl EntryMemo {
+    /// The entry `encoder` gives for `part` of change `change` of the transaction committed
+    /// at `commit_lsn`, encoded by `encode` once.
+    fn entry(
+        &mut self,
+        encoder: &Arc<EntryEncoder>,
+        (commit_lsn, change, part): (Lsn, usize, Part),
+        encode: impl FnOnce() -> Option<PartialEntry>,
+    ) -> Option<PartialEntry> {
+        if Arc::strong_count(encoder) == 1 {
+            return encode();
+        }
+        let key = (Arc::as_ptr(encoder) as usize, commit_lsn, change, part);
+        let (_, entry) = self
+            .entries
+            .entry(key)
+            .or_insert_with(|| (Arc::clone(encoder), encode()));
+        entry.clone()
+    }
+
+    /// Forgets the transaction's entries.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
     }
 }
 

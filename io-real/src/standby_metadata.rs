@@ -56,7 +56,10 @@ use crate::metadata::{
     decode_stored_shape, encode_stored_shape, lease_error, move_aside_corrupt, MetadataError,
     MetadataMode, MetadataOptions, SqliteMetadata, METADATA_FILE,
 };
-use crate::store::description::{read_descriptions, write_description, ShapeDirDescription};
+use crate::store::description::{
+    read_descriptions, write_description, write_descriptions, ShapeDirDescription,
+    BATCH_MIN_DESCRIPTIONS,
+};
 
 /// [`SqliteMetadata`] opened read-only, or not at all while the file does not exist yet.
 #[derive(Clone)]
@@ -448,14 +451,28 @@ fn write_shape_description(root: &Path, shape: &StoredShape) -> Result<(), Metad
 /// Threads [`write_shape_descriptions`] uses at most.
 const DESCRIPTION_THREADS_MAX: usize = 8;
 
-/// Writes every shape's description, spread over up to [`DESCRIPTION_THREADS_MAX`] threads
-/// (each write waits on its own `fsync`s); the first error, after all were tried.
+/// Writes every shape's description: a few spread over up to [`DESCRIPTION_THREADS_MAX`]
+/// threads (each write waits on its own `fsync`s; the first error, after all were tried),
+/// many in one batch synced twice for all ([`write_descriptions`]).
 fn write_shape_descriptions(root: &Path, shapes: &[StoredShape]) -> Result<(), MetadataError> {
-    crate::parallel::map(shapes, DESCRIPTION_THREADS_MAX, |shape| {
-        write_shape_description(root, shape)
-    })
-    .into_iter()
-    .collect()
+    if shapes.len() < BATCH_MIN_DESCRIPTIONS {
+        return crate::parallel::map(shapes, DESCRIPTION_THREADS_MAX, |shape| {
+            write_shape_description(root, shape)
+        })
+        .into_iter()
+        .collect();
+    }
+    let texts: Vec<(&ShapeHandle, String)> = shapes
+        .iter()
+        .map(|shape| (&shape.handle, encode_stored_shape(shape)))
+        .collect();
+    write_descriptions(root, &texts)
+        .map(drop)
+        .map_err(|source| MetadataError::Io {
+            path: root.join(crate::store::layout::SHAPES_DIR),
+            op: "write the shape descriptions",
+            source,
+        })
 }
 
 impl MetadataStore for StandbyMetadata {

@@ -205,7 +205,6 @@ impl Instance {
         self.stamp = self.stamp.max(slot.stamps_reserved);
         self.stamps_reserved = slot.stamps_reserved;
         self.durability = Durability {
-            received: start,
             processed: Lsn(start.0.saturating_sub(1)),
             confirmed: start,
             acked: start,

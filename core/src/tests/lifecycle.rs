@@ -472,10 +472,11 @@ fn ct5_the_acked_position_is_persisted_before_it_is_sent() {
     h.take();
     h.complete_flush();
     let out = h.take();
-    // (700 ended the shape's filtering: persisted once durable, `filter-end-durable`.)
+    // (700 ended the shape's filtering: persisted once durable, `filter-end-durable`, after
+    // the acknowledgement.)
     assert_eq!(
         kinds(&out),
-        ["PersistShape", "PersistIdentity", "SendStandbyStatus"]
+        ["PersistIdentity", "SendStandbyStatus", "PersistShape"]
     );
     assert_eq!(persisted_identities(&out), [identity(Lsn(0x2001))]);
     assert_eq!(flushes(&out), [Lsn(0x2001)]);

@@ -520,3 +520,56 @@ fn a_row_moving_into_a_filtered_changes_only_shape_arrives_as_an_insert_of_the_w
         out[0].json
     );
 }
+
+#[test]
+fn shapes_that_encode_alike_share_each_entry_and_get_what_a_shape_alone_gets() {
+    // Goal: a change is encoded once per distinct encoder (table, columns, replica), and
+    // every shape still gets exactly its own entries: where clauses decide which entries,
+    // never what they say; a shape selecting other columns gets its own encoding.
+    // Method: the same transaction (insert, key change, update moving a row out, delete)
+    // routed to three where-shapes and one column-selecting shape in one instance, and to
+    // each alone in a fresh instance; entries compared byte for byte.
+    let txn = || {
+        Txn::new(700, 0x2000)
+            .insert(&items(), &["1", "a", "1"])
+            .insert(&items(), &["5", "e", "5"])
+            .update(&items(), &["1", "a", "1"], &["2", "a", "1"])
+            .update(&items(), &["5", "e", "5"], &["5", "f", "9"])
+            .delete(&items(), &["2", "a", "1"])
+    };
+    let clauses = ["id > 0", "n < 6", "id <> 5"];
+    let mut together = Harness::active();
+    let handles: Vec<ShapeHandle> = clauses
+        .iter()
+        .map(|c| live_where_shape(&mut together, c))
+        .collect();
+    let op = together.request(selecting(&items(), &["title", "id"]), &items());
+    let (selecting, _) = created(&together.take());
+    together.snapshot_taken(op, super::harness::early_snapshot());
+    together.take();
+    together.commit(&txn());
+    let out = together.take();
+
+    for (clause, handle) in clauses.iter().zip(&handles) {
+        let mut alone = Harness::active();
+        let own = live_where_shape(&mut alone, clause);
+        alone.commit(&txn());
+        let expected: Vec<String> = entries(&alone.take(), &own)
+            .into_iter()
+            .map(|e| e.json)
+            .collect();
+        let got: Vec<String> = entries(&out, handle).into_iter().map(|e| e.json).collect();
+        assert!(!got.is_empty(), "{clause}: no entries");
+        assert_eq!(got, expected, "{clause}");
+    }
+    let selected = entries(&out, &selecting);
+    assert_eq!(
+        selected.len(),
+        6,
+        "two inserts, a key change (two), an update, a delete"
+    );
+    assert!(
+        selected.iter().all(|e| !e.json.contains(r#""n":"#)),
+        "the column-selecting shape's own encoding: {selected:?}"
+    );
+}

@@ -131,7 +131,7 @@ impl GroupSync {
 
 /// `syncfs(2)` of the file system holding `dir`.
 #[cfg(target_os = "linux")]
-fn syncfs(dir: &File) -> io::Result<()> {
+pub(super) fn syncfs(dir: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: syncfs takes a descriptor, which `dir` keeps open for the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
@@ -144,6 +144,6 @@ fn syncfs(dir: &File) -> io::Result<()> {
 /// Never called: [`GroupSync::for_flush`] chooses `syncfs` on Linux only. An error, should
 /// that change: nothing here makes the files durable.
 #[cfg(not(target_os = "linux"))]
-fn syncfs(_dir: &File) -> io::Result<()> {
+pub(super) fn syncfs(_dir: &File) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }

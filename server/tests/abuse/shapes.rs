@@ -173,15 +173,15 @@ fn five_thousand_shapes_under_a_1024_descriptor_limit_keep_the_process_up_and_su
     );
     assert!(fds < limit as usize / 2, "{fds} fds open after restart");
     assert!(
-        started.elapsed() < Duration::from_secs(180),
+        started.elapsed() < Duration::from_secs(240),
         "took {:?}",
         started.elapsed()
     );
 }
 
 /// How many rows the shape `clause` shows ` changed` in, reading it from the start up to the
-/// first 100 (at most ten requests).
-fn changes_served(port: u16, clause: &str) -> usize {
+/// first `expected` (at most ten requests).
+fn changes_served(port: u16, clause: &str, expected: usize) -> usize {
     let reply = request_shape(port, clause);
     let handle = reply.header("electric-handle").expect("handle").to_owned();
     let mut offset = reply.header("electric-offset").expect("offset").to_owned();
@@ -195,7 +195,7 @@ fn changes_served(port: u16, clause: &str) -> usize {
         assert_eq!(reply.status, 200, "{reply:?}");
         body.push_str(&reply.body);
         offset = reply.header("electric-offset").expect("offset").to_owned();
-        if body.matches("changed").count() >= 100 {
+        if body.matches("changed").count() >= expected {
             break;
         }
     }
@@ -219,27 +219,71 @@ fn flush_seconds(metrics_port: u16) -> (f64, f64) {
     )
 }
 
-/// Whether `slot`'s `confirmed_flush_lsn` is at or past the current WAL position.
-fn slot_caught_up(cluster: &EmbeddedPostgres, db: &str, slot: &str) -> bool {
-    let sql = format!(
-        "SELECT confirmed_flush_lsn >= pg_current_wal_lsn() FROM pg_replication_slots \
-         WHERE slot_name = '{slot}'"
-    );
-    cluster.psql(db, &sql).expect("slot query") == "t"
-}
-
-/// Polls [`slot_caught_up`] every 10 ms until it holds; how long that took.
+/// Waits until `slot`'s `confirmed_flush_lsn` is at or past the current WAL position; how
+/// long that took. The polling runs inside one server-side loop (every 5 ms): a `psql` per
+/// poll would take a core of this 2-core machine from the process under test.
 fn wait_caught_up(cluster: &EmbeddedPostgres, db: &str, slot: &str, within: Duration) -> Duration {
     let start = Instant::now();
-    while !slot_caught_up(cluster, db, slot) {
-        assert!(
-            start.elapsed() < within,
-            "slot {slot} not caught up within {within:?}"
-        );
-        sleep(Duration::from_millis(10));
-    }
+    let sql = format!(
+        "DO $$ DECLARE started timestamptz := clock_timestamp(); BEGIN \
+           WHILE NOT (SELECT confirmed_flush_lsn >= pg_current_wal_lsn() \
+                      FROM pg_replication_slots WHERE slot_name = '{slot}') LOOP \
+             IF clock_timestamp() - started > interval '{} ms' THEN \
+               RAISE EXCEPTION 'slot {slot} not caught up within {within:?}'; \
+             END IF; \
+             PERFORM pg_sleep(0.005); \
+           END LOOP; \
+         END $$",
+        within.as_millis()
+    );
+    cluster.psql(db, &sql).expect("slot caught up");
     start.elapsed()
 }
+
+/// Runs [`UPDATES`] 100-row updates one after the other; how long each took to be
+/// acknowledged (the slot's `confirmed_flush_lsn` at the WAL end), each bounded.
+fn timed_updates(
+    cluster: &EmbeddedPostgres,
+    db: &str,
+    slot: &str,
+    metrics_port: u16,
+) -> Vec<Duration> {
+    // Three updates. The first also ends the 2,000 shapes' snapshot filtering: their
+    // metadata rows and `shape.json` copies are rewritten after its acknowledgement, and the
+    // second update waits behind that write (1.5 s here: each new file on this machine's
+    // journal-less ext4 scans the inodes deleted recently). The median is asserted, every
+    // one is bounded.
+    let mut acks = Vec::new();
+    for update in 1..=UPDATES {
+        let flushes_before = flush_seconds(metrics_port);
+        let sql = format!("UPDATE items SET title = 'row ' || id || ' changed {update}'");
+        cluster.psql(db, &sql).expect("update");
+        let acked = wait_caught_up(cluster, db, slot, Duration::from_secs(30));
+        let flushes = flush_seconds(metrics_port);
+        let (flush_count, flush_time) =
+            (flushes.1 - flushes_before.1, flushes.0 - flushes_before.0);
+        println!(
+            "100-row update {update} over 2000 shapes acknowledged in {:.3} s; {flush_count} \
+             flushes took {flush_time:.3} s",
+            acked.as_secs_f64(),
+        );
+        // The store's share: one group commit for the 2,000 shapes (with one fdatasync per
+        // file it was 10 s on a disk whose syncs cost what a real device's do).
+        assert!(
+            flush_time < 1.0,
+            "the store's flushes took {flush_time:.3} s"
+        );
+        assert!(
+            acked < Duration::from_secs(5),
+            "update {update} acknowledged after {acked:?}"
+        );
+        acks.push(acked);
+    }
+    acks
+}
+
+/// Updates timed by the acknowledgement test.
+const UPDATES: usize = 3;
 
 #[test]
 fn a_hundred_row_update_touching_two_thousand_shapes_is_flushed_by_one_group_commit_within_a_second(
@@ -272,7 +316,7 @@ fn a_hundred_row_update_touching_two_thousand_shapes_is_flushed_by_one_group_com
         &ampere,
         port,
         &clauses,
-        started + Duration::from_secs(50),
+        started + Duration::from_secs(120),
         |_| {},
     );
     println!(
@@ -281,46 +325,30 @@ fn a_hundred_row_update_touching_two_thousand_shapes_is_flushed_by_one_group_com
     );
     let slot = format!("electric_slot_{db}");
     wait_caught_up(cluster, db, &slot, Duration::from_secs(20));
-    let flushes_before = flush_seconds(metrics_port);
 
-    cluster
-        .psql(db, "UPDATE items SET title = title || ' changed'")
-        .expect("update");
-    let acked = wait_caught_up(cluster, db, &slot, Duration::from_secs(30));
-    let flushes = flush_seconds(metrics_port);
-    let (flush_count, flush_time) = (flushes.1 - flushes_before.1, flushes.0 - flushes_before.0);
-    println!(
-        "100-row update over 2000 shapes acknowledged in {:.3} s; {flush_count} flushes took \
-         {flush_time:.3} s",
-        acked.as_secs_f64(),
-    );
+    let mut acks = timed_updates(cluster, db, &slot, metrics_port);
     assert!(
         ampere.try_status().is_none(),
         "ampere exited:\n{}",
         ampere.output()
     );
-    // The store's share: one group commit for the 2,000 shapes (with one fdatasync per file
-    // it was 10 s on a disk whose syncs cost what a real device's do).
+    // Measured from the update's commit to the slot's `confirmed_flush_lsn` at the WAL end:
+    // receive, route and encode 200,000 entries, write and sync them, acknowledge.
+    acks.sort();
+    let median = acks[acks.len() / 2];
     assert!(
-        flush_time < 1.0,
-        "the store's flushes took {flush_time:.3} s"
-    );
-    // The whole acknowledgement also routes and encodes 200,000 entries (an unoptimised
-    // build of the core's callers here): bounded, not yet under a second on a shared
-    // 2-core machine (issue 12).
-    assert!(
-        acked < Duration::from_secs(5),
-        "acknowledged after {acked:?}"
+        median < Duration::from_secs(1),
+        "acknowledged after {acks:?} (median {median:?})"
     );
 
     // The changes are served, not only acknowledged.
     assert_eq!(
-        changes_served(port, &clauses[1999]),
-        100,
+        changes_served(port, &clauses[1999], 100 * UPDATES),
+        100 * UPDATES,
         "every updated row reaches the shape"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(180),
+        started.elapsed() < Duration::from_secs(240),
         "took {:?}",
         started.elapsed()
     );
