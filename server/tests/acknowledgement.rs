@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use ampere_io_real::embedded_pg::EmbeddedPostgres;
-
 mod common;
 
-use common::{free_port, http_get, items_database, spawn_active, Scratch};
+use common::{
+    free_port, http_get, items_database, slot_confirmed_to_wal_end, spawn_active, Scratch,
+};
 
 /// Rows in the burst, committed 100 at a time.
 const BURST_ROWS: u32 = 100_000;
@@ -23,30 +23,6 @@ const BURST_ROWS: u32 = 100_000;
 /// How long after the burst's last row is durable in its shape the slot may take to confirm
 /// the WAL end (it was up to `wal_sender_timeout / 2`, 30 s by default).
 const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
-
-/// Waits until `slot`'s `confirmed_flush_lsn` is at or past the WAL end, at most `within`;
-/// how long that took, or `None`.
-fn confirmed_to_wal_end(
-    cluster: &EmbeddedPostgres,
-    db: &str,
-    slot: &str,
-    within: Duration,
-) -> Option<Duration> {
-    let start = Instant::now();
-    let sql = format!(
-        "DO $$ DECLARE started timestamptz := clock_timestamp(); BEGIN \
-           WHILE NOT (SELECT confirmed_flush_lsn >= pg_current_wal_lsn() \
-                      FROM pg_replication_slots WHERE slot_name = '{slot}') LOOP \
-             IF clock_timestamp() - started > interval '{} ms' THEN \
-               RAISE EXCEPTION 'not confirmed'; \
-             END IF; \
-             PERFORM pg_sleep(0.005); \
-           END LOOP; \
-         END $$",
-        within.as_millis()
-    );
-    cluster.psql(db, &sql).ok().map(|_| start.elapsed())
-}
 
 #[test]
 fn after_a_burst_the_slots_confirmed_flush_lsn_reaches_the_wal_end_within_two_seconds() {
@@ -62,7 +38,7 @@ fn after_a_burst_the_slots_confirmed_flush_lsn_reaches_the_wal_end_within_two_se
     let offset = reply.header("electric-offset").expect("offset").to_owned();
     let slot = format!("electric_slot_{db}");
     assert!(
-        confirmed_to_wal_end(cluster, db, &slot, Duration::from_secs(20)).is_some(),
+        slot_confirmed_to_wal_end(cluster, db, &slot, Duration::from_secs(20)).is_some(),
         "the slot never caught up before the burst:\n{}",
         ampere.output()
     );
@@ -92,7 +68,7 @@ fn after_a_burst_the_slots_confirmed_flush_lsn_reaches_the_wal_end_within_two_se
         served = reply.body;
     }
     let durable_after = started.elapsed();
-    let confirmed = confirmed_to_wal_end(cluster, db, &slot, CONFIRM_WITHIN);
+    let confirmed = slot_confirmed_to_wal_end(cluster, db, &slot, CONFIRM_WITHIN);
     println!(
         "{BURST_ROWS} rows in {} transactions committed in {:.2} s, durable in the shape after \
          {:.2} s; WAL end confirmed {:?} after that",

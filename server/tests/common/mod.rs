@@ -422,6 +422,31 @@ pub(crate) fn shared_database(name: &str) -> &'static EmbeddedPostgres {
     cluster
 }
 
+/// Waits until `slot`'s `confirmed_flush_lsn` is at or past the WAL end, at most `within`;
+/// how long that took, or `None`. The polling is one server-side loop (every 5 ms): a `psql`
+/// per poll would take a core of a 2-core machine from the process under test.
+pub(crate) fn slot_confirmed_to_wal_end(
+    cluster: &EmbeddedPostgres,
+    db: &str,
+    slot: &str,
+    within: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let sql = format!(
+        "DO $$ DECLARE started timestamptz := clock_timestamp(); BEGIN \
+           WHILE NOT (SELECT confirmed_flush_lsn >= pg_current_wal_lsn() \
+                      FROM pg_replication_slots WHERE slot_name = '{slot}') LOOP \
+             IF clock_timestamp() - started > interval '{} ms' THEN \
+               RAISE EXCEPTION 'not confirmed'; \
+             END IF; \
+             PERFORM pg_sleep(0.005); \
+           END LOOP; \
+         END $$",
+        within.as_millis()
+    );
+    cluster.psql(db, &sql).ok().map(|_| start.elapsed())
+}
+
 /// [`shared_database`] `name` with a table `items (id int PRIMARY KEY, title text)` holding
 /// the row `(1, 'one')`.
 pub(crate) fn items_database(name: &str) -> &'static EmbeddedPostgres {
