@@ -32,6 +32,10 @@ use crate::api::{CreateShapeError, DeleteShapeError, NotActive, ShapeInfo};
 use crate::metrics::Metrics;
 use crate::registry::{Ingest, ReadState, Registry, StorageDegraded};
 
+mod filter_ends;
+
+use filter_ends::FilterEndLane;
+
 /// How long shutdown waits for in-flight flushes.
 const SHUTDOWN_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -173,6 +177,7 @@ where
         in_flight: FuturesUnordered::new(),
         replies: BTreeMap::new(),
         deletions: BTreeMap::new(),
+        filter_ends: FilterEndLane::new(),
         has_removal_failed: false,
         next_request: 0,
         pending: VecDeque::new(),
@@ -199,6 +204,10 @@ where
             biased;
             _ = shutdown.changed() => break,
             Some(done) = driver.in_flight.next() => driver.complete(&mut core, done),
+            result = driver.filter_ends.finished() => {
+                driver.storage(result, "persisting ended snapshot filters");
+                driver.filter_ends.start_next(&driver.ports.meta);
+            }
             Some(req) = requests.recv(), if can_accept => driver.request(&mut core, req),
             () = sleep => {
                 let now = driver.ports.clock.now();
@@ -221,7 +230,7 @@ async fn recv<St: ReplicationStream>(
     }
 }
 
-struct Driver<P: PgPort, S, M, C> {
+struct Driver<P: PgPort, S, M: MetadataStore, C> {
     ports: Ports<P, S, M, C>,
     /// The replication connection before it streams (it may hold the lock).
     session: Option<P::Session>,
@@ -230,6 +239,8 @@ struct Driver<P: PgPort, S, M, C> {
     replies: BTreeMap<OpId, PendingReply>,
     /// Deletion requests waiting for the core's answer.
     deletions: BTreeMap<OpId, oneshot::Sender<Result<(), DeleteShapeError>>>,
+    /// Rows recording ended snapshot filters, written in the background (`filter_ends`).
+    filter_ends: FilterEndLane<M::Error>,
     /// Whether the last shape removal failed to delete its log or row: a deletion answered
     /// right after it must not report success, since a reload of storage would bring the
     /// shape back (the degraded instance reloads, and the client's retry deletes it then).
@@ -254,13 +265,33 @@ where
     M: MetadataStore,
     C: Clock,
 {
-    /// Writes `shapes` in one metadata transaction, awaited in place: metadata writes land in
-    /// the order the core issued them.
-    async fn persist_shapes(&mut self, shapes: Vec<StoredShape>) -> Result<(), DriverError> {
-        debug!(shapes = shapes.len(), "persisting shapes");
-        let result = self.ports.meta.put_shapes(shapes).await;
-        self.storage(result, "persisting shapes");
-        Ok(())
+    /// Writes `shapes` in one metadata transaction: rows recording a snapshot in place, so
+    /// metadata writes land in the order the core issued them; rows recording an ended
+    /// snapshot filter behind the driver's back, in order among themselves
+    /// ([`FilterEndLane`]).
+    async fn persist_shapes(&mut self, shapes: Vec<StoredShape>) {
+        let (filter_ends, snapshots): (Vec<_>, Vec<_>) =
+            shapes.into_iter().partition(|s| s.snapshot_filter_done);
+        if !filter_ends.is_empty() {
+            debug!(
+                shapes = filter_ends.len(),
+                "persisting ended snapshot filters"
+            );
+            self.filter_ends.push(&self.ports.meta, filter_ends);
+        }
+        if !snapshots.is_empty() {
+            debug!(shapes = snapshots.len(), "persisting shapes");
+            let result = self.ports.meta.put_shapes(snapshots).await;
+            self.storage(result, "persisting shapes");
+        }
+    }
+
+    /// Waits until every queued filter-end row is written: before a metadata write that may
+    /// touch the same rows (a removal, the identity after a purge), a reload, and shutdown.
+    async fn settle_filter_ends(&mut self) {
+        for result in self.filter_ends.settle(&self.ports.meta).await {
+            self.storage(result, "persisting ended snapshot filters");
+        }
     }
 
     /// Executes outputs until the core has none, feeding inputs produced meanwhile.
@@ -272,7 +303,7 @@ where
                     // one metadata transaction.
                     let mut shapes = vec![shape];
                     shapes.extend(std::iter::from_fn(|| core.poll_persist_shape()));
-                    self.persist_shapes(shapes).await?;
+                    self.persist_shapes(shapes).await;
                     continue;
                 }
                 self.execute(output).await?;
@@ -396,6 +427,7 @@ where
             }
             Output::RefreshReadModel => self.refresh_read_model().await,
             Output::PersistIdentity { identity } => {
+                self.settle_filter_ends().await;
                 let put = self.ports.meta.put_identity(identity);
                 let result = put.await;
                 self.storage(result, "persisting the replication identity");
@@ -479,9 +511,10 @@ where
                     Completion::Relations { op, result }
                 }));
             }
-            Output::PersistShape { shape } => self.persist_shapes(vec![shape]).await?,
+            Output::PersistShape { shape } => self.persist_shapes(vec![shape]).await,
             Output::RemoveShape { handle, reason } => {
                 info!(%handle, reason, "removing shape");
+                self.settle_filter_ends().await;
                 self.registry.remove(&handle);
                 let remove = self.ports.store.remove_shape(&handle);
                 let removed = remove.await;
@@ -663,6 +696,14 @@ where
     async fn load_storage(&mut self) -> Result<LoadedStorage, StorageFailure> {
         fn failed<E: StorageError>(e: E) -> StorageFailure {
             storage_failure(&e)
+        }
+        // Rows queued by an earlier term land before the reload reads them. One that failed
+        // is only a warning here: the reload finds that shape still filtering, and the core
+        // records its filter's end again.
+        for result in self.filter_ends.settle(&self.ports.meta).await {
+            if let Err(e) = result {
+                warn!(error = %error_chain(&e), "persisting ended snapshot filters failed");
+            }
         }
         self.ports.store.promote().await.map_err(failed)?;
         self.ports.meta.promote().await.map_err(failed)?;
@@ -901,6 +942,7 @@ where
                 else => break,
             }
         }
+        self.settle_filter_ends().await;
         self.stream = None;
         info!(acked = %core.acked_lsn(), "driver stopped");
         Ok(())
