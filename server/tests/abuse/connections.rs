@@ -1,7 +1,8 @@
 //! Connections as an attacker opens them, against `ampere` under a 1,024-descriptor limit on a
 //! real Postgres: twice that many idle connections, 2,000 slowloris connections trickling
 //! their headers, and 300 POSTs that announce 8 MiB bodies and stall. Each test asserts that
-//! ampere stays up, keeps answering a normal client within 50 ms (p99), never runs out of
+//! ampere stays up, keeps answering a normal client within 50 ms (p99, both while the
+//! abusive connections arrive and once they are all open), never runs out of
 //! descriptors, closes the abusive connections within `ELECTRIC_TCP_READ_TIMEOUT` (2 s here),
 //! and keeps its memory bounded; it prints the figures (descriptors, RSS, p99) for the record.
 
@@ -132,20 +133,58 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
+/// How long one `GET /v1/health` on a new connection takes; panics if it fails.
+fn time_health(port: u16) -> Duration {
+    let start = Instant::now();
+    let reply = http_get(port, "/v1/health").unwrap_or_else(|e| panic!("health request: {e}"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    start.elapsed()
+}
+
+/// The p99 of `latencies` (not empty).
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    assert!(!latencies.is_empty(), "no latencies measured");
+    latencies.sort();
+    latencies[(latencies.len() * 99).div_ceil(100) - 1]
+}
+
 /// The p99 latency of `n` sequential `GET /v1/health` requests, each on a new connection;
 /// panics on a failed request.
 fn p99_of_health(port: u16, n: usize) -> Duration {
-    let mut latencies: Vec<Duration> = (0..n)
-        .map(|i| {
-            let start = Instant::now();
-            let reply = http_get(port, "/v1/health")
-                .unwrap_or_else(|e| panic!("health request {i} failed: {e}"));
-            assert_eq!(reply.status, 200, "{reply:?}");
-            start.elapsed()
-        })
-        .collect();
-    latencies.sort();
-    latencies[(n * 99).div_ceil(100) - 1]
+    p99((0..n).map(|_| time_health(port)).collect())
+}
+
+/// A normal client on its own thread, one health request after another on new
+/// connections, for as long as the abuse is being set up: the p99 while connections arrive.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Duration>>,
+}
+
+impl Prober {
+    /// At least this many requests, however fast the setup is.
+    const MIN_REQUESTS: usize = 100;
+
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !flag.load(Ordering::Relaxed) || latencies.len() < Self::MIN_REQUESTS {
+                latencies.push(time_health(port));
+            }
+            latencies
+        });
+        Self { stop, thread }
+    }
+
+    /// The p99 and how many requests it is of.
+    fn finish(self) -> (Duration, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let latencies = self.thread.join().expect("prober");
+        let n = latencies.len();
+        (p99(latencies), n)
+    }
 }
 
 /// RSS after the abuse ended, once it settles: the lowest of a few samples over `within`.
@@ -169,8 +208,10 @@ fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by
     let sampler = Sampler::start(pid);
     let started = Instant::now();
 
+    let prober = Prober::start(target.port);
     let (mut idle, failed) = connect_many(target.addr(), 2 * FD_LIMIT as usize);
     let connected_in = started.elapsed();
+    let (p99_connecting, probes) = prober.finish();
     let p99 = p99_of_health(target.port, 200);
     target.assert_up();
     let (open, _) = wait_all_closed(&mut idle, READ_TIMEOUT + Duration::from_secs(3));
@@ -186,7 +227,8 @@ fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by
         "idle connections: {} opened ({failed} connects failed) in {connected_in:?}, all \
          closed by ampere after {all_closed_in:?}; fds before {fds_before}, peak {fds_peak}, \
          after {fds_after} (limit {FD_LIMIT}); RSS KiB before {rss_before}, peak {rss_peak}, \
-         after {rss_after}; health p99 {p99:?}; shed: {evicted} evicted, {refused} refused",
+         after {rss_after}; health p99 {p99_connecting:?} while connecting ({probes} \
+         requests), {p99:?} once connected; shed: {evicted} evicted, {refused} refused",
         2 * FD_LIMIT
     );
     assert_eq!(
@@ -194,6 +236,10 @@ fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by
         "idle connections still open after the read timeout"
     );
     assert!(fds_peak < FD_LIMIT as usize, "{fds_peak} fds");
+    assert!(
+        p99_connecting < P99_MAX,
+        "health p99 {p99_connecting:?} while idle connections arrive"
+    );
     assert!(p99 < P99_MAX, "health p99 {p99:?} under idle connections");
     assert!(
         evicted > 0.0,
@@ -209,6 +255,24 @@ fn twice_the_fd_limit_of_idle_connections_leave_ampere_serving_and_are_closed_by
     );
 }
 
+/// Writes a byte to each of `slow` every second on a thread while `trickling`; the bytes
+/// written.
+fn trickle(slow: &[TcpStream], trickling: Arc<AtomicBool>) -> JoinHandle<u64> {
+    let mut streams: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+    thread::spawn(move || {
+        let mut written = 0u64;
+        while trickling.load(Ordering::Relaxed) {
+            for stream in &mut streams {
+                if stream.write(b"a").is_ok() {
+                    written += 1;
+                }
+            }
+            sleep(Duration::from_secs(1));
+        }
+        written
+    })
+}
+
 #[test]
 fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_ampere_keeps_serving() {
     let _exclusive = crate::exclusive();
@@ -218,31 +282,17 @@ fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_amper
     let sampler = Sampler::start(pid);
     let started = Instant::now();
 
+    let prober = Prober::start(target.port);
     let (mut slow, failed) = connect_many(target.addr(), 2000);
     for stream in &mut slow {
         stream.set_nonblocking(true).expect("nonblocking");
         let _ = stream.write(b"GET /v1/health HTTP/1.1\r\nHost: ampere\r\nX-Slow: ");
     }
     let connected_in = started.elapsed();
+    let (p99_connecting, probes) = prober.finish();
     // A byte per connection every second, until the server has closed them all.
     let trickling = Arc::new(AtomicBool::new(true));
-    let trickler = {
-        let trickling = Arc::clone(&trickling);
-        let mut streams: Vec<TcpStream> =
-            slow.iter().map(|s| s.try_clone().expect("clone")).collect();
-        thread::spawn(move || {
-            let mut written = 0u64;
-            while trickling.load(Ordering::Relaxed) {
-                for stream in &mut streams {
-                    if stream.write(b"a").is_ok() {
-                        written += 1;
-                    }
-                }
-                sleep(Duration::from_secs(1));
-            }
-            written
-        })
-    };
+    let trickler = trickle(&slow, Arc::clone(&trickling));
     let p99 = p99_of_health(target.port, 200);
     target.assert_up();
     let (open, _) = wait_all_closed(&mut slow, READ_TIMEOUT + Duration::from_secs(3));
@@ -260,8 +310,9 @@ fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_amper
         "slowloris: {} connections ({failed} connects failed) opened in {connected_in:?}, \
          {trickled} bytes trickled, all closed by ampere after {all_closed_in:?}; fds before \
          {fds_before}, peak {fds_peak}, after {fds_after} (limit {FD_LIMIT}); RSS KiB before \
-         {rss_before}, peak {rss_peak}, after {rss_after}; health p99 {p99:?}; shed: \
-         {evicted} evicted, {refused} refused",
+         {rss_before}, peak {rss_peak}, after {rss_after}; health p99 {p99_connecting:?} \
+         while connecting ({probes} requests), {p99:?} while trickling; shed: {evicted} \
+         evicted, {refused} refused",
         2000 - failed
     );
     assert_eq!(
@@ -269,6 +320,10 @@ fn two_thousand_slowloris_connections_are_cut_by_the_header_deadline_while_amper
         "slowloris connections still open after the header deadline"
     );
     assert!(fds_peak < FD_LIMIT as usize, "{fds_peak} fds");
+    assert!(
+        p99_connecting < P99_MAX,
+        "health p99 {p99_connecting:?} while slowloris connections arrive"
+    );
     assert!(p99 < P99_MAX, "health p99 {p99:?} under slowloris");
     assert!(
         rss_after * 10 <= rss_before * 12,
