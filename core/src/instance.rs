@@ -530,7 +530,7 @@ pub struct Instance {
     /// The routed transaction's entries, encoded once per shared encoder.
     memo: EntryMemo,
     /// MUTANT bookkeeping: handles of purged shapes, by definition.
-    #[cfg(feature = "mutants")]
+    #[cfg(feature = "sim")]
     purged: BTreeMap<ShapeDefinition, ShapeHandle>,
 }
 
@@ -657,7 +657,7 @@ impl Instance {
             filter_ends: BTreeMap::new(),
             encoders: Encoders::default(),
             memo: EntryMemo::default(),
-            #[cfg(feature = "mutants")]
+            #[cfg(feature = "sim")]
             purged: BTreeMap::new(),
         };
         instance.handle_timeout(now);
@@ -1198,7 +1198,7 @@ impl Instance {
     }
 
     fn send_status(&mut self) {
-        #[cfg(feature = "mutants")]
+        #[cfg(feature = "sim")]
         if crate::mutant::is_active(crate::mutant::Mutant::AckBeforeFsync) {
             // MUTANT (never on by default): acknowledges what was processed, flushed or not.
             let d = &mut self.durability;
@@ -1259,7 +1259,7 @@ impl Instance {
             self.stamps_reserved
         });
         let handle = ShapeHandle::mint(definition.identity(), self.stamp);
-        #[cfg(feature = "mutants")]
+        #[cfg(feature = "sim")]
         // MUTANT (never on by default): a purged definition gets its old handle back.
         let handle = match self.purged.get(&definition) {
             Some(old) if crate::mutant::is_active(crate::mutant::Mutant::ReuseHandleAfterPurge) => {

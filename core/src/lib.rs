@@ -26,7 +26,7 @@ pub mod chunk;
 pub mod instance;
 pub mod json;
 pub mod lsn;
-#[cfg(feature = "mutants")]
+#[cfg(feature = "sim")]
 pub mod mutant;
 pub mod offset;
 pub mod pgoutput;

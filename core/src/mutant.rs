@@ -1,6 +1,7 @@
 //! Deliberately wrong variants of the core, for the simulation's mutation check
-//! (docs/simulation.md, "Mutants"). Compiled only with the `mutants` feature, never on by
-//! default; none is active until the check activates one, so one build serves them all.
+//! (docs/simulation.md, "Mutants"). Compiled with the `sim` feature only (never into a
+//! production build); none is active until the check activates one, so the simulation's own
+//! build serves them all.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

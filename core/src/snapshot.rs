@@ -57,7 +57,7 @@ impl PgSnapshot {
         if full >= self.xmax {
             return false;
         }
-        #[cfg(feature = "mutants")]
+        #[cfg(feature = "sim")]
         if crate::mutant::is_active(crate::mutant::Mutant::SkipXipFilter) {
             // MUTANT (never on by default): transactions in progress at the snapshot count
             // as visible, so their changes are dropped.

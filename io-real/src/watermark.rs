@@ -23,10 +23,8 @@
 //! `publish` (`lock` is for reads and for changes readers do not observe, such as buffering);
 //! never hold a [`WatermarkGuard`] across an `.await` or a blocking call.
 //!
-//! The same code runs in production (`std::sync`) and under loom (`--cfg ampere_loom`,
-//! `scripts/loom.sh`), whose tests at the bottom model the publish and wake-up paths. The cfg
-//! is ours, not loom's customary `loom`: tokio compiles `tokio::net` out under `cfg(loom)`,
-//! and this crate's dependencies (tokio-postgres) need it.
+//! The same code runs in production (`std::sync`) and under loom (the `loom` feature,
+//! `scripts/loom.sh`), whose tests at the bottom model the publish and wake-up paths.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,9 +34,9 @@ use std::pin::Pin;
 use std::sync::PoisonError;
 use std::task::{Context, Poll, Waker};
 
-#[cfg(ampere_loom)]
+#[cfg(feature = "loom")]
 use loom::sync::{Mutex, MutexGuard};
-#[cfg(not(ampere_loom))]
+#[cfg(not(feature = "loom"))]
 use std::sync::{Mutex, MutexGuard};
 
 /// A published value with a version, and the wakers of futures waiting for the next one.
@@ -232,7 +230,7 @@ impl<T> Drop for Changed<'_, T> {
     }
 }
 
-#[cfg(all(test, not(ampere_loom)))]
+#[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -341,7 +339,7 @@ mod tests {
 /// Loom models (`scripts/loom.sh`): every interleaving of a writer publishing successive
 /// watermarks against readers and waiters, on the production code above. A lost wake-up shows
 /// up as loom's `deadlock` (every thread parked); a torn or stale read as a failed assert.
-#[cfg(all(test, ampere_loom))]
+#[cfg(all(test, feature = "loom"))]
 mod loom_tests {
     use loom::future::block_on;
     use loom::sync::{Arc, RwLock};

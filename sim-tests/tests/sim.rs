@@ -106,12 +106,18 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
 
-/// Whether this build carries the deliberately wrong cores (`AMPERE_MUTANT` picks one).
-const MUTANT: bool = cfg!(feature = "mutants");
+/// Whether this run checks a deliberately wrong core (`AMPERE_MUTANT` names it; every
+/// simulation build carries them all, inactive).
+fn is_mutant_run() -> bool {
+    std::env::var_os(MUTANT_VAR).is_some()
+}
+
+/// The variable `scripts/mutants.sh` names the mutant in.
+const MUTANT_VAR: &str = "AMPERE_MUTANT";
 
 #[test]
 fn ci_seed_list_passes_every_invariant() {
-    if MUTANT {
+    if is_mutant_run() {
         return; // `the_ci_seed_list_catches_this_mutant` runs instead
     }
     // Goal: deploy-semantics §3 on a fixed list of seeds, each with its own swarm profile.
@@ -207,7 +213,7 @@ fn the_ci_seed_list_catches_this_mutant() {
     // Goal: the seed budget is strong enough to catch each deliberately wrong core (run by
     // scripts/mutants.sh, once per mutant, one build). Method: the CI seeds in order,
     // stopping at the first failure; it must come within the list.
-    if !MUTANT {
+    if !is_mutant_run() {
         return;
     }
     activate_mutant_from_env();
@@ -227,21 +233,17 @@ fn the_ci_seed_list_catches_this_mutant() {
     panic!("the mutant survived all {CI_SEEDS} CI seeds");
 }
 
-/// Activates the mutant `AMPERE_MUTANT` names (built with the `mutants` feature only).
-#[cfg(feature = "mutants")]
+/// Activates the mutant `AMPERE_MUTANT` names.
 fn activate_mutant_from_env() {
     use ampere_core::mutant::Mutant;
     let names = Mutant::ALL.map(|(_, name)| name);
-    let name = std::env::var("AMPERE_MUTANT")
-        .unwrap_or_else(|_| panic!("set AMPERE_MUTANT to one of {names:?}"));
+    let name = std::env::var(MUTANT_VAR)
+        .unwrap_or_else(|_| panic!("set {MUTANT_VAR} to one of {names:?}"));
     let mutant = Mutant::named(&name)
         .unwrap_or_else(|| panic!("AMPERE_MUTANT={name:?} is none of {names:?}"));
     ampere_core::mutant::activate(mutant);
     eprintln!("mutant active: {name}");
 }
-
-#[cfg(not(feature = "mutants"))]
-fn activate_mutant_from_env() {}
 
 #[test]
 #[ignore = "open bugs found by the simulation; see OPEN_BUGS"]

@@ -257,7 +257,7 @@ impl Instance {
         self.outputs.push_back(Output::Purged { reason });
         let handles: Vec<_> = self.shapes.keys().cloned().collect();
         for handle in handles {
-            #[cfg(feature = "mutants")]
+            #[cfg(feature = "sim")]
             if let Some(shape) = self.shapes.get(&handle) {
                 self.purged.insert(shape.definition.clone(), handle.clone());
             }

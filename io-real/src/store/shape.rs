@@ -803,7 +803,7 @@ mod tests {
 
 /// Loom model (`scripts/loom.sh`) of a flush publishing batches while a long-poll reads: the
 /// production `LogState` behind the production watermark, in every interleaving.
-#[cfg(all(test, ampere_loom))]
+#[cfg(all(test, feature = "loom"))]
 mod loom_tests {
     use loom::future::block_on;
     use loom::sync::Arc;

@@ -448,7 +448,6 @@ impl StoreInner {
             return Some(view.kind);
         }
         let awaiting = state.awaiting_recovery.contains(handle);
-        #[cfg(feature = "mutants")]
         let awaiting = awaiting
             && !ampere_core::mutant::is_active(
                 ampere_core::mutant::Mutant::ForgetUnrecoveredShapes,

@@ -1,5 +1,8 @@
-//! PostgreSQL in a Docker container (testcontainers), plus the faults the scenarios inject
-//! with the docker CLI: stop/start (restart with an outage), pause/unpause (partition).
+//! PostgreSQL in a Docker container, plus the faults the scenarios inject: stop/start (restart
+//! with an outage), pause/unpause (partition), network disconnect. All through the docker CLI:
+//! `docker run` with a published port on 127.0.0.1, ready once the server's "ready" line is on
+//! its stderr, removed (with its volumes and network) on drop. (testcontainers did the start
+//! and the removal before; its client stack was a fifth of the cold test build.)
 //!
 //! Image selection (`AMPERE_TEST_PG_IMAGE`, default the official `postgres:15`):
 //! 1. the configured image, if it is present locally;
@@ -20,9 +23,6 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use testcontainers::core::{IntoContainerPort, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::util::free_port;
@@ -174,7 +174,6 @@ fn sweep_stale_containers() {
 
 /// A PostgreSQL container with a fixed host port on 127.0.0.1; removed on drop.
 pub(crate) struct Pg {
-    container: Option<ContainerAsync<GenericImage>>,
     pub(crate) name: String,
     pub(crate) port: u16,
     pub(crate) image: String,
@@ -184,55 +183,12 @@ impl Pg {
     /// Starts a container named `name` with logical replication enabled.
     pub(crate) async fn start(name: &str) -> Self {
         let image = environment().unwrap_or_else(|e| panic!("{e}"));
-        let (repo, tag) = match image.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n.to_owned(), t.to_owned()),
-            _ => (image.to_owned(), "latest".to_owned()),
-        };
-        let wal_sender_timeout = format!("wal_sender_timeout={WAL_SENDER_TIMEOUT}");
         let mut last_err = String::new();
         for _attempt in 0..3 {
             let port = free_port();
-            let request = GenericImage::new(repo.clone(), tag.clone())
-                .with_exposed_port(5432.tcp())
-                // both images print this on stderr once the final server is up; the official
-                // image's init-time temporary server logs to stdout, so it cannot match early
-                .with_wait_for(WaitFor::message_on_stderr(READY))
-                .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
-                .with_cmd([
-                    "-c",
-                    "wal_level=logical",
-                    "-c",
-                    "max_replication_slots=20",
-                    "-c",
-                    "max_wal_senders=20",
-                    "-c",
-                    wal_sender_timeout.as_str(),
-                    "-c",
-                    "max_connections=100",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                ])
-                .with_mapped_port(port, 5432.tcp())
-                .with_host_config_modifier(|hc| {
-                    // publish on 127.0.0.1 only
-                    if let Some(bindings) = hc.port_bindings.as_mut() {
-                        for b in bindings.values_mut().flatten().flatten() {
-                            b.host_ip = Some("127.0.0.1".to_owned());
-                        }
-                    }
-                })
-                // its own user-defined network (created and removed by testcontainers), so
-                // `docker network disconnect` can cut it off and reconnect it
-                .with_network(name)
-                .with_container_name(name)
-                .with_label(LABEL, std::process::id().to_string())
-                .with_startup_timeout(Duration::from_secs(90));
-            match request.start().await {
-                Ok(container) => {
+            match run_postgres(name, image, port).await {
+                Ok(()) => {
                     let pg = Self {
-                        container: Some(container),
                         name: name.to_owned(),
                         port,
                         image: image.to_owned(),
@@ -243,9 +199,9 @@ impl Pg {
                     return pg;
                 }
                 Err(e) => {
-                    last_err = e.to_string();
+                    last_err = e;
                     // a half-created container under our name blocks the retry
-                    let _ = docker(&["rm", "-f", "-v", name], Duration::from_secs(30)).await;
+                    remove_container(name);
                 }
             }
         }
@@ -396,13 +352,80 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        // testcontainers removes it (force, with volumes) on drop; when paused, unpause first
-        // so the removal does not wait on a frozen process.
+        // When paused, unpause first so the removal does not wait on a frozen process.
         let _ = docker_sync(&["unpause", &self.name]);
-        drop(self.container.take());
-        let _ = docker_sync(&["rm", "-f", "-v", &self.name]);
-        let _ = docker_sync(&["network", "rm", &self.name]);
+        remove_container(&self.name);
     }
+}
+
+/// `docker run`s Postgres as `name` on its own network (also `name`, so `docker network
+/// disconnect` can cut it off and reconnect it), publishing 5432 on 127.0.0.1:`port`, and
+/// waits for the final server's "ready" line on its stderr (the official image's init-time
+/// temporary server logs to stdout, so it cannot match early).
+async fn run_postgres(name: &str, image: &str, port: u16) -> Result<(), String> {
+    const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+    let wal_sender_timeout = format!("wal_sender_timeout={WAL_SENDER_TIMEOUT}");
+    let settings = [
+        "wal_level=logical",
+        "max_replication_slots=20",
+        "max_wal_senders=20",
+        wal_sender_timeout.as_str(),
+        "max_connections=100",
+        "fsync=off",
+        "full_page_writes=off",
+    ];
+    let step = Duration::from_secs(30);
+    docker(&["network", "create", name], step).await?;
+    let label = format!("{LABEL}={}", std::process::id());
+    let publish = format!("127.0.0.1:{port}:5432");
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        name,
+        "--label",
+        &label,
+        "--publish",
+        &publish,
+        "--env",
+        "POSTGRES_HOST_AUTH_METHOD=trust",
+        image,
+    ];
+    for setting in settings {
+        args.extend(["-c", setting]);
+    }
+    docker(&args, Duration::from_secs(60)).await?;
+    let started = Instant::now();
+    loop {
+        let logs = tokio::process::Command::new("docker")
+            .args(["logs", name])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run docker: {e}"))?;
+        if String::from_utf8_lossy(&logs.stderr).contains(READY) {
+            return Ok(());
+        }
+        let running = docker(&["inspect", "--format", "{{.State.Running}}", name], step).await?;
+        if running.trim() != "true" {
+            return Err(format!(
+                "the container exited during startup:\n{}",
+                String::from_utf8_lossy(&logs.stderr)
+            ));
+        }
+        if started.elapsed() > STARTUP_TIMEOUT {
+            return Err(format!("not ready within {STARTUP_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes the container `name` (force, with its volumes) and its network. Blocking.
+fn remove_container(name: &str) {
+    let _ = docker_sync(&["rm", "-f", "-v", name]);
+    let _ = docker_sync(&["network", "rm", name]);
 }
 
 /// Runs `sql` on `client` with the simple protocol; rows as text.
