@@ -96,6 +96,7 @@ mod follower;
 mod fsutil;
 mod index;
 mod shape;
+mod shared_reads;
 mod snapshot;
 mod sync;
 
@@ -107,8 +108,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-
-use bytes::Bytes;
 
 use ampere_core::ports::{
     ChunkRead, LogEntry, LogStatus, ReadOutcome, RecoveredLog, ShapeLogStore,
@@ -126,6 +125,7 @@ use follower::Refresh;
 use fsutil::{io_err, lock, parent, read, run_blocking, sync_dir, write};
 use index::RECORD_LEN;
 use shape::{whole_transactions, Batch, LogState, Plan, Shape, ShapeFiles};
+use shared_reads::{ReadKey, SharedReads};
 use sync::GroupSync;
 
 /// How often a follower's `changed()` re-checks the shape's files (RO-3 asks for ≤ 1 s).
@@ -180,6 +180,8 @@ struct Inner {
     awaiting_recovery: Mutex<BTreeSet<ShapeHandle>>,
     /// Every shape's open log files, bounded ([`OpenFileBudget`]).
     files: Arc<FileCache>,
+    /// Large chunk bodies that responses hold, shared with the next reader of the same chunk.
+    shared_reads: SharedReads,
     /// Serialises flushes (and recovery, which rewrites files a flush writes, and promotion).
     flush_lock: Mutex<()>,
     /// Whether this store may write: set by `open` and `promote`, cleared by `demote` and when
@@ -291,6 +293,7 @@ impl FileStore {
                 shapes: RwLock::default(),
                 awaiting_recovery: Mutex::default(),
                 files: Arc::new(FileCache::new(budget)),
+                shared_reads: SharedReads::default(),
                 flush_lock: Mutex::new(()),
                 is_writer: AtomicBool::new(false),
                 lease: Mutex::new(lease),
@@ -393,11 +396,16 @@ impl FileStore {
             return ReadOutcome::UnknownShape;
         };
         let plan = shape.state().plan(after);
+        let shared = &self.inner.shared_reads;
         let (body, entries, end) = match plan {
             Plan::Pending => return ReadOutcome::SnapshotPending,
             Plan::SnapshotChunk { index, entries } => {
                 let path = shape.snapshot_chunk_path(index);
-                match fs::read(&path) {
+                let key = ReadKey::SnapshotChunk {
+                    handle: handle.clone(),
+                    index,
+                };
+                match shared.get_or_read(key, || fs::read(&path)) {
                     Ok(body) => (body, entries, LogOffset::snapshot_chunk(index)),
                     Err(err) => return self.read_failed(&shape, &path, &err),
                 }
@@ -407,19 +415,22 @@ impl FileStore {
                 len,
                 entries,
                 end,
-            } => match shape.read_log(pos, len) {
-                Ok(body) => (body, entries, end),
-                Err(err) => {
-                    let path = shape.dir.join(layout::LOG_DATA_FILE);
-                    return self.read_failed(&shape, &path, &err);
+            } => {
+                let key = ReadKey::Log {
+                    handle: handle.clone(),
+                    pos,
+                    len,
+                };
+                match shared.get_or_read(key, || shape.read_log(pos, len)) {
+                    Ok(body) => (body, entries, end),
+                    Err(err) => {
+                        let path = shape.dir.join(layout::LOG_DATA_FILE);
+                        return self.read_failed(&shape, &path, &err);
+                    }
                 }
-            },
+            }
         };
-        ReadOutcome::Chunk(ChunkRead {
-            body: Bytes::from(body),
-            entries,
-            end,
-        })
+        ReadOutcome::Chunk(ChunkRead { body, entries, end })
     }
 
     /// A read's I/O failed. If the shape was removed meanwhile (its directory renamed away),

@@ -34,6 +34,7 @@ mod identifiers;
 mod listener;
 mod memory;
 mod params;
+mod pieces;
 mod schema;
 mod shape;
 mod sse;

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::errors::{ApiError, ELECTRIC_HANDLE};
 use super::headers::{self, CacheAges, Freshness, JSON, SURROGATE_CONTROL};
 use super::params::{self, Query, RawSubset, ShapeParams};
+use super::pieces::Pieces;
 use super::schema::electric_schema;
 use super::AppState;
 use crate::api::{CreateShapeError, Health, ShapeApi, ShapeInfo};
@@ -536,7 +537,7 @@ fn log_response<A: ShapeApi>(
     if is_not_modified {
         return Ok((status, headers).into_response());
     }
-    Ok((status, headers, Body::from(render_body(&answer))).into_response())
+    Ok((status, headers, Body::new(render_body(&answer))).into_response())
 }
 
 fn insert_cache_control<A>(
@@ -564,20 +565,24 @@ fn insert_cache_control<A>(
 }
 
 /// `[` entries, then the `up-to-date` control message if due, `]`.
-fn render_body(answer: &Answer) -> Bytes {
-    let mut body = BytesMut::with_capacity(answer.entries.len() + 96);
-    body.put_u8(b'[');
-    body.put_slice(&answer.entries);
+/// The JSON array: `[`, the entries as the store handed them over (never copied: a large
+/// chunk is shared by every response sending it at once), the control message, `]`.
+fn render_body(answer: &Answer) -> Pieces {
+    let mut tail = BytesMut::with_capacity(96);
     if let Some(lsn) = answer.up_to_date_lsn {
         if !answer.entries.is_empty() {
-            body.put_u8(b',');
+            tail.put_u8(b',');
         }
-        body.put_slice(b"{\"headers\":{\"control\":\"up-to-date\",\"global_last_seen_lsn\":\"");
-        body.put_slice(lsn.to_string().as_bytes());
-        body.put_slice(b"\"}}");
+        tail.put_slice(b"{\"headers\":{\"control\":\"up-to-date\",\"global_last_seen_lsn\":\"");
+        tail.put_slice(lsn.to_string().as_bytes());
+        tail.put_slice(b"\"}}");
     }
-    body.put_u8(b']');
-    body.freeze()
+    tail.put_u8(b']');
+    Pieces::new([
+        Bytes::from_static(b"["),
+        answer.entries.clone(),
+        tail.freeze(),
+    ])
 }
 
 #[cfg(test)]
@@ -725,7 +730,7 @@ mod tests {
             has_data: true,
         };
         assert_eq!(
-            &render_body(&answer)[..],
+            &render_body(&answer).concat()[..],
             br#"[{"a":1},{"b":2},{"headers":{"control":"up-to-date","global_last_seen_lsn":"42"}}]"#
         );
         let empty = Answer {
@@ -733,6 +738,6 @@ mod tests {
             up_to_date_lsn: None,
             ..answer
         };
-        assert_eq!(&render_body(&empty)[..], b"[]");
+        assert_eq!(&render_body(&empty).concat()[..], b"[]");
     }
 }

@@ -12,6 +12,7 @@ mod common;
 mod connections;
 mod disk;
 mod identifiers;
+mod readers;
 mod relations;
 mod shapes;
 
