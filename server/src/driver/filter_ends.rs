@@ -10,6 +10,12 @@
 //! visible in. So they are written in the background, one batch at a time in the order the
 //! core issued them; rows arriving while a batch runs form the next batch.
 //!
+//! A batch is a task of its own (`tokio::spawn`), not a future the driver polls between its
+//! other work: the driver also awaits metadata writes in place (a new shape's row), and one
+//! of those waiting for a lock the half-polled batch held, while the driver could not poll
+//! that batch, deadlocked the instance (the simulation found it at once: an instance that lost
+//! the lock still reported itself active 75 s later).
+//!
 //! Order still matters for one shape: a late row must never bring back a shape the core
 //! removed (an `INSERT OR REPLACE` after the `DELETE`). The driver therefore settles the
 //! lane ([`FilterEndLane::settle`]) before every other metadata write that could touch the
@@ -17,12 +23,11 @@
 //! storage — and at shutdown.
 
 use ampere_core::ports::{MetadataStore, StoredShape};
-
-use super::Task;
+use tokio::task::{JoinError, JoinHandle};
 
 /// The background writer of filter-end rows: at most one batch running, the rest queued.
 pub(super) struct FilterEndLane<E> {
-    running: Option<Task<Result<(), E>>>,
+    running: Option<JoinHandle<Result<(), E>>>,
     queued: Vec<StoredShape>,
 }
 
@@ -52,18 +57,18 @@ impl<E: Send + 'static> FilterEndLane<E> {
             return;
         }
         let batch = last_per_handle(std::mem::take(&mut self.queued));
-        self.running = Some(Box::pin(meta.put_shapes(batch)));
+        self.running = Some(tokio::spawn(meta.put_shapes(batch)));
     }
 
     /// The running batch's outcome once it finishes; never, while none runs. Cancel-safe:
-    /// dropped before it finishes, the batch keeps its place and runs on at the next call.
+    /// dropped before it finishes, the batch runs on and is reported at the next call.
     pub(super) async fn finished(&mut self) -> Result<(), E> {
         let Some(running) = self.running.as_mut() else {
             return std::future::pending().await;
         };
-        let result = running.await;
+        let joined = running.await;
         self.running = None;
-        result
+        outcome(joined).await
     }
 
     /// Writes everything queued, in order: the running batch, then the rest as one batch.
@@ -75,7 +80,7 @@ impl<E: Send + 'static> FilterEndLane<E> {
         let mut outcomes = Vec::new();
         loop {
             if let Some(running) = self.running.take() {
-                outcomes.push(running.await);
+                outcomes.push(outcome(running.await).await);
             }
             if self.queued.is_empty() {
                 return outcomes;
@@ -88,6 +93,16 @@ impl<E: Send + 'static> FilterEndLane<E> {
     #[cfg(test)]
     fn is_idle(&self) -> bool {
         self.running.is_none() && self.queued.is_empty()
+    }
+}
+
+/// A batch task's outcome: its own, or its panic carried on. A task is cancelled only when
+/// the runtime shuts down, which stops the driver with it: that never resolves.
+async fn outcome<E>(joined: Result<Result<(), E>, JoinError>) -> Result<(), E> {
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -227,15 +242,24 @@ mod tests {
         lane.push(&meta, [row("a-1"), row("b-2")]);
         lane.push(&meta, [row("c-3")]);
         lane.push(&meta, [row("d-4")]);
-        assert!(
-            meta.batches().is_empty(),
-            "nothing is written before it is polled"
-        );
         lane.finished().await.expect("first batch");
         assert_eq!(meta.batches(), vec![vec!["a-1", "b-2"]]);
         lane.start_next(&meta);
         lane.finished().await.expect("second batch");
         assert_eq!(meta.batches()[1], vec!["c-3", "d-4"]);
+        assert!(lane.is_idle());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_while_the_driver_awaits_other_work_and_never_polls_the_lane() {
+        let meta = Recording::default();
+        let mut lane = FilterEndLane::new();
+        lane.push(&meta, [row("a-1")]);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(meta.batches(), vec![vec!["a-1"]]);
+        lane.finished().await.expect("batch");
         assert!(lane.is_idle());
     }
 
